@@ -1,0 +1,38 @@
+//! Classifier and embedder outputs: logits to probabilities, rows to vectors.
+
+use crate::spec::{Activation, ModelSpec};
+
+/// Probabilities for one image's logits.
+pub fn probabilities(logits: &[f32], act: Activation) -> Vec<f32> {
+    match act {
+        Activation::None => logits.to_vec(),
+        Activation::Sigmoid => logits.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect(),
+        Activation::Softmax => {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = logits.iter().map(|x| (x - max).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            e.into_iter().map(|x| x / sum).collect()
+        }
+    }
+}
+
+/// The model's score: the sum of its positive labels' probabilities. A single sigmoid output
+/// is itself the score.
+pub fn score(spec: &ModelSpec, probs: &[f32]) -> f32 {
+    if probs.len() == 1 {
+        return probs[0];
+    }
+    spec.positive_indices(probs.len()).iter().filter_map(|&i| probs.get(i)).sum::<f32>().clamp(0.0, 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let p = probabilities(&[1.0, 2.0, 3.0], Activation::Softmax);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[2] > p[1] && p[1] > p[0]);
+    }
+}

@@ -1,0 +1,169 @@
+//! The loaded model set: one queue per model, served by its worker threads.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+
+use crate::runtime::init_runtime;
+use crate::spec::{ModelKind, ModelSpec, Registry};
+use crate::worker::{Job, JobInput, Reply, Worker};
+use crate::{EngineError, LoadError};
+
+/// Counters of one model, read by the host's metrics.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    pub runs: AtomicU64,
+    pub items: AtomicU64,
+    pub busy_ns: AtomicU64,
+    pub failures: AtomicU64,
+    pub expired: AtomicU64,
+    pub queued: AtomicI64,
+}
+
+impl ModelStats {
+    pub(crate) fn record(&self, items: usize, busy: Duration) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.items.fetch_add(items as u64, Ordering::Relaxed);
+        self.busy_ns.fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+struct Handle {
+    spec: Arc<ModelSpec>,
+    tx: Sender<Job>,
+    stats: Arc<ModelStats>,
+}
+
+/// Every model of a registry, loaded. Dropping it stops the workers once their queues drain.
+#[derive(Default)]
+pub struct Models {
+    handles: BTreeMap<String, Handle>,
+}
+
+impl Models {
+    /// Loads every model of the registry; every failure is reported, not only the first.
+    pub fn load(registry: &Registry, runtime: &std::path::Path) -> Result<Models, Vec<LoadError>> {
+        if registry.models.is_empty() {
+            return Ok(Models::default());
+        }
+        let env = init_runtime(runtime).map_err(|e| vec![e])?;
+        let mut handles = BTreeMap::new();
+        let mut errors = Vec::new();
+        for spec in &registry.models {
+            match start(&env, spec) {
+                Ok(h) => {
+                    handles.insert(spec.name.clone(), h);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Models { handles })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn spec(&self, model: &str) -> Option<&ModelSpec> {
+        self.handles.get(model).map(|h| &*h.spec)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.handles.keys().map(String::as_str)
+    }
+
+    pub fn stats(&self) -> impl Iterator<Item = (&str, &ModelStats)> {
+        self.handles.iter().map(|(k, h)| (k.as_str(), &*h.stats))
+    }
+
+    /// Queues one job for `model` if it is of kind `wanted`; the reply arrives on the receiver.
+    pub fn submit(&self, model: &str, wanted: ModelKind, input: JobInput, deadline: Instant) -> Result<Receiver<Reply>, EngineError> {
+        let h = self.handles.get(model).ok_or_else(|| EngineError::UnknownModel(model.to_string()))?;
+        if h.spec.kind != wanted {
+            return Err(EngineError::WrongKind { model: model.to_string(), kind: h.spec.kind.as_str(), wanted: wanted.as_str() });
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let job = Job { input, deadline, reply: tx, enqueued: Instant::now() };
+        h.stats.queued.fetch_add(1, Ordering::Relaxed);
+        match h.tx.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(e) => {
+                h.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => EngineError::Overloaded { model: model.to_string() },
+                    TrySendError::Disconnected(_) => EngineError::Stopped { model: model.to_string() },
+                })
+            }
+        }
+    }
+
+    /// Submits and waits: the blocking convenience used by offline tools and tests.
+    pub fn run(&self, model: &str, wanted: ModelKind, input: JobInput, deadline: Instant) -> Result<Reply, EngineError> {
+        let rx = self.submit(model, wanted, input, deadline)?;
+        rx.recv_deadline(deadline).map_err(|_| EngineError::DeadlineExceeded)
+    }
+}
+
+fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle, LoadError> {
+    if !spec.file.exists() {
+        return Err(LoadError::Missing { model: spec.name.clone(), file: spec.file.clone() });
+    }
+    let spec = Arc::new(spec.clone());
+    let stats = Arc::new(ModelStats::default());
+    let (tx, rx) = crossbeam_channel::bounded(spec.queue);
+    for i in 0..spec.workers {
+        let session = session(env, &spec)?;
+        let (input_name, output_name) = check_io(&session, &spec)?;
+        let worker = Worker { session, spec: spec.clone(), input_name, output_name, stats: stats.clone() };
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("model-{}-{i}", spec.name))
+            .spawn(move || worker.run(rx))
+            .map_err(|e| LoadError::Spec { model: spec.name.clone(), reason: format!("worker thread: {e}") })?;
+    }
+    Ok(Handle { spec, tx, stats })
+}
+
+fn session(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Session, LoadError> {
+    let err = |reason: String| LoadError::Session { model: spec.name.clone(), file: spec.file.clone(), reason };
+    Session::builder(env)
+        .map_err(|e| err(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| err(e.to_string()))?
+        .with_intra_threads(spec.threads)
+        .map_err(|e| err(e.to_string()))?
+        .commit_from_file(&spec.file)
+        .map_err(|e| err(e.to_string()))
+}
+
+/// Checks at load what would otherwise fail on the first request: one image input of the
+/// configured size, and the output to read.
+fn check_io(session: &Session, spec: &ModelSpec) -> Result<(String, String), LoadError> {
+    let err = |reason: String| LoadError::Spec { model: spec.name.clone(), reason };
+    let [input] = session.inputs() else {
+        return Err(err(format!("expected one input, the model has {}", session.inputs().len())));
+    };
+    if let Some(shape) = input.dtype().tensor_shape() {
+        let want = [3, spec.input.height as i64, spec.input.width as i64];
+        if shape.len() != 4 || shape[1..].iter().zip(want).any(|(&d, w)| d > 0 && d != w) {
+            return Err(err(format!("input {} has shape {shape:?}; the registry says [N, 3, {}, {}]", input.name(), want[1], want[2])));
+        }
+        if shape[0] > 0 && (shape[0] as usize) < spec.max_batch {
+            return Err(err(format!("input batch dimension is fixed at {}; max_batch {} is too large", shape[0], spec.max_batch)));
+        }
+    }
+    let output = match &spec.output {
+        Some(name) => session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == name)
+            .ok_or_else(|| err(format!("no output named {name}")))?,
+        None => session.outputs().first().ok_or_else(|| err("the model has no output".into()))?,
+    };
+    Ok((input.name().to_string(), output.name().to_string()))
+}

@@ -1,0 +1,245 @@
+//! The model registry: what each named model is and how its input is prepared.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::LoadError;
+
+/// `models.toml`: `[[model]]` entries. Relative files are relative to the registry file;
+/// `${VAR}` in a path is taken from the environment.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    #[serde(default, rename = "model")]
+    pub models: Vec<ModelSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    pub file: PathBuf,
+    pub kind: ModelKind,
+    #[serde(default)]
+    pub input: InputSpec,
+    /// Class labels in output order; a file with one label per line may be given instead.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub labels_file: Option<PathBuf>,
+    /// Classifier: the labels whose probabilities add up to the score (default: the last label).
+    #[serde(default)]
+    pub positive: Vec<String>,
+    /// Classifier: how logits become probabilities.
+    #[serde(default)]
+    pub activation: Activation,
+    /// The output to read (default: the first).
+    pub output: Option<String>,
+    #[serde(default)]
+    pub detector: DetectorSpec,
+    /// ONNX Runtime intra-op threads per session.
+    #[serde(default = "one")]
+    pub threads: usize,
+    /// Sessions (each on its own thread) serving the model's queue.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// Largest batch one run takes (1 for models with a fixed batch dimension).
+    #[serde(default = "one")]
+    pub max_batch: usize,
+    /// How long the first request of a batch may wait for company.
+    #[serde(default)]
+    pub max_delay_us: u64,
+    /// Requests waiting beyond this are refused as overload.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_queue() -> usize {
+    256
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Classifier,
+    Embedder,
+    Detector,
+}
+
+impl ModelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Classifier => "classifier",
+            ModelKind::Embedder => "embedder",
+            ModelKind::Detector => "detector",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[default]
+    Softmax,
+    Sigmoid,
+    /// The model already outputs probabilities.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputSpec {
+    pub width: u32,
+    pub height: u32,
+    pub color: ColorOrder,
+    /// value = (pixel × scale − mean) / std, per channel in the model's colour order.
+    pub scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub resize: ResizeMode,
+    /// Centre-crop: the short side is first scaled to this (default: the crop size).
+    pub resize_short: Option<u32>,
+    /// Letterbox: the value of padded pixels (before normalisation).
+    pub pad: f32,
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        InputSpec {
+            width: 224,
+            height: 224,
+            color: ColorOrder::Rgb,
+            scale: 1.0 / 255.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            resize: ResizeMode::Stretch,
+            resize_short: None,
+            pad: 114.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ColorOrder {
+    Rgb,
+    Bgr,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// Scale both sides to the input size.
+    Stretch,
+    /// Keep the aspect ratio, place top-left, pad the rest.
+    Letterbox,
+    /// Scale the short side, then cut the centre.
+    CenterCrop,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorSpec {
+    pub format: DetectorFormat,
+    pub strides: Vec<u32>,
+    pub nms_iou: f32,
+    pub max_detections: usize,
+}
+
+impl Default for DetectorSpec {
+    fn default() -> Self {
+        DetectorSpec { format: DetectorFormat::Yolox, strides: vec![8, 16, 32], nms_iou: 0.45, max_detections: 100 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorFormat {
+    /// Raw YOLOX head: `[dx, dy, log w, log h, objectness, classes…]` per grid cell.
+    Yolox,
+}
+
+impl Registry {
+    /// Reads a registry file; paths in it are resolved against the file's folder.
+    pub fn load(file: &Path) -> Result<Registry, LoadError> {
+        let err = |reason: String| LoadError::Registry { file: file.to_path_buf(), reason };
+        let text = std::fs::read_to_string(file).map_err(|e| err(e.to_string()))?;
+        let mut reg: Registry = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        let mut seen = BTreeMap::new();
+        for m in &mut reg.models {
+            if seen.insert(m.name.clone(), ()).is_some() {
+                return Err(err(format!("model {} is defined twice", m.name)));
+            }
+            m.file = resolve(base, &m.file).map_err(|r| err(format!("model {}: {r}", m.name)))?;
+            if let Some(f) = &m.labels_file {
+                let f = resolve(base, f).map_err(|r| err(format!("model {}: {r}", m.name)))?;
+                let text = std::fs::read_to_string(&f)
+                    .map_err(|e| err(format!("model {}: labels file {}: {e}", m.name, f.display())))?;
+                m.labels = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+                m.labels_file = Some(f);
+            }
+            m.check().map_err(|r| err(format!("model {}: {r}", m.name)))?;
+        }
+        Ok(reg)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+impl ModelSpec {
+    fn check(&self) -> Result<(), String> {
+        if self.input.width == 0 || self.input.height == 0 {
+            return Err("input width and height must be positive".into());
+        }
+        if self.input.std.contains(&0.0) {
+            return Err("input std must not be 0".into());
+        }
+        if self.workers == 0 || self.threads == 0 || self.max_batch == 0 {
+            return Err("workers, threads and max_batch must be at least 1".into());
+        }
+        for p in &self.positive {
+            if !self.labels.contains(p) {
+                return Err(format!("positive label {p:?} is not among the labels"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Indices of the labels that count towards a classifier's score.
+    pub fn positive_indices(&self, classes: usize) -> Vec<usize> {
+        if self.positive.is_empty() {
+            return vec![classes.saturating_sub(1)];
+        }
+        self.positive.iter().filter_map(|p| self.labels.iter().position(|l| l == p)).collect()
+    }
+
+    pub fn label(&self, i: usize) -> String {
+        self.labels.get(i).cloned().unwrap_or_else(|| i.to_string())
+    }
+}
+
+/// Expands `${VAR}` and resolves relative paths against `base`.
+fn resolve(base: &Path, p: &Path) -> Result<PathBuf, String> {
+    let s = p.to_string_lossy();
+    let mut out = String::new();
+    let mut rest: &str = &s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find('}').ok_or_else(|| format!("unclosed ${{ in {s}"))? + i;
+        let var = &rest[i + 2..end];
+        let val = std::env::var(var).map_err(|_| format!("environment variable {var} (in {s}) is not set"))?;
+        out.push_str(&val);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    let p = PathBuf::from(out);
+    Ok(if p.is_absolute() { p } else { base.join(p) })
+}

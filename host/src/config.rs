@@ -1,0 +1,148 @@
+//! Per-hotkey policy files (`policies/<hotkey>.toml`): which component serves each role, with
+//! which parameters, the fallback answer, and limits. Files say what runs; flags say how.
+
+use std::path::{Path, PathBuf};
+
+use semver::VersionReq;
+use serde::Deserialize;
+
+/// The model registry's file name inside the policies folder.
+pub const MODELS_FILE: &str = "models.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotkeyFile {
+    /// The name in `/v1/predict/{name}`: letters, digits, `-` and `_`.
+    pub name: String,
+    /// The miner's SS58 address, when this hotkey answers subnet requests.
+    pub ss58: Option<String>,
+    /// The answer when the policy cannot produce one (trap, time-out, error). Not 0.5.
+    pub fallback: f32,
+    /// Time budget of one request in milliseconds (validators wait 9 s).
+    #[serde(default = "default_budget")]
+    pub budget_ms: u64,
+    pub router: RoleConfig,
+    pub text_scorer: Option<RoleConfig>,
+    pub fuser: Option<RoleConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+fn default_budget() -> u64 {
+    8_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// `name@requirement`, e.g. `cascade-router@^1`; a bare name takes any version.
+    pub component: String,
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Fuel for one component call (about one unit per Wasm instruction).
+    pub fuel: u64,
+    /// Wall-clock limit of one component call in milliseconds (also capped by the budget).
+    pub call_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { fuel: 50_000_000, call_ms: 8_000 }
+    }
+}
+
+/// `name@req` of a component reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComponentRef {
+    pub name: String,
+    pub req: VersionReq,
+}
+
+impl std::str::FromStr for ComponentRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, req) = match s.split_once('@') {
+            Some((n, r)) => (n, VersionReq::parse(r).map_err(|e| format!("version requirement {r:?}: {e}"))?),
+            None => (s, VersionReq::STAR),
+        };
+        if name.is_empty() {
+            return Err(format!("{s:?} names no component"));
+        }
+        Ok(ComponentRef { name: name.to_string(), req })
+    }
+}
+
+impl std::fmt::Display for ComponentRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.req)
+    }
+}
+
+impl HotkeyFile {
+    pub fn load(file: &Path) -> Result<HotkeyFile, String> {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read: {e}"))?;
+        let h: HotkeyFile = toml::from_str(&text).map_err(|e| e.to_string().trim_end().to_string())?;
+        h.check()?;
+        Ok(h)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(format!("name {:?}: use letters, digits, '-' and '_'", self.name));
+        }
+        if !(0.0..=1.0).contains(&self.fallback) || self.fallback == 0.5 {
+            return Err(format!("fallback {}: must be in [0, 1] and not 0.5 (validators read 0.5 as \"no\")", self.fallback));
+        }
+        if self.budget_ms == 0 || self.budget_ms > 60_000 {
+            return Err(format!("budget_ms {}: must be between 1 and 60000", self.budget_ms));
+        }
+        if self.limits.fuel == 0 || self.limits.call_ms == 0 {
+            return Err("limits: fuel and call_ms must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The hotkey files of a policies folder: every `*.toml` but the model registry, sorted.
+pub fn hotkey_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.file_name().is_some_and(|n| n != MODELS_FILE))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// TOML parameters as the JSON the component and its schema see.
+pub fn params_json(t: &toml::Table) -> serde_json::Value {
+    serde_json::to_value(t).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_refs() {
+        let r: ComponentRef = "cascade-router@^1".parse().unwrap();
+        assert_eq!(r.name, "cascade-router");
+        assert!(r.req.matches(&semver::Version::new(1, 4, 0)));
+        assert!(!r.req.matches(&semver::Version::new(2, 0, 0)));
+        assert!("x@nope".parse::<ComponentRef>().is_err());
+    }
+
+    #[test]
+    fn refuses_half_fallback_and_unknown_keys() {
+        let base = "name = \"a\"\nfallback = 0.5\n[router]\ncomponent = \"r\"\n";
+        let h: HotkeyFile = toml::from_str(base).unwrap();
+        assert!(h.check().unwrap_err().contains("not 0.5"));
+        let e = toml::from_str::<HotkeyFile>(&format!("{base}bogus = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

@@ -1,0 +1,202 @@
+//! Builds the complete serving state from the policies and components folders, collecting
+//! every problem (file and reason) instead of stopping at the first.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascade_engines::{Models, Registry};
+use semver::Version;
+
+use crate::config::{self, ComponentRef, HotkeyFile, RoleConfig, MODELS_FILE};
+use crate::policy::Hotkey;
+use crate::runtime::{Bound, Limits, Plugin, Role, RoleSet, Runtime};
+
+/// Where things come from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub policies: PathBuf,
+    pub components: PathBuf,
+    pub ort_library: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.message)
+    }
+}
+
+/// Everything that serves requests, built and checked as a whole.
+pub struct State {
+    pub models: Arc<Models>,
+    pub registry: Registry,
+    pub plugins: Vec<Arc<Plugin>>,
+    pub hotkeys: BTreeMap<String, Arc<Hotkey>>,
+    /// Notes that do not stop serving (e.g. a stage whose model is not configured).
+    pub warnings: Vec<Problem>,
+}
+
+pub fn load(rt: &Arc<Runtime>, src: &Sources) -> Result<State, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let reg_file = src.policies.join(MODELS_FILE);
+    let registry = if reg_file.exists() {
+        Registry::load(&reg_file).unwrap_or_else(|e| {
+            problems.push(Problem { file: reg_file.clone(), message: e.to_string() });
+            Registry::default()
+        })
+    } else {
+        Registry::default()
+    };
+    let models = Models::load(&registry, &src.ort_library).unwrap_or_else(|errs| {
+        problems.extend(errs.into_iter().map(|e| Problem { file: reg_file.clone(), message: e.to_string() }));
+        Models::default()
+    });
+    let models = Arc::new(models);
+    let plugins = load_plugins(rt, &src.components, &mut problems);
+    let mut hotkeys = BTreeMap::new();
+    let mut warnings = Vec::new();
+    let files = config::hotkey_files(&src.policies).unwrap_or_else(|e| {
+        problems.push(Problem { file: src.policies.clone(), message: format!("cannot list: {e}") });
+        Vec::new()
+    });
+    if files.is_empty() && problems.is_empty() {
+        problems.push(Problem { file: src.policies.clone(), message: "no hotkey files (*.toml)".into() });
+    }
+    for file in files {
+        match bind_hotkey(rt, &plugins, &file) {
+            Ok(h) => {
+                if let Some(prev) = hotkeys.get(&h.name) {
+                    let prev: &Arc<Hotkey> = prev;
+                    problems.push(Problem { file, message: format!("hotkey {} is also defined in {}", h.name, prev.file.display()) });
+                } else {
+                    hotkeys.insert(h.name.clone(), Arc::new(h));
+                }
+            }
+            Err(msgs) => problems.extend(msgs.into_iter().map(|message| Problem { file: file.clone(), message })),
+        }
+    }
+    if problems.is_empty() {
+        for h in hotkeys.values() {
+            smoke(h, &models, &mut problems, &mut warnings);
+        }
+    }
+    if problems.is_empty() {
+        Ok(State { models, registry, plugins, hotkeys, warnings })
+    } else {
+        Err(problems)
+    }
+}
+
+/// Compiles every `*.wasm` in the folder.
+pub fn load_plugins(rt: &Runtime, dir: &Path, problems: &mut Vec<Problem>) -> Vec<Arc<Plugin>> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "wasm")).collect(),
+        Err(e) => {
+            problems.push(Problem { file: dir.into(), message: format!("components folder: {e} (run `make setup`)") });
+            return Vec::new();
+        }
+    };
+    files.sort();
+    let mut out: Vec<Arc<Plugin>> = Vec::new();
+    for f in files {
+        match Plugin::load(rt, &f) {
+            Ok(p) => {
+                if let Some(dup) = out.iter().find(|q| q.name == p.name && q.version == p.version) {
+                    problems.push(Problem { file: f, message: format!("{}@{} is also in {}", p.name, p.version, dup.file.display()) });
+                } else {
+                    out.push(Arc::new(p));
+                }
+            }
+            Err(e) => problems.push(Problem { file: f, message: e.to_string() }),
+        }
+    }
+    out
+}
+
+/// The highest version of `name` that meets the requirement and serves the role.
+pub fn resolve(plugins: &[Arc<Plugin>], r: &ComponentRef, role: Role) -> Result<Arc<Plugin>, String> {
+    let named: Vec<&Arc<Plugin>> = plugins.iter().filter(|p| p.name == r.name).collect();
+    if named.is_empty() {
+        return Err(format!("no component named {}", r.name));
+    }
+    let best = named.iter().filter(|p| r.req.matches(&p.version)).max_by(|a, b| a.version.cmp(&b.version));
+    match best {
+        Some(p) if p.role == role => Ok((*p).clone()),
+        Some(p) => Err(format!("{}@{} is a {}, not a {}", p.name, p.version, p.role.as_str(), role.as_str())),
+        None => {
+            let have: Vec<String> = named.iter().map(|p| p.version.to_string()).collect();
+            Err(format!("no version of {} matches {} (have {})", r.name, r.req, have.join(", ")))
+        }
+    }
+}
+
+fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> Result<Hotkey, Vec<String>> {
+    let cfg = HotkeyFile::load(file).map_err(|e| vec![e])?;
+    let limits = Limits { fuel: cfg.limits.fuel, time: Duration::from_millis(cfg.limits.call_ms.min(cfg.budget_ms)) };
+    let mut errors = Vec::new();
+    let mut bind = |key: &str, rc: &RoleConfig, role: Role| -> Option<Arc<Bound>> {
+        match bind_role(rt, plugins, &cfg.name, key, rc, role, limits) {
+            Ok(b) => Some(Arc::new(b)),
+            Err(mut e) => {
+                errors.append(&mut e);
+                None
+            }
+        }
+    };
+    let router = bind("router", &cfg.router, Role::Router);
+    let text_scorer = cfg.text_scorer.as_ref().and_then(|rc| bind("text_scorer", rc, Role::TextScorer));
+    let fuser = cfg.fuser.as_ref().and_then(|rc| bind("fuser", rc, Role::Fuser));
+    match router {
+        Some(router) if errors.is_empty() => Ok(Hotkey {
+            name: cfg.name,
+            ss58: cfg.ss58,
+            file: file.into(),
+            fallback: cfg.fallback,
+            budget: Duration::from_millis(cfg.budget_ms),
+            router,
+            roles: Arc::new(RoleSet { text_scorer, fuser }),
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn bind_role(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], hotkey: &str, key: &str, rc: &RoleConfig, role: Role, limits: Limits) -> Result<Bound, Vec<String>> {
+    let r: ComponentRef = rc.component.parse().map_err(|e| vec![format!("{key}.component: {e}")])?;
+    let plugin = resolve(plugins, &r, role).map_err(|e| vec![format!("{key}.component: {e}")])?;
+    let params = config::params_json(&rc.params);
+    let violations = crate::schema::validate(&params, &plugin.schema);
+    if !violations.is_empty() {
+        return Err(violations
+            .into_iter()
+            .map(|v| format!("{key}.params.{} (schema of {}@{})", v, plugin.name, plugin.version))
+            .collect());
+    }
+    Bound::new(rt.clone(), plugin.clone(), hotkey, params.to_string(), limits)
+        .map_err(|e| vec![format!("{key}: {}@{} {e}", plugin.name, plugin.version)])
+}
+
+/// One decision on a plain grey image: the policy must answer without failing. Primitive
+/// errors it tolerated (a stage's model not configured) become warnings.
+fn smoke(h: &Hotkey, models: &Arc<Models>, problems: &mut Vec<Problem>, warnings: &mut Vec<Problem>) {
+    let img = Arc::new(image::RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128])));
+    let a = h.answer(models, img);
+    if a.fallback {
+        problems.push(Problem { file: h.file.clone(), message: format!("smoke request failed: {}", a.reason) });
+    }
+    for t in a.trace.iter().filter(|t| t.result.starts_with("error")) {
+        warnings.push(Problem { file: h.file.clone(), message: format!("{}({}): {}", t.primitive, t.model, t.result) });
+    }
+}
+
+/// One line per plugin for `check` and the log.
+pub fn describe_plugin(p: &Plugin) -> String {
+    let v: &Version = &p.version;
+    format!("{}@{} {} (contract {}) {}", p.name, v, p.role.as_str(), p.contract, p.file.display())
+}

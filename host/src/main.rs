@@ -1,0 +1,182 @@
+//! The `cascade` command: `serve`, `check`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use cascade_host::load::{self, Sources};
+use cascade_host::runtime::{Runtime, RuntimeConfig};
+use cascade_host::server::{IngressLimits, Server, Serving};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cascade", version, about = "Roadwork inference server with policies as WebAssembly components")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve every hotkey of the policies folder over HTTP.
+    Serve(ServeArgs),
+    /// Validate configs, models and components; print what would run and every problem.
+    Check(SourceArgs),
+}
+
+#[derive(Args)]
+struct SourceArgs {
+    /// Hotkey files (`*.toml`) and the model registry (`models.toml`).
+    #[arg(long, default_value = "policies")]
+    policies: PathBuf,
+    /// Compiled components (`*.wasm`); default: `target/components` beside the binary.
+    #[arg(long, env = "CASCADE_COMPONENTS")]
+    components: Option<PathBuf>,
+    /// Most component instances alive at once.
+    #[arg(long, default_value_t = 512)]
+    max_instances: u32,
+    /// Linear memory cap of one component instance, in MiB.
+    #[arg(long, default_value_t = 64)]
+    component_memory_mb: usize,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8091")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    src: SourceArgs,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Largest image width or height.
+    #[arg(long, default_value_t = 8192)]
+    max_side: u32,
+    /// Largest image area in pixels.
+    #[arg(long, default_value_t = 40_000_000)]
+    max_pixels: u64,
+    /// Seconds a client may take to send headers and body.
+    #[arg(long, default_value_t = 10)]
+    read_timeout_s: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+        Cmd::Check(a) => check(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn setup(a: &SourceArgs) -> anyhow::Result<(Arc<Runtime>, Sources)> {
+    let rt = Runtime::new(RuntimeConfig { max_instances: a.max_instances, max_memory: a.component_memory_mb << 20 })
+        .context("starting the component runtime")?;
+    let src = Sources {
+        policies: a.policies.clone(),
+        components: a.components.clone().unwrap_or_else(|| cascade_host::beside_exe("components")),
+        ort_library: cascade_engines::runtime_library(),
+    };
+    Ok((Arc::new(rt), src))
+}
+
+fn check(a: SourceArgs) -> anyhow::Result<ExitCode> {
+    let (rt, src) = setup(&a)?;
+    println!("policies:   {}", src.policies.display());
+    println!("components: {}", src.components.display());
+    let mut problems = Vec::new();
+    let plugins = load::load_plugins(&rt, &src.components, &mut problems);
+    for p in &plugins {
+        println!("component   {}", load::describe_plugin(p));
+    }
+    match load::load(&rt, &src) {
+        Ok(state) => {
+            for m in &state.registry.models {
+                println!("model       {} {} {}", m.name, m.kind.as_str(), m.file.display());
+            }
+            for h in state.hotkeys.values() {
+                let role = |b: &Option<Arc<cascade_host::runtime::Bound>>| {
+                    b.as_ref().map_or("-".to_string(), |b| format!("{}@{}", b.plugin.name, b.plugin.version))
+                };
+                println!(
+                    "hotkey      {} router={}@{} text_scorer={} fuser={} fallback={} ({})",
+                    h.name,
+                    h.router.plugin.name,
+                    h.router.plugin.version,
+                    role(&h.roles.text_scorer),
+                    role(&h.roles.fuser),
+                    h.fallback,
+                    h.file.display()
+                );
+            }
+            for w in &state.warnings {
+                println!("warning     {w}");
+            }
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(all) => {
+            for p in &all {
+                println!("problem     {p}");
+            }
+            println!("{} problem(s)", all.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (rt, src) = setup(&a.src)?;
+    let state = match load::load(&rt, &src) {
+        Ok(s) => s,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("problem: {p}");
+            }
+            anyhow::bail!("{} problem(s) in {} / {}; nothing served", problems.len(), src.policies.display(), src.components.display());
+        }
+    };
+    for p in &state.plugins {
+        tracing::info!("component {}", load::describe_plugin(p));
+    }
+    for w in &state.warnings {
+        tracing::warn!("{w}");
+    }
+    let server = Arc::new(Server {
+        serving: ArcSwap::from_pointee(Serving { models: state.models.clone(), hotkeys: state.hotkeys.clone() }),
+        limits: IngressLimits { max_body_bytes: a.max_body_bytes, max_side: a.max_side, max_pixels: a.max_pixels },
+        read_timeout: Duration::from_secs(a.read_timeout_s),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(256)
+        .thread_name("cascade")
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        let hotkeys: Vec<&String> = state.hotkeys.keys().collect();
+        let addr = listener.local_addr()?;
+        tracing::info!(listen = %addr, ?hotkeys, "serving");
+        // One machine-readable line on stdout, for scripts and tests that listen on port 0.
+        println!("listening on http://{addr}");
+        tokio::select! {
+            r = server.run(listener) => r.context("server")?,
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

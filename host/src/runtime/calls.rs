@@ -1,0 +1,153 @@
+//! Primitive calls from components to engines: memoised per request, traced, and run
+//! concurrently when a component issues several at once.
+
+use std::time::{Duration, Instant};
+
+use cascade_engines::{EngineError, JobInput, ModelKind, Output, Reply};
+use crossbeam_channel::Receiver;
+
+use super::request::{CallKey, ImageRef, RequestCtx, TraceEntry};
+use crate::wit::{Bbox, Call, Classification, Detection, Error, LabelScore, Outcome};
+
+/// A call in flight, or already answered (from the memo or by an immediate error).
+pub enum Pending {
+    Done(Result<Outcome, Error>),
+    Waiting { key: CallKey, rx: Receiver<Reply>, started: Instant },
+}
+
+fn describe(call: &Call) -> (&'static str, String, String) {
+    match call {
+        Call::Classify(m) => ("classify", m.clone(), String::new()),
+        Call::Detect((m, c)) => ("detect", m.clone(), format!("{:08x}", c.to_bits())),
+        Call::ReadText(m) => ("read-text", m.clone(), String::new()),
+        Call::Embed(m) => ("embed", m.clone(), String::new()),
+        Call::Ask((m, p)) => ("ask", m.clone(), p.clone()),
+    }
+}
+
+/// Starts `call` on `img`: answers from the memo, or queues the job on the model.
+pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Pending {
+    let (primitive, model, args) = describe(call);
+    let key = CallKey { image: img.id, primitive, model, args };
+    if let Some(r) = ctx.remembered(&key) {
+        ctx.record(entry(&key, Duration::ZERO, &r, true), Duration::ZERO);
+        return Pending::Done(r);
+    }
+    let pixels = img.pixels.clone();
+    let (kind, input) = match call {
+        Call::Classify(_) => (ModelKind::Classifier, JobInput::Image(pixels)),
+        Call::Embed(_) => (ModelKind::Embedder, JobInput::Image(pixels)),
+        Call::Detect((_, c)) if !(0.0..=1.0).contains(c) => {
+            return finish_now(ctx, key, Err(Error::InvalidArgument(format!("min-confidence {c} is outside [0, 1]"))));
+        }
+        Call::Detect((_, c)) => (ModelKind::Detector, JobInput::Detect(pixels, *c)),
+        Call::ReadText(_) | Call::Ask(_) => {
+            let e = unsupported(ctx, &key.model, primitive);
+            return finish_now(ctx, key, Err(e));
+        }
+    };
+    match ctx.models.submit(&key.model, kind, input, ctx.deadline) {
+        Ok(rx) => Pending::Waiting { key, rx, started: Instant::now() },
+        Err(e) => finish_now(ctx, key, Err(to_wit(e))),
+    }
+}
+
+/// Primitives without an engine yet: a configured model of another kind is `wrong-kind`,
+/// anything else `unknown-model`.
+fn unsupported(ctx: &RequestCtx, model: &str, primitive: &str) -> Error {
+    match ctx.models.spec(model) {
+        Some(s) => Error::WrongKind(format!("model {model} is a {}, not usable for {primitive}", s.kind.as_str())),
+        None => Error::UnknownModel(model.to_string()),
+    }
+}
+
+fn finish_now(ctx: &RequestCtx, key: CallKey, r: Result<Outcome, Error>) -> Pending {
+    ctx.record(entry(&key, Duration::ZERO, &r, false), Duration::ZERO);
+    ctx.remember(key, r.clone());
+    Pending::Done(r)
+}
+
+/// Waits for a started call (never past the request's deadline) and memoises the result.
+pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Outcome, Error> {
+    let (key, rx, started) = match p {
+        Pending::Done(r) => return r,
+        Pending::Waiting { key, rx, started } => (key, rx, started),
+    };
+    let (r, compute) = match rx.recv_deadline(ctx.deadline) {
+        Ok(reply) => (reply.output.map(to_outcome).map_err(to_wit), reply.compute),
+        Err(_) => (Err(Error::DeadlineExceeded), Duration::ZERO),
+    };
+    ctx.record(entry(&key, started.elapsed(), &r, false), compute);
+    crate::metrics::global().model_time(&ctx.hotkey, &key.model, compute);
+    ctx.remember(key, r.clone());
+    r
+}
+
+/// Runs one call to completion.
+pub fn run(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Result<Outcome, Error> {
+    let p = start(ctx, img, call);
+    finish(ctx, p)
+}
+
+/// Starts every call before waiting for any, so the models work concurrently.
+pub fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Result<Outcome, Error>> {
+    let pending: Vec<Pending> = calls.iter().map(|c| start(ctx, img, c)).collect();
+    pending.into_iter().map(|p| finish(ctx, p)).collect()
+}
+
+pub fn to_wit(e: EngineError) -> Error {
+    match e {
+        EngineError::UnknownModel(m) => Error::UnknownModel(m),
+        e @ EngineError::WrongKind { .. } => Error::WrongKind(e.to_string()),
+        EngineError::DeadlineExceeded => Error::DeadlineExceeded,
+        EngineError::InvalidInput(m) => Error::InvalidArgument(m),
+        e => Error::Engine(e.to_string()),
+    }
+}
+
+fn to_outcome(o: Output) -> Outcome {
+    match o {
+        Output::Classification { score, top } => Outcome::Classify(Classification {
+            score,
+            top: top.into_iter().map(|(label, score)| LabelScore { label, score }).collect(),
+        }),
+        Output::Embedding(v) => Outcome::Embed(v),
+        Output::Detections(d) => Outcome::Detect(
+            d.into_iter()
+                .map(|d| Detection {
+                    label: d.label,
+                    class_id: d.class_id,
+                    confidence: d.confidence,
+                    region: Bbox { x0: d.bbox[0], y0: d.bbox[1], x1: d.bbox[2], y1: d.bbox[3] },
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn entry(key: &CallKey, took: Duration, r: &Result<Outcome, Error>, cached: bool) -> TraceEntry {
+    TraceEntry {
+        primitive: key.primitive,
+        model: key.model.clone(),
+        ms: took.as_secs_f64() * 1e3,
+        result: summary(r),
+        cached,
+    }
+}
+
+fn summary(r: &Result<Outcome, Error>) -> String {
+    match r {
+        Err(e) => format!("error: {}", crate::runtime::show_error(e)),
+        Ok(Outcome::Classify(c)) => format!("score={:.4}", c.score),
+        Ok(Outcome::Embed(v)) => format!("dim={}", v.len()),
+        Ok(Outcome::Ask(a)) => format!("answer={a:?}"),
+        Ok(Outcome::ReadText(lines)) => {
+            let t: Vec<String> = lines.iter().map(|l| format!("{:?} {:.2}", l.text, l.confidence)).collect();
+            format!("{} lines: {}", lines.len(), t.join(", "))
+        }
+        Ok(Outcome::Detect(d)) => {
+            let t: Vec<String> = d.iter().take(8).map(|d| format!("{} {:.2}", d.label, d.confidence)).collect();
+            format!("{} boxes: {}", d.len(), t.join(", "))
+        }
+    }
+}

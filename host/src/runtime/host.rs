@@ -1,0 +1,132 @@
+//! The host side of the contract's imports: the image resource, the primitives and the roles.
+
+use std::sync::Arc;
+
+use wasmtime::error::Context;
+use wasmtime::format_err;
+use image::imageops;
+use wasmtime::component::Resource;
+
+use super::calls;
+use super::request::{ImageRef, RequestCtx};
+use super::store::StoreState;
+use crate::wit::cascade::policy::{primitives, roles, types};
+use crate::wit::{Bbox, Call, Classification, Detection, Error, NamedScore, Outcome, TextLine};
+
+type Host<T> = wasmtime::Result<T>;
+
+impl StoreState {
+    /// The request the running call serves; its absence is a host bug (the guest traps).
+    fn ctx(&self) -> Host<Arc<RequestCtx>> {
+        self.ctx.clone().ok_or_else(|| format_err!("primitive called outside a request"))
+    }
+
+    fn image(&self, r: &Resource<ImageRef>) -> Host<&ImageRef> {
+        self.table.get(r).context("image handle")
+    }
+
+    fn push_image(&mut self, pixels: image::RgbImage) -> Host<Resource<ImageRef>> {
+        let img = self.ctx()?.image(Arc::new(pixels));
+        let r = self.table.push(img)?;
+        self.created.push(r.rep());
+        Ok(r)
+    }
+
+    fn call(&mut self, img: &Resource<ImageRef>, call: Call) -> Host<Result<Outcome, Error>> {
+        let ctx = self.ctx()?;
+        Ok(calls::run(&ctx, self.image(img)?, &call))
+    }
+}
+
+/// Unwraps the outcome a primitive asked for; another variant is a host bug.
+macro_rules! expect {
+    ($r:expr, $v:ident) => {
+        match $r {
+            Ok(Outcome::$v(x)) => Ok(Ok(x)),
+            Ok(_) => Err(format_err!(concat!("engine answered a ", stringify!($v), " call with another outcome"))),
+            Err(e) => Ok(Err(e)),
+        }
+    };
+}
+
+impl types::HostImage for StoreState {
+    fn width(&mut self, img: Resource<ImageRef>) -> Host<u32> {
+        Ok(self.image(&img)?.pixels.width())
+    }
+
+    fn height(&mut self, img: Resource<ImageRef>) -> Host<u32> {
+        Ok(self.image(&img)?.pixels.height())
+    }
+
+    fn crop(&mut self, img: Resource<ImageRef>, region: Bbox) -> Host<Result<Resource<ImageRef>, Error>> {
+        let src = self.image(&img)?.pixels.clone();
+        let (w, h) = (src.width() as f32, src.height() as f32);
+        let bad = [region.x0, region.y0, region.x1, region.y1].iter().any(|v| !v.is_finite());
+        let (x0, y0) = (region.x0.clamp(0.0, w).floor(), region.y0.clamp(0.0, h).floor());
+        let (x1, y1) = (region.x1.clamp(0.0, w).ceil(), region.y1.clamp(0.0, h).ceil());
+        if bad || x1 - x0 < 1.0 || y1 - y0 < 1.0 {
+            return Ok(Err(Error::InvalidArgument(format!("empty crop {region:?} of a {w}×{h} image"))));
+        }
+        let view = imageops::crop_imm(&*src, x0 as u32, y0 as u32, (x1 - x0) as u32, (y1 - y0) as u32);
+        Ok(Ok(self.push_image(view.to_image())?))
+    }
+
+    fn flip_horizontal(&mut self, img: Resource<ImageRef>) -> Host<Resource<ImageRef>> {
+        let src = self.image(&img)?.pixels.clone();
+        self.push_image(imageops::flip_horizontal(&*src))
+    }
+
+    fn drop(&mut self, img: Resource<ImageRef>) -> Host<()> {
+        let rep = img.rep();
+        self.created.retain(|r| *r != rep);
+        self.table.delete(img)?;
+        Ok(())
+    }
+}
+
+impl types::Host for StoreState {}
+
+impl primitives::Host for StoreState {
+    fn classify(&mut self, model: String, img: Resource<ImageRef>) -> Host<Result<Classification, Error>> {
+        expect!(self.call(&img, Call::Classify(model))?, Classify)
+    }
+
+    fn detect(&mut self, model: String, img: Resource<ImageRef>, min_confidence: f32) -> Host<Result<Vec<Detection>, Error>> {
+        expect!(self.call(&img, Call::Detect((model, min_confidence)))?, Detect)
+    }
+
+    fn read_text(&mut self, model: String, img: Resource<ImageRef>) -> Host<Result<Vec<TextLine>, Error>> {
+        expect!(self.call(&img, Call::ReadText(model))?, ReadText)
+    }
+
+    fn embed(&mut self, model: String, img: Resource<ImageRef>) -> Host<Result<Vec<f32>, Error>> {
+        expect!(self.call(&img, Call::Embed(model))?, Embed)
+    }
+
+    fn ask(&mut self, model: String, img: Resource<ImageRef>, prompt: String) -> Host<Result<String, Error>> {
+        expect!(self.call(&img, Call::Ask((model, prompt)))?, Ask)
+    }
+
+    fn run_all(&mut self, img: Resource<ImageRef>, calls: Vec<Call>) -> Host<Vec<Result<Outcome, Error>>> {
+        let ctx = self.ctx()?;
+        Ok(calls::run_all(&ctx, self.image(&img)?, &calls))
+    }
+}
+
+impl roles::Host for StoreState {
+    fn score_text(&mut self, lines: Vec<TextLine>) -> Host<Result<Option<f32>, Error>> {
+        let ctx = self.ctx()?;
+        let Some(bound) = self.roles.as_ref().and_then(|r| r.text_scorer.clone()) else {
+            return Ok(Err(Error::UnboundRole("text-scorer".into())));
+        };
+        Ok(bound.score_text(&ctx, lines))
+    }
+
+    fn fuse(&mut self, scores: Vec<NamedScore>) -> Host<Result<f32, Error>> {
+        let ctx = self.ctx()?;
+        let Some(bound) = self.roles.as_ref().and_then(|r| r.fuser.clone()) else {
+            return Ok(Err(Error::UnboundRole("fuser".into())));
+        };
+        Ok(bound.fuse(&ctx, &scores))
+    }
+}

@@ -1,0 +1,218 @@
+//! A component bound to a role of a hotkey with its parameters: warm, configured instances
+//! are pooled and reused; each call gets fresh fuel and an epoch deadline. A trapped instance
+//! is never entered again: it is dropped and the pool makes a new one when needed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascade_engines::Image;
+use parking_lot::Mutex;
+use wasmtime::{Store, Trap};
+
+use super::plugin::{Plugin, RoleIndices};
+use super::request::RequestCtx;
+use super::store::StoreState;
+use super::{Runtime, EPOCH_TICK};
+use crate::wit::exports::cascade::policy::{fuser, router, text_scorer};
+use crate::wit::{Decision, Error, NamedScore, RequestMeta, TextLine};
+
+/// Fuel and wall-clock deadline for `info` and `configure`.
+pub const SETUP_FUEL: u64 = 500_000_000;
+pub const SETUP_TICKS: u64 = 2_000 / EPOCH_TICK.as_millis() as u64;
+/// Instances are replaced after this many calls, which bounds any slow leak inside a guest.
+const MAX_USES: u32 = 10_000;
+/// Warm instances kept per bound component.
+const MAX_WARM: usize = 64;
+
+/// Per-call limits of a bound component.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Fuel for one call (about one unit per Wasm instruction).
+    pub fuel: u64,
+    /// Wall-clock time of one call, also capped by the request's deadline.
+    pub time: Duration,
+}
+
+/// The other roles bound for the same hotkey, reachable from a router.
+#[derive(Default)]
+pub struct RoleSet {
+    pub text_scorer: Option<Arc<Bound>>,
+    pub fuser: Option<Arc<Bound>>,
+}
+
+/// Why a call into a component produced no answer. Each is a counted event.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("ran out of fuel")]
+    Fuel,
+    #[error("exceeded its time limit")]
+    Deadline,
+    #[error("exceeded its memory limit: {0}")]
+    Memory(String),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("cannot be instantiated: {0}")]
+    Instantiate(String),
+    #[error("refused its parameters: {0}")]
+    Configure(String),
+}
+
+impl CallError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Fuel => "fuel",
+            CallError::Deadline => "deadline",
+            CallError::Memory(_) => "memory",
+            CallError::Trap(_) => "trap",
+            CallError::Instantiate(_) => "instantiate",
+            CallError::Configure(_) => "configure",
+        }
+    }
+
+    fn from_wasm(e: wasmtime::Error) -> CallError {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => CallError::Fuel,
+            Some(Trap::Interrupt) => CallError::Deadline,
+            _ => {
+                let msg = format!("{e:#}");
+                if msg.contains("growing memory") || msg.contains("memory allocation") {
+                    CallError::Memory(msg)
+                } else {
+                    CallError::Trap(msg)
+                }
+            }
+        }
+    }
+}
+
+enum Exports {
+    Router(router::Guest),
+    TextScorer(text_scorer::Guest),
+    Fuser(fuser::Guest),
+}
+
+struct Warm {
+    store: Store<StoreState>,
+    exports: Exports,
+    uses: u32,
+}
+
+pub struct Bound {
+    pub plugin: Arc<Plugin>,
+    pub hotkey: String,
+    pub params: String,
+    pub limits: Limits,
+    runtime: Arc<Runtime>,
+    warm: Mutex<Vec<Warm>>,
+}
+
+impl Bound {
+    /// Binds `plugin` with `params` (JSON, already checked against its schema): one instance
+    /// is made and configured now, so a component that refuses its parameters is refused here.
+    pub fn new(runtime: Arc<Runtime>, plugin: Arc<Plugin>, hotkey: &str, params: String, limits: Limits) -> Result<Bound, CallError> {
+        let b = Bound { plugin, hotkey: hotkey.to_string(), params, limits, runtime, warm: Mutex::new(Vec::new()) };
+        let w = b.instantiate()?;
+        b.warm.lock().push(w);
+        Ok(b)
+    }
+
+    fn instantiate(&self) -> Result<Warm, CallError> {
+        let inst = |e: wasmtime::Error| CallError::Instantiate(format!("{e:#}"));
+        let mut store = Store::new(&self.runtime.engine, self.runtime.new_store_state());
+        store.limiter(|s| &mut s.limits);
+        store.set_fuel(SETUP_FUEL).map_err(inst)?;
+        store.set_epoch_deadline(SETUP_TICKS);
+        let instance = self.plugin.pre.instantiate(&mut store).map_err(CallError::from_wasm)?;
+        let meta = self.plugin.meta.load(&mut store, &instance).map_err(inst)?;
+        meta.call_configure(&mut store, &self.params)
+            .map_err(CallError::from_wasm)?
+            .map_err(CallError::Configure)?;
+        let exports = match &self.plugin.indices {
+            RoleIndices::Router(i) => Exports::Router(i.load(&mut store, &instance).map_err(inst)?),
+            RoleIndices::TextScorer(i) => Exports::TextScorer(i.load(&mut store, &instance).map_err(inst)?),
+            RoleIndices::Fuser(i) => Exports::Fuser(i.load(&mut store, &instance).map_err(inst)?),
+        };
+        Ok(Warm { store, exports, uses: 0 })
+    }
+
+    /// Runs `f` on a warm instance with fresh fuel and a deadline; returns the instance to the
+    /// pool unless the call trapped.
+    fn with<R>(
+        &self,
+        ctx: &Arc<RequestCtx>,
+        roles: Option<Arc<RoleSet>>,
+        f: impl FnOnce(&mut Store<StoreState>, &Exports) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let popped = self.warm.lock().pop();
+        let mut w = match popped {
+            Some(w) => w,
+            None => self.instantiate()?,
+        };
+        let time = self.limits.time.min(ctx.remaining());
+        let ticks = (time.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
+        w.store.set_fuel(self.limits.fuel).map_err(|e| CallError::Instantiate(e.to_string()))?;
+        w.store.set_epoch_deadline(ticks);
+        let state = w.store.data_mut();
+        state.ctx = Some(ctx.clone());
+        state.roles = roles;
+        let r = f(&mut w.store, &w.exports);
+        w.store.data_mut().end_call();
+        match r {
+            Ok(v) => {
+                w.uses += 1;
+                let mut pool = self.warm.lock();
+                if w.uses < MAX_USES && pool.len() < MAX_WARM {
+                    pool.push(w);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(CallError::from_wasm(e)),
+        }
+    }
+
+    /// A router's decision on `image`; the outer error is the component's failure.
+    pub fn decide(&self, ctx: &Arc<RequestCtx>, roles: Arc<RoleSet>, image: Image, budget: Duration) -> Result<Result<Decision, Error>, CallError> {
+        let meta = RequestMeta { hotkey: ctx.hotkey.clone(), budget_ms: budget.as_millis().min(u32::MAX as u128) as u32 };
+        self.with(ctx, Some(roles), |store, exports| {
+            let Exports::Router(g) = exports else { wasmtime::bail!("{} is not a router", self.plugin.name) };
+            let img = ctx.image(image);
+            let res = store.data_mut().table.push(img)?;
+            store.data_mut().created.push(res.rep());
+            g.call_decide(&mut *store, res, &meta)
+        })
+    }
+
+    /// The text scorer, as a router sees it: a failure becomes the `component` error.
+    pub fn score_text(&self, ctx: &Arc<RequestCtx>, lines: Vec<TextLine>) -> Result<Option<f32>, Error> {
+        let r = self.with(ctx, None, |store, exports| {
+            let Exports::TextScorer(g) = exports else { wasmtime::bail!("{} is not a text scorer", self.plugin.name) };
+            g.call_score_text(&mut *store, &lines)
+        });
+        self.role_result(r)
+    }
+
+    /// The fuser, as a router sees it: a failure becomes the `component` error.
+    pub fn fuse(&self, ctx: &Arc<RequestCtx>, scores: &[NamedScore]) -> Result<f32, Error> {
+        let r = self.with(ctx, None, |store, exports| {
+            let Exports::Fuser(g) = exports else { wasmtime::bail!("{} is not a fuser", self.plugin.name) };
+            g.call_fuse(&mut *store, scores)
+        });
+        self.role_result(r)
+    }
+
+    fn role_result<T>(&self, r: Result<Result<T, Error>, CallError>) -> Result<T, Error> {
+        match r {
+            Ok(inner) => inner,
+            Err(e) => {
+                crate::metrics::global().component_event(&self.hotkey, self.plugin.role.as_str(), e.kind());
+                tracing::warn!(hotkey = %self.hotkey, component = %self.plugin.name, error = %e, "component failed");
+                Err(Error::Component(format!("{} {e}", self.plugin.name)))
+            }
+        }
+    }
+
+    /// Warm instances right now (for status and tests).
+    pub fn warm_instances(&self) -> usize {
+        self.warm.lock().len()
+    }
+}

@@ -1,0 +1,93 @@
+//! One request's state on the host side: its images, the memo of primitive results, the trace
+//! and the deadline. Shared by every component the request reaches.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_engines::{Image, Models};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::wit::{Error, Outcome};
+
+/// The host side of an `image` resource handle.
+pub struct ImageRef {
+    /// Unique within the request: the memo key for "this image".
+    pub id: u32,
+    pub pixels: Image,
+}
+
+/// One primitive call as the trace reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceEntry {
+    pub primitive: &'static str,
+    pub model: String,
+    pub ms: f64,
+    pub result: String,
+    pub cached: bool,
+}
+
+/// What a call is, for memoisation: the primitive, its arguments and the image.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CallKey {
+    pub image: u32,
+    pub primitive: &'static str,
+    pub model: String,
+    /// Extra arguments, encoded (detect's minimum confidence bits, ask's prompt).
+    pub args: String,
+}
+
+pub struct RequestCtx {
+    pub models: Arc<Models>,
+    pub deadline: Instant,
+    pub hotkey: String,
+    next_image: AtomicU32,
+    memo: Mutex<HashMap<CallKey, Result<Outcome, Error>>>,
+    trace: Mutex<Vec<TraceEntry>>,
+    model_time: Mutex<Duration>,
+}
+
+impl RequestCtx {
+    pub fn new(models: Arc<Models>, hotkey: &str, deadline: Instant) -> Arc<RequestCtx> {
+        Arc::new(RequestCtx {
+            models,
+            deadline,
+            hotkey: hotkey.to_string(),
+            next_image: AtomicU32::new(0),
+            memo: Mutex::new(HashMap::new()),
+            trace: Mutex::new(Vec::new()),
+            model_time: Mutex::new(Duration::ZERO),
+        })
+    }
+
+    pub fn image(&self, pixels: Image) -> ImageRef {
+        ImageRef { id: self.next_image.fetch_add(1, Ordering::Relaxed), pixels }
+    }
+
+    pub fn remembered(&self, key: &CallKey) -> Option<Result<Outcome, Error>> {
+        self.memo.lock().get(key).cloned()
+    }
+
+    pub fn remember(&self, key: CallKey, result: Result<Outcome, Error>) {
+        self.memo.lock().insert(key, result);
+    }
+
+    pub fn record(&self, entry: TraceEntry, model_time: Duration) {
+        self.trace.lock().push(entry);
+        *self.model_time.lock() += model_time;
+    }
+
+    pub fn trace(&self) -> Vec<TraceEntry> {
+        self.trace.lock().clone()
+    }
+
+    pub fn model_time(&self) -> Duration {
+        *self.model_time.lock()
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}

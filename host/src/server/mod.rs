@@ -1,0 +1,163 @@
+//! HTTP ingress (hyper 1 on tokio): `/v1/predict/{hotkey}`, `/healthz`, `/metrics`.
+//! The serving state is read through one atomic load per request; policies run on blocking
+//! threads because component calls wait on model queues.
+
+pub mod ingress;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use cascade_engines::Models;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::policy::{Answer, Hotkey};
+pub use ingress::{IngressLimits, Refusal};
+
+/// What requests are served by: swapped whole, never edited in place.
+pub struct Serving {
+    pub models: Arc<Models>,
+    pub hotkeys: BTreeMap<String, Arc<Hotkey>>,
+}
+
+pub struct Server {
+    pub serving: ArcSwap<Serving>,
+    pub limits: IngressLimits,
+    /// How long a client may take to send its headers and its body.
+    pub read_timeout: Duration,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn refusal(r: Refusal) -> Resp {
+    crate::metrics::global().rejected(r.code, r.status.as_u16());
+    json_response(r.status, &json!({"error": {"code": r.code, "message": r.message}}))
+}
+
+impl Server {
+    /// Accepts connections until the process ends.
+    pub async fn run(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, _peer): (_, SocketAddr) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            let timeout = self.read_timeout;
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let me = me.clone();
+                    async move { Ok::<_, Infallible>(me.handle(req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(timeout)
+                    .serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let path = req.uri().path().to_string();
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/healthz") => {
+                let s = self.serving.load();
+                let hotkeys: Vec<&String> = s.hotkeys.keys().collect();
+                json_response(StatusCode::OK, &json!({"status": "ok", "hotkeys": hotkeys}))
+            }
+            (&Method::GET, "/metrics") => {
+                let s = self.serving.load();
+                let mut r = Response::new(Full::new(Bytes::from(crate::metrics::global().render(Some(&s.models)))));
+                r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
+                r
+            }
+            (m, p) if p.starts_with("/v1/predict/") => {
+                if m != Method::POST {
+                    return refusal(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "use POST"));
+                }
+                let hotkey = p["/v1/predict/".len()..].to_string();
+                match self.predict(&hotkey, req).await {
+                    Ok(r) => r,
+                    Err(r) => refusal(r),
+                }
+            }
+            _ => refusal(Refusal::new(StatusCode::NOT_FOUND, "not-found", format!("no route {path}"))),
+        }
+    }
+
+    async fn predict(&self, hotkey: &str, req: Request<Incoming>) -> Result<Resp, Refusal> {
+        let started = Instant::now();
+        let serving = self.serving.load_full();
+        let hk = serving
+            .hotkeys
+            .get(hotkey)
+            .cloned()
+            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}")))?;
+        let limit = self.limits.max_body_bytes;
+        let too_large = || Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("body exceeds {limit} bytes"));
+        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let collect = Limited::new(req.into_body(), limit).collect();
+        let body = match tokio::time::timeout(self.read_timeout, collect).await {
+            Err(_) => return Err(Refusal::new(StatusCode::REQUEST_TIMEOUT, "read-timeout", "the body did not arrive in time")),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Ok(Err(e)) => return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad-body", format!("cannot read the body: {e}"))),
+            Ok(Ok(b)) => b.to_bytes(),
+        };
+        let bytes = ingress::image_bytes(ct.as_deref(), &body)?;
+        let limits = self.limits;
+        let task = tokio::task::spawn_blocking(move || -> Result<Answer, Refusal> {
+            let img = ingress::decode_image(&bytes, &limits)?;
+            Ok(hk.answer(&serving.models, Arc::new(img)))
+        });
+        let answer = task
+            .await
+            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("policy task failed: {e}")))??;
+        let took = started.elapsed();
+        let outcome = if answer.fallback { "fallback" } else { "ok" };
+        crate::metrics::global().request(hotkey, &answer.stage, outcome, took);
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "prediction": answer.prediction,
+                "stage": answer.stage,
+                "reason": answer.reason,
+                "fallback": answer.fallback,
+                "hotkey": hotkey,
+                "model_ms": answer.model_ms,
+                "ms": took.as_secs_f64() * 1e3,
+                "trace": answer.trace,
+            }),
+        ))
+    }
+}

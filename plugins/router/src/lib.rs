@@ -1,0 +1,177 @@
+//! `cascade-router`: an ordered list of stages, each running one or more host primitives
+//! concurrently; evidence accumulates as named scores, is fused by the hotkey's fuser after
+//! every stage, and a stage may end the decision early on a low or high threshold.
+
+mod params;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use params::{OnError, Params, Stage};
+
+wit_bindgen::generate!({
+    path: "../../wit/v1.0.0",
+    world: "router-component",
+});
+
+use cascade::policy::primitives::{run_all, Call, Outcome};
+use cascade::policy::roles;
+use cascade::policy::types::{ComponentInfo, Error, Image, NamedScore};
+use exports::cascade::policy::meta::Guest as Meta;
+use exports::cascade::policy::router::{Decision, Guest as Router, RequestMeta};
+
+static PARAMS: OnceLock<Params> = OnceLock::new();
+
+struct Component;
+
+impl Meta for Component {
+    fn info() -> ComponentInfo {
+        ComponentInfo {
+            name: "cascade-router".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            params_schema: params::SCHEMA.into(),
+        }
+    }
+
+    fn configure(json: String) -> Result<(), String> {
+        let p: Params = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+        p.check()?;
+        PARAMS.set(p).map_err(|_| "already configured".to_string())
+    }
+}
+
+/// Evidence gathered so far, by name.
+type Evidence = BTreeMap<String, f32>;
+
+impl Router for Component {
+    fn decide(img: &Image, _req: RequestMeta) -> Result<Decision, Error> {
+        let p = PARAMS
+            .get()
+            .ok_or_else(|| Error::InvalidArgument("router used before configure".into()))?;
+        let mut evidence = Evidence::new();
+        let mut notes: Vec<String> = Vec::new();
+        let mut flipped: Option<Image> = None;
+        let last = p.stages.len() - 1;
+        for (i, stage) in p.stages.iter().enumerate() {
+            let target = if stage.flip {
+                &*flipped.get_or_insert_with(|| img.flip_horizontal())
+            } else {
+                img
+            };
+            run_stage(stage, target, &mut evidence, &mut notes)?;
+            if evidence.is_empty() {
+                if i == last {
+                    return Err(Error::Component(format!("no evidence: {}", notes.join("; "))));
+                }
+                continue;
+            }
+            let fused = fuse(&evidence)?;
+            let exit = if i == last {
+                Some("final")
+            } else if stage.exit_low.is_some_and(|t| fused <= t) {
+                Some("exit-low")
+            } else if stage.exit_high.is_some_and(|t| fused >= t) {
+                Some("exit-high")
+            } else {
+                None
+            };
+            if let Some(kind) = exit {
+                let mut reason = format!("{kind} at {}: fused {fused:.3} from {}", stage.name, show(&evidence));
+                if !notes.is_empty() {
+                    reason.push_str(&format!(" [{}]", notes.join("; ")));
+                }
+                return Ok(Decision {
+                    prediction: p.tie_break.apply(fused.clamp(0.0, 1.0)),
+                    stage: stage.name.clone(),
+                    reason,
+                });
+            }
+        }
+        unreachable!("the last stage always answers or errors")
+    }
+}
+
+/// Issues every primitive of the stage in one `run-all`, then folds the results into evidence.
+fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<String>) -> Result<(), Error> {
+    let mut calls: Vec<Call> = stage.classify.iter().map(|m| Call::Classify(m.clone())).collect();
+    if let Some(m) = &stage.read_text {
+        calls.push(Call::ReadText(m.clone()));
+    }
+    if let Some(d) = &stage.detect {
+        calls.push(Call::Detect((d.model.clone(), d.min_confidence)));
+    }
+    if let Some(a) = &stage.ask {
+        calls.push(Call::Ask((a.model.clone(), a.prompt.clone())));
+    }
+    let suffix = if stage.flip { ":flip" } else { "" };
+    for (call, result) in calls.iter().zip(run_all(img, &calls)) {
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) if stage.on_error == OnError::Skip => {
+                notes.push(format!("{} skipped: {}", call_name(call), show_error(&e)));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match outcome {
+            Outcome::Classify(c) => {
+                let Call::Classify(model) = call else { continue };
+                ev.insert(format!("{model}{suffix}"), c.score);
+            }
+            Outcome::ReadText(lines) => {
+                if let Some(s) = roles::score_text(&lines)? {
+                    ev.insert(format!("text{suffix}"), s);
+                }
+            }
+            Outcome::Detect(dets) => {
+                let Some(d) = &stage.detect else { continue };
+                if let Some(s) = d.evidence(&dets) {
+                    ev.insert(format!("{}{suffix}", d.name), s);
+                }
+            }
+            Outcome::Ask(answer) => {
+                let Some(a) = &stage.ask else { continue };
+                ev.insert(format!("{}{suffix}", a.name), a.score(&answer));
+            }
+            Outcome::Embed(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The hotkey's fuser; without one, a single score stands for itself and several are averaged.
+fn fuse(ev: &Evidence) -> Result<f32, Error> {
+    let scores: Vec<NamedScore> = ev.iter().map(|(n, s)| NamedScore { name: n.clone(), score: *s }).collect();
+    match roles::fuse(&scores) {
+        Err(Error::UnboundRole(_)) => Ok(ev.values().sum::<f32>() / ev.len() as f32),
+        other => other,
+    }
+}
+
+fn show(ev: &Evidence) -> String {
+    ev.iter().map(|(n, s)| format!("{n}={s:.3}")).collect::<Vec<_>>().join(", ")
+}
+
+fn call_name(c: &Call) -> String {
+    match c {
+        Call::Classify(m) => format!("classify({m})"),
+        Call::Detect((m, _)) => format!("detect({m})"),
+        Call::ReadText(m) => format!("read-text({m})"),
+        Call::Embed(m) => format!("embed({m})"),
+        Call::Ask((m, _)) => format!("ask({m})"),
+    }
+}
+
+fn show_error(e: &Error) -> String {
+    match e {
+        Error::UnknownModel(m) => format!("unknown model {m}"),
+        Error::WrongKind(m) => format!("wrong kind: {m}"),
+        Error::Engine(m) => format!("engine: {m}"),
+        Error::DeadlineExceeded => "deadline exceeded".into(),
+        Error::InvalidArgument(m) => format!("invalid argument: {m}"),
+        Error::UnboundRole(m) => format!("unbound role {m}"),
+        Error::Component(m) => format!("component: {m}"),
+    }
+}
+
+export!(Component);

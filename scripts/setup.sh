@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Idempotent set-up: ONNX Runtime library (from the PyPI wheel, checksum-verified), the
+# wasm32-wasip2 target, the Python tools the tests use, the components, the host.
+# Everything lands under target/ and .venv/ (both ignored by git).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ORT_VERSION=1.31.1
+ORT_WHEEL=onnxruntime-${ORT_VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl
+ORT_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
+CACHE=.cache
+mkdir -p "$CACHE" target/ort target/components target/test-components
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# 1. ONNX Runtime (CPU) from the onnxruntime wheel; no Python needed at run time.
+if [ ! -f target/ort/libonnxruntime.so ] || [ "$(cat target/ort/VERSION 2>/dev/null)" != "$ORT_VERSION" ]; then
+  if [ ! -f "$CACHE/$ORT_WHEEL" ]; then
+    say "downloading $ORT_WHEEL"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+      --platform manylinux_2_28_x86_64 "onnxruntime==$ORT_VERSION" -d "$CACHE"
+  fi
+  echo "$ORT_SHA256  $CACHE/$ORT_WHEEL" | sha256sum -c --quiet -
+  python3 - "$CACHE/$ORT_WHEEL" "$ORT_VERSION" <<'PY'
+import sys, zipfile, shutil
+whl, ver = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    name = f"onnxruntime/capi/libonnxruntime.so.{ver}"
+    with z.open(name) as src, open("target/ort/libonnxruntime.so", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+PY
+  echo "$ORT_VERSION" > target/ort/VERSION
+  say "ONNX Runtime $ORT_VERSION -> target/ort/libonnxruntime.so"
+fi
+
+# 2. The component target.
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  say "adding the wasm32-wasip2 target"
+  rustup target add wasm32-wasip2
+fi
+
+# 3. Python tools (tests build their ONNX models with `onnx`).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import onnx, numpy' 2>/dev/null; then
+  say "creating .venv with onnx and numpy"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+fi
+
+# 4. Components, built from plugins/ (never committed as binaries).
+say "building components"
+(cd plugins && cargo build --quiet --release --target wasm32-wasip2)
+for f in plugins/target/wasm32-wasip2/release/*.wasm; do
+  case "$(basename "$f")" in
+    misbehave.wasm) cp -u "$f" target/test-components/ ;;
+    *) cp -u "$f" target/components/ ;;
+  esac
+done
+
+# 5. The host.
+say "building the host (release)"
+cargo build --quiet --release --bin cascade
+say "ready: target/release/cascade"
