@@ -59,6 +59,8 @@ pub fn load(rt: &Arc<Runtime>, src: &Sources) -> Result<State, Vec<Problem>> {
         Models::default()
     });
     let models = Arc::new(models);
+    // Smoke requests need the models; without them their failures would only repeat the above.
+    let models_ok = problems.is_empty();
     let plugins = load_plugins(rt, &src.components, &mut problems);
     let mut hotkeys = BTreeMap::new();
     let mut warnings = Vec::new();
@@ -82,7 +84,7 @@ pub fn load(rt: &Arc<Runtime>, src: &Sources) -> Result<State, Vec<Problem>> {
             Err(msgs) => problems.extend(msgs.into_iter().map(|message| Problem { file: file.clone(), message })),
         }
     }
-    if problems.is_empty() {
+    if models_ok {
         for h in hotkeys.values() {
             smoke(h, &models, &mut problems, &mut warnings);
         }

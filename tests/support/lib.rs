@@ -1,1 +1,239 @@
-//! test support
+//! Support for the integration tests: start the real `cascade` binary on a free port with a
+//! policies folder written by the test, talk HTTP to it, make images.
+
+use std::io::{BufRead, BufReader, Cursor};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub use serde_json::{json, Value};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// `../shared` beside the repository (or `CASCADE_SHARED`).
+pub fn shared() -> PathBuf {
+    std::env::var_os("CASCADE_SHARED").map(PathBuf::from).unwrap_or_else(|| repo().parent().expect("parent").join("shared"))
+}
+
+pub fn binary() -> PathBuf {
+    let b = repo().join("target/release/cascade");
+    assert!(b.exists(), "{} is missing: run `make setup`", b.display());
+    b
+}
+
+pub fn test_models() -> PathBuf {
+    let d = repo().join("target/test-models");
+    assert!(d.join("tint.onnx").exists(), "test models missing: run scripts/test.sh (it builds them)");
+    d
+}
+
+/// A scratch folder, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("cascade-test-{tag}-{}-{}", std::process::id(), nanos()));
+        std::fs::create_dir_all(&d).expect("temp dir");
+        TempDir(d)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// The model registry the tests use: the `tint` classifier and embedder built by
+/// `tests/models/make_test_models.py`, and YOLOX-Nano from `../shared`.
+pub fn test_registry() -> String {
+    let m = test_models();
+    let y = shared().join("models/yolox_nano");
+    format!(
+        r#"
+[[model]]
+name = "tint"
+file = "{tint}"
+kind = "classifier"
+labels = ["other", "roadwork"]
+positive = ["roadwork"]
+input = {{ width = 32, height = 32 }}
+max_batch = 8
+max_delay_us = 200
+
+[[model]]
+name = "tint-embed"
+file = "{embed}"
+kind = "embedder"
+input = {{ width = 32, height = 32 }}
+
+[[model]]
+name = "yolox"
+file = "{yolox}"
+kind = "detector"
+labels_file = "{labels}"
+input = {{ width = 416, height = 416, color = "bgr", scale = 1.0, resize = "letterbox", pad = 114.0 }}
+"#,
+        tint = m.join("tint.onnx").display(),
+        embed = m.join("tint_embed.onnx").display(),
+        yolox = y.join("yolox_nano.onnx").display(),
+        labels = y.join("coco_classes.txt").display(),
+    )
+}
+
+/// A policies folder with the test registry and the given hotkey files.
+pub fn policies(tag: &str, hotkeys: &[(&str, &str)]) -> TempDir {
+    let d = TempDir::new(tag);
+    d.write("models.toml", &test_registry());
+    for (name, text) in hotkeys {
+        d.write(&format!("{name}.toml"), text);
+    }
+    d
+}
+
+/// Components built by set-up, plus the test-only ones when asked.
+pub fn components(with_test_components: bool) -> TempDir {
+    let d = TempDir::new("components");
+    let mut dirs = vec![repo().join("target/components")];
+    if with_test_components {
+        dirs.push(repo().join("target/test-components"));
+    }
+    for dir in dirs {
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e} (run make setup)", dir.display())) {
+            let p = e.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "wasm") {
+                std::fs::copy(&p, d.0.join(p.file_name().expect("name"))).expect("copy component");
+            }
+        }
+    }
+    d
+}
+
+/// A running `cascade serve`; killed on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub log: PathBuf,
+    _components: TempDir,
+}
+
+impl Server {
+    pub fn start(policies: &Path, test_components: bool, extra: &[&str]) -> Server {
+        let comps = components(test_components);
+        let log = policies.join("server.log");
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
+            .arg(policies)
+            .arg("--components")
+            .arg(&comps.0)
+            .args(extra)
+            .env("ORT_DYLIB_PATH", repo().join("target/ort/libonnxruntime.so"))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn cascade");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(b) => b,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+        };
+        Server { child, base, log, _components: comps }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// POST with a content type; returns the status and the body as JSON (or a string).
+pub fn post(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    let mut r = agent()
+        .post(url)
+        .header("Content-Type", content_type)
+        .send(body)
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+pub fn get(url: &str) -> (u16, String) {
+    let mut r = agent().get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// POST `{"image": base64}` to a hotkey.
+pub fn predict(server: &Server, hotkey: &str, image: &[u8]) -> (u16, Value) {
+    use base64::Engine as _;
+    let body = json!({"image": base64::engine::general_purpose::STANDARD.encode(image)});
+    post(&server.url(&format!("/v1/predict/{hotkey}")), "application/json", body.to_string().as_bytes())
+}
+
+pub fn solid(w: u32, h: u32, rgb: [u8; 3]) -> image::RgbImage {
+    image::RgbImage::from_pixel(w, h, image::Rgb(rgb))
+}
+
+pub fn jpeg(img: &image::RgbImage) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).expect("encode jpeg");
+    out.into_inner()
+}
+
+pub fn png(img: &image::RgbImage) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("encode png");
+    out.into_inner()
+}
+
+/// A number from a JSON value, or a panic naming the value.
+pub fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}

@@ -41,6 +41,9 @@ pub struct Server {
 
 type Resp = Response<Full<Bytes>>;
 
+/// Oversized bodies up to this size are read and dropped before the 413 is sent.
+const DRAIN_CAP: u64 = 32 << 20;
+
 fn json_response(status: StatusCode, v: &serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
@@ -123,7 +126,12 @@ impl Server {
         let limit = self.limits.max_body_bytes;
         let too_large = || Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("body exceeds {limit} bytes"));
         let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
+        if let Some(n) = declared.filter(|n| *n > limit as u64) {
+            // Read (and drop) a moderately oversized body so that the client, still sending,
+            // gets the 413 instead of a broken pipe; a huge one just gets the connection closed.
+            if n <= DRAIN_CAP {
+                let _ = tokio::time::timeout(self.read_timeout, Limited::new(req.into_body(), DRAIN_CAP as usize).collect()).await;
+            }
             return Err(too_large());
         }
         let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);

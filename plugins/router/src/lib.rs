@@ -61,7 +61,8 @@ impl Router for Component {
             run_stage(stage, target, &mut evidence, &mut notes)?;
             if evidence.is_empty() {
                 if i == last {
-                    return Err(Error::Component(format!("no evidence: {}", notes.join("; "))));
+                    let why = if notes.is_empty() { "no primitive produced a score".to_string() } else { notes.join("; ") };
+                    return Err(Error::Component(format!("no evidence after the last stage: {why}")));
                 }
                 continue;
             }

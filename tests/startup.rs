@@ -1,0 +1,102 @@
+//! Broken configs and components stop `serve` with the file and the reason; `check` reports
+//! every problem, not only the first.
+
+use std::process::Command;
+
+use cascade_tests::*;
+
+const GOOD: &str = r#"
+name = "good"
+fallback = 0.3
+[router]
+component = "cascade-router@^1"
+[[router.params.stages]]
+name = "tint"
+classify = ["tint"]
+"#;
+
+/// Unknown key inside the router's parameters: refused by the component's schema.
+const UNKNOWN_PARAM: &str = r#"
+name = "typo"
+fallback = 0.3
+[router]
+component = "cascade-router@^1"
+[[router.params.stages]]
+name = "tint"
+classify = ["tint"]
+exit_lo = 0.1
+"#;
+
+/// Ill-typed parameter and a missing component version.
+const ILL_TYPED: &str = r#"
+name = "typed"
+fallback = 0.3
+[router]
+component = "cascade-router@^1"
+[[router.params.stages]]
+name = "tint"
+classify = ["tint"]
+exit_high = "high"
+[fuser]
+component = "weighted@^7"
+params.weights = { tint = 1.0 }
+"#;
+
+fn cascade(args: &[&str], policies: &std::path::Path, components: &std::path::Path) -> (i32, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .arg("--policies")
+        .arg(policies)
+        .arg("--components")
+        .arg(components)
+        .env("ORT_DYLIB_PATH", repo().join("target/ort/libonnxruntime.so"))
+        .output()
+        .expect("run cascade");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_reports_every_problem_and_serve_refuses_to_start() {
+    let comps = components(false);
+    std::fs::write(comps.0.join("broken.wasm"), b"\0asm but not really").expect("write");
+    let dir = policies("startup", &[("good", GOOD), ("typo", UNKNOWN_PARAM), ("typed", ILL_TYPED)]);
+
+    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("broken.wasm: not a valid component"), "{out}");
+    assert!(out.contains("typo.toml: router.params.stages[0].exit_lo: unknown key"), "{out}");
+    assert!(out.contains("typed.toml: router.params.stages[0].exit_high: expected number, found string"), "{out}");
+    assert!(out.contains("typed.toml: fuser.component: no version of weighted matches ^7"), "{out}");
+    assert!(out.contains("4 problem(s)"), "{out}");
+
+    let (code, out) = cascade(&["serve", "--listen", "127.0.0.1:0"], &dir.0, &comps.0);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("typo.toml: router.params.stages[0].exit_lo: unknown key"), "{out}");
+    assert!(!out.contains("listening on"), "{out}");
+}
+
+#[test]
+fn check_passes_a_good_folder_and_names_what_would_run() {
+    let comps = components(false);
+    let dir = policies("startup-good", &[("good", GOOD)]);
+    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("hotkey      good router=cascade-router@1.0.0"), "{out}");
+    assert!(out.contains("model       yolox detector"), "{out}");
+}
+
+#[test]
+fn config_errors_name_file_and_key() {
+    let comps = components(false);
+    let bad_toml = "name = \"x\"\nfallback = 0.5\n[router]\ncomponent = \"cascade-router@^1\"\n";
+    let unknown_top = format!("{GOOD}\nsurprise = true\n").replace("name = \"good\"", "name = \"other\"");
+    let missing_model = GOOD.replace("name = \"good\"", "name = \"ghost\"").replace("[\"tint\"]", "[\"ghost-model\"]");
+    let dir = policies("startup-config", &[("half", bad_toml), ("top", &unknown_top), ("ghost", &missing_model)]);
+    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("half.toml: fallback 0.5"), "{out}");
+    assert!(out.contains("top.toml:") && out.contains("surprise"), "{out}");
+    // a policy whose only model is missing cannot answer its smoke request
+    assert!(out.contains("ghost.toml: smoke request failed") && out.contains("unknown model ghost-model"), "{out}");
+}
