@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
+use crate::ocr::{dictionary, OcrSessions, OcrWorker};
 use crate::runtime::init_runtime;
 use crate::spec::{ModelKind, ModelSpec, Registry};
 use crate::worker::{Job, JobInput, Reply, Worker};
@@ -116,6 +117,17 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     let spec = Arc::new(spec.clone());
     let stats = Arc::new(ModelStats::default());
     let (tx, rx) = crossbeam_channel::bounded(spec.queue);
+    if spec.kind == ModelKind::Ocr {
+        for i in 0..spec.workers {
+            let worker = OcrWorker { s: ocr_sessions(env, &spec)?, spec: spec.clone(), stats: stats.clone() };
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("model-{}-{i}", spec.name))
+                .spawn(move || worker.run(rx))
+                .map_err(|e| LoadError::Spec { model: spec.name.clone(), reason: format!("worker thread: {e}") })?;
+        }
+        return Ok(Handle { spec, tx, stats });
+    }
     for i in 0..spec.workers {
         let session = session(env, &spec)?;
         let (input_name, output_name) = check_io(&session, &spec)?;
@@ -130,15 +142,45 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
 }
 
 fn session(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Session, LoadError> {
-    let err = |reason: String| LoadError::Session { model: spec.name.clone(), file: spec.file.clone(), reason };
+    session_for(env, spec, &spec.file)
+}
+
+fn session_for(env: &ort::environment::Environment, spec: &ModelSpec, file: &std::path::Path) -> Result<Session, LoadError> {
+    let err = |reason: String| LoadError::Session { model: spec.name.clone(), file: file.to_path_buf(), reason };
+    if !file.exists() {
+        return Err(LoadError::Missing { model: spec.name.clone(), file: file.to_path_buf() });
+    }
     Session::builder(env)
         .map_err(|e| err(e.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| err(e.to_string()))?
         .with_intra_threads(spec.threads)
         .map_err(|e| err(e.to_string()))?
-        .commit_from_file(&spec.file)
+        .commit_from_file(file)
         .map_err(|e| err(e.to_string()))
+}
+
+/// The three PP-OCR sessions and the recogniser's dictionary (its `character` metadata).
+fn ocr_sessions(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<OcrSessions, LoadError> {
+    let o = spec.ocr.as_ref().ok_or_else(|| LoadError::Spec { model: spec.name.clone(), reason: "no [ocr] table".into() })?;
+    let det = session(env, spec)?;
+    let rec = session_for(env, spec, &o.rec)?;
+    let cls = o.cls.as_ref().map(|c| session_for(env, spec, c)).transpose()?;
+    let meta = rec
+        .metadata()
+        .ok()
+        .and_then(|m| m.custom("character"))
+        .ok_or_else(|| LoadError::Spec { model: spec.name.clone(), reason: format!("{} has no `character` metadata (the dictionary)", o.rec.display()) })?;
+    let dict = dictionary(&meta);
+    if let Some(classes) = rec.outputs().first().and_then(|o| o.dtype().tensor_shape()).and_then(|s| s.last().copied()) {
+        if classes > 0 && classes as usize != dict.len() {
+            return Err(LoadError::Spec {
+                model: spec.name.clone(),
+                reason: format!("recogniser outputs {classes} classes; its dictionary gives {}", dict.len()),
+            });
+        }
+    }
+    Ok(OcrSessions { det, rec, cls, dict })
 }
 
 /// Checks at load what would otherwise fail on the first request: one image input of the

@@ -38,6 +38,8 @@ pub struct ModelSpec {
     pub output: Option<String>,
     #[serde(default)]
     pub detector: DetectorSpec,
+    /// OCR: `file` is the text detector; this names the recogniser and the settings.
+    pub ocr: Option<OcrSpec>,
     /// ONNX Runtime intra-op threads per session.
     #[serde(default = "one")]
     pub threads: usize,
@@ -69,6 +71,8 @@ pub enum ModelKind {
     Classifier,
     Embedder,
     Detector,
+    /// Text detection + recognition (PP-OCR): `read-text`.
+    Ocr,
 }
 
 impl ModelKind {
@@ -77,6 +81,7 @@ impl ModelKind {
             ModelKind::Classifier => "classifier",
             ModelKind::Embedder => "embedder",
             ModelKind::Detector => "detector",
+            ModelKind::Ocr => "ocr",
         }
     }
 }
@@ -157,6 +162,64 @@ impl Default for DetectorSpec {
     }
 }
 
+/// PP-OCR pipeline settings (DBNet detection, optional orientation, CTC recognition).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OcrSpec {
+    /// Recognition model; its metadata entry `character` is the dictionary.
+    pub rec: PathBuf,
+    /// Optional 0°/180° orientation classifier.
+    pub cls: Option<PathBuf>,
+    /// Detection input: the short side is scaled up to this (never down) ...
+    #[serde(default = "ocr_short")]
+    pub det_short: u32,
+    /// ... and the long side capped at this; both rounded to multiples of 32.
+    #[serde(default = "ocr_max")]
+    pub det_max: u32,
+    /// Probability map binarisation threshold.
+    #[serde(default = "ocr_bin")]
+    pub bin_thresh: f32,
+    /// Minimum mean probability of a text region.
+    #[serde(default = "ocr_box")]
+    pub box_thresh: f32,
+    /// Region expansion: distance = area × ratio / perimeter.
+    #[serde(default = "ocr_unclip")]
+    pub unclip_ratio: f32,
+    /// Lines recognised below this confidence are dropped.
+    #[serde(default = "ocr_conf")]
+    pub min_confidence: f32,
+    #[serde(default = "ocr_lines")]
+    pub max_lines: usize,
+    /// Line crops recognised per run.
+    #[serde(default = "ocr_batch")]
+    pub rec_batch: usize,
+}
+
+fn ocr_short() -> u32 {
+    736
+}
+fn ocr_max() -> u32 {
+    1280
+}
+fn ocr_bin() -> f32 {
+    0.3
+}
+fn ocr_box() -> f32 {
+    0.5
+}
+fn ocr_unclip() -> f32 {
+    1.6
+}
+fn ocr_conf() -> f32 {
+    0.3
+}
+fn ocr_lines() -> usize {
+    50
+}
+fn ocr_batch() -> usize {
+    8
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum DetectorFormat {
@@ -184,6 +247,12 @@ impl Registry {
                 m.labels = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
                 m.labels_file = Some(f);
             }
+            if let Some(o) = &mut m.ocr {
+                o.rec = resolve(base, &o.rec).map_err(|r| err(format!("model {}: {r}", m.name)))?;
+                if let Some(c) = &o.cls {
+                    o.cls = Some(resolve(base, c).map_err(|r| err(format!("model {}: {r}", m.name)))?);
+                }
+            }
             m.check().map_err(|r| err(format!("model {}: {r}", m.name)))?;
         }
         Ok(reg)
@@ -204,6 +273,9 @@ impl ModelSpec {
         }
         if self.workers == 0 || self.threads == 0 || self.max_batch == 0 {
             return Err("workers, threads and max_batch must be at least 1".into());
+        }
+        if (self.kind == ModelKind::Ocr) != self.ocr.is_some() {
+            return Err("kind = \"ocr\" and an [ocr] table go together".into());
         }
         for p in &self.positive {
             if !self.labels.contains(p) {

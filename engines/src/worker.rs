@@ -26,7 +26,7 @@ pub enum JobInput {
 }
 
 impl JobInput {
-    fn image(&self) -> &Image {
+    pub(crate) fn image(&self) -> &Image {
         match self {
             JobInput::Image(i) | JobInput::Detect(i, _) => i,
         }
@@ -46,6 +46,7 @@ pub enum Output {
     Classification { score: f32, top: Vec<(String, f32)> },
     Embedding(Vec<f32>),
     Detections(Vec<Detection>),
+    TextLines(Vec<crate::ocr::TextLine>),
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +147,7 @@ impl Worker {
         Ok(match spec.kind {
             ModelKind::Classifier => rows.map(|r| classification(&spec, r)).collect(),
             ModelKind::Embedder => rows.map(|r| Output::Embedding(r.to_vec())).collect(),
+            ModelKind::Ocr => return Err(EngineError::Inference { model: spec.name.clone(), reason: "OCR runs on its own worker".into() }),
             ModelKind::Detector => {
                 let width = shape.last().copied().unwrap_or(0) as usize;
                 rows.zip(jobs).zip(prepared)

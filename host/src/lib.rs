@@ -4,6 +4,7 @@
 //! runtime and the CLI; the engines live in `cascade-engines`.
 
 pub mod config;
+pub mod infer;
 pub mod load;
 pub mod metrics;
 pub mod policy;

@@ -26,6 +26,23 @@ enum Cmd {
     Serve(ServeArgs),
     /// Validate configs, models and components; print what would run and every problem.
     Check(SourceArgs),
+    /// Run one registry model on image files and print what it returns (JSON lines).
+    Infer(InferArgs),
+}
+
+#[derive(Args)]
+struct InferArgs {
+    #[arg(long, default_value = "policies")]
+    policies: PathBuf,
+    /// Model name in the registry.
+    #[arg(long)]
+    model: String,
+    /// Detector: minimum confidence.
+    #[arg(long, default_value_t = 0.25)]
+    min_confidence: f32,
+    /// JPEG or PNG files.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -73,6 +90,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Check(a) => check(a),
+        Cmd::Infer(a) => cascade_host::infer::infer(&a.policies, &a.model, a.min_confidence, &a.images),
     };
     match r {
         Ok(code) => code,

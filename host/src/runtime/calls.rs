@@ -7,7 +7,7 @@ use cascade_engines::{EngineError, JobInput, ModelKind, Output, Reply};
 use crossbeam_channel::Receiver;
 
 use super::request::{CallKey, ImageRef, RequestCtx, TraceEntry};
-use crate::wit::{Bbox, Call, Classification, Detection, Error, LabelScore, Outcome};
+use crate::wit::{Bbox, Call, Classification, Detection, Error, LabelScore, Outcome, TextLine};
 
 /// A call in flight, or already answered (from the memo or by an immediate error).
 pub enum Pending {
@@ -41,7 +41,8 @@ pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Pending {
             return finish_now(ctx, key, Err(Error::InvalidArgument(format!("min-confidence {c} is outside [0, 1]"))));
         }
         Call::Detect((_, c)) => (ModelKind::Detector, JobInput::Detect(pixels, *c)),
-        Call::ReadText(_) | Call::Ask(_) => {
+        Call::ReadText(_) => (ModelKind::Ocr, JobInput::Image(pixels)),
+        Call::Ask(_) => {
             let e = unsupported(ctx, &key.model, primitive);
             return finish_now(ctx, key, Err(e));
         }
@@ -52,8 +53,8 @@ pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Pending {
     }
 }
 
-/// Primitives without an engine yet: a configured model of another kind is `wrong-kind`,
-/// anything else `unknown-model`.
+/// Primitives without an engine here (`ask`: no VLM client yet): a configured model of
+/// another kind is `wrong-kind`, anything else `unknown-model`.
 fn unsupported(ctx: &RequestCtx, model: &str, primitive: &str) -> Error {
     match ctx.models.spec(model) {
         Some(s) => Error::WrongKind(format!("model {model} is a {}, not usable for {primitive}", s.kind.as_str())),
@@ -112,6 +113,16 @@ fn to_outcome(o: Output) -> Outcome {
             top: top.into_iter().map(|(label, score)| LabelScore { label, score }).collect(),
         }),
         Output::Embedding(v) => Outcome::Embed(v),
+        Output::TextLines(lines) => Outcome::ReadText(
+            lines
+                .into_iter()
+                .map(|l| TextLine {
+                    text: l.text,
+                    confidence: l.confidence,
+                    region: Bbox { x0: l.bbox[0], y0: l.bbox[1], x1: l.bbox[2], y1: l.bbox[3] },
+                })
+                .collect(),
+        ),
         Output::Detections(d) => Outcome::Detect(
             d.into_iter()
                 .map(|d| Detection {

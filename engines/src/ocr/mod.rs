@@ -1,0 +1,234 @@
+//! The OCR pipeline behind `read-text`: DBNet text detection (binarise, regions, minimum-area
+//! boxes, unclip, map back), optional 0°/180° orientation, CTC recognition of the line crops
+//! in batches. PP-OCR conventions: BGR, (x/255 − 0.5)/0.5, recogniser height 48.
+
+mod ctc;
+pub mod geometry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use image::imageops::{self, FilterType};
+use image::RgbImage;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::models::ModelStats;
+use crate::preprocess::prepare;
+use crate::spec::{ColorOrder, InputSpec, ModelSpec, OcrSpec, ResizeMode};
+use crate::worker::{Job, Output, Reply};
+use crate::EngineError;
+use geometry::{convex_hull, crop_rotated, min_area_rect, regions, RotatedRect};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextLine {
+    pub text: String,
+    pub confidence: f32,
+    /// x0, y0, x1, y1 in pixels of the original image.
+    pub bbox: [f32; 4],
+}
+
+const REC_HEIGHT: u32 = 48;
+const REC_MIN_WIDTH: u32 = 320;
+/// Widest line crop (width / height) the recogniser gets; longer lines are squeezed.
+const REC_MAX_RATIO: f32 = 40.0;
+const CLS_SIZE: (u32, u32) = (192, 48);
+
+pub(crate) struct OcrSessions {
+    pub det: Session,
+    pub rec: Session,
+    pub cls: Option<Session>,
+    /// Index i of the recogniser's output is `dict[i]`; 0 is the CTC blank.
+    pub dict: Vec<String>,
+}
+
+pub(crate) struct OcrWorker {
+    pub s: OcrSessions,
+    pub spec: Arc<ModelSpec>,
+    pub stats: Arc<ModelStats>,
+}
+
+/// Builds the dictionary from the recogniser's `character` metadata: blank, the characters,
+/// then a space.
+pub(crate) fn dictionary(meta: &str) -> Vec<String> {
+    let mut d = vec![String::new()];
+    d.extend(meta.lines().map(|l| l.trim_end_matches('\r').to_string()));
+    d.push(" ".into());
+    d
+}
+
+impl OcrWorker {
+    pub fn run(mut self, rx: Receiver<Job>) {
+        while let Ok(job) = rx.recv() {
+            self.stats.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let started = Instant::now();
+            let queued = started - job.enqueued;
+            if job.deadline <= started {
+                self.stats.expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = job.reply.send(Reply { output: Err(EngineError::DeadlineExceeded), compute: Duration::ZERO, queued, batch: 0 });
+                continue;
+            }
+            let r = self.read(job.input.image());
+            let compute = started.elapsed();
+            self.stats.record(1, compute);
+            if r.is_err() {
+                self.stats.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = job.reply.send(Reply { output: r.map(Output::TextLines), compute, queued, batch: 1 });
+        }
+    }
+
+    fn ocr(&self) -> &OcrSpec {
+        self.spec.ocr.as_ref().expect("checked at load: an OCR model has its [ocr] table")
+    }
+
+    pub fn read(&mut self, img: &RgbImage) -> Result<Vec<TextLine>, EngineError> {
+        let boxes = self.detect(img)?;
+        let mut crops: Vec<(RotatedRect, RgbImage)> = boxes
+            .into_iter()
+            .map(|r| {
+                let mut c = crop_rotated(img, &r);
+                if c.height() as f32 >= 1.5 * c.width() as f32 {
+                    c = imageops::rotate270(&c);
+                }
+                (r, c)
+            })
+            .collect();
+        if self.s.cls.is_some() && !crops.is_empty() {
+            self.orient(&mut crops)?;
+        }
+        let texts = self.recognise(crops.iter().map(|(_, c)| c).collect())?;
+        let min_conf = self.ocr().min_confidence;
+        let mut lines: Vec<TextLine> = crops
+            .iter()
+            .zip(texts)
+            .filter(|(_, (t, c))| !t.trim().is_empty() && *c >= min_conf)
+            .map(|((r, _), (text, confidence))| TextLine { text, confidence, bbox: r.bounds() })
+            .collect();
+        // Reading order: rows (10 px bands of the line centre), then left to right.
+        lines.sort_by(|a, b| {
+            let band = |l: &TextLine| ((l.bbox[1] + l.bbox[3]) / 20.0).floor();
+            band(a).total_cmp(&band(b)).then(a.bbox[0].total_cmp(&b.bbox[0]))
+        });
+        Ok(lines)
+    }
+
+    /// Text regions as rotated rectangles in original-image pixels.
+    fn detect(&mut self, img: &RgbImage) -> Result<Vec<RotatedRect>, EngineError> {
+        let o = self.ocr().clone();
+        let name = self.spec.name.clone();
+        let (iw, ih) = (img.width() as f32, img.height() as f32);
+        let mut s = (o.det_short as f32 / iw.min(ih)).max(1.0);
+        if iw.max(ih) * s > o.det_max as f32 {
+            s = o.det_max as f32 / iw.max(ih);
+        }
+        let round32 = |v: f32| (((v / 32.0).round() as u32).max(1)) * 32;
+        let (dw, dh) = (round32(iw * s), round32(ih * s));
+        let spec = InputSpec {
+            width: dw,
+            height: dh,
+            color: ColorOrder::Bgr,
+            scale: 1.0 / 255.0,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            resize: ResizeMode::Stretch,
+            resize_short: None,
+            pad: 0.0,
+        };
+        let mut buf = vec![0f32; 3 * (dw * dh) as usize];
+        let p = prepare(img, &spec, &mut buf);
+        let t = TensorRef::from_array_view(([1usize, 3, dh as usize, dw as usize], &buf[..])).map_err(|e| fail(&name, e))?;
+        let out = self.s.det.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
+        let (_, prob) = out[0].try_extract_tensor::<f32>().map_err(|e| fail(&name, e))?;
+        if prob.len() != (dw * dh) as usize {
+            return Err(fail(&name, format!("detector output has {} values for a {dw}×{dh} input", prob.len())));
+        }
+        let mut rects = Vec::new();
+        for r in regions(prob, dw as usize, dh as usize, o.bin_thresh, 1000) {
+            if r.score < o.box_thresh {
+                continue;
+            }
+            let Some(mut rect) = min_area_rect(&convex_hull(r.points)) else { continue };
+            if rect.width.min(rect.height) < 3.0 {
+                continue;
+            }
+            let d = rect.width * rect.height * o.unclip_ratio / (2.0 * (rect.width + rect.height));
+            rect.width += 2.0 * d;
+            rect.height += 2.0 * d;
+            if rect.width.min(rect.height) < 5.0 {
+                continue;
+            }
+            rects.push(rect.scaled(1.0 / p.scale_x, 1.0 / p.scale_y).reading());
+            if rects.len() >= o.max_lines {
+                break;
+            }
+        }
+        Ok(rects)
+    }
+
+    /// Turns crops the orientation model reads as upside down (score > 0.9).
+    fn orient(&mut self, crops: &mut [(RotatedRect, RgbImage)]) -> Result<(), EngineError> {
+        let (w, h) = CLS_SIZE;
+        let name = self.spec.name.clone();
+        let batch: Vec<&RgbImage> = crops.iter().map(|(_, c)| c).collect();
+        let buf = line_batch(&batch, w, h, w);
+        let t = TensorRef::from_array_view(([batch.len(), 3, h as usize, w as usize], &buf[..])).map_err(|e| fail(&name, e))?;
+        let cls = self.s.cls.as_mut().expect("orient runs only with a cls session");
+        let out = cls.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
+        let (_, probs) = out[0].try_extract_tensor::<f32>().map_err(|e| fail(&name, e))?;
+        for (i, (_, c)) in crops.iter_mut().enumerate() {
+            if probs.get(i * 2 + 1).is_some_and(|p| *p > 0.9) {
+                *c = imageops::rotate180(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Recognises line crops in batches of similar aspect ratio; text and confidence per crop.
+    fn recognise(&mut self, crops: Vec<&RgbImage>) -> Result<Vec<(String, f32)>, EngineError> {
+        let mut out = vec![(String::new(), 0f32); crops.len()];
+        let name = self.spec.name.clone();
+        let ratio = |c: &RgbImage| c.width() as f32 / c.height().max(1) as f32;
+        let mut order: Vec<usize> = (0..crops.len()).collect();
+        order.sort_by(|&a, &b| ratio(crops[a]).total_cmp(&ratio(crops[b])));
+        for chunk in order.chunks(self.ocr().rec_batch.max(1)) {
+            let batch: Vec<&RgbImage> = chunk.iter().map(|&i| crops[i]).collect();
+            let max_ratio = batch.iter().map(|c| ratio(c)).fold(REC_MIN_WIDTH as f32 / REC_HEIGHT as f32, f32::max).min(REC_MAX_RATIO);
+            let w = (REC_HEIGHT as f32 * max_ratio).ceil() as u32;
+            let buf = line_batch(&batch, w, REC_HEIGHT, w);
+            let t = TensorRef::from_array_view(([batch.len(), 3, REC_HEIGHT as usize, w as usize], &buf[..])).map_err(|e| fail(&name, e))?;
+            let res = self.s.rec.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
+            let (shape, probs) = res[0].try_extract_tensor::<f32>().map_err(|e| fail(&name, e))?;
+            let (steps, classes) = (shape[1] as usize, shape[2] as usize);
+            for (k, &i) in chunk.iter().enumerate() {
+                let rows = &probs[k * steps * classes..(k + 1) * steps * classes];
+                out[i] = ctc::greedy(rows, classes, &self.s.dict);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn fail(model: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Inference { model: model.to_string(), reason: e.to_string() }
+}
+
+/// Line crops resized to `height` keeping their ratio (at most `max_w` wide), left-aligned
+/// in a `width`-wide slot padded with 0 (mid-grey after normalisation); BGR, (x/255−0.5)/0.5.
+fn line_batch(crops: &[&RgbImage], width: u32, height: u32, max_w: u32) -> Vec<f32> {
+    let plane = (width * height) as usize;
+    let mut buf = vec![0f32; crops.len() * 3 * plane];
+    for (k, c) in crops.iter().enumerate() {
+        let rw = ((height as f32 * c.width() as f32 / c.height().max(1) as f32).ceil() as u32).clamp(1, max_w);
+        let r = imageops::resize(*c, rw, height, FilterType::Triangle);
+        let slot = &mut buf[k * 3 * plane..(k + 1) * 3 * plane];
+        for (x, y, px) in r.enumerate_pixels() {
+            let i = (y * width + x) as usize;
+            for (ch, &src) in [2usize, 1, 0].iter().enumerate() {
+                slot[ch * plane + i] = px.0[src] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    buf
+}

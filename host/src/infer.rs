@@ -1,0 +1,41 @@
+//! `cascade infer`: one registry model on image files, for operators checking a model.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cascade_engines::{JobInput, ModelKind, Models, Output, Registry};
+use serde_json::json;
+
+use crate::config::MODELS_FILE;
+use crate::server::ingress::{decode_image, IngressLimits};
+
+pub fn infer(policies: &Path, model: &str, min_conf: f32, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let registry = Registry::load(&policies.join(MODELS_FILE))?;
+    let models = Models::load(&registry, &cascade_engines::runtime_library()).map_err(|errs| {
+        anyhow::anyhow!(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+    })?;
+    let spec = models.spec(model).with_context(|| format!("no model {model} in the registry"))?;
+    let kind = spec.kind;
+    for path in images {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let img = decode_image(&bytes, &IngressLimits::default()).map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;
+        let input = match kind {
+            ModelKind::Detector => JobInput::Detect(Arc::new(img), min_conf),
+            _ => JobInput::Image(Arc::new(img)),
+        };
+        let started = Instant::now();
+        let reply = models.run(model, kind, input, Instant::now() + Duration::from_secs(60))?;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let result = match reply.output? {
+            Output::Classification { score, top } => json!({"score": score, "top": top}),
+            Output::Embedding(v) => json!({"dim": v.len(), "head": &v[..v.len().min(8)]}),
+            Output::Detections(d) => json!(d.iter().map(|d| json!({"label": d.label, "confidence": d.confidence, "box": d.bbox})).collect::<Vec<_>>()),
+            Output::TextLines(l) => json!(l.iter().map(|l| json!({"text": l.text, "confidence": l.confidence, "box": l.bbox})).collect::<Vec<_>>()),
+        };
+        println!("{}", json!({"image": path, "ms": ms, "model_ms": reply.compute.as_secs_f64() * 1e3, "result": result}));
+    }
+    Ok(ExitCode::SUCCESS)
+}
