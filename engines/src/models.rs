@@ -128,10 +128,25 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
         }
         return Ok(Handle { spec, tx, stats });
     }
+    let head = match &spec.head {
+        Some(p) => {
+            let h = crate::head::Head::load(p).map_err(|reason| LoadError::Spec { model: spec.name.clone(), reason })?;
+            if spec.activation != crate::spec::Activation::Sigmoid && h.outputs() == 1 {
+                return Err(LoadError::Spec { model: spec.name.clone(), reason: "a one-output head needs activation = \"sigmoid\"".into() });
+            }
+            Some(Arc::new(h))
+        }
+        None => None,
+    };
     for i in 0..spec.workers {
         let session = session(env, &spec)?;
         let (input_name, output_name) = check_io(&session, &spec)?;
-        let worker = Worker { session, spec: spec.clone(), input_name, output_name, stats: stats.clone() };
+        if let (Some(h), Some(dim)) = (&head, output_dim(&session, &output_name)) {
+            if dim != h.input_dim {
+                return Err(LoadError::Spec { model: spec.name.clone(), reason: format!("head expects {} features; output {output_name} has {dim}", h.input_dim) });
+            }
+        }
+        let worker = Worker { session, head: head.clone(), spec: spec.clone(), input_name, output_name, stats: stats.clone() };
         let rx = rx.clone();
         std::thread::Builder::new()
             .name(format!("model-{}-{i}", spec.name))
@@ -158,6 +173,12 @@ fn session_for(env: &ort::environment::Environment, spec: &ModelSpec, file: &std
         .map_err(|e| err(e.to_string()))?
         .commit_from_file(file)
         .map_err(|e| err(e.to_string()))
+}
+
+/// The static size of an output's last dimension.
+fn output_dim(session: &Session, name: &str) -> Option<usize> {
+    let o = session.outputs().iter().find(|o| o.name() == name)?;
+    o.dtype().tensor_shape()?.last().filter(|d| **d > 0).map(|d| *d as usize)
 }
 
 /// The three PP-OCR sessions and the recogniser's dictionary (its `character` metadata).

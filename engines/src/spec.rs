@@ -14,6 +14,9 @@ use crate::LoadError;
 pub struct Registry {
     #[serde(default, rename = "model")]
     pub models: Vec<ModelSpec>,
+    /// Optional models left out because their file is absent (name, file).
+    #[serde(skip)]
+    pub absent: Vec<(String, PathBuf)>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -38,6 +41,8 @@ pub struct ModelSpec {
     pub output: Option<String>,
     #[serde(default)]
     pub detector: DetectorSpec,
+    /// Classifier: a trained head (`cascade train-head`) applied to the model's output.
+    pub head: Option<PathBuf>,
     /// OCR: `file` is the text detector; this names the recogniser and the settings.
     pub ocr: Option<OcrSpec>,
     /// ONNX Runtime intra-op threads per session.
@@ -52,6 +57,10 @@ pub struct ModelSpec {
     /// How long the first request of a batch may wait for company.
     #[serde(default)]
     pub max_delay_us: u64,
+    /// A model whose file is absent is left out (with a note) instead of failing the load:
+    /// for stages an operator may or may not provide (a detector, say).
+    #[serde(default)]
+    pub optional: bool,
     /// Requests waiting beyond this are refused as overload.
     #[serde(default = "default_queue")]
     pub queue: usize,
@@ -240,12 +249,18 @@ impl Registry {
                 return Err(err(format!("model {} is defined twice", m.name)));
             }
             m.file = resolve(base, &m.file).map_err(|r| err(format!("model {}: {r}", m.name)))?;
+            if m.optional && !m.file.exists() {
+                continue;
+            }
             if let Some(f) = &m.labels_file {
                 let f = resolve(base, f).map_err(|r| err(format!("model {}: {r}", m.name)))?;
                 let text = std::fs::read_to_string(&f)
                     .map_err(|e| err(format!("model {}: labels file {}: {e}", m.name, f.display())))?;
                 m.labels = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
                 m.labels_file = Some(f);
+            }
+            if let Some(h) = &m.head {
+                m.head = Some(resolve(base, h).map_err(|r| err(format!("model {}: {r}", m.name)))?);
             }
             if let Some(o) = &mut m.ocr {
                 o.rec = resolve(base, &o.rec).map_err(|r| err(format!("model {}: {r}", m.name)))?;
@@ -255,6 +270,9 @@ impl Registry {
             }
             m.check().map_err(|r| err(format!("model {}: {r}", m.name)))?;
         }
+        let (present, absent): (Vec<ModelSpec>, Vec<ModelSpec>) = reg.models.into_iter().partition(|m| !m.optional || m.file.exists());
+        reg.models = present;
+        reg.absent = absent.into_iter().map(|m| (m.name, m.file)).collect();
         Ok(reg)
     }
 

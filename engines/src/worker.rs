@@ -60,6 +60,7 @@ pub struct Reply {
 
 pub(crate) struct Worker {
     pub session: Session,
+    pub head: Option<Arc<crate::head::Head>>,
     pub spec: Arc<ModelSpec>,
     pub input_name: String,
     pub output_name: String,
@@ -145,7 +146,10 @@ impl Worker {
         }
         let rows = data.chunks_exact(per);
         Ok(match spec.kind {
-            ModelKind::Classifier => rows.map(|r| classification(&spec, r)).collect(),
+            ModelKind::Classifier => match &self.head {
+                Some(h) => rows.map(|r| classification(&spec, &h.forward(r))).collect(),
+                None => rows.map(|r| classification(&spec, r)).collect(),
+            },
             ModelKind::Embedder => rows.map(|r| Output::Embedding(r.to_vec())).collect(),
             ModelKind::Ocr => return Err(EngineError::Inference { model: spec.name.clone(), reason: "OCR runs on its own worker".into() }),
             ModelKind::Detector => {

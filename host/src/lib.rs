@@ -7,6 +7,7 @@ pub mod config;
 pub mod infer;
 pub mod load;
 pub mod metrics;
+pub mod offline;
 pub mod policy;
 pub mod runtime;
 pub mod schema;

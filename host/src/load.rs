@@ -63,7 +63,11 @@ pub fn load(rt: &Arc<Runtime>, src: &Sources) -> Result<State, Vec<Problem>> {
     let models_ok = problems.is_empty();
     let plugins = load_plugins(rt, &src.components, &mut problems);
     let mut hotkeys = BTreeMap::new();
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<Problem> = registry
+        .absent
+        .iter()
+        .map(|(name, file)| Problem { file: reg_file.clone(), message: format!("optional model {name} left out: {} is absent", file.display()) })
+        .collect();
     let files = config::hotkey_files(&src.policies).unwrap_or_else(|e| {
         problems.push(Problem { file: src.policies.clone(), message: format!("cannot list: {e}") });
         Vec::new()

@@ -28,6 +28,57 @@ enum Cmd {
     Check(SourceArgs),
     /// Run one registry model on image files and print what it returns (JSON lines).
     Infer(InferArgs),
+    /// Run a hotkey's live policy over a labelled manifest and report accuracy, MCC, reward.
+    Eval(EvalCli),
+    /// Train a classifier head on frozen-backbone embeddings (k-fold report, JSON head out).
+    TrainHead(TrainCli),
+}
+
+#[derive(Args)]
+struct EvalCli {
+    #[command(flatten)]
+    src: SourceArgs,
+    #[arg(long)]
+    hotkey: String,
+    /// CSV with `path,label` columns (paths relative to it).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Turn each image into what validators send: centre crop, 224×224, JPEG quality 75.
+    #[arg(long)]
+    validator_style: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TrainCli {
+    #[arg(long, default_value = "policies")]
+    policies: PathBuf,
+    /// An embedder in the registry.
+    #[arg(long)]
+    backbone: String,
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Where the head (JSON) goes.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    validator_style: bool,
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Hidden units of a one-hidden-layer head (0: logistic regression).
+    #[arg(long, default_value_t = 0)]
+    hidden: usize,
+    #[arg(long, default_value_t = 0.01)]
+    l2: f32,
+    #[arg(long, default_value_t = 300)]
+    epochs: usize,
+    #[arg(long, default_value_t = 72)]
+    seed: u64,
+    /// Also write out-of-fold scores (path,label,score,fold) here.
+    #[arg(long)]
+    oof: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -91,6 +142,23 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve(a),
         Cmd::Check(a) => check(a),
         Cmd::Infer(a) => cascade_host::infer::infer(&a.policies, &a.model, a.min_confidence, &a.images),
+        Cmd::Eval(a) => setup(&a.src).and_then(|(rt, src)| {
+            let args = cascade_host::offline::eval::EvalArgs { hotkey: a.hotkey, manifest: a.manifest, validator_style: a.validator_style, json: a.json };
+            cascade_host::offline::eval::eval(&rt, &src, &args)
+        }),
+        Cmd::TrainHead(a) => cascade_host::offline::train::train(&cascade_host::offline::train::TrainArgs {
+            policies: a.policies,
+            backbone: a.backbone,
+            manifest: a.manifest,
+            out: a.out,
+            validator_style: a.validator_style,
+            folds: a.folds,
+            hidden: a.hidden,
+            l2: a.l2,
+            epochs: a.epochs,
+            seed: a.seed,
+            oof: a.oof,
+        }),
     };
     match r {
         Ok(code) => code,

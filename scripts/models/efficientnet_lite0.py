@@ -53,7 +53,7 @@ class _Unpickler(pickle.Unpickler):
 
     def __init__(self, f, storages):
         super().__init__(f)
-        self.storages = storages  # key -> (dtype, numel) -> np.ndarray
+        self.storages = storages  # callable (key, dtype, numel) -> np.ndarray
 
     def find_class(self, module, name):
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
@@ -182,8 +182,8 @@ def main():
     model = build(sd)
     with open(sys.argv[2], "wb") as f:
         f.write(model.SerializeToString())
-    print(f"{sys.argv[2]}: {len(model.graph.node)} nodes, "
-          f"{sum(v.size for v in sd.values() if v.ndim):,} parameters in the source")
+    n = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    print(f"{sys.argv[2]}: {len(model.graph.node)} nodes, {n:,} parameters (BN folded)")
 
 
 if __name__ == "__main__":
