@@ -81,6 +81,12 @@ kind = "embedder"
 input = {{ width = 32, height = 32 }}
 
 [[model]]
+name = "ocr"
+kind = "ocr"
+file = "{ocr}/ch_PP-OCRv4_det_infer.onnx"
+ocr = {{ rec = "{ocr}/ch_PP-OCRv4_rec_infer.onnx", cls = "{ocr}/ch_ppocr_mobile_v2.0_cls_infer.onnx", det_short = 640 }}
+
+[[model]]
 name = "yolox"
 file = "{yolox}"
 kind = "detector"
@@ -91,7 +97,14 @@ input = {{ width = 416, height = 416, color = "bgr", scale = 1.0, resize = "lett
         embed = m.join("tint_embed.onnx").display(),
         yolox = y.join("yolox_nano.onnx").display(),
         labels = y.join("coco_classes.txt").display(),
+        ocr = repo().join("target/models/ocr").display(),
     )
+}
+
+/// An image rendered by `tests/models/render_signs.py` (run by scripts/test.sh).
+pub fn sign(name: &str) -> Vec<u8> {
+    let p = repo().join("target/test-images").join(format!("{name}.jpg"));
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (scripts/test.sh renders it)", p.display()))
 }
 
 /// A policies folder with the test registry and the given hotkey files.

@@ -5,6 +5,7 @@
 mod params;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use params::{OnError, Params, Stage};
@@ -140,11 +141,22 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
     Ok(())
 }
 
+/// Set once the host has said no fuser is bound: the binding is fixed for an instance's life
+/// (a new config makes new instances), so later decisions skip the call.
+static NO_FUSER: AtomicBool = AtomicBool::new(false);
+
 /// The hotkey's fuser; without one, a single score stands for itself and several are averaged.
 fn fuse(ev: &Evidence) -> Result<f32, Error> {
+    let mean = || ev.values().sum::<f32>() / ev.len() as f32;
+    if NO_FUSER.load(Ordering::Relaxed) {
+        return Ok(mean());
+    }
     let scores: Vec<NamedScore> = ev.iter().map(|(n, s)| NamedScore { name: n.clone(), score: *s }).collect();
     match roles::fuse(&scores) {
-        Err(Error::UnboundRole(_)) => Ok(ev.values().sum::<f32>() / ev.len() as f32),
+        Err(Error::UnboundRole(_)) => {
+            NO_FUSER.store(true, Ordering::Relaxed);
+            Ok(mean())
+        }
         other => other,
     }
 }

@@ -1,0 +1,114 @@
+//! The shipped `cascade-router` component against the same routing logic compiled natively,
+//! on identical cached primitive results: what the Wasm boundary adds to one decision that
+//! makes three primitive calls.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_bench::{header, row, summarise};
+use cascade_engines::Models;
+use cascade_host::runtime::calls;
+use cascade_host::runtime::request::{CallKey, RequestCtx};
+use cascade_host::runtime::{Bound, Limits, Plugin, RoleSet, Runtime, RuntimeConfig};
+use cascade_host::wit::{Call, Classification, Outcome};
+use serde_json::json;
+
+const MODELS: [&str; 3] = ["m1", "m2", "m3"];
+const SCORES: [f32; 3] = [0.52, 0.47, 0.61];
+
+/// Three stages, one classify each, undecided until the last: three primitive calls.
+fn params() -> serde_json::Value {
+    json!({"stages": [
+        {"name": "s1", "classify": ["m1"], "exit_low": 0.1, "exit_high": 0.9},
+        {"name": "s2", "classify": ["m2"], "exit_low": 0.1, "exit_high": 0.9},
+        {"name": "s3", "classify": ["m3"]}
+    ]})
+}
+
+/// A request whose three classify results are already in the memo (image 0).
+fn cached_ctx(models: &Arc<Models>) -> Arc<RequestCtx> {
+    let ctx = RequestCtx::new(models.clone(), "bench", Instant::now() + Duration::from_secs(5));
+    for (m, s) in MODELS.iter().zip(SCORES) {
+        let key = CallKey { image: 0, primitive: "classify", model: m.to_string(), args: String::new() };
+        ctx.remember(key, Ok(Outcome::Classify(Classification { score: s, top: vec![] })));
+    }
+    ctx
+}
+
+/// The router's logic, natively: stages in order, each call through the same memo, the mean
+/// of the evidence as the fused score (no fuser bound), exits on thresholds.
+fn native_decide(ctx: &Arc<RequestCtx>, image: cascade_engines::Image, p: &serde_json::Value) -> (f32, String) {
+    let img = ctx.image(image);
+    let mut evidence: Vec<(String, f32)> = Vec::new();
+    let stages = p["stages"].as_array().expect("stages");
+    for (i, st) in stages.iter().enumerate() {
+        let calls_: Vec<Call> = st["classify"].as_array().expect("classify").iter().map(|m| Call::Classify(m.as_str().unwrap_or("").into())).collect();
+        for (c, r) in calls_.iter().zip(calls::run_all(ctx, &img, &calls_)) {
+            if let (Call::Classify(m), Ok(Outcome::Classify(cl))) = (c, r) {
+                evidence.push((m.clone(), cl.score));
+            }
+        }
+        let fused = evidence.iter().map(|e| e.1).sum::<f32>() / evidence.len() as f32;
+        let lo = st["exit_low"].as_f64().map(|v| v as f32);
+        let hi = st["exit_high"].as_f64().map(|v| v as f32);
+        let name = st["name"].as_str().unwrap_or("");
+        if i == stages.len() - 1 || lo.is_some_and(|t| fused <= t) || hi.is_some_and(|t| fused >= t) {
+            let reason = format!("at {name}: fused {fused:.3} from {}", evidence.iter().map(|(n, s)| format!("{n}={s:.3}")).collect::<Vec<_>>().join(", "));
+            return (fused, reason);
+        }
+    }
+    unreachable!("the last stage answers")
+}
+
+fn main() -> anyhow::Result<()> {
+    let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let rt = Arc::new(Runtime::new(RuntimeConfig::default())?);
+    let comp = cascade_host::beside_exe("components").join("cascade_router.wasm");
+    let comp = if comp.exists() { comp } else { Path::new("target/components/cascade_router.wasm").to_path_buf() };
+    let plugin = Arc::new(Plugin::load(&rt, &comp)?);
+    let p = params();
+    let limits = Limits { fuel: 50_000_000, time: Duration::from_secs(5) };
+    let bound = Bound::new(rt.clone(), plugin, "bench", p.to_string(), limits).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let roles = Arc::new(RoleSet::default());
+    let models = Arc::new(Models::default());
+    let image: cascade_engines::Image = Arc::new(image::RgbImage::new(224, 224));
+
+    // same answer from both
+    let ctx = cached_ctx(&models);
+    let wasm = bound.decide(&ctx, roles.clone(), image.clone(), Duration::from_secs(5)).map_err(|e| anyhow::anyhow!("{e}"))?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let ctx = cached_ctx(&models);
+    let native = native_decide(&ctx, image.clone(), &p);
+    anyhow::ensure!((wasm.prediction - native.0).abs() < 1e-6, "wasm {} vs native {}", wasm.prediction, native.0);
+    anyhow::ensure!(ctx.trace().len() == 3 && ctx.trace().iter().all(|t| t.cached), "three cached calls");
+
+    let (mut w, mut n, mut base) = (Vec::with_capacity(iters), Vec::with_capacity(iters), Vec::with_capacity(iters));
+    for i in 0..iters * 2 {
+        // interleave so both see the same machine state; the first half warms up
+        let ctx = cached_ctx(&models);
+        let t = Instant::now();
+        let r = bound.decide(&ctx, roles.clone(), image.clone(), Duration::from_secs(5));
+        let dw = t.elapsed();
+        std::hint::black_box(r.ok());
+        let ctx = cached_ctx(&models);
+        let t = Instant::now();
+        std::hint::black_box(native_decide(&ctx, image.clone(), &p));
+        let dn = t.elapsed();
+        let ctx = cached_ctx(&models);
+        let t = Instant::now();
+        std::hint::black_box(ctx.image(image.clone()));
+        let db = t.elapsed();
+        if i >= iters {
+            w.push(dw);
+            n.push(dn);
+            base.push(db);
+        }
+    }
+    let (sw, sn) = (summarise(w), summarise(n));
+    header(&format!("router decision, 3 cached classify calls ({iters} each, interleaved)"));
+    row("cascade-router.wasm (pooled instance)", &sw);
+    row("same logic, native in the host", &sn);
+    row("floor: request image handle only", &summarise(base));
+    println!("\nWasm boundary adds {:.2} µs at p50 ({:.2} µs at p99); target ≤ 2 µs p50", sw.p50 - sn.p50, sw.p99 - sn.p99);
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! Shared pieces of the benchmark programs: timing summaries and table printing.
+
+use std::time::Duration;
+
+/// p50 / p99 / mean of a set of samples, in microseconds.
+pub struct Summary {
+    pub p50: f64,
+    pub p99: f64,
+    pub mean: f64,
+    pub n: usize,
+}
+
+pub fn summarise(mut samples: Vec<Duration>) -> Summary {
+    samples.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let at = |p: f64| us(samples[((samples.len() - 1) as f64 * p).round() as usize]);
+    let mean = samples.iter().map(|d| us(*d)).sum::<f64>() / samples.len() as f64;
+    Summary { p50: at(0.5), p99: at(0.99), mean, n: samples.len() }
+}
+
+pub fn row(name: &str, s: &Summary) {
+    println!("| {name:<44} | {:>7} | {:>9.2} | {:>9.2} | {:>9.2} |", s.n, s.p50, s.p99, s.mean);
+}
+
+pub fn header(title: &str) {
+    println!("\n{title}\n");
+    println!("| {:<44} | {:>7} | {:>9} | {:>9} | {:>9} |", "what", "n", "p50 µs", "p99 µs", "mean µs");
+    println!("|{:-<46}|{:->9}|{:->11}|{:->11}|{:->11}|", "", "", "", "", "");
+}

@@ -1,0 +1,147 @@
+"""Held-out comparison of the shipped policies: stratified k-fold over a labelled manifest.
+
+For each fold the roadwork head is retrained (`cascade train-head`) on the other folds only,
+the shipped hotkeys are pointed at that head, and `cascade eval --validator-style --json`
+runs them on the held-out fold. Confusion matrices are summed over folds, so every image is
+scored by a head that never saw it. Prints a table (and JSON with --json).
+
+Usage: python scripts/tune/cv_policies.py [--manifest M] [--folds 5] [--hotkeys speed,accuracy]
+       [--set hotkey:key.path=value ...]   (override a parameter, e.g. accuracy:fuser.params.weights.text=3)
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CASCADE = os.path.join(ROOT, "target", "release", "cascade")
+
+
+def folds_of(rows, k, seed):
+    rng = random.Random(seed)
+    fold = {}
+    for label in ("1", "0"):
+        idx = [i for i, r in enumerate(rows) if r["label"] == label]
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            fold[i] = j % k
+    return fold
+
+
+def write_manifest(path, rows, base):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for r in rows:
+            w.writerow([os.path.join(base, r["path"]), r["label"]])
+
+
+def policies_for(fold_dir, head, overrides):
+    """A copy of policies/ whose registry paths are absolute and whose head is the fold's."""
+    src = os.path.join(ROOT, "policies")
+    dst = os.path.join(fold_dir, "policies")
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    reg = open(os.path.join(src, "models.toml")).read()
+    reg = reg.replace('"../', '"' + ROOT + "/")
+    reg = reg.replace('"heads/roadwork.json"', json.dumps(head))
+    reg = reg.replace('"coco_labels.txt"', json.dumps(os.path.join(src, "coco_labels.txt")))
+    open(os.path.join(dst, "models.toml"), "w").write(reg)
+    for hotkey, key, value in overrides:
+        path = os.path.join(dst, hotkey + ".toml")
+        text = open(path).read()
+        text += "\n# override from cv_policies.py\n" + toml_override(key, value)
+        open(path, "w").write(text)
+    return dst
+
+
+def toml_override(key, value):
+    """`a.b.c=v` as a dotted-key TOML line under its table (only for keys the file lacks)."""
+    table, _, leaf = key.rpartition(".")
+    return f"[{table}]\n{leaf} = {value}\n" if table else f"{leaf} = {value}\n"
+
+
+def run(args):
+    p = subprocess.run(args, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
+    return p.stdout
+
+
+def mcc(c):
+    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
+    d = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return (tp * tn - fp * fn) / d if d else 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--manifest", default=os.path.join(os.path.dirname(ROOT), "shared", "data", "roadwork-dev", "manifest.csv"))
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--hotkeys", default="speed,accuracy")
+    ap.add_argument("--set", action="append", default=[], help="hotkey:table.key=value")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    overrides = []
+    for s in a.set:
+        m = re.fullmatch(r"([\w-]+):([\w.\-\"]+)=(.+)", s)
+        if not m:
+            sys.exit(f"--set {s!r}: expected hotkey:key.path=value")
+        overrides.append(m.groups())
+    base = os.path.dirname(os.path.abspath(a.manifest))
+    rows = list(csv.DictReader(open(a.manifest)))
+    fold = folds_of(rows, a.folds, a.seed)
+    work = os.path.join(ROOT, "target", "cv")
+    os.makedirs(work, exist_ok=True)
+    hotkeys = a.hotkeys.split(",")
+    total = {h: {"tp": 0, "fp": 0, "tn": 0, "fn": 0, "n": 0, "ms": 0.0, "stages": {}} for h in hotkeys}
+    for k in range(a.folds):
+        d = os.path.join(work, f"fold{k}")
+        os.makedirs(d, exist_ok=True)
+        train = [r for i, r in enumerate(rows) if fold[i] != k]
+        test = [r for i, r in enumerate(rows) if fold[i] == k]
+        write_manifest(os.path.join(d, "train.csv"), train, base)
+        write_manifest(os.path.join(d, "test.csv"), test, base)
+        head = os.path.join(d, "head.json")
+        run([CASCADE, "train-head", "--policies", os.path.join(ROOT, "policies"), "--backbone", "effnet-embed",
+             "--manifest", os.path.join(d, "train.csv"), "--validator-style", "--out", head])
+        pol = policies_for(d, head, overrides)
+        for h in hotkeys:
+            r = json.loads(run([CASCADE, "eval", "--policies", pol, "--hotkey", h, "--manifest",
+                                os.path.join(d, "test.csv"), "--validator-style", "--json"]))
+            t = total[h]
+            for key in ("tp", "fp", "tn", "fn"):
+                t[key] += r["confusion"][key]
+            t["n"] += r["n"]
+            t["ms"] += r["model_ms_per_request"] * r["n"]
+            for s, share in r["stage_share"].items():
+                t["stages"][s] = t["stages"].get(s, 0) + round(share * r["n"])
+            print(f"fold {k} {h:<10} acc {r['accuracy']:.3f} mcc {r['mcc']:.3f}", file=sys.stderr)
+    out = {}
+    for h, t in total.items():
+        acc = (t["tp"] + t["tn"]) / t["n"]
+        m = mcc(t)
+        out[h] = {"n": t["n"], "accuracy": acc, "mcc": m, "reward": (0.5 * m + 0.5 * acc) ** 3,
+                  "confusion": {k: t[k] for k in ("tp", "fp", "tn", "fn")},
+                  "model_ms_per_request": t["ms"] / t["n"], "stages": t["stages"]}
+    if a.json:
+        print(json.dumps(out))
+        return
+    print(f"{a.folds}-fold held-out comparison on {a.manifest} (validator-style, head retrained per fold)")
+    print(f"{'hotkey':<10} {'n':>5} {'accuracy':>9} {'MCC':>7} {'reward':>7} {'model ms':>9}  confusion (tp fp tn fn)  stages")
+    for h, r in out.items():
+        c = r["confusion"]
+        print(f"{h:<10} {r['n']:>5} {r['accuracy']:>9.4f} {r['mcc']:>7.4f} {r['reward']:>7.4f} {r['model_ms_per_request']:>9.1f}"
+              f"  {c['tp']:>4} {c['fp']:>3} {c['tn']:>4} {c['fn']:>3}         {r['stages']}")
+
+
+if __name__ == "__main__":
+    main()
