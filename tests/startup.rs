@@ -100,3 +100,60 @@ fn config_errors_name_file_and_key() {
     // a policy whose only model is missing cannot answer its smoke request
     assert!(out.contains("ghost.toml: smoke request failed") && out.contains("unknown model ghost-model"), "{out}");
 }
+
+#[test]
+fn broken_models_are_refused_by_name_with_expected_and_found() {
+    let comps = components(false);
+    let dir = TempDir::new("models");
+    let m = test_models();
+    let truncated = dir.0.join("truncated.onnx");
+    let bytes = std::fs::read(m.join("tint.onnx")).expect("tint");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).expect("write");
+    let registry = format!(
+        r#"
+[[model]]
+name = "wrong-size"
+file = "{tint}"
+kind = "classifier"
+input = {{ width = 64, height = 64 }}
+
+[[model]]
+name = "wrong-output"
+file = "{tint}"
+kind = "classifier"
+output = "probabilities"
+input = {{ width = 32, height = 32 }}
+
+[[model]]
+name = "cut-short"
+file = "{truncated}"
+kind = "classifier"
+input = {{ width = 32, height = 32 }}
+
+[[model]]
+name = "not-there"
+file = "{missing}"
+kind = "classifier"
+
+[[model]]
+name = "fixed-batch"
+file = "{fixed}"
+kind = "classifier"
+input = {{ width = 32, height = 32 }}
+max_batch = 8
+"#,
+        tint = m.join("tint.onnx").display(),
+        truncated = truncated.display(),
+        missing = dir.0.join("missing.onnx").display(),
+        fixed = m.join("tint_fixed.onnx").display(),
+    );
+    dir.write("models.toml", &registry);
+    dir.write("good.toml", GOOD);
+    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("model wrong-size: expected input [N, 3, 64, 64] (the registry's size); found input with shape [-1, 3, 32, 32]"), "{out}");
+    assert!(out.contains("model wrong-output: expected an output named probabilities; the model has [\"logits\"]"), "{out}");
+    assert!(out.contains("model cut-short (") && out.contains("truncated.onnx"), "{out}");
+    assert!(out.contains("model not-there: file") && out.contains("not found"), "{out}");
+    assert!(out.contains("model fixed-batch: input batch dimension is fixed at 1; max_batch 8 is too large"), "{out}");
+}

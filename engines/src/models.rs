@@ -214,7 +214,7 @@ fn check_io(session: &Session, spec: &ModelSpec) -> Result<(String, String), Loa
     if let Some(shape) = input.dtype().tensor_shape() {
         let want = [3, spec.input.height as i64, spec.input.width as i64];
         if shape.len() != 4 || shape[1..].iter().zip(want).any(|(&d, w)| d > 0 && d != w) {
-            return Err(err(format!("input {} has shape {shape:?}; the registry says [N, 3, {}, {}]", input.name(), want[1], want[2])));
+            return Err(err(format!("expected input [N, 3, {}, {}] (the registry's size); found {} with shape {:?}", want[1], want[2], input.name(), &shape[..])));
         }
         if shape[0] > 0 && (shape[0] as usize) < spec.max_batch {
             return Err(err(format!("input batch dimension is fixed at {}; max_batch {} is too large", shape[0], spec.max_batch)));
@@ -225,7 +225,10 @@ fn check_io(session: &Session, spec: &ModelSpec) -> Result<(String, String), Loa
             .outputs()
             .iter()
             .find(|o| o.name() == name)
-            .ok_or_else(|| err(format!("no output named {name}")))?,
+            .ok_or_else(|| {
+                let found: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+                err(format!("expected an output named {name}; the model has {found:?}"))
+            })?,
         None => session.outputs().first().ok_or_else(|| err("the model has no output".into()))?,
     };
     Ok((input.name().to_string(), output.name().to_string()))

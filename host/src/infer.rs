@@ -12,7 +12,8 @@ use serde_json::json;
 use crate::config::MODELS_FILE;
 use crate::server::ingress::{decode_image, IngressLimits};
 
-pub fn infer(policies: &Path, model: &str, min_conf: f32, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
+/// Runs `model` on each image `repeat` times; prints the last result and the median times.
+pub fn infer(policies: &Path, model: &str, min_conf: f32, repeat: usize, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let registry = Registry::load(&policies.join(MODELS_FILE))?;
     let models = Models::load(&registry, &cascade_engines::runtime_library()).map_err(|errs| {
         anyhow::anyhow!(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
@@ -22,20 +23,33 @@ pub fn infer(policies: &Path, model: &str, min_conf: f32, images: &[PathBuf]) ->
     for path in images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let img = decode_image(&bytes, &IngressLimits::default()).map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;
-        let input = match kind {
-            ModelKind::Detector => JobInput::Detect(Arc::new(img), min_conf),
-            _ => JobInput::Image(Arc::new(img)),
+        let img = Arc::new(img);
+        let (mut wall, mut compute) = (Vec::new(), Vec::new());
+        let mut last = None;
+        for _ in 0..repeat.max(1) {
+            let input = match kind {
+                ModelKind::Detector => JobInput::Detect(img.clone(), min_conf),
+                _ => JobInput::Image(img.clone()),
+            };
+            let started = Instant::now();
+            let reply = models.run(model, kind, input, Instant::now() + Duration::from_secs(60))?;
+            wall.push(started.elapsed().as_secs_f64() * 1e3);
+            compute.push(reply.compute.as_secs_f64() * 1e3);
+            last = Some(reply);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
         };
-        let started = Instant::now();
-        let reply = models.run(model, kind, input, Instant::now() + Duration::from_secs(60))?;
-        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let (ms, model_ms) = (median(&mut wall), median(&mut compute));
+        let reply = last.expect("at least one run");
         let result = match reply.output? {
             Output::Classification { score, top } => json!({"score": score, "top": top}),
             Output::Embedding(v) => json!({"dim": v.len(), "head": &v[..v.len().min(8)]}),
             Output::Detections(d) => json!(d.iter().map(|d| json!({"label": d.label, "confidence": d.confidence, "box": d.bbox})).collect::<Vec<_>>()),
             Output::TextLines(l) => json!(l.iter().map(|l| json!({"text": l.text, "confidence": l.confidence, "box": l.bbox})).collect::<Vec<_>>()),
         };
-        println!("{}", json!({"image": path, "ms": ms, "model_ms": reply.compute.as_secs_f64() * 1e3, "result": result}));
+        println!("{}", json!({"image": path, "ms": ms, "model_ms": model_ms, "runs": repeat.max(1), "result": result}));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -91,6 +91,9 @@ struct InferArgs {
     /// Detector: minimum confidence.
     #[arg(long, default_value_t = 0.25)]
     min_confidence: f32,
+    /// Run each image this many times and report the median time.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// JPEG or PNG files.
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -141,7 +144,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Check(a) => check(a),
-        Cmd::Infer(a) => cascade_host::infer::infer(&a.policies, &a.model, a.min_confidence, &a.images),
+        Cmd::Infer(a) => cascade_host::infer::infer(&a.policies, &a.model, a.min_confidence, a.repeat, &a.images),
         Cmd::Eval(a) => setup(&a.src).and_then(|(rt, src)| {
             let args = cascade_host::offline::eval::EvalArgs { hotkey: a.hotkey, manifest: a.manifest, validator_style: a.validator_style, json: a.json };
             cascade_host::offline::eval::eval(&rt, &src, &args)

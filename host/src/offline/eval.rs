@@ -35,9 +35,19 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
     let mut stages: BTreeMap<String, u64> = BTreeMap::new();
     let mut latency = Vec::with_capacity(examples.len());
     let (mut model_ms, mut fallbacks) = (0f64, 0u64);
+    let mut errors: Vec<String> = Vec::new();
     let mut progress = Progress::new("eval", examples.len());
-    for ex in &examples {
-        let img = Arc::new(load_image(&ex.path, a.validator_style)?);
+    for (row, ex) in examples.iter().enumerate() {
+        let img = match load_image(&ex.path, a.validator_style) {
+            Ok(i) => Arc::new(i),
+            Err(e) => {
+                // a bad row is reported and counted; the run goes on
+                eprintln!("row {}: {e:#}", row + 2);
+                errors.push(format!("row {}: {e:#}", row + 2));
+                progress.tick();
+                continue;
+            }
+        };
         let started = Instant::now();
         let ans = hk.answer(&state.models, img);
         latency.push(started.elapsed().as_secs_f64() * 1e3);
@@ -49,7 +59,7 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
     }
     latency.sort_by(f64::total_cmp);
     let fig = conf.figures();
-    let n = examples.len().max(1) as f64;
+    let n = (fig.n as f64).max(1.0);
     let stage_share: BTreeMap<&String, f64> = stages.iter().map(|(k, v)| (k, *v as f64 / n)).collect();
     let report = json!({
         "hotkey": a.hotkey,
@@ -65,6 +75,8 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         "confusion": {"tp": fig.confusion.tp, "fp": fig.confusion.fp, "tn": fig.confusion.tn, "fn": fig.confusion.fn_},
         "stage_share": stage_share,
         "fallbacks": fallbacks,
+        "errors": errors.len(),
+        "error_rows": errors,
         "model_ms_per_request": model_ms / n,
         "latency_ms": {"p50": percentile(&latency, 0.5), "p99": percentile(&latency, 0.99)},
     });
@@ -80,7 +92,7 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         for (s, share) in &stage_share {
             println!("  stage {s:<16} {:>5.1}%", share * 100.0);
         }
-        println!("  fallbacks {fallbacks}");
+        println!("  fallbacks {fallbacks}    unreadable rows {}", errors.len());
         println!("  model ms / request {:.1}", model_ms / n);
         println!("  latency ms  p50 {:.1}  p99 {:.1}", percentile(&latency, 0.5), percentile(&latency, 0.99));
     }

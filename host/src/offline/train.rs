@@ -68,21 +68,28 @@ pub fn load_image(path: &Path, validator_style: bool) -> anyhow::Result<image::R
     decode_image(&jpeg, &limits).map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))
 }
 
-fn embed_all(models: &Models, backbone: &str, examples: &[Example], validator_style: bool) -> anyhow::Result<Vec<Vec<f32>>> {
+/// Embeddings of the readable examples; unreadable rows are reported and left out.
+fn embed_all(models: &Models, backbone: &str, examples: &[Example], validator_style: bool) -> anyhow::Result<Vec<(usize, Vec<f32>)>> {
     let kind = models.spec(backbone).with_context(|| format!("no model {backbone} in the registry"))?.kind;
     let mut progress = Progress::new("embedding", examples.len());
     let mut out = Vec::with_capacity(examples.len());
-    for chunk in examples.chunks(32) {
+    let indexed: Vec<(usize, &Example)> = examples.iter().enumerate().collect();
+    for chunk in indexed.chunks(32) {
         let deadline = Instant::now() + Duration::from_secs(600);
         let mut pending = Vec::new();
-        for ex in chunk {
-            let img = Arc::new(load_image(&ex.path, validator_style)?);
-            pending.push(models.submit(backbone, kind, JobInput::Image(img), deadline)?);
+        for (i, ex) in chunk {
+            match load_image(&ex.path, validator_style) {
+                Ok(img) => pending.push((*i, models.submit(backbone, kind, JobInput::Image(Arc::new(img)), deadline)?)),
+                Err(e) => {
+                    eprintln!("row {}: {e:#} (left out)", i + 2);
+                    progress.tick();
+                }
+            }
         }
-        for rx in pending {
+        for (i, rx) in pending {
             let reply = rx.recv_deadline(deadline).context("backbone timed out")?;
             match reply.output? {
-                Output::Embedding(v) => out.push(v),
+                Output::Embedding(v) => out.push((i, v)),
                 _ => anyhow::bail!("{backbone} is not an embedder (kind = \"embedder\")"),
             }
             progress.tick();
@@ -245,7 +252,11 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
     let examples = manifest::load(&a.manifest)?;
     anyhow::ensure!(examples.len() >= a.folds * 2, "{} examples are too few for {} folds", examples.len(), a.folds);
     let started = Instant::now();
-    let x = embed_all(&models, &a.backbone, &examples, a.validator_style)?;
+    let embedded = embed_all(&models, &a.backbone, &examples, a.validator_style)?;
+    let skipped = examples.len() - embedded.len();
+    let examples: Vec<Example> = embedded.iter().map(|(i, _)| examples[*i].clone()).collect();
+    let x: Vec<Vec<f32>> = embedded.into_iter().map(|(_, v)| v).collect();
+    anyhow::ensure!(x.len() >= a.folds * 2, "only {} readable examples", x.len());
     let y: Vec<bool> = examples.iter().map(|e| e.label).collect();
     eprintln!("embedded {} images in {:.1} s", x.len(), started.elapsed().as_secs_f64());
 
@@ -296,6 +307,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
             "backbone": a.backbone,
             "manifest": a.manifest,
             "examples": y.len(),
+            "unreadable_rows": skipped,
             "positives": y.iter().filter(|l| **l).count(),
             "validator_style": a.validator_style,
             "folds": a.folds, "hidden": a.hidden, "l2": a.l2, "epochs": a.epochs, "seed": a.seed,

@@ -1,0 +1,134 @@
+//! Host overhead per HTTP request, model time excluded: the real `cascade serve` (a one-stage
+//! policy on a tiny real ONNX classifier) against a bare hyper server that only reads the body
+//! and answers fixed JSON, with the same client, the same keep-alive connection pattern and the
+//! same validator-sized JPEG body.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use cascade_bench::{header, row, summarise};
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+const POLICY: &str = r#"
+name = "bench"
+fallback = 0.3
+[router]
+component = "cascade-router@^1"
+[[router.params.stages]]
+name = "tint"
+classify = ["tint"]
+"#;
+
+fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf()
+}
+
+/// A 224×224 JPEG at quality 75 with some texture, like what validators send.
+fn validator_jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(224, 224, |x, y| {
+        let v = ((x * 7 + y * 13) ^ (x * y)) as u8;
+        image::Rgb([v, v.wrapping_mul(3), 255 - v])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 75).encode_image(&img).expect("jpeg");
+    out.into_inner()
+}
+
+fn bare_server() -> SocketAddr {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else { continue };
+                let _ = s.set_nodelay(true);
+                tokio::spawn(async move {
+                    let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                        let out = format!("{{\"prediction\": 0.7, \"bytes\": {body}}}");
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(out))))
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                });
+            }
+        })
+    });
+    addr
+}
+
+fn main() -> anyhow::Result<()> {
+    let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let root = repo();
+    let models = root.join("target/test-models");
+    if !models.join("tint.onnx").exists() {
+        let ok = Command::new(root.join(".venv/bin/python")).arg(root.join("tests/models/make_test_models.py")).arg(&models).status()?;
+        anyhow::ensure!(ok.success(), "building the test model failed (run make setup)");
+    }
+    let dir = std::env::temp_dir().join(format!("cascade-http-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("models.toml"),
+        format!("[[model]]\nname = \"tint\"\nfile = \"{}\"\nkind = \"classifier\"\ninput = {{ width = 32, height = 32 }}\n", models.join("tint.onnx").display()),
+    )?;
+    std::fs::write(dir.join("bench.toml"), POLICY)?;
+    let mut child = Command::new(root.join("target/release/cascade"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
+        .arg(&dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+    let base = line.trim().strip_prefix("listening on ").ok_or_else(|| anyhow::anyhow!("server said {line:?}"))?.to_string();
+
+    let jpeg = validator_jpeg();
+    let body = serde_json::json!({"image": base64::engine::general_purpose::STANDARD.encode(&jpeg)}).to_string();
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
+    let bare = format!("http://{}/", bare_server());
+    let cascade_url = format!("{base}/v1/predict/bench");
+
+    let (mut total, mut overhead, mut model, mut peer) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..iters * 2 {
+        let t = Instant::now();
+        let mut r = agent.post(&cascade_url).header("Content-Type", "application/json").send(body.as_bytes())?;
+        let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+        let took = t.elapsed();
+        let t = Instant::now();
+        let mut r = agent.post(&bare).header("Content-Type", "application/json").send(body.as_bytes())?;
+        let _ = r.body_mut().read_to_string()?;
+        let took_peer = t.elapsed();
+        if i >= iters {
+            let m = Duration::from_secs_f64(v["model_ms"].as_f64().unwrap_or(0.0) / 1e3);
+            total.push(took);
+            model.push(m);
+            overhead.push(took.saturating_sub(m));
+            peer.push(took_peer);
+        }
+    }
+    let mut decode = Vec::new();
+    for _ in 0..iters {
+        let t = Instant::now();
+        std::hint::black_box(image::load_from_memory(&jpeg)?);
+        decode.push(t.elapsed());
+    }
+    let _ = child.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+    header(&format!("one request: JSON body with a base64 224×224 JPEG ({} bytes), sequential keep-alive, {iters} each", jpeg.len()));
+    row("cascade: client round trip", &summarise(total));
+    row("cascade: model compute (reported)", &summarise(model));
+    row("cascade: round trip − model = host overhead", &summarise(overhead.clone()));
+    let peer_s = summarise(peer);
+    row("peer: bare hyper, read body, fixed JSON", &peer_s);
+    row("of which: JPEG decode (image crate)", &summarise(decode));
+    let o = summarise(overhead);
+    println!("\nhost overhead p50 {:.1} µs (target ≤ 100 µs); above the bare-hyper floor by {:.1} µs", o.p50, o.p50 - peer_s.p50);
+    Ok(())
+}

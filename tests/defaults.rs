@@ -1,0 +1,98 @@
+//! The embedded default: the shipped policies with the default models built by set-up
+//! (EfficientNet-Lite0 + the trained head, PP-OCRv4), on real dev images.
+
+use std::process::Command;
+
+use cascade_tests::*;
+
+fn dev(path: &str) -> Vec<u8> {
+    std::fs::read(shared().join("data/roadwork-dev").join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The first manifest rows of a source, with their labels.
+fn rows(prefix: &str, label: &str, n: usize) -> Vec<String> {
+    let m = std::fs::read_to_string(shared().join("data/roadwork-dev/manifest.csv")).expect("manifest");
+    m.lines()
+        .skip(1)
+        .filter(|l| l.starts_with(prefix) && l.split(',').nth(1) == Some(label))
+        .take(n)
+        .map(|l| l.split(',').next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn default_policies_serve_real_images() {
+    let server = Server::start(&repo().join("policies"), false, &[]);
+    for path in rows("tracon/", "1", 3) {
+        let (s, v) = predict(&server, "speed", &dev(&path));
+        assert_eq!(s, 200, "{v}");
+        assert!(num(&v["prediction"]) > 0.5, "{path}: cones should be roadwork: {v}");
+    }
+    for path in rows("udacity_carnd_mit/", "0", 3) {
+        let (s, v) = predict(&server, "accuracy", &dev(&path));
+        assert_eq!(s, 200, "{v}");
+        assert!(num(&v["prediction"]) < 0.5, "{path}: an empty freeway is not roadwork: {v}");
+        assert_eq!(v["trace"][0]["model"], "roadwork");
+    }
+    // a sign the classifier has never seen: the accuracy policy reads it
+    let (s, v) = predict(&server, "accuracy", &sign("end_road_work"));
+    assert_eq!(s, 200, "{v}");
+    let trace = v["trace"].as_array().unwrap();
+    if v["stage"] == "evidence" {
+        let ocr = trace.iter().find(|t| t["primitive"] == "read-text").expect("OCR ran");
+        assert!(ocr["result"].as_str().unwrap().contains("END"), "{v}");
+        assert!(num(&v["prediction"]) < 0.5, "END ROAD WORK must not read as roadwork: {v}");
+    }
+}
+
+#[test]
+fn eval_reports_figures_and_counts_unreadable_rows() {
+    let dir = TempDir::new("eval");
+    let mut csv = String::from("path,label,extra\n");
+    for p in rows("tracon/", "1", 4).iter().chain(rows("udacity_carnd_mit/", "0", 4).iter()) {
+        let label = if p.starts_with("tracon/") { 1 } else { 0 };
+        csv.push_str(&format!("{},{label},x\n", shared().join("data/roadwork-dev").join(p).display()));
+    }
+    csv.push_str("missing.jpg,1,x\n");
+    dir.write("corrupt.jpg", "not a jpeg");
+    csv.push_str("corrupt.jpg,0,x\n");
+    let manifest = dir.write("manifest.csv", &csv);
+    let out = Command::new(binary())
+        .args(["eval", "--hotkey", "accuracy", "--validator-style", "--json", "--manifest"])
+        .arg(&manifest)
+        .env("ORT_DYLIB_PATH", repo().join("target/ort/libonnxruntime.so"))
+        .current_dir(repo())
+        .output()
+        .expect("run eval");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["n"], 8, "{v}");
+    assert_eq!(v["errors"], 2, "{v}");
+    for key in ["accuracy", "mcc", "f1", "precision", "recall", "reward", "model_ms_per_request"] {
+        assert!(v[key].is_number(), "{key} in {v}");
+    }
+    assert!(num(&v["accuracy"]) >= 0.75, "{v}");
+    let c = &v["confusion"];
+    assert_eq!(num(&c["tp"]) + num(&c["fp"]) + num(&c["tn"]) + num(&c["fn"]), 8.0);
+    assert!(v["stage_share"]["classifier"].is_number(), "{v}");
+    assert!(v["latency_ms"]["p99"].is_number());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.jpg") && stderr.contains("corrupt.jpg"), "{stderr}");
+}
+
+#[test]
+fn an_image_without_text_reads_as_no_lines() {
+    let dir = TempDir::new("notext");
+    let img = dir.0.join("plain.png");
+    std::fs::write(&img, png(&solid(224, 224, [90, 120, 90]))).expect("write");
+    let out = Command::new(binary())
+        .args(["infer", "--model", "ocr", "--policies"])
+        .arg(repo().join("policies"))
+        .arg(&img)
+        .env("ORT_DYLIB_PATH", repo().join("target/ort/libonnxruntime.so"))
+        .output()
+        .expect("run infer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["result"], json!([]), "{v}");
+}
