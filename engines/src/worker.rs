@@ -102,6 +102,8 @@ impl Worker {
 
     fn run_batch(&mut self, jobs: Vec<Job>, buf: &mut Vec<f32>, elems: usize) {
         let n = jobs.len();
+        // model time counts the model's own pre-processing as well as the session run
+        let started = Instant::now();
         buf.clear();
         buf.resize(elems * n, 0.0);
         let prepared: Vec<Prepared> = jobs
@@ -109,7 +111,6 @@ impl Worker {
             .zip(buf.chunks_exact_mut(elems))
             .map(|(j, slot)| prepare(j.input.image(), &self.spec.input, slot))
             .collect();
-        let started = Instant::now();
         let result = self.infer(buf, n, &jobs, &prepared);
         let compute = started.elapsed();
         self.stats.record(n, compute);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use image::imageops::{self, FilterType};
+use image::imageops;
 use image::RgbImage;
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -221,7 +221,7 @@ fn line_batch(crops: &[&RgbImage], width: u32, height: u32, max_w: u32) -> Vec<f
     let mut buf = vec![0f32; crops.len() * 3 * plane];
     for (k, c) in crops.iter().enumerate() {
         let rw = ((height as f32 * c.width() as f32 / c.height().max(1) as f32).ceil() as u32).clamp(1, max_w);
-        let r = imageops::resize(*c, rw, height, FilterType::Triangle);
+        let r = crate::preprocess::resize(c, rw, height);
         let slot = &mut buf[k * 3 * plane..(k + 1) * 3 * plane];
         for (x, y, px) in r.enumerate_pixels() {
             let i = (y * width + x) as usize;
