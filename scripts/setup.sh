@@ -54,7 +54,7 @@ say "building components"
 (cd plugins && cargo build --quiet --release --target wasm32-wasip2)
 for f in plugins/target/wasm32-wasip2/release/*.wasm; do
   case "$(basename "$f")" in
-    misbehave.wasm) cp -u "$f" target/test-components/ ;;
+    misbehave.wasm|future_*.wasm) cp -u "$f" target/test-components/ ;;
     *) cp -u "$f" target/components/ ;;
   esac
 done

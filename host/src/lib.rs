@@ -3,12 +3,14 @@
 //! its model engines. This crate holds the HTTP ingress, per-hotkey configuration, the wasmtime
 //! runtime and the CLI; the engines live in `cascade-engines`.
 
+pub mod admin;
 pub mod config;
 pub mod infer;
 pub mod load;
 pub mod metrics;
 pub mod offline;
 pub mod policy;
+pub mod reload;
 pub mod runtime;
 pub mod schema;
 pub mod server;

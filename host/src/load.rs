@@ -9,7 +9,7 @@ use std::time::Duration;
 use cascade_engines::{Models, Registry};
 use semver::Version;
 
-use crate::config::{self, ComponentRef, HotkeyFile, RoleConfig, MODELS_FILE};
+use crate::config::{self, ComponentRef, HotkeyFile, RoleConfig};
 use crate::policy::Hotkey;
 use crate::runtime::{Bound, Limits, Plugin, Role, RoleSet, Runtime};
 
@@ -43,61 +43,13 @@ pub struct State {
     pub warnings: Vec<Problem>,
 }
 
+/// Loads everything once, strictly: every refusal is a problem (start-up, `check`, `eval`).
 pub fn load(rt: &Arc<Runtime>, src: &Sources) -> Result<State, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let reg_file = src.policies.join(MODELS_FILE);
-    let registry = if reg_file.exists() {
-        Registry::load(&reg_file).unwrap_or_else(|e| {
-            problems.push(Problem { file: reg_file.clone(), message: e.to_string() });
-            Registry::default()
-        })
-    } else {
-        Registry::default()
-    };
-    let models = Models::load(&registry, &src.ort_library).unwrap_or_else(|errs| {
-        problems.extend(errs.into_iter().map(|e| Problem { file: reg_file.clone(), message: e.to_string() }));
-        Models::default()
-    });
-    let models = Arc::new(models);
-    // Smoke requests need the models; without them their failures would only repeat the above.
-    let models_ok = problems.is_empty();
-    let plugins = load_plugins(rt, &src.components, &mut problems);
-    let mut hotkeys = BTreeMap::new();
-    let mut warnings: Vec<Problem> = registry
-        .absent
-        .iter()
-        .map(|(name, file)| Problem { file: reg_file.clone(), message: format!("optional model {name} left out: {} is absent", file.display()) })
-        .collect();
-    let files = config::hotkey_files(&src.policies).unwrap_or_else(|e| {
-        problems.push(Problem { file: src.policies.clone(), message: format!("cannot list: {e}") });
-        Vec::new()
-    });
-    if files.is_empty() && problems.is_empty() {
-        problems.push(Problem { file: src.policies.clone(), message: "no hotkey files (*.toml)".into() });
+    let snap = crate::reload::Reloader::new(rt.clone(), src.clone(), None).reload();
+    if !snap.refused.is_empty() {
+        return Err(snap.refused.into_iter().map(|r| Problem { file: r.file, message: r.reason }).collect());
     }
-    for file in files {
-        match bind_hotkey(rt, &plugins, &file) {
-            Ok(h) => {
-                if let Some(prev) = hotkeys.get(&h.name) {
-                    let prev: &Arc<Hotkey> = prev;
-                    problems.push(Problem { file, message: format!("hotkey {} is also defined in {}", h.name, prev.file.display()) });
-                } else {
-                    hotkeys.insert(h.name.clone(), Arc::new(h));
-                }
-            }
-            Err(msgs) => problems.extend(msgs.into_iter().map(|message| Problem { file: file.clone(), message })),
-        }
-    }
-    if models_ok {
-        for h in hotkeys.values() {
-            smoke(h, &models, &mut problems, &mut warnings);
-        }
-    }
-    if problems.is_empty() {
-        Ok(State { models, registry, plugins, hotkeys, warnings })
-    } else {
-        Err(problems)
-    }
+    Ok(State { models: snap.models, registry: snap.registry, plugins: snap.plugins, hotkeys: snap.hotkeys, warnings: snap.warnings })
 }
 
 /// Compiles every `*.wasm` in the folder.
@@ -143,13 +95,17 @@ pub fn resolve(plugins: &[Arc<Plugin>], r: &ComponentRef, role: Role) -> Result<
     }
 }
 
-fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> Result<Hotkey, Vec<String>> {
+pub(crate) fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> Result<Hotkey, Vec<String>> {
     let cfg = HotkeyFile::load(file).map_err(|e| vec![e])?;
     let limits = Limits { fuel: cfg.limits.fuel, time: Duration::from_millis(cfg.limits.call_ms.min(cfg.budget_ms)) };
     let mut errors = Vec::new();
+    let mut bindings = Vec::new();
     let mut bind = |key: &str, rc: &RoleConfig, role: Role| -> Option<Arc<Bound>> {
         match bind_role(rt, plugins, &cfg.name, key, rc, role, limits) {
-            Ok(b) => Some(Arc::new(b)),
+            Ok((r, b)) => {
+                bindings.push((r, role, b.plugin.clone()));
+                Some(Arc::new(b))
+            }
             Err(mut e) => {
                 errors.append(&mut e);
                 None
@@ -168,12 +124,13 @@ fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> Resul
             budget: Duration::from_millis(cfg.budget_ms),
             router,
             roles: Arc::new(RoleSet { text_scorer, fuser }),
+            bindings,
         }),
         _ => Err(errors),
     }
 }
 
-fn bind_role(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], hotkey: &str, key: &str, rc: &RoleConfig, role: Role, limits: Limits) -> Result<Bound, Vec<String>> {
+fn bind_role(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], hotkey: &str, key: &str, rc: &RoleConfig, role: Role, limits: Limits) -> Result<(ComponentRef, Bound), Vec<String>> {
     let r: ComponentRef = rc.component.parse().map_err(|e| vec![format!("{key}.component: {e}")])?;
     let plugin = resolve(plugins, &r, role).map_err(|e| vec![format!("{key}.component: {e}")])?;
     let params = config::params_json(&rc.params);
@@ -185,20 +142,19 @@ fn bind_role(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], hotkey: &str, key: &str
             .collect());
     }
     Bound::new(rt.clone(), plugin.clone(), hotkey, params.to_string(), limits)
+        .map(|b| (r, b))
         .map_err(|e| vec![format!("{key}: {}@{} {e}", plugin.name, plugin.version)])
 }
 
 /// One decision on a plain grey image: the policy must answer without failing. Primitive
-/// errors it tolerated (a stage's model not configured) become warnings.
-fn smoke(h: &Hotkey, models: &Arc<Models>, problems: &mut Vec<Problem>, warnings: &mut Vec<Problem>) {
+/// errors it tolerated (a stage's model not configured) come back as warnings.
+pub(crate) fn smoke(h: &Hotkey, models: &Arc<Models>) -> Result<Vec<String>, String> {
     let img = Arc::new(image::RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128])));
-    let a = h.answer(models, img);
+    let a = h.answer_quietly(models, img);
     if a.fallback {
-        problems.push(Problem { file: h.file.clone(), message: format!("smoke request failed: {}", a.reason) });
+        return Err(format!("smoke request failed: {}", a.reason));
     }
-    for t in a.trace.iter().filter(|t| t.result.starts_with("error")) {
-        warnings.push(Problem { file: h.file.clone(), message: format!("{}({}): {}", t.primitive, t.model, t.result) });
-    }
+    Ok(a.trace.iter().filter(|t| t.result.starts_with("error")).map(|t| format!("{}({}): {}", t.primitive, t.model, t.result)).collect())
 }
 
 /// One line per plugin for `check` and the log.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use cascade_host::load::{self, Sources};
 use cascade_host::runtime::{Runtime, RuntimeConfig};
+use cascade_host::reload::Reloader;
 use cascade_host::server::{IngressLimits, Server, Serving};
+use parking_lot::Mutex;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -133,6 +134,15 @@ struct ServeArgs {
     /// Seconds a client may take to send headers and body.
     #[arg(long, default_value_t = 10)]
     read_timeout_s: u64,
+    /// Compiled components are cached here (default: `target/component-cache` beside the binary).
+    #[arg(long)]
+    compile_cache: Option<PathBuf>,
+    /// Do not watch the folders (changes then need a restart).
+    #[arg(long)]
+    no_watch: bool,
+    /// Token that lets non-loopback callers use the admin API.
+    #[arg(long, env = "CASCADE_ADMIN_TOKEN")]
+    admin_token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -230,26 +240,35 @@ fn check(a: SourceArgs) -> anyhow::Result<ExitCode> {
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let (rt, src) = setup(&a.src)?;
-    let state = match load::load(&rt, &src) {
-        Ok(s) => s,
-        Err(problems) => {
-            for p in &problems {
-                eprintln!("problem: {p}");
-            }
-            anyhow::bail!("{} problem(s) in {} / {}; nothing served", problems.len(), src.policies.display(), src.components.display());
+    let cache = a.compile_cache.clone().unwrap_or_else(|| cascade_host::beside_exe("component-cache"));
+    let mut reloader = Reloader::new(rt, src.clone(), Some(cache));
+    let first = reloader.reload();
+    if !first.refused.is_empty() {
+        for p in &first.refused {
+            eprintln!("problem: {}: {}", p.file.display(), p.reason);
         }
-    };
-    for p in &state.plugins {
+        anyhow::bail!("{} problem(s) in {} / {}; nothing served", first.refused.len(), src.policies.display(), src.components.display());
+    }
+    for p in &first.plugins {
         tracing::info!("component {}", load::describe_plugin(p));
     }
-    for w in &state.warnings {
+    for w in &first.warnings {
         tracing::warn!("{w}");
     }
-    let server = Arc::new(Server {
-        serving: ArcSwap::from_pointee(Serving { models: state.models.clone(), hotkeys: state.hotkeys.clone() }),
-        limits: IngressLimits { max_body_bytes: a.max_body_bytes, max_side: a.max_side, max_pixels: a.max_pixels },
-        read_timeout: Duration::from_secs(a.read_timeout_s),
-    });
+    let hotkeys: Vec<String> = first.hotkeys.keys().cloned().collect();
+    let serving = Serving { models: first.models.clone(), hotkeys: first.hotkeys.clone(), generation: 1 };
+    let limits = IngressLimits { max_body_bytes: a.max_body_bytes, max_side: a.max_side, max_pixels: a.max_pixels };
+    let server = Arc::new(Server::new(serving, limits, Duration::from_secs(a.read_timeout_s), a.admin_token.clone()));
+    server.status.lock().record(&first);
+    if !a.no_watch {
+        let reloader = Mutex::new(reloader);
+        let target = server.clone();
+        cascade_host::reload::watch::spawn(&src.components, &src.policies, Arc::new(move || {
+            let snap = reloader.lock().reload();
+            target.apply(snap);
+        }))
+        .context("watching the components and policies folders")?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(256)
@@ -257,7 +276,6 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-        let hotkeys: Vec<&String> = state.hotkeys.keys().collect();
         let addr = listener.local_addr()?;
         tracing::info!(listen = %addr, ?hotkeys, "serving");
         // One machine-readable line on stdout, for scripts and tests that listen on port 0.

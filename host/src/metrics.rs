@@ -42,6 +42,8 @@ struct Inner {
     component_events: BTreeMap<(String, String, String), u64>,
     fallbacks: BTreeMap<(String, String), u64>,
     model_seconds: BTreeMap<(String, String), f64>,
+    reloads: BTreeMap<String, u64>,
+    refusals: u64,
 }
 
 #[derive(Default)]
@@ -74,6 +76,16 @@ impl Metrics {
 
     pub fn fallback(&self, hotkey: &str, reason: &str) {
         *self.inner.lock().fallbacks.entry((hotkey.into(), reason.into())).or_default() += 1;
+    }
+
+    /// A reload finished: `applied`, `refused` (something was refused) or `unchanged`.
+    pub fn reload(&self, outcome: &str) {
+        *self.inner.lock().reloads.entry(outcome.into()).or_default() += 1;
+    }
+
+    /// A changed file was refused; the last good version keeps serving.
+    pub fn refusal(&self) {
+        self.inner.lock().refusals += 1;
     }
 
     /// Model time spent on behalf of a hotkey's requests.
@@ -113,6 +125,12 @@ impl Metrics {
         for ((h, model), v) in &m.model_seconds {
             let _ = writeln!(o, "cascade_hotkey_model_seconds_total{{hotkey=\"{h}\",model=\"{model}\"}} {v}");
         }
+        head(&mut o, "cascade_reloads_total", "counter", "Reloads by outcome (applied, refused, unchanged).");
+        for (k, v) in &m.reloads {
+            let _ = writeln!(o, "cascade_reloads_total{{outcome=\"{k}\"}} {v}");
+        }
+        head(&mut o, "cascade_refused_changes_total", "counter", "Changed files refused by validation (the previous version kept serving).");
+        let _ = writeln!(o, "cascade_refused_changes_total {}", m.refusals);
         drop(m);
         if let Some(models) = models {
             render_models(&mut o, models);

@@ -1,9 +1,10 @@
-//! The one place that runs `bindgen!`: Rust types and traits for `cascade:policy`. Every other
+//! The one place that runs `bindgen!`: Rust types and traits for `cascade:policy` (the latest
+//! released version; `wit/v1.0.0` stays frozen beside it). Every other
 //! module imports from here. Host imports are trappable: the outer `wasmtime::Result` is a host
 //! bug (it traps the guest), the inner `Result<_, Error>` is the guest's answer.
 
 wasmtime::component::bindgen!({
-    path: "../wit/v1.0.0",
+    path: "../wit/v1.1.0",
     world: "host",
     with: {
         "cascade:policy/types.image": crate::runtime::request::ImageRef,
@@ -17,5 +18,7 @@ pub use cascade::policy::types::{
 };
 pub use exports::cascade::policy::router::{Decision, RequestMeta};
 
-/// The contract version this host implements.
-pub const CONTRACT: &str = "1.0.0";
+/// The contract version this host implements. Components built for any earlier 1.x work
+/// unchanged: released versions only ever add imports, and the linker resolves a 1.0.0
+/// import name to the 1.1.0 definition (semver-compatible names).
+pub const CONTRACT: &str = "1.1.0";

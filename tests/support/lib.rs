@@ -84,7 +84,7 @@ input = {{ width = 32, height = 32 }}
 name = "ocr"
 kind = "ocr"
 file = "{ocr}/ch_PP-OCRv4_det_infer.onnx"
-ocr = {{ rec = "{ocr}/ch_PP-OCRv4_rec_infer.onnx", cls = "{ocr}/ch_ppocr_mobile_v2.0_cls_infer.onnx", det_short = 640 }}
+ocr = {{ rec = "{ocr}/ch_PP-OCRv4_rec_infer.onnx", cls = "{ocr}/ch_ppocr_mobile_v2.0_cls_infer.onnx", det_short = 480 }}
 
 [[model]]
 name = "yolox"

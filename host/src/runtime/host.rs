@@ -111,6 +111,16 @@ impl primitives::Host for StoreState {
         let ctx = self.ctx()?;
         Ok(calls::run_all(&ctx, self.image(&img)?, &calls))
     }
+
+    fn detect_classes(&mut self, model: String, img: Resource<ImageRef>, min_confidence: f32, classes: Vec<String>) -> Host<Result<Vec<Detection>, Error>> {
+        // the full detection list is memoised once; each filter is a view of it
+        let all = expect!(self.call(&img, Call::Detect((model, min_confidence)))?, Detect)?;
+        Ok(all.map(|d| d.into_iter().filter(|d| classes.is_empty() || classes.contains(&d.label)).collect()))
+    }
+
+    fn remaining_ms(&mut self) -> Host<u32> {
+        Ok(self.ctx()?.remaining().as_millis().min(u32::MAX as u128) as u32)
+    }
 }
 
 impl roles::Host for StoreState {

@@ -54,6 +54,8 @@ pub enum RoleIndices {
 }
 
 pub struct Plugin {
+    /// sha256 of the component's bytes: what makes two loads the same component.
+    pub hash: String,
     pub name: String,
     pub version: Version,
     pub role: Role,
@@ -83,14 +85,16 @@ fn contract_name(name: &str) -> Option<(&str, Option<Version>)> {
 }
 
 impl Plugin {
+    /// Reads and compiles a component file (no cache: `check` and tools).
     pub fn load(rt: &Runtime, file: &Path) -> Result<Plugin, PluginError> {
         let bytes = std::fs::read(file).map_err(|e| PluginError::Read { file: file.into(), reason: e.to_string() })?;
         let component = Component::new(&rt.engine, &bytes)
             .map_err(|e| PluginError::Compile { file: file.into(), reason: format!("{e:#}") })?;
-        Self::from_component(rt, file, component)
+        Self::from_component(rt, file, component, crate::reload::cache::sha256_hex(&bytes))
     }
 
-    fn from_component(rt: &Runtime, file: &Path, component: Component) -> Result<Plugin, PluginError> {
+    /// Checks a compiled component (contract, role, linking, `info`) and prepares it.
+    pub fn from_component(rt: &Runtime, file: &Path, component: Component, hash: String) -> Result<Plugin, PluginError> {
         let host = Version::parse(CONTRACT).expect("the host's contract version is semver");
         let ty = component.component_type();
         let mut roles = Vec::new();
@@ -124,7 +128,7 @@ impl Plugin {
         };
         let link = |e: wasmtime::Error| PluginError::Link { file: file.into(), reason: format!("{e:#}") };
         let mut linker = rt.linker.clone();
-        linker.define_unknown_imports_as_traps(&component).map_err(link)?;
+        stub_foreign_imports(&mut linker, &component, &rt.engine).map_err(link)?;
         let pre = linker.instantiate_pre(&component).map_err(link)?;
         let meta = meta::GuestIndices::new(&pre).map_err(link)?;
         let indices = match role {
@@ -148,6 +152,7 @@ impl Plugin {
             .map_err(|e| info_err(format!("parameter schema is not JSON: {e}")))?;
         crate::schema::check_schema(&schema).map_err(|e| info_err(format!("parameter schema: {e}")))?;
         Ok(Plugin {
+            hash,
             name: info.name,
             version,
             role,
@@ -159,4 +164,39 @@ impl Plugin {
             indices,
         })
     }
+}
+
+/// Every import outside `cascade:policy` (a std guest pulls in `wasi:cli`, `wasi:io`, ...) is
+/// defined as a function that traps when called: plugins get no WASI. `cascade:policy` imports
+/// are left to the linker, which resolves an older 1.x name to the host's definition;
+/// wasmtime's own `define_unknown_imports_as_traps` would shadow those with fresh stubs.
+fn stub_foreign_imports(linker: &mut wasmtime::component::Linker<StoreState>, component: &Component, engine: &wasmtime::Engine) -> wasmtime::Result<()> {
+    use wasmtime::component::types::ComponentItem;
+    use wasmtime::component::ResourceType;
+    for (name, item) in component.component_type().imports(engine) {
+        if name.starts_with(PACKAGE) {
+            continue;
+        }
+        match item.ty {
+            ComponentItem::ComponentInstance(inst) => {
+                let mut li = linker.instance(name)?;
+                for (export, ty) in inst.exports(engine) {
+                    let full = format!("{name}#{export}");
+                    match ty.ty {
+                        ComponentItem::ComponentFunc(_) => {
+                            li.func_new(export, move |_, _, _, _| wasmtime::bail!("{full} is not available to plugins"))?;
+                        }
+                        ComponentItem::Resource(_) => li.resource(export, ResourceType::host::<()>(), |_, _| Ok(()))?,
+                        _ => {}
+                    }
+                }
+            }
+            ComponentItem::ComponentFunc(_) => {
+                let full = name.to_string();
+                linker.root().func_new(name, move |_, _, _, _| wasmtime::bail!("{full} is not available to plugins"))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

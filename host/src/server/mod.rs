@@ -30,10 +30,16 @@ pub use ingress::{IngressLimits, Refusal};
 pub struct Serving {
     pub models: Arc<Models>,
     pub hotkeys: BTreeMap<String, Arc<Hotkey>>,
+    /// Counts the swaps; each answer says which generation served it.
+    pub generation: u64,
 }
 
 pub struct Server {
     pub serving: ArcSwap<Serving>,
+    /// Reload history for `/admin/status`.
+    pub status: parking_lot::Mutex<crate::admin::ReloadStatus>,
+    /// Admin requests from other than loopback need `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
     pub limits: IngressLimits,
     /// How long a client may take to send its headers and its body.
     pub read_timeout: Duration,
@@ -44,7 +50,7 @@ type Resp = Response<Full<Bytes>>;
 /// Oversized bodies up to this size are read and dropped before the 413 is sent.
 const DRAIN_CAP: u64 = 32 << 20;
 
-fn json_response(status: StatusCode, v: &serde_json::Value) -> Resp {
+pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
@@ -57,10 +63,34 @@ fn refusal(r: Refusal) -> Resp {
 }
 
 impl Server {
+    pub fn new(serving: Serving, limits: IngressLimits, read_timeout: Duration, admin_token: Option<String>) -> Server {
+        Server {
+            serving: ArcSwap::from_pointee(serving),
+            status: parking_lot::Mutex::new(Default::default()),
+            admin_token,
+            limits,
+            read_timeout,
+        }
+    }
+
+    /// Swaps in the result of a reload (when anything changed) and records it.
+    pub fn apply(&self, snap: crate::reload::Snapshot) {
+        let changed = !snap.applied.is_empty();
+        if changed {
+            let generation = self.serving.load().generation + 1;
+            self.serving.store(Arc::new(Serving { models: snap.models.clone(), hotkeys: snap.hotkeys.clone(), generation }));
+            tracing::info!(generation, files = ?snap.applied, took_ms = snap.took.as_millis() as u64, "reload applied");
+        }
+        for w in &snap.warnings {
+            tracing::debug!("{w}");
+        }
+        self.status.lock().record(&snap);
+    }
+
     /// Accepts connections until the process ends.
     pub async fn run(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         loop {
-            let (stream, _peer): (_, SocketAddr) = match listener.accept().await {
+            let (stream, peer): (_, SocketAddr) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -74,7 +104,7 @@ impl Server {
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let me = me.clone();
-                    async move { Ok::<_, Infallible>(me.handle(req).await) }
+                    async move { Ok::<_, Infallible>(me.handle(req, peer).await) }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -87,8 +117,14 @@ impl Server {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Resp {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
         let path = req.uri().path().to_string();
+        if path.starts_with("/admin/") {
+            return match crate::admin::handle(self, &req, peer) {
+                Ok(r) => r,
+                Err(r) => refusal(r),
+            };
+        }
         match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => {
                 let s = self.serving.load();
@@ -118,6 +154,7 @@ impl Server {
     async fn predict(&self, hotkey: &str, req: Request<Incoming>) -> Result<Resp, Refusal> {
         let started = Instant::now();
         let serving = self.serving.load_full();
+        let generation = serving.generation;
         let hk = serving
             .hotkeys
             .get(hotkey)
@@ -162,6 +199,7 @@ impl Server {
                 "reason": answer.reason,
                 "fallback": answer.fallback,
                 "hotkey": hotkey,
+                "generation": generation,
                 "model_ms": answer.model_ms,
                 "ms": took.as_secs_f64() * 1e3,
                 "trace": answer.trace,

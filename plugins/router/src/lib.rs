@@ -1,6 +1,8 @@
 //! `cascade-router`: an ordered list of stages, each running one or more host primitives
 //! concurrently; evidence accumulates as named scores, is fused by the hotkey's fuser after
 //! every stage, and a stage may end the decision early on a low or high threshold.
+//! Built for `cascade:policy@1.1.0`: a stage can require a time budget (`min_budget_ms`), and
+//! detection asks the host only for the classes that count as evidence.
 
 mod params;
 
@@ -11,11 +13,11 @@ use std::sync::OnceLock;
 use params::{OnError, Params, Stage};
 
 wit_bindgen::generate!({
-    path: "../../wit/v1.0.0",
+    path: "../../wit/v1.1.0",
     world: "router-component",
 });
 
-use cascade::policy::primitives::{run_all, Call, Outcome};
+use cascade::policy::primitives::{detect_classes, remaining_ms, run_all, Call, Outcome};
 use cascade::policy::roles;
 use cascade::policy::types::{ComponentInfo, Error, Image, NamedScore};
 use exports::cascade::policy::meta::Guest as Meta;
@@ -54,6 +56,13 @@ impl Router for Component {
         let mut flipped: Option<Image> = None;
         let last = p.stages.len() - 1;
         for (i, stage) in p.stages.iter().enumerate() {
+            if let Some(need) = stage.min_budget_ms {
+                let left = remaining_ms();
+                if left < need && i != last {
+                    notes.push(format!("{} skipped: {left} ms left, needs {need}", stage.name));
+                    continue;
+                }
+            }
             let target = if stage.flip {
                 &*flipped.get_or_insert_with(|| img.flip_horizontal())
             } else {
@@ -99,13 +108,27 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
     if let Some(m) = &stage.read_text {
         calls.push(Call::ReadText(m.clone()));
     }
-    if let Some(d) = &stage.detect {
-        calls.push(Call::Detect((d.model.clone(), d.min_confidence)));
-    }
+    // detection goes through `detect-classes` (below), not `run-all`: only the classes
+    // that count come back
     if let Some(a) = &stage.ask {
         calls.push(Call::Ask((a.model.clone(), a.prompt.clone())));
     }
     let suffix = if stage.flip { ":flip" } else { "" };
+    if let Some(d) = &stage.detect {
+        let classes: Vec<String> = d.classes.keys().cloned().collect();
+        match detect_classes(&d.model, img, d.min_confidence, &classes) {
+            Ok(dets) => {
+                if let Some(s) = d.evidence(&dets) {
+                    ev.insert(format!("{}{suffix}", d.name), s);
+                }
+            }
+            Err(e) if stage.on_error == OnError::Skip => notes.push(format!("detect({}) skipped: {}", d.model, show_error(&e))),
+            Err(e) => return Err(e),
+        }
+    }
+    if calls.is_empty() {
+        return Ok(());
+    }
     for (call, result) in calls.iter().zip(run_all(img, &calls)) {
         let outcome = match result {
             Ok(o) => o,
@@ -125,12 +148,7 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
                     ev.insert(format!("text{suffix}"), s);
                 }
             }
-            Outcome::Detect(dets) => {
-                let Some(d) = &stage.detect else { continue };
-                if let Some(s) = d.evidence(&dets) {
-                    ev.insert(format!("{}{suffix}", d.name), s);
-                }
-            }
+            Outcome::Detect(_) => {}
             Outcome::Ask(answer) => {
                 let Some(a) = &stage.ask else { continue };
                 ev.insert(format!("{}{suffix}", a.name), a.score(&answer));

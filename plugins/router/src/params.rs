@@ -46,6 +46,7 @@ pub const SCHEMA: &str = r#"{
               "prompt": {"type": "string"}
             }
           },
+          "min_budget_ms": {"type": "integer", "minimum": 0},
           "exit_low": {"type": "number", "minimum": 0, "maximum": 1},
           "exit_high": {"type": "number", "minimum": 0, "maximum": 1},
           "on_error": {"type": "string", "enum": ["skip", "fail"]}
@@ -94,6 +95,8 @@ pub struct Stage {
     pub read_text: Option<String>,
     pub detect: Option<DetectStage>,
     pub ask: Option<AskStage>,
+    /// Skip this stage (unless it is the last) when less of the request's budget is left.
+    pub min_budget_ms: Option<u32>,
     pub exit_low: Option<f32>,
     pub exit_high: Option<f32>,
     #[serde(default)]

@@ -1,0 +1,98 @@
+//! The admin API: `GET /admin/status` (what serves each hotkey, counters, refusals). Bound to
+//! loopback callers unless `--admin-token` is set, in which case the token is required from
+//! anyone else.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use serde_json::json;
+
+use crate::reload::{Refusal, Snapshot};
+use crate::server::{json_response, Refusal as HttpRefusal, Server};
+
+/// Reload history: counts, and the latest refusal per file until that file is accepted.
+#[derive(Default)]
+pub struct ReloadStatus {
+    pub reloads: u64,
+    pub applied: u64,
+    pub refused: u64,
+    pub outstanding: BTreeMap<PathBuf, Refusal>,
+    pub last_reload_ms: f64,
+}
+
+impl ReloadStatus {
+    pub fn record(&mut self, snap: &Snapshot) {
+        self.reloads += 1;
+        self.last_reload_ms = snap.took.as_secs_f64() * 1e3;
+        if !snap.applied.is_empty() {
+            self.applied += 1;
+        }
+        for f in &snap.applied {
+            self.outstanding.remove(f);
+        }
+        for r in &snap.refused {
+            self.refused += 1;
+            crate::metrics::global().refusal();
+            self.outstanding.insert(r.file.clone(), r.clone());
+        }
+        crate::metrics::global().reload(if !snap.refused.is_empty() { "refused" } else if snap.applied.is_empty() { "unchanged" } else { "applied" });
+    }
+}
+
+fn authorised(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> bool {
+    let bearer = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match &server.admin_token {
+        Some(t) => peer.ip().is_loopback() || bearer == Some(t.as_str()),
+        None => peer.ip().is_loopback(),
+    }
+}
+
+pub fn handle(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, HttpRefusal> {
+    if !authorised(server, req, peer) {
+        return Err(HttpRefusal::new(StatusCode::FORBIDDEN, "admin-forbidden", "the admin API answers loopback callers, or callers with the admin token"));
+    }
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/admin/status") => Ok(json_response(StatusCode::OK, &status(server))),
+        _ => Err(HttpRefusal::new(StatusCode::NOT_FOUND, "not-found", format!("no admin route {path}"))),
+    }
+}
+
+fn status(server: &Server) -> serde_json::Value {
+    let s = server.serving.load();
+    let st = server.status.lock();
+    let hotkeys: serde_json::Map<String, serde_json::Value> = s
+        .hotkeys
+        .iter()
+        .map(|(name, h)| {
+            let role = |b: &crate::runtime::Bound| json!({"component": b.plugin.name, "version": b.plugin.version.to_string(), "contract": b.plugin.contract.to_string(), "file": b.plugin.file, "warm_instances": b.warm_instances()});
+            let refusal = st.outstanding.get(&h.file);
+            (
+                name.clone(),
+                json!({
+                    "file": h.file,
+                    "ss58": h.ss58,
+                    "fallback": h.fallback,
+                    "router": role(&h.router),
+                    "text_scorer": h.roles.text_scorer.as_deref().map(role),
+                    "fuser": h.roles.fuser.as_deref().map(role),
+                    "last_refusal": refusal,
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "generation": s.generation,
+        "hotkeys": hotkeys,
+        "models": s.models.names().collect::<Vec<_>>(),
+        "reloads": {"total": st.reloads, "applied": st.applied, "refused": st.refused, "last_ms": st.last_reload_ms},
+        "refusals": st.outstanding.values().collect::<Vec<_>>(),
+    })
+}

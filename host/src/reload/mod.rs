@@ -1,0 +1,281 @@
+//! Live changes. The reloader rebuilds the serving state from the components and policies
+//! folders off the request path — compile (through the on-disk cache), contract check,
+//! parameter validation, a smoke request — and keeps the last good version of every file
+//! that fails. Start-up is the first reload, with nothing to fall back on. The caller swaps
+//! the result in atomically; requests in flight keep the `Arc`s they started with.
+
+pub mod cache;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use cascade_engines::{Models, Registry};
+
+use crate::config::{self, MODELS_FILE};
+use crate::load::{bind_hotkey, smoke, Problem, Sources};
+use crate::policy::Hotkey;
+use crate::runtime::{Plugin, Runtime};
+use cache::{sha256_hex, CompileCache};
+
+/// A change that was refused: the file, why, and when. The previous version keeps serving.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    pub file: PathBuf,
+    pub reason: String,
+    pub at_unix_ms: u128,
+}
+
+/// What one reload produced.
+pub struct Snapshot {
+    pub models: Arc<Models>,
+    pub registry: Registry,
+    pub plugins: Vec<Arc<Plugin>>,
+    pub hotkeys: BTreeMap<String, Arc<Hotkey>>,
+    pub warnings: Vec<Problem>,
+    /// Refused in this reload (empty when everything was accepted).
+    pub refused: Vec<Refusal>,
+    /// Files whose new version went live in this reload.
+    pub applied: Vec<PathBuf>,
+    pub took: Duration,
+}
+
+struct Loaded<T> {
+    hash: String,
+    value: T,
+}
+
+pub struct Reloader {
+    rt: Arc<Runtime>,
+    pub src: Sources,
+    cache: CompileCache,
+    plugins: BTreeMap<PathBuf, Loaded<Arc<Plugin>>>,
+    registry: Option<Loaded<(Registry, Arc<Models>)>>,
+    hotkeys: BTreeMap<PathBuf, Loaded<Arc<Hotkey>>>,
+    /// The reason each file was last refused: the same refusal is reported once, not again
+    /// at every later reload while the file stays broken.
+    refusing: BTreeMap<PathBuf, String>,
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+}
+
+fn files_with(dir: &Path, ext: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Hash of a file and of the files it names that change its meaning (a registry's heads and
+/// label lists are folded in by the caller through `extra`).
+fn read_hashed(path: &Path) -> Result<(Vec<u8>, String), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let h = sha256_hex(&bytes);
+    Ok((bytes, h))
+}
+
+impl Reloader {
+    pub fn new(rt: Arc<Runtime>, src: Sources, cache_dir: Option<PathBuf>) -> Reloader {
+        let cache = CompileCache::new(&rt.engine, cache_dir);
+        Reloader { rt, src, cache, plugins: BTreeMap::new(), registry: None, hotkeys: BTreeMap::new(), refusing: BTreeMap::new() }
+    }
+
+    /// Rebuilds everything that changed; keeps the last good version of what fails.
+    pub fn reload(&mut self) -> Snapshot {
+        let started = Instant::now();
+        let mut refused = Vec::new();
+        let mut applied: Vec<PathBuf> = Vec::new();
+        let mut refusing = std::mem::take(&mut self.refusing);
+        let mut refuse = |file: &Path, reason: String| {
+            if refusing.get(file) == Some(&reason) {
+                return;
+            }
+            tracing::warn!(file = %file.display(), %reason, "change refused; the previous version keeps serving");
+            refusing.insert(file.into(), reason.clone());
+            refused.push(Refusal { file: file.into(), reason, at_unix_ms: now_ms() });
+        };
+
+        // 1. components
+        let files = files_with(&self.src.components, "wasm").unwrap_or_else(|e| {
+            refuse(&self.src.components, format!("components folder: {e} (run `make setup`)"));
+            Vec::new()
+        });
+        self.plugins.retain(|p, _| files.contains(p));
+        for f in &files {
+            let (bytes, hash) = match read_hashed(f) {
+                Ok(x) => x,
+                Err(e) => {
+                    refuse(f, e);
+                    continue;
+                }
+            };
+            if self.plugins.get(f).is_some_and(|l| l.hash == hash) {
+                continue;
+            }
+            let loaded = self
+                .cache
+                .component(&self.rt.engine, &bytes, &hash)
+                .map_err(|e| format!("not a valid component: {e:#}"))
+                .and_then(|(c, _)| Plugin::from_component(&self.rt, f, c, hash.clone()).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(p) => {
+                    let dup = self.plugins.iter().find(|(path, l)| *path != f && l.value.name == p.name && l.value.version == p.version);
+                    if let Some((other, _)) = dup {
+                        refuse(f, format!("{}@{} is also in {}", p.name, p.version, other.display()));
+                        continue;
+                    }
+                    tracing::info!(file = %f.display(), "component {}@{} loaded", p.name, p.version);
+                    self.plugins.insert(f.clone(), Loaded { hash, value: Arc::new(p) });
+                    applied.push(f.clone());
+                }
+                Err(reason) => refuse(f, reason),
+            }
+        }
+        let plugins: Vec<Arc<Plugin>> = self.plugins.values().map(|l| l.value.clone()).collect();
+
+        // 2. the model registry (and the files it names): a new model set must serve every
+        //    current hotkey's smoke request before it replaces the old one
+        let reg_file = self.src.policies.join(MODELS_FILE);
+        let mut warnings = Vec::new();
+        let reg_hash = registry_fingerprint(&reg_file);
+        if self.registry.as_ref().map(|l| &l.hash) != Some(&reg_hash) {
+            let loaded = if reg_file.exists() { Registry::load(&reg_file).map_err(|e| e.to_string()) } else { Ok(Registry::default()) };
+            let checked = loaded
+                .and_then(|reg| {
+                    Models::load(&reg, &self.src.ort_library)
+                        .map(|m| (reg, Arc::new(m)))
+                        .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+                })
+                .and_then(|(reg, m)| {
+                    for l in self.hotkeys.values() {
+                        smoke(&l.value, &m).map_err(|e| format!("hotkey {} fails with the new models: {e}", l.value.name))?;
+                    }
+                    Ok((reg, m))
+                });
+            match checked {
+                Ok(v) => {
+                    if self.registry.is_some() {
+                        applied.push(reg_file.clone());
+                    }
+                    self.registry = Some(Loaded { hash: reg_hash, value: v });
+                }
+                Err(reason) => refuse(&reg_file, reason),
+            }
+        }
+        let Some(models) = self.registry.as_ref().map(|l| l.value.1.clone()) else {
+            // no models at all (the first load failed): nothing can be smoke-tested
+            self.refusing = refusing;
+            return self.snapshot(Arc::new(Models::default()), Registry::default(), plugins, warnings, refused, applied, started);
+        };
+
+        // 3. hotkeys: rebind those whose file changed or whose components resolve differently
+        let hk_files = config::hotkey_files(&self.src.policies).unwrap_or_else(|e| {
+            refuse(&self.src.policies, format!("cannot list: {e}"));
+            Vec::new()
+        });
+        let mut next: BTreeMap<PathBuf, Loaded<Arc<Hotkey>>> = BTreeMap::new();
+        for f in &hk_files {
+            let prev = self.hotkeys.remove(f);
+            let hash = match read_hashed(f) {
+                Ok((_, h)) => h,
+                Err(e) => {
+                    refuse(f, e);
+                    if let Some(p) = prev {
+                        next.insert(f.clone(), p);
+                    }
+                    continue;
+                }
+            };
+            if let Some(p) = prev.as_ref().filter(|l| l.hash == hash && bindings_current(&l.value, &plugins)) {
+                next.insert(f.clone(), Loaded { hash, value: p.value.clone() });
+                continue;
+            }
+            let bound = bind_hotkey(&self.rt, &plugins, f).map_err(|errs| errs.join("; ")).and_then(|h| {
+                smoke(&h, &models).map(|w| {
+                    warnings.extend(w.into_iter().map(|message| Problem { file: f.clone(), message }));
+                    h
+                })
+            });
+            let clash = bound.as_ref().ok().and_then(|h| next.values().find(|l| l.value.name == h.name).map(|l| l.value.file.clone()));
+            match (bound, clash) {
+                (Ok(h), None) => {
+                    applied.push(f.clone());
+                    next.insert(f.clone(), Loaded { hash, value: Arc::new(h) });
+                }
+                (Ok(h), Some(other)) => {
+                    refuse(f, format!("hotkey {} is also defined in {}", h.name, other.display()));
+                    if let Some(p) = prev {
+                        next.insert(f.clone(), p);
+                    }
+                }
+                (Err(reason), _) => {
+                    refuse(f, reason);
+                    if let Some(p) = prev {
+                        next.insert(f.clone(), p);
+                    }
+                }
+            }
+        }
+        self.hotkeys = next;
+        if hk_files.is_empty() {
+            refuse(&self.src.policies, "no hotkey files (*.toml)".into());
+        }
+        for f in &applied {
+            refusing.remove(f);
+        }
+        self.refusing = refusing;
+        let (registry, models) = match &self.registry {
+            Some(l) => (l.value.0.clone(), l.value.1.clone()),
+            None => (Registry::default(), Arc::new(Models::default())),
+        };
+        warnings.extend(registry.absent.iter().map(|(name, file)| Problem {
+            file: reg_file.clone(),
+            message: format!("optional model {name} left out: {} is absent", file.display()),
+        }));
+        self.snapshot(models, registry, plugins, warnings, refused, applied, started)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn snapshot(
+        &self,
+        models: Arc<Models>,
+        registry: Registry,
+        plugins: Vec<Arc<Plugin>>,
+        warnings: Vec<Problem>,
+        refused: Vec<Refusal>,
+        applied: Vec<PathBuf>,
+        started: Instant,
+    ) -> Snapshot {
+        let hotkeys = self.hotkeys.values().map(|l| (l.value.name.clone(), l.value.clone())).collect();
+        Snapshot { models, registry, plugins, hotkeys, warnings, refused, applied, took: started.elapsed() }
+    }
+}
+
+/// Whether every component the hotkey is bound to is still the one its config resolves to
+/// (a deleted, replaced or newly matching higher version means it is not).
+fn bindings_current(h: &Hotkey, plugins: &[Arc<Plugin>]) -> bool {
+    h.bindings.iter().all(|(r, role, p)| crate::load::resolve(plugins, r, *role).is_ok_and(|q| Arc::ptr_eq(&q, p)))
+}
+
+/// The registry file's hash together with the files it points to (heads, label lists), so
+/// that retraining a head is a change.
+fn registry_fingerprint(reg_file: &Path) -> String {
+    let Ok(text) = std::fs::read(reg_file) else { return "absent".into() };
+    let mut all = text.clone();
+    if let Ok(reg) = Registry::load(reg_file) {
+        for m in &reg.models {
+            for p in m.head.iter().chain(m.labels_file.iter()) {
+                all.extend(std::fs::read(p).unwrap_or_default());
+            }
+            all.extend(format!("{:?}", std::fs::metadata(&m.file).and_then(|md| md.modified()).ok()).bytes());
+        }
+    }
+    sha256_hex(&all)
+}
+
