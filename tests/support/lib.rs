@@ -127,7 +127,9 @@ pub fn components(with_test_components: bool) -> TempDir {
     for dir in dirs {
         for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e} (run make setup)", dir.display())) {
             let p = e.expect("entry").path();
-            if p.extension().is_some_and(|x| x == "wasm") {
+            // components for contracts this host refuses are added by the tests that want them
+            let future = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("future_"));
+            if p.extension().is_some_and(|x| x == "wasm") && !future {
                 std::fs::copy(&p, d.0.join(p.file_name().expect("name"))).expect("copy component");
             }
         }
@@ -135,12 +137,19 @@ pub fn components(with_test_components: bool) -> TempDir {
     d
 }
 
+/// A test-only component built by set-up (`target/test-components`).
+pub fn test_component(file: &str) -> Vec<u8> {
+    let p = repo().join("target/test-components").join(file);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run make setup)", p.display()))
+}
+
 /// A running `cascade serve`; killed on drop.
 pub struct Server {
     child: Child,
     pub base: String,
     pub log: PathBuf,
-    _components: TempDir,
+    /// The server's own copy of the components folder (tests may change it).
+    pub components: TempDir,
 }
 
 impl Server {
@@ -174,7 +183,7 @@ impl Server {
                 panic!("server did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
             }
         };
-        Server { child, base, log, _components: comps }
+        Server { child, base, log, components: comps }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -204,6 +213,33 @@ fn agent() -> ureq::Agent {
         .timeout_global(Some(Duration::from_secs(60)))
         .build()
         .into()
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `secs` with `what`.
+pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < until, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `GET /admin/status` as JSON.
+pub fn status(server: &Server) -> Value {
+    let (s, body) = get(&server.url("/admin/status"));
+    assert_eq!(s, 200, "{body}");
+    serde_json::from_str(&body).expect("status JSON")
+}
+
+/// The refusals `/admin/status` lists, as "file: reason" lines.
+pub fn refusals(server: &Server) -> Vec<String> {
+    status(server)["refusals"]
+        .as_array()
+        .map(|a| a.iter().map(|r| format!("{}: {}", r["file"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or(""))).collect())
+        .unwrap_or_default()
 }
 
 /// POST with a content type; returns the status and the body as JSON (or a string).

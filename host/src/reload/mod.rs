@@ -37,7 +37,7 @@ pub struct Snapshot {
     pub warnings: Vec<Problem>,
     /// Refused in this reload (empty when everything was accepted).
     pub refused: Vec<Refusal>,
-    /// Files whose new version went live in this reload.
+    /// Files whose new version (or whose deletion) went live in this reload.
     pub applied: Vec<PathBuf>,
     pub took: Duration,
 }
@@ -89,33 +89,30 @@ impl Reloader {
     /// Rebuilds everything that changed; keeps the last good version of what fails.
     pub fn reload(&mut self) -> Snapshot {
         let started = Instant::now();
-        let mut refused = Vec::new();
         let mut applied: Vec<PathBuf> = Vec::new();
-        let mut refusing = std::mem::take(&mut self.refusing);
-        let mut refuse = |file: &Path, reason: String| {
-            if refusing.get(file) == Some(&reason) {
-                return;
-            }
-            tracing::warn!(file = %file.display(), %reason, "change refused; the previous version keeps serving");
-            refusing.insert(file.into(), reason.clone());
-            refused.push(Refusal { file: file.into(), reason, at_unix_ms: now_ms() });
-        };
+        let mut rf = Refusals { new: Vec::new(), standing: std::mem::take(&mut self.refusing) };
 
         // 1. components
         let files = files_with(&self.src.components, "wasm").unwrap_or_else(|e| {
-            refuse(&self.src.components, format!("components folder: {e} (run `make setup`)"));
+            rf.refuse(&self.src.components, format!("components folder: {e} (run `make setup`)"));
             Vec::new()
         });
+        // a deleted component is a change too
+        applied.extend(self.plugins.keys().filter(|p| !files.contains(p)).cloned().collect::<Vec<_>>());
         self.plugins.retain(|p, _| files.contains(p));
         for f in &files {
             let (bytes, hash) = match read_hashed(f) {
                 Ok(x) => x,
                 Err(e) => {
-                    refuse(f, e);
+                    rf.refuse(f, e);
                     continue;
                 }
             };
             if self.plugins.get(f).is_some_and(|l| l.hash == hash) {
+                // back to the version that serves: whatever was refused meanwhile is over
+                if rf.stands(f) {
+                    applied.push(f.clone());
+                }
                 continue;
             }
             let loaded = self
@@ -127,14 +124,14 @@ impl Reloader {
                 Ok(p) => {
                     let dup = self.plugins.iter().find(|(path, l)| *path != f && l.value.name == p.name && l.value.version == p.version);
                     if let Some((other, _)) = dup {
-                        refuse(f, format!("{}@{} is also in {}", p.name, p.version, other.display()));
+                        rf.refuse(f, format!("{}@{} is also in {}", p.name, p.version, other.display()));
                         continue;
                     }
                     tracing::info!(file = %f.display(), "component {}@{} loaded", p.name, p.version);
                     self.plugins.insert(f.clone(), Loaded { hash, value: Arc::new(p) });
                     applied.push(f.clone());
                 }
-                Err(reason) => refuse(f, reason),
+                Err(reason) => rf.refuse(f, reason),
             }
         }
         let plugins: Vec<Arc<Plugin>> = self.plugins.values().map(|l| l.value.clone()).collect();
@@ -165,27 +162,29 @@ impl Reloader {
                     }
                     self.registry = Some(Loaded { hash: reg_hash, value: v });
                 }
-                Err(reason) => refuse(&reg_file, reason),
+                Err(reason) => rf.refuse(&reg_file, reason),
             }
         }
         let Some(models) = self.registry.as_ref().map(|l| l.value.1.clone()) else {
             // no models at all (the first load failed): nothing can be smoke-tested
-            self.refusing = refusing;
+            self.refusing = rf.standing;
+            let refused = rf.new;
             return self.snapshot(Arc::new(Models::default()), Registry::default(), plugins, warnings, refused, applied, started);
         };
 
         // 3. hotkeys: rebind those whose file changed or whose components resolve differently
         let hk_files = config::hotkey_files(&self.src.policies).unwrap_or_else(|e| {
-            refuse(&self.src.policies, format!("cannot list: {e}"));
+            rf.refuse(&self.src.policies, format!("cannot list: {e}"));
             Vec::new()
         });
+        applied.extend(self.hotkeys.keys().filter(|p| !hk_files.contains(p)).cloned().collect::<Vec<_>>());
         let mut next: BTreeMap<PathBuf, Loaded<Arc<Hotkey>>> = BTreeMap::new();
         for f in &hk_files {
             let prev = self.hotkeys.remove(f);
             let hash = match read_hashed(f) {
                 Ok((_, h)) => h,
                 Err(e) => {
-                    refuse(f, e);
+                    rf.refuse(f, e);
                     if let Some(p) = prev {
                         next.insert(f.clone(), p);
                     }
@@ -193,6 +192,9 @@ impl Reloader {
                 }
             };
             if let Some(p) = prev.as_ref().filter(|l| l.hash == hash && bindings_current(&l.value, &plugins)) {
+                if rf.stands(f) {
+                    applied.push(f.clone());
+                }
                 next.insert(f.clone(), Loaded { hash, value: p.value.clone() });
                 continue;
             }
@@ -209,13 +211,13 @@ impl Reloader {
                     next.insert(f.clone(), Loaded { hash, value: Arc::new(h) });
                 }
                 (Ok(h), Some(other)) => {
-                    refuse(f, format!("hotkey {} is also defined in {}", h.name, other.display()));
+                    rf.refuse(f, format!("hotkey {} is also defined in {}", h.name, other.display()));
                     if let Some(p) = prev {
                         next.insert(f.clone(), p);
                     }
                 }
                 (Err(reason), _) => {
-                    refuse(f, reason);
+                    rf.refuse(f, reason);
                     if let Some(p) = prev {
                         next.insert(f.clone(), p);
                     }
@@ -224,12 +226,13 @@ impl Reloader {
         }
         self.hotkeys = next;
         if hk_files.is_empty() {
-            refuse(&self.src.policies, "no hotkey files (*.toml)".into());
+            rf.refuse(&self.src.policies, "no hotkey files (*.toml)".into());
         }
         for f in &applied {
-            refusing.remove(f);
+            rf.standing.remove(f);
         }
-        self.refusing = refusing;
+        self.refusing = rf.standing;
+        let refused = rf.new;
         let (registry, models) = match &self.registry {
             Some(l) => (l.value.0.clone(), l.value.1.clone()),
             None => (Registry::default(), Arc::new(Models::default())),
@@ -254,6 +257,28 @@ impl Reloader {
     ) -> Snapshot {
         let hotkeys = self.hotkeys.values().map(|l| (l.value.name.clone(), l.value.clone())).collect();
         Snapshot { models, registry, plugins, hotkeys, warnings, refused, applied, took: started.elapsed() }
+    }
+}
+
+/// Refusals of one reload, and the reason each file stands refused since an earlier one: the
+/// same refusal is reported once, not again at every reload while the file stays broken.
+struct Refusals {
+    new: Vec<Refusal>,
+    standing: BTreeMap<PathBuf, String>,
+}
+
+impl Refusals {
+    fn refuse(&mut self, file: &Path, reason: String) {
+        if self.standing.get(file) == Some(&reason) {
+            return;
+        }
+        tracing::warn!(file = %file.display(), %reason, "change refused; the previous version keeps serving");
+        self.standing.insert(file.into(), reason.clone());
+        self.new.push(Refusal { file: file.into(), reason, at_unix_ms: now_ms() });
+    }
+
+    fn stands(&self, f: &Path) -> bool {
+        self.standing.contains_key(f)
     }
 }
 

@@ -1,0 +1,138 @@
+//! Live changes on the real server: configs and components added, replaced, broken, fixed and
+//! deleted while it serves; every broken change refused with its reason while the last good
+//! version keeps answering; 1.0.0 components on the 1.1.0 host; newer contracts refused.
+
+use std::path::Path;
+
+use cascade_tests::*;
+
+fn policy(stage: &str, fallback: &str) -> String {
+    format!(
+        r#"
+name = "live"
+fallback = {fallback}
+[router]
+component = "cascade-router@^1"
+[[router.params.stages]]
+name = "{stage}"
+classify = ["tint"]
+on_error = "fail"
+"#
+    )
+}
+
+fn stage_of(server: &Server, hotkey: &str) -> Option<String> {
+    let (s, v) = predict(server, hotkey, &jpeg(&solid(32, 32, [200, 90, 10])));
+    (s == 200).then(|| v["stage"].as_str().unwrap_or("").to_string())
+}
+
+/// Replaces a file the way an operator's `cp` does: write beside, rename over.
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn wait_refusal(server: &Server, needle: &str) -> String {
+    eventually(10, needle, || refusals(server).into_iter().find(|r| r.contains(needle)))
+}
+
+#[test]
+fn configs_are_applied_refused_and_fixed_live() {
+    let dir = policies("reload-config", &[("live", &policy("one", "0.3"))]);
+    let server = Server::start(&dir.0, true, &[]);
+    let file = dir.0.join("live.toml");
+    assert_eq!(stage_of(&server, "live").as_deref(), Some("one"));
+    let g1 = num(&status(&server)["generation"]);
+
+    // a valid change takes effect without restart
+    replace(&file, policy("two", "0.3").as_bytes());
+    eventually(10, "stage two", || (stage_of(&server, "live").as_deref() == Some("two")).then_some(()));
+    assert!(num(&status(&server)["generation"]) > g1);
+
+    // broken changes are refused with file and reason; "two" keeps serving
+    let broken: [(&str, String, &str); 5] = [
+        ("toml", "name = \"live\"\nfallback = [".to_string(), "TOML parse error"),
+        ("schema", policy("three", "0.3").replace("on_error = \"fail\"", "on_eror = \"fail\""), "router.params.stages[0].on_eror: unknown key"),
+        ("fallback", policy("three", "0.5"), "fallback 0.5"),
+        ("missing model", policy("three", "0.3").replace("[\"tint\"]", "[\"no-such-model\"]"), "unknown model no-such-model"),
+        ("trap on smoke", "name = \"live\"\nfallback = 0.3\n[router]\ncomponent = \"misbehave@1\"\nparams = { model = \"tint\", trap_above = 0.0 }\n".to_string(), "smoke request failed: router misbehave trapped"),
+    ];
+    for (what, text, needle) in broken {
+        replace(&file, text.as_bytes());
+        let r = wait_refusal(&server, needle);
+        assert!(r.contains("live.toml"), "{what}: {r}");
+        assert_eq!(stage_of(&server, "live").as_deref(), Some("two"), "{what}: the last good version answers");
+        let st = status(&server);
+        assert!(st["hotkeys"]["live"]["last_refusal"]["reason"].as_str().unwrap_or("").contains(needle), "{what}: {st}");
+    }
+    let (_, metrics) = get(&server.url("/metrics"));
+    assert!(metrics.contains("cascade_refused_changes_total 5"), "{metrics}");
+
+    // fixing the file is picked up by the next change
+    replace(&file, policy("four", "0.3").as_bytes());
+    eventually(10, "stage four", || (stage_of(&server, "live").as_deref() == Some("four")).then_some(()));
+    eventually(10, "refusal cleared", || status(&server)["hotkeys"]["live"]["last_refusal"].is_null().then_some(()));
+
+    // a new hotkey file serves; a deleted one stops serving
+    std::fs::write(dir.0.join("extra.toml"), policy("x", "0.3").replace("name = \"live\"", "name = \"extra\"")).expect("write");
+    eventually(10, "extra served", || stage_of(&server, "extra"));
+    std::fs::remove_file(dir.0.join("extra.toml")).expect("rm");
+    eventually(10, "extra gone", || {
+        let (s, _) = predict(&server, "extra", &jpeg(&solid(8, 8, [0, 0, 0])));
+        (s == 404).then_some(())
+    });
+}
+
+#[test]
+fn components_are_replaced_refused_and_versioned_live() {
+    let dir = policies("reload-components", &[("live", &policy("one", "0.3"))]);
+    let server = Server::start(&dir.0, true, &[]);
+    let comps = &server.components.0;
+    let router = comps.join("cascade_router.wasm");
+    let good = std::fs::read(&router).expect("router");
+
+    // a truncated copy (a copy in progress, or a broken build) is refused; the old one serves
+    replace(&router, &good[..good.len() / 2]);
+    let r = wait_refusal(&server, "cascade_router.wasm");
+    assert!(r.contains("not a valid component"), "{r}");
+    assert_eq!(stage_of(&server, "live").as_deref(), Some("one"));
+
+    // components for contracts this host does not implement are refused naming both versions
+    for (file, found) in [("future_2_0.wasm", "2.0.0"), ("future_1_2.wasm", "1.2.0")] {
+        replace(&comps.join(file), &test_component(file));
+        let r = wait_refusal(&server, file);
+        assert!(r.contains(&format!("built for cascade:policy@{found}")) && r.contains("implements cascade:policy@1.1.0"), "{r}");
+    }
+
+    // the whole file back: accepted again
+    replace(&router, &good);
+    eventually(10, "router refusal cleared", || (!refusals(&server).iter().any(|r| r.contains("cascade_router.wasm"))).then_some(()));
+
+    // a 1.0.0 component (the template) serves on this 1.1.0 host, and the 1.1.0 router uses
+    // the 1.1.0 additions (class-filtered detection)
+    let st = status(&server);
+    assert_eq!(st["hotkeys"]["live"]["router"]["contract"], "1.1.0", "{st}");
+    std::fs::write(dir.0.join("old.toml"), "name = \"old\"\nfallback = 0.3\n[router]\ncomponent = \"template-router@1\"\nparams = { model = \"tint\" }\n").expect("write");
+    let stage = eventually(10, "old served", || stage_of(&server, "old"));
+    assert_eq!(stage, "classify");
+    let st = status(&server);
+    assert_eq!(st["hotkeys"]["old"]["router"]["contract"], "1.0.0", "{st}");
+    std::fs::write(
+        dir.0.join("det.toml"),
+        "name = \"det\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1.1\"\n[[router.params.stages]]\nname = \"objects\"\ndetect = { model = \"yolox\", classes = { person = 0.5 }, absent_score = 0.2 }\non_error = \"fail\"\n",
+    )
+    .expect("write");
+    eventually(10, "det served", || stage_of(&server, "det"));
+    let (_, v) = predict(&server, "det", &jpeg(&solid(64, 64, [10, 10, 10])));
+    assert!(v["trace"][0]["primitive"] == "detect", "{v}");
+    assert_eq!(num(&v["prediction"]), 0.2f32 as f64, "{v}");
+
+    // deleting the component a hotkey needs is refused for that hotkey, which keeps its
+    // last good binding
+    std::fs::remove_file(comps.join("template_router.wasm")).expect("rm");
+    std::fs::write(dir.0.join("old.toml"), "name = \"old\"\nfallback = 0.31\n[router]\ncomponent = \"template-router@1\"\nparams = { model = \"tint\" }\n").expect("write");
+    let r = wait_refusal(&server, "old.toml");
+    assert!(r.contains("no component named template-router"), "{r}");
+    assert_eq!(stage_of(&server, "old").as_deref(), Some("classify"));
+}
