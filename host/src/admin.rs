@@ -61,6 +61,19 @@ pub fn handle(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> Res
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/admin/status") => Ok(json_response(StatusCode::OK, &status(server))),
+        (&Method::POST, p) if p.starts_with("/admin/hotkeys/") => {
+            let rest = &p["/admin/hotkeys/".len()..];
+            let (hotkey, action) = rest.split_once('/').unwrap_or((rest, ""));
+            let s = server.serving.load();
+            let h = s.hotkeys.get(hotkey).ok_or_else(|| HttpRefusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}")))?;
+            let ro = h.rollout.as_ref().ok_or_else(|| HttpRefusal::new(StatusCode::CONFLICT, "no-rollout", format!("hotkey {hotkey} has no rollout")))?;
+            match action {
+                "promote" => ro.promote("admin API"),
+                "rollback" => ro.rollback("admin API"),
+                _ => return Err(HttpRefusal::new(StatusCode::NOT_FOUND, "not-found", format!("no admin action {action:?} (promote, rollback)"))),
+            }
+            Ok(json_response(StatusCode::OK, &json!({"hotkey": hotkey, "rollout": ro.json()})))
+        }
         _ => Err(HttpRefusal::new(StatusCode::NOT_FOUND, "not-found", format!("no admin route {path}"))),
     }
 }
@@ -80,9 +93,15 @@ fn status(server: &Server) -> serde_json::Value {
                     "file": h.file,
                     "ss58": h.ss58,
                     "fallback": h.fallback,
-                    "router": role(&h.router),
-                    "text_scorer": h.roles.text_scorer.as_deref().map(role),
-                    "fuser": h.roles.fuser.as_deref().map(role),
+                    "router": role(&h.stable.router),
+                    "text_scorer": h.stable.roles.text_scorer.as_deref().map(role),
+                    "fuser": h.stable.roles.fuser.as_deref().map(role),
+                    "candidate": h.candidate.as_ref().map(|c| json!({
+                        "router": role(&c.router),
+                        "text_scorer": c.roles.text_scorer.as_deref().map(role),
+                        "fuser": c.roles.fuser.as_deref().map(role),
+                    })),
+                    "rollout": h.rollout.as_ref().map(|r| r.json()),
                     "last_refusal": refusal,
                 }),
             )

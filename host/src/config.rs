@@ -26,6 +26,72 @@ pub struct HotkeyFile {
     pub fuser: Option<RoleConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The other arm of a rollout: the roles that differ from the stable ones.
+    pub candidate: Option<CandidateConfig>,
+    /// How traffic is shared between the stable arm and the candidate.
+    pub rollout: Option<RolloutConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateConfig {
+    pub router: Option<RoleConfig>,
+    pub text_scorer: Option<RoleConfig>,
+    pub fuser: Option<RoleConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Stable,
+    Candidate,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RolloutConfig {
+    /// A fixed percentage of requests (sticky by request key) goes to the candidate.
+    Ab { share: f64 },
+    /// The candidate answers a copy of the traffic; only the stable answer is returned.
+    Shadow {
+        #[serde(default = "default_inflight")]
+        max_inflight: usize,
+    },
+    /// The candidate's share grows through `steps` (percent) while the rules hold; it is
+    /// promoted after the last step, rolled back when a rule fails.
+    Canary {
+        steps: Vec<f64>,
+        #[serde(default = "default_min_requests")]
+        min_requests: u64,
+        #[serde(default = "default_error_rate")]
+        max_error_rate: f64,
+        #[serde(default = "default_p99")]
+        max_p99_ms: f64,
+        #[serde(default)]
+        min_agreement: f64,
+        #[serde(default = "one_f")]
+        max_escalation_rate: f64,
+        #[serde(default = "default_inflight")]
+        max_inflight: usize,
+    },
+    /// All traffic on one side; promote and rollback switch instantly.
+    BlueGreen { active: Side },
+}
+
+fn default_inflight() -> usize {
+    8
+}
+fn default_min_requests() -> u64 {
+    100
+}
+fn default_error_rate() -> f64 {
+    0.01
+}
+fn default_p99() -> f64 {
+    2_000.0
+}
+fn one_f() -> f64 {
+    1.0
 }
 
 fn default_budget() -> u64 {
@@ -104,6 +170,20 @@ impl HotkeyFile {
         }
         if self.limits.fuel == 0 || self.limits.call_ms == 0 {
             return Err("limits: fuel and call_ms must be positive".into());
+        }
+        match (&self.candidate, &self.rollout) {
+            (Some(_), None) => return Err("candidate: needs a [rollout] saying how it gets traffic".into()),
+            (None, Some(_)) => return Err("rollout: needs a [candidate]".into()),
+            _ => {}
+        }
+        match &self.rollout {
+            Some(RolloutConfig::Ab { share }) if !(0.0..=100.0).contains(share) => {
+                return Err(format!("rollout.share {share}: a percentage in [0, 100]"));
+            }
+            Some(RolloutConfig::Canary { steps, .. }) if steps.is_empty() || steps.iter().any(|s| !(0.0..=100.0).contains(s)) => {
+                return Err("rollout.steps: one or more percentages in [0, 100]".into());
+            }
+            _ => {}
         }
         Ok(())
     }

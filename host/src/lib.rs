@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod offline;
 pub mod policy;
 pub mod reload;
+pub mod rollout;
 pub mod runtime;
 pub mod schema;
 pub mod server;

@@ -10,7 +10,8 @@ use cascade_engines::{Models, Registry};
 use semver::Version;
 
 use crate::config::{self, ComponentRef, HotkeyFile, RoleConfig};
-use crate::policy::Hotkey;
+use crate::policy::{Arm, Hotkey};
+use crate::rollout::Rollout;
 use crate::runtime::{Bound, Limits, Plugin, Role, RoleSet, Runtime};
 
 /// Where things come from.
@@ -115,19 +116,28 @@ pub(crate) fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Pat
     let router = bind("router", &cfg.router, Role::Router);
     let text_scorer = cfg.text_scorer.as_ref().and_then(|rc| bind("text_scorer", rc, Role::TextScorer));
     let fuser = cfg.fuser.as_ref().and_then(|rc| bind("fuser", rc, Role::Fuser));
-    match router {
-        Some(router) if errors.is_empty() => Ok(Hotkey {
-            name: cfg.name,
-            ss58: cfg.ss58,
-            file: file.into(),
-            fallback: cfg.fallback,
-            budget: Duration::from_millis(cfg.budget_ms),
-            router,
-            roles: Arc::new(RoleSet { text_scorer, fuser }),
-            bindings,
-        }),
-        _ => Err(errors),
-    }
+    // the candidate: its own bindings where it names them, the stable ones elsewhere
+    let candidate = cfg.candidate.as_ref().map(|c| {
+        let r = c.router.as_ref().and_then(|rc| bind("candidate.router", rc, Role::Router)).or_else(|| router.clone());
+        let t = c.text_scorer.as_ref().and_then(|rc| bind("candidate.text_scorer", rc, Role::TextScorer)).or_else(|| text_scorer.clone());
+        let f = c.fuser.as_ref().and_then(|rc| bind("candidate.fuser", rc, Role::Fuser)).or_else(|| fuser.clone());
+        (r, t, f)
+    });
+    let (Some(router), true) = (router, errors.is_empty()) else { return Err(errors) };
+    let candidate = candidate.and_then(|(r, t, f)| Some(Arm { router: r?, roles: Arc::new(RoleSet { text_scorer: t, fuser: f }) }));
+    let key = std::fs::read(file).map(|b| crate::reload::cache::sha256_hex(&b)).unwrap_or_default();
+    let rollout = cfg.rollout.clone().map(|ro| Arc::new(Rollout::new(&cfg.name, ro, file.with_extension("state.json"), key)));
+    Ok(Hotkey {
+        name: cfg.name,
+        ss58: cfg.ss58,
+        file: file.into(),
+        fallback: cfg.fallback,
+        budget: Duration::from_millis(cfg.budget_ms),
+        stable: Arm { router, roles: Arc::new(RoleSet { text_scorer, fuser }) },
+        candidate,
+        rollout,
+        bindings,
+    })
 }
 
 fn bind_role(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], hotkey: &str, key: &str, rc: &RoleConfig, role: Role, limits: Limits) -> Result<(ComponentRef, Bound), Vec<String>> {
@@ -150,9 +160,14 @@ fn bind_role(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], hotkey: &str, key: &str
 /// errors it tolerated (a stage's model not configured) come back as warnings.
 pub(crate) fn smoke(h: &Hotkey, models: &Arc<Models>) -> Result<Vec<String>, String> {
     let img = Arc::new(image::RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128])));
-    let a = h.answer_quietly(models, img);
+    let a = h.answer_quietly(models, img.clone());
     if a.fallback {
         return Err(format!("smoke request failed: {}", a.reason));
+    }
+    if let Some(c) = h.candidate_quietly(models, img) {
+        if c.fallback {
+            return Err(format!("smoke request of the candidate failed: {}", c.reason));
+        }
     }
     Ok(a.trace.iter().filter(|t| t.result.starts_with("error")).map(|t| format!("{}({}): {}", t.primitive, t.model, t.result)).collect())
 }

@@ -214,10 +214,10 @@ fn check(a: SourceArgs) -> anyhow::Result<ExitCode> {
                 println!(
                     "hotkey      {} router={}@{} text_scorer={} fuser={} fallback={} ({})",
                     h.name,
-                    h.router.plugin.name,
-                    h.router.plugin.version,
-                    role(&h.roles.text_scorer),
-                    role(&h.roles.fuser),
+                    h.stable.router.plugin.name,
+                    h.stable.router.plugin.version,
+                    role(&h.stable.roles.text_scorer),
+                    role(&h.stable.roles.fuser),
                     h.fallback,
                     h.file.display()
                 );

@@ -44,6 +44,9 @@ struct Inner {
     model_seconds: BTreeMap<(String, String), f64>,
     reloads: BTreeMap<String, u64>,
     refusals: u64,
+    arms: BTreeMap<(String, &'static str, &'static str), u64>,
+    shadow: BTreeMap<(String, String), u64>,
+    rollout_events: BTreeMap<(String, String), u64>,
 }
 
 #[derive(Default)]
@@ -76,6 +79,22 @@ impl Metrics {
 
     pub fn fallback(&self, hotkey: &str, reason: &str) {
         *self.inner.lock().fallbacks.entry((hotkey.into(), reason.into())).or_default() += 1;
+    }
+
+    /// A request answered by one arm of a rollout.
+    pub fn arm(&self, hotkey: &str, side: crate::config::Side, fallback: bool) {
+        let arm = if side == crate::config::Side::Candidate { "candidate" } else { "stable" };
+        *self.inner.lock().arms.entry((hotkey.into(), arm, if fallback { "fallback" } else { "ok" })).or_default() += 1;
+    }
+
+    /// A shadow copy compared (`agree`, `disagree`), or `skipped`/`failed`.
+    pub fn shadow(&self, hotkey: &str, result: &str) {
+        *self.inner.lock().shadow.entry((hotkey.into(), result.into())).or_default() += 1;
+    }
+
+    /// `promote`, `rollback`, `step`.
+    pub fn rollout_event(&self, hotkey: &str, event: &str) {
+        *self.inner.lock().rollout_events.entry((hotkey.into(), event.into())).or_default() += 1;
     }
 
     /// A reload finished: `applied`, `refused` (something was refused) or `unchanged`.
@@ -131,6 +150,18 @@ impl Metrics {
         }
         head(&mut o, "cascade_refused_changes_total", "counter", "Changed files refused by validation (the previous version kept serving).");
         let _ = writeln!(o, "cascade_refused_changes_total {}", m.refusals);
+        head(&mut o, "cascade_arm_requests_total", "counter", "Requests per rollout arm and outcome.");
+        for ((h, a, out), v) in &m.arms {
+            let _ = writeln!(o, "cascade_arm_requests_total{{hotkey=\"{h}\",arm=\"{a}\",outcome=\"{out}\"}} {v}");
+        }
+        head(&mut o, "cascade_shadow_total", "counter", "Shadow copies by result (agree, disagree, skipped, failed).");
+        for ((h, r), v) in &m.shadow {
+            let _ = writeln!(o, "cascade_shadow_total{{hotkey=\"{h}\",result=\"{r}\"}} {v}");
+        }
+        head(&mut o, "cascade_rollout_events_total", "counter", "Promotions, rollbacks and canary steps.");
+        for ((h, e), v) in &m.rollout_events {
+            let _ = writeln!(o, "cascade_rollout_events_total{{hotkey=\"{h}\",event=\"{e}\"}} {v}");
+        }
         drop(m);
         if let Some(models) = models {
             render_models(&mut o, models);

@@ -1,5 +1,7 @@
-//! A hotkey's live policy: its bound components and the rules around them (budget, fallback,
-//! the answer's range). `answer` is the one code path for `serve`, `check` and offline tools.
+//! A hotkey's live policy: its bound components (a stable arm and, during a rollout, a
+//! candidate) and the rules around them (budget, fallback, the answer's range). `serve` is the
+//! request path; `answer` is the same decision without rollout routing, for smoke requests
+//! and offline tools.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,9 +10,16 @@ use std::time::{Duration, Instant};
 use cascade_engines::{Image, Models};
 use serde::Serialize;
 
+use crate::config::{ComponentRef, Side};
+use crate::rollout::Rollout;
 use crate::runtime::request::{RequestCtx, TraceEntry};
-use crate::config::ComponentRef;
 use crate::runtime::{Bound, Plugin, Role, RoleSet};
+
+/// One set of bound components: a router and the roles it reaches.
+pub struct Arm {
+    pub router: Arc<Bound>,
+    pub roles: Arc<RoleSet>,
+}
 
 pub struct Hotkey {
     pub name: String,
@@ -18,8 +27,9 @@ pub struct Hotkey {
     pub file: PathBuf,
     pub fallback: f32,
     pub budget: Duration,
-    pub router: Arc<Bound>,
-    pub roles: Arc<RoleSet>,
+    pub stable: Arm,
+    pub candidate: Option<Arm>,
+    pub rollout: Option<Arc<Rollout>>,
     /// What each role's config asked for and what it resolved to (for reloads).
     pub bindings: Vec<(ComponentRef, Role, Arc<Plugin>)>,
 }
@@ -31,6 +41,8 @@ pub struct Answer {
     pub reason: String,
     /// True when the hotkey's fallback answered because the policy could not.
     pub fallback: bool,
+    /// `stable` or `candidate`.
+    pub arm: &'static str,
     pub trace: Vec<TraceEntry>,
     /// Model compute spent on this request, in milliseconds.
     pub model_ms: f64,
@@ -45,19 +57,89 @@ pub fn never_half(p: f32) -> f32 {
     }
 }
 
+fn side_name(s: Side) -> &'static str {
+    match s {
+        Side::Stable => "stable",
+        Side::Candidate => "candidate",
+    }
+}
+
 impl Hotkey {
+    fn arm(&self, side: Side) -> &Arm {
+        match side {
+            Side::Candidate => self.candidate.as_ref().unwrap_or(&self.stable),
+            Side::Stable => &self.stable,
+        }
+    }
+
+    /// The side that serves when no request key is involved: the rollout's winner, else stable.
+    fn default_side(&self) -> Side {
+        self.rollout.as_ref().and_then(|r| r.winner()).unwrap_or(Side::Stable)
+    }
+
+    /// The decision without rollout routing (offline tools): the winner or the stable arm.
     pub fn answer(&self, models: &Arc<Models>, image: Image) -> Answer {
-        self.answer_with(models, image, true)
+        let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);
+        self.decide(self.default_side(), &ctx, image, true)
     }
 
     /// An answer that leaves no trace in the metrics (smoke requests of a reload).
     pub fn answer_quietly(&self, models: &Arc<Models>, image: Image) -> Answer {
-        self.answer_with(models, image, false)
+        let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);
+        self.decide(Side::Stable, &ctx, image, false)
     }
 
-    fn answer_with(&self, models: &Arc<Models>, image: Image, counted: bool) -> Answer {
+    /// The candidate's smoke request.
+    pub fn candidate_quietly(&self, models: &Arc<Models>, image: Image) -> Option<Answer> {
+        self.candidate.as_ref()?;
         let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);
-        let r = self.router.decide(&ctx, self.roles.clone(), image, self.budget);
+        Some(self.decide(Side::Candidate, &ctx, image, false))
+    }
+
+    /// The request path: the rollout picks the arm (sticky by `sticky`); a shadow copy of the
+    /// other arm runs off the response path, sharing this request's memoised model results.
+    pub fn serve(self: &Arc<Self>, models: &Arc<Models>, image: Image, sticky: u64) -> Answer {
+        let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);
+        let Some(ro) = self.rollout.clone() else {
+            return self.decide(Side::Stable, &ctx, image, true);
+        };
+        let route = ro.route(sticky);
+        let started = Instant::now();
+        let a = self.decide(route.serve, &ctx, image.clone(), true);
+        ro.record(route.serve, a.fallback, a.trace.len() > 1, started.elapsed().as_secs_f64() * 1e3);
+        if route.shadow {
+            self.shadow(&ro, route.serve, ctx, image, a.prediction);
+        }
+        a
+    }
+
+    fn shadow(self: &Arc<Self>, ro: &Arc<Rollout>, served: Side, ctx: Arc<RequestCtx>, image: Image, served_pred: f32) {
+        let other = if served == Side::Stable { Side::Candidate } else { Side::Stable };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let inflight = &ro.shadow.inflight;
+        if inflight.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= ro.max_inflight() {
+            inflight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            ro.shadow.skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::global().shadow(&self.name, "skipped");
+            return;
+        }
+        let (me, ro) = (self.clone(), ro.clone());
+        rt.spawn_blocking(move || {
+            let started = Instant::now();
+            let a = me.decide(other, &ctx, image, false);
+            ro.record(other, a.fallback, a.trace.len() > 1, started.elapsed().as_secs_f64() * 1e3);
+            if a.fallback {
+                crate::metrics::global().shadow(&me.name, "failed");
+            } else {
+                ro.record_shadow(served_pred, a.prediction);
+            }
+            ro.shadow.inflight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        });
+    }
+
+    fn decide(&self, side: Side, ctx: &Arc<RequestCtx>, image: Image, counted: bool) -> Answer {
+        let arm = self.arm(side);
+        let r = arm.router.decide(ctx, arm.roles.clone(), image, self.budget);
         let (prediction, stage, reason, fallback) = match r {
             Ok(Ok(d)) if d.prediction.is_finite() && (0.0..=1.0).contains(&d.prediction) => {
                 (never_half(d.prediction), d.stage, d.reason, false)
@@ -67,12 +149,20 @@ impl Hotkey {
             Err(e) => {
                 if counted {
                     crate::metrics::global().component_event(&self.name, "router", e.kind());
-                    tracing::warn!(hotkey = %self.name, component = %self.router.plugin.name, error = %e, "router failed");
+                    tracing::warn!(hotkey = %self.name, component = %arm.router.plugin.name, error = %e, "router failed");
                 }
-                self.fall_back(counted, e.kind(), format!("router {} {e}", self.router.plugin.name))
+                self.fall_back(counted, e.kind(), format!("router {} {e}", arm.router.plugin.name))
             }
         };
-        Answer { prediction, stage, reason, fallback, trace: ctx.trace(), model_ms: ctx.model_time().as_secs_f64() * 1e3 }
+        Answer {
+            prediction,
+            stage,
+            reason,
+            fallback,
+            arm: side_name(side),
+            trace: ctx.trace(),
+            model_ms: ctx.model_time().as_secs_f64() * 1e3,
+        }
     }
 
     fn fall_back(&self, counted: bool, why: &str, reason: String) -> (f32, String, String, bool) {

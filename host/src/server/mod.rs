@@ -172,6 +172,8 @@ impl Server {
             return Err(too_large());
         }
         let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        // an explicit request key keeps a client on one rollout arm; else the image decides
+        let sticky = req.headers().get("x-request-key").map(|v| crate::rollout::sticky_key(v.as_bytes()));
         let collect = Limited::new(req.into_body(), limit).collect();
         let body = match tokio::time::timeout(self.read_timeout, collect).await {
             Err(_) => return Err(Refusal::new(StatusCode::REQUEST_TIMEOUT, "read-timeout", "the body did not arrive in time")),
@@ -185,8 +187,9 @@ impl Server {
         // telling tokio to move this worker's other tasks away, which saves the two thread
         // hand-offs of `spawn_blocking` on every request.
         let answer = tokio::task::block_in_place(move || -> Result<Answer, Refusal> {
+            let sticky = sticky.unwrap_or_else(|| crate::rollout::sticky_key(&bytes));
             let img = ingress::decode_image(&bytes, &limits)?;
-            Ok(hk.answer(&serving.models, Arc::new(img)))
+            Ok(hk.serve(&serving.models, Arc::new(img), sticky))
         })?;
         let took = started.elapsed();
         let outcome = if answer.fallback { "fallback" } else { "ok" };
@@ -198,6 +201,7 @@ impl Server {
                 "stage": answer.stage,
                 "reason": answer.reason,
                 "fallback": answer.fallback,
+                "arm": answer.arm,
                 "hotkey": hotkey,
                 "generation": generation,
                 "model_ms": answer.model_ms,
