@@ -62,6 +62,8 @@ fn native_decide(ctx: &Arc<RequestCtx>, image: cascade_engines::Image, p: &serde
 }
 
 fn main() -> anyhow::Result<()> {
+    // for profiling the Wasm path alone
+    let wasm_only = std::env::var_os("WASM_ONLY").is_some();
     let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let rt = Arc::new(Runtime::new(RuntimeConfig::default())?);
     let comp = cascade_host::beside_exe("components").join("cascade_router.wasm");
@@ -92,7 +94,9 @@ fn main() -> anyhow::Result<()> {
         std::hint::black_box(r.ok());
         let ctx = cached_ctx(&models);
         let t = Instant::now();
-        std::hint::black_box(native_decide(&ctx, image.clone(), &p));
+        if !wasm_only {
+            std::hint::black_box(native_decide(&ctx, image.clone(), &p));
+        }
         let dn = t.elapsed();
         let ctx = cached_ctx(&models);
         let t = Instant::now();
