@@ -30,6 +30,26 @@ pub struct HotkeyFile {
     pub candidate: Option<CandidateConfig>,
     /// How traffic is shared between the stable arm and the candidate.
     pub rollout: Option<RolloutConfig>,
+    /// Subnet requests (`/ImageSynapse`) for this hotkey's `ss58`.
+    #[serde(default)]
+    pub axon: AxonConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AxonConfig {
+    /// A listen address of this hotkey's own (operators open one port per miner); requests
+    /// there are for this hotkey only.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Validator hotkeys (SS58) allowed to call.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Validator hotkeys refused even when otherwise allowed.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Serve any caller with a valid signature (still subject to `deny`).
+    #[serde(default)]
+    pub allow_any_signed: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +190,12 @@ impl HotkeyFile {
         }
         if self.limits.fuel == 0 || self.limits.call_ms == 0 {
             return Err("limits: fuel and call_ms must be positive".into());
+        }
+        for (what, addr) in self.ss58.iter().map(|a| ("ss58", a)).chain(self.axon.allow.iter().map(|a| ("axon.allow", a))).chain(self.axon.deny.iter().map(|a| ("axon.deny", a))) {
+            crate::axon::ss58::decode(addr).map_err(|e| format!("{what}: {addr:?} is not an SS58 address: {e}"))?;
+        }
+        if self.axon.listen.is_some() && self.ss58.is_none() {
+            return Err("axon.listen: needs the hotkey's ss58".into());
         }
         match (&self.candidate, &self.rollout) {
             (Some(_), None) => return Err("candidate: needs a [rollout] saying how it gets traffic".into()),

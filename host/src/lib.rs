@@ -4,6 +4,7 @@
 //! runtime and the CLI; the engines live in `cascade-engines`.
 
 pub mod admin;
+pub mod axon;
 pub mod config;
 pub mod infer;
 pub mod load;

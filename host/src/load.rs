@@ -136,6 +136,7 @@ pub(crate) fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Pat
         stable: Arm { router, roles: Arc::new(RoleSet { text_scorer, fuser }) },
         candidate,
         rollout,
+        axon: cfg.axon,
         bindings,
     })
 }

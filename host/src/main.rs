@@ -256,6 +256,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("{w}");
     }
     let hotkeys: Vec<String> = first.hotkeys.keys().cloned().collect();
+    let pinned: Vec<(String, std::net::SocketAddr)> = first.hotkeys.values().filter_map(|h| h.axon.listen.map(|l| (h.name.clone(), l))).collect();
     let serving = Serving { models: first.models.clone(), hotkeys: first.hotkeys.clone(), generation: 1 };
     let limits = IngressLimits { max_body_bytes: a.max_body_bytes, max_side: a.max_side, max_pixels: a.max_pixels };
     let server = Arc::new(Server::new(serving, limits, Duration::from_secs(a.read_timeout_s), a.admin_token.clone()));
@@ -280,8 +281,15 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(listen = %addr, ?hotkeys, "serving");
         // One machine-readable line on stdout, for scripts and tests that listen on port 0.
         println!("listening on http://{addr}");
+        // hotkeys pinned to listeners of their own (one port per miner)
+        for (name, h) in &pinned {
+            let l = tokio::net::TcpListener::bind(h).await.with_context(|| format!("binding {h} for hotkey {name}"))?;
+            tracing::info!(listen = %h, hotkey = %name, "serving a pinned hotkey");
+            println!("hotkey {name} listening on http://{}", l.local_addr()?);
+            tokio::spawn(server.clone().run(l, Some(name.clone())));
+        }
         tokio::select! {
-            r = server.run(listener) => r.context("server")?,
+            r = server.run(listener, None) => r.context("server")?,
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         }
         Ok(ExitCode::SUCCESS)

@@ -47,6 +47,7 @@ struct Inner {
     arms: BTreeMap<(String, &'static str, &'static str), u64>,
     shadow: BTreeMap<(String, String), u64>,
     rollout_events: BTreeMap<(String, String), u64>,
+    axon: BTreeMap<u16, u64>,
 }
 
 #[derive(Default)]
@@ -95,6 +96,11 @@ impl Metrics {
     /// `promote`, `rollback`, `step`.
     pub fn rollout_event(&self, hotkey: &str, event: &str) {
         *self.inner.lock().rollout_events.entry((hotkey.into(), event.into())).or_default() += 1;
+    }
+
+    /// A subnet request answered with this status.
+    pub fn axon(&self, status: u16) {
+        *self.inner.lock().axon.entry(status).or_default() += 1;
     }
 
     /// A reload finished: `applied`, `refused` (something was refused) or `unchanged`.
@@ -161,6 +167,10 @@ impl Metrics {
         head(&mut o, "cascade_rollout_events_total", "counter", "Promotions, rollbacks and canary steps.");
         for ((h, e), v) in &m.rollout_events {
             let _ = writeln!(o, "cascade_rollout_events_total{{hotkey=\"{h}\",event=\"{e}\"}} {v}");
+        }
+        head(&mut o, "cascade_axon_requests_total", "counter", "Subnet requests (/ImageSynapse) by HTTP status.");
+        for (c, v) in &m.axon {
+            let _ = writeln!(o, "cascade_axon_requests_total{{status=\"{c}\"}} {v}");
         }
         drop(m);
         if let Some(models) = models {

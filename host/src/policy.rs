@@ -30,6 +30,7 @@ pub struct Hotkey {
     pub stable: Arm,
     pub candidate: Option<Arm>,
     pub rollout: Option<Arc<Rollout>>,
+    pub axon: crate::config::AxonConfig,
     /// What each role's config asked for and what it resolved to (for reloads).
     pub bindings: Vec<(ComponentRef, Role, Arc<Plugin>)>,
 }

@@ -40,6 +40,8 @@ pub struct Server {
     pub status: parking_lot::Mutex<crate::admin::ReloadStatus>,
     /// Admin requests from other than loopback need `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
+    /// Dendrite nonces seen (subnet requests).
+    pub nonces: crate::axon::verify::Nonces,
     pub limits: IngressLimits,
     /// How long a client may take to send its headers and its body.
     pub read_timeout: Duration,
@@ -68,6 +70,7 @@ impl Server {
             serving: ArcSwap::from_pointee(serving),
             status: parking_lot::Mutex::new(Default::default()),
             admin_token,
+            nonces: crate::axon::verify::Nonces::new(100_000),
             limits,
             read_timeout,
         }
@@ -87,8 +90,9 @@ impl Server {
         self.status.lock().record(&snap);
     }
 
-    /// Accepts connections until the process ends.
-    pub async fn run(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+    /// Accepts connections until the process ends. On a `pinned` listener every subnet
+    /// request is for that hotkey.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, pinned: Option<String>) -> std::io::Result<()> {
         loop {
             let (stream, peer): (_, SocketAddr) = match listener.accept().await {
                 Ok(c) => c,
@@ -101,10 +105,11 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let me = self.clone();
             let timeout = self.read_timeout;
+            let pinned = pinned.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let me = me.clone();
-                    async move { Ok::<_, Infallible>(me.handle(req, peer).await) }
+                    let (me, pinned) = (me.clone(), pinned.clone());
+                    async move { Ok::<_, Infallible>(me.handle(req, peer, pinned.as_deref()).await) }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -117,8 +122,11 @@ impl Server {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, pinned: Option<&str>) -> Resp {
         let path = req.uri().path().to_string();
+        if crate::axon::is_synapse_path(&path) {
+            return crate::axon::handle(self, req, pinned).await;
+        }
         if path.starts_with("/admin/") {
             return match crate::admin::handle(self, &req, peer) {
                 Ok(r) => r,

@@ -1,0 +1,168 @@
+//! Subnet 72's axon protocol: `/ImageSynapse` and `/ExtendedImageSynapse` as the Python
+//! dendrite sends them. Headers are verified (signature, nonce, body hash, caller list) before
+//! the body is read or any image decoded; the answer is the synapse with `prediction` set and
+//! the axon status, as the Python axon writes it.
+
+pub mod ss58;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::policy::Hotkey;
+use crate::server::{ingress, Server};
+use verify::{now_ns, Signed};
+
+pub const SYNAPSES: [&str; 2] = ["ImageSynapse", "ExtendedImageSynapse"];
+
+/// sha3-256 of the empty string: these synapses hash no body fields, so the image is not
+/// covered by the signature.
+pub const EMPTY_BODY_HASH: &str = "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a";
+
+type Resp = Response<Full<Bytes>>;
+
+/// Whether a path is an axon route (a synapse name, known or not).
+pub fn is_synapse_path(path: &str) -> bool {
+    let name = path.trim_start_matches('/');
+    !name.is_empty() && !name.contains('/') && name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    let message = message.into();
+    crate::metrics::global().axon(status.as_u16());
+    let mut r = Response::new(Full::new(Bytes::from(json!({"message": message}).to_string())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert("bt_header_axon_status_code", HeaderValue::from(status.as_u16()));
+    if let Ok(v) = HeaderValue::from_str(&message.replace(['\r', '\n'], " ")) {
+        h.insert("bt_header_axon_status_message", v);
+    }
+    r
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, Resp> {
+    h.get(name)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("missing header {name}")))?
+        .to_str()
+        .map_err(|_| error(StatusCode::BAD_REQUEST, format!("header {name} is not text")))
+}
+
+/// Serves one axon request; `pinned` is the hotkey of a listener of its own.
+pub async fn handle(server: &Server, req: Request<Incoming>, pinned: Option<&str>) -> Resp {
+    match serve(server, req, pinned).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) -> Result<Resp, Resp> {
+    let started = Instant::now();
+    let name = req.uri().path().trim_start_matches('/').to_string();
+    if !SYNAPSES.contains(&name.as_str()) {
+        return Err(error(StatusCode::NOT_FOUND, format!("Synapse name '{name}' not found. Available synapses {SYNAPSES:?}")));
+    }
+    let h = req.headers();
+    let axon_hotkey = header(h, "bt_header_axon_hotkey")?.to_string();
+    let dendrite = header(h, "bt_header_dendrite_hotkey")?.to_string();
+    let uuid = header(h, "bt_header_dendrite_uuid")?.to_string();
+    let signature = h.get("bt_header_dendrite_signature").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let nonce: u64 = header(h, "bt_header_dendrite_nonce")?
+        .trim()
+        .parse()
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "bt_header_dendrite_nonce is not a non-negative integer"))?;
+    let timeout: f64 = h.get("timeout").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(12.0);
+    let body_hash = header(h, "computed_body_hash")?.to_string();
+    if body_hash != EMPTY_BODY_HASH {
+        return Err(error(StatusCode::BAD_REQUEST, "Hash mismatch between header body hash and computed body hash"));
+    }
+
+    let serving = server.serving.load_full();
+    let hk: Arc<Hotkey> = match pinned {
+        Some(p) => serving.hotkeys.get(p).cloned().ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "this listener's hotkey is not loaded"))?,
+        None => serving
+            .hotkeys
+            .values()
+            .find(|h| h.ss58.as_deref() == Some(axon_hotkey.as_str()) && h.axon.listen.is_none())
+            .cloned()
+            .ok_or_else(|| error(StatusCode::FORBIDDEN, format!("hotkey {axon_hotkey} is not served here")))?,
+    };
+    let own = hk.ss58.clone().unwrap_or_default();
+
+    // signature and nonce before anything else is read
+    let signed = Signed { nonce, dendrite_hotkey: &dendrite, axon_hotkey: &own, uuid: &uuid, body_hash: &body_hash, signature: &signature };
+    let now = now_ns();
+    let unauthorised = |e: verify::VerifyError| error(StatusCode::UNAUTHORIZED, format!("Not Verified with error: {e}"));
+    server.nonces.check(&dendrite, &uuid, nonce, timeout, now).map_err(unauthorised)?;
+    signed.verify_signature().map_err(unauthorised)?;
+    server.nonces.commit(&dendrite, &uuid, nonce, timeout, now).map_err(|e| match e {
+        verify::VerifyError::Full => error(StatusCode::SERVICE_UNAVAILABLE, "too many callers; try again"),
+        e => unauthorised(e),
+    })?;
+
+    // caller lists
+    let a = &hk.axon;
+    if a.deny.contains(&dendrite) || !(a.allow_any_signed || a.allow.contains(&dendrite)) {
+        return Err(error(StatusCode::FORBIDDEN, format!("Forbidden. Key is blacklisted: {dendrite}")));
+    }
+
+    // the body: the synapse as JSON
+    let limit = server.limits.max_body_bytes;
+    let body = match tokio::time::timeout(server.read_timeout, Limited::new(req.into_body(), limit).collect()).await {
+        Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time")),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds {limit} bytes"))),
+        Ok(Err(e)) => return Err(error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    let mut synapse: Value = serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
+    let image_b64 = match synapse.get("image") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => return Err(error(StatusCode::BAD_REQUEST, format!("image must be a string, found {other}"))),
+        None => return Err(error(StatusCode::BAD_REQUEST, "image is missing")),
+    };
+    for (field, ok) in [("prediction", synapse.get("prediction").is_none_or(|v| v.is_number() || v.is_null())), ("timeout", synapse.get("timeout").is_none_or(|v| v.is_number() || v.is_null())), ("name", synapse.get("name").is_none_or(|v| v.is_string()))] {
+        if !ok {
+            return Err(error(StatusCode::BAD_REQUEST, format!("{field} has the wrong type")));
+        }
+    }
+    let bytes = ingress::decode_base64(&image_b64).map_err(|r| error(StatusCode::BAD_REQUEST, r.message))?;
+    let limits = server.limits;
+    let sticky = crate::rollout::sticky_key(&bytes);
+    let answer = tokio::task::block_in_place(|| -> Result<crate::policy::Answer, ingress::Refusal> {
+        let img = ingress::decode_image(&bytes, &limits)?;
+        Ok(hk.serve(&serving.models, Arc::new(img), sticky))
+    })
+    .map_err(|r| error(if r.status == StatusCode::PAYLOAD_TOO_LARGE { r.status } else { StatusCode::BAD_REQUEST }, r.message))?;
+    let took = started.elapsed();
+    let outcome = if answer.fallback { "fallback" } else { "ok" };
+    crate::metrics::global().request(&hk.name, &answer.stage, outcome, took);
+    crate::metrics::global().axon(200);
+
+    // the synapse back: prediction set, image dropped, axon status filled in
+    let p = crate::policy::never_half(answer.prediction.clamp(0.0, 1.0));
+    if let Some(o) = synapse.as_object_mut() {
+        o.insert("prediction".into(), json!(p));
+        o.remove("image");
+        let axon = o.entry("axon").or_insert_with(|| json!({}));
+        if let Some(ax) = axon.as_object_mut() {
+            ax.insert("status_code".into(), json!(200));
+            ax.insert("status_message".into(), json!("Success"));
+            ax.insert("process_time".into(), json!(took.as_secs_f64()));
+        }
+    }
+    let mut r = Response::new(Full::new(Bytes::from(synapse.to_string())));
+    let hs = r.headers_mut();
+    hs.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    hs.insert("bt_header_axon_status_code", HeaderValue::from_static("200"));
+    hs.insert("bt_header_axon_status_message", HeaderValue::from_static("Success"));
+    if let Ok(v) = HeaderValue::from_str(&format!("{}", took.as_secs_f64())) {
+        hs.insert("bt_header_axon_process_time", v);
+    }
+    Ok(r)
+}
