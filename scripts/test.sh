@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 export CASCADE_SHARED="${CASCADE_SHARED:-$(cd .. && pwd)/shared}"
 .venv/bin/python tests/models/make_test_models.py target/test-models
 .venv/bin/python tests/models/render_signs.py target/test-images
+bash scripts/bt_venv.sh
 # the converted backbone must reproduce the reference network's ImageNet answers
 .venv/bin/python scripts/models/verify_efficientnet.py target/models/efficientnet_lite0.onnx
 (cd plugins && cargo test --quiet --release --target x86_64-unknown-linux-gnu -p keywords)

@@ -1,0 +1,120 @@
+//! Subnet 72 requests from the real Python client (bittensor 9.12.2's `Dendrite`, in the venv
+//! `scripts/bt_venv.sh` makes) to the real server on loopback: both routes, two hotkeys on one
+//! port, a pinned port, replayed and stale nonces, bad and missing signatures, unknown synapses,
+//! blacklisted callers, bad bodies; and header-level refusals with plain HTTP.
+
+use std::process::Command;
+
+use cascade_tests::*;
+
+fn python() -> std::path::PathBuf {
+    let p = repo().join(".cache/bt-venv/bin/python");
+    assert!(p.exists(), "{} is missing: scripts/test.sh runs scripts/bt_venv.sh", p.display());
+    p
+}
+
+fn dendrite(args: &[&str]) -> Value {
+    let out = Command::new(python()).arg(repo().join("tests/interop/dendrite.py")).args(args).output().expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn hotkey(name: &str, ss58: &str, axon: &str) -> String {
+    format!("name = \"{name}\"\nss58 = \"{ss58}\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"tint\"\nclassify = [\"tint\"]\n[axon]\n{axon}\n")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[test]
+fn the_real_dendrite_gets_python_axon_answers() {
+    let wallets = TempDir::new("wallets");
+    let w = dendrite(&["wallets", wallets.0.to_str().expect("path")]);
+    let s = |k: &str| w[k].as_str().expect("ss58").to_string();
+    let pinned = free_port();
+    let a = hotkey("a", &s("miner-a"), &format!("allow = [\"{}\"]", s("validator")));
+    let b = hotkey("b", &s("miner-b"), &format!("allow = [\"{}\"]", s("validator")));
+    let c = hotkey("c", &s("miner-c"), &format!("allow_any_signed = true\nlisten = \"127.0.0.1:{pinned}\""));
+    let dir = policies("axon", &[("a", &a), ("b", &b), ("c", &c)]);
+    let server = Server::start(&dir.0, false, &[]);
+    let port: u16 = server.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    use base64::Engine as _;
+    let img = base64::engine::general_purpose::STANDARD.encode(sign("road_closed"));
+    let spec = json!({"port": port, "pinned_port": pinned, "image": img}).to_string();
+    let r = dendrite(&["call", wallets.0.to_str().expect("path"), &spec]);
+
+    for ok in ["image_a", "extended_a", "image_b_same_port", "image_c_pinned"] {
+        let v = &r[ok];
+        assert_eq!(v["success"], true, "{ok}: {v}");
+        assert_eq!(v["dendrite_status"], 200, "{ok}: {v}");
+        let p = num(&v["prediction"]);
+        assert!((0.0..=1.0).contains(&p) && p != 0.5, "{ok}: {v}");
+    }
+    let code = |k: &str, f: &str| r[k][f].as_u64().unwrap_or(0);
+    assert_eq!(code("c_on_shared_port", "dendrite_status"), 403, "{r}");
+    assert_eq!(code("unknown_synapse", "dendrite_status"), 404, "{r}");
+    assert_eq!(code("blacklisted", "dendrite_status"), 403, "{r}");
+    assert_eq!(code("b_only_allows_validator", "dendrite_status"), 403, "{r}");
+    assert_eq!((code("replay", "first"), code("replay", "second")), (200, 401), "{r}");
+    assert_eq!(code("stale_nonce", "status"), 401, "{r}");
+    assert_eq!(code("bad_signature", "status"), 401, "{r}");
+    assert_eq!(code("unsigned", "status"), 401, "{r}");
+    assert_eq!(code("signed_for_another_axon", "status"), 401, "{r}");
+    assert_eq!(code("wrong_types", "status"), 400, "{r}");
+    assert_eq!(code("not_an_image", "status"), 400, "{r}");
+    assert_eq!(code("get", "status"), 200, "{r}");
+    assert!(r["replay"]["message"].as_str().unwrap_or("").contains("nonce"), "{r}");
+
+    // honest requests kept being served throughout
+    let again = dendrite(&["call", wallets.0.to_str().expect("path"), &spec]);
+    assert_eq!(again["image_a"]["success"], true, "{again}");
+    let (_, m) = get(&server.url("/metrics"));
+    assert!(m.contains("cascade_axon_requests_total{status=\"401\"}"), "{m}");
+}
+
+#[test]
+fn header_problems_are_refused_before_the_body_is_read() {
+    let dir = policies("axon-headers", &[("a", &hotkey("a", "5FyFVRsgwBT89gGsyif1ZayCDAthzrZxS7fzxCafhwwzkft7", "allow_any_signed = true"))]);
+    let server = Server::start(&dir.0, false, &[]);
+    let url = server.url("/ImageSynapse");
+    let base = [
+        ("bt_header_axon_hotkey", "5FyFVRsgwBT89gGsyif1ZayCDAthzrZxS7fzxCafhwwzkft7"),
+        ("bt_header_dendrite_hotkey", "5CVVhPmJGWpMdEmTpzZp8HVo5DKUCzmvm3BNbVS6YSSecmoN"),
+        ("bt_header_dendrite_uuid", "u"),
+        ("bt_header_dendrite_nonce", "1899999999999999999"),
+        ("bt_header_dendrite_signature", "0x00"),
+        ("computed_body_hash", "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a"),
+    ];
+    let send = |skip: &str, replace: (&str, &str)| -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut req = agent.post(&url).header("Content-Type", "application/json");
+        for (k, v) in base {
+            if k == skip {
+                continue;
+            }
+            req = req.header(k, if k == replace.0 { replace.1 } else { v });
+        }
+        // a body that would be costly to decode if anything read it
+        let mut r = req.send(&b"{\"image\": \"not even base64\"}"[..]).expect("send");
+        let status = r.status().as_u16();
+        (status, serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or(Value::Null))
+    };
+    let (s, v) = send("bt_header_dendrite_hotkey", ("", ""));
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap_or("").contains("bt_header_dendrite_hotkey"), "{v}");
+    let (s, v) = send("", ("bt_header_dendrite_nonce", "12ab"));
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = send("", ("computed_body_hash", "00"));
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap_or("").contains("Hash mismatch"), "{v}");
+    // a flood of badly signed requests: refused at the signature, never decoding the image
+    for i in 0..50 {
+        let (s, v) = send("", ("bt_header_dendrite_nonce", &format!("{}", 1_900_000_000_000_000_000u64 + i)));
+        assert_eq!(s, 401, "{v}");
+    }
+    let (_, m) = get(&server.url("/metrics"));
+    assert!(m.contains("cascade_axon_requests_total{status=\"401\"} 50"), "{m}");
+    assert!(!m.contains("cascade_requests_total{hotkey=\"a\""), "no policy ran: {m}");
+}

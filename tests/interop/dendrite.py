@@ -1,0 +1,181 @@
+"""The real bittensor 9.12.2 dendrite against a running cascade, on loopback only.
+
+  python dendrite.py wallets DIR            create local wallets, print {name: ss58} as JSON
+  python dendrite.py call DIR SPEC_JSON     run the scenarios, print {scenario: result} as JSON
+
+SPEC_JSON: {"port": P, "pinned_port": Q, "image": "<base64 jpeg>"}.
+"""
+
+import asyncio
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import bittensor as bt
+import bittensor.utils.networking as networking
+import pydantic
+from typing import List, Union
+
+# no traffic leaves loopback: the SDK asks the internet for its IP when a dendrite is built
+networking.get_external_ip = lambda: "127.0.0.1"
+import bittensor.core.dendrite as dendrite_mod  # noqa: E402
+
+if hasattr(dendrite_mod, "get_external_ip"):
+    dendrite_mod.get_external_ip = lambda: "127.0.0.1"
+
+
+class ImageSynapse(bt.Synapse):
+    """As streetvision-subnet defines it."""
+
+    testnet_label: int = -1
+    image: str = pydantic.Field(title="Image", default="", frozen=False)
+    prediction: Union[float, List[float]] = pydantic.Field(title="Prediction", default=-1.0, frozen=False)
+
+    def deserialize(self):
+        return self.prediction
+
+
+class ExtendedImageSynapse(ImageSynapse):
+    model_url: str = ""
+
+
+class FooSynapse(ImageSynapse):
+    pass
+
+
+NAMES = ["miner-a", "miner-b", "miner-c", "validator", "stranger"]
+
+
+def wallet(d, name):
+    return bt.Wallet(name=name, hotkey="default", path=d)
+
+
+def make_wallets(d):
+    out = {}
+    for n in NAMES:
+        w = wallet(d, n)
+        w.create_if_non_existent(coldkey_use_password=False, hotkey_use_password=False, suppress=True)
+        out[n] = w.hotkey.ss58_address
+    print(json.dumps(out))
+
+
+def axon_info(w, port):
+    return bt.AxonInfo(version=0, ip="127.0.0.1", port=port, ip_type=4, hotkey=w.hotkey.ss58_address, coldkey=w.coldkeypub.ss58_address)
+
+
+def summary(syn):
+    return {
+        "prediction": syn.prediction,
+        "success": syn.is_success,
+        "dendrite_status": syn.dendrite.status_code,
+        "axon_status": syn.axon.status_code,
+        "message": syn.axon.status_message,
+    }
+
+
+def raw(port, syn, name="ImageSynapse"):
+    """Sends an already signed synapse as the dendrite would, returning (status, body)."""
+    body = json.dumps(syn.model_dump()).encode()
+    headers = {k: str(v) for k, v in syn.to_headers().items()}
+    headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/{name}", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+async def scenarios(d, spec):
+    port, pinned, img = spec["port"], spec["pinned_port"], spec["image"]
+    v, stranger = wallet(d, "validator"), wallet(d, "stranger")
+    a, b, c = wallet(d, "miner-a"), wallet(d, "miner-b"), wallet(d, "miner-c")
+    den = bt.Dendrite(wallet=v)
+    res = {}
+
+    async def call(w, p, syn, dend=den):
+        out = await dend(axons=[axon_info(w, p)], synapse=syn, timeout=9, deserialize=False)
+        return summary(out[0])
+
+    res["image_a"] = await call(a, port, ImageSynapse(image=img))
+    res["extended_a"] = await call(a, port, ExtendedImageSynapse(image=img, model_url="https://example.invalid/m"))
+    res["image_b_same_port"] = await call(b, port, ImageSynapse(image=img))
+    res["image_c_pinned"] = await call(c, pinned, ImageSynapse(image=img))
+    res["c_on_shared_port"] = await call(c, port, ImageSynapse(image=img))
+    res["unknown_synapse"] = await call(a, port, FooSynapse(image=img))
+    res["blacklisted"] = await call(a, port, ImageSynapse(image=img), dend=bt.Dendrite(wallet=stranger))
+    res["b_only_allows_validator"] = await call(b, port, ImageSynapse(image=img), dend=bt.Dendrite(wallet=stranger))
+
+    # replay: the same signed request twice
+    syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=img), 9.0)
+    first = raw(port, syn)
+    second = raw(port, syn)
+    res["replay"] = {"first": first[0], "second": second[0], "message": second[1].get("message")}
+
+    # a nonce from before the window, properly signed
+    syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=img), 9.0)
+    syn.dendrite.nonce = time.time_ns() - 60 * 10**9
+    msg = f"{syn.dendrite.nonce}.{syn.dendrite.hotkey}.{syn.axon.hotkey}.{syn.dendrite.uuid}.{syn.body_hash}"
+    syn.dendrite.signature = f"0x{v.hotkey.sign(msg).hex()}"
+    s, body = raw(port, syn)
+    res["stale_nonce"] = {"status": s, "message": body.get("message")}
+
+    # a signature by someone else's key
+    syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=img), 9.0)
+    syn.dendrite.signature = f"0x{stranger.hotkey.sign('x').hex()}"
+    s, body = raw(port, syn)
+    res["bad_signature"] = {"status": s, "message": body.get("message")}
+
+    # no signature at all (the SDK's axon would skip verification)
+    syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=img), 9.0)
+    syn.dendrite.signature = ""
+    s, body = raw(port, syn)
+    res["unsigned"] = {"status": s, "message": body.get("message")}
+
+    # signed for miner-a, sent to miner-b's address
+    syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=img), 9.0)
+    syn.axon.hotkey = b.hotkey.ss58_address
+    s, body = raw(port, syn)
+    res["signed_for_another_axon"] = {"status": s, "message": body.get("message")}
+
+    # body-level bad input behind a valid signature: wrong types, and an image that is not one
+    syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=img), 9.0)
+    body = syn.model_dump()
+    body["image"] = 12345
+    headers = {k: str(v) for k, v in syn.to_headers().items()}
+    headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/ImageSynapse", data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        urllib.request.urlopen(req, timeout=20)
+        res["wrong_types"] = {"status": 200}
+    except urllib.error.HTTPError as e:
+        res["wrong_types"] = {"status": e.code, "message": json.loads(e.read()).get("message")}
+    syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image="aGVsbG8gd29ybGQ="), 9.0)
+    s, body = raw(port, syn)
+    res["not_an_image"] = {"status": s, "message": body.get("message")}
+
+    # a GET works too
+    syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=img), 9.0)
+    body = json.dumps(syn.model_dump()).encode()
+    headers = {k: str(v) for k, v in syn.to_headers().items()}
+    headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/ImageSynapse", data=body, headers=headers, method="GET")
+    with urllib.request.urlopen(req, timeout=20) as r:
+        res["get"] = {"status": r.status, "prediction": json.loads(r.read()).get("prediction")}
+    await den.aclose_session() if hasattr(den, "aclose_session") else None
+    print(json.dumps(res))
+
+
+def main():
+    mode, d = sys.argv[1], sys.argv[2]
+    if mode == "wallets":
+        make_wallets(d)
+    else:
+        asyncio.run(scenarios(d, json.loads(sys.argv[3])))
+
+
+if __name__ == "__main__":
+    main()
