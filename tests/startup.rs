@@ -158,3 +158,25 @@ max_batch = 8
     assert!(out.contains("model not-there: file") && out.contains("not found"), "{out}");
     assert!(out.contains("model fixed-batch: input batch dimension is fixed at 1; max_batch 8 is too large"), "{out}");
 }
+
+#[test]
+fn cuda_requested_without_cuda_fails_at_load_unless_cpu_fallback() {
+    let comps = components(false);
+    let dir = TempDir::new("cuda");
+    let tint = test_models().join("tint.onnx");
+    let reg = |fallback: bool| {
+        format!(
+            "[[model]]\nname = \"tint\"\nfile = \"{}\"\nkind = \"classifier\"\ninput = {{ width = 32, height = 32 }}\ndevice = \"cuda:0\"\ncpu_fallback = {fallback}\n",
+            tint.display()
+        )
+    };
+    dir.write("good.toml", GOOD);
+    dir.write("models.toml", &reg(false));
+    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("model tint: asks for device cuda:0 but CUDA cannot be used here"), "{out}");
+    dir.write("models.toml", &reg(true));
+    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    assert_eq!(code, 0, "with cpu_fallback the model runs on the CPU: {out}");
+    assert!(out.contains("CUDA unavailable; running on the CPU"), "{out}");
+}

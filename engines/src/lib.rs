@@ -16,11 +16,11 @@ mod worker;
 
 pub use detect::{nms, Detection};
 pub use error::{EngineError, LoadError};
-pub use models::{Models, ModelStats};
+pub use models::{Models, ModelStats, CPU_FALLBACKS};
 pub use ocr::TextLine;
 pub use preprocess::{prepare, Prepared};
 pub use runtime::{init_runtime, runtime_library};
-pub use spec::{ColorOrder, DetectorFormat, InputSpec, ModelKind, ModelSpec, Registry, ResizeMode};
+pub use spec::{ColorOrder, DetectorFormat, Device, InputSpec, ModelKind, ModelSpec, Registry, ResizeMode};
 pub use worker::{Job, JobInput, Output, Reply};
 
 /// A decoded image as the engines take it: 8-bit RGB, shared between calls of one request.

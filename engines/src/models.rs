@@ -11,7 +11,7 @@ use ort::session::Session;
 
 use crate::ocr::{dictionary, OcrSessions, OcrWorker};
 use crate::runtime::init_runtime;
-use crate::spec::{ModelKind, ModelSpec, Registry};
+use crate::spec::{Device, ModelKind, ModelSpec, Registry};
 use crate::worker::{Job, JobInput, Reply, Worker};
 use crate::{EngineError, LoadError};
 
@@ -165,15 +165,38 @@ fn session_for(env: &ort::environment::Environment, spec: &ModelSpec, file: &std
     if !file.exists() {
         return Err(LoadError::Missing { model: spec.name.clone(), file: file.to_path_buf() });
     }
-    Session::builder(env)
+    let builder = Session::builder(env)
         .map_err(|e| err(e.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| err(e.to_string()))?
         .with_intra_threads(spec.threads)
-        .map_err(|e| err(e.to_string()))?
-        .commit_from_file(file)
-        .map_err(|e| err(e.to_string()))
+        .map_err(|e| err(e.to_string()))?;
+    let mut builder = match spec.device {
+        Device::Cpu => builder,
+        Device::Cuda(id) => {
+            // fail loudly: without `error_on_failure` ONNX Runtime quietly runs on the CPU
+            let cuda = ort::ep::CUDA::default().with_device_id(id as i32).build().error_on_failure();
+            match builder.with_execution_providers([cuda]) {
+                Ok(b) => b,
+                Err(e) if spec.cpu_fallback => {
+                    tracing::warn!(model = %spec.name, device = %spec.device, error = %e, "CUDA unavailable; running on the CPU (cpu_fallback)");
+                    CPU_FALLBACKS.fetch_add(1, Ordering::Relaxed);
+                    e.recover()
+                }
+                Err(e) => {
+                    return Err(LoadError::Spec {
+                        model: spec.name.clone(),
+                        reason: format!("asks for device {} but CUDA cannot be used here: {e} (set cpu_fallback = true to run on the CPU instead)", spec.device),
+                    })
+                }
+            }
+        }
+    };
+    builder.commit_from_file(file).map_err(|e| err(e.to_string()))
 }
+
+/// Models that asked for CUDA and run on the CPU instead (`cpu_fallback`).
+pub static CPU_FALLBACKS: AtomicU64 = AtomicU64::new(0);
 
 /// The static size of an output's last dimension.
 fn output_dim(session: &Session, name: &str) -> Option<usize> {

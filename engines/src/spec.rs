@@ -57,6 +57,13 @@ pub struct ModelSpec {
     /// How long the first request of a batch may wait for company.
     #[serde(default)]
     pub max_delay_us: u64,
+    /// `cpu` (default) or `cuda:N`: where the model runs.
+    #[serde(default)]
+    pub device: Device,
+    /// With `device = "cuda:N"`: run on the CPU (logged and counted) when CUDA cannot be used,
+    /// instead of refusing to load.
+    #[serde(default)]
+    pub cpu_fallback: bool,
     /// A model whose file is absent is left out (with a note) instead of failing the load:
     /// for stages an operator may or may not provide (a detector, say).
     #[serde(default)]
@@ -72,6 +79,38 @@ fn one() -> usize {
 
 fn default_queue() -> usize {
     256
+}
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(u32),
+}
+
+impl<'de> Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| serde::de::Error::custom(format!("device {other:?}: use \"cpu\" or \"cuda:N\""))),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -185,6 +185,8 @@ fn head(o: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 fn render_models(o: &mut String, models: &Models) {
+    head(o, "cascade_model_cpu_fallbacks_total", "counter", "Models that asked for CUDA and run on the CPU (cpu_fallback).");
+    let _ = writeln!(o, "cascade_model_cpu_fallbacks_total {}", cascade_engines::CPU_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed));
     use std::sync::atomic::Ordering::Relaxed;
     let rows: Vec<_> = models.stats().collect();
     let series: [(&str, &str, &str); 6] = [
