@@ -1,0 +1,43 @@
+"""PyTorch peers on the GPU machine: exports ViT-B/16 (torchvision, random weights: timing only)
+to ONNX for cascade, and times it in PyTorch eager fp32/fp16 and torch.compile fp16 on
+device-resident inputs at batch 1, 8, 64. Prints JSON lines."""
+
+import json
+import sys
+import time
+
+import torch
+import torchvision
+
+out = sys.argv[1]
+torch.manual_seed(0)
+m = torchvision.models.vit_b_16(weights=None).eval().cuda()
+x = torch.randn(1, 3, 224, 224, device="cuda")
+torch.onnx.export(m, x, out, input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
+
+
+def timeit(fn, x, n=30):
+    with torch.inference_mode():
+        for _ in range(5):
+            fn(x)
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn(x)
+            torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+half = torchvision.models.vit_b_16(weights=None).eval().cuda().half()
+half.load_state_dict(m.state_dict())
+compiled = torch.compile(half)
+for b in (1, 8, 64):
+    x32 = torch.randn(b, 3, 224, 224, device="cuda")
+    x16 = x32.half()
+    for name, fn, x in (("torch eager fp32", m, x32), ("torch eager fp16", half, x16), ("torch.compile fp16", compiled, x16)):
+        t = timeit(fn, x)
+        print(json.dumps({"peer": name, "batch": b, "ms": t * 1e3, "images_per_s": b / t}))
+        sys.stdout.flush()
