@@ -175,7 +175,14 @@ fn session_for(env: &ort::environment::Environment, spec: &ModelSpec, file: &std
         Device::Cpu => builder,
         Device::Cuda(id) => {
             // fail loudly: without `error_on_failure` ONNX Runtime quietly runs on the CPU
-            let cuda = ort::ep::CUDA::default().with_device_id(id as i32).build().error_on_failure();
+            // Heuristic cuDNN algorithm choice: the exhaustive default benchmarks every new input
+            // shape, and batches of varying size and OCR crops of varying width are all new
+            // shapes — under load that search, not the model, was the time.
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(id as i32)
+                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
+                .build()
+                .error_on_failure();
             match builder.with_execution_providers([cuda]) {
                 Ok(b) => b,
                 Err(e) if spec.cpu_fallback => {

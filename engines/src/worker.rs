@@ -102,16 +102,23 @@ impl Worker {
 
     fn run_batch(&mut self, jobs: Vec<Job>, buf: &mut Vec<f32>, elems: usize) {
         let n = jobs.len();
+        // On CUDA every new input shape costs (cuDNN algorithm choice, arena growth), and a
+        // dynamic batcher makes every size from 1 to max_batch: round the batch up to a power
+        // of two (zero rows, outputs dropped) so only a handful of shapes ever run.
+        let run_n = match self.spec.device {
+            crate::spec::Device::Cuda(_) => n.next_power_of_two().min(self.spec.max_batch.max(n)),
+            crate::spec::Device::Cpu => n,
+        };
         // model time counts the model's own pre-processing as well as the session run
         let started = Instant::now();
         buf.clear();
-        buf.resize(elems * n, 0.0);
+        buf.resize(elems * run_n, 0.0);
         let prepared: Vec<Prepared> = jobs
             .iter()
             .zip(buf.chunks_exact_mut(elems))
             .map(|(j, slot)| prepare(j.input.image(), &self.spec.input, slot))
             .collect();
-        let result = self.infer(buf, n, &jobs, &prepared);
+        let result = self.infer(buf, run_n, &jobs, &prepared);
         let compute = started.elapsed();
         self.stats.record(n, compute);
         match result {
@@ -145,7 +152,8 @@ impl Worker {
                 reason: format!("output {} has shape {shape:?} for a batch of {n}", self.output_name),
             });
         }
-        let rows = data.chunks_exact(per);
+        // padded rows (a CUDA batch rounded up) are dropped here
+        let rows = data.chunks_exact(per).take(jobs.len());
         Ok(match spec.kind {
             ModelKind::Classifier => match &self.head {
                 Some(h) => rows.map(|r| classification(&spec, &h.forward(r))).collect(),
