@@ -14,7 +14,5 @@ cp -r target/components "$w/components"
 cp target/models/efficientnet_lite0.onnx "$w/models/"
 cp target/models/ocr/*.onnx "$w/models/ocr/"
 cp -r target/test-images "$w/test-images"
-# the fp16 converter for the GPU machine (no package registry there); pure Python
-python3 -m pip download --quiet --no-deps onnxconverter-common==1.16.0 -d "$w/wheels"
 tar -C "$w" -cJf target/gpu-pack.tar.xz .
 du -h target/gpu-pack.tar.xz

@@ -27,10 +27,6 @@ torch.onnx.export(m, torch.randn(1, 3, 224, 224), sys.argv[1], input_names=["inp
 PY
 fi
 
-echo "== fp16 copies (weights and compute fp16, fp32 at the edges)"
-# (EfficientNet's shared embedding output trips the converter; the ViT is the fp16 case)
-PYTHONPATH=$(ls "$P"/wheels/onnxconverter_common-*.whl) python3 scripts/gpu/to_fp16.py "$P/vit_b16.onnx" "$P/vit_b16_fp16.onnx" || echo "fp16 conversion failed"
-
 registry() {  # DEVICE -> models.toml
   local dev=$1 m=$P/models
   cat <<TOML
@@ -60,17 +56,6 @@ max_delay_us = 3000
 threads = 4
 
 [[model]]
-name = "vit-fp16"
-kind = "classifier"
-file = "$P/vit_b16_fp16.onnx"
-optional = true
-input = { width = 224, height = 224, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }
-device = "$dev"
-max_batch = 64
-max_delay_us = 3000
-threads = 4
-
-[[model]]
 name = "ocr"
 kind = "ocr"
 file = "$m/ocr/ch_PP-OCRv4_det_infer.onnx"
@@ -87,20 +72,16 @@ for dev in cpu cuda:0; do
 done
 
 echo "== CUDA vs CPU agreement"
-step agree && for m in roadwork vit vit-fp16 ocr; do
+step agree && for m in roadwork vit ocr; do
   for dev in cpu cuda; do
-    [[ $m == *-fp16 && ( $dev == cpu || ! -f $P/vit_b16_fp16.onnx ) ]] && continue  # fp16 is compared with fp32 on the CPU
     "$P/bin/cascade" infer --policies "$P/pol-$dev" --model "$m" --repeat 3 "$P"/test-images/*.jpg > "$OUT/infer-$m-$dev.jsonl"
   done
 done
 step agree && python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
-for m in ("roadwork", "vit", "vit-fp16", "ocr"):
-    import os
-    if not os.path.exists(f"{out}/infer-{m}-cuda.jsonl"):
-        continue
-    cpu = [json.loads(l) for l in open(f"{out}/infer-{m.replace('-fp16', '')}-cpu.jsonl")]  # fp32 on the CPU is the reference
+for m in ("roadwork", "vit", "ocr"):
+    cpu = [json.loads(l) for l in open(f"{out}/infer-{m}-cpu.jsonl")]
     gpu = [json.loads(l) for l in open(f"{out}/infer-{m}-cuda.jsonl")]
     if m == "ocr":
         same = sum(" ".join(x["text"] for x in a["result"]) == " ".join(x["text"] for x in b["result"]) for a, b in zip(cpu, gpu))
@@ -112,8 +93,8 @@ PY
 
 echo "== model-only throughput through the engine"
 if step engine; then
-  for m in vit vit-fp16 roadwork; do
-    "$P/bin/gpu-bench" "$P/pol-cuda" "$m" 1,8,64 4 || echo "$m: no figures"
+  for m in vit roadwork; do
+    "$P/bin/gpu-bench" "$P/pol-cuda" "$m" 1,8,64 4
   done
   "$P/bin/gpu-bench" "$P/pol-cpu" vit 1,8 3
 fi
