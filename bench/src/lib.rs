@@ -1,6 +1,12 @@
 //! Shared pieces of the benchmark programs: timing summaries and table printing.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// The repository root (benchmarks read `target/` and `policies/` from it).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf()
+}
 
 /// p50 / p99 / mean of a set of samples, in microseconds.
 pub struct Summary {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use cascade_bench::{header, row, summarise};
+use cascade_bench::{header, repo, row, summarise};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -26,9 +26,6 @@ name = "tint"
 classify = ["tint"]
 "#;
 
-fn repo() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf()
-}
 
 /// What validators send: a photo centre-cropped to 224×224, JPEG quality 75 (a dev image from
 /// ../shared when there, else a synthetic scene).

@@ -9,11 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cascade_bench::summarise;
+use cascade_bench::{repo, summarise};
 
-fn repo() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf()
-}
 
 fn config(stage: &str) -> String {
     format!("name = \"live\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"{stage}\"\nclassify = [\"tint\"]\non_error = \"fail\"\n")
