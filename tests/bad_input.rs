@@ -92,3 +92,22 @@ fn each_bad_input_is_refused_precisely_and_the_next_request_is_served() {
     let (_, metrics) = get(&server.url("/metrics"));
     assert!(metrics.contains("cascade_rejected_total{code=\"image-too-large\",status=\"413\"} 1"), "{metrics}");
 }
+
+#[test]
+fn a_client_that_trickles_its_body_gets_408_and_others_are_served() {
+    use std::io::{Read, Write};
+    let dir = policies("trickle", &[("speed", HOTKEY)]);
+    let server = Server::start(&dir.0, false, &["--read-timeout-s", "1"]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
+    slow.write_all(b"POST /v1/predict/speed HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n").expect("headers");
+    slow.write_all(&[0xFF, 0xD8, 0xFF]).expect("a few bytes");
+    // meanwhile an honest client is served at once
+    let (s, v) = predict(&server, "speed", &jpeg(&solid(40, 40, [255, 128, 0])));
+    assert_eq!(s, 200, "{v}");
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("read-timeout"), "{answer}");
+}
