@@ -1,8 +1,6 @@
 //! The embedded default: the shipped policies with the default models built by set-up
 //! (EfficientNet-Lite0 + the trained head, PP-OCRv4), on real dev images.
 
-use std::process::Command;
-
 use cascade_tests::*;
 
 fn dev(path: &str) -> Vec<u8> {
@@ -57,10 +55,9 @@ fn eval_reports_figures_and_counts_unreadable_rows() {
     dir.write("corrupt.jpg", "not a jpeg");
     csv.push_str("corrupt.jpg,0,x\n");
     let manifest = dir.write("manifest.csv", &csv);
-    let out = Command::new(binary())
+    let out = cascade()
         .args(["eval", "--hotkey", "accuracy", "--validator-style", "--json", "--manifest"])
         .arg(&manifest)
-        .env("ORT_DYLIB_PATH", repo().join("target/ort/libonnxruntime.so"))
         .current_dir(repo())
         .output()
         .expect("run eval");
@@ -85,14 +82,6 @@ fn an_image_without_text_reads_as_no_lines() {
     let dir = TempDir::new("notext");
     let img = dir.0.join("plain.png");
     std::fs::write(&img, png(&solid(224, 224, [90, 120, 90]))).expect("write");
-    let out = Command::new(binary())
-        .args(["infer", "--model", "ocr", "--policies"])
-        .arg(repo().join("policies"))
-        .arg(&img)
-        .env("ORT_DYLIB_PATH", repo().join("target/ort/libonnxruntime.so"))
-        .output()
-        .expect("run infer");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let (v, _) = read_text(&repo().join("policies"), "ocr", &img);
     assert_eq!(v["result"], json!([]), "{v}");
 }

@@ -1,8 +1,6 @@
 //! Broken configs and components stop `serve` with the file and the reason; `check` reports
 //! every problem, not only the first.
 
-use std::process::Command;
-
 use cascade_tests::*;
 
 const GOOD: &str = r#"
@@ -42,14 +40,13 @@ component = "weighted@^7"
 params.weights = { tint = 1.0 }
 "#;
 
-fn cascade(args: &[&str], policies: &std::path::Path, components: &std::path::Path) -> (i32, String) {
-    let out = Command::new(binary())
+fn run(args: &[&str], policies: &std::path::Path, components: &std::path::Path) -> (i32, String) {
+    let out = cascade()
         .args(args)
         .arg("--policies")
         .arg(policies)
         .arg("--components")
         .arg(components)
-        .env("ORT_DYLIB_PATH", repo().join("target/ort/libonnxruntime.so"))
         .output()
         .expect("run cascade");
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -62,7 +59,7 @@ fn check_reports_every_problem_and_serve_refuses_to_start() {
     std::fs::write(comps.0.join("broken.wasm"), b"\0asm but not really").expect("write");
     let dir = policies("startup", &[("good", GOOD), ("typo", UNKNOWN_PARAM), ("typed", ILL_TYPED)]);
 
-    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    let (code, out) = run(&["check"], &dir.0, &comps.0);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("broken.wasm: not a valid component"), "{out}");
     assert!(out.contains("typo.toml: router.params.stages[0].exit_lo: unknown key"), "{out}");
@@ -71,7 +68,7 @@ fn check_reports_every_problem_and_serve_refuses_to_start() {
     assert!(out.contains("; fuser.component: no version of weighted matches ^7"), "{out}");
     assert!(out.contains("3 problem(s)"), "{out}");
 
-    let (code, out) = cascade(&["serve", "--listen", "127.0.0.1:0"], &dir.0, &comps.0);
+    let (code, out) = run(&["serve", "--listen", "127.0.0.1:0"], &dir.0, &comps.0);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("typo.toml: router.params.stages[0].exit_lo: unknown key"), "{out}");
     assert!(!out.contains("listening on"), "{out}");
@@ -81,7 +78,7 @@ fn check_reports_every_problem_and_serve_refuses_to_start() {
 fn check_passes_a_good_folder_and_names_what_would_run() {
     let comps = components(false);
     let dir = policies("startup-good", &[("good", GOOD)]);
-    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    let (code, out) = run(&["check"], &dir.0, &comps.0);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("hotkey      good router=cascade-router@1.1.0"), "{out}");
     assert!(out.contains("model       yolox detector"), "{out}");
@@ -94,7 +91,7 @@ fn config_errors_name_file_and_key() {
     let unknown_top = format!("{GOOD}\nsurprise = true\n").replace("name = \"good\"", "name = \"other\"");
     let missing_model = GOOD.replace("name = \"good\"", "name = \"ghost\"").replace("[\"tint\"]", "[\"ghost-model\"]");
     let dir = policies("startup-config", &[("half", bad_toml), ("top", &unknown_top), ("ghost", &missing_model)]);
-    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    let (code, out) = run(&["check"], &dir.0, &comps.0);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("half.toml: fallback 0.5"), "{out}");
     assert!(out.contains("top.toml:") && out.contains("surprise"), "{out}");
@@ -150,7 +147,7 @@ max_batch = 8
     );
     dir.write("models.toml", &registry);
     dir.write("good.toml", GOOD);
-    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    let (code, out) = run(&["check"], &dir.0, &comps.0);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("model wrong-size: expected input [N, 3, 64, 64] (the registry's size); found input with shape [-1, 3, 32, 32]"), "{out}");
     assert!(out.contains("model wrong-output: expected an output named probabilities; the model has [\"logits\"]"), "{out}");
@@ -172,11 +169,11 @@ fn cuda_requested_without_cuda_fails_at_load_unless_cpu_fallback() {
     };
     dir.write("good.toml", GOOD);
     dir.write("models.toml", &reg(false));
-    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    let (code, out) = run(&["check"], &dir.0, &comps.0);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("model tint: asks for device cuda:0 but CUDA cannot be used here"), "{out}");
     dir.write("models.toml", &reg(true));
-    let (code, out) = cascade(&["check"], &dir.0, &comps.0);
+    let (code, out) = run(&["check"], &dir.0, &comps.0);
     assert_eq!(code, 0, "with cpu_fallback the model runs on the CPU: {out}");
     assert!(out.contains("CUDA unavailable; running on the CPU"), "{out}");
 }

@@ -2,8 +2,6 @@
 //! the real server: positive phrases, negative phrases that outweigh the words inside them,
 //! non-English phrases, and text that says nothing.
 
-use std::process::Command;
-
 use cascade_tests::*;
 
 /// Stage 1 has no exits, so every image reaches the OCR stage; the text decides.
@@ -32,17 +30,7 @@ params.weights = { tint = 0.2, text = 2.0 }
 
 /// Lines `cascade infer` reads in one image, joined by spaces.
 fn read(policies: &std::path::Path, image: &std::path::Path) -> String {
-    let out = Command::new(binary())
-        .args(["infer", "--model", "ocr", "--policies"])
-        .arg(policies)
-        .arg(image)
-        .env("ORT_DYLIB_PATH", repo().join("target/ort/libonnxruntime.so"))
-        .output()
-        .expect("run cascade infer");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
-    let lines: Vec<String> = v["result"].as_array().expect("lines").iter().map(|l| l["text"].as_str().unwrap_or("").to_string()).collect();
-    lines.join(" ")
+    read_text(policies, "ocr", image).1
 }
 
 fn squash(s: &str) -> String {

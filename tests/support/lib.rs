@@ -24,6 +24,22 @@ pub fn binary() -> PathBuf {
     b
 }
 
+/// The `cascade` binary as a command, pointed at the ONNX Runtime library set-up installed.
+pub fn cascade() -> Command {
+    let mut c = Command::new(binary());
+    c.env("ORT_DYLIB_PATH", repo().join("target/ort/libonnxruntime.so"));
+    c
+}
+
+/// Runs `cascade infer --model MODEL` on one image; returns the text of the lines it read.
+pub fn read_text(policies: &Path, model: &str, image: &Path) -> (Value, String) {
+    let out = cascade().args(["infer", "--model", model, "--policies"]).arg(policies).arg(image).output().expect("run cascade infer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let lines: Vec<String> = v["result"].as_array().map(|a| a.iter().map(|l| l["text"].as_str().unwrap_or("").to_string()).collect()).unwrap_or_default();
+    (v, lines.join(" "))
+}
+
 pub fn test_models() -> PathBuf {
     let d = repo().join("target/test-models");
     assert!(d.join("tint.onnx").exists(), "test models missing: run scripts/test.sh (it builds them)");
@@ -156,13 +172,12 @@ impl Server {
     pub fn start(policies: &Path, test_components: bool, extra: &[&str]) -> Server {
         let comps = components(test_components);
         let log = policies.join("server.log");
-        let mut child = Command::new(binary())
+        let mut child = cascade()
             .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
             .arg(policies)
             .arg("--components")
             .arg(&comps.0)
             .args(extra)
-            .env("ORT_DYLIB_PATH", repo().join("target/ort/libonnxruntime.so"))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

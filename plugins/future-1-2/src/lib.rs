@@ -1,31 +1,4 @@
-//! A test-only fuser built against `cascade:policy@1.2.0`, a contract this host does not
-//! implement: the host must refuse it, naming both versions.
+//! The `future-2-0` fuser, built against `cascade:policy@1.2.0` (this crate's `wit` folder):
+//! a newer minor contract than the host's, which must be refused.
 
-wit_bindgen::generate!({
-    path: "wit",
-    world: "fuser-component",
-});
-
-use cascade::policy::types::{ComponentInfo, Error, NamedScore};
-use exports::cascade::policy::fuser::Guest as Fuser;
-use exports::cascade::policy::meta::Guest as Meta;
-
-struct Component;
-
-impl Meta for Component {
-    fn info() -> ComponentInfo {
-        ComponentInfo { name: "future-1-2".into(), version: "1.0.0".into(), params_schema: "{}".into() }
-    }
-
-    fn configure(_: String) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-impl Fuser for Component {
-    fn fuse(scores: Vec<NamedScore>) -> Result<f32, Error> {
-        Ok(scores.first().map_or(0.25, |s| s.score))
-    }
-}
-
-export!(Component);
+include!("../../future-2-0/src/lib.rs");

@@ -1,5 +1,6 @@
-//! A test-only fuser built against `cascade:policy@2.0.0`, a contract this host does not
-//! implement: the host must refuse it, naming both versions.
+// A test-only fuser built against a contract this host does not implement (the `wit` folder
+// beside this crate: `cascade:policy@2.0.0` here, `@1.2.0` in `future-1-2`, which includes this
+// file): the host must refuse it, naming both versions.
 
 wit_bindgen::generate!({
     path: "wit",
@@ -14,7 +15,7 @@ struct Component;
 
 impl Meta for Component {
     fn info() -> ComponentInfo {
-        ComponentInfo { name: "future-2-0".into(), version: "1.0.0".into(), params_schema: "{}".into() }
+        ComponentInfo { name: env!("CARGO_PKG_NAME").into(), version: "1.0.0".into(), params_schema: "{}".into() }
     }
 
     fn configure(_: String) -> Result<(), String> {
