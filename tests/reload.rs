@@ -136,3 +136,44 @@ fn components_are_replaced_refused_and_versioned_live() {
     assert!(r.contains("no component named template-router"), "{r}");
     assert_eq!(stage_of(&server, "old").as_deref(), Some("classify"));
 }
+
+#[test]
+fn a_symlink_swap_and_quick_successive_changes_end_on_the_last_valid_version() {
+    let dir = policies("reload-symlink", &[]);
+    let versions = TempDir::new("versions");
+    for (v, stage) in [("a", "one"), ("b", "two"), ("c", "three")] {
+        std::fs::write(versions.0.join(format!("{v}.toml")), policy(stage, "0.3")).expect("write");
+    }
+    let link = dir.0.join("live.toml");
+    std::os::unix::fs::symlink(versions.0.join("a.toml"), &link).expect("symlink");
+    let server = Server::start(&dir.0, false, &[]);
+    assert_eq!(stage_of(&server, "live").as_deref(), Some("one"));
+
+    // the operator's atomic swap: a new link renamed over the old one
+    let swap = |target: &str| {
+        let tmp = dir.0.join("live.toml.new");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(versions.0.join(target), &tmp).expect("symlink");
+        std::fs::rename(&tmp, &link).expect("rename");
+    };
+    swap("b.toml");
+    eventually(10, "stage two through the link", || (stage_of(&server, "live").as_deref() == Some("two")).then_some(()));
+
+    // several changes in quick succession, the last one valid: that one serves
+    for text in ["name = \"live\"\nfallback = [", "broken", ""] {
+        std::fs::write(versions.0.join("c.toml"), text).expect("write");
+        swap("c.toml");
+    }
+    std::fs::write(versions.0.join("c.toml"), policy("three", "0.3")).expect("write");
+    swap("b.toml");
+    swap("c.toml");
+    eventually(10, "stage three", || (stage_of(&server, "live").as_deref() == Some("three")).then_some(()));
+
+    // the target deleted under the link: refused, the last good version answers
+    std::fs::remove_file(versions.0.join("c.toml")).expect("rm");
+    std::fs::write(versions.0.join("b.toml"), policy("two-again", "0.3")).expect("write");
+    swap("c.toml");
+    let r = wait_refusal(&server, "live.toml");
+    assert!(r.contains("cannot read"), "{r}");
+    assert_eq!(stage_of(&server, "live").as_deref(), Some("three"));
+}
