@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{HeaderMap, Request, Response, StatusCode};
@@ -113,13 +113,7 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
     }
 
     // the body: the synapse as JSON
-    let limit = server.limits.max_body_bytes;
-    let body = match tokio::time::timeout(server.read_timeout, Limited::new(req.into_body(), limit).collect()).await {
-        Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time")),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("body exceeds {limit} bytes"))),
-        Ok(Err(e)) => return Err(error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
-        Ok(Ok(b)) => b.to_bytes(),
-    };
+    let body = server.read_body(req.into_body()).await.map_err(|r| error(r.status, r.message))?;
     let mut synapse: Value = serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
     let image_b64 = match synapse.get("image") {
         Some(Value::String(s)) => s.clone(),

@@ -159,6 +159,19 @@ impl Server {
         }
     }
 
+    /// The whole body, within the size limit and the read timeout (408, 413, 400 otherwise).
+    pub(crate) async fn read_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
+        let limit = self.limits.max_body_bytes;
+        match tokio::time::timeout(self.read_timeout, Limited::new(body, limit).collect()).await {
+            Err(_) => Err(Refusal::new(StatusCode::REQUEST_TIMEOUT, "read-timeout", "the body did not arrive in time")),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("body exceeds {limit} bytes")))
+            }
+            Ok(Err(e)) => Err(Refusal::new(StatusCode::BAD_REQUEST, "bad-body", format!("cannot read the body: {e}"))),
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+        }
+    }
+
     async fn predict(&self, hotkey: &str, req: Request<Incoming>) -> Result<Resp, Refusal> {
         let started = Instant::now();
         let serving = self.serving.load_full();
@@ -182,13 +195,7 @@ impl Server {
         let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
         // an explicit request key keeps a client on one rollout arm; else the image decides
         let sticky = req.headers().get("x-request-key").map(|v| crate::rollout::sticky_key(v.as_bytes()));
-        let collect = Limited::new(req.into_body(), limit).collect();
-        let body = match tokio::time::timeout(self.read_timeout, collect).await {
-            Err(_) => return Err(Refusal::new(StatusCode::REQUEST_TIMEOUT, "read-timeout", "the body did not arrive in time")),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-            Ok(Err(e)) => return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad-body", format!("cannot read the body: {e}"))),
-            Ok(Ok(b)) => b.to_bytes(),
-        };
+        let body = self.read_body(req.into_body()).await?;
         let bytes = ingress::image_bytes(ct.as_deref(), &body)?;
         let limits = self.limits;
         // Decoding and the policy block (component calls wait on model queues): run them here,
