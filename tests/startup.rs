@@ -177,3 +177,43 @@ fn cuda_requested_without_cuda_fails_at_load_unless_cpu_fallback() {
     assert_eq!(code, 0, "with cpu_fallback the model runs on the CPU: {out}");
     assert!(out.contains("CUDA unavailable; running on the CPU"), "{out}");
 }
+
+/// The value of one sample line of `/metrics`, e.g. `cascade_model_loaded{model="tint"}`.
+fn metric(server: &Server, sample: &str) -> Option<f64> {
+    let (_, text) = get(&server.url("/metrics"));
+    text.lines().find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+}
+
+#[test]
+fn a_lazy_model_loads_on_use_unloads_when_idle_and_is_still_checked_at_start() {
+    let tint = test_models().join("tint.onnx");
+    let reg = |file: &std::path::Path| {
+        format!(
+            "[[model]]\nname = \"tint\"\nfile = \"{}\"\nkind = \"classifier\"\nlabels = [\"other\", \"roadwork\"]\ninput = {{ width = 32, height = 32 }}\nlazy = true\nidle_unload_s = 1\n",
+            file.display()
+        )
+    };
+    let dir = policies("lazy", &[("good", GOOD)]);
+    dir.write("models.toml", &reg(&tint));
+    let server = Server::start(&dir.0, false, &["--no-watch"]);
+    let loaded = "cascade_model_loaded{model=\"tint\"}";
+    let loads = "cascade_model_loads_total{model=\"tint\"}";
+    // the start-up smoke request loaded it; idle for a second, it is unloaded
+    eventually(10, "the idle lazy model is unloaded", || (metric(&server, loaded) == Some(0.0)).then_some(()));
+    let before = metric(&server, loads).expect("loads metric");
+    let (code, body) = predict(&server, "good", &jpeg(&solid(64, 64, [200, 120, 20])));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["fallback"], false, "answered by the model, not the fallback: {body}");
+    assert_eq!(body["stage"], "tint", "{body}");
+    assert_eq!(metric(&server, loads), Some(before + 1.0), "a request reloads it");
+    eventually(10, "unloaded again", || (metric(&server, loaded) == Some(0.0)).then_some(()));
+    drop(server);
+
+    // a broken file is refused at start even though the model would load only on use
+    let bad = dir.write("truncated.onnx", "not a model");
+    dir.write("models.toml", &reg(&bad));
+    let comps = components(false);
+    let (code, out) = run(&["check"], &dir.0, &comps.0);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("model tint") && out.contains("truncated.onnx"), "{out}");
+}

@@ -6,21 +6,25 @@
 mod classify;
 mod detect;
 mod error;
+mod gpu;
 pub mod head;
+mod lifecycle;
 mod models;
 mod ocr;
 mod preprocess;
 mod runtime;
+mod session;
 mod spec;
 mod worker;
 
 pub use detect::{nms, Detection};
 pub use error::{EngineError, LoadError};
-pub use models::{Models, ModelStats, CPU_FALLBACKS};
+pub use models::{ModelStats, Models};
+pub use session::CPU_FALLBACKS;
 pub use ocr::TextLine;
 pub use preprocess::{prepare, Prepared};
 pub use runtime::{init_runtime, runtime_library};
-pub use spec::{ColorOrder, DetectorFormat, Device, InputSpec, ModelKind, ModelSpec, Registry, ResizeMode};
+pub use spec::{ColorOrder, DetectorFormat, Device, InputSpec, ModelKind, ModelSpec, Preprocess, Registry, ResizeMode};
 pub use worker::{Job, JobInput, Output, Reply};
 
 /// A decoded image as the engines take it: 8-bit RGB, shared between calls of one request.

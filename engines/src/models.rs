@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
 
 use crate::ocr::{dictionary, OcrSessions, OcrWorker};
+use crate::lifecycle;
 use crate::runtime::init_runtime;
-use crate::spec::{Device, ModelKind, ModelSpec, Registry};
+use crate::session::{session, session_for};
+use crate::spec::{ModelKind, ModelSpec, Registry};
 use crate::worker::{Job, JobInput, Reply, Worker};
 use crate::{EngineError, LoadError};
 
@@ -24,6 +24,13 @@ pub struct ModelStats {
     pub failures: AtomicU64,
     pub expired: AtomicU64,
     pub queued: AtomicI64,
+    /// Device memory taken by the loaded sessions (CUDA models; 0 on the CPU).
+    pub gpu_bytes: AtomicU64,
+    /// Workers with their sessions loaded (a lazy model drops to 0 when idle).
+    pub loaded: AtomicI64,
+    pub loads: AtomicU64,
+    /// Batches (or, at load, models) prepared on the CPU although the model runs on CUDA.
+    pub prep_fallbacks: AtomicU64,
 }
 
 impl ModelStats {
@@ -119,12 +126,10 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     let (tx, rx) = crossbeam_channel::bounded(spec.queue);
     if spec.kind == ModelKind::Ocr {
         for i in 0..spec.workers {
-            let worker = OcrWorker { s: ocr_sessions(env, &spec)?, spec: spec.clone(), stats: stats.clone() };
-            let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("model-{}-{i}", spec.name))
-                .spawn(move || worker.run(rx))
-                .map_err(|e| LoadError::Spec { model: spec.name.clone(), reason: format!("worker thread: {e}") })?;
+            let (env, spec2, stats2) = (env.clone(), spec.clone(), stats.clone());
+            lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
+                Ok(OcrWorker { s: ocr_sessions(&env, &spec2)?, spec: spec2.clone(), stats: stats2.clone() })
+            })?;
         }
         return Ok(Handle { spec, tx, stats });
     }
@@ -139,76 +144,10 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
         None => None,
     };
     for i in 0..spec.workers {
-        let session = session(env, &spec)?;
-        let (input_name, output_name) = check_io(&session, &spec)?;
-        if let (Some(h), Some(dim)) = (&head, output_dim(&session, &output_name)) {
-            if dim != h.input_dim {
-                return Err(LoadError::Spec { model: spec.name.clone(), reason: format!("head expects {} features; output {output_name} has {dim}", h.input_dim) });
-            }
-        }
-        let worker = Worker { session, head: head.clone(), spec: spec.clone(), input_name, output_name, stats: stats.clone() };
-        let rx = rx.clone();
-        std::thread::Builder::new()
-            .name(format!("model-{}-{i}", spec.name))
-            .spawn(move || worker.run(rx))
-            .map_err(|e| LoadError::Spec { model: spec.name.clone(), reason: format!("worker thread: {e}") })?;
+        let (env, spec2, stats2, head) = (env.clone(), spec.clone(), stats.clone(), head.clone());
+        lifecycle::spawn(&spec, &stats, rx.clone(), i, move || Worker::open(&env, &spec2, head.clone(), &stats2))?;
     }
     Ok(Handle { spec, tx, stats })
-}
-
-fn session(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Session, LoadError> {
-    session_for(env, spec, &spec.file)
-}
-
-fn session_for(env: &ort::environment::Environment, spec: &ModelSpec, file: &std::path::Path) -> Result<Session, LoadError> {
-    let err = |reason: String| LoadError::Session { model: spec.name.clone(), file: file.to_path_buf(), reason };
-    if !file.exists() {
-        return Err(LoadError::Missing { model: spec.name.clone(), file: file.to_path_buf() });
-    }
-    let builder = Session::builder(env)
-        .map_err(|e| err(e.to_string()))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| err(e.to_string()))?
-        .with_intra_threads(spec.threads)
-        .map_err(|e| err(e.to_string()))?;
-    let mut builder = match spec.device {
-        Device::Cpu => builder,
-        Device::Cuda(id) => {
-            // fail loudly: without `error_on_failure` ONNX Runtime quietly runs on the CPU
-            // Heuristic cuDNN algorithm choice: the exhaustive default benchmarks every new input
-            // shape, and batches of varying size and OCR crops of varying width are all new
-            // shapes — under load that search, not the model, was the time.
-            let cuda = ort::ep::CUDA::default()
-                .with_device_id(id as i32)
-                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
-                .build()
-                .error_on_failure();
-            match builder.with_execution_providers([cuda]) {
-                Ok(b) => b,
-                Err(e) if spec.cpu_fallback => {
-                    tracing::warn!(model = %spec.name, device = %spec.device, error = %e, "CUDA unavailable; running on the CPU (cpu_fallback)");
-                    CPU_FALLBACKS.fetch_add(1, Ordering::Relaxed);
-                    e.recover()
-                }
-                Err(e) => {
-                    return Err(LoadError::Spec {
-                        model: spec.name.clone(),
-                        reason: format!("asks for device {} but CUDA cannot be used here: {e} (set cpu_fallback = true to run on the CPU instead)", spec.device),
-                    })
-                }
-            }
-        }
-    };
-    builder.commit_from_file(file).map_err(|e| err(e.to_string()))
-}
-
-/// Models that asked for CUDA and run on the CPU instead (`cpu_fallback`).
-pub static CPU_FALLBACKS: AtomicU64 = AtomicU64::new(0);
-
-/// The static size of an output's last dimension.
-fn output_dim(session: &Session, name: &str) -> Option<usize> {
-    let o = session.outputs().iter().find(|o| o.name() == name)?;
-    o.dtype().tensor_shape()?.last().filter(|d| **d > 0).map(|d| *d as usize)
 }
 
 /// The three PP-OCR sessions and the recogniser's dictionary (its `character` metadata).
@@ -234,32 +173,3 @@ fn ocr_sessions(env: &ort::environment::Environment, spec: &ModelSpec) -> Result
     Ok(OcrSessions { det, rec, cls, dict })
 }
 
-/// Checks at load what would otherwise fail on the first request: one image input of the
-/// configured size, and the output to read.
-fn check_io(session: &Session, spec: &ModelSpec) -> Result<(String, String), LoadError> {
-    let err = |reason: String| LoadError::Spec { model: spec.name.clone(), reason };
-    let [input] = session.inputs() else {
-        return Err(err(format!("expected one input, the model has {}", session.inputs().len())));
-    };
-    if let Some(shape) = input.dtype().tensor_shape() {
-        let want = [3, spec.input.height as i64, spec.input.width as i64];
-        if shape.len() != 4 || shape[1..].iter().zip(want).any(|(&d, w)| d > 0 && d != w) {
-            return Err(err(format!("expected input [N, 3, {}, {}] (the registry's size); found {} with shape {:?}", want[1], want[2], input.name(), &shape[..])));
-        }
-        if shape[0] > 0 && (shape[0] as usize) < spec.max_batch {
-            return Err(err(format!("input batch dimension is fixed at {}; max_batch {} is too large", shape[0], spec.max_batch)));
-        }
-    }
-    let output = match &spec.output {
-        Some(name) => session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == name)
-            .ok_or_else(|| {
-                let found: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-                err(format!("expected an output named {name}; the model has {found:?}"))
-            })?,
-        None => session.outputs().first().ok_or_else(|| err("the model has no output".into()))?,
-    };
-    Ok((input.name().to_string(), output.name().to_string()))
-}

@@ -21,40 +21,64 @@ impl Prepared {
     }
 }
 
-/// Fills `out` (length 3 × height × width) with the model input for `img`.
-pub fn prepare(img: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Prepared {
+/// Where an image lands in the model input: it is resized to `nw × nh`, and the input is the
+/// window at (`x0`, `y0`) of that (letterbox: the rest is padding). Shared by the CPU path and
+/// the GPU kernel, so both compute the same pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Geometry {
+    pub nw: u32,
+    pub nh: u32,
+    pub x0: u32,
+    pub y0: u32,
+    pub prepared: Prepared,
+}
+
+pub(crate) fn geometry(iw: u32, ih: u32, spec: &InputSpec) -> Geometry {
     let (w, h) = (spec.width, spec.height);
-    debug_assert_eq!(out.len(), 3 * (w * h) as usize);
-    let (iw, ih) = (img.width().max(1), img.height().max(1));
+    let (iw, ih) = (iw.max(1), ih.max(1));
     match spec.resize {
-        ResizeMode::Stretch => {
-            let r = resized(img, w, h);
-            write_chw(&r, spec, out, 0, 0);
-            Prepared { scale_x: w as f32 / iw as f32, scale_y: h as f32 / ih as f32, offset_x: 0.0, offset_y: 0.0 }
-        }
+        ResizeMode::Stretch => Geometry {
+            nw: w,
+            nh: h,
+            x0: 0,
+            y0: 0,
+            prepared: Prepared { scale_x: w as f32 / iw as f32, scale_y: h as f32 / ih as f32, offset_x: 0.0, offset_y: 0.0 },
+        },
         ResizeMode::Letterbox => {
             let s = (w as f32 / iw as f32).min(h as f32 / ih as f32);
             let nw = ((iw as f32 * s).round() as u32).clamp(1, w);
             let nh = ((ih as f32 * s).round() as u32).clamp(1, h);
-            for c in 0..3 {
-                let v = (spec.pad * spec.scale - spec.mean[c]) / spec.std[c];
-                out[c * (w * h) as usize..(c + 1) * (w * h) as usize].fill(v);
-            }
-            let r = resized(img, nw, nh);
-            write_chw(&r, spec, out, 0, 0);
-            Prepared { scale_x: s, scale_y: s, offset_x: 0.0, offset_y: 0.0 }
+            Geometry { nw, nh, x0: 0, y0: 0, prepared: Prepared { scale_x: s, scale_y: s, offset_x: 0.0, offset_y: 0.0 } }
         }
         ResizeMode::CenterCrop => {
             let short = spec.resize_short.unwrap_or(w.min(h)).max(w.min(h));
             let s = short as f32 / iw.min(ih) as f32;
             let nw = ((iw as f32 * s).round() as u32).max(w);
             let nh = ((ih as f32 * s).round() as u32).max(h);
-            let r = resized(img, nw, nh);
             let (x0, y0) = ((nw - w) / 2, (nh - h) / 2);
-            write_chw(&r, spec, out, x0, y0);
-            Prepared { scale_x: s, scale_y: s, offset_x: x0 as f32 / s, offset_y: y0 as f32 / s }
+            Geometry { nw, nh, x0, y0, prepared: Prepared { scale_x: s, scale_y: s, offset_x: x0 as f32 / s, offset_y: y0 as f32 / s } }
         }
     }
+}
+
+/// The normalised value of a letterbox pixel, per output channel.
+pub(crate) fn pad_values(spec: &InputSpec) -> [f32; 3] {
+    std::array::from_fn(|c| (spec.pad * spec.scale - spec.mean[c]) / spec.std[c])
+}
+
+/// Fills `out` (length 3 × height × width) with the model input for `img`.
+pub fn prepare(img: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Prepared {
+    let (w, h) = (spec.width, spec.height);
+    debug_assert_eq!(out.len(), 3 * (w * h) as usize);
+    let g = geometry(img.width(), img.height(), spec);
+    if spec.resize == ResizeMode::Letterbox {
+        for (c, v) in pad_values(spec).into_iter().enumerate() {
+            out[c * (w * h) as usize..(c + 1) * (w * h) as usize].fill(v);
+        }
+    }
+    let r = resized(img, g.nw, g.nh);
+    write_chw(&r, spec, out, g.x0, g.y0);
+    g.prepared
 }
 
 fn resized(img: &RgbImage, w: u32, h: u32) -> std::borrow::Cow<'_, RgbImage> {
@@ -78,22 +102,27 @@ pub fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     }
 }
 
+/// Per output channel c: value = pixel[order[c]] × a[c] + b[c].
+pub(crate) struct Affine {
+    pub order: [usize; 3],
+    pub a: [f32; 3],
+    pub b: [f32; 3],
+}
+
+pub(crate) fn affine(spec: &InputSpec) -> Affine {
+    let order = match spec.color {
+        ColorOrder::Rgb => [0, 1, 2],
+        ColorOrder::Bgr => [2, 1, 0],
+    };
+    Affine { order, a: std::array::from_fn(|c| spec.scale / spec.std[c]), b: std::array::from_fn(|c| -spec.mean[c] / spec.std[c]) }
+}
+
 /// Copies the `spec.width × spec.height` window of `src` at (x0, y0) (clipped to `src`) into
 /// the planar buffer, normalised and in the model's colour order.
 fn write_chw(src: &RgbImage, spec: &InputSpec, out: &mut [f32], x0: u32, y0: u32) {
     let (w, h) = (spec.width as usize, spec.height as usize);
     let plane = w * h;
-    let order: [usize; 3] = match spec.color {
-        ColorOrder::Rgb => [0, 1, 2],
-        ColorOrder::Bgr => [2, 1, 0],
-    };
-    // Per output channel: value = pixel × a + b.
-    let mut a = [0f32; 3];
-    let mut b = [0f32; 3];
-    for c in 0..3 {
-        a[c] = spec.scale / spec.std[c];
-        b[c] = -spec.mean[c] / spec.std[c];
-    }
+    let Affine { order, a, b } = affine(spec);
     let cw = (src.width().saturating_sub(x0) as usize).min(w);
     let ch = (src.height().saturating_sub(y0) as usize).min(h);
     let stride = src.width() as usize * 3;

@@ -71,6 +71,30 @@ pub struct ModelSpec {
     /// Requests waiting beyond this are refused as overload.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// On CUDA: where images become the model's input. `auto` (default) uses the GPU kernels
+    /// and falls back to the CPU with a warning when NVRTC is missing; `gpu` refuses to load
+    /// without them; `cpu` always prepares on the CPU.
+    #[serde(default)]
+    pub preprocess: Preprocess,
+    /// Load on first use and unload after `idle_unload_s` without requests: for rarely used
+    /// stages. The file is still checked when the registry loads.
+    #[serde(default)]
+    pub lazy: bool,
+    #[serde(default = "default_idle_unload")]
+    pub idle_unload_s: u64,
+}
+
+fn default_idle_unload() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Preprocess {
+    #[default]
+    Auto,
+    Cpu,
+    Gpu,
 }
 
 fn one() -> usize {
@@ -330,6 +354,12 @@ impl ModelSpec {
         }
         if self.workers == 0 || self.threads == 0 || self.max_batch == 0 {
             return Err("workers, threads and max_batch must be at least 1".into());
+        }
+        if self.lazy && self.idle_unload_s == 0 {
+            return Err("idle_unload_s must be at least 1 with lazy = true".into());
+        }
+        if self.preprocess == Preprocess::Gpu && self.device == Device::Cpu {
+            return Err("preprocess = \"gpu\" needs device = \"cuda:N\"".into());
         }
         if (self.kind == ModelKind::Ocr) != self.ocr.is_some() {
             return Err("kind = \"ocr\" and an [ocr] table go together".into());

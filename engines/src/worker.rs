@@ -1,21 +1,24 @@
-//! One model session on its own thread, fed by the model's queue. The worker takes the first
-//! waiting job, gathers more until the batch is full, `max_delay_us` has passed or the earliest
-//! deadline in hand would be missed, and runs them as one batch.
+//! One model session on its own thread, fed by the model's queue, batching what waits there.
+//! On CUDA its inputs are prepared on the device (`gpu`), elsewhere on the CPU.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::classify::{probabilities, score};
 use crate::detect::{decode_yolox, nms, to_original, Detection};
+use crate::gpu::{GpuInput, GpuRunError};
+use crate::lifecycle::Engine;
 use crate::models::ModelStats;
 use crate::preprocess::{prepare, Prepared};
-use crate::spec::{ModelKind, ModelSpec};
-use crate::{EngineError, Image};
+use crate::session::{check_io, output_dim, session_on};
+use crate::spec::{Device, ModelKind, ModelSpec, Preprocess};
+use crate::{EngineError, Image, LoadError};
 
 /// What a job asks of its model.
 #[derive(Debug, Clone)]
@@ -59,66 +62,76 @@ pub struct Reply {
 }
 
 pub(crate) struct Worker {
-    pub session: Session,
-    pub head: Option<Arc<crate::head::Head>>,
-    pub spec: Arc<ModelSpec>,
-    pub input_name: String,
-    pub output_name: String,
-    pub stats: Arc<ModelStats>,
+    session: Session,
+    head: Option<Arc<crate::head::Head>>,
+    spec: Arc<ModelSpec>,
+    input_name: String,
+    output_name: String,
+    stats: Arc<ModelStats>,
+    /// Set when the session runs on CUDA and its inputs are prepared on the device.
+    gpu: Option<GpuInput>,
+    buf: Vec<f32>,
 }
 
 impl Worker {
-    pub fn run(mut self, rx: Receiver<Job>) {
-        let max_delay = Duration::from_micros(self.spec.max_delay_us);
-        let elems = 3 * (self.spec.input.width * self.spec.input.height) as usize;
-        let mut buf: Vec<f32> = Vec::with_capacity(elems * self.spec.max_batch);
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            let mut until = Instant::now() + max_delay;
-            while batch.len() < self.spec.max_batch {
-                until = until.min(batch.iter().map(|j| j.deadline).min().unwrap_or(until));
-                match rx.recv_deadline(until) {
-                    Ok(j) => batch.push(j),
-                    Err(_) => break,
-                }
-            }
-            self.stats.queued.fetch_sub(batch.len() as i64, Ordering::Relaxed);
-            let now = Instant::now();
-            let (live, late): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline > now);
-            for j in late {
-                self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                let _ = j.reply.send(Reply {
-                    output: Err(EngineError::DeadlineExceeded),
-                    compute: Duration::ZERO,
-                    queued: now - j.enqueued,
-                    batch: 0,
-                });
-            }
-            if !live.is_empty() {
-                self.run_batch(live, &mut buf, elems);
+    /// Opens the model's session, checks its inputs and outputs against the registry (and the
+    /// head), sets up GPU pre-processing on CUDA, and on CUDA warms every batch shape it will
+    /// run so the first requests pay no set-up.
+    pub fn open(env: &Environment, spec: &Arc<ModelSpec>, head: Option<Arc<crate::head::Head>>, stats: &Arc<ModelStats>) -> Result<Worker, LoadError> {
+        let (session, on) = session_on(env, spec, &spec.file)?;
+        let (input_name, output_name) = check_io(&session, spec)?;
+        if let (Some(h), Some(dim)) = (&head, output_dim(&session, &output_name)) {
+            if dim != h.input_dim {
+                return Err(LoadError::Spec { model: spec.name.clone(), reason: format!("head expects {} features; output {output_name} has {dim}", h.input_dim) });
             }
         }
+        let gpu = match (on, spec.preprocess) {
+            (Device::Cuda(id), Preprocess::Auto | Preprocess::Gpu) => match GpuInput::new(&session, id, spec, &input_name, &output_name) {
+                Ok(g) => Some(g),
+                Err(reason) if spec.preprocess == Preprocess::Gpu => {
+                    return Err(LoadError::Spec { model: spec.name.clone(), reason: format!("GPU pre-processing: {reason}") })
+                }
+                Err(reason) => {
+                    tracing::warn!(model = %spec.name, %reason, "GPU pre-processing unavailable; preparing inputs on the CPU");
+                    stats.prep_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut w = Worker { session, head, spec: spec.clone(), input_name, output_name, stats: stats.clone(), gpu, buf: Vec::new() };
+        if matches!(on, Device::Cuda(_)) {
+            w.warm_up()?;
+        }
+        Ok(w)
     }
 
-    fn run_batch(&mut self, jobs: Vec<Job>, buf: &mut Vec<f32>, elems: usize) {
+    fn warm_up(&mut self) -> Result<(), LoadError> {
+        let img = image::RgbImage::from_pixel(self.spec.input.width, self.spec.input.height, image::Rgb([128, 128, 128]));
+        // the shapes `run_batch` runs: powers of two below max_batch, and max_batch
+        let mut shapes: Vec<usize> = (0..usize::BITS).map(|k| 1usize << k).take_while(|r| *r < self.spec.max_batch).collect();
+        shapes.push(self.spec.max_batch);
+        for rows in shapes {
+            let imgs = vec![&img; rows];
+            self.forward(&imgs, rows).map_err(|e| LoadError::Spec { model: self.spec.name.clone(), reason: format!("warm-up run of batch {rows}: {e}") })?;
+        }
+        Ok(())
+    }
+
+    fn run_batch(&mut self, jobs: Vec<Job>) {
         let n = jobs.len();
         // On CUDA every new input shape costs (cuDNN algorithm choice, arena growth), and a
         // dynamic batcher makes every size from 1 to max_batch: round the batch up to a power
-        // of two (zero rows, outputs dropped) so only a handful of shapes ever run.
-        let run_n = match self.spec.device {
-            crate::spec::Device::Cuda(_) => n.next_power_of_two().min(self.spec.max_batch.max(n)),
-            crate::spec::Device::Cpu => n,
+        // of two (padding rows, outputs dropped) so only a handful of shapes ever run.
+        let rows = match self.spec.device {
+            Device::Cuda(_) => n.next_power_of_two().min(self.spec.max_batch.max(n)),
+            Device::Cpu => n,
         };
         // model time counts the model's own pre-processing as well as the session run
         let started = Instant::now();
-        buf.clear();
-        buf.resize(elems * run_n, 0.0);
-        let prepared: Vec<Prepared> = jobs
-            .iter()
-            .zip(buf.chunks_exact_mut(elems))
-            .map(|(j, slot)| prepare(j.input.image(), &self.spec.input, slot))
-            .collect();
-        let result = self.infer(buf, run_n, &jobs, &prepared);
+        let images: Vec<&image::RgbImage> = jobs.iter().map(|j| &**j.input.image()).collect();
+        let result = self.forward(&images, rows).and_then(|(shape, data, prepared)| self.outputs(&shape, &data, &jobs, &prepared));
+        drop(images);
         let compute = started.elapsed();
         self.stats.record(n, compute);
         match result {
@@ -138,32 +151,56 @@ impl Worker {
         }
     }
 
-    fn infer(&mut self, buf: &[f32], n: usize, jobs: &[Job], prepared: &[Prepared]) -> Result<Vec<Output>, EngineError> {
-        let spec = self.spec.clone();
-        let fail = |e: ort::Error| EngineError::Inference { model: spec.name.clone(), reason: e.to_string() };
-        let (h, w) = (spec.input.height as usize, spec.input.width as usize);
-        let tensor = TensorRef::from_array_view(([n, 3, h, w], buf)).map_err(fail)?;
+    /// Prepares `images` as a `rows`-row input (on the GPU when set up, else on the CPU) and
+    /// runs the session: the output's shape and values, and how each image maps back.
+    fn forward(&mut self, images: &[&image::RgbImage], rows: usize) -> Result<(Vec<i64>, Vec<f32>, Vec<Prepared>), EngineError> {
+        let name = &self.spec.name;
+        if let Some(g) = &mut self.gpu {
+            match g.run(&mut self.session, images, rows) {
+                Ok(out) => return Ok(out),
+                Err(GpuRunError::Run(reason)) => return Err(EngineError::Inference { model: name.clone(), reason }),
+                Err(GpuRunError::Prep(reason)) => {
+                    // e.g. a batch of huge images beyond the staging limit: this batch only
+                    tracing::warn!(model = %name, %reason, "GPU pre-processing refused a batch; preparing it on the CPU");
+                    self.stats.prep_fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let fail = |e: ort::Error| EngineError::Inference { model: name.clone(), reason: e.to_string() };
+        let (h, w) = (self.spec.input.height as usize, self.spec.input.width as usize);
+        let elems = 3 * h * w;
+        self.buf.clear();
+        self.buf.resize(elems * rows, 0.0);
+        let prepared: Vec<Prepared> = images.iter().zip(self.buf.chunks_exact_mut(elems)).map(|(img, slot)| prepare(img, &self.spec.input, slot)).collect();
+        let tensor = TensorRef::from_array_view(([rows, 3, h, w], &self.buf[..])).map_err(fail)?;
         let outputs = self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(fail)?;
         let (shape, data) = outputs[self.output_name.as_str()].try_extract_tensor::<f32>().map_err(fail)?;
+        Ok((shape.to_vec(), data.to_vec(), prepared))
+    }
+
+    /// Turns the batch's output rows into each job's result; padding rows are dropped.
+    fn outputs(&self, shape: &[i64], data: &[f32], jobs: &[Job], prepared: &[Prepared]) -> Result<Vec<Output>, EngineError> {
+        let spec = &self.spec;
+        let n = shape.first().copied().unwrap_or(0).max(0) as usize;
         let per = data.len() / n.max(1);
-        if shape.first().copied() != Some(n as i64) || per == 0 {
+        if n < jobs.len() || per == 0 {
             return Err(EngineError::Inference {
                 model: spec.name.clone(),
-                reason: format!("output {} has shape {shape:?} for a batch of {n}", self.output_name),
+                reason: format!("output {} has shape {shape:?} for a batch of {}", self.output_name, jobs.len()),
             });
         }
-        // padded rows (a CUDA batch rounded up) are dropped here
         let rows = data.chunks_exact(per).take(jobs.len());
         Ok(match spec.kind {
             ModelKind::Classifier => match &self.head {
-                Some(h) => rows.map(|r| classification(&spec, &h.forward(r))).collect(),
-                None => rows.map(|r| classification(&spec, r)).collect(),
+                Some(h) => rows.map(|r| classification(spec, &h.forward(r))).collect(),
+                None => rows.map(|r| classification(spec, r)).collect(),
             },
             ModelKind::Embedder => rows.map(|r| Output::Embedding(r.to_vec())).collect(),
             ModelKind::Ocr => return Err(EngineError::Inference { model: spec.name.clone(), reason: "OCR runs on its own worker".into() }),
             ModelKind::Detector => {
                 let width = shape.last().copied().unwrap_or(0) as usize;
-                rows.zip(jobs).zip(prepared)
+                rows.zip(jobs)
+                    .zip(prepared)
                     .map(|((r, j), p)| {
                         let min_conf = match &j.input {
                             JobInput::Detect(_, c) => *c,
@@ -186,6 +223,33 @@ impl Worker {
                     .collect()
             }
         })
+    }
+}
+
+impl Engine for Worker {
+    /// Takes `first`, gathers more until the batch is full, `max_delay_us` has passed or the
+    /// earliest deadline in hand would be missed, and runs them as one batch.
+    fn serve(&mut self, first: Job, rx: &Receiver<Job>) {
+        let max_delay = Duration::from_micros(self.spec.max_delay_us);
+        let mut batch = vec![first];
+        let mut until = Instant::now() + max_delay;
+        while batch.len() < self.spec.max_batch {
+            until = until.min(batch.iter().map(|j| j.deadline).min().unwrap_or(until));
+            match rx.recv_deadline(until) {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        self.stats.queued.fetch_sub(batch.len() as i64, Ordering::Relaxed);
+        let now = Instant::now();
+        let (live, late): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline > now);
+        for j in late {
+            self.stats.expired.fetch_add(1, Ordering::Relaxed);
+            let _ = j.reply.send(Reply { output: Err(EngineError::DeadlineExceeded), compute: Duration::ZERO, queued: now - j.enqueued, batch: 0 });
+        }
+        if !live.is_empty() {
+            self.run_batch(live);
+        }
     }
 }
 

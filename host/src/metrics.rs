@@ -189,13 +189,17 @@ fn render_models(o: &mut String, models: &Models) {
     let _ = writeln!(o, "cascade_model_cpu_fallbacks_total {}", cascade_engines::CPU_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed));
     use std::sync::atomic::Ordering::Relaxed;
     let rows: Vec<_> = models.stats().collect();
-    let series: [(&str, &str, &str); 6] = [
+    let series: [(&str, &str, &str); 10] = [
         ("cascade_model_runs_total", "counter", "Session runs (batches) per model."),
         ("cascade_model_items_total", "counter", "Images inferred per model."),
         ("cascade_model_busy_seconds_total", "counter", "Time spent in session runs per model."),
         ("cascade_model_failures_total", "counter", "Items whose run failed, per model."),
         ("cascade_model_expired_total", "counter", "Items dropped from the queue past their deadline."),
         ("cascade_model_queue_depth", "gauge", "Items waiting in the model's queue."),
+        ("cascade_model_gpu_memory_bytes", "gauge", "Device memory taken by the model's loaded sessions (measured at load, CUDA models)."),
+        ("cascade_model_loaded", "gauge", "Workers of the model with their sessions loaded (lazy models drop to 0 when idle)."),
+        ("cascade_model_loads_total", "counter", "Times a worker of the model loaded its sessions (lazy models reload on use)."),
+        ("cascade_model_cpu_preprocess_total", "counter", "CUDA models or batches whose inputs were prepared on the CPU instead of the GPU."),
     ];
     for (i, (name, kind, help)) in series.iter().enumerate() {
         head(o, name, kind, help);
@@ -206,7 +210,11 @@ fn render_models(o: &mut String, models: &Models) {
                 2 => s.busy_ns.load(Relaxed) as f64 / 1e9,
                 3 => s.failures.load(Relaxed) as f64,
                 4 => s.expired.load(Relaxed) as f64,
-                _ => s.queued.load(Relaxed).max(0) as f64,
+                5 => s.queued.load(Relaxed).max(0) as f64,
+                6 => s.gpu_bytes.load(Relaxed) as f64,
+                7 => s.loaded.load(Relaxed).max(0) as f64,
+                8 => s.loads.load(Relaxed) as f64,
+                _ => s.prep_fallbacks.load(Relaxed) as f64,
             };
             let _ = writeln!(o, "{name}{{model=\"{model}\"}} {v}");
         }

@@ -14,6 +14,7 @@ use image::RgbImage;
 use ort::session::Session;
 use ort::value::TensorRef;
 
+use crate::lifecycle::Engine;
 use crate::models::ModelStats;
 use crate::preprocess::prepare;
 use crate::spec::{ColorOrder, InputSpec, ModelSpec, OcrSpec, ResizeMode};
@@ -58,27 +59,27 @@ pub(crate) fn dictionary(meta: &str) -> Vec<String> {
     d
 }
 
-impl OcrWorker {
-    pub fn run(mut self, rx: Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
-            self.stats.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            let started = Instant::now();
-            let queued = started - job.enqueued;
-            if job.deadline <= started {
-                self.stats.expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _ = job.reply.send(Reply { output: Err(EngineError::DeadlineExceeded), compute: Duration::ZERO, queued, batch: 0 });
-                continue;
-            }
-            let r = self.read(job.input.image());
-            let compute = started.elapsed();
-            self.stats.record(1, compute);
-            if r.is_err() {
-                self.stats.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            let _ = job.reply.send(Reply { output: r.map(Output::TextLines), compute, queued, batch: 1 });
+impl Engine for OcrWorker {
+    fn serve(&mut self, job: Job, _rx: &Receiver<Job>) {
+        self.stats.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let queued = started - job.enqueued;
+        if job.deadline <= started {
+            self.stats.expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = job.reply.send(Reply { output: Err(EngineError::DeadlineExceeded), compute: Duration::ZERO, queued, batch: 0 });
+            return;
         }
+        let r = self.read(job.input.image());
+        let compute = started.elapsed();
+        self.stats.record(1, compute);
+        if r.is_err() {
+            self.stats.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = job.reply.send(Reply { output: r.map(Output::TextLines), compute, queued, batch: 1 });
     }
+}
 
+impl OcrWorker {
     fn ocr(&self) -> &OcrSpec {
         self.spec.ocr.as_ref().expect("checked at load: an OCR model has its [ocr] table")
     }

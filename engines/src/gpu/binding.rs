@@ -1,0 +1,79 @@
+//! A CUDA session fed straight by the GPU pre-processing. The input tensor is allocated by
+//! ONNX Runtime's CUDA allocator (one per batch size that runs, so ONNX Runtime owns it and
+//! binds it without a copy), filled by the kernel and bound with IoBinding; only the output,
+//! a few scores or a vector per image, comes back to the host.
+
+use std::collections::BTreeMap;
+
+use image::RgbImage;
+use ort::session::IoBinding;
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::Session;
+use ort::value::Tensor;
+
+use super::GpuPrep;
+use crate::preprocess::Prepared;
+use crate::spec::ModelSpec;
+
+pub(crate) struct GpuInput {
+    prep: GpuPrep,
+    alloc: Allocator,
+    tensors: BTreeMap<usize, Tensor<f32>>,
+    binding: IoBinding,
+    input: String,
+    output: String,
+    size: (usize, usize),
+}
+
+/// Why a GPU run failed: the pre-processing (the batch can still run through the CPU path) or
+/// the session itself.
+pub(crate) enum GpuRunError {
+    Prep(String),
+    Run(String),
+}
+
+/// What a run hands back: the output's shape and values, and how each image maps back.
+pub(crate) type GpuOutput = (Vec<i64>, Vec<f32>, Vec<Prepared>);
+
+impl GpuInput {
+    pub fn new(session: &Session, device: u32, spec: &ModelSpec, input: &str, output: &str) -> Result<GpuInput, String> {
+        let ctx = super::context(device)?;
+        let prep = GpuPrep::new(ctx, &spec.input, spec.max_batch)?;
+        let e = |e: ort::Error| e.to_string();
+        let mem = MemoryInfo::new(AllocationDevice::CUDA, device as i32, AllocatorType::Device, MemoryType::Default).map_err(e)?;
+        let alloc = Allocator::new(session, mem).map_err(|x| format!("CUDA allocator: {x}"))?;
+        let mut binding = session.create_binding().map_err(e)?;
+        let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default).map_err(e)?;
+        binding.bind_output_to_device(output, &host).map_err(e)?;
+        Ok(GpuInput {
+            prep,
+            alloc,
+            tensors: BTreeMap::new(),
+            binding,
+            input: input.to_string(),
+            output: output.to_string(),
+            size: (spec.input.height as usize, spec.input.width as usize),
+        })
+    }
+
+    /// Prepares `images` on the device into a `rows`-row input (rows ≥ images; extra rows are
+    /// padding whose outputs the caller drops) and runs the session on it.
+    pub fn run(&mut self, session: &mut Session, images: &[&RgbImage], rows: usize) -> Result<GpuOutput, GpuRunError> {
+        let run = |e: ort::Error| GpuRunError::Run(e.to_string());
+        let (h, w) = self.size;
+        let tensor = match self.tensors.entry(rows) {
+            std::collections::btree_map::Entry::Occupied(t) => t.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let mut t = Tensor::<f32>::new(&self.alloc, [rows, 3, h, w]).map_err(run)?;
+                // padding rows are never written by the kernel: start them at zero
+                self.prep.zero(t.data_ptr_mut() as u64, rows * 3 * h * w * 4).map_err(GpuRunError::Run)?;
+                v.insert(t)
+            }
+        };
+        let prepared = self.prep.run(images, tensor.data_ptr_mut() as u64).map_err(GpuRunError::Prep)?;
+        self.binding.bind_input(self.input.as_str(), &*tensor).map_err(run)?;
+        let outputs = session.run_binding(&self.binding).map_err(run)?;
+        let (shape, data) = outputs[self.output.as_str()].try_extract_tensor::<f32>().map_err(run)?;
+        Ok((shape.to_vec(), data.to_vec(), prepared))
+    }
+}

@@ -1,0 +1,40 @@
+//! What the engines do on an NVIDIA GPU besides ONNX Runtime's own work: pre-processing kernels
+//! (`prep`) and device memory figures. Everything here goes through `cudarc` with dynamic
+//! loading, and nothing is touched unless a model asks for `cuda:N`: the CPU build and CI never
+//! load a CUDA library. `cudarc` panics when the driver library is absent, so [`context`] checks
+//! first and turns every failure into an error.
+
+// The kernel launch, pinned host memory and raw device pointers shared with ONNX Runtime are
+// unsafe by nature; each use says why it holds.
+#![allow(unsafe_code)]
+
+mod binding;
+mod prep;
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaContext;
+
+pub(crate) use binding::{GpuInput, GpuRunError};
+pub(crate) use prep::GpuPrep;
+
+/// The primary context of device `ordinal` (the one ONNX Runtime's CUDA provider also uses),
+/// or why there is none.
+pub(crate) fn context(ordinal: u32) -> Result<Arc<CudaContext>, String> {
+    // SAFETY: only probes whether the driver library can be opened.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("the CUDA driver library (libcuda.so) is not installed".into());
+    }
+    cudarc::driver::result::init().map_err(|e| format!("cuInit: {e}"))?;
+    let count = CudaContext::device_count().map_err(|e| format!("device count: {e}"))?;
+    if ordinal as i32 >= count {
+        return Err(format!("device cuda:{ordinal} does not exist ({count} device(s))"));
+    }
+    CudaContext::new(ordinal as usize).map_err(|e| format!("cuda:{ordinal}: {e}"))
+}
+
+/// Device memory in use on the context's device (total − free), in bytes.
+pub(crate) fn used_bytes(ctx: &CudaContext) -> Option<u64> {
+    let (free, total) = ctx.mem_get_info().ok()?;
+    Some(total.saturating_sub(free) as u64)
+}

@@ -1,0 +1,133 @@
+//! Batched pre-processing on the GPU: decoded 8-bit RGB images are packed into pinned host
+//! memory behind a small table of their geometry, uploaded with one copy, and one kernel
+//! launch writes the whole batch (resize, crop or letterbox, colour order, normalisation, NCHW)
+//! into the model's input tensor, which lives on the device and is bound to the session.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice, PushKernelArg};
+use image::RgbImage;
+
+use crate::preprocess::{affine, geometry, pad_values, Prepared};
+use crate::spec::InputSpec;
+
+const KERNEL: &str = include_str!("prep.cu");
+/// Bytes of geometry per image: 8 × i64.
+const ITEM: usize = 64;
+/// A batch whose pixels need more staging than this is prepared on the CPU instead.
+const MAX_STAGING: usize = 1 << 30;
+
+pub(crate) struct GpuPrep {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    func: CudaFunction,
+    /// Table of geometry, then the images' pixels; write-combined pinned memory.
+    staging: PinnedHostSlice<u8>,
+    device: CudaSlice<u8>,
+    /// Byte offset of the pixels in `staging` / `device`.
+    header: usize,
+    spec: InputSpec,
+}
+
+impl GpuPrep {
+    /// Compiles the kernel for the device (NVRTC) and allocates staging for `max_batch` images.
+    pub fn new(ctx: Arc<CudaContext>, spec: &InputSpec, max_batch: usize) -> Result<GpuPrep, String> {
+        let (major, minor) = ctx.compute_capability().map_err(|e| format!("compute capability: {e}"))?;
+        // SAFETY: only probes whether the NVRTC library can be opened.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err("NVRTC (libnvrtc.so) is not installed; add the CUDA toolkit's lib64 to LD_LIBRARY_PATH".into());
+        }
+        let opts = cudarc::nvrtc::CompileOptions {
+            options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+            name: Some("prep.cu".into()),
+            ..Default::default()
+        };
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(KERNEL, opts).map_err(|e| format!("NVRTC: {e}"))?;
+        let module = ctx.load_module(ptx).map_err(|e| format!("loading the kernel: {e}"))?;
+        let func = module.load_function("prep_nchw_f32").map_err(|e| format!("kernel prep_nchw_f32: {e}"))?;
+        let stream = ctx.new_stream().map_err(|e| format!("stream: {e}"))?;
+        let header = (max_batch.next_power_of_two() * ITEM).next_multiple_of(256);
+        let bytes = header + max_batch * 3 * (spec.width * spec.height) as usize * 2;
+        let (staging, device) = alloc(&ctx, &stream, bytes)?;
+        Ok(GpuPrep { ctx, stream, func, staging, device, header, spec: spec.clone() })
+    }
+
+    /// Writes the model input for `images` into the first `images.len()` rows of the device
+    /// tensor at `out` (f32, [rows, 3, H, W], at least `images.len()` rows), and waits until it
+    /// is there. Returns how each image maps back, as the CPU path does.
+    pub fn run(&mut self, images: &[&RgbImage], out: u64) -> Result<Vec<Prepared>, String> {
+        let n = images.len();
+        if n * ITEM > self.header {
+            return Err(format!("batch of {n} exceeds the staging table"));
+        }
+        let pixels: usize = images.iter().map(|i| i.as_raw().len().next_multiple_of(16)).sum();
+        let total = self.header + pixels;
+        if total > MAX_STAGING {
+            return Err(format!("a batch of {} MiB of pixels exceeds the GPU staging limit", pixels >> 20));
+        }
+        if total > self.staging.len() {
+            (self.staging, self.device) = alloc(&self.ctx, &self.stream, total.next_power_of_two().min(MAX_STAGING))?;
+        }
+        let host = self.staging.as_mut_slice().map_err(|e| format!("staging: {e}"))?;
+        let mut prepared = Vec::with_capacity(n);
+        let mut at = self.header;
+        for (k, img) in images.iter().enumerate() {
+            let g = geometry(img.width(), img.height(), &self.spec);
+            let raw = img.as_raw();
+            host[at..at + raw.len()].copy_from_slice(raw);
+            let item = [(at - self.header) as i64, img.width().max(1) as i64, img.height().max(1) as i64, g.nw as i64, g.nh as i64, g.x0 as i64, g.y0 as i64, 0];
+            for (f, v) in item.iter().enumerate() {
+                host[k * ITEM + f * 8..k * ITEM + f * 8 + 8].copy_from_slice(&v.to_le_bytes());
+            }
+            prepared.push(g.prepared);
+            at += raw.len().next_multiple_of(16);
+        }
+        let mut dst = self.device.slice_mut(..total);
+        self.stream.memcpy_htod(&host[..total], &mut dst).map_err(|e| format!("upload: {e}"))?;
+        let (base, _sync) = self.device.device_ptr(&self.stream);
+        let (items, src) = (base, base + self.header as u64);
+        let f = affine(&self.spec);
+        let pad = pad_values(&self.spec);
+        let (w, h, nb) = (self.spec.width as i32, self.spec.height as i32, n as i32);
+        let order = f.order.map(|c| c as i32);
+        let cfg = LaunchConfig { grid_dim: ((w as u32).div_ceil(16), (h as u32).div_ceil(16), n as u32), block_dim: (16, 16, 1), shared_mem_bytes: 0 };
+        let mut launch = self.stream.launch_builder(&self.func);
+        launch.arg(&src).arg(&items).arg(&out).arg(&w).arg(&h).arg(&nb);
+        for v in &f.a {
+            launch.arg(v);
+        }
+        for v in &f.b {
+            launch.arg(v);
+        }
+        for v in &order {
+            launch.arg(v);
+        }
+        for v in &pad {
+            launch.arg(v);
+        }
+        // SAFETY: the argument list matches prep_nchw_f32's parameters one for one; `src` and
+        // `items` lie inside `device`, which was just filled; `out` is a device tensor of at
+        // least n × 3 × H × W f32 (the caller's contract), and every thread writes only inside
+        // its own image's rows because the grid is bounded by W, H and n.
+        unsafe { launch.launch(cfg) }.map_err(|e| format!("kernel launch: {e}"))?;
+        self.stream.synchronize().map_err(|e| format!("kernel: {e}"))?;
+        Ok(prepared)
+    }
+}
+
+impl GpuPrep {
+    /// Sets `bytes` of device memory at `ptr` to zero.
+    pub fn zero(&self, ptr: u64, bytes: usize) -> Result<(), String> {
+        self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+        // SAFETY: the caller passes a live device allocation of at least `bytes` bytes.
+        unsafe { cudarc::driver::result::memset_d8_sync(ptr, 0, bytes) }.map_err(|e| format!("memset: {e}"))
+    }
+}
+
+fn alloc(ctx: &Arc<CudaContext>, stream: &Arc<CudaStream>, bytes: usize) -> Result<(PinnedHostSlice<u8>, CudaSlice<u8>), String> {
+    // SAFETY: both buffers are written (staging by `run`, the device copy by the upload) before
+    // anything reads them.
+    let staging = unsafe { ctx.alloc_pinned::<u8>(bytes) }.map_err(|e| format!("pinned host memory ({bytes} B): {e}"))?;
+    let device = unsafe { stream.alloc::<u8>(bytes) }.map_err(|e| format!("device memory ({bytes} B): {e}"))?;
+    Ok((staging, device))
+}

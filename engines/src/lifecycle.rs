@@ -1,0 +1,132 @@
+//! A model worker's life on its thread: opened at start (or, for `lazy` models, on the first
+//! request), serving its queue, and for lazy models unloaded again after `idle_unload_s`
+//! without work. Opening happens on the worker's own thread, so sessions and device buffers
+//! never cross threads; the loader learns the outcome through a channel. Device memory taken
+//! by each open is measured and kept in the model's stats while it stays loaded.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::models::ModelStats;
+use crate::spec::{Device, ModelSpec};
+use crate::worker::{Job, Reply};
+use crate::{EngineError, LoadError};
+
+/// A model's sessions on one worker thread.
+pub(crate) trait Engine {
+    /// Serves `first` and whatever the engine batches with it from `rx`.
+    fn serve(&mut self, first: Job, rx: &Receiver<Job>);
+}
+
+/// Starts worker `i` of a model. A model that is not lazy is opened before this returns and
+/// its error is returned; a lazy one is opened once here to check it (worker 0 only), then
+/// dropped until work arrives.
+pub(crate) fn spawn<E, F>(spec: &Arc<ModelSpec>, stats: &Arc<ModelStats>, rx: Receiver<Job>, i: usize, open: F) -> Result<(), LoadError>
+where
+    E: Engine + 'static,
+    F: Fn() -> Result<E, LoadError> + Send + 'static,
+{
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), LoadError>>(1);
+    let (spec2, stats2) = (spec.clone(), stats.clone());
+    std::thread::Builder::new()
+        .name(format!("model-{}-{i}", spec.name))
+        .spawn(move || {
+            let first = if spec2.lazy {
+                let checked = if i == 0 { open().map(drop) } else { Ok(()) };
+                let ok = checked.is_ok();
+                let _ = ready_tx.send(checked);
+                if !ok {
+                    return;
+                }
+                None
+            } else {
+                match open_measured(&spec2, &stats2, &open) {
+                    Ok(l) => {
+                        let _ = ready_tx.send(Ok(()));
+                        Some(l)
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                }
+            };
+            run(rx, &spec2, &stats2, first, &open);
+        })
+        .map_err(|e| LoadError::Spec { model: spec.name.clone(), reason: format!("worker thread: {e}") })?;
+    ready_rx.recv().unwrap_or_else(|_| Err(LoadError::Spec { model: spec.name.clone(), reason: "worker thread ended while loading".into() }))
+}
+
+struct Loaded<E> {
+    engine: E,
+    gpu_bytes: u64,
+}
+
+/// Opens the engine and records it as loaded, with the device memory the open took (for CUDA
+/// models; other processes or models loading at the same moment blur the figure).
+fn open_measured<E>(spec: &ModelSpec, stats: &ModelStats, open: &impl Fn() -> Result<E, LoadError>) -> Result<Loaded<E>, LoadError> {
+    let ctx = match spec.device {
+        Device::Cuda(id) => crate::gpu::context(id).ok(),
+        Device::Cpu => None,
+    };
+    let before = ctx.as_deref().and_then(crate::gpu::used_bytes);
+    let started = Instant::now();
+    let engine = open()?;
+    let after = ctx.as_deref().and_then(crate::gpu::used_bytes);
+    let gpu_bytes = match (before, after) {
+        (Some(b), Some(a)) => a.saturating_sub(b),
+        _ => 0,
+    };
+    stats.gpu_bytes.fetch_add(gpu_bytes, Ordering::Relaxed);
+    stats.loaded.fetch_add(1, Ordering::Relaxed);
+    stats.loads.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(model = %spec.name, device = %spec.device, gpu_mib = gpu_bytes >> 20, ms = started.elapsed().as_millis() as u64, "model loaded");
+    Ok(Loaded { engine, gpu_bytes })
+}
+
+fn run<E: Engine>(rx: Receiver<Job>, spec: &ModelSpec, stats: &ModelStats, mut loaded: Option<Loaded<E>>, open: &impl Fn() -> Result<E, LoadError>) {
+    let idle = Duration::from_secs(spec.idle_unload_s);
+    loop {
+        let job = match (&loaded, spec.lazy) {
+            (Some(_), true) => match rx.recv_timeout(idle) {
+                Ok(j) => j,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(l) = loaded.take() {
+                        stats.gpu_bytes.fetch_sub(l.gpu_bytes, Ordering::Relaxed);
+                        stats.loaded.fetch_sub(1, Ordering::Relaxed);
+                        tracing::info!(model = %spec.name, idle_s = spec.idle_unload_s, "lazy model unloaded after idling");
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+            _ => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            },
+        };
+        if loaded.is_none() {
+            match open_measured(spec, stats, open) {
+                Ok(l) => loaded = Some(l),
+                Err(e) => {
+                    tracing::error!(model = %spec.name, error = %e, "lazy model failed to load");
+                    stats.queued.fetch_sub(1, Ordering::Relaxed);
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!("loading: {e}");
+                    let _ = job.reply.send(Reply { output: Err(EngineError::Inference { model: spec.name.clone(), reason }), compute: Duration::ZERO, queued: job.enqueued.elapsed(), batch: 0 });
+                    continue;
+                }
+            }
+        }
+        if let Some(l) = loaded.as_mut() {
+            l.engine.serve(job, &rx);
+        }
+    }
+    if let Some(l) = loaded {
+        stats.gpu_bytes.fetch_sub(l.gpu_bytes, Ordering::Relaxed);
+        stats.loaded.fetch_sub(1, Ordering::Relaxed);
+    }
+}

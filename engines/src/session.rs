@@ -1,0 +1,103 @@
+//! ONNX Runtime sessions as the registry describes them: the device and its execution
+//! provider, and the load-time checks of a model's inputs and outputs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+
+use crate::spec::{Device, ModelSpec};
+use crate::LoadError;
+
+pub(crate) fn session(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Session, LoadError> {
+    session_for(env, spec, &spec.file)
+}
+
+pub(crate) fn session_for(env: &ort::environment::Environment, spec: &ModelSpec, file: &std::path::Path) -> Result<Session, LoadError> {
+    session_on(env, spec, file).map(|(s, _)| s)
+}
+
+/// A session and the device it actually runs on (the CPU after a `cpu_fallback`).
+pub(crate) fn session_on(env: &ort::environment::Environment, spec: &ModelSpec, file: &std::path::Path) -> Result<(Session, Device), LoadError> {
+    let err = |reason: String| LoadError::Session { model: spec.name.clone(), file: file.to_path_buf(), reason };
+    if !file.exists() {
+        return Err(LoadError::Missing { model: spec.name.clone(), file: file.to_path_buf() });
+    }
+    let builder = Session::builder(env)
+        .map_err(|e| err(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| err(e.to_string()))?
+        .with_intra_threads(spec.threads)
+        .map_err(|e| err(e.to_string()))?;
+    let mut on = spec.device;
+    let mut builder = match spec.device {
+        Device::Cpu => builder,
+        Device::Cuda(id) => {
+            // fail loudly: without `error_on_failure` ONNX Runtime quietly runs on the CPU
+            // Heuristic cuDNN algorithm choice: the exhaustive default benchmarks every new input
+            // shape, and batches of varying size and OCR crops of varying width are all new
+            // shapes — under load that search, not the model, was the time.
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(id as i32)
+                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
+                .build()
+                .error_on_failure();
+            match builder.with_execution_providers([cuda]) {
+                Ok(b) => b,
+                Err(e) if spec.cpu_fallback => {
+                    tracing::warn!(model = %spec.name, device = %spec.device, error = %e, "CUDA unavailable; running on the CPU (cpu_fallback)");
+                    CPU_FALLBACKS.fetch_add(1, Ordering::Relaxed);
+                    on = Device::Cpu;
+                    e.recover()
+                }
+                Err(e) => {
+                    return Err(LoadError::Spec {
+                        model: spec.name.clone(),
+                        reason: format!("asks for device {} but CUDA cannot be used here: {e} (set cpu_fallback = true to run on the CPU instead)", spec.device),
+                    })
+                }
+            }
+        }
+    };
+    let session = builder.commit_from_file(file).map_err(|e| err(e.to_string()))?;
+    Ok((session, on))
+}
+
+/// Models that asked for CUDA and run on the CPU instead (`cpu_fallback`).
+pub static CPU_FALLBACKS: AtomicU64 = AtomicU64::new(0);
+
+/// The static size of an output's last dimension.
+pub(crate) fn output_dim(session: &Session, name: &str) -> Option<usize> {
+    let o = session.outputs().iter().find(|o| o.name() == name)?;
+    o.dtype().tensor_shape()?.last().filter(|d| **d > 0).map(|d| *d as usize)
+}
+
+/// Checks at load what would otherwise fail on the first request: one image input of the
+/// configured size, and the output to read.
+pub(crate) fn check_io(session: &Session, spec: &ModelSpec) -> Result<(String, String), LoadError> {
+    let err = |reason: String| LoadError::Spec { model: spec.name.clone(), reason };
+    let [input] = session.inputs() else {
+        return Err(err(format!("expected one input, the model has {}", session.inputs().len())));
+    };
+    if let Some(shape) = input.dtype().tensor_shape() {
+        let want = [3, spec.input.height as i64, spec.input.width as i64];
+        if shape.len() != 4 || shape[1..].iter().zip(want).any(|(&d, w)| d > 0 && d != w) {
+            return Err(err(format!("expected input [N, 3, {}, {}] (the registry's size); found {} with shape {:?}", want[1], want[2], input.name(), &shape[..])));
+        }
+        if shape[0] > 0 && (shape[0] as usize) < spec.max_batch {
+            return Err(err(format!("input batch dimension is fixed at {}; max_batch {} is too large", shape[0], spec.max_batch)));
+        }
+    }
+    let output = match &spec.output {
+        Some(name) => session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == name)
+            .ok_or_else(|| {
+                let found: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+                err(format!("expected an output named {name}; the model has {found:?}"))
+            })?,
+        None => session.outputs().first().ok_or_else(|| err("the model has no output".into()))?,
+    };
+    Ok((input.name().to_string(), output.name().to_string()))
+}
