@@ -19,6 +19,7 @@ mod worker;
 
 pub use detect::{nms, Detection};
 pub use error::{EngineError, LoadError};
+pub use gpu::prepare_on_gpu;
 pub use models::{ModelStats, Models};
 pub use session::CPU_FALLBACKS;
 pub use ocr::TextLine;

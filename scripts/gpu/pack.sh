@@ -7,7 +7,26 @@ cargo build --quiet --release --bin cascade -p cascade-host
 cargo build --quiet --release --bin gpu-bench -p cascade-bench
 w=$(mktemp -d)
 trap 'rm -rf "$w"' EXIT
-mkdir -p "$w/bin" "$w/models/ocr"
+mkdir -p "$w/bin" "$w/models/ocr" "$w/validator" "$w/photos"
+# 64 validator-style JPEGs of dev images (centre crop, 224x224, quality 75) for the end-to-end
+# load, and a few dev photos at their own sizes for the GPU vs CPU pre-processing check; they
+# travel with the pack only, never into the repository
+.venv/bin/python - ../shared/data/roadwork-dev "$w" <<'PY'
+import csv, os, random, sys
+from PIL import Image
+root, out = sys.argv[1], sys.argv[2]
+rows = list(csv.DictReader(open(os.path.join(root, "manifest.csv"))))
+random.Random(7).shuffle(rows)
+for i, r in enumerate(rows[:64]):
+    im = Image.open(os.path.join(root, r["path"])).convert("RGB")
+    s = min(im.size)
+    l, t = (im.width - s) // 2, (im.height - s) // 2
+    im.crop((l, t, l + s, t + s)).resize((224, 224), Image.BICUBIC).save(f"{out}/validator/{i:02d}.jpg", quality=75)
+big = sorted(rows, key=lambda r: -int(r["width"]) * int(r["height"]))
+for i, r in enumerate(big[:3] + rows[64:67]):
+    Image.open(os.path.join(root, r["path"])).convert("RGB").save(f"{out}/photos/{i}.png")
+PY
+cp policies/heads/roadwork.json ../shared/models/yolox_nano/yolox_nano.onnx "$w/models/"
 strip -o "$w/bin/cascade" target/release/cascade
 strip -o "$w/bin/gpu-bench" target/release/gpu-bench
 cp -r target/components "$w/components"

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine after `bash .ortgpu/p4/unpack` (see ../shared/docs/GPU.md), with
-# target/gpu-pack.tar.xz carried (scripts/gpu/pack.sh): CUDA vs CPU agreement on the default
-# models and a ViT-B/16, model-only throughput at batch 1/8/64 against PyTorch eager and
-# torch.compile, and the accuracy policy's latency on GPU vs CPU. Results go to $OUT.
+# target/gpu-pack.tar.xz carried (scripts/gpu/pack.sh). Steps (STEPS=a,b,… runs a subset):
+#   torch   export ViT-B/16 and time the PyTorch peers (eager fp32/fp16, torch.compile fp16)
+#   agree   CUDA vs CPU agreement of the models; GPU vs CPU pre-processing agreement
+#   engine  model-only throughput through the engine at batch 1/8/64
+#   e2e     JPEG bytes → score under load: cascade (in process and over HTTP) vs the Python
+#           miner pipeline (PIL/torchvision workers + PyTorch fp16), closed and open loop
+#   serve   the accuracy policy's single-request latency on GPU vs CPU; /metrics (memory,
+#           batch sizes) of a loaded CUDA server
+# Results go to $OUT. Exits non-zero when an agreement check fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 OUT=${OUT:-/tmp/gpu-out}
-STEPS=${STEPS:-torch,agree,engine,e2e}   # a subset re-runs a part
+STEPS=${STEPS:-torch,agree,engine,e2e,serve}   # a subset re-runs a part
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
 P=/tmp/gpu
 rm -rf "$P" && mkdir -p "$P" "$OUT"
@@ -56,6 +62,16 @@ max_delay_us = 3000
 threads = 4
 
 [[model]]
+name = "detector"
+kind = "detector"
+file = "$m/yolox_nano.onnx"
+labels_file = "$PWD/policies/coco_labels.txt"
+input = { width = 416, height = 416, color = "bgr", scale = 1.0, resize = "letterbox", pad = 114.0 }
+device = "$dev"
+max_batch = 16
+max_delay_us = 2000
+
+[[model]]
 name = "ocr"
 kind = "ocr"
 file = "$m/ocr/ch_PP-OCRv4_det_infer.onnx"
@@ -69,10 +85,23 @@ for dev in cpu cuda:0; do
   mkdir -p "$d"
   registry "$dev" > "$d/models.toml"
   for hk in speed accuracy; do cp "policies/$hk.toml" "$d/"; done
+  cat > "$d/rw.toml" <<'TOML'
+# one classifier stage: the end-to-end load's policy
+name = "rw"
+fallback = 0.5
+budget_ms = 8000
+[router]
+component = "cascade-router@^1"
+[[router.params.stages]]
+name = "classifier"
+classify = ["roadwork"]
+on_error = "fail"
+TOML
 done
+fail=0
 
 echo "== CUDA vs CPU agreement"
-step agree && for m in roadwork vit ocr; do
+step agree && for m in roadwork vit detector ocr; do
   for dev in cpu cuda; do
     "$P/bin/cascade" infer --policies "$P/pol-$dev" --model "$m" --repeat 3 "$P"/test-images/*.jpg > "$OUT/infer-$m-$dev.jsonl"
   done
@@ -80,10 +109,13 @@ done
 step agree && python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
-for m in ("roadwork", "vit", "ocr"):
+for m in ("roadwork", "vit", "detector", "ocr"):
     cpu = [json.loads(l) for l in open(f"{out}/infer-{m}-cpu.jsonl")]
     gpu = [json.loads(l) for l in open(f"{out}/infer-{m}-cuda.jsonl")]
-    if m == "ocr":
+    if m == "detector":
+        same = sum([d["label"] for d in a["result"]] == [d["label"] for d in b["result"]] for a, b in zip(cpu, gpu))
+        print(f"{m}: same labels on {same}/{len(cpu)}")
+    elif m == "ocr":
         same = sum(" ".join(x["text"] for x in a["result"]) == " ".join(x["text"] for x in b["result"]) for a, b in zip(cpu, gpu))
         print(f"{m}: same text on {same}/{len(cpu)}; median ms cpu {sorted(a['ms'] for a in cpu)[len(cpu)//2]:.1f} cuda {sorted(b['ms'] for b in gpu)[len(gpu)//2]:.1f}")
     else:
@@ -91,20 +123,74 @@ for m in ("roadwork", "vit", "ocr"):
         print(f"{m}: max |score cpu - score cuda| = {d:.2e}; median ms cpu {sorted(a['ms'] for a in cpu)[len(cpu)//2]:.2f} cuda {sorted(b['ms'] for b in gpu)[len(gpu)//2]:.2f}")
 PY
 
+echo "== GPU vs CPU pre-processing (the same images, each model's input spec)"
+if step agree; then
+  for m in roadwork vit detector; do
+    "$P/bin/gpu-bench" prep "$P/pol-cuda" "$m" "$P"/photos/*.png "$P"/validator/0*.jpg | tee -a "$OUT/prep.jsonl"
+  done
+  # tolerance: 1 level of 8 bits (float vs fixed-point filter weights may round one way or the other)
+  python3 - "$OUT/prep.jsonl" <<'PY' || fail=1
+import json, sys
+bad = [r for r in map(json.loads, open(sys.argv[1])) if r["max_levels"] > 1.01]
+for r in bad: print("FAIL: GPU pre-processing differs by more than one level:", r)
+sys.exit(1 if bad else 0)
+PY
+fi
+
 echo "== model-only throughput through the engine"
 if step engine; then
   for m in vit roadwork; do
-    "$P/bin/gpu-bench" "$P/pol-cuda" "$m" 1,8,64 4
+    "$P/bin/gpu-bench" model "$P/pol-cuda" "$m" 1,8,64 4
   done
-  "$P/bin/gpu-bench" "$P/pol-cpu" vit 1,8 3
+  "$P/bin/gpu-bench" model "$P/pol-cpu" vit 1,8 3
+fi
+
+serve() {  # DEV -> sets $pid and $url
+  "$P/bin/cascade" serve --listen 127.0.0.1:0 --policies "$P/pol-$1" --components "$P/components" --no-watch > "$OUT/serve-$1.out" 2> "$OUT/serve-$1.log" &
+  pid=$!
+  for _ in $(seq 300); do grep -q listening "$OUT/serve-$1.out" 2>/dev/null && break; sleep 0.2; done
+  url=$(sed -n 's/^listening on //p' "$OUT/serve-$1.out" | head -1)
+}
+
+echo "== end to end under load: JPEG bytes -> score"
+if step e2e; then
+  E="$OUT/e2e.jsonl"
+  : > "$E"
+  peer() { python3 scripts/gpu/miner_peer.py --onnx "$P/models/efficientnet_lite0.onnx" --head "$P/models/roadwork.json" --jpegs "$P/validator" --seconds 8 "$@" | tee -a "$E"; }
+  python3 scripts/gpu/miner_peer.py --onnx "$P/models/efficientnet_lite0.onnx" --head "$P/models/roadwork.json" --jpegs "$P/validator" --scores > "$OUT/peer-scores.json"
+  "$P/bin/cascade" infer --policies "$P/pol-cuda" --model roadwork "$P"/validator/*.jpg > "$OUT/cascade-scores.jsonl"
+  python3 - "$OUT/peer-scores.json" "$OUT/cascade-scores.jsonl" <<'PY'
+import json, os, sys
+peer = json.load(open(sys.argv[1]))
+ours = {os.path.basename(r["image"]): r["result"]["score"] for r in map(json.loads, open(sys.argv[2]))}
+d = max(abs(peer[k] - ours[k]) for k in peer)
+print(f"the peer computes cascade's model: max |score torch fp16 - score cascade| = {d:.2e} over {len(peer)} images")
+PY
+  for w in 8 16; do for c in 64 256; do peer --model roadwork --workers $w --concurrency $c; done; done
+  for c in 64 256; do "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork "$P/validator" $c 8 | tee -a "$E"; done
+  serve cuda
+  for c in 64 256; do "$P/bin/gpu-bench" http "$url/v1/predict/rw" "$P/validator" $c 8 | tee -a "$E"; done
+  python3 -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1] + '/metrics').read().decode())" "$url" | grep -E '^cascade_model_(runs|items|gpu_memory_bytes|loaded|cpu_preprocess)' | tee "$OUT/metrics-under-load.txt" || true
+  kill $pid; wait $pid 2>/dev/null || true
+  # equal load: both at half the peer's best closed-loop rate
+  rate=$(python3 -c "import json,sys; print(int(0.5*max(r['rps'] for r in map(json.loads, open(sys.argv[1])) if r['side'].startswith('python'))))" "$E")
+  peer --model roadwork --workers 16 --rate "$rate" --concurrency 0
+  "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork "$P/validator" 256 8 "$rate" | tee -a "$E"
+  peer --model vit --workers 16 --concurrency 256
+  "$P/bin/gpu-bench" e2e "$P/pol-cuda" vit "$P/validator" 256 8 | tee -a "$E"
+  python3 - "$E" <<'PY'
+import json, sys
+print("| side | model | load | images/s | p50 ms | p99 ms | errors |")
+print("|---|---|---|---|---|---|---|")
+for r in map(json.loads, open(sys.argv[1])):
+    load = f"closed, {r['concurrency']} in flight" if r["mode"] == "closed" else f"open, {r['rate']:.0f}/s"
+    print(f"| {r['side']} | {r['model']} | {load} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+PY
 fi
 
 echo "== accuracy policy, single requests, GPU vs CPU"
-step e2e && for dev in cpu cuda; do
-  "$P/bin/cascade" serve --listen 127.0.0.1:0 --policies "$P/pol-$dev" --components "$P/components" --no-watch > "$OUT/serve-$dev.out" 2> "$OUT/serve-$dev.log" &
-  pid=$!
-  for _ in $(seq 100); do grep -q listening "$OUT/serve-$dev.out" 2>/dev/null && break; sleep 0.2; done
-  url=$(sed -n 's/^listening on //p' "$OUT/serve-$dev.out" | head -1)
+step serve && for dev in cpu cuda; do
+  serve "$dev"
   python3 - "$url" "$dev" "$P/test-images" <<'PY'
 import glob, sys, time, urllib.request, concurrent.futures as cf
 url, dev, d = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -124,3 +210,4 @@ print(f"accuracy on {dev}: single-request p50 {lat[100]:.1f} ms p99 {lat[197]:.1
 PY
   kill $pid
 done
+exit $fail

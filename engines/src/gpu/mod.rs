@@ -38,3 +38,25 @@ pub(crate) fn used_bytes(ctx: &CudaContext) -> Option<u64> {
     let (free, total) = ctx.mem_get_info().ok()?;
     Some(total.saturating_sub(free) as u64)
 }
+
+/// Runs the GPU pre-processing kernel on `images` and reads the input back to the host
+/// (`images.len() × 3 × H × W` values), with the time the device part took: for checking it
+/// against [`crate::prepare`] and timing it on a GPU machine. Not a serving path.
+pub fn prepare_on_gpu(device: u32, spec: &crate::InputSpec, images: &[&image::RgbImage]) -> Result<(Vec<f32>, std::time::Duration), String> {
+    let ctx = context(device)?;
+    let mut prep = GpuPrep::new(ctx.clone(), spec, images.len().max(1))?;
+    let stream = ctx.default_stream();
+    let len = images.len() * 3 * (spec.width * spec.height) as usize;
+    let out = stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| format!("device memory: {e}"))?;
+    let ptr = {
+        use cudarc::driver::DevicePtr;
+        let (p, _sync) = out.device_ptr(&stream);
+        p
+    };
+    prep.run(images, ptr)?; // first run compiles nothing further but pages the buffers in
+    let started = std::time::Instant::now();
+    prep.run(images, ptr)?;
+    let took = started.elapsed();
+    let host = stream.clone_dtoh(&out).map_err(|e| format!("read back: {e}"))?;
+    Ok((host[..len].to_vec(), took))
+}

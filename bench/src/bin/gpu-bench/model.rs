@@ -1,24 +1,19 @@
 //! Model-only throughput of a registry model through the engine (its worker queue, batching,
-//! pre-processing of already-sized 224×224 inputs, the session on its device): batches of 1, 8
-//! and 64 submitted at once, images/s from the model time the engine reports.
-//! Usage: gpu-bench POLICIES_DIR MODEL [BATCHES=1,8,64] [SECONDS=5]
+//! pre-processing of already-sized inputs, the session on its device): batches of 1, 8 and 64
+//! submitted at once, images/s from the model time the engine reports.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_engines::{JobInput, Models, Registry};
+use cascade_engines::JobInput;
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() >= 3, "usage: gpu-bench POLICIES_DIR MODEL [BATCHES] [SECONDS]");
-    let reg = Registry::load(&std::path::Path::new(&args[1]).join("models.toml"))?;
-    let model = &args[2];
-    let batches: Vec<usize> = args.get(3).map(|s| s.split(',').filter_map(|b| b.parse().ok()).collect()).unwrap_or(vec![1, 8, 64]);
-    let seconds: f64 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(5.0);
-    let mut reg = reg;
-    reg.models.retain(|m| &m.name == model);
-    let spec = reg.models.first().ok_or_else(|| anyhow::anyhow!("no model {model}"))?.clone();
-    let models = Models::load(&reg, &cascade_engines::runtime_library()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+/// args: POLICIES_DIR MODEL [BATCHES=1,8,64] [SECONDS=5]
+pub fn main(args: &[String]) -> anyhow::Result<()> {
+    anyhow::ensure!(args.len() >= 2, "usage: gpu-bench model POLICIES_DIR MODEL [BATCHES] [SECONDS]");
+    let model = &args[1];
+    let batches: Vec<usize> = args.get(2).map(|s| s.split(',').filter_map(|b| b.parse().ok()).collect()).unwrap_or(vec![1, 8, 64]);
+    let seconds: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let (models, spec) = super::load_one(&args[0], model)?;
     let img = Arc::new(image::RgbImage::from_fn(spec.input.width, spec.input.height, |x, y| image::Rgb([(x * 3) as u8, (y * 5) as u8, ((x + y) * 7) as u8])));
     println!("| model | device | batch | batches | images/s | batch p50 ms |");
     println!("|-------|--------|-------|---------|----------|--------------|");

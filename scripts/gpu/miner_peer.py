@@ -1,0 +1,223 @@
+"""The Python pipeline a miner runs today, as the end-to-end peer of `gpu-bench e2e`: JPEG bytes
+→ PIL decode + torchvision Resize/CenterCrop on CPU worker processes → batched PyTorch fp16
+on the GPU → score. The peer gets the strongest reasonable form of that pipeline: a process
+pool sized by --workers, 8-bit arrays (not float tensors) crossing the process boundary, the
+ToTensor/Normalize arithmetic done on the GPU, dynamic batches (--max-batch, --max-delay-ms).
+
+Models, the same as cascade's:
+- `roadwork`: EfficientNet-Lite0 built in PyTorch from cascade's own ONNX file (a small
+  interpreter of its Conv/Clip/Add/pool/Gemm graph, so the weights are the same) plus the
+  trained head from policies/heads/roadwork.json; Resize(256) + CenterCrop(224), mean = std = 0.5.
+- `vit`: torchvision ViT-B/16 with random weights from seed 0 (the weights scripts/gpu/run.sh
+  exports to ONNX for cascade); Resize(224) + CenterCrop(224), ImageNet mean/std.
+
+Load: closed loop with --concurrency requests in flight, or open loop at --rate requests/s
+(latency from each request's scheduled time). Prints one JSON line like gpu-bench's. With
+--scores it prints each image's score instead (to check it computes what cascade computes).
+"""
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import queue
+import sys
+import threading
+import time
+
+import numpy as np
+from PIL import Image
+
+SIZE = {"roadwork": (256, 224), "vit": (224, 224)}
+_resize = None
+
+
+def _init(model):
+    global _resize
+    import torchvision.transforms as T
+
+    short, crop = SIZE[model]
+    _resize = T.Compose([T.Resize(short), T.CenterCrop(crop)])
+
+
+def prep(jpeg):
+    im = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    return np.asarray(_resize(im)).tobytes()
+
+
+def onnx_module(path):
+    """EfficientNet-Lite0 from cascade's ONNX: returns f(x) -> embedding (N, 1280)."""
+    import onnx
+    import torch
+    import torch.nn.functional as F
+    from onnx import numpy_helper
+
+    g = onnx.load(path).graph
+    w = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in g.initializer}
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.ParameterDict({k.replace(".", "_"): torch.nn.Parameter(v, requires_grad=False) for k, v in w.items()})
+
+        def forward(self, x):
+            env = {"input": x}
+            get = lambda n: env[n] if n in env else self.p[n.replace(".", "_")]
+            for n in g.node:
+                a = {at.name: onnx.helper.get_attribute_value(at) for at in n.attribute}
+                i = [get(v) for v in n.input]
+                if n.op_type == "Conv":
+                    t, l, b, r = a.get("pads", [0, 0, 0, 0])
+                    y = F.pad(i[0], (l, r, t, b)) if (t, l) != (b, r) else i[0]
+                    pad = 0 if (t, l) != (b, r) else (t, l)
+                    y = F.conv2d(y, i[1], i[2] if len(i) > 2 else None, stride=a.get("strides", [1, 1]), padding=pad, groups=a.get("group", 1))
+                elif n.op_type == "Clip":
+                    y = torch.clamp(i[0], float(i[1]), float(i[2]))
+                elif n.op_type == "Add":
+                    y = i[0] + i[1]
+                elif n.op_type == "GlobalAveragePool":
+                    y = i[0].mean(dim=(2, 3), keepdim=True)
+                elif n.op_type == "Flatten":
+                    y = i[0].flatten(1)
+                elif n.op_type == "Gemm":
+                    y = F.linear(i[0], i[1] if a.get("transB", 0) else i[1].t(), i[2])
+                else:
+                    raise SystemExit(f"unsupported op {n.op_type}")
+                env[n.output[0]] = y
+            return env["embedding"]
+
+    return Net()
+
+
+def build(model, onnx_path, head_path):
+    import torch
+    import torchvision
+
+    if model == "vit":
+        torch.manual_seed(0)
+        net = torchvision.models.vit_b_16(weights=None).eval()
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        score = lambda y: torch.softmax(y.float(), 1).max(1).values
+    else:
+        net = onnx_module(onnx_path).eval()
+        mean, std = [0.5] * 3, [0.5] * 3
+        head = json.load(open(head_path))
+        layers = [(torch.tensor(l["weights"]).cuda(), torch.tensor(l["bias"]).cuda(), l["relu"]) for l in head["layers"]]
+
+        def score(y):
+            y = y.float()
+            for W, b, relu in layers:
+                y = y @ W.t() + b
+                y = torch.relu(y) if relu else y
+            return torch.sigmoid(y[:, -1]) if y.shape[1] == 1 else torch.softmax(y, 1)[:, -1]
+
+    net = net.cuda().half()
+    m = torch.tensor(mean, device="cuda").view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, device="cuda").view(1, 3, 1, 1) * 255
+
+    def run(u8):  # (N, H, W, 3) uint8 on the GPU
+        x = ((u8.permute(0, 3, 1, 2).float() - m) / s).half()
+        return score(net(x))
+
+    return run
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=SIZE, default="roadwork")
+    ap.add_argument("--onnx")
+    ap.add_argument("--head")
+    ap.add_argument("--jpegs", required=True)
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--rate", type=float)
+    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-delay-ms", type=float, default=3)
+    ap.add_argument("--scores", action="store_true")
+    a = ap.parse_args()
+    names = sorted(f for f in os.listdir(a.jpegs) if f.endswith(".jpg"))
+    jpegs = [open(os.path.join(a.jpegs, f), "rb").read() for f in names]
+    # the pool forks before CUDA is initialised in this process
+    pool = mp.get_context("fork").Pool(a.workers, initializer=_init, initargs=(a.model,))
+    import torch
+
+    run = build(a.model, a.onnx, a.head)
+    crop = SIZE[a.model][1]
+    if a.scores:
+        _init(a.model)
+        with torch.inference_mode():
+            u8 = torch.from_numpy(np.stack([np.frombuffer(prep(j), np.uint8).reshape(crop, crop, 3) for j in jpegs])).cuda()
+            print(json.dumps({n: float(s) for n, s in zip(names, run(u8).cpu())}))
+        return
+
+    batch_q = queue.Queue()
+    lat, errors, stop = [], [0], threading.Event()
+    counter = [0]
+
+    def issue(due):
+        j = jpegs[counter[0] % len(jpegs)]
+        counter[0] += 1
+        pool.apply_async(prep, (j,), callback=lambda arr: batch_q.put((arr, due)), error_callback=lambda e: errors.__setitem__(0, errors[0] + 1))
+
+    def batcher(record):
+        with torch.inference_mode():
+            while not stop.is_set():
+                try:
+                    first = batch_q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                items, until = [first], time.perf_counter() + a.max_delay_ms / 1e3
+                while len(items) < a.max_batch:
+                    try:
+                        items.append(batch_q.get(timeout=max(0.0, until - time.perf_counter())))
+                    except queue.Empty:
+                        break
+                u8 = torch.from_numpy(np.stack([np.frombuffer(b, np.uint8).reshape(crop, crop, 3) for b, _ in items])).pin_memory().cuda(non_blocking=True)
+                run(u8).cpu()
+                now = time.perf_counter()
+                for _, due in items:
+                    if record[0]:
+                        lat.append((now - due) * 1e3)
+                    if a.rate is None and not stop.is_set():
+                        issue(time.perf_counter())  # closed loop: the finished request's slot goes again
+
+    def phase(seconds, record):
+        lat.clear()
+        rec = [record]
+        stop.clear()
+        t = threading.Thread(target=batcher, args=(rec,), daemon=True)
+        t.start()
+        start = time.perf_counter()
+        if a.rate is None:
+            for _ in range(a.concurrency):
+                issue(time.perf_counter())
+            time.sleep(seconds)
+        else:
+            for i in range(int(a.rate * seconds)):
+                due = start + i / a.rate
+                d = due - time.perf_counter()
+                if d > 0:
+                    time.sleep(d)
+                issue(due)
+            time.sleep(0.5)  # let the last ones finish
+        elapsed = time.perf_counter() - start
+        stop.set()
+        t.join()
+        while not batch_q.empty():
+            batch_q.get()
+        return elapsed
+
+    phase(3, False)  # warm-up: cuDNN, the allocator, the pool's processes
+    elapsed = phase(a.seconds, True)
+    lat.sort()
+    pct = lambda q: lat[min(int(len(lat) * q), len(lat) - 1)] if lat else float("nan")
+    n = len(lat)
+    print(json.dumps({"side": f"python-miner (PIL+torchvision x{a.workers}, torch fp16)", "model": a.model, "mode": "open" if a.rate else "closed", "concurrency": a.concurrency, "rate": a.rate, "n": n, "errors": errors[0], "rps": n / elapsed, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}))
+    sys.stdout.flush()
+    pool.terminate()
+
+
+if __name__ == "__main__":
+    main()
