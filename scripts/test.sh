@@ -9,5 +9,5 @@ export CASCADE_SHARED="${CASCADE_SHARED:-$(cd .. && pwd)/shared}"
 bash scripts/bt_venv.sh
 # the converted backbone must reproduce the reference network's ImageNet answers
 .venv/bin/python scripts/models/verify_efficientnet.py target/models/efficientnet_lite0.onnx
-(cd plugins && cargo test --quiet --release --target x86_64-unknown-linux-gnu -p keywords)
+(cd plugins && cargo test --quiet --release --target x86_64-unknown-linux-gnu -p keywords -p cascade-router -p weighted)
 cargo test --release --workspace

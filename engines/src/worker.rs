@@ -256,6 +256,11 @@ impl Engine for Worker {
 fn classification(spec: &ModelSpec, logits: &[f32]) -> Output {
     let probs = probabilities(logits, spec.activation);
     let s = score(spec, &probs);
+    if probs.len() == 1 {
+        // one sigmoid output is the probability of the last label (the positive one)
+        let label = spec.labels.last().cloned().unwrap_or_else(|| "positive".into());
+        return Output::Classification { score: s, top: vec![(label, probs[0])] };
+    }
     let mut idx: Vec<usize> = (0..probs.len()).collect();
     idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     let top = idx.into_iter().take(5).map(|i| (spec.label(i), probs[i])).collect();

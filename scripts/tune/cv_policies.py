@@ -5,8 +5,15 @@ the shipped hotkeys are pointed at that head, and `cascade eval --validator-styl
 runs them on the held-out fold. Confusion matrices are summed over folds, so every image is
 scored by a head that never saw it. Prints a table (and JSON with --json).
 
-Usage: python scripts/tune/cv_policies.py [--manifest M] [--folds 5] [--hotkeys speed,accuracy]
+Usage: python scripts/tune/cv_policies.py [--manifest M] [--folds 5] [--seed 7] [--hotkeys speed,accuracy]
+       [--cascade PATH] [--components DIR] [--detector ONNX] [--reuse-heads]
        [--set hotkey:key.path=value ...]   (override a parameter, e.g. accuracy:fuser.params.weights.text=3)
+
+`--cascade` runs a copy of the binary (e.g. one kept out of the way of a rebuild) and
+`--components` another folder of compiled components; the ONNX Runtime library defaults to
+target/ort beside this checkout unless ORT_DYLIB_PATH is set. Work goes to target/cv/seed<N>/;
+`--reuse-heads` keeps a fold's head when its training rows are unchanged, and `--detector`
+points the registry's optional detector at an ONNX file (e.g. ../shared/models/yolox_nano).
 """
 
 import argparse
@@ -22,6 +29,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CASCADE = os.path.join(ROOT, "target", "release", "cascade")
+COMPONENTS = os.path.join(ROOT, "target", "components")
+ORT = os.path.join(ROOT, "target", "ort", "libonnxruntime.so")
 
 
 def folds_of(rows, k, seed):
@@ -43,7 +52,15 @@ def write_manifest(path, rows, base):
             w.writerow([os.path.join(base, r["path"]), r["label"]])
 
 
-def policies_for(fold_dir, head, overrides):
+def fresh(head, train_csv):
+    """Whether `head` exists and was trained on exactly the rows of `train_csv`."""
+    stamp = head + ".train.csv"
+    if not (os.path.exists(head) and os.path.exists(stamp)):
+        return False
+    return open(stamp).read() == open(train_csv).read()
+
+
+def policies_for(fold_dir, head, overrides, detector=None):
     """A copy of policies/ whose registry paths are absolute and whose head is the fold's."""
     src = os.path.join(ROOT, "policies")
     dst = os.path.join(fold_dir, "policies")
@@ -53,6 +70,8 @@ def policies_for(fold_dir, head, overrides):
     reg = reg.replace('"../', '"' + ROOT + "/")
     reg = reg.replace('"heads/roadwork.json"', json.dumps(head))
     reg = reg.replace('"coco_labels.txt"', json.dumps(os.path.join(src, "coco_labels.txt")))
+    if detector:
+        reg = reg.replace(json.dumps(os.path.join(ROOT, "models", "detector.onnx")), json.dumps(os.path.abspath(detector)))
     open(os.path.join(dst, "models.toml"), "w").write(reg)
     for hotkey, key, value in overrides:
         path = os.path.join(dst, hotkey + ".toml")
@@ -69,7 +88,9 @@ def toml_override(key, value):
 
 
 def run(args):
-    p = subprocess.run(args, capture_output=True, text=True)
+    env = dict(os.environ)
+    env.setdefault("ORT_DYLIB_PATH", ORT)
+    p = subprocess.run(args, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         sys.exit(f"{' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
     return p.stdout
@@ -88,6 +109,11 @@ def main():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--hotkeys", default="speed,accuracy")
     ap.add_argument("--set", action="append", default=[], help="hotkey:table.key=value")
+    ap.add_argument("--cascade", default=CASCADE, help="the cascade binary to run")
+    ap.add_argument("--components", default=COMPONENTS, help="folder of compiled components")
+    ap.add_argument("--detector", help="an object detector ONNX to use as models/detector.onnx (e.g. yolox_nano)")
+    ap.add_argument("--reuse-heads", action="store_true",
+                    help="keep a fold's head when it was trained on the same rows (same binary assumed)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     overrides = []
@@ -99,7 +125,7 @@ def main():
     base = os.path.dirname(os.path.abspath(a.manifest))
     rows = list(csv.DictReader(open(a.manifest)))
     fold = folds_of(rows, a.folds, a.seed)
-    work = os.path.join(ROOT, "target", "cv")
+    work = os.path.join(ROOT, "target", "cv", f"seed{a.seed}")
     os.makedirs(work, exist_ok=True)
     hotkeys = a.hotkeys.split(",")
     total = {h: {"tp": 0, "fp": 0, "tn": 0, "fn": 0, "n": 0, "ms": 0.0, "stages": {}} for h in hotkeys}
@@ -111,11 +137,14 @@ def main():
         write_manifest(os.path.join(d, "train.csv"), train, base)
         write_manifest(os.path.join(d, "test.csv"), test, base)
         head = os.path.join(d, "head.json")
-        run([CASCADE, "train-head", "--policies", os.path.join(ROOT, "policies"), "--backbone", "effnet-embed",
-             "--manifest", os.path.join(d, "train.csv"), "--validator-style", "--out", head])
-        pol = policies_for(d, head, overrides)
+        if not (a.reuse_heads and fresh(head, os.path.join(d, "train.csv"))):
+            run([a.cascade, "train-head", "--policies", os.path.join(ROOT, "policies"), "--backbone", "effnet-embed",
+                 "--manifest", os.path.join(d, "train.csv"), "--validator-style", "--out", head])
+            shutil.copyfile(os.path.join(d, "train.csv"), head + ".train.csv")
+        pol = policies_for(d, head, overrides, a.detector)
         for h in hotkeys:
-            r = json.loads(run([CASCADE, "eval", "--policies", pol, "--hotkey", h, "--manifest",
+            r = json.loads(run([a.cascade, "eval", "--policies", pol, "--components", a.components,
+                                "--hotkey", h, "--manifest",
                                 os.path.join(d, "test.csv"), "--validator-style", "--json"]))
             t = total[h]
             for key in ("tp", "fp", "tn", "fn"):

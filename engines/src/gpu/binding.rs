@@ -1,7 +1,8 @@
-//! A CUDA session fed straight by the GPU pre-processing. The input tensor is allocated by
-//! ONNX Runtime's CUDA allocator (one per batch size that runs, so ONNX Runtime owns it and
-//! binds it without a copy), filled by the kernel and bound with IoBinding; only the output,
-//! a few scores or a vector per image, comes back to the host.
+//! A CUDA session fed straight by the GPU pre-processing. Per batch size that runs there is one
+//! input tensor, allocated by ONNX Runtime's CUDA allocator (so ONNX Runtime owns it and binds
+//! it without a copy), and one IoBinding of it; the kernel fills the tensor in place, and only
+//! the output, a few scores or a vector per image, comes back to the host (ONNX Runtime keeps
+//! a bound output's buffer for the next run, so each batch size has its own binding).
 
 use std::collections::BTreeMap;
 
@@ -18,8 +19,9 @@ use crate::spec::ModelSpec;
 pub(crate) struct GpuInput {
     prep: GpuPrep,
     alloc: Allocator,
-    tensors: BTreeMap<usize, Tensor<f32>>,
-    binding: IoBinding,
+    /// Per batch size (rows): the device input tensor and its binding.
+    shapes: BTreeMap<usize, (Tensor<f32>, IoBinding)>,
+    host: MemoryInfo<'static>,
     input: String,
     output: String,
     size: (usize, usize),
@@ -42,14 +44,12 @@ impl GpuInput {
         let e = |e: ort::Error| e.to_string();
         let mem = MemoryInfo::new(AllocationDevice::CUDA, device as i32, AllocatorType::Device, MemoryType::Default).map_err(e)?;
         let alloc = Allocator::new(session, mem).map_err(|x| format!("CUDA allocator: {x}"))?;
-        let mut binding = session.create_binding().map_err(e)?;
         let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default).map_err(e)?;
-        binding.bind_output_to_device(output, &host).map_err(e)?;
         Ok(GpuInput {
             prep,
             alloc,
-            tensors: BTreeMap::new(),
-            binding,
+            shapes: BTreeMap::new(),
+            host,
             input: input.to_string(),
             output: output.to_string(),
             size: (spec.input.height as usize, spec.input.width as usize),
@@ -61,18 +61,20 @@ impl GpuInput {
     pub fn run(&mut self, session: &mut Session, images: &[&RgbImage], rows: usize) -> Result<GpuOutput, GpuRunError> {
         let run = |e: ort::Error| GpuRunError::Run(e.to_string());
         let (h, w) = self.size;
-        let tensor = match self.tensors.entry(rows) {
+        let (tensor, binding) = match self.shapes.entry(rows) {
             std::collections::btree_map::Entry::Occupied(t) => t.into_mut(),
             std::collections::btree_map::Entry::Vacant(v) => {
                 let mut t = Tensor::<f32>::new(&self.alloc, [rows, 3, h, w]).map_err(run)?;
                 // padding rows are never written by the kernel: start them at zero
                 self.prep.zero(t.data_ptr_mut() as u64, rows * 3 * h * w * 4).map_err(GpuRunError::Run)?;
-                v.insert(t)
+                let mut b = session.create_binding().map_err(run)?;
+                b.bind_input(self.input.as_str(), &t).map_err(run)?;
+                b.bind_output_to_device(self.output.as_str(), &self.host).map_err(run)?;
+                v.insert((t, b))
             }
         };
         let prepared = self.prep.run(images, tensor.data_ptr_mut() as u64).map_err(GpuRunError::Prep)?;
-        self.binding.bind_input(self.input.as_str(), &*tensor).map_err(run)?;
-        let outputs = session.run_binding(&self.binding).map_err(run)?;
+        let outputs = session.run_binding(binding).map_err(run)?;
         let (shape, data) = outputs[self.output.as_str()].try_extract_tensor::<f32>().map_err(run)?;
         Ok((shape.to_vec(), data.to_vec(), prepared))
     }

@@ -2,7 +2,9 @@
 //! concurrently; evidence accumulates as named scores, is fused by the hotkey's fuser after
 //! every stage, and a stage may end the decision early on a low or high threshold.
 //! Built for `cascade:policy@1.1.0`: a stage can require a time budget (`min_budget_ms`), and
-//! detection asks the host only for the classes that count as evidence.
+//! detection asks the host only for the classes that count as evidence. Since 1.2.0 a stage
+//! can classify zoomed tiles of the image (`zoom`), so that a work zone that fills only a
+//! corner of a wide scene is seen large.
 
 mod params;
 
@@ -11,7 +13,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use params::{OnError, Params, Stage};
+use params::{OnError, Params, Stage, Zoom};
 
 wit_bindgen::generate!({
     path: "../../wit/v1.1.0",
@@ -20,7 +22,7 @@ wit_bindgen::generate!({
 
 use cascade::policy::primitives::{detect_classes, remaining_ms, run_all, Call, Outcome};
 use cascade::policy::roles;
-use cascade::policy::types::{ComponentInfo, Error, Image, NamedScore};
+use cascade::policy::types::{Bbox, ComponentInfo, Error, Image, NamedScore};
 use exports::cascade::policy::meta::Guest as Meta;
 use exports::cascade::policy::router::{Decision, Guest as Router, RequestMeta};
 
@@ -105,7 +107,15 @@ impl Router for Component {
 
 /// Issues every primitive of the stage in one `run-all`, then folds the results into evidence.
 fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<String>) -> Result<(), Error> {
-    let mut calls: Vec<Call> = stage.classify.iter().map(|m| Call::Classify(m.clone())).collect();
+    let suffix = if stage.flip { ":flip" } else { "" };
+    // with zoom, the classifiers see the tiles (below), the other primitives the whole image
+    let mut calls: Vec<Call> = match &stage.zoom {
+        Some(z) => {
+            run_zoom(stage, z, img, suffix, ev, notes)?;
+            Vec::new()
+        }
+        None => stage.classify.iter().map(|m| Call::Classify(m.clone())).collect(),
+    };
     if let Some(m) = &stage.read_text {
         calls.push(Call::ReadText(m.clone()));
     }
@@ -114,7 +124,6 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
     if let Some(a) = &stage.ask {
         calls.push(Call::Ask((a.model.clone(), a.prompt.clone())));
     }
-    let suffix = if stage.flip { ":flip" } else { "" };
     if let Some(d) = &stage.detect {
         let classes: Vec<String> = d.classes.keys().cloned().collect();
         match detect_classes(&d.model, img, d.min_confidence, &classes) {
@@ -155,6 +164,39 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
                 ev.insert(format!("{}{suffix}", a.name), a.score(&answer));
             }
             Outcome::Embed(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Classifies every tile of the zoom grid (all the stage's models in one `run-all` per tile)
+/// and adds one score per model, `<model>:zoom`, reduced over the tiles that answered.
+fn run_zoom(stage: &Stage, z: &Zoom, img: &Image, suffix: &str, ev: &mut Evidence, notes: &mut Vec<String>) -> Result<(), Error> {
+    let calls: Vec<Call> = stage.classify.iter().map(|m| Call::Classify(m.clone())).collect();
+    let mut scores: Vec<Vec<f32>> = vec![Vec::new(); calls.len()];
+    for [x0, y0, x1, y1] in z.tiles(img.width(), img.height()) {
+        let tile = match img.crop(Bbox { x0, y0, x1, y1 }) {
+            Ok(t) => t,
+            Err(e) if stage.on_error == OnError::Skip => {
+                notes.push(format!("zoom tile skipped: {}", show_error(&e)));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for ((call, result), out) in calls.iter().zip(run_all(&tile, &calls)).zip(scores.iter_mut()) {
+            match result {
+                Ok(Outcome::Classify(c)) => out.push(c.score),
+                Ok(_) => {}
+                Err(e) if stage.on_error == OnError::Skip => {
+                    notes.push(format!("{} on a zoom tile skipped: {}", call_name(call), show_error(&e)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    for (model, tile_scores) in stage.classify.iter().zip(&scores) {
+        if let Some(s) = z.reduce.apply(tile_scores) {
+            ev.insert(format!("{model}:zoom{suffix}"), s);
         }
     }
     Ok(())

@@ -23,6 +23,15 @@ pub const SCHEMA: &str = r#"{
           "name": {"type": "string"},
           "classify": {"type": "array", "items": {"type": "string"}},
           "flip": {"type": "boolean"},
+          "zoom": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+              "grid": {"type": "integer", "minimum": 2, "maximum": 4},
+              "overlap": {"type": "number", "minimum": 0, "maximum": 0.5},
+              "reduce": {"type": "string", "enum": ["max", "mean"]}
+            }
+          },
           "read_text": {"type": "string"},
           "detect": {
             "type": "object",
@@ -73,6 +82,12 @@ impl Params {
             if s.classify.is_empty() && s.read_text.is_none() && s.detect.is_none() && s.ask.is_none() {
                 return Err(format!("stages[{i}] ({}): runs no primitive", s.name));
             }
+            if let Some(z) = &s.zoom {
+                if s.classify.is_empty() {
+                    return Err(format!("stages[{i}] ({}): zoom needs a model to classify", s.name));
+                }
+                z.check().map_err(|e| format!("stages[{i}] ({}): zoom: {e}", s.name))?;
+            }
             if let (Some(lo), Some(hi)) = (s.exit_low, s.exit_high) {
                 if lo >= hi {
                     return Err(format!("stages[{i}] ({}): exit_low {lo} must be below exit_high {hi}", s.name));
@@ -92,6 +107,9 @@ pub struct Stage {
     /// Run this stage on the horizontal mirror (test-time augmentation); scores get `:flip`.
     #[serde(default)]
     pub flip: bool,
+    /// Classify tiles of the image instead of the whole (scores get `:zoom`); the stage's other
+    /// primitives still see the whole image.
+    pub zoom: Option<Zoom>,
     pub read_text: Option<String>,
     pub detect: Option<DetectStage>,
     pub ask: Option<AskStage>,
@@ -101,6 +119,84 @@ pub struct Stage {
     pub exit_high: Option<f32>,
     #[serde(default)]
     pub on_error: OnError,
+}
+
+/// A grid of overlapping tiles, each classified on its own: the host resizes a tile to the
+/// model's input, so a small distant cone or sign in a wide scene gets four times the pixels.
+/// The tiles' scores reduce to one piece of evidence.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Zoom {
+    /// Tiles per side.
+    #[serde(default = "default_grid")]
+    pub grid: u32,
+    /// How far neighbouring tiles overlap, as a fraction of the image side (an object on a
+    /// seam is whole in one of them).
+    #[serde(default = "default_overlap")]
+    pub overlap: f32,
+    #[serde(default)]
+    pub reduce: Reduce,
+}
+
+fn default_grid() -> u32 {
+    2
+}
+
+fn default_overlap() -> f32 {
+    0.125
+}
+
+impl Zoom {
+    pub fn check(&self) -> Result<(), String> {
+        if !(2..=4).contains(&self.grid) {
+            return Err(format!("grid {} must be 2 to 4", self.grid));
+        }
+        if !(0.0..=0.5).contains(&self.overlap) {
+            return Err(format!("overlap {} must be 0 to 0.5", self.overlap));
+        }
+        Ok(())
+    }
+
+    /// The tiles of a `width`×`height` image, row by row, as pixel boxes `[x0, y0, x1, y1]`.
+    /// Each tile spans `(1 + (grid − 1)·overlap) / grid` of a side; together they cover it.
+    /// Edges are rounded to whole pixels.
+    pub fn tiles(&self, width: u32, height: u32) -> Vec<[f32; 4]> {
+        let n = self.grid.max(1);
+        let span = (1.0 + (n - 1) as f32 * self.overlap) / n as f32;
+        let step = if n > 1 { (1.0 - span) / (n - 1) as f32 } else { 0.0 };
+        let (w, h) = (width as f32, height as f32);
+        let mut out = Vec::with_capacity((n * n) as usize);
+        for row in 0..n {
+            for col in 0..n {
+                let (x, y) = (col as f32 * step, row as f32 * step);
+                let px = |f: f32, side: f32| (f * side).round().clamp(0.0, side);
+                out.push([px(x, w), px(y, h), px(x + span, w), px(y + span, h)]);
+            }
+        }
+        out
+    }
+}
+
+/// How the tiles' scores become one.
+#[derive(Deserialize, Default, Debug, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum Reduce {
+    /// The most roadwork-like tile: a work zone often fills only a corner of the scene.
+    #[default]
+    Max,
+    Mean,
+}
+
+impl Reduce {
+    pub fn apply(self, scores: &[f32]) -> Option<f32> {
+        if scores.is_empty() {
+            return None;
+        }
+        Some(match self {
+            Reduce::Max => scores.iter().copied().fold(f32::MIN, f32::max),
+            Reduce::Mean => scores.iter().sum::<f32>() / scores.len() as f32,
+        })
+    }
 }
 
 #[derive(Deserialize, Default, PartialEq, Eq, Clone, Copy)]
@@ -199,6 +295,80 @@ impl AskStage {
             0.1
         } else {
             0.5
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zoom(grid: u32, overlap: f32) -> Zoom {
+        Zoom { grid, overlap, reduce: Reduce::Max }
+    }
+
+    #[test]
+    fn two_by_two_tiles_overlap_and_cover_the_image() {
+        let t = zoom(2, 0.125).tiles(224, 224);
+        assert_eq!(t.len(), 4);
+        // each tile spans 9/16 of a side: 126 px, the second starting at 98
+        assert_eq!(t[0], [0.0, 0.0, 126.0, 126.0]);
+        assert_eq!(t[1], [98.0, 0.0, 224.0, 126.0]);
+        assert_eq!(t[2], [0.0, 98.0, 126.0, 224.0]);
+        assert_eq!(t[3], [98.0, 98.0, 224.0, 224.0]);
+    }
+
+    #[test]
+    fn tiles_follow_a_non_square_image_and_stay_inside_it() {
+        for grid in 2..=4 {
+            for overlap in [0.0, 0.125, 0.5] {
+                let t = zoom(grid, overlap).tiles(320, 180);
+                assert_eq!(t.len(), (grid * grid) as usize);
+                for [x0, y0, x1, y1] in &t {
+                    assert!(*x0 >= 0.0 && *y0 >= 0.0 && *x1 <= 320.0 && *y1 <= 180.0 && x0 < x1 && y0 < y1);
+                }
+                let last = t.last().unwrap();
+                assert!((last[2] - 320.0).abs() < 1e-3 && (last[3] - 180.0).abs() < 1e-3, "{grid} {overlap}: {last:?}");
+            }
+        }
+        // no overlap: a 3×3 grid of exact thirds
+        let t = zoom(3, 0.0).tiles(300, 300);
+        assert_eq!(t[4], [100.0, 100.0, 200.0, 200.0]);
+    }
+
+    #[test]
+    fn reduce_takes_the_max_or_the_mean_and_nothing_of_nothing() {
+        assert_eq!(Reduce::Max.apply(&[0.2, 0.9, 0.4]), Some(0.9));
+        assert_eq!(Reduce::Mean.apply(&[0.2, 0.4]), Some(0.3));
+        assert_eq!(Reduce::Max.apply(&[]), None);
+    }
+
+    fn parse(json: &str) -> Result<Params, String> {
+        let p: Params = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        p.check().map(|_| p)
+    }
+
+    #[test]
+    fn zoom_parses_with_defaults_and_is_checked() {
+        let p = parse(r#"{"stages": [{"name": "z", "classify": ["roadwork"], "zoom": {}}]}"#).unwrap();
+        assert_eq!(p.stages[0].zoom, Some(Zoom { grid: 2, overlap: 0.125, reduce: Reduce::Max }));
+        let p = parse(r#"{"stages": [{"name": "z", "classify": ["m"], "zoom": {"grid": 3, "reduce": "mean"}}]}"#).unwrap();
+        assert_eq!(p.stages[0].zoom.unwrap().reduce, Reduce::Mean);
+        assert!(parse(r#"{"stages": [{"name": "z", "read_text": "ocr", "zoom": {}}]}"#).err().unwrap().contains("zoom needs a model"));
+        assert!(parse(r#"{"stages": [{"name": "z", "classify": ["m"], "zoom": {"grid": 9}}]}"#).err().unwrap().contains("grid 9"));
+        assert!(parse(r#"{"stages": [{"name": "z", "classify": ["m"], "zoom": {"tiles": 4}}]}"#).is_err());
+    }
+
+    #[test]
+    fn schema_names_every_stage_field() {
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
+        let stage = &schema["properties"]["stages"]["items"]["properties"];
+        for key in ["zoom", "flip", "classify", "read_text", "detect", "ask", "exit_low", "exit_high"] {
+            assert!(stage.get(key).is_some(), "{key} missing from the schema");
+        }
+        let zoom = &stage["zoom"]["properties"];
+        for key in ["grid", "overlap", "reduce"] {
+            assert!(zoom.get(key).is_some(), "zoom.{key} missing from the schema");
         }
     }
 }
