@@ -2,7 +2,9 @@
 → PIL decode + torchvision Resize/CenterCrop on CPU worker processes → batched PyTorch fp16
 on the GPU → score. The peer gets the strongest reasonable form of that pipeline: a process
 pool sized by --workers, 8-bit arrays (not float tensors) crossing the process boundary, the
-ToTensor/Normalize arithmetic done on the GPU, dynamic batches (--max-batch, --max-delay-ms).
+ToTensor/Normalize arithmetic done on the GPU, dynamic batches (--max-batch, --max-delay-ms)
+padded to powers of two, each of those shapes run once before timing (PyTorch builds cuDNN
+plans per new input shape, which costs seconds if it happens under load).
 
 Models, the same as cascade's:
 - `roadwork`: EfficientNet-Lite0 built in PyTorch from cascade's own ONNX file (a small
@@ -145,6 +147,11 @@ def main():
 
     run = build(a.model, a.onnx, a.head)
     crop = SIZE[a.model][1]
+    shapes = [1 << k for k in range(16) if 1 << k < a.max_batch] + [a.max_batch]
+    with torch.inference_mode():
+        for rows in shapes:
+            run(torch.zeros(rows, crop, crop, 3, dtype=torch.uint8, device="cuda"))
+        torch.cuda.synchronize()
     if a.scores:
         _init(a.model)
         with torch.inference_mode():
@@ -180,8 +187,11 @@ def main():
                 items = [it for it in items if it[2] == generation[0]]  # requests of an earlier phase are dropped
                 if not items:
                     continue
-                u8 = torch.from_numpy(np.stack([np.frombuffer(b, np.uint8).reshape(crop, crop, 3) for b, _, _ in items])).pin_memory().cuda(non_blocking=True)
-                run(u8).cpu()
+                rows = next(r for r in shapes if r >= len(items))
+                arr = np.zeros((rows, crop, crop, 3), np.uint8)
+                for k, (b, _, _) in enumerate(items):
+                    arr[k] = np.frombuffer(b, np.uint8).reshape(crop, crop, 3)
+                run(torch.from_numpy(arr).pin_memory().cuda(non_blocking=True)).cpu()
                 now = time.perf_counter()
                 for _, due, _ in items:
                     if record[0]:

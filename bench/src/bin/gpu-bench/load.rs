@@ -19,6 +19,7 @@ pub fn e2e(args: &[String]) -> anyhow::Result<()> {
     let models = Arc::new(models);
     let limits = IngressLimits::default();
     let name = spec.name.clone();
+    let m2 = models.clone();
     let call: Call = Arc::new(move |bytes: &[u8]| {
         let img = decode_image(bytes, &limits).map_err(|r| anyhow::anyhow!("{}", r.message))?;
         let deadline = Instant::now() + Duration::from_secs(9);
@@ -26,7 +27,14 @@ pub fn e2e(args: &[String]) -> anyhow::Result<()> {
         reply.output?;
         Ok(())
     });
-    report("cascade-engine", &args[1], &args[2..], call)
+    let mut figures = report("cascade-engine", &args[1], &args[2..], call)?;
+    // batches the engine ran over the whole run (warm-up included)
+    if let Some((_, st)) = m2.stats().find(|(n, _)| *n == args[1]) {
+        let (items, runs) = (st.items.load(Ordering::Relaxed), st.runs.load(Ordering::Relaxed));
+        figures["mean_batch"] = serde_json::json!(items as f64 / runs.max(1) as f64);
+    }
+    println!("{figures}");
+    Ok(())
 }
 
 /// args: URL JPEG_DIR CONCURRENCY SECONDS [RATE]
@@ -42,11 +50,12 @@ pub fn http(args: &[String]) -> anyhow::Result<()> {
         anyhow::ensure!(resp.status() == 200 && !body.contains("\"fallback\":true"), "{}: {body}", resp.status());
         Ok(())
     });
-    report("cascade-http", &args[0], &args[1..], call)
+    println!("{}", report("cascade-http", &args[0], &args[1..], call)?);
+    Ok(())
 }
 
-/// rest: JPEG_DIR CONCURRENCY SECONDS [RATE]
-fn report(side: &str, model: &str, rest: &[String], call: Call) -> anyhow::Result<()> {
+/// rest: JPEG_DIR CONCURRENCY SECONDS [RATE]; the figures as a JSON object.
+fn report(side: &str, model: &str, rest: &[String], call: Call) -> anyhow::Result<serde_json::Value> {
     let mut jpegs = Vec::new();
     for e in std::fs::read_dir(&rest[0])? {
         let p = e?.path();
@@ -63,15 +72,11 @@ fn report(side: &str, model: &str, rest: &[String], call: Call) -> anyhow::Resul
     drive(conc, 2.0, None, &jpegs, &call);
     let (lat, errors, elapsed) = drive(conc, secs, rate, &jpegs, &call);
     let pct = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
-    println!(
-        "{}",
-        serde_json::json!({
-            "side": side, "model": model, "mode": if rate.is_some() { "open" } else { "closed" },
-            "concurrency": conc, "rate": rate, "n": lat.len(), "errors": errors,
-            "rps": lat.len() as f64 / elapsed, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-        })
-    );
-    Ok(())
+    Ok(serde_json::json!({
+        "side": side, "model": model, "mode": if rate.is_some() { "open" } else { "closed" },
+        "concurrency": conc, "rate": rate, "n": lat.len(), "errors": errors,
+        "rps": lat.len() as f64 / elapsed, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+    }))
 }
 
 /// Runs the load; returns sorted latencies (ms), the error count and the elapsed seconds.
