@@ -138,6 +138,7 @@ def main():
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-delay-ms", type=float, default=3)
     ap.add_argument("--scores", action="store_true")
+    ap.add_argument("--prep-only", action="store_true", help="time only the CPU stage (decode + resize + crop in the pool): a ceiling on the pipeline's images/s")
     a = ap.parse_args()
     names = sorted(f for f in os.listdir(a.jpegs) if f.endswith(".jpg"))
     jpegs = [open(os.path.join(a.jpegs, f), "rb").read() for f in names]
@@ -161,6 +162,14 @@ def main():
 
     # the workers import torchvision and start up before anything is timed
     pool.map(prep, jpegs * 2, chunksize=1)
+    if a.prep_only:
+        work = jpegs * max(1, int(2000 * a.seconds / len(jpegs)))
+        t = time.perf_counter()
+        n = sum(1 for _ in pool.imap_unordered(prep, work, chunksize=16))
+        elapsed = time.perf_counter() - t
+        print(json.dumps({"side": f"python-miner CPU stage only (PIL+torchvision x{a.workers}, chunks of 16)", "model": a.model, "mode": "closed", "concurrency": len(work), "rate": None, "n": n, "errors": 0, "rps": n / elapsed, "p50_ms": float("nan"), "p99_ms": float("nan")}))
+        pool.terminate()
+        return
     batch_q = queue.Queue()
     lat, errors, stop = [], [0], threading.Event()
     counter, generation = [0], [0]

@@ -182,6 +182,7 @@ PY
   python3 -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1] + '/metrics').read().decode())" "$url" | grep -E '^cascade_model_(runs|items|gpu_memory_bytes|loaded|cpu_preprocess)' | tee "$OUT/metrics-under-load.txt" || true
   kill $pid; wait $pid 2>/dev/null || true
   for wc in 16:8 16:64 16:256 8:256; do peer --model roadwork --workers ${wc%:*} --concurrency ${wc#*:} || true; done
+  for w in 8 16; do peer --model roadwork --workers $w --prep-only || true; done
   peer --model vit --workers 16 --concurrency 256 || true
   "$P/bin/gpu-bench" e2e "$P/pol-cuda" vit "$P/validator" 256 6 | tee -a "$E"
   python3 - "$E" <<'PY'
