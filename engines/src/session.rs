@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
-use crate::spec::{Device, ModelSpec};
+use crate::spec::{ArenaExtend, Device, ModelSpec};
 use crate::LoadError;
 
 pub(crate) fn session(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Session, LoadError> {
@@ -37,11 +37,20 @@ pub(crate) fn session_on(env: &ort::environment::Environment, spec: &ModelSpec, 
             // Heuristic cuDNN algorithm choice: the exhaustive default benchmarks every new input
             // shape, and batches of varying size and OCR crops of varying width are all new
             // shapes — under load that search, not the model, was the time.
-            let cuda = ort::ep::CUDA::default()
+            let o = &spec.cuda;
+            let mut ep = ort::ep::CUDA::default()
                 .with_device_id(id as i32)
-                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
-                .build()
-                .error_on_failure();
+                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic);
+            if let Some(mb) = o.memory_limit_mb {
+                ep = ep.with_memory_limit((mb as usize) << 20);
+            }
+            if o.arena_extend == ArenaExtend::SameAsRequested {
+                ep = ep.with_arena_extend_strategy(ort::ep::ArenaExtendStrategy::SameAsRequested);
+            }
+            if let Some(max) = o.conv_max_workspace {
+                ep = ep.with_conv_max_workspace(max);
+            }
+            let cuda = ep.build().error_on_failure();
             match builder.with_execution_providers([cuda]) {
                 Ok(b) => b,
                 Err(e) if spec.cpu_fallback => {

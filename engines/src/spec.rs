@@ -82,6 +82,31 @@ pub struct ModelSpec {
     pub lazy: bool,
     #[serde(default = "default_idle_unload")]
     pub idle_unload_s: u64,
+    /// ONNX Runtime CUDA provider settings (ignored on the CPU).
+    #[serde(default)]
+    pub cuda: CudaOptions,
+}
+
+/// How a CUDA session uses device memory. The defaults are ONNX Runtime's: an arena that grows
+/// in powers of two, no limit, and cuDNN allowed its largest workspace (fastest convolutions,
+/// most memory).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CudaOptions {
+    /// Cap on the session's arena, in MiB.
+    pub memory_limit_mb: Option<u64>,
+    /// `power_of_two` (default) or `same_as_requested`: how the arena grows.
+    pub arena_extend: ArenaExtend,
+    /// false: cuDNN convolutions limited to a small workspace.
+    pub conv_max_workspace: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ArenaExtend {
+    #[default]
+    PowerOfTwo,
+    SameAsRequested,
 }
 
 fn default_idle_unload() -> u64 {

@@ -32,6 +32,7 @@ pub fn e2e(args: &[String]) -> anyhow::Result<()> {
     if let Some((_, st)) = m2.stats().find(|(n, _)| *n == args[1]) {
         let (items, runs) = (st.items.load(Ordering::Relaxed), st.runs.load(Ordering::Relaxed));
         figures["mean_batch"] = serde_json::json!(items as f64 / runs.max(1) as f64);
+        figures["gpu_mib"] = serde_json::json!(st.gpu_bytes.load(Ordering::Relaxed) >> 20);
     }
     println!("{figures}");
     Ok(())
