@@ -427,3 +427,32 @@ fn resolve(base: &Path, p: &Path) -> Result<PathBuf, String> {
     let p = PathBuf::from(out);
     Ok(if p.is_absolute() { p } else { base.join(p) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(extra: &str) -> Result<Registry, LoadError> {
+        let dir = std::env::temp_dir().join(format!("cascade-spec-{}-{}", std::process::id(), extra.len()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("models.toml");
+        std::fs::write(&file, format!("[[model]]\nname = \"m\"\nfile = \"m.onnx\"\nkind = \"classifier\"\n{extra}\n")).expect("write");
+        Registry::load(&file)
+    }
+
+    #[test]
+    fn gpu_settings_parse_and_typos_are_refused() {
+        let r = registry("device = \"cuda:1\"\nlazy = true\nidle_unload_s = 60\npreprocess = \"gpu\"\ncuda = { arena_extend = \"same_as_requested\", memory_limit_mb = 512 }").expect("valid");
+        let m = &r.models[0];
+        assert_eq!(m.device, Device::Cuda(1));
+        assert!(m.lazy && m.idle_unload_s == 60 && m.preprocess == Preprocess::Gpu);
+        assert_eq!(m.cuda.arena_extend, ArenaExtend::SameAsRequested);
+        assert_eq!(m.cuda.memory_limit_mb, Some(512));
+        let typo = registry("device = \"cuda:0\"\ncuda = { arena = \"same_as_requested\" }").expect_err("unknown key");
+        assert!(typo.to_string().contains("unknown field `arena`"), "{typo}");
+        let cpu_gpu = registry("preprocess = \"gpu\"").expect_err("gpu pre-processing on the CPU");
+        assert!(cpu_gpu.to_string().contains("preprocess = \"gpu\" needs device"), "{cpu_gpu}");
+        let idle = registry("lazy = true\nidle_unload_s = 0").expect_err("zero idle");
+        assert!(idle.to_string().contains("idle_unload_s must be at least 1"), "{idle}");
+    }
+}
