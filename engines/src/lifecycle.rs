@@ -95,8 +95,7 @@ fn run<E: Engine>(rx: Receiver<Job>, spec: &ModelSpec, stats: &ModelStats, mut l
                 Ok(j) => j,
                 Err(RecvTimeoutError::Timeout) => {
                     if let Some(l) = loaded.take() {
-                        stats.gpu_bytes.fetch_sub(l.gpu_bytes, Ordering::Relaxed);
-                        stats.loaded.fetch_sub(1, Ordering::Relaxed);
+                        unload(stats, l);
                         tracing::info!(model = %spec.name, idle_s = spec.idle_unload_s, "lazy model unloaded after idling");
                     }
                     continue;
@@ -126,7 +125,12 @@ fn run<E: Engine>(rx: Receiver<Job>, spec: &ModelSpec, stats: &ModelStats, mut l
         }
     }
     if let Some(l) = loaded {
-        stats.gpu_bytes.fetch_sub(l.gpu_bytes, Ordering::Relaxed);
-        stats.loaded.fetch_sub(1, Ordering::Relaxed);
+        unload(stats, l);
     }
+}
+
+/// Drops the engine (its sessions and device buffers) and takes it out of the stats.
+fn unload<E>(stats: &ModelStats, l: Loaded<E>) {
+    stats.gpu_bytes.fetch_sub(l.gpu_bytes, Ordering::Relaxed);
+    stats.loaded.fetch_sub(1, Ordering::Relaxed);
 }

@@ -108,9 +108,8 @@ impl Worker {
 
     fn warm_up(&mut self) -> Result<(), LoadError> {
         let img = image::RgbImage::from_pixel(self.spec.input.width, self.spec.input.height, image::Rgb([128, 128, 128]));
-        // the shapes `run_batch` runs: powers of two below max_batch, and max_batch
-        let mut shapes: Vec<usize> = (0..usize::BITS).map(|k| 1usize << k).take_while(|r| *r < self.spec.max_batch).collect();
-        shapes.push(self.spec.max_batch);
+        // every shape `run_batch` can run
+        let shapes: std::collections::BTreeSet<usize> = (1..=self.spec.max_batch).map(|n| self.rows_for(n)).collect();
         for rows in shapes {
             let imgs = vec![&img; rows];
             self.forward(&imgs, rows).map_err(|e| LoadError::Spec { model: self.spec.name.clone(), reason: format!("warm-up run of batch {rows}: {e}") })?;
@@ -118,15 +117,20 @@ impl Worker {
         Ok(())
     }
 
-    fn run_batch(&mut self, jobs: Vec<Job>) {
-        let n = jobs.len();
-        // On CUDA every new input shape costs (cuDNN algorithm choice, arena growth), and a
-        // dynamic batcher makes every size from 1 to max_batch: round the batch up to a power
-        // of two (padding rows, outputs dropped) so only a handful of shapes ever run.
-        let rows = match self.spec.device {
+    /// The input rows a batch of `n` runs as. On CUDA every new input shape costs (cuDNN
+    /// algorithm choice, arena growth), and a dynamic batcher makes every size from 1 to
+    /// max_batch: round the batch up to a power of two (padding rows, outputs dropped) so only
+    /// a handful of shapes ever run.
+    fn rows_for(&self, n: usize) -> usize {
+        match self.spec.device {
             Device::Cuda(_) => n.next_power_of_two().min(self.spec.max_batch.max(n)),
             Device::Cpu => n,
-        };
+        }
+    }
+
+    fn run_batch(&mut self, jobs: Vec<Job>) {
+        let n = jobs.len();
+        let rows = self.rows_for(n);
         // model time counts the model's own pre-processing as well as the session run
         let started = Instant::now();
         let images: Vec<&image::RgbImage> = jobs.iter().map(|j| &**j.input.image()).collect();

@@ -26,11 +26,17 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Loads only `model` from the registry in `policies`.
-fn load_one(policies: &str, model: &str) -> anyhow::Result<(Models, ModelSpec)> {
+/// The registry in `policies` reduced to `model`, and that model's spec.
+fn registry_of(policies: &str, model: &str) -> anyhow::Result<(Registry, ModelSpec)> {
     let mut reg = Registry::load(&std::path::Path::new(policies).join("models.toml"))?;
     reg.models.retain(|m| m.name == model);
     let spec = reg.models.first().ok_or_else(|| anyhow::anyhow!("no model {model} in {policies}"))?.clone();
+    Ok((reg, spec))
+}
+
+/// Loads only `model` from the registry in `policies`.
+fn load_one(policies: &str, model: &str) -> anyhow::Result<(Models, ModelSpec)> {
+    let (reg, spec) = registry_of(policies, model)?;
     let models = Models::load(&reg, &cascade_engines::runtime_library()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     Ok((models, spec))
 }

@@ -9,9 +9,7 @@ use cascade_engines::{prepare, prepare_on_gpu, Device};
 /// args: POLICIES MODEL IMAGES…
 pub fn main(args: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!(args.len() >= 3, "usage: gpu-bench prep POLICIES MODEL IMAGES…");
-    let mut reg = cascade_engines::Registry::load(&std::path::Path::new(&args[0]).join("models.toml"))?;
-    reg.models.retain(|m| m.name == args[1]);
-    let spec = reg.models.first().ok_or_else(|| anyhow::anyhow!("no model {}", args[1]))?.clone();
+    let (_, spec) = super::registry_of(&args[0], &args[1])?;
     let Device::Cuda(dev) = spec.device else { anyhow::bail!("model {} is not on a CUDA device", spec.name) };
     let images: Vec<image::RgbImage> = args[2..].iter().map(|p| Ok(image::open(p)?.to_rgb8())).collect::<anyhow::Result<_>>()?;
     let refs: Vec<&image::RgbImage> = images.iter().collect();
