@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 export CASCADE_SHARED="${CASCADE_SHARED:-$(cd .. && pwd)/shared}"
 .venv/bin/python tests/models/make_test_models.py target/test-models
 .venv/bin/python tests/models/render_signs.py target/test-images
+# an fp16 conversion of the default backbone (the engines feed fp16 models in their own type)
+[ -f target/test-models/efficientnet_lite0_fp16.onnx ] || .venv/bin/python scripts/fp16.py target/models/efficientnet_lite0.onnx target/test-models/efficientnet_lite0_fp16.onnx
 bash scripts/bt_venv.sh
 # the converted backbone must reproduce the reference network's ImageNet answers
 .venv/bin/python scripts/models/verify_efficientnet.py target/models/efficientnet_lite0.onnx

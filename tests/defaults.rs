@@ -85,3 +85,38 @@ fn an_image_without_text_reads_as_no_lines() {
     let (v, _) = read_text(&repo().join("policies"), "ocr", &img);
     assert_eq!(v["result"], json!([]), "{v}");
 }
+
+/// The default classifier converted by scripts/fp16.py (fp16 input, weights and output) runs
+/// through the same engine and scores real images as the fp32 model does, within fp16 rounding.
+#[test]
+fn an_fp16_conversion_of_the_default_classifier_scores_like_fp32() {
+    let fp16 = repo().join("target/test-models/efficientnet_lite0_fp16.onnx");
+    assert!(fp16.exists(), "run scripts/test.sh (it converts the fp16 model)");
+    let dir = TempDir::new("fp16");
+    let registry = |file: &std::path::Path| {
+        format!(
+            "[[model]]\nname = \"roadwork\"\nkind = \"classifier\"\nfile = \"{}\"\noutput = \"embedding\"\nhead = \"{}\"\nactivation = \"sigmoid\"\nlabels = [\"other\", \"roadwork\"]\npositive = [\"roadwork\"]\ninput = {{ width = 224, height = 224, resize = \"center_crop\", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }}\n",
+            file.display(),
+            repo().join("policies/heads/roadwork.json").display()
+        )
+    };
+    let images: Vec<_> = rows("tracon/", "1", 3).into_iter().chain(rows("udacity_carnd_mit/", "0", 3)).map(|p| shared().join("data/roadwork-dev").join(p)).collect();
+    let scores = |tag: &str, file: &std::path::Path| {
+        let d = dir.0.join(tag);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("models.toml"), registry(file)).expect("write registry");
+        let out = cascade().args(["infer", "--model", "roadwork", "--policies"]).arg(&d).args(&images).output().expect("run cascade infer");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+        (lines.iter().map(|v| num(&v["result"]["score"])).collect::<Vec<f64>>(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (full, _) = scores("fp32", &repo().join("target/models/efficientnet_lite0.onnx"));
+    let (half, log) = scores("fp16", &fp16);
+    assert!(log.contains("fp16 model"), "the converted model should be fed as fp16: {log}");
+    assert_eq!(full.len(), images.len());
+    for (i, (a, b)) in full.iter().zip(&half).enumerate() {
+        assert!((a - b).abs() < 0.02, "{}: fp32 {a} vs fp16 {b}", images[i].display());
+        assert_eq!(*a > 0.5, *b > 0.5, "{}: fp32 {a} vs fp16 {b} decide differently", images[i].display());
+    }
+    assert!(full[..3].iter().all(|s| *s > 0.5) && full[3..].iter().all(|s| *s < 0.5), "{full:?}");
+}

@@ -11,6 +11,7 @@ pub mod head;
 mod lifecycle;
 mod models;
 mod ocr;
+mod precision;
 mod preprocess;
 mod runtime;
 mod session;

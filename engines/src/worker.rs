@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::value::TensorRef;
 
 use crate::classify::{probabilities, score};
 use crate::detect::{decode_yolox, nms, to_original, Detection};
 use crate::gpu::{GpuInput, GpuRunError};
 use crate::lifecycle::Engine;
 use crate::models::ModelStats;
+use crate::precision::{input_value, output_f32, Precision};
 use crate::preprocess::{prepare, Prepared};
 use crate::session::{check_io, output_dim, session_on};
 use crate::spec::{Device, ModelKind, ModelSpec, Preprocess};
@@ -70,7 +70,10 @@ pub(crate) struct Worker {
     stats: Arc<ModelStats>,
     /// Set when the session runs on CUDA and its inputs are prepared on the device.
     gpu: Option<GpuInput>,
+    /// The input's element type: f32, or f16 for a converted model.
+    precision: Precision,
     buf: Vec<f32>,
+    half: Vec<half::f16>,
 }
 
 impl Worker {
@@ -80,13 +83,17 @@ impl Worker {
     pub fn open(env: &Environment, spec: &Arc<ModelSpec>, head: Option<Arc<crate::head::Head>>, stats: &Arc<ModelStats>) -> Result<Worker, LoadError> {
         let (session, on) = session_on(env, spec, &spec.file)?;
         let (input_name, output_name) = check_io(&session, spec)?;
+        let precision = Precision::of_input(&session, spec)?;
+        if precision == Precision::F16 {
+            tracing::info!(model = %spec.name, device = %on, "fp16 model: inputs are prepared as f16, outputs read back as f32");
+        }
         if let (Some(h), Some(dim)) = (&head, output_dim(&session, &output_name)) {
             if dim != h.input_dim {
                 return Err(LoadError::Spec { model: spec.name.clone(), reason: format!("head expects {} features; output {output_name} has {dim}", h.input_dim) });
             }
         }
         let gpu = match (on, spec.preprocess) {
-            (Device::Cuda(id), Preprocess::Auto | Preprocess::Gpu) => match GpuInput::new(&session, id, spec, &input_name, &output_name) {
+            (Device::Cuda(id), Preprocess::Auto | Preprocess::Gpu) => match GpuInput::new(&session, id, spec, precision, &input_name, &output_name) {
                 Ok(g) => Some(g),
                 Err(reason) if spec.preprocess == Preprocess::Gpu => {
                     return Err(LoadError::Spec { model: spec.name.clone(), reason: format!("GPU pre-processing: {reason}") })
@@ -99,7 +106,7 @@ impl Worker {
             },
             _ => None,
         };
-        let mut w = Worker { session, head, spec: spec.clone(), input_name, output_name, stats: stats.clone(), gpu, buf: Vec::new() };
+        let mut w = Worker { session, head, spec: spec.clone(), input_name, output_name, stats: stats.clone(), gpu, precision, buf: Vec::new(), half: Vec::new() };
         if matches!(on, Device::Cuda(_)) {
             w.warm_up()?;
         }
@@ -176,10 +183,10 @@ impl Worker {
         self.buf.clear();
         self.buf.resize(elems * rows, 0.0);
         let prepared: Vec<Prepared> = images.iter().zip(self.buf.chunks_exact_mut(elems)).map(|(img, slot)| prepare(img, &self.spec.input, slot)).collect();
-        let tensor = TensorRef::from_array_view(([rows, 3, h, w], &self.buf[..])).map_err(fail)?;
-        let outputs = self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(fail)?;
-        let (shape, data) = outputs[self.output_name.as_str()].try_extract_tensor::<f32>().map_err(fail)?;
-        Ok((shape.to_vec(), data.to_vec(), prepared))
+        let input = input_value(self.precision, [rows, 3, h, w], &self.buf, &mut self.half).map_err(fail)?;
+        let outputs = self.session.run(ort::inputs![self.input_name.as_str() => input]).map_err(fail)?;
+        let (shape, data) = output_f32(&outputs[self.output_name.as_str()]).map_err(fail)?;
+        Ok((shape, data, prepared))
     }
 
     /// Turns the batch's output rows into each job's result; padding rows are dropped.

@@ -4,7 +4,12 @@ on the GPU → score. The peer gets the strongest reasonable form of that pipeli
 pool sized by --workers, 8-bit arrays (not float tensors) crossing the process boundary, the
 ToTensor/Normalize arithmetic done on the GPU, dynamic batches (--max-batch, --max-delay-ms)
 padded to powers of two, each of those shapes run once before timing (PyTorch builds cuDNN
-plans per new input shape, which costs seconds if it happens under load).
+plans per new input shape, which costs seconds if it happens under load), and each shape's
+forward captured as a CUDA graph (--no-graphs runs it eagerly). The graphs matter for the
+roadwork model: its eager forward is ~130 small PyTorch calls, and that Python dispatch holds
+the GIL long enough to starve the threads that hand results back from the pool (the
+`multiprocessing` result handler), which shows as seconds-long stalls and a throughput ceiling
+far below what the GPU or the pool can do.
 
 Models, the same as cascade's:
 - `roadwork`: EfficientNet-Lite0 built in PyTorch from cascade's own ONNX file (a small
@@ -62,6 +67,9 @@ def onnx_module(path):
         def __init__(self):
             super().__init__()
             self.p = torch.nn.ParameterDict({k.replace(".", "_"): torch.nn.Parameter(v, requires_grad=False) for k, v in w.items()})
+            # scalars (Clip bounds) as Python numbers: reading them from the device would sync,
+            # which a CUDA graph capture refuses
+            self.scalars = {k: float(v) for k, v in w.items() if v.numel() == 1}
 
         def forward(self, x):
             env = {"input": x}
@@ -75,7 +83,7 @@ def onnx_module(path):
                     pad = 0 if (t, l) != (b, r) else (t, l)
                     y = F.conv2d(y, i[1], i[2] if len(i) > 2 else None, stride=a.get("strides", [1, 1]), padding=pad, groups=a.get("group", 1))
                 elif n.op_type == "Clip":
-                    y = torch.clamp(i[0], float(i[1]), float(i[2]))
+                    y = torch.clamp(i[0], self.scalars[n.input[1]], self.scalars[n.input[2]])
                 elif n.op_type == "Add":
                     y = i[0] + i[1]
                 elif n.op_type == "GlobalAveragePool":
@@ -125,6 +133,35 @@ def build(model, onnx_path, head_path):
     return run
 
 
+def graphed(run, shapes, crop):
+    """`run` captured as one CUDA graph per batch shape: a batch is a copy into the shape's
+    static input and one replay, so the Python side costs the same for any model."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture: cuDNN plans, the allocator
+        for rows in shapes:
+            for _ in range(3):
+                run(torch.zeros(rows, crop, crop, 3, dtype=torch.uint8, device="cuda"))
+    torch.cuda.current_stream().wait_stream(side)
+    static = {}
+    for rows in shapes:
+        x = torch.zeros(rows, crop, crop, 3, dtype=torch.uint8, device="cuda")
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            y = run(x)
+        static[rows] = (g, x, y)
+
+    def replay(u8):
+        g, x, y = static[u8.shape[0]]
+        x.copy_(u8, non_blocking=True)
+        g.replay()
+        return y  # read (.cpu()) before the next replay of this shape
+
+    return replay
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=SIZE, default="roadwork")
@@ -138,6 +175,7 @@ def main():
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-delay-ms", type=float, default=3)
     ap.add_argument("--scores", action="store_true")
+    ap.add_argument("--no-graphs", action="store_true", help="run the forward eagerly instead of as CUDA graphs")
     ap.add_argument("--prep-only", action="store_true", help="time only the CPU stage (decode + resize + crop in the pool): a ceiling on the pipeline's images/s")
     a = ap.parse_args()
     names = sorted(f for f in os.listdir(a.jpegs) if f.endswith(".jpg"))
@@ -150,14 +188,24 @@ def main():
     crop = SIZE[a.model][1]
     shapes = [1 << k for k in range(16) if 1 << k < a.max_batch] + [a.max_batch]
     with torch.inference_mode():
-        for rows in shapes:
-            run(torch.zeros(rows, crop, crop, 3, dtype=torch.uint8, device="cuda"))
+        if a.no_graphs:
+            for rows in shapes:
+                run(torch.zeros(rows, crop, crop, 3, dtype=torch.uint8, device="cuda"))
+        else:
+            run = graphed(run, shapes, crop)
         torch.cuda.synchronize()
     if a.scores:
         _init(a.model)
         with torch.inference_mode():
-            u8 = torch.from_numpy(np.stack([np.frombuffer(prep(j), np.uint8).reshape(crop, crop, 3) for j in jpegs])).cuda()
-            print(json.dumps({n: float(s) for n, s in zip(names, run(u8).cpu())}))
+            u8 = np.stack([np.frombuffer(prep(j), np.uint8).reshape(crop, crop, 3) for j in jpegs])
+            out = {}
+            for k in range(0, len(jpegs), a.max_batch):  # the warmed (and captured) shapes only
+                chunk = u8[k : k + a.max_batch]
+                rows = next(r for r in shapes if r >= len(chunk))
+                pad = np.zeros((rows, crop, crop, 3), np.uint8)
+                pad[: len(chunk)] = chunk
+                out.update({n: float(v) for n, v in zip(names[k : k + len(chunk)], run(torch.from_numpy(pad).cuda()).cpu())})
+            print(json.dumps(out))
         return
 
     # the workers import torchvision and start up before anything is timed
@@ -240,7 +288,7 @@ def main():
     lat.sort()
     pct = lambda q: lat[min(int(len(lat) * q), len(lat) - 1)] if lat else float("nan")
     n = len(lat)
-    print(json.dumps({"side": f"python-miner (PIL+torchvision x{a.workers}, torch fp16)", "model": a.model, "mode": "open" if a.rate else "closed", "concurrency": a.concurrency, "rate": a.rate, "n": n, "errors": errors[0], "rps": n / elapsed, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}))
+    print(json.dumps({"side": f"python-miner (PIL+torchvision x{a.workers}, torch fp16{', eager' if a.no_graphs else ', CUDA graphs'})", "model": a.model, "mode": "open" if a.rate else "closed", "concurrency": a.concurrency, "rate": a.rate, "n": n, "errors": errors[0], "rps": n / elapsed, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}))
     sys.stdout.flush()
     pool.terminate()
 

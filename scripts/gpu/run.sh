@@ -2,6 +2,7 @@
 # Runs on the GPU machine after `bash .ortgpu/p4/unpack` (see ../shared/docs/GPU.md), with
 # target/gpu-pack.tar.xz carried (scripts/gpu/pack.sh). Steps (STEPS=a,b,… runs a subset):
 #   torch   export ViT-B/16 and time the PyTorch peers (eager fp32/fp16, torch.compile fp16)
+#           (every run converts roadwork and ViT to fp16 with scripts/fp16.py: *16 models)
 #   agree   CUDA vs CPU agreement of the models; GPU vs CPU pre-processing agreement
 #   engine  model-only throughput through the engine at batch 1/8/64
 #   e2e     JPEG bytes → score under load: cascade (in process and over HTTP) vs the Python
@@ -32,6 +33,10 @@ m = torchvision.models.vit_b_16(weights=None).eval()
 torch.onnx.export(m, torch.randn(1, 3, 224, 224), sys.argv[1], input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
 PY
 fi
+echo "== fp16 conversions (scripts/fp16.py)"
+python3 scripts/fp16.py "$P/models/efficientnet_lite0.onnx" "$P/roadwork16.onnx" 2>&1 | tee "$OUT/fp16.txt"
+python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" --transformer vit --heads 12 --hidden 768 2>&1 | tee -a "$OUT/fp16.txt" \
+  || { echo "transformer optimiser failed; plain fp16 conversion" | tee -a "$OUT/fp16.txt"; python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" 2>&1 | tee -a "$OUT/fp16.txt"; }
 
 registry() {  # DEVICE -> models.toml
   local dev=$1 m=$P/models
@@ -79,6 +84,43 @@ device = "$dev"
 threads = 4
 ocr = { rec = "$m/ocr/ch_PP-OCRv4_rec_infer.onnx", cls = "$m/ocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", det_short = 480 }
 TOML
+  [[ $dev == cuda* ]] || return 0
+  # the fp16 conversions (CUDA only) and the same roadwork model on two sessions
+  for spec in "roadwork16 $P/roadwork16.onnx 1" "roadwork16w2 $P/roadwork16.onnx 2" "roadwork32w2 $m/efficientnet_lite0.onnx 2"; do
+    set -- $spec
+    cat <<TOML
+
+[[model]]
+name = "$1"
+kind = "classifier"
+file = "$2"
+output = "embedding"
+head = "$PWD/policies/heads/roadwork.json"
+activation = "sigmoid"
+labels = ["other", "roadwork"]
+positive = ["roadwork"]
+input = { width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }
+device = "$dev"
+max_batch = 64
+max_delay_us = 3000
+threads = 4
+workers = $3
+cuda = { arena_extend = "same_as_requested" }
+TOML
+  done
+  [[ -z ${NO_VIT16:-} ]] && cat <<TOML
+
+[[model]]
+name = "vit16"
+kind = "classifier"
+file = "$P/vit16.onnx"
+input = { width = 224, height = 224, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }
+device = "$dev"
+max_batch = 64
+max_delay_us = 3000
+threads = 4
+TOML
+  return 0
 }
 for dev in cpu cuda:0; do
   d="$P/pol-${dev%%:*}"
@@ -97,7 +139,13 @@ name = "classifier"
 classify = ["roadwork"]
 on_error = "fail"
 TOML
+  sed -e 's/^name = "rw"/name = "rw16"/' -e 's/classify = \["roadwork"\]/classify = ["roadwork16w2"]/' "$d/rw.toml" > "$d/rw16.toml"
 done
+[ -f "$P/pol-cpu/rw16.toml" ] && rm "$P/pol-cpu/rw16.toml"  # roadwork16w2 exists on CUDA only
+if ! "$P/bin/cascade" infer --policies "$P/pol-cuda" --model vit16 "$P"/validator/00.jpg > "$OUT/vit16-check.txt" 2>&1; then
+  echo "vit16 does not load or run on CUDA here (see vit16-check.txt); left out"
+  NO_VIT16=1 registry cuda:0 > "$P/pol-cuda/models.toml"
+fi
 fail=0
 
 echo "== CUDA vs CPU agreement"
@@ -106,11 +154,17 @@ step agree && for m in roadwork vit detector ocr; do
     "$P/bin/cascade" infer --policies "$P/pol-$dev" --model "$m" --repeat 3 "$P"/test-images/*.jpg > "$OUT/infer-$m-$dev.jsonl"
   done
 done
+step agree && for m in roadwork16 vit16; do
+  "$P/bin/cascade" infer --policies "$P/pol-cuda" --model "$m" --repeat 3 "$P"/test-images/*.jpg > "$OUT/infer-$m-cuda.jsonl" || true
+done
 step agree && python3 - "$OUT" <<'PY'
-import json, sys
+import json, os, sys
 out = sys.argv[1]
-for m in ("roadwork", "vit", "detector", "ocr"):
-    cpu = [json.loads(l) for l in open(f"{out}/infer-{m}-cpu.jsonl")]
+# fp16 models on CUDA against the fp32 model on the CPU
+for m, ref in (("roadwork", "roadwork"), ("vit", "vit"), ("detector", "detector"), ("ocr", "ocr"), ("roadwork16", "roadwork"), ("vit16", "vit")):
+    if not os.path.exists(f"{out}/infer-{m}-cuda.jsonl") or not os.path.getsize(f"{out}/infer-{m}-cuda.jsonl"):
+        print(f"{m}: no CUDA results"); continue
+    cpu = [json.loads(l) for l in open(f"{out}/infer-{ref}-cpu.jsonl")]
     gpu = [json.loads(l) for l in open(f"{out}/infer-{m}-cuda.jsonl")]
     if m == "detector":
         same = sum([d["label"] for d in a["result"]] == [d["label"] for d in b["result"]] for a, b in zip(cpu, gpu))
@@ -120,7 +174,7 @@ for m in ("roadwork", "vit", "detector", "ocr"):
         print(f"{m}: same text on {same}/{len(cpu)}; median ms cpu {sorted(a['ms'] for a in cpu)[len(cpu)//2]:.1f} cuda {sorted(b['ms'] for b in gpu)[len(gpu)//2]:.1f}")
     else:
         d = max(abs(a["result"]["score"] - b["result"]["score"]) for a, b in zip(cpu, gpu))
-        print(f"{m}: max |score cpu - score cuda| = {d:.2e}; median ms cpu {sorted(a['ms'] for a in cpu)[len(cpu)//2]:.2f} cuda {sorted(b['ms'] for b in gpu)[len(gpu)//2]:.2f}")
+        print(f"{m} (cuda) vs {ref} (cpu): max |score cpu - score cuda| = {d:.2e}; median ms cpu {sorted(a['ms'] for a in cpu)[len(cpu)//2]:.2f} cuda {sorted(b['ms'] for b in gpu)[len(gpu)//2]:.2f}")
 PY
 
 echo "== GPU vs CPU pre-processing (the same images, each model's input spec)"
@@ -139,8 +193,8 @@ fi
 
 echo "== model-only throughput through the engine"
 if step engine; then
-  for m in vit roadwork; do
-    "$P/bin/gpu-bench" model "$P/pol-cuda" "$m" 1,8,64 4
+  for m in vit vit16 roadwork roadwork16; do
+    "$P/bin/gpu-bench" model "$P/pol-cuda" "$m" 1,8,64 4 || echo "$m: failed"
   done
   "$P/bin/gpu-bench" model "$P/pol-cpu" vit 1,8 3
 fi
@@ -176,22 +230,29 @@ d = max(abs(peer[k] - ours[k]) for k in peer)
 print(f"the peer computes cascade's model: max |score torch fp16 - score cascade| = {d:.2e} over {len(peer)} images")
 PY
   # equal load = the same number of requests in flight on both sides (closed loop)
-  for c in 8 64 256; do "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork "$P/validator" $c 6 | tee -a "$E"; done
+  "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork "$P/validator" 256 6 | tee -a "$E"
+  "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork32w2 "$P/validator" 256 6 | tee -a "$E"
+  for c in 8 64 256; do "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork16 "$P/validator" $c 6 | tee -a "$E"; done
+  for c in 8 64 256; do "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork16w2 "$P/validator" $c 6 | tee -a "$E"; done
   serve cuda
-  "$P/bin/gpu-bench" http "$url/v1/predict/rw" "$P/validator" 256 6 | tee -a "$E"
+  "$P/bin/gpu-bench" http "$url/v1/predict/rw16" "$P/validator" 256 6 | tee -a "$E"
+  "$P/bin/gpu-bench" http "$url/v1/predict/rw16" "$P/validator" 64 6 | tee -a "$E"
   python3 -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1] + '/metrics').read().decode())" "$url" | grep -E '^cascade_model_(runs|items|gpu_memory_bytes|loaded|cpu_preprocess)' | tee "$OUT/metrics-under-load.txt" || true
   kill $pid; wait $pid 2>/dev/null || true
-  for wc in 16:8 16:64 16:256 8:256; do peer --model roadwork --workers ${wc%:*} --concurrency ${wc#*:} || true; done
-  for w in 8 16; do peer --model roadwork --workers $w --prep-only || true; done
+  for wc in 16:8 16:64 16:256 8:256 12:256; do peer --model roadwork --workers ${wc%:*} --concurrency ${wc#*:} || true; done
+  peer --model roadwork --workers 16 --concurrency 256 --no-graphs || true
+  peer --model roadwork --workers 16 --prep-only || true
   peer --model vit --workers 16 --concurrency 256 || true
   "$P/bin/gpu-bench" e2e "$P/pol-cuda" vit "$P/validator" 256 6 | tee -a "$E"
+  "$P/bin/gpu-bench" e2e "$P/pol-cuda" vit16 "$P/validator" 256 6 | tee -a "$E" || true
   python3 - "$E" <<'PY'
 import json, sys
-print("| side | model | load | images/s | p50 ms | p99 ms | errors |")
-print("|---|---|---|---|---|---|---|")
+print("| side | model | load | images/s | p50 ms | p99 ms | errors | mean batch | GPU MiB |")
+print("|---|---|---|---|---|---|---|---|---|")
 for r in map(json.loads, open(sys.argv[1])):
     load = f"closed, {r['concurrency']} in flight" if r["mode"] == "closed" else f"open, {r['rate']:.0f}/s"
-    print(f"| {r['side']} | {r['model']} | {load} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+    extra = f"{r['mean_batch']:.1f} | {r['gpu_mib']}" if "mean_batch" in r else "– | –"
+    print(f"| {r['side']} | {r['model']} | {load} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {extra} |")
 PY
 fi
 
@@ -215,6 +276,7 @@ with cf.ThreadPoolExecutor(32) as ex:
     t = time.perf_counter(); n = 640; list(ex.map(one, range(n))); rps = n / (time.perf_counter() - t)
 print(f"accuracy on {dev}: single-request p50 {lat[100]:.1f} ms p99 {lat[197]:.1f} ms; 32 concurrent: {rps:.1f} req/s")
 PY
+  python3 -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1] + '/metrics').read().decode())" "$url" | grep -E '^cascade_(model_(runs|items|busy|failures|expired)|stage|primitive)' > "$OUT/metrics-accuracy-$dev.txt" || true
   kill $pid
 done
 exit $fail

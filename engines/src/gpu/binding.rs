@@ -1,8 +1,9 @@
 //! A CUDA session fed straight by the GPU pre-processing. Per batch size that runs there is one
-//! input tensor, allocated by ONNX Runtime's CUDA allocator (so ONNX Runtime owns it and binds
-//! it without a copy), and one IoBinding of it; the kernel fills the tensor in place, and only
-//! the output, a few scores or a vector per image, comes back to the host (ONNX Runtime keeps
-//! a bound output's buffer for the next run, so each batch size has its own binding).
+//! input tensor in the model's own type (f32 or f16), allocated by ONNX Runtime's CUDA allocator
+//! (so ONNX Runtime owns it and binds it without a copy), and one IoBinding of it; the kernel
+//! fills the tensor in place, and only the output, a few scores or a vector per image, comes
+//! back to the host (ONNX Runtime keeps a bound output's buffer for the next run, so each batch
+//! size has its own binding).
 
 use std::collections::BTreeMap;
 
@@ -10,9 +11,10 @@ use image::RgbImage;
 use ort::session::IoBinding;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
-use ort::value::Tensor;
+use ort::value::DynTensor;
 
 use super::GpuPrep;
+use crate::precision::{output_f32, Precision};
 use crate::preprocess::Prepared;
 use crate::spec::ModelSpec;
 
@@ -20,7 +22,8 @@ pub(crate) struct GpuInput {
     prep: GpuPrep,
     alloc: Allocator,
     /// Per batch size (rows): the device input tensor and its binding.
-    shapes: BTreeMap<usize, (Tensor<f32>, IoBinding)>,
+    shapes: BTreeMap<usize, (DynTensor, IoBinding)>,
+    precision: Precision,
     host: MemoryInfo<'static>,
     input: String,
     output: String,
@@ -38,9 +41,9 @@ pub(crate) enum GpuRunError {
 pub(crate) type GpuOutput = (Vec<i64>, Vec<f32>, Vec<Prepared>);
 
 impl GpuInput {
-    pub fn new(session: &Session, device: u32, spec: &ModelSpec, input: &str, output: &str) -> Result<GpuInput, String> {
+    pub fn new(session: &Session, device: u32, spec: &ModelSpec, precision: Precision, input: &str, output: &str) -> Result<GpuInput, String> {
         let ctx = super::context(device)?;
-        let prep = GpuPrep::new(ctx, &spec.input, spec.max_batch)?;
+        let prep = GpuPrep::new(ctx, &spec.input, spec.max_batch, precision)?;
         let e = |e: ort::Error| e.to_string();
         let mem = MemoryInfo::new(AllocationDevice::CUDA, device as i32, AllocatorType::Device, MemoryType::Default).map_err(e)?;
         let alloc = Allocator::new(session, mem).map_err(|x| format!("CUDA allocator: {x}"))?;
@@ -49,6 +52,7 @@ impl GpuInput {
             prep,
             alloc,
             shapes: BTreeMap::new(),
+            precision,
             host,
             input: input.to_string(),
             output: output.to_string(),
@@ -64,9 +68,9 @@ impl GpuInput {
         let (tensor, binding) = match self.shapes.entry(rows) {
             std::collections::btree_map::Entry::Occupied(t) => t.into_mut(),
             std::collections::btree_map::Entry::Vacant(v) => {
-                let mut t = Tensor::<f32>::new(&self.alloc, [rows, 3, h, w]).map_err(run)?;
+                let mut t = DynTensor::new(&self.alloc, self.precision.element(), [rows, 3, h, w]).map_err(run)?;
                 // padding rows are never written by the kernel: start them at zero
-                self.prep.zero(t.data_ptr_mut() as u64, rows * 3 * h * w * 4).map_err(GpuRunError::Run)?;
+                self.prep.zero(t.data_ptr_mut() as u64, rows * 3 * h * w * self.precision.bytes()).map_err(GpuRunError::Run)?;
                 let mut b = session.create_binding().map_err(run)?;
                 b.bind_input(self.input.as_str(), &t).map_err(run)?;
                 b.bind_output_to_device(self.output.as_str(), &self.host).map_err(run)?;
@@ -75,7 +79,7 @@ impl GpuInput {
         };
         let prepared = self.prep.run(images, tensor.data_ptr_mut() as u64).map_err(GpuRunError::Prep)?;
         let outputs = session.run_binding(binding).map_err(run)?;
-        let (shape, data) = outputs[self.output.as_str()].try_extract_tensor::<f32>().map_err(run)?;
-        Ok((shape.to_vec(), data.to_vec(), prepared))
+        let (shape, data) = output_f32(&outputs[self.output.as_str()]).map_err(run)?;
+        Ok((shape, data, prepared))
     }
 }

@@ -44,7 +44,7 @@ pub(crate) fn used_bytes(ctx: &CudaContext) -> Option<u64> {
 /// against [`crate::prepare`] and timing it on a GPU machine. Not a serving path.
 pub fn prepare_on_gpu(device: u32, spec: &crate::InputSpec, images: &[&image::RgbImage]) -> Result<(Vec<f32>, std::time::Duration), String> {
     let ctx = context(device)?;
-    let mut prep = GpuPrep::new(ctx.clone(), spec, images.len().max(1))?;
+    let mut prep = GpuPrep::new(ctx.clone(), spec, images.len().max(1), crate::precision::Precision::F32)?;
     let stream = ctx.default_stream();
     let len = images.len() * 3 * (spec.width * spec.height) as usize;
     let out = stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| format!("device memory: {e}"))?;

@@ -6,6 +6,9 @@
 //
 // items: per image 8 x int64: byte offset of its pixels in `src`, iw, ih (source size),
 // nw, nh (resized size), x0, y0 (crop offset in the resized image), unused.
+//
+// Two entry points: prep_nchw_f32 and prep_nchw_f16 (an fp16 model's input; the value is
+// computed in f32 and rounded to nearest once, as a host-side conversion would).
 
 __device__ __forceinline__ float tri(float x) {
     x = fabsf(x);
@@ -43,9 +46,18 @@ __device__ __forceinline__ float to_u8(float v) {
     return fminf(fmaxf(floorf(v + 0.5f), 0.0f), 255.0f);
 }
 
-extern "C" __global__ void prep_nchw_f32(
+__device__ __forceinline__ void put(float* p, float v) { *p = v; }
+
+__device__ __forceinline__ void put(unsigned short* p, float v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    *p = h;
+}
+
+template <typename T>
+__device__ __forceinline__ void prep_nchw(
     const unsigned char* __restrict__ src, const long long* __restrict__ items,
-    float* __restrict__ out, int W, int H, int n,
+    T* __restrict__ out, int W, int H, int n,
     float a0, float a1, float a2, float b0, float b1, float b2,
     int c0, int c1, int c2, float p0, float p1, float p2)
 {
@@ -58,9 +70,9 @@ extern "C" __global__ void prep_nchw_f32(
     int iw = (int)it[1], ih = (int)it[2], nw = (int)it[3], nh = (int)it[4];
     int rx = x + (int)it[5], ry = y + (int)it[6];
     size_t plane = (size_t)W * H;
-    float* o = out + (size_t)b * 3 * plane + (size_t)y * W + x;
+    T* o = out + (size_t)b * 3 * plane + (size_t)y * W + x;
     if (rx >= nw || ry >= nh) { // letterbox padding
-        o[0] = p0; o[plane] = p1; o[2 * plane] = p2;
+        put(o, p0); put(o + plane, p1); put(o + 2 * plane, p2);
         return;
     }
     Taps tx = taps(rx, iw, nw);
@@ -79,7 +91,20 @@ extern "C" __global__ void prep_nchw_f32(
         acc[0] += wx * to_u8(col[0]); acc[1] += wx * to_u8(col[1]); acc[2] += wx * to_u8(col[2]);
     }
     float px[3] = {to_u8(acc[0]), to_u8(acc[1]), to_u8(acc[2])};
-    o[0] = px[c0] * a0 + b0;
-    o[plane] = px[c1] * a1 + b1;
-    o[2 * plane] = px[c2] * a2 + b2;
+    put(o, px[c0] * a0 + b0);
+    put(o + plane, px[c1] * a1 + b1);
+    put(o + 2 * plane, px[c2] * a2 + b2);
 }
+
+#define PREP_ENTRY(NAME, T)                                                              \
+    extern "C" __global__ void NAME(                                                     \
+        const unsigned char* __restrict__ src, const long long* __restrict__ items,      \
+        T* __restrict__ out, int W, int H, int n,                                        \
+        float a0, float a1, float a2, float b0, float b1, float b2,                      \
+        int c0, int c1, int c2, float p0, float p1, float p2)                            \
+    {                                                                                    \
+        prep_nchw<T>(src, items, out, W, H, n, a0, a1, a2, b0, b1, b2, c0, c1, c2, p0, p1, p2); \
+    }
+
+PREP_ENTRY(prep_nchw_f32, float)
+PREP_ENTRY(prep_nchw_f16, unsigned short)

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use image::RgbImage;
 
+use crate::precision::Precision;
 use crate::preprocess::{affine, geometry, pad_values, Prepared};
 use crate::spec::InputSpec;
 
@@ -30,8 +31,9 @@ pub(crate) struct GpuPrep {
 }
 
 impl GpuPrep {
-    /// Compiles the kernel for the device (NVRTC) and allocates staging for `max_batch` images.
-    pub fn new(ctx: Arc<CudaContext>, spec: &InputSpec, max_batch: usize) -> Result<GpuPrep, String> {
+    /// Compiles the kernel for the device (NVRTC), picks its entry for the model's input type, and
+    /// allocates staging for `max_batch` images.
+    pub fn new(ctx: Arc<CudaContext>, spec: &InputSpec, max_batch: usize, precision: Precision) -> Result<GpuPrep, String> {
         let (major, minor) = ctx.compute_capability().map_err(|e| format!("compute capability: {e}"))?;
         // SAFETY: only probes whether the NVRTC library can be opened.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -44,7 +46,11 @@ impl GpuPrep {
         };
         let ptx = cudarc::nvrtc::compile_ptx_with_opts(KERNEL, opts).map_err(|e| format!("NVRTC: {e}"))?;
         let module = ctx.load_module(ptx).map_err(|e| format!("loading the kernel: {e}"))?;
-        let func = module.load_function("prep_nchw_f32").map_err(|e| format!("kernel prep_nchw_f32: {e}"))?;
+        let entry = match precision {
+            Precision::F32 => "prep_nchw_f32",
+            Precision::F16 => "prep_nchw_f16",
+        };
+        let func = module.load_function(entry).map_err(|e| format!("kernel {entry}: {e}"))?;
         let stream = ctx.new_stream().map_err(|e| format!("stream: {e}"))?;
         let header = (max_batch.next_power_of_two() * ITEM).next_multiple_of(256);
         let bytes = header + max_batch * 3 * (spec.width * spec.height) as usize * 2;
@@ -53,8 +59,8 @@ impl GpuPrep {
     }
 
     /// Writes the model input for `images` into the first `images.len()` rows of the device
-    /// tensor at `out` (f32, [rows, 3, H, W], at least `images.len()` rows), and waits until it
-    /// is there. Returns how each image maps back, as the CPU path does.
+    /// tensor at `out` ([rows, 3, H, W] in the precision given at `new`, at least `images.len()`
+    /// rows), and waits until it is there. Returns how each image maps back, as the CPU path does.
     pub fn run(&mut self, images: &[&RgbImage], out: u64) -> Result<Vec<Prepared>, String> {
         let n = images.len();
         if n * ITEM > self.header {
@@ -105,10 +111,11 @@ impl GpuPrep {
         for v in &pad {
             launch.arg(v);
         }
-        // SAFETY: the argument list matches prep_nchw_f32's parameters one for one; `src` and
-        // `items` lie inside `device`, which was just filled; `out` is a device tensor of at
-        // least n × 3 × H × W f32 (the caller's contract), and every thread writes only inside
-        // its own image's rows because the grid is bounded by W, H and n.
+        // SAFETY: the argument list matches the parameters of both entries (prep_nchw_f32/f16)
+        // one for one; `src` and `items` lie inside `device`, which was just filled; `out` is a
+        // device tensor of at least n × 3 × H × W elements of the precision chosen at `new` (the
+        // caller's contract), and every thread writes only inside its own image's rows because
+        // the grid is bounded by W, H and n.
         unsafe { launch.launch(cfg) }.map_err(|e| format!("kernel launch: {e}"))?;
         self.stream.synchronize().map_err(|e| format!("kernel: {e}"))?;
         Ok(prepared)
