@@ -23,15 +23,16 @@ pub(crate) trait Engine {
 
 /// Starts worker `i` of a model. A model that is not lazy is opened before this returns and
 /// its error is returned; a lazy one is opened once here to check it (worker 0 only), then
-/// dropped until work arrives.
-pub(crate) fn spawn<E, F>(spec: &Arc<ModelSpec>, stats: &Arc<ModelStats>, rx: Receiver<Job>, i: usize, open: F) -> Result<(), LoadError>
+/// dropped until work arrives. The thread ends, its engine dropped, once every sender of `rx`
+/// is gone and the queue is drained; join it to know its sessions are released.
+pub(crate) fn spawn<E, F>(spec: &Arc<ModelSpec>, stats: &Arc<ModelStats>, rx: Receiver<Job>, i: usize, open: F) -> Result<std::thread::JoinHandle<()>, LoadError>
 where
     E: Engine + 'static,
     F: Fn() -> Result<E, LoadError> + Send + 'static,
 {
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), LoadError>>(1);
     let (spec2, stats2) = (spec.clone(), stats.clone());
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(format!("model-{}-{i}", spec.name))
         .spawn(move || {
             let first = if spec2.lazy {
@@ -57,7 +58,8 @@ where
             run(rx, &spec2, &stats2, first, &open);
         })
         .map_err(|e| LoadError::Spec { model: spec.name.clone(), reason: format!("worker thread: {e}") })?;
-    ready_rx.recv().unwrap_or_else(|_| Err(LoadError::Spec { model: spec.name.clone(), reason: "worker thread ended while loading".into() }))
+    ready_rx.recv().unwrap_or_else(|_| Err(LoadError::Spec { model: spec.name.clone(), reason: "worker thread ended while loading".into() }))?;
+    Ok(thread)
 }
 
 struct Loaded<E> {

@@ -45,12 +45,27 @@ struct Handle {
     spec: Arc<ModelSpec>,
     tx: Sender<Job>,
     stats: Arc<ModelStats>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Every model of a registry, loaded. Dropping it stops the workers once their queues drain.
+/// Every model of a registry, loaded. Dropping it closes every queue, lets the workers drain
+/// them, and waits until each worker has dropped its sessions.
 #[derive(Default)]
 pub struct Models {
     handles: BTreeMap<String, Handle>,
+}
+
+impl Drop for Models {
+    /// Waiting matters at process exit: a worker still releasing a CUDA session while `main`
+    /// returns races the CUDA and ONNX Runtime libraries' own teardown (a crash at exit, seen
+    /// with several CUDA models loaded).
+    fn drop(&mut self) {
+        // every queue closes first (the senders go with their handles), so all models drain at once
+        let threads: Vec<_> = std::mem::take(&mut self.handles).into_values().flat_map(|h| h.threads).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Models {
@@ -124,14 +139,15 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     let spec = Arc::new(spec.clone());
     let stats = Arc::new(ModelStats::default());
     let (tx, rx) = crossbeam_channel::bounded(spec.queue);
+    let mut threads = Vec::with_capacity(spec.workers);
     if spec.kind == ModelKind::Ocr {
         for i in 0..spec.workers {
             let (env, spec2, stats2) = (env.clone(), spec.clone(), stats.clone());
-            lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
+            threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
                 Ok(OcrWorker { s: ocr_sessions(&env, &spec2)?, spec: spec2.clone(), stats: stats2.clone() })
-            })?;
+            })?);
         }
-        return Ok(Handle { spec, tx, stats });
+        return Ok(Handle { spec, tx, stats, threads });
     }
     let head = match &spec.head {
         Some(p) => {
@@ -145,9 +161,9 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     };
     for i in 0..spec.workers {
         let (env, spec2, stats2, head) = (env.clone(), spec.clone(), stats.clone(), head.clone());
-        lifecycle::spawn(&spec, &stats, rx.clone(), i, move || Worker::open(&env, &spec2, head.clone(), &stats2))?;
+        threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || Worker::open(&env, &spec2, head.clone(), &stats2))?);
     }
-    Ok(Handle { spec, tx, stats })
+    Ok(Handle { spec, tx, stats, threads })
 }
 
 /// The three PP-OCR sessions and the recogniser's dictionary (its `character` metadata).

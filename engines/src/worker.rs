@@ -62,14 +62,15 @@ pub struct Reply {
 }
 
 pub(crate) struct Worker {
+    /// Set when the session runs on CUDA and its inputs are prepared on the device. Declared
+    /// before `session` so its bindings and tensors (the session's allocator's) drop first.
+    gpu: Option<GpuInput>,
     session: Session,
     head: Option<Arc<crate::head::Head>>,
     spec: Arc<ModelSpec>,
     input_name: String,
     output_name: String,
     stats: Arc<ModelStats>,
-    /// Set when the session runs on CUDA and its inputs are prepared on the device.
-    gpu: Option<GpuInput>,
     /// The input's element type: f32, or f16 for a converted model.
     precision: Precision,
     buf: Vec<f32>,

@@ -14,7 +14,10 @@ use crate::server::ingress::{decode_image, IngressLimits};
 
 /// Runs `model` on each image `repeat` times; prints the last result and the median times.
 pub fn infer(policies: &Path, model: &str, min_conf: f32, repeat: usize, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let registry = Registry::load(&policies.join(MODELS_FILE))?;
+    let mut registry = Registry::load(&policies.join(MODELS_FILE))?;
+    // only the model asked for is loaded: the others' start-up (CUDA warm-up) is not this check's
+    anyhow::ensure!(registry.models.iter().any(|m| m.name == model), "no model {model} in the registry");
+    registry.models.retain(|m| m.name == model);
     let models = Models::load(&registry, &cascade_engines::runtime_library()).map_err(|errs| {
         anyhow::anyhow!(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
     })?;

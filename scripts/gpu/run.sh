@@ -35,8 +35,8 @@ PY
 fi
 echo "== fp16 conversions (scripts/fp16.py)"
 python3 scripts/fp16.py "$P/models/efficientnet_lite0.onnx" "$P/roadwork16.onnx" 2>&1 | tee "$OUT/fp16.txt"
-python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" --transformer vit --heads 12 --hidden 768 2>&1 | tee -a "$OUT/fp16.txt" \
-  || { echo "transformer optimiser failed; plain fp16 conversion" | tee -a "$OUT/fp16.txt"; python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" 2>&1 | tee -a "$OUT/fp16.txt"; }
+python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" --transformer vit --heads 12 --hidden 768 --no-check 2>&1 | tee -a "$OUT/fp16.txt" \
+  || { echo "transformer optimiser failed; plain fp16 conversion" | tee -a "$OUT/fp16.txt"; python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" --no-check 2>&1 | tee -a "$OUT/fp16.txt"; }
 
 registry() {  # DEVICE -> models.toml
   local dev=$1 m=$P/models
@@ -84,8 +84,9 @@ device = "$dev"
 threads = 4
 ocr = { rec = "$m/ocr/ch_PP-OCRv4_rec_infer.onnx", cls = "$m/ocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", det_short = 480 }
 TOML
-  [[ $dev == cuda* ]] || return 0
-  # the fp16 conversions (CUDA only) and the same roadwork model on two sessions
+}
+registry16() {  # -> models.toml of the fp16 conversions, and roadwork on two sessions (CUDA)
+  local dev=cuda:0 m=$P/models
   for spec in "roadwork16 $P/roadwork16.onnx 1" "roadwork16w2 $P/roadwork16.onnx 2" "roadwork32w2 $m/efficientnet_lite0.onnx 2"; do
     set -- $spec
     cat <<TOML
@@ -122,29 +123,32 @@ threads = 4
 TOML
   return 0
 }
-for dev in cpu cuda:0; do
-  d="$P/pol-${dev%%:*}"
-  mkdir -p "$d"
-  registry "$dev" > "$d/models.toml"
-  for hk in speed accuracy; do cp "policies/$hk.toml" "$d/"; done
-  cat > "$d/rw.toml" <<'TOML'
-# one classifier stage: the end-to-end load's policy
-name = "rw"
+rw_policy() {  # NAME MODEL -> a one-stage policy: the end-to-end load's
+  cat <<TOML
+name = "$1"
 fallback = 0.45
 budget_ms = 8000
 [router]
 component = "cascade-router@^1"
 [[router.params.stages]]
 name = "classifier"
-classify = ["roadwork"]
+classify = ["$2"]
 on_error = "fail"
 TOML
-  sed -e 's/^name = "rw"/name = "rw16"/' -e 's/classify = \["roadwork"\]/classify = ["roadwork16w2"]/' "$d/rw.toml" > "$d/rw16.toml"
+}
+for dev in cpu cuda:0; do
+  d="$P/pol-${dev%%:*}"
+  mkdir -p "$d"
+  registry "$dev" > "$d/models.toml"
+  for hk in speed accuracy; do cp "policies/$hk.toml" "$d/"; done
+  rw_policy rw roadwork > "$d/rw.toml"
 done
-[ -f "$P/pol-cpu/rw16.toml" ] && rm "$P/pol-cpu/rw16.toml"  # roadwork16w2 exists on CUDA only
-if ! "$P/bin/cascade" infer --policies "$P/pol-cuda" --model vit16 "$P"/validator/00.jpg > "$OUT/vit16-check.txt" 2>&1; then
+mkdir -p "$P/pol-cuda16"
+registry16 > "$P/pol-cuda16/models.toml"
+rw_policy rw16 roadwork16w2 > "$P/pol-cuda16/rw16.toml"
+if ! "$P/bin/cascade" infer --policies "$P/pol-cuda16" --model vit16 "$P"/validator/00.jpg > "$OUT/vit16-check.txt" 2>&1; then
   echo "vit16 does not load or run on CUDA here (see vit16-check.txt); left out"
-  NO_VIT16=1 registry cuda:0 > "$P/pol-cuda/models.toml"
+  NO_VIT16=1 registry16 > "$P/pol-cuda16/models.toml"
 fi
 fail=0
 
@@ -155,7 +159,7 @@ step agree && for m in roadwork vit detector ocr; do
   done
 done
 step agree && for m in roadwork16 vit16; do
-  "$P/bin/cascade" infer --policies "$P/pol-cuda" --model "$m" --repeat 3 "$P"/test-images/*.jpg > "$OUT/infer-$m-cuda.jsonl" || true
+  "$P/bin/cascade" infer --policies "$P/pol-cuda16" --model "$m" --repeat 3 "$P"/test-images/*.jpg > "$OUT/infer-$m-cuda.jsonl" || true
 done
 step agree && python3 - "$OUT" <<'PY'
 import json, os, sys
@@ -193,16 +197,15 @@ fi
 
 echo "== model-only throughput through the engine"
 if step engine; then
-  for m in vit vit16 roadwork roadwork16; do
-    "$P/bin/gpu-bench" model "$P/pol-cuda" "$m" 1,8,64 4 || echo "$m: failed"
-  done
+  for m in vit roadwork; do "$P/bin/gpu-bench" model "$P/pol-cuda" "$m" 1,8,64 4; done
+  for m in vit16 roadwork16; do "$P/bin/gpu-bench" model "$P/pol-cuda16" "$m" 1,8,64 4 || echo "$m: failed"; done
   "$P/bin/gpu-bench" model "$P/pol-cpu" vit 1,8 3
 fi
 
 serve() {  # DEV -> sets $pid and $url
   "$P/bin/cascade" serve --listen 127.0.0.1:0 --policies "$P/pol-$1" --components "$P/components" --no-watch > "$OUT/serve-$1.out" 2> "$OUT/serve-$1.log" &
   pid=$!
-  for _ in $(seq 300); do grep -q listening "$OUT/serve-$1.out" 2>/dev/null && break; sleep 0.2; done
+  for _ in $(seq 600); do grep -q listening "$OUT/serve-$1.out" 2>/dev/null && break; sleep 0.2; done
   url=$(sed -n 's/^listening on //p' "$OUT/serve-$1.out" | head -1)
 }
 
@@ -231,10 +234,10 @@ print(f"the peer computes cascade's model: max |score torch fp16 - score cascade
 PY
   # equal load = the same number of requests in flight on both sides (closed loop)
   "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork "$P/validator" 256 6 | tee -a "$E"
-  "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork32w2 "$P/validator" 256 6 | tee -a "$E"
-  for c in 8 64 256; do "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork16 "$P/validator" $c 6 | tee -a "$E"; done
-  for c in 8 64 256; do "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork16w2 "$P/validator" $c 6 | tee -a "$E"; done
-  serve cuda
+  "$P/bin/gpu-bench" e2e "$P/pol-cuda16" roadwork32w2 "$P/validator" 256 6 | tee -a "$E"
+  for c in 8 64 256; do "$P/bin/gpu-bench" e2e "$P/pol-cuda16" roadwork16 "$P/validator" $c 6 | tee -a "$E"; done
+  for c in 8 64 256; do "$P/bin/gpu-bench" e2e "$P/pol-cuda16" roadwork16w2 "$P/validator" $c 6 | tee -a "$E"; done
+  serve cuda16
   "$P/bin/gpu-bench" http "$url/v1/predict/rw16" "$P/validator" 256 6 | tee -a "$E"
   "$P/bin/gpu-bench" http "$url/v1/predict/rw16" "$P/validator" 64 6 | tee -a "$E"
   python3 -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1] + '/metrics').read().decode())" "$url" | grep -E '^cascade_model_(runs|items|gpu_memory_bytes|loaded|cpu_preprocess)' | tee "$OUT/metrics-under-load.txt" || true
@@ -244,7 +247,7 @@ PY
   peer --model roadwork --workers 16 --prep-only || true
   peer --model vit --workers 16 --concurrency 256 || true
   "$P/bin/gpu-bench" e2e "$P/pol-cuda" vit "$P/validator" 256 6 | tee -a "$E"
-  "$P/bin/gpu-bench" e2e "$P/pol-cuda" vit16 "$P/validator" 256 6 | tee -a "$E" || true
+  "$P/bin/gpu-bench" e2e "$P/pol-cuda16" vit16 "$P/validator" 256 6 | tee -a "$E" || true
   python3 - "$E" <<'PY'
 import json, sys
 print("| side | model | load | images/s | p50 ms | p99 ms | errors | mean batch | GPU MiB |")

@@ -19,10 +19,11 @@ use crate::preprocess::Prepared;
 use crate::spec::ModelSpec;
 
 pub(crate) struct GpuInput {
+    /// Per batch size (rows): the device input tensor and its binding. Declared first: fields
+    /// drop in order, and the tensors must go before the allocator that made them.
+    shapes: BTreeMap<usize, (DynTensor, IoBinding)>,
     prep: GpuPrep,
     alloc: Allocator,
-    /// Per batch size (rows): the device input tensor and its binding.
-    shapes: BTreeMap<usize, (DynTensor, IoBinding)>,
     precision: Precision,
     host: MemoryInfo<'static>,
     input: String,
