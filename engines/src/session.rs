@@ -50,6 +50,9 @@ pub(crate) fn session_on(env: &ort::environment::Environment, spec: &ModelSpec, 
             if let Some(max) = o.conv_max_workspace {
                 ep = ep.with_conv_max_workspace(max);
             }
+            if o.prefer_nhwc {
+                ep = ep.with_prefer_nhwc(true);
+            }
             let cuda = ep.build().error_on_failure();
             match builder.with_execution_providers([cuda]) {
                 Ok(b) => b,

@@ -99,6 +99,9 @@ pub struct CudaOptions {
     pub arena_extend: ArenaExtend,
     /// false: cuDNN convolutions limited to a small workspace.
     pub conv_max_workspace: Option<bool>,
+    /// true: ONNX Runtime runs convolutions in NHWC layout where it can (tensor-core friendly
+    /// for fp16 models; the model's input stays NCHW).
+    pub prefer_nhwc: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -442,12 +445,13 @@ mod tests {
 
     #[test]
     fn gpu_settings_parse_and_typos_are_refused() {
-        let r = registry("device = \"cuda:1\"\nlazy = true\nidle_unload_s = 60\npreprocess = \"gpu\"\ncuda = { arena_extend = \"same_as_requested\", memory_limit_mb = 512 }").expect("valid");
+        let r = registry("device = \"cuda:1\"\nlazy = true\nidle_unload_s = 60\npreprocess = \"gpu\"\ncuda = { arena_extend = \"same_as_requested\", memory_limit_mb = 512, prefer_nhwc = true }").expect("valid");
         let m = &r.models[0];
         assert_eq!(m.device, Device::Cuda(1));
         assert!(m.lazy && m.idle_unload_s == 60 && m.preprocess == Preprocess::Gpu);
         assert_eq!(m.cuda.arena_extend, ArenaExtend::SameAsRequested);
         assert_eq!(m.cuda.memory_limit_mb, Some(512));
+        assert!(m.cuda.prefer_nhwc);
         let typo = registry("device = \"cuda:0\"\ncuda = { arena = \"same_as_requested\" }").expect_err("unknown key");
         assert!(typo.to_string().contains("unknown field `arena`"), "{typo}");
         let cpu_gpu = registry("preprocess = \"gpu\"").expect_err("gpu pre-processing on the CPU");

@@ -5,8 +5,9 @@
 #           (every run converts roadwork and ViT to fp16 with scripts/fp16.py: *16 models)
 #   agree   CUDA vs CPU agreement of the models; GPU vs CPU pre-processing agreement
 #   engine  model-only throughput through the engine at batch 1/8/64
-#   e2e     JPEG bytes → score under load: cascade (in process and over HTTP) vs the Python
-#           miner pipeline (PIL/torchvision workers + PyTorch fp16), closed and open loop
+#   e2e     JPEG bytes → score under load, cascade: in process (fp32/fp16, one or two sessions)
+#           and over HTTP
+#   peer    the same for the Python miner pipeline (PIL/torchvision workers + PyTorch fp16)
 #   serve   the accuracy policy's single-request latency on GPU vs CPU; /metrics (memory,
 #           batch sizes) of a loaded CUDA server
 # Results go to $OUT. Exits non-zero when an agreement check fails.
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/../.."
 export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 OUT=${OUT:-/tmp/gpu-out}
-STEPS=${STEPS:-torch,agree,engine,e2e,serve}   # a subset re-runs a part
+STEPS=${STEPS:-torch,agree,engine,e2e,peer,serve}   # a subset re-runs a part
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
 P=/tmp/gpu
 rm -rf "$P" && mkdir -p "$P" "$OUT"
@@ -26,17 +27,12 @@ echo "== exporting ViT-B/16 and timing the PyTorch peers"
 if step torch; then
   python3 scripts/gpu/torch_peer.py "$P/vit_b16.onnx" | tee "$OUT/torch_peer.jsonl"
 else
-  python3 - "$P/vit_b16.onnx" <<'PY'
-import sys, torch, torchvision
-torch.manual_seed(0)
-m = torchvision.models.vit_b_16(weights=None).eval()
-torch.onnx.export(m, torch.randn(1, 3, 224, 224), sys.argv[1], input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
-PY
+  python3 scripts/gpu/export_vit.py "$P/vit_b16.onnx"
 fi
 echo "== fp16 conversions (scripts/fp16.py)"
 python3 scripts/fp16.py "$P/models/efficientnet_lite0.onnx" "$P/roadwork16.onnx" 2>&1 | tee "$OUT/fp16.txt"
-python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" --transformer vit --heads 12 --hidden 768 --no-check 2>&1 | tee -a "$OUT/fp16.txt" \
-  || { echo "transformer optimiser failed; plain fp16 conversion" | tee -a "$OUT/fp16.txt"; python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" --no-check 2>&1 | tee -a "$OUT/fp16.txt"; }
+python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" --transformer vit --heads 12 --hidden 768 2>&1 | tee -a "$OUT/fp16.txt" \
+  || { echo "transformer optimiser failed; plain fp16 conversion" | tee -a "$OUT/fp16.txt"; python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" 2>&1 | tee -a "$OUT/fp16.txt"; }
 
 registry() {  # DEVICE -> models.toml
   local dev=$1 m=$P/models
@@ -87,7 +83,10 @@ TOML
 }
 registry16() {  # -> models.toml of the fp16 conversions, and roadwork on two sessions (CUDA)
   local dev=cuda:0 m=$P/models
-  for spec in "roadwork16 $P/roadwork16.onnx 1" "roadwork16w2 $P/roadwork16.onnx 2" "roadwork32w2 $m/efficientnet_lite0.onnx 2"; do
+  # name file workers cuda-options
+  for spec in "roadwork16 $P/roadwork16.onnx 1 same_as_requested false" "roadwork16w2 $P/roadwork16.onnx 2 same_as_requested false" \
+      "roadwork16w2d $P/roadwork16.onnx 2 power_of_two false" "roadwork16n $P/roadwork16.onnx 1 same_as_requested true" \
+      "roadwork16nw2 $P/roadwork16.onnx 2 same_as_requested true" "roadwork32w2 $m/efficientnet_lite0.onnx 2 same_as_requested false"; do
     set -- $spec
     cat <<TOML
 
@@ -106,7 +105,7 @@ max_batch = 64
 max_delay_us = 3000
 threads = 4
 workers = $3
-cuda = { arena_extend = "same_as_requested" }
+cuda = { arena_extend = "$4", prefer_nhwc = $5 }
 TOML
   done
   [[ -z ${NO_VIT16:-} ]] && cat <<TOML
@@ -143,9 +142,14 @@ for dev in cpu cuda:0; do
   for hk in speed accuracy; do cp "policies/$hk.toml" "$d/"; done
   rw_policy rw roadwork > "$d/rw.toml"
 done
-mkdir -p "$P/pol-cuda16"
+mkdir -p "$P/pol-cuda16" "$P/pol-http"
 registry16 > "$P/pol-cuda16/models.toml"
-rw_policy rw16 roadwork16w2 > "$P/pol-cuda16/rw16.toml"
+# the HTTP run's server: roadwork16 alone (every other model's load would only slow its start)
+python3 - "$P/pol-cuda16/models.toml" > "$P/pol-http/models.toml" <<'PY'
+import sys
+print("\n".join(b for b in open(sys.argv[1]).read().split("\n\n") if 'name = "roadwork16"\n' in b))
+PY
+rw_policy rw16 roadwork16 > "$P/pol-http/rw16.toml"
 if ! "$P/bin/cascade" infer --policies "$P/pol-cuda16" --model vit16 "$P"/validator/00.jpg > "$OUT/vit16-check.txt" 2>&1; then
   echo "vit16 does not load or run on CUDA here (see vit16-check.txt); left out"
   NO_VIT16=1 registry16 > "$P/pol-cuda16/models.toml"
@@ -198,8 +202,8 @@ fi
 echo "== model-only throughput through the engine"
 if step engine; then
   for m in vit roadwork; do "$P/bin/gpu-bench" model "$P/pol-cuda" "$m" 1,8,64 4; done
-  for m in vit16 roadwork16; do "$P/bin/gpu-bench" model "$P/pol-cuda16" "$m" 1,8,64 4 || echo "$m: failed"; done
-  "$P/bin/gpu-bench" model "$P/pol-cpu" vit 1,8 3
+  for m in vit16 roadwork16 roadwork16n; do "$P/bin/gpu-bench" model "$P/pol-cuda16" "$m" 1,8,64 4 || echo "$m: failed"; done
+  "$P/bin/gpu-bench" model "$P/pol-cpu" vit 1 3
 fi
 
 serve() {  # DEV -> sets $pid and $url
@@ -209,10 +213,38 @@ serve() {  # DEV -> sets $pid and $url
   url=$(sed -n 's/^listening on //p' "$OUT/serve-$1.out" | head -1)
 }
 
-echo "== end to end under load: JPEG bytes -> score"
+table() {  # e2e.jsonl -> a markdown table
+  python3 - "$1" <<'PY'
+import json, sys
+print("| side | model | load | images/s | p50 ms | p99 ms | errors | mean batch | GPU MiB |")
+print("|---|---|---|---|---|---|---|---|---|")
+for r in map(json.loads, open(sys.argv[1])):
+    load = f"closed, {r['concurrency']} in flight" if r["mode"] == "closed" else f"open, {r['rate']:.0f}/s"
+    extra = f"{r['mean_batch']:.1f} | {r['gpu_mib']}" if "mean_batch" in r else "– | –"
+    print(f"| {r['side']} | {r['model']} | {load} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {extra} |")
+PY
+}
+E="$OUT/e2e.jsonl"
+: > "$E"
+echo "== end to end under load: JPEG bytes -> score (cascade)"
 if step e2e; then
-  E="$OUT/e2e.jsonl"
-  : > "$E"
+  # equal load = the same number of requests in flight on both sides (closed loop)
+  e2e() { "$P/bin/gpu-bench" e2e "$P/$1" "$2" "$P/validator" "$3" 6 | tee -a "$E" || echo "$2 at $3: failed"; }
+  e2e pol-cuda roadwork 256
+  for c in 8 64 256; do e2e pol-cuda16 roadwork16 $c; done
+  e2e pol-cuda16 roadwork16n 256
+  e2e pol-cuda16 roadwork32w2 256
+  for m in roadwork16w2 roadwork16w2d roadwork16nw2; do e2e pol-cuda16 $m 64; done
+  e2e pol-cuda vit 256
+  e2e pol-cuda16 vit16 256
+  serve http
+  for c in 8 64 256; do "$P/bin/gpu-bench" http "$url/v1/predict/rw16" "$P/validator" $c 6 | tee -a "$E"; done
+  python3 -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1] + '/metrics').read().decode())" "$url" | grep -E '^cascade_model_(runs|items|gpu_memory_bytes|loaded|cpu_preprocess)' | tee "$OUT/metrics-under-load.txt" || true
+  kill $pid; wait $pid 2>/dev/null || true
+fi
+
+echo "== end to end under load: the Python miner pipeline"
+if step peer; then
   # how late a 3 ms timed wait wakes here (batchers on both sides rely on such waits at low load)
   python3 - <<'PY'
 import threading, time
@@ -232,32 +264,12 @@ ours = {os.path.basename(r["image"]): r["result"]["score"] for r in map(json.loa
 d = max(abs(peer[k] - ours[k]) for k in peer)
 print(f"the peer computes cascade's model: max |score torch fp16 - score cascade| = {d:.2e} over {len(peer)} images")
 PY
-  # equal load = the same number of requests in flight on both sides (closed loop)
-  "$P/bin/gpu-bench" e2e "$P/pol-cuda" roadwork "$P/validator" 256 6 | tee -a "$E"
-  "$P/bin/gpu-bench" e2e "$P/pol-cuda16" roadwork32w2 "$P/validator" 256 6 | tee -a "$E"
-  for c in 8 64 256; do "$P/bin/gpu-bench" e2e "$P/pol-cuda16" roadwork16 "$P/validator" $c 6 | tee -a "$E"; done
-  for c in 8 64 256; do "$P/bin/gpu-bench" e2e "$P/pol-cuda16" roadwork16w2 "$P/validator" $c 6 | tee -a "$E"; done
-  serve cuda16
-  "$P/bin/gpu-bench" http "$url/v1/predict/rw16" "$P/validator" 256 6 | tee -a "$E"
-  "$P/bin/gpu-bench" http "$url/v1/predict/rw16" "$P/validator" 64 6 | tee -a "$E"
-  python3 -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1] + '/metrics').read().decode())" "$url" | grep -E '^cascade_model_(runs|items|gpu_memory_bytes|loaded|cpu_preprocess)' | tee "$OUT/metrics-under-load.txt" || true
-  kill $pid; wait $pid 2>/dev/null || true
-  for wc in 16:8 16:64 16:256 8:256 12:256; do peer --model roadwork --workers ${wc%:*} --concurrency ${wc#*:} || true; done
+  for wc in 16:256 8:256 16:64 16:8; do peer --model roadwork --workers ${wc%:*} --concurrency ${wc#*:} || true; done
   peer --model roadwork --workers 16 --concurrency 256 --no-graphs || true
   peer --model roadwork --workers 16 --prep-only || true
   peer --model vit --workers 16 --concurrency 256 || true
-  "$P/bin/gpu-bench" e2e "$P/pol-cuda" vit "$P/validator" 256 6 | tee -a "$E"
-  "$P/bin/gpu-bench" e2e "$P/pol-cuda16" vit16 "$P/validator" 256 6 | tee -a "$E" || true
-  python3 - "$E" <<'PY'
-import json, sys
-print("| side | model | load | images/s | p50 ms | p99 ms | errors | mean batch | GPU MiB |")
-print("|---|---|---|---|---|---|---|---|---|")
-for r in map(json.loads, open(sys.argv[1])):
-    load = f"closed, {r['concurrency']} in flight" if r["mode"] == "closed" else f"open, {r['rate']:.0f}/s"
-    extra = f"{r['mean_batch']:.1f} | {r['gpu_mib']}" if "mean_batch" in r else "– | –"
-    print(f"| {r['side']} | {r['model']} | {load} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {extra} |")
-PY
 fi
+[ -s "$E" ] && table "$E"
 
 echo "== accuracy policy, single requests, GPU vs CPU"
 step serve && for dev in cpu cuda; do

@@ -1,5 +1,5 @@
 """PyTorch peers on the GPU machine: exports ViT-B/16 (torchvision, random weights: timing only)
-to ONNX for cascade, and times it in PyTorch eager fp32/fp16 and torch.compile fp16 on
+to ONNX for cascade (export_vit.py), and times it in PyTorch eager fp32/fp16 and torch.compile fp16 on
 device-resident inputs at batch 1, 8, 64. Prints JSON lines."""
 
 import json
@@ -9,11 +9,11 @@ import time
 import torch
 import torchvision
 
-out = sys.argv[1]
-torch.manual_seed(0)
-m = torchvision.models.vit_b_16(weights=None).eval().cuda()
-x = torch.randn(1, 3, 224, 224, device="cuda")
-torch.onnx.export(m, x, out, input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from export_vit import export, reference  # noqa: E402
+
+export(sys.argv[1])
+m = reference().cuda()
 
 
 def timeit(fn, x, n=30):
