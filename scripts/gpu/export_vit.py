@@ -40,8 +40,14 @@ class SplitAttention(torch.nn.Module):
 
 
 def reference():
+    """torchvision's ViT-B/16, random weights from seed 0. torchvision starts the classifier
+    head at zero (every logit 0, every score 1/1000), which would make any agreement check
+    pass; the head gets random weights too."""
     torch.manual_seed(0)
-    return torchvision.models.vit_b_16(weights=None).eval()
+    m = torchvision.models.vit_b_16(weights=None).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(m.heads.head.weight, std=0.05)
+    return m
 
 
 def export(path):

@@ -15,8 +15,8 @@ Models, the same as cascade's:
 - `roadwork`: EfficientNet-Lite0 built in PyTorch from cascade's own ONNX file (a small
   interpreter of its Conv/Clip/Add/pool/Gemm graph, so the weights are the same) plus the
   trained head from policies/heads/roadwork.json; Resize(256) + CenterCrop(224), mean = std = 0.5.
-- `vit`: torchvision ViT-B/16 with random weights from seed 0 (the weights scripts/gpu/run.sh
-  exports to ONNX for cascade); Resize(224) + CenterCrop(224), ImageNet mean/std.
+- `vit`: torchvision ViT-B/16 with random weights from seed 0 (export_vit.reference: the weights
+  scripts/gpu/run.sh exports to ONNX for cascade); Resize(224) + CenterCrop(224), ImageNet mean/std.
 
 Load: closed loop with --concurrency requests in flight, or open loop at --rate requests/s
 (latency from each request's scheduled time). Prints one JSON line like gpu-bench's. With
@@ -102,11 +102,12 @@ def onnx_module(path):
 
 def build(model, onnx_path, head_path):
     import torch
-    import torchvision
 
     if model == "vit":
-        torch.manual_seed(0)
-        net = torchvision.models.vit_b_16(weights=None).eval()
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from export_vit import reference  # the weights cascade's ONNX export has
+
+        net = reference()
         mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
         score = lambda y: torch.softmax(y.float(), 1).max(1).values
     else:

@@ -144,12 +144,12 @@ for dev in cpu cuda:0; do
 done
 mkdir -p "$P/pol-cuda16" "$P/pol-http"
 registry16 > "$P/pol-cuda16/models.toml"
-# the HTTP run's server: roadwork16 alone (every other model's load would only slow its start)
+# the HTTP run's server: roadwork16n (fp16, NHWC convolutions) alone (every other model's load would only slow its start)
 python3 - "$P/pol-cuda16/models.toml" > "$P/pol-http/models.toml" <<'PY'
 import sys
-print("\n".join(b for b in open(sys.argv[1]).read().split("\n\n") if 'name = "roadwork16"\n' in b))
+print("\n".join(b for b in open(sys.argv[1]).read().split("\n\n") if 'name = "roadwork16n"\n' in b))
 PY
-rw_policy rw16 roadwork16 > "$P/pol-http/rw16.toml"
+rw_policy rw16 roadwork16n > "$P/pol-http/rw16.toml"
 if ! "$P/bin/cascade" infer --policies "$P/pol-cuda16" --model vit16 "$P"/validator/00.jpg > "$OUT/vit16-check.txt" 2>&1; then
   echo "vit16 does not load or run on CUDA here (see vit16-check.txt); left out"
   NO_VIT16=1 registry16 > "$P/pol-cuda16/models.toml"
