@@ -264,6 +264,22 @@ ours = {os.path.basename(r["image"]): r["result"]["score"] for r in map(json.loa
 d = max(abs(peer[k] - ours[k]) for k in peer)
 print(f"the peer computes cascade's model: max |score torch fp16 - score cascade| = {d:.2e} over {len(peer)} images")
 PY
+  # the peer's GPU part alone (batch 64, no pool, no queues): what its pipeline could reach
+  (cd scripts/gpu && python3 - <<'PY'
+import time, torch, miner_peer as mp
+for layout in ("nchw", "nhwc"):
+    run = mp.build("roadwork", "/tmp/gpu/models/efficientnet_lite0.onnx", "/tmp/gpu/models/roadwork.json", layout)
+    with torch.inference_mode():
+        g = mp.graphed(run, [64], 224)
+        x = torch.zeros(64, 224, 224, 3, dtype=torch.uint8, device="cuda")
+        for name, f in (("eager", run), ("CUDA graph", g)):
+            for _ in range(5): f(x)
+            torch.cuda.synchronize(); t = time.perf_counter()
+            for _ in range(50): f(x)
+            torch.cuda.synchronize(); dt = (time.perf_counter() - t) / 50
+            print(f"the peer's GPU part alone: torch fp16 roadwork {layout} {name}, batch 64 in {dt*1e3:.2f} ms = {64/dt:.0f} images/s", flush=True)
+PY
+  ) || true
   for wc in 16:256 8:256 16:64 16:8; do peer --model roadwork --workers ${wc%:*} --concurrency ${wc#*:} || true; done
   peer --model roadwork --workers 16 --concurrency 256 --no-graphs || true
   peer --model roadwork --workers 16 --prep-only || true
