@@ -20,7 +20,7 @@ fn rows(prefix: &str, label: &str, n: usize) -> Vec<String> {
 
 #[test]
 fn default_policies_serve_real_images() {
-    let server = Server::start(&repo().join("policies"), false, &[]);
+    let mut server = Server::start(&repo().join("policies"), false, &[]);
     for path in rows("tracon/", "1", 3) {
         let (s, v) = predict(&server, "speed", &dev(&path));
         assert_eq!(s, 200, "{v}");
@@ -41,6 +41,10 @@ fn default_policies_serve_real_images() {
         assert!(ocr["result"].as_str().unwrap().contains("END"), "{v}");
         assert!(num(&v["prediction"]) < 0.5, "END ROAD WORK must not read as roadwork: {v}");
     }
+    // Ctrl-C: the server lets its models go (workers joined, the watcher's copy included) and exits cleanly
+    let status = server.interrupt(30).unwrap_or_else(|| panic!("serve did not stop on SIGINT:\n{}", server.log()));
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(server.log().contains("interrupted; stopping"), "{}", server.log());
 }
 
 #[test]
@@ -105,7 +109,7 @@ fn an_fp16_conversion_of_the_default_classifier_scores_like_fp32() {
         let d = dir.0.join(tag);
         std::fs::create_dir_all(&d).expect("mkdir");
         std::fs::write(d.join("models.toml"), registry(file)).expect("write registry");
-        let out = cascade().args(["infer", "--model", "roadwork", "--policies"]).arg(&d).args(&images).output().expect("run cascade infer");
+        let out = cascade().env("RUST_LOG", "info").args(["infer", "--model", "roadwork", "--policies"]).arg(&d).args(&images).output().expect("run cascade infer");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
         (lines.iter().map(|v| num(&v["result"]["score"])).collect::<Vec<f64>>(), String::from_utf8_lossy(&out.stderr).to_string())

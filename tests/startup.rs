@@ -217,3 +217,28 @@ fn a_lazy_model_loads_on_use_unloads_when_idle_and_is_still_checked_at_start() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("model tint") && out.contains("truncated.onnx"), "{out}");
 }
+
+#[test]
+fn infer_names_the_models_it_has_and_an_optional_one_left_out() {
+    let dir = TempDir::new("infer-names");
+    let tint = test_models().join("tint.onnx");
+    dir.write(
+        "models.toml",
+        &format!(
+            "[[model]]\nname = \"tint\"\nfile = \"{}\"\nkind = \"classifier\"\ninput = {{ width = 32, height = 32 }}\n\n[[model]]\nname = \"ghost\"\nfile = \"ghost.onnx\"\nkind = \"detector\"\noptional = true\ninput = {{ width = 32, height = 32 }}\n",
+            tint.display()
+        ),
+    );
+    let img = dir.0.join("x.png");
+    std::fs::write(&img, png(&solid(32, 32, [10, 20, 30]))).expect("write");
+    let infer = |model: &str| {
+        let out = cascade().args(["infer", "--model", model, "--policies"]).arg(&dir.0).arg(&img).output().expect("run cascade infer");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, err) = infer("nope");
+    assert!(!ok && err.contains("no model nope in the registry (it has tint)"), "{err}");
+    let (ok, err) = infer("ghost");
+    assert!(!ok && err.contains("model ghost is optional and left out") && err.contains("ghost.onnx is absent"), "{err}");
+    let (ok, err) = infer("tint");
+    assert!(ok, "{err}");
+}

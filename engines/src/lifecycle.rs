@@ -109,6 +109,14 @@ fn run<E: Engine>(rx: Receiver<Job>, spec: &ModelSpec, stats: &ModelStats, mut l
                 Err(_) => break,
             },
         };
+        if loaded.is_none() && job.deadline <= std::time::Instant::now() {
+            // a job that waited past its deadline is not worth a load (a closing queue may hold
+            // many whose requests have gone)
+            stats.queued.fetch_sub(1, Ordering::Relaxed);
+            stats.expired.fetch_add(1, Ordering::Relaxed);
+            let _ = job.reply.send(Reply { output: Err(EngineError::DeadlineExceeded), compute: Duration::ZERO, queued: job.enqueued.elapsed(), batch: 0 });
+            continue;
+        }
         if loaded.is_none() {
             match open_measured(spec, stats, open) {
                 Ok(l) => loaded = Some(l),

@@ -43,9 +43,23 @@ impl ModelStats {
 
 struct Handle {
     spec: Arc<ModelSpec>,
-    tx: Sender<Job>,
+    /// The queue's only sender; `None` once closed.
+    tx: Option<Sender<Job>>,
     stats: Arc<ModelStats>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Handle {
+    /// Closes the queue, lets the workers drain it, and waits until each has dropped its
+    /// sessions. This matters at process exit: a worker still releasing a CUDA session while
+    /// `main` returns races the CUDA and ONNX Runtime libraries' own teardown (a crash at exit
+    /// was seen with several CUDA models loaded). It also covers a load that fails part-way.
+    fn drop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Every model of a registry, loaded. Dropping it closes every queue, lets the workers drain
@@ -56,14 +70,16 @@ pub struct Models {
 }
 
 impl Drop for Models {
-    /// Waiting matters at process exit: a worker still releasing a CUDA session while `main`
-    /// returns races the CUDA and ONNX Runtime libraries' own teardown (a crash at exit, seen
-    /// with several CUDA models loaded).
     fn drop(&mut self) {
-        // every queue closes first (the senders go with their handles), so all models drain at once
-        let threads: Vec<_> = std::mem::take(&mut self.handles).into_values().flat_map(|h| h.threads).collect();
-        for t in threads {
-            let _ = t.join();
+        // every queue closes first, so all models drain at once
+        for h in self.handles.values_mut() {
+            h.tx = None;
+        }
+        let handles = std::mem::take(&mut self.handles);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // the last reference went away on an async thread (a request that outlived a
+            // reload): the joins happen on a thread of their own instead of blocking it
+            let _ = std::thread::Builder::new().name("models-drop".into()).spawn(move || drop(handles));
         }
     }
 }
@@ -113,7 +129,8 @@ impl Models {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let job = Job { input, deadline, reply: tx, enqueued: Instant::now() };
         h.stats.queued.fetch_add(1, Ordering::Relaxed);
-        match h.tx.try_send(job) {
+        let tx = h.tx.as_ref().ok_or_else(|| EngineError::Stopped { model: model.to_string() })?;
+        match tx.try_send(job) {
             Ok(()) => Ok(rx),
             Err(e) => {
                 h.stats.queued.fetch_sub(1, Ordering::Relaxed);
@@ -139,15 +156,17 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     let spec = Arc::new(spec.clone());
     let stats = Arc::new(ModelStats::default());
     let (tx, rx) = crossbeam_channel::bounded(spec.queue);
-    let mut threads = Vec::with_capacity(spec.workers);
+    // built first, so a worker that fails to start drops it: the queue closes and the workers
+    // already started are joined
+    let mut handle = Handle { spec: spec.clone(), tx: Some(tx), stats: stats.clone(), threads: Vec::with_capacity(spec.workers) };
     if spec.kind == ModelKind::Ocr {
         for i in 0..spec.workers {
             let (env, spec2, stats2) = (env.clone(), spec.clone(), stats.clone());
-            threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
+            handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
                 Ok(OcrWorker { s: ocr_sessions(&env, &spec2)?, spec: spec2.clone(), stats: stats2.clone() })
             })?);
         }
-        return Ok(Handle { spec, tx, stats, threads });
+        return Ok(handle);
     }
     let head = match &spec.head {
         Some(p) => {
@@ -161,9 +180,9 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     };
     for i in 0..spec.workers {
         let (env, spec2, stats2, head) = (env.clone(), spec.clone(), stats.clone(), head.clone());
-        threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || Worker::open(&env, &spec2, head.clone(), &stats2))?);
+        handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || Worker::open(&env, &spec2, head.clone(), &stats2))?);
     }
-    Ok(Handle { spec, tx, stats, threads })
+    Ok(handle)
 }
 
 /// The three PP-OCR sessions and the recogniser's dictionary (its `character` metadata).
@@ -172,6 +191,14 @@ fn ocr_sessions(env: &ort::environment::Environment, spec: &ModelSpec) -> Result
     let det = session(env, spec)?;
     let rec = session_for(env, spec, &o.rec)?;
     let cls = o.cls.as_ref().map(|c| session_for(env, spec, c)).transpose()?;
+    // the OCR pipeline feeds and reads f32 only (its inputs vary in shape per image and line)
+    for (s, file) in [(Some(&det), &spec.file), (Some(&rec), &o.rec), (cls.as_ref(), o.cls.as_ref().unwrap_or(&spec.file))] {
+        if let Some(s) = s {
+            if crate::precision::Precision::of_input(s, spec)? != crate::precision::Precision::F32 {
+                return Err(LoadError::Spec { model: spec.name.clone(), reason: format!("{}: OCR models must be fp32 (this one takes fp16 input)", file.display()) });
+            }
+        }
+    }
     let meta = rec
         .metadata()
         .ok()

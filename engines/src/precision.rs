@@ -59,7 +59,8 @@ pub(crate) fn input_value<'a>(precision: Precision, shape: [usize; 4], values: &
 
 /// An output's shape and values as f32, whether the model produces f32 or f16.
 pub(crate) fn output_f32(value: &DynValue) -> ort::Result<(Vec<i64>, Vec<f32>)> {
-    if let Ok((shape, data)) = value.try_extract_tensor::<f16>() {
+    if value.dtype().tensor_type() == Some(TensorElementType::Float16) {
+        let (shape, data) = value.try_extract_tensor::<f16>()?;
         return Ok((shape.to_vec(), data.iter().map(|v| v.to_f32()).collect()));
     }
     let (shape, data) = value.try_extract_tensor::<f32>()?;

@@ -16,7 +16,13 @@ use crate::server::ingress::{decode_image, IngressLimits};
 pub fn infer(policies: &Path, model: &str, min_conf: f32, repeat: usize, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut registry = Registry::load(&policies.join(MODELS_FILE))?;
     // only the model asked for is loaded: the others' start-up (CUDA warm-up) is not this check's
-    anyhow::ensure!(registry.models.iter().any(|m| m.name == model), "no model {model} in the registry");
+    if let Some((_, file)) = registry.absent.iter().find(|(name, _)| name == model) {
+        anyhow::bail!("model {model} is optional and left out: {} is absent", file.display());
+    }
+    if !registry.models.iter().any(|m| m.name == model) {
+        let names: Vec<&str> = registry.models.iter().map(|m| m.name.as_str()).collect();
+        anyhow::bail!("no model {model} in the registry (it has {})", names.join(", "));
+    }
     registry.models.retain(|m| m.name == model);
     let models = Models::load(&registry, &cascade_engines::runtime_library()).map_err(|errs| {
         anyhow::anyhow!(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))

@@ -261,12 +261,15 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let limits = IngressLimits { max_body_bytes: a.max_body_bytes, max_side: a.max_side, max_pixels: a.max_pixels };
     let server = Arc::new(Server::new(serving, limits, Duration::from_secs(a.read_timeout_s), a.admin_token.clone()));
     server.status.lock().record(&first);
+    let reloader = Arc::new(Mutex::new(Some(reloader)));
     if !a.no_watch {
-        let reloader = Mutex::new(reloader);
-        let target = server.clone();
+        let (reloader, target) = (reloader.clone(), server.clone());
         cascade_host::reload::watch::spawn(&src.components, &src.policies, Arc::new(move || {
-            let snap = reloader.lock().reload();
-            target.apply(snap);
+            // `None` once serving has stopped: no reload then
+            let snap = reloader.lock().as_mut().map(Reloader::reload);
+            if let Some(snap) = snap {
+                target.apply(snap);
+            }
         }))
         .context("watching the components and policies folders")?;
     }
@@ -275,7 +278,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .max_blocking_threads(256)
         .thread_name("cascade")
         .build()?;
-    runtime.block_on(async move {
+    let stopping = server.clone();
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(listen = %addr, ?hotkeys, "serving");
@@ -293,5 +297,13 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         }
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Release every model before `main` returns: the runtime's tasks go first, then the
+    // reloader's registry and the server's models, which the watcher thread would otherwise
+    // keep alive past exit, so no worker is still releasing a CUDA session while the libraries
+    // tear down. Dropping the last `Models` (with `first`, below) waits for its workers.
+    drop(runtime);
+    reloader.lock().take();
+    stopping.stop_serving();
+    served
 }

@@ -123,11 +123,14 @@ impl GpuPrep {
 }
 
 impl GpuPrep {
-    /// Sets `bytes` of device memory at `ptr` to zero.
+    /// Sets `bytes` of device memory at `ptr` to zero, on the kernel's stream, and waits: the
+    /// zeros are there before any kernel writes the tensor (a synchronous memset may return
+    /// before it finishes, and the kernel's stream does not wait for the legacy stream).
     pub fn zero(&self, ptr: u64, bytes: usize) -> Result<(), String> {
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
         // SAFETY: the caller passes a live device allocation of at least `bytes` bytes.
-        unsafe { cudarc::driver::result::memset_d8_sync(ptr, 0, bytes) }.map_err(|e| format!("memset: {e}"))
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }.map_err(|e| format!("memset: {e}"))?;
+        self.stream.synchronize().map_err(|e| format!("memset: {e}"))
     }
 }
 

@@ -90,6 +90,13 @@ impl Server {
         self.status.lock().record(&snap);
     }
 
+    /// Serves nothing from now on: the models and hotkeys are let go (at shutdown, so the last
+    /// reference to the models can be dropped before the process exits).
+    pub fn stop_serving(&self) {
+        let generation = self.serving.load().generation + 1;
+        self.serving.store(Arc::new(Serving { models: Arc::new(Models::default()), hotkeys: BTreeMap::new(), generation }));
+    }
+
     /// Accepts connections until the process ends. On a `pinned` listener every subnet
     /// request is for that hotkey.
     pub async fn run(self: Arc<Self>, listener: TcpListener, pinned: Option<String>) -> std::io::Result<()> {
