@@ -19,16 +19,14 @@ pub fn infer(policies: &Path, model: &str, min_conf: f32, repeat: usize, images:
     if let Some((_, file)) = registry.absent.iter().find(|(name, _)| name == model) {
         anyhow::bail!("model {model} is optional and left out: {} is absent", file.display());
     }
-    if !registry.models.iter().any(|m| m.name == model) {
+    let Some(kind) = registry.models.iter().find(|m| m.name == model).map(|m| m.kind) else {
         let names: Vec<&str> = registry.models.iter().map(|m| m.name.as_str()).collect();
         anyhow::bail!("no model {model} in the registry (it has {})", names.join(", "));
-    }
+    };
     registry.models.retain(|m| m.name == model);
     let models = Models::load(&registry, &cascade_engines::runtime_library()).map_err(|errs| {
         anyhow::anyhow!(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
     })?;
-    let spec = models.spec(model).with_context(|| format!("no model {model} in the registry"))?;
-    let kind = spec.kind;
     for path in images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let img = decode_image(&bytes, &IngressLimits::default()).map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;

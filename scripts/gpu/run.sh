@@ -34,33 +34,44 @@ python3 scripts/fp16.py "$P/models/efficientnet_lite0.onnx" "$P/roadwork16.onnx"
 python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" --transformer vit --heads 12 --hidden 768 2>&1 | tee -a "$OUT/fp16.txt" \
   || { echo "transformer optimiser failed; plain fp16 conversion" | tee -a "$OUT/fp16.txt"; python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" 2>&1 | tee -a "$OUT/fp16.txt"; }
 
-registry() {  # DEVICE -> models.toml
-  local dev=$1 m=$P/models
+roadwork_model() {  # NAME FILE DEVICE [EXTRA] -> the roadwork classifier's [[model]] entry
   cat <<TOML
 [[model]]
-name = "roadwork"
+name = "$1"
 kind = "classifier"
-file = "$m/efficientnet_lite0.onnx"
+file = "$2"
 output = "embedding"
 head = "$PWD/policies/heads/roadwork.json"
 activation = "sigmoid"
 labels = ["other", "roadwork"]
 positive = ["roadwork"]
 input = { width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }
-device = "$dev"
+device = "$3"
 max_batch = 64
 max_delay_us = 3000
 threads = 4
-
+TOML
+  if [ -n "${4:-}" ]; then printf '%s\n' "$4"; fi
+}
+vit_model() {  # NAME FILE DEVICE -> a ViT-B/16 [[model]] entry
+  cat <<TOML
 [[model]]
-name = "vit"
+name = "$1"
 kind = "classifier"
-file = "$P/vit_b16.onnx"
+file = "$2"
 input = { width = 224, height = 224, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }
-device = "$dev"
+device = "$3"
 max_batch = 64
 max_delay_us = 3000
 threads = 4
+TOML
+}
+registry() {  # DEVICE -> models.toml
+  local dev=$1 m=$P/models
+  roadwork_model roadwork "$m/efficientnet_lite0.onnx" "$dev"
+  echo
+  vit_model vit "$P/vit_b16.onnx" "$dev"
+  cat <<TOML
 
 [[model]]
 name = "detector"
@@ -82,45 +93,19 @@ ocr = { rec = "$m/ocr/ch_PP-OCRv4_rec_infer.onnx", cls = "$m/ocr/ch_ppocr_mobile
 TOML
 }
 registry16() {  # -> models.toml of the fp16 conversions, and roadwork on two sessions (CUDA)
-  local dev=cuda:0 m=$P/models
-  # name file workers cuda-options
+  local m=$P/models
+  # name file workers arena_extend prefer_nhwc
   for spec in "roadwork16 $P/roadwork16.onnx 1 same_as_requested false" "roadwork16w2 $P/roadwork16.onnx 2 same_as_requested false" \
       "roadwork16w2d $P/roadwork16.onnx 2 power_of_two false" "roadwork16n $P/roadwork16.onnx 1 same_as_requested true" \
       "roadwork16nw2 $P/roadwork16.onnx 2 same_as_requested true" "roadwork32w2 $m/efficientnet_lite0.onnx 2 same_as_requested false"; do
     set -- $spec
-    cat <<TOML
-
-[[model]]
-name = "$1"
-kind = "classifier"
-file = "$2"
-output = "embedding"
-head = "$PWD/policies/heads/roadwork.json"
-activation = "sigmoid"
-labels = ["other", "roadwork"]
-positive = ["roadwork"]
-input = { width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }
-device = "$dev"
-max_batch = 64
-max_delay_us = 3000
-threads = 4
-workers = $3
-cuda = { arena_extend = "$4", prefer_nhwc = $5 }
-TOML
+    echo
+    roadwork_model "$1" "$2" cuda:0 "$(printf 'workers = %s\ncuda = { arena_extend = "%s", prefer_nhwc = %s }' "$3" "$4" "$5")"
   done
-  [[ -z ${NO_VIT16:-} ]] && cat <<TOML
-
-[[model]]
-name = "vit16"
-kind = "classifier"
-file = "$P/vit16.onnx"
-input = { width = 224, height = 224, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }
-device = "$dev"
-max_batch = 64
-max_delay_us = 3000
-threads = 4
-TOML
-  return 0
+  if [[ -z ${NO_VIT16:-} ]]; then
+    echo
+    vit_model vit16 "$P/vit16.onnx" cuda:0
+  fi
 }
 rw_policy() {  # NAME MODEL -> a one-stage policy: the end-to-end load's
   cat <<TOML
