@@ -76,7 +76,10 @@ fn the_real_dendrite_gets_python_axon_answers() {
 
 #[test]
 fn header_problems_are_refused_before_the_body_is_read() {
-    let dir = policies("axon-headers", &[("a", &hotkey("a", "5FyFVRsgwBT89gGsyif1ZayCDAthzrZxS7fzxCafhwwzkft7", "allow_any_signed = true"))]);
+    let dir = policies(
+        "axon-headers",
+        &[("a", &hotkey("a", "5FyFVRsgwBT89gGsyif1ZayCDAthzrZxS7fzxCafhwwzkft7", "allow_any_signed = true"))],
+    );
     let server = Server::start(&dir.0, false, &[]);
     let url = server.url("/ImageSynapse");
     let base = [

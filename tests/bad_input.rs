@@ -66,13 +66,23 @@ fn each_bad_input_is_refused_precisely_and_the_next_request_is_served() {
 
     type Case<'a> = (&'a str, Box<dyn Fn() -> (u16, Value) + 'a>, u16, &'a str);
     let cases: Vec<Case> = vec![
-        ("not base64", Box::new(|| post(&url, "application/json", br#"{"image": "@@not base64@@"}"#)), 400, "invalid-base64"),
+        (
+            "not base64",
+            Box::new(|| post(&url, "application/json", br#"{"image": "@@not base64@@"}"#)),
+            400,
+            "invalid-base64",
+        ),
         ("not json", Box::new(|| post(&url, "application/json", b"{image:")), 400, "invalid-json"),
         ("json without image", Box::new(|| post(&url, "application/json", br#"{"img": "aGk="}"#)), 400, "invalid-json"),
         ("not an image", Box::new(|| predict(&server, "speed", b"just some text, not pixels")), 415, "not-an-image"),
         ("truncated jpeg", Box::new(|| predict(&server, "speed", &good[..good.len() / 2])), 422, "undecodable-image"),
         ("zero-size png", Box::new(|| predict(&server, "speed", &png_header(0, 10))), 422, "undecodable-image"),
-        ("giant dimensions", Box::new(|| predict(&server, "speed", &png_header(100_000, 100_000))), 413, "image-too-large"),
+        (
+            "giant dimensions",
+            Box::new(|| predict(&server, "speed", &png_header(100_000, 100_000))),
+            413,
+            "image-too-large",
+        ),
         ("body over the limit", Box::new(|| post(&url, "image/jpeg", &vec![0u8; 300_000])), 413, "body-too-large"),
         ("unknown hotkey", Box::new(|| predict(&server, "nobody", &good)), 404, "unknown-hotkey"),
         ("wrong content type", Box::new(|| post(&url, "text/plain", &good)), 415, "unsupported-media-type"),
@@ -100,7 +110,10 @@ fn a_client_that_trickles_its_body_gets_408_and_others_are_served() {
     let server = Server::start(&dir.0, false, &["--read-timeout-s", "1"]);
     let addr = server.base.trim_start_matches("http://").to_string();
     let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
-    slow.write_all(b"POST /v1/predict/speed HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n").expect("headers");
+    slow.write_all(
+        b"POST /v1/predict/speed HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n",
+    )
+    .expect("headers");
     slow.write_all(&[0xFF, 0xD8, 0xFF]).expect("a few bytes");
     // meanwhile an honest client is served at once
     let (s, v) = predict(&server, "speed", &jpeg(&solid(40, 40, [255, 128, 0])));

@@ -104,15 +104,31 @@ fn an_fp16_conversion_of_the_default_classifier_scores_like_fp32() {
             repo().join("policies/heads/roadwork.json").display()
         )
     };
-    let images: Vec<_> = rows("tracon/", "1", 3).into_iter().chain(rows("udacity_carnd_mit/", "0", 3)).map(|p| shared().join("data/roadwork-dev").join(p)).collect();
+    let images: Vec<_> = rows("tracon/", "1", 3)
+        .into_iter()
+        .chain(rows("udacity_carnd_mit/", "0", 3))
+        .map(|p| shared().join("data/roadwork-dev").join(p))
+        .collect();
     let scores = |tag: &str, file: &std::path::Path| {
         let d = dir.0.join(tag);
         std::fs::create_dir_all(&d).expect("mkdir");
         std::fs::write(d.join("models.toml"), registry(file)).expect("write registry");
-        let out = cascade().env("RUST_LOG", "info").args(["infer", "--model", "roadwork", "--policies"]).arg(&d).args(&images).output().expect("run cascade infer");
+        let out = cascade()
+            .env("RUST_LOG", "info")
+            .args(["infer", "--model", "roadwork", "--policies"])
+            .arg(&d)
+            .args(&images)
+            .output()
+            .expect("run cascade infer");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
-        (lines.iter().map(|v| num(&v["result"]["score"])).collect::<Vec<f64>>(), String::from_utf8_lossy(&out.stderr).to_string())
+        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        (
+            lines.iter().map(|v| num(&v["result"]["score"])).collect::<Vec<f64>>(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let (full, _) = scores("fp32", &repo().join("target/models/efficientnet_lite0.onnx"));
     let (half, log) = scores("fp16", &fp16);

@@ -64,7 +64,10 @@ fn configs_are_applied_refused_and_fixed_live() {
         assert!(r.contains("live.toml"), "{what}: {r}");
         assert_eq!(stage_of(&server, "live").as_deref(), Some("two"), "{what}: the last good version answers");
         let st = status(&server);
-        assert!(st["hotkeys"]["live"]["last_refusal"]["reason"].as_str().unwrap_or("").contains(needle), "{what}: {st}");
+        assert!(
+            st["hotkeys"]["live"]["last_refusal"]["reason"].as_str().unwrap_or("").contains(needle),
+            "{what}: {st}"
+        );
     }
     let (_, metrics) = get(&server.url("/metrics"));
     assert!(metrics.contains("cascade_refused_changes_total 5"), "{metrics}");
@@ -75,7 +78,8 @@ fn configs_are_applied_refused_and_fixed_live() {
     eventually(10, "refusal cleared", || status(&server)["hotkeys"]["live"]["last_refusal"].is_null().then_some(()));
 
     // a new hotkey file serves; a deleted one stops serving
-    std::fs::write(dir.0.join("extra.toml"), policy("x", "0.3").replace("name = \"live\"", "name = \"extra\"")).expect("write");
+    std::fs::write(dir.0.join("extra.toml"), policy("x", "0.3").replace("name = \"live\"", "name = \"extra\""))
+        .expect("write");
     eventually(10, "extra served", || stage_of(&server, "extra"));
     std::fs::remove_file(dir.0.join("extra.toml")).expect("rm");
     eventually(10, "extra gone", || {
@@ -102,18 +106,27 @@ fn components_are_replaced_refused_and_versioned_live() {
     for (file, found) in [("future_2_0.wasm", "2.0.0"), ("future_1_2.wasm", "1.2.0")] {
         replace(&comps.join(file), &test_component(file));
         let r = wait_refusal(&server, file);
-        assert!(r.contains(&format!("built for cascade:policy@{found}")) && r.contains("implements cascade:policy@1.1.0"), "{r}");
+        assert!(
+            r.contains(&format!("built for cascade:policy@{found}")) && r.contains("implements cascade:policy@1.1.0"),
+            "{r}"
+        );
     }
 
     // the whole file back: accepted again
     replace(&router, &good);
-    eventually(10, "router refusal cleared", || (!refusals(&server).iter().any(|r| r.contains("cascade_router.wasm"))).then_some(()));
+    eventually(10, "router refusal cleared", || {
+        (!refusals(&server).iter().any(|r| r.contains("cascade_router.wasm"))).then_some(())
+    });
 
     // a 1.0.0 component (the template) serves on this 1.1.0 host, and the 1.1.0 router uses
     // the 1.1.0 additions (class-filtered detection)
     let st = status(&server);
     assert_eq!(st["hotkeys"]["live"]["router"]["contract"], "1.1.0", "{st}");
-    std::fs::write(dir.0.join("old.toml"), "name = \"old\"\nfallback = 0.3\n[router]\ncomponent = \"template-router@1\"\nparams = { model = \"tint\" }\n").expect("write");
+    std::fs::write(
+        dir.0.join("old.toml"),
+        "name = \"old\"\nfallback = 0.3\n[router]\ncomponent = \"template-router@1\"\nparams = { model = \"tint\" }\n",
+    )
+    .expect("write");
     let stage = eventually(10, "old served", || stage_of(&server, "old"));
     assert_eq!(stage, "classify");
     let st = status(&server);
@@ -131,7 +144,11 @@ fn components_are_replaced_refused_and_versioned_live() {
     // deleting the component a hotkey needs is refused for that hotkey, which keeps its
     // last good binding
     std::fs::remove_file(comps.join("template_router.wasm")).expect("rm");
-    std::fs::write(dir.0.join("old.toml"), "name = \"old\"\nfallback = 0.31\n[router]\ncomponent = \"template-router@1\"\nparams = { model = \"tint\" }\n").expect("write");
+    std::fs::write(
+        dir.0.join("old.toml"),
+        "name = \"old\"\nfallback = 0.31\n[router]\ncomponent = \"template-router@1\"\nparams = { model = \"tint\" }\n",
+    )
+    .expect("write");
     let r = wait_refusal(&server, "old.toml");
     assert!(r.contains("no component named template-router"), "{r}");
     assert_eq!(stage_of(&server, "old").as_deref(), Some("classify"));
@@ -157,7 +174,9 @@ fn a_symlink_swap_and_quick_successive_changes_end_on_the_last_valid_version() {
         std::fs::rename(&tmp, &link).expect("rename");
     };
     swap("b.toml");
-    eventually(10, "stage two through the link", || (stage_of(&server, "live").as_deref() == Some("two")).then_some(()));
+    eventually(10, "stage two through the link", || {
+        (stage_of(&server, "live").as_deref() == Some("two")).then_some(())
+    });
 
     // several changes in quick succession, the last one valid: that one serves
     for text in ["name = \"live\"\nfallback = [", "broken", ""] {

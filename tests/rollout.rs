@@ -54,7 +54,10 @@ fn ab_split_is_sticky_and_counted_per_arm() {
         // the same image again: the same arm
         assert_eq!(arm(&server, "ab", &image(i)).0, a);
     }
-    assert!(seen.get("stable").copied().unwrap_or(0) >= 8 && seen.get("candidate").copied().unwrap_or(0) >= 8, "{seen:?}");
+    assert!(
+        seen.get("stable").copied().unwrap_or(0) >= 8 && seen.get("candidate").copied().unwrap_or(0) >= 8,
+        "{seen:?}"
+    );
     let (_, m) = get(&server.url("/metrics"));
     assert!(m.contains("cascade_arm_requests_total{hotkey=\"ab\",arm=\"candidate\",outcome=\"ok\"}"), "{m}");
     let st = status(&server);
@@ -80,7 +83,11 @@ fn shadow_answers_are_compared_but_never_returned() {
 
 #[test]
 fn canary_promotes_when_rules_hold_and_rolls_back_when_they_fail() {
-    let good = hotkey("good", "mode = \"canary\"\nsteps = [50, 100]\nmin_requests = 4\nmax_error_rate = 0.0\nmin_agreement = 0.9", CANDIDATE);
+    let good = hotkey(
+        "good",
+        "mode = \"canary\"\nsteps = [50, 100]\nmin_requests = 4\nmax_error_rate = 0.0\nmin_agreement = 0.9",
+        CANDIDATE,
+    );
     let bad = hotkey("bad", "mode = \"canary\"\nsteps = [50, 100]\nmin_requests = 4\nmax_error_rate = 0.0", TRAPPING);
     let dir = policies("canary", &[("good", &good), ("bad", &bad)]);
     let server = Server::start(&dir.0, true, &[]);

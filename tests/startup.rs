@@ -150,7 +150,10 @@ max_batch = 8
     let (code, out) = run(&["check"], &dir.0, &comps.0);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("model wrong-size: expected input [N, 3, 64, 64] (the registry's size); found input with shape [-1, 3, 32, 32]"), "{out}");
-    assert!(out.contains("model wrong-output: expected an output named probabilities; the model has [\"logits\"]"), "{out}");
+    assert!(
+        out.contains("model wrong-output: expected an output named probabilities; the model has [\"logits\"]"),
+        "{out}"
+    );
     assert!(out.contains("model cut-short (") && out.contains("truncated.onnx"), "{out}");
     assert!(out.contains("model not-there: file") && out.contains("not found"), "{out}");
     assert!(out.contains("model fixed-batch: input batch dimension is fixed at 1; max_batch 8 is too large"), "{out}");
@@ -232,13 +235,21 @@ fn infer_names_the_models_it_has_and_an_optional_one_left_out() {
     let img = dir.0.join("x.png");
     std::fs::write(&img, png(&solid(32, 32, [10, 20, 30]))).expect("write");
     let infer = |model: &str| {
-        let out = cascade().args(["infer", "--model", model, "--policies"]).arg(&dir.0).arg(&img).output().expect("run cascade infer");
+        let out = cascade()
+            .args(["infer", "--model", model, "--policies"])
+            .arg(&dir.0)
+            .arg(&img)
+            .output()
+            .expect("run cascade infer");
         (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
     };
     let (ok, err) = infer("nope");
     assert!(!ok && err.contains("no model nope in the registry (it has tint)"), "{err}");
     let (ok, err) = infer("ghost");
-    assert!(!ok && err.contains("model ghost is optional and left out") && err.contains("ghost.onnx is absent"), "{err}");
+    assert!(
+        !ok && err.contains("model ghost is optional and left out") && err.contains("ghost.onnx is absent"),
+        "{err}"
+    );
     let (ok, err) = infer("tint");
     assert!(ok, "{err}");
 }

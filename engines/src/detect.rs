@@ -13,7 +13,13 @@ pub struct Detection {
 }
 
 /// Decodes one image's `[cells, 5 + classes]` rows: boxes above `min_conf`, in input pixels.
-pub fn decode_yolox(rows: &[f32], width: usize, spec: &DetectorSpec, input: &InputSpec, min_conf: f32) -> Vec<(u32, f32, [f32; 4])> {
+pub fn decode_yolox(
+    rows: &[f32],
+    width: usize,
+    spec: &DetectorSpec,
+    input: &InputSpec,
+    min_conf: f32,
+) -> Vec<(u32, f32, [f32; 4])> {
     let mut out = Vec::new();
     let classes = width.saturating_sub(5);
     if classes == 0 {
@@ -30,10 +36,11 @@ pub fn decode_yolox(rows: &[f32], width: usize, spec: &DetectorSpec, input: &Inp
                 if obj < min_conf {
                     continue;
                 }
-                let (best, score) = r[5..]
-                    .iter()
-                    .enumerate()
-                    .fold((0usize, f32::MIN), |acc, (i, &s)| if s > acc.1 { (i, s) } else { acc });
+                let (best, score) =
+                    r[5..]
+                        .iter()
+                        .enumerate()
+                        .fold((0usize, f32::MIN), |acc, (i, &s)| if s > acc.1 { (i, s) } else { acc });
                 let conf = obj * score;
                 if conf < min_conf {
                     continue;

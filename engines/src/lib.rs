@@ -22,10 +22,10 @@ pub use detect::{nms, Detection};
 pub use error::{EngineError, LoadError};
 pub use gpu::prepare_on_gpu;
 pub use models::{ModelStats, Models};
-pub use session::CPU_FALLBACKS;
 pub use ocr::TextLine;
 pub use preprocess::{prepare, Prepared};
 pub use runtime::{init_runtime, runtime_library};
+pub use session::CPU_FALLBACKS;
 pub use spec::{ColorOrder, DetectorFormat, Device, InputSpec, ModelKind, ModelSpec, Preprocess, Registry, ResizeMode};
 pub use worker::{Job, JobInput, Output, Reply};
 

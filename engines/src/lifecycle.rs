@@ -25,7 +25,13 @@ pub(crate) trait Engine {
 /// its error is returned; a lazy one is opened once here to check it (worker 0 only), then
 /// dropped until work arrives. The thread ends, its engine dropped, once every sender of `rx`
 /// is gone and the queue is drained; join it to know its sessions are released.
-pub(crate) fn spawn<E, F>(spec: &Arc<ModelSpec>, stats: &Arc<ModelStats>, rx: Receiver<Job>, i: usize, open: F) -> Result<std::thread::JoinHandle<()>, LoadError>
+pub(crate) fn spawn<E, F>(
+    spec: &Arc<ModelSpec>,
+    stats: &Arc<ModelStats>,
+    rx: Receiver<Job>,
+    i: usize,
+    open: F,
+) -> Result<std::thread::JoinHandle<()>, LoadError>
 where
     E: Engine + 'static,
     F: Fn() -> Result<E, LoadError> + Send + 'static,
@@ -58,7 +64,9 @@ where
             run(rx, &spec2, &stats2, first, &open);
         })
         .map_err(|e| LoadError::Spec { model: spec.name.clone(), reason: format!("worker thread: {e}") })?;
-    ready_rx.recv().unwrap_or_else(|_| Err(LoadError::Spec { model: spec.name.clone(), reason: "worker thread ended while loading".into() }))?;
+    ready_rx.recv().unwrap_or_else(|_| {
+        Err(LoadError::Spec { model: spec.name.clone(), reason: "worker thread ended while loading".into() })
+    })?;
     Ok(thread)
 }
 
@@ -69,7 +77,11 @@ struct Loaded<E> {
 
 /// Opens the engine and records it as loaded, with the device memory the open took (for CUDA
 /// models; other processes or models loading at the same moment blur the figure).
-fn open_measured<E>(spec: &ModelSpec, stats: &ModelStats, open: &impl Fn() -> Result<E, LoadError>) -> Result<Loaded<E>, LoadError> {
+fn open_measured<E>(
+    spec: &ModelSpec,
+    stats: &ModelStats,
+    open: &impl Fn() -> Result<E, LoadError>,
+) -> Result<Loaded<E>, LoadError> {
     let ctx = match spec.device {
         Device::Cuda(id) => crate::gpu::context(id).ok(),
         Device::Cpu => None,
@@ -89,7 +101,13 @@ fn open_measured<E>(spec: &ModelSpec, stats: &ModelStats, open: &impl Fn() -> Re
     Ok(Loaded { engine, gpu_bytes })
 }
 
-fn run<E: Engine>(rx: Receiver<Job>, spec: &ModelSpec, stats: &ModelStats, mut loaded: Option<Loaded<E>>, open: &impl Fn() -> Result<E, LoadError>) {
+fn run<E: Engine>(
+    rx: Receiver<Job>,
+    spec: &ModelSpec,
+    stats: &ModelStats,
+    mut loaded: Option<Loaded<E>>,
+    open: &impl Fn() -> Result<E, LoadError>,
+) {
     let idle = Duration::from_secs(spec.idle_unload_s);
     loop {
         let job = match (&loaded, spec.lazy) {
@@ -114,7 +132,12 @@ fn run<E: Engine>(rx: Receiver<Job>, spec: &ModelSpec, stats: &ModelStats, mut l
             // many whose requests have gone)
             stats.queued.fetch_sub(1, Ordering::Relaxed);
             stats.expired.fetch_add(1, Ordering::Relaxed);
-            let _ = job.reply.send(Reply { output: Err(EngineError::DeadlineExceeded), compute: Duration::ZERO, queued: job.enqueued.elapsed(), batch: 0 });
+            let _ = job.reply.send(Reply {
+                output: Err(EngineError::DeadlineExceeded),
+                compute: Duration::ZERO,
+                queued: job.enqueued.elapsed(),
+                batch: 0,
+            });
             continue;
         }
         if loaded.is_none() {
@@ -125,7 +148,12 @@ fn run<E: Engine>(rx: Receiver<Job>, spec: &ModelSpec, stats: &ModelStats, mut l
                     stats.queued.fetch_sub(1, Ordering::Relaxed);
                     stats.failures.fetch_add(1, Ordering::Relaxed);
                     let reason = format!("loading: {e}");
-                    let _ = job.reply.send(Reply { output: Err(EngineError::Inference { model: spec.name.clone(), reason }), compute: Duration::ZERO, queued: job.enqueued.elapsed(), batch: 0 });
+                    let _ = job.reply.send(Reply {
+                        output: Err(EngineError::Inference { model: spec.name.clone(), reason }),
+                        compute: Duration::ZERO,
+                        queued: job.enqueued.elapsed(),
+                        batch: 0,
+                    });
                     continue;
                 }
             }

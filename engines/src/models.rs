@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::ocr::{dictionary, OcrSessions, OcrWorker};
 use crate::lifecycle;
+use crate::ocr::{dictionary, OcrSessions, OcrWorker};
 use crate::runtime::init_runtime;
 use crate::session::{session, session_for};
 use crate::spec::{ModelKind, ModelSpec, Registry};
@@ -121,10 +121,20 @@ impl Models {
     }
 
     /// Queues one job for `model` if it is of kind `wanted`; the reply arrives on the receiver.
-    pub fn submit(&self, model: &str, wanted: ModelKind, input: JobInput, deadline: Instant) -> Result<Receiver<Reply>, EngineError> {
+    pub fn submit(
+        &self,
+        model: &str,
+        wanted: ModelKind,
+        input: JobInput,
+        deadline: Instant,
+    ) -> Result<Receiver<Reply>, EngineError> {
         let h = self.handles.get(model).ok_or_else(|| EngineError::UnknownModel(model.to_string()))?;
         if h.spec.kind != wanted {
-            return Err(EngineError::WrongKind { model: model.to_string(), kind: h.spec.kind.as_str(), wanted: wanted.as_str() });
+            return Err(EngineError::WrongKind {
+                model: model.to_string(),
+                kind: h.spec.kind.as_str(),
+                wanted: wanted.as_str(),
+            });
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
         let job = Job { input, deadline, reply: tx, enqueued: Instant::now() };
@@ -143,7 +153,13 @@ impl Models {
     }
 
     /// Submits and waits: the blocking convenience used by offline tools and tests.
-    pub fn run(&self, model: &str, wanted: ModelKind, input: JobInput, deadline: Instant) -> Result<Reply, EngineError> {
+    pub fn run(
+        &self,
+        model: &str,
+        wanted: ModelKind,
+        input: JobInput,
+        deadline: Instant,
+    ) -> Result<Reply, EngineError> {
         let rx = self.submit(model, wanted, input, deadline)?;
         rx.recv_deadline(deadline).map_err(|_| EngineError::DeadlineExceeded)
     }
@@ -158,7 +174,8 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     let (tx, rx) = crossbeam_channel::bounded(spec.queue);
     // built first, so a worker that fails to start drops it: the queue closes and the workers
     // already started are joined
-    let mut handle = Handle { spec: spec.clone(), tx: Some(tx), stats: stats.clone(), threads: Vec::with_capacity(spec.workers) };
+    let mut handle =
+        Handle { spec: spec.clone(), tx: Some(tx), stats: stats.clone(), threads: Vec::with_capacity(spec.workers) };
     if spec.kind == ModelKind::Ocr {
         for i in 0..spec.workers {
             let (env, spec2, stats2) = (env.clone(), spec.clone(), stats.clone());
@@ -170,9 +187,13 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     }
     let head = match &spec.head {
         Some(p) => {
-            let h = crate::head::Head::load(p).map_err(|reason| LoadError::Spec { model: spec.name.clone(), reason })?;
+            let h =
+                crate::head::Head::load(p).map_err(|reason| LoadError::Spec { model: spec.name.clone(), reason })?;
             if spec.activation != crate::spec::Activation::Sigmoid && h.outputs() == 1 {
-                return Err(LoadError::Spec { model: spec.name.clone(), reason: "a one-output head needs activation = \"sigmoid\"".into() });
+                return Err(LoadError::Spec {
+                    model: spec.name.clone(),
+                    reason: "a one-output head needs activation = \"sigmoid\"".into(),
+                });
             }
             Some(Arc::new(h))
         }
@@ -180,32 +201,42 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     };
     for i in 0..spec.workers {
         let (env, spec2, stats2, head) = (env.clone(), spec.clone(), stats.clone(), head.clone());
-        handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || Worker::open(&env, &spec2, head.clone(), &stats2))?);
+        handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
+            Worker::open(&env, &spec2, head.clone(), &stats2)
+        })?);
     }
     Ok(handle)
 }
 
 /// The three PP-OCR sessions and the recogniser's dictionary (its `character` metadata).
 fn ocr_sessions(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<OcrSessions, LoadError> {
-    let o = spec.ocr.as_ref().ok_or_else(|| LoadError::Spec { model: spec.name.clone(), reason: "no [ocr] table".into() })?;
+    let o = spec
+        .ocr
+        .as_ref()
+        .ok_or_else(|| LoadError::Spec { model: spec.name.clone(), reason: "no [ocr] table".into() })?;
     let det = session(env, spec)?;
     let rec = session_for(env, spec, &o.rec)?;
     let cls = o.cls.as_ref().map(|c| session_for(env, spec, c)).transpose()?;
     // the OCR pipeline feeds and reads f32 only (its inputs vary in shape per image and line)
-    for (s, file) in [(Some(&det), &spec.file), (Some(&rec), &o.rec), (cls.as_ref(), o.cls.as_ref().unwrap_or(&spec.file))] {
+    for (s, file) in
+        [(Some(&det), &spec.file), (Some(&rec), &o.rec), (cls.as_ref(), o.cls.as_ref().unwrap_or(&spec.file))]
+    {
         if let Some(s) = s {
             if crate::precision::Precision::of_input(s, spec)? != crate::precision::Precision::F32 {
-                return Err(LoadError::Spec { model: spec.name.clone(), reason: format!("{}: OCR models must be fp32 (this one takes fp16 input)", file.display()) });
+                return Err(LoadError::Spec {
+                    model: spec.name.clone(),
+                    reason: format!("{}: OCR models must be fp32 (this one takes fp16 input)", file.display()),
+                });
             }
         }
     }
-    let meta = rec
-        .metadata()
-        .ok()
-        .and_then(|m| m.custom("character"))
-        .ok_or_else(|| LoadError::Spec { model: spec.name.clone(), reason: format!("{} has no `character` metadata (the dictionary)", o.rec.display()) })?;
+    let meta = rec.metadata().ok().and_then(|m| m.custom("character")).ok_or_else(|| LoadError::Spec {
+        model: spec.name.clone(),
+        reason: format!("{} has no `character` metadata (the dictionary)", o.rec.display()),
+    })?;
     let dict = dictionary(&meta);
-    if let Some(classes) = rec.outputs().first().and_then(|o| o.dtype().tensor_shape()).and_then(|s| s.last().copied()) {
+    if let Some(classes) = rec.outputs().first().and_then(|o| o.dtype().tensor_shape()).and_then(|s| s.last().copied())
+    {
         if classes > 0 && classes as usize != dict.len() {
             return Err(LoadError::Spec {
                 model: spec.name.clone(),
@@ -215,4 +246,3 @@ fn ocr_sessions(env: &ort::environment::Environment, spec: &ModelSpec) -> Result
     }
     Ok(OcrSessions { det, rec, cls, dict })
 }
-

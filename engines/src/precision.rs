@@ -25,7 +25,10 @@ impl Precision {
             Some(TensorElementType::Float16) => Ok(Precision::F16),
             other => Err(LoadError::Spec {
                 model: spec.name.clone(),
-                reason: format!("the image input must be float32 or float16; the model's is {}", other.map_or_else(|| "not a tensor".to_string(), |t| format!("{t:?}"))),
+                reason: format!(
+                    "the image input must be float32 or float16; the model's is {}",
+                    other.map_or_else(|| "not a tensor".to_string(), |t| format!("{t:?}"))
+                ),
             }),
         }
     }
@@ -46,7 +49,12 @@ impl Precision {
 }
 
 /// A CPU-prepared f32 input in the model's precision (the f16 copy lives in `half`, reused).
-pub(crate) fn input_value<'a>(precision: Precision, shape: [usize; 4], values: &'a [f32], half: &'a mut Vec<f16>) -> ort::Result<SessionInputValue<'a>> {
+pub(crate) fn input_value<'a>(
+    precision: Precision,
+    shape: [usize; 4],
+    values: &'a [f32],
+    half: &'a mut Vec<f16>,
+) -> ort::Result<SessionInputValue<'a>> {
     Ok(match precision {
         Precision::F32 => TensorRef::from_array_view((shape, values))?.into(),
         Precision::F16 => {
@@ -66,4 +74,3 @@ pub(crate) fn output_f32(value: &DynValue) -> ort::Result<(Vec<i64>, Vec<f32>)> 
     let (shape, data) = value.try_extract_tensor::<f32>()?;
     Ok((shape.to_vec(), data.to_vec()))
 }
-

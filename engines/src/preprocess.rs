@@ -42,13 +42,24 @@ pub(crate) fn geometry(iw: u32, ih: u32, spec: &InputSpec) -> Geometry {
             nh: h,
             x0: 0,
             y0: 0,
-            prepared: Prepared { scale_x: w as f32 / iw as f32, scale_y: h as f32 / ih as f32, offset_x: 0.0, offset_y: 0.0 },
+            prepared: Prepared {
+                scale_x: w as f32 / iw as f32,
+                scale_y: h as f32 / ih as f32,
+                offset_x: 0.0,
+                offset_y: 0.0,
+            },
         },
         ResizeMode::Letterbox => {
             let s = (w as f32 / iw as f32).min(h as f32 / ih as f32);
             let nw = ((iw as f32 * s).round() as u32).clamp(1, w);
             let nh = ((ih as f32 * s).round() as u32).clamp(1, h);
-            Geometry { nw, nh, x0: 0, y0: 0, prepared: Prepared { scale_x: s, scale_y: s, offset_x: 0.0, offset_y: 0.0 } }
+            Geometry {
+                nw,
+                nh,
+                x0: 0,
+                y0: 0,
+                prepared: Prepared { scale_x: s, scale_y: s, offset_x: 0.0, offset_y: 0.0 },
+            }
         }
         ResizeMode::CenterCrop => {
             let short = spec.resize_short.unwrap_or(w.min(h)).max(w.min(h));
@@ -56,7 +67,13 @@ pub(crate) fn geometry(iw: u32, ih: u32, spec: &InputSpec) -> Geometry {
             let nw = ((iw as f32 * s).round() as u32).max(w);
             let nh = ((ih as f32 * s).round() as u32).max(h);
             let (x0, y0) = ((nw - w) / 2, (nh - h) / 2);
-            Geometry { nw, nh, x0, y0, prepared: Prepared { scale_x: s, scale_y: s, offset_x: x0 as f32 / s, offset_y: y0 as f32 / s } }
+            Geometry {
+                nw,
+                nh,
+                x0,
+                y0,
+                prepared: Prepared { scale_x: s, scale_y: s, offset_x: x0 as f32 / s, offset_y: y0 as f32 / s },
+            }
         }
     }
 }
@@ -114,7 +131,11 @@ pub(crate) fn affine(spec: &InputSpec) -> Affine {
         ColorOrder::Rgb => [0, 1, 2],
         ColorOrder::Bgr => [2, 1, 0],
     };
-    Affine { order, a: std::array::from_fn(|c| spec.scale / spec.std[c]), b: std::array::from_fn(|c| -spec.mean[c] / spec.std[c]) }
+    Affine {
+        order,
+        a: std::array::from_fn(|c| spec.scale / spec.std[c]),
+        b: std::array::from_fn(|c| -spec.mean[c] / spec.std[c]),
+    }
 }
 
 /// Copies the `spec.width × spec.height` window of `src` at (x0, y0) (clipped to `src`) into

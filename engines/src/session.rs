@@ -13,12 +13,20 @@ pub(crate) fn session(env: &ort::environment::Environment, spec: &ModelSpec) -> 
     session_for(env, spec, &spec.file)
 }
 
-pub(crate) fn session_for(env: &ort::environment::Environment, spec: &ModelSpec, file: &std::path::Path) -> Result<Session, LoadError> {
+pub(crate) fn session_for(
+    env: &ort::environment::Environment,
+    spec: &ModelSpec,
+    file: &std::path::Path,
+) -> Result<Session, LoadError> {
     session_on(env, spec, file).map(|(s, _)| s)
 }
 
 /// A session and the device it actually runs on (the CPU after a `cpu_fallback`).
-pub(crate) fn session_on(env: &ort::environment::Environment, spec: &ModelSpec, file: &std::path::Path) -> Result<(Session, Device), LoadError> {
+pub(crate) fn session_on(
+    env: &ort::environment::Environment,
+    spec: &ModelSpec,
+    file: &std::path::Path,
+) -> Result<(Session, Device), LoadError> {
     let err = |reason: String| LoadError::Session { model: spec.name.clone(), file: file.to_path_buf(), reason };
     if !file.exists() {
         return Err(LoadError::Missing { model: spec.name.clone(), file: file.to_path_buf() });
@@ -94,21 +102,26 @@ pub(crate) fn check_io(session: &Session, spec: &ModelSpec) -> Result<(String, S
     if let Some(shape) = input.dtype().tensor_shape() {
         let want = [3, spec.input.height as i64, spec.input.width as i64];
         if shape.len() != 4 || shape[1..].iter().zip(want).any(|(&d, w)| d > 0 && d != w) {
-            return Err(err(format!("expected input [N, 3, {}, {}] (the registry's size); found {} with shape {:?}", want[1], want[2], input.name(), &shape[..])));
+            return Err(err(format!(
+                "expected input [N, 3, {}, {}] (the registry's size); found {} with shape {:?}",
+                want[1],
+                want[2],
+                input.name(),
+                &shape[..]
+            )));
         }
         if shape[0] > 0 && (shape[0] as usize) < spec.max_batch {
-            return Err(err(format!("input batch dimension is fixed at {}; max_batch {} is too large", shape[0], spec.max_batch)));
+            return Err(err(format!(
+                "input batch dimension is fixed at {}; max_batch {} is too large",
+                shape[0], spec.max_batch
+            )));
         }
     }
     let output = match &spec.output {
-        Some(name) => session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == name)
-            .ok_or_else(|| {
-                let found: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-                err(format!("expected an output named {name}; the model has {found:?}"))
-            })?,
+        Some(name) => session.outputs().iter().find(|o| o.name() == name).ok_or_else(|| {
+            let found: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+            err(format!("expected an output named {name}; the model has {found:?}"))
+        })?,
         None => session.outputs().first().ok_or_else(|| err("the model has no output".into()))?,
     };
     Ok((input.name().to_string(), output.name().to_string()))

@@ -361,7 +361,8 @@ impl Registry {
             }
             m.check().map_err(|r| err(format!("model {}: {r}", m.name)))?;
         }
-        let (present, absent): (Vec<ModelSpec>, Vec<ModelSpec>) = reg.models.into_iter().partition(|m| !m.optional || m.file.exists());
+        let (present, absent): (Vec<ModelSpec>, Vec<ModelSpec>) =
+            reg.models.into_iter().partition(|m| !m.optional || m.file.exists());
         reg.models = present;
         reg.absent = absent.into_iter().map(|m| (m.name, m.file)).collect();
         Ok(reg)
@@ -439,7 +440,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cascade-spec-{}-{}", std::process::id(), extra.len()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("models.toml");
-        std::fs::write(&file, format!("[[model]]\nname = \"m\"\nfile = \"m.onnx\"\nkind = \"classifier\"\n{extra}\n")).expect("write");
+        std::fs::write(&file, format!("[[model]]\nname = \"m\"\nfile = \"m.onnx\"\nkind = \"classifier\"\n{extra}\n"))
+            .expect("write");
         Registry::load(&file)
     }
 

@@ -46,7 +46,10 @@ pub struct Job {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// The model's score and its top labels with probabilities.
-    Classification { score: f32, top: Vec<(String, f32)> },
+    Classification {
+        score: f32,
+        top: Vec<(String, f32)>,
+    },
     Embedding(Vec<f32>),
     Detections(Vec<Detection>),
     TextLines(Vec<crate::ocr::TextLine>),
@@ -81,7 +84,12 @@ impl Worker {
     /// Opens the model's session, checks its inputs and outputs against the registry (and the
     /// head), sets up GPU pre-processing on CUDA, and on CUDA warms every batch shape it will
     /// run so the first requests pay no set-up.
-    pub fn open(env: &Environment, spec: &Arc<ModelSpec>, head: Option<Arc<crate::head::Head>>, stats: &Arc<ModelStats>) -> Result<Worker, LoadError> {
+    pub fn open(
+        env: &Environment,
+        spec: &Arc<ModelSpec>,
+        head: Option<Arc<crate::head::Head>>,
+        stats: &Arc<ModelStats>,
+    ) -> Result<Worker, LoadError> {
         let (session, on) = session_on(env, spec, &spec.file)?;
         let (input_name, output_name) = check_io(&session, spec)?;
         let precision = Precision::of_input(&session, spec)?;
@@ -90,24 +98,43 @@ impl Worker {
         }
         if let (Some(h), Some(dim)) = (&head, output_dim(&session, &output_name)) {
             if dim != h.input_dim {
-                return Err(LoadError::Spec { model: spec.name.clone(), reason: format!("head expects {} features; output {output_name} has {dim}", h.input_dim) });
+                return Err(LoadError::Spec {
+                    model: spec.name.clone(),
+                    reason: format!("head expects {} features; output {output_name} has {dim}", h.input_dim),
+                });
             }
         }
         let gpu = match (on, spec.preprocess) {
-            (Device::Cuda(id), Preprocess::Auto | Preprocess::Gpu) => match GpuInput::new(&session, id, spec, precision, &input_name, &output_name) {
-                Ok(g) => Some(g),
-                Err(reason) if spec.preprocess == Preprocess::Gpu => {
-                    return Err(LoadError::Spec { model: spec.name.clone(), reason: format!("GPU pre-processing: {reason}") })
+            (Device::Cuda(id), Preprocess::Auto | Preprocess::Gpu) => {
+                match GpuInput::new(&session, id, spec, precision, &input_name, &output_name) {
+                    Ok(g) => Some(g),
+                    Err(reason) if spec.preprocess == Preprocess::Gpu => {
+                        return Err(LoadError::Spec {
+                            model: spec.name.clone(),
+                            reason: format!("GPU pre-processing: {reason}"),
+                        })
+                    }
+                    Err(reason) => {
+                        tracing::warn!(model = %spec.name, %reason, "GPU pre-processing unavailable; preparing inputs on the CPU");
+                        stats.prep_fallbacks.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
                 }
-                Err(reason) => {
-                    tracing::warn!(model = %spec.name, %reason, "GPU pre-processing unavailable; preparing inputs on the CPU");
-                    stats.prep_fallbacks.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-            },
+            }
             _ => None,
         };
-        let mut w = Worker { session, head, spec: spec.clone(), input_name, output_name, stats: stats.clone(), gpu, precision, buf: Vec::new(), half: Vec::new() };
+        let mut w = Worker {
+            session,
+            head,
+            spec: spec.clone(),
+            input_name,
+            output_name,
+            stats: stats.clone(),
+            gpu,
+            precision,
+            buf: Vec::new(),
+            half: Vec::new(),
+        };
         if matches!(on, Device::Cuda(_)) {
             w.warm_up()?;
         }
@@ -115,12 +142,16 @@ impl Worker {
     }
 
     fn warm_up(&mut self) -> Result<(), LoadError> {
-        let img = image::RgbImage::from_pixel(self.spec.input.width, self.spec.input.height, image::Rgb([128, 128, 128]));
+        let img =
+            image::RgbImage::from_pixel(self.spec.input.width, self.spec.input.height, image::Rgb([128, 128, 128]));
         // every shape `run_batch` can run
         let shapes: std::collections::BTreeSet<usize> = (1..=self.spec.max_batch).map(|n| self.rows_for(n)).collect();
         for rows in shapes {
             let imgs = vec![&img; rows];
-            self.forward(&imgs, rows).map_err(|e| LoadError::Spec { model: self.spec.name.clone(), reason: format!("warm-up run of batch {rows}: {e}") })?;
+            self.forward(&imgs, rows).map_err(|e| LoadError::Spec {
+                model: self.spec.name.clone(),
+                reason: format!("warm-up run of batch {rows}: {e}"),
+            })?;
         }
         Ok(())
     }
@@ -142,7 +173,9 @@ impl Worker {
         // model time counts the model's own pre-processing as well as the session run
         let started = Instant::now();
         let images: Vec<&image::RgbImage> = jobs.iter().map(|j| &**j.input.image()).collect();
-        let result = self.forward(&images, rows).and_then(|(shape, data, prepared)| self.outputs(&shape, &data, &jobs, &prepared));
+        let result = self
+            .forward(&images, rows)
+            .and_then(|(shape, data, prepared)| self.outputs(&shape, &data, &jobs, &prepared));
         drop(images);
         let compute = started.elapsed();
         self.stats.record(n, compute);
@@ -165,7 +198,11 @@ impl Worker {
 
     /// Prepares `images` as a `rows`-row input (on the GPU when set up, else on the CPU) and
     /// runs the session: the output's shape and values, and how each image maps back.
-    fn forward(&mut self, images: &[&image::RgbImage], rows: usize) -> Result<(Vec<i64>, Vec<f32>, Vec<Prepared>), EngineError> {
+    fn forward(
+        &mut self,
+        images: &[&image::RgbImage],
+        rows: usize,
+    ) -> Result<(Vec<i64>, Vec<f32>, Vec<Prepared>), EngineError> {
         let name = &self.spec.name;
         if let Some(g) = &mut self.gpu {
             match g.run(&mut self.session, images, rows) {
@@ -183,7 +220,11 @@ impl Worker {
         let elems = 3 * h * w;
         self.buf.clear();
         self.buf.resize(elems * rows, 0.0);
-        let prepared: Vec<Prepared> = images.iter().zip(self.buf.chunks_exact_mut(elems)).map(|(img, slot)| prepare(img, &self.spec.input, slot)).collect();
+        let prepared: Vec<Prepared> = images
+            .iter()
+            .zip(self.buf.chunks_exact_mut(elems))
+            .map(|(img, slot)| prepare(img, &self.spec.input, slot))
+            .collect();
         let input = input_value(self.precision, [rows, 3, h, w], &self.buf, &mut self.half).map_err(fail)?;
         let outputs = self.session.run(ort::inputs![self.input_name.as_str() => input]).map_err(fail)?;
         let (shape, data) = output_f32(&outputs[self.output_name.as_str()]).map_err(fail)?;
@@ -191,7 +232,13 @@ impl Worker {
     }
 
     /// Turns the batch's output rows into each job's result; padding rows are dropped.
-    fn outputs(&self, shape: &[i64], data: &[f32], jobs: &[Job], prepared: &[Prepared]) -> Result<Vec<Output>, EngineError> {
+    fn outputs(
+        &self,
+        shape: &[i64],
+        data: &[f32],
+        jobs: &[Job],
+        prepared: &[Prepared],
+    ) -> Result<Vec<Output>, EngineError> {
         let spec = &self.spec;
         let n = shape.first().copied().unwrap_or(0).max(0) as usize;
         let per = data.len() / n.max(1);
@@ -208,7 +255,12 @@ impl Worker {
                 None => rows.map(|r| classification(spec, r)).collect(),
             },
             ModelKind::Embedder => rows.map(|r| Output::Embedding(r.to_vec())).collect(),
-            ModelKind::Ocr => return Err(EngineError::Inference { model: spec.name.clone(), reason: "OCR runs on its own worker".into() }),
+            ModelKind::Ocr => {
+                return Err(EngineError::Inference {
+                    model: spec.name.clone(),
+                    reason: "OCR runs on its own worker".into(),
+                })
+            }
             ModelKind::Detector => {
                 let width = shape.last().copied().unwrap_or(0) as usize;
                 rows.zip(jobs)
@@ -257,7 +309,12 @@ impl Engine for Worker {
         let (live, late): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline > now);
         for j in late {
             self.stats.expired.fetch_add(1, Ordering::Relaxed);
-            let _ = j.reply.send(Reply { output: Err(EngineError::DeadlineExceeded), compute: Duration::ZERO, queued: now - j.enqueued, batch: 0 });
+            let _ = j.reply.send(Reply {
+                output: Err(EngineError::DeadlineExceeded),
+                compute: Duration::ZERO,
+                queued: now - j.enqueued,
+                batch: 0,
+            });
         }
         if !live.is_empty() {
             self.run_batch(live);

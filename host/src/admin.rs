@@ -38,7 +38,13 @@ impl ReloadStatus {
             crate::metrics::global().refusal();
             self.outstanding.insert(r.file.clone(), r.clone());
         }
-        crate::metrics::global().reload(if !snap.refused.is_empty() { "refused" } else if snap.applied.is_empty() { "unchanged" } else { "applied" });
+        crate::metrics::global().reload(if !snap.refused.is_empty() {
+            "refused"
+        } else if snap.applied.is_empty() {
+            "unchanged"
+        } else {
+            "applied"
+        });
     }
 }
 
@@ -54,9 +60,17 @@ fn authorised(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> boo
     }
 }
 
-pub fn handle(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, HttpRefusal> {
+pub fn handle(
+    server: &Server,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, HttpRefusal> {
     if !authorised(server, req, peer) {
-        return Err(HttpRefusal::new(StatusCode::FORBIDDEN, "admin-forbidden", "the admin API answers loopback callers, or callers with the admin token"));
+        return Err(HttpRefusal::new(
+            StatusCode::FORBIDDEN,
+            "admin-forbidden",
+            "the admin API answers loopback callers, or callers with the admin token",
+        ));
     }
     let path = req.uri().path();
     match (req.method(), path) {
@@ -65,12 +79,22 @@ pub fn handle(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> Res
             let rest = &p["/admin/hotkeys/".len()..];
             let (hotkey, action) = rest.split_once('/').unwrap_or((rest, ""));
             let s = server.serving.load();
-            let h = s.hotkeys.get(hotkey).ok_or_else(|| HttpRefusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}")))?;
-            let ro = h.rollout.as_ref().ok_or_else(|| HttpRefusal::new(StatusCode::CONFLICT, "no-rollout", format!("hotkey {hotkey} has no rollout")))?;
+            let h = s.hotkeys.get(hotkey).ok_or_else(|| {
+                HttpRefusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}"))
+            })?;
+            let ro = h.rollout.as_ref().ok_or_else(|| {
+                HttpRefusal::new(StatusCode::CONFLICT, "no-rollout", format!("hotkey {hotkey} has no rollout"))
+            })?;
             match action {
                 "promote" => ro.promote("admin API"),
                 "rollback" => ro.rollback("admin API"),
-                _ => return Err(HttpRefusal::new(StatusCode::NOT_FOUND, "not-found", format!("no admin action {action:?} (promote, rollback)"))),
+                _ => {
+                    return Err(HttpRefusal::new(
+                        StatusCode::NOT_FOUND,
+                        "not-found",
+                        format!("no admin action {action:?} (promote, rollback)"),
+                    ))
+                }
             }
             Ok(json_response(StatusCode::OK, &json!({"hotkey": hotkey, "rollout": ro.json()})))
         }

@@ -183,7 +183,10 @@ impl HotkeyFile {
             return Err(format!("name {:?}: use letters, digits, '-' and '_'", self.name));
         }
         if !(0.0..=1.0).contains(&self.fallback) || self.fallback == 0.5 {
-            return Err(format!("fallback {}: must be in [0, 1] and not 0.5 (validators read 0.5 as \"no\")", self.fallback));
+            return Err(format!(
+                "fallback {}: must be in [0, 1] and not 0.5 (validators read 0.5 as \"no\")",
+                self.fallback
+            ));
         }
         if self.budget_ms == 0 || self.budget_ms > 60_000 {
             return Err(format!("budget_ms {}: must be between 1 and 60000", self.budget_ms));
@@ -191,7 +194,13 @@ impl HotkeyFile {
         if self.limits.fuel == 0 || self.limits.call_ms == 0 {
             return Err("limits: fuel and call_ms must be positive".into());
         }
-        for (what, addr) in self.ss58.iter().map(|a| ("ss58", a)).chain(self.axon.allow.iter().map(|a| ("axon.allow", a))).chain(self.axon.deny.iter().map(|a| ("axon.deny", a))) {
+        for (what, addr) in self
+            .ss58
+            .iter()
+            .map(|a| ("ss58", a))
+            .chain(self.axon.allow.iter().map(|a| ("axon.allow", a)))
+            .chain(self.axon.deny.iter().map(|a| ("axon.deny", a)))
+        {
             crate::axon::ss58::decode(addr).map_err(|e| format!("{what}: {addr:?} is not an SS58 address: {e}"))?;
         }
         if self.axon.listen.is_some() && self.ss58.is_none() {
@@ -206,7 +215,9 @@ impl HotkeyFile {
             Some(RolloutConfig::Ab { share }) if !(0.0..=100.0).contains(share) => {
                 return Err(format!("rollout.share {share}: a percentage in [0, 100]"));
             }
-            Some(RolloutConfig::Canary { steps, .. }) if steps.is_empty() || steps.iter().any(|s| !(0.0..=100.0).contains(s)) => {
+            Some(RolloutConfig::Canary { steps, .. })
+                if steps.is_empty() || steps.iter().any(|s| !(0.0..=100.0).contains(s)) =>
+            {
                 return Err("rollout.steps: one or more percentages in [0, 100]".into());
             }
             _ => {}

@@ -13,7 +13,13 @@ use crate::config::MODELS_FILE;
 use crate::server::ingress::{decode_image, IngressLimits};
 
 /// Runs `model` on each image `repeat` times; prints the last result and the median times.
-pub fn infer(policies: &Path, model: &str, min_conf: f32, repeat: usize, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
+pub fn infer(
+    policies: &Path,
+    model: &str,
+    min_conf: f32,
+    repeat: usize,
+    images: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
     let mut registry = Registry::load(&policies.join(MODELS_FILE))?;
     // only the model asked for is loaded: the others' start-up (CUDA warm-up) is not this check's
     if let Some((_, file)) = registry.absent.iter().find(|(name, _)| name == model) {
@@ -24,12 +30,12 @@ pub fn infer(policies: &Path, model: &str, min_conf: f32, repeat: usize, images:
         anyhow::bail!("no model {model} in the registry (it has {})", names.join(", "));
     };
     registry.models.retain(|m| m.name == model);
-    let models = Models::load(&registry, &cascade_engines::runtime_library()).map_err(|errs| {
-        anyhow::anyhow!(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
-    })?;
+    let models = Models::load(&registry, &cascade_engines::runtime_library())
+        .map_err(|errs| anyhow::anyhow!(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
     for path in images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let img = decode_image(&bytes, &IngressLimits::default()).map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;
+        let img = decode_image(&bytes, &IngressLimits::default())
+            .map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;
         let img = Arc::new(img);
         let (mut wall, mut compute) = (Vec::new(), Vec::new());
         let mut last = None;
@@ -53,8 +59,14 @@ pub fn infer(policies: &Path, model: &str, min_conf: f32, repeat: usize, images:
         let result = match reply.output? {
             Output::Classification { score, top } => json!({"score": score, "top": top}),
             Output::Embedding(v) => json!({"dim": v.len(), "head": &v[..v.len().min(8)]}),
-            Output::Detections(d) => json!(d.iter().map(|d| json!({"label": d.label, "confidence": d.confidence, "box": d.bbox})).collect::<Vec<_>>()),
-            Output::TextLines(l) => json!(l.iter().map(|l| json!({"text": l.text, "confidence": l.confidence, "box": l.bbox})).collect::<Vec<_>>()),
+            Output::Detections(d) => json!(d
+                .iter()
+                .map(|d| json!({"label": d.label, "confidence": d.confidence, "box": d.bbox}))
+                .collect::<Vec<_>>()),
+            Output::TextLines(l) => json!(l
+                .iter()
+                .map(|l| json!({"text": l.text, "confidence": l.confidence, "box": l.bbox}))
+                .collect::<Vec<_>>()),
         };
         println!("{}", json!({"image": path, "ms": ms, "model_ms": model_ms, "runs": repeat.max(1), "result": result}));
     }

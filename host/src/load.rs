@@ -50,13 +50,21 @@ pub fn load(rt: &Arc<Runtime>, src: &Sources) -> Result<State, Vec<Problem>> {
     if !snap.refused.is_empty() {
         return Err(snap.refused.into_iter().map(|r| Problem { file: r.file, message: r.reason }).collect());
     }
-    Ok(State { models: snap.models, registry: snap.registry, plugins: snap.plugins, hotkeys: snap.hotkeys, warnings: snap.warnings })
+    Ok(State {
+        models: snap.models,
+        registry: snap.registry,
+        plugins: snap.plugins,
+        hotkeys: snap.hotkeys,
+        warnings: snap.warnings,
+    })
 }
 
 /// Compiles every `*.wasm` in the folder.
 pub fn load_plugins(rt: &Runtime, dir: &Path, problems: &mut Vec<Problem>) -> Vec<Arc<Plugin>> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "wasm")).collect(),
+        Ok(rd) => {
+            rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "wasm")).collect()
+        }
         Err(e) => {
             problems.push(Problem { file: dir.into(), message: format!("components folder: {e} (run `make setup`)") });
             return Vec::new();
@@ -68,7 +76,10 @@ pub fn load_plugins(rt: &Runtime, dir: &Path, problems: &mut Vec<Problem>) -> Ve
         match Plugin::load(rt, &f) {
             Ok(p) => {
                 if let Some(dup) = out.iter().find(|q| q.name == p.name && q.version == p.version) {
-                    problems.push(Problem { file: f, message: format!("{}@{} is also in {}", p.name, p.version, dup.file.display()) });
+                    problems.push(Problem {
+                        file: f,
+                        message: format!("{}@{} is also in {}", p.name, p.version, dup.file.display()),
+                    });
                 } else {
                     out.push(Arc::new(p));
                 }
@@ -119,14 +130,20 @@ pub(crate) fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Pat
     // the candidate: its own bindings where it names them, the stable ones elsewhere
     let candidate = cfg.candidate.as_ref().map(|c| {
         let r = c.router.as_ref().and_then(|rc| bind("candidate.router", rc, Role::Router)).or_else(|| router.clone());
-        let t = c.text_scorer.as_ref().and_then(|rc| bind("candidate.text_scorer", rc, Role::TextScorer)).or_else(|| text_scorer.clone());
+        let t = c
+            .text_scorer
+            .as_ref()
+            .and_then(|rc| bind("candidate.text_scorer", rc, Role::TextScorer))
+            .or_else(|| text_scorer.clone());
         let f = c.fuser.as_ref().and_then(|rc| bind("candidate.fuser", rc, Role::Fuser)).or_else(|| fuser.clone());
         (r, t, f)
     });
     let (Some(router), true) = (router, errors.is_empty()) else { return Err(errors) };
-    let candidate = candidate.and_then(|(r, t, f)| Some(Arm { router: r?, roles: Arc::new(RoleSet { text_scorer: t, fuser: f }) }));
+    let candidate =
+        candidate.and_then(|(r, t, f)| Some(Arm { router: r?, roles: Arc::new(RoleSet { text_scorer: t, fuser: f }) }));
     let key = std::fs::read(file).map(|b| crate::reload::cache::sha256_hex(&b)).unwrap_or_default();
-    let rollout = cfg.rollout.clone().map(|ro| Arc::new(Rollout::new(&cfg.name, ro, file.with_extension("state.json"), key)));
+    let rollout =
+        cfg.rollout.clone().map(|ro| Arc::new(Rollout::new(&cfg.name, ro, file.with_extension("state.json"), key)));
     Ok(Hotkey {
         name: cfg.name,
         ss58: cfg.ss58,
@@ -141,7 +158,15 @@ pub(crate) fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Pat
     })
 }
 
-fn bind_role(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], hotkey: &str, key: &str, rc: &RoleConfig, role: Role, limits: Limits) -> Result<(ComponentRef, Bound), Vec<String>> {
+fn bind_role(
+    rt: &Arc<Runtime>,
+    plugins: &[Arc<Plugin>],
+    hotkey: &str,
+    key: &str,
+    rc: &RoleConfig,
+    role: Role,
+    limits: Limits,
+) -> Result<(ComponentRef, Bound), Vec<String>> {
     let r: ComponentRef = rc.component.parse().map_err(|e| vec![format!("{key}.component: {e}")])?;
     let plugin = resolve(plugins, &r, role).map_err(|e| vec![format!("{key}.component: {e}")])?;
     let params = config::params_json(&rc.params);
@@ -170,7 +195,11 @@ pub(crate) fn smoke(h: &Hotkey, models: &Arc<Models>) -> Result<Vec<String>, Str
             return Err(format!("smoke request of the candidate failed: {}", c.reason));
         }
     }
-    Ok(a.trace.iter().filter(|t| t.result.starts_with("error")).map(|t| format!("{}({}): {}", t.primitive, t.model, t.result)).collect())
+    Ok(a.trace
+        .iter()
+        .filter(|t| t.result.starts_with("error"))
+        .map(|t| format!("{}({}): {}", t.primitive, t.model, t.result))
+        .collect())
 }
 
 /// One line per plugin for `check` and the log.

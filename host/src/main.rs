@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cascade_host::load::{self, Sources};
-use cascade_host::runtime::{Runtime, RuntimeConfig};
 use cascade_host::reload::Reloader;
+use cascade_host::runtime::{Runtime, RuntimeConfig};
 use cascade_host::server::{IngressLimits, Server, Serving};
-use parking_lot::Mutex;
 use clap::{Args, Parser, Subcommand};
+use parking_lot::Mutex;
 
 #[derive(Parser)]
 #[command(name = "cascade", version, about = "Roadwork inference server with policies as WebAssembly components")]
@@ -147,7 +147,9 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -156,7 +158,12 @@ fn main() -> ExitCode {
         Cmd::Check(a) => check(a),
         Cmd::Infer(a) => cascade_host::infer::infer(&a.policies, &a.model, a.min_confidence, a.repeat, &a.images),
         Cmd::Eval(a) => setup(&a.src).and_then(|(rt, src)| {
-            let args = cascade_host::offline::eval::EvalArgs { hotkey: a.hotkey, manifest: a.manifest, validator_style: a.validator_style, json: a.json };
+            let args = cascade_host::offline::eval::EvalArgs {
+                hotkey: a.hotkey,
+                manifest: a.manifest,
+                validator_style: a.validator_style,
+                json: a.json,
+            };
             cascade_host::offline::eval::eval(&rt, &src, &args)
         }),
         Cmd::TrainHead(a) => cascade_host::offline::train::train(&cascade_host::offline::train::TrainArgs {
@@ -247,7 +254,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         for p in &first.refused {
             eprintln!("problem: {}: {}", p.file.display(), p.reason);
         }
-        anyhow::bail!("{} problem(s) in {} / {}; nothing served", first.refused.len(), src.policies.display(), src.components.display());
+        anyhow::bail!(
+            "{} problem(s) in {} / {}; nothing served",
+            first.refused.len(),
+            src.policies.display(),
+            src.components.display()
+        );
     }
     for p in &first.plugins {
         tracing::info!("component {}", load::describe_plugin(p));
@@ -256,7 +268,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("{w}");
     }
     let hotkeys: Vec<String> = first.hotkeys.keys().cloned().collect();
-    let pinned: Vec<(String, std::net::SocketAddr)> = first.hotkeys.values().filter_map(|h| h.axon.listen.map(|l| (h.name.clone(), l))).collect();
+    let pinned: Vec<(String, std::net::SocketAddr)> =
+        first.hotkeys.values().filter_map(|h| h.axon.listen.map(|l| (h.name.clone(), l))).collect();
     let serving = Serving { models: first.models.clone(), hotkeys: first.hotkeys.clone(), generation: 1 };
     let limits = IngressLimits { max_body_bytes: a.max_body_bytes, max_side: a.max_side, max_pixels: a.max_pixels };
     let server = Arc::new(Server::new(serving, limits, Duration::from_secs(a.read_timeout_s), a.admin_token.clone()));
@@ -264,13 +277,17 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let reloader = Arc::new(Mutex::new(Some(reloader)));
     if !a.no_watch {
         let (reloader, target) = (reloader.clone(), server.clone());
-        cascade_host::reload::watch::spawn(&src.components, &src.policies, Arc::new(move || {
-            // `None` once serving has stopped: no reload then
-            let snap = reloader.lock().as_mut().map(Reloader::reload);
-            if let Some(snap) = snap {
-                target.apply(snap);
-            }
-        }))
+        cascade_host::reload::watch::spawn(
+            &src.components,
+            &src.policies,
+            Arc::new(move || {
+                // `None` once serving has stopped: no reload then
+                let snap = reloader.lock().as_mut().map(Reloader::reload);
+                if let Some(snap) = snap {
+                    target.apply(snap);
+                }
+            }),
+        )
         .context("watching the components and policies folders")?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -280,7 +297,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     let stopping = server.clone();
     let served = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(listen = %addr, ?hotkeys, "serving");
         // One machine-readable line on stdout, for scripts and tests that listen on port 0.

@@ -134,11 +134,21 @@ impl Metrics {
             let _ = writeln!(o, "cascade_request_duration_seconds_sum{{hotkey=\"{h}\"}} {}", hist.sum);
             let _ = writeln!(o, "cascade_request_duration_seconds_count{{hotkey=\"{h}\"}} {}", hist.count);
         }
-        head(&mut o, "cascade_rejected_total", "counter", "Requests refused before a policy ran, by error code and HTTP status.");
+        head(
+            &mut o,
+            "cascade_rejected_total",
+            "counter",
+            "Requests refused before a policy ran, by error code and HTTP status.",
+        );
         for ((c, s), v) in &m.rejected {
             let _ = writeln!(o, "cascade_rejected_total{{code=\"{c}\",status=\"{s}\"}} {v}");
         }
-        head(&mut o, "cascade_component_events_total", "counter", "Component traps, fuel and time exhaustion, memory limits, instantiation failures.");
+        head(
+            &mut o,
+            "cascade_component_events_total",
+            "counter",
+            "Component traps, fuel and time exhaustion, memory limits, instantiation failures.",
+        );
         for ((h, r, k), v) in &m.component_events {
             let _ = writeln!(o, "cascade_component_events_total{{hotkey=\"{h}\",role=\"{r}\",kind=\"{k}\"}} {v}");
         }
@@ -154,7 +164,12 @@ impl Metrics {
         for (k, v) in &m.reloads {
             let _ = writeln!(o, "cascade_reloads_total{{outcome=\"{k}\"}} {v}");
         }
-        head(&mut o, "cascade_refused_changes_total", "counter", "Changed files refused by validation (the previous version kept serving).");
+        head(
+            &mut o,
+            "cascade_refused_changes_total",
+            "counter",
+            "Changed files refused by validation (the previous version kept serving).",
+        );
         let _ = writeln!(o, "cascade_refused_changes_total {}", m.refusals);
         head(&mut o, "cascade_arm_requests_total", "counter", "Requests per rollout arm and outcome.");
         for ((h, a, out), v) in &m.arms {
@@ -185,8 +200,17 @@ fn head(o: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 fn render_models(o: &mut String, models: &Models) {
-    head(o, "cascade_model_cpu_fallbacks_total", "counter", "Models that asked for CUDA and run on the CPU (cpu_fallback).");
-    let _ = writeln!(o, "cascade_model_cpu_fallbacks_total {}", cascade_engines::CPU_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed));
+    head(
+        o,
+        "cascade_model_cpu_fallbacks_total",
+        "counter",
+        "Models that asked for CUDA and run on the CPU (cpu_fallback).",
+    );
+    let _ = writeln!(
+        o,
+        "cascade_model_cpu_fallbacks_total {}",
+        cascade_engines::CPU_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
+    );
     use std::sync::atomic::Ordering::Relaxed;
     let rows: Vec<_> = models.stats().collect();
     let series: [(&str, &str, &str); 10] = [
@@ -196,10 +220,26 @@ fn render_models(o: &mut String, models: &Models) {
         ("cascade_model_failures_total", "counter", "Items whose run failed, per model."),
         ("cascade_model_expired_total", "counter", "Items dropped from the queue past their deadline."),
         ("cascade_model_queue_depth", "gauge", "Items waiting in the model's queue."),
-        ("cascade_model_gpu_memory_bytes", "gauge", "Device memory taken by the model's loaded sessions (measured at load, CUDA models)."),
-        ("cascade_model_loaded", "gauge", "Workers of the model with their sessions loaded (lazy models drop to 0 when idle)."),
-        ("cascade_model_loads_total", "counter", "Times a worker of the model loaded its sessions (lazy models reload on use)."),
-        ("cascade_model_cpu_preprocess_total", "counter", "CUDA models or batches whose inputs were prepared on the CPU instead of the GPU."),
+        (
+            "cascade_model_gpu_memory_bytes",
+            "gauge",
+            "Device memory taken by the model's loaded sessions (measured at load, CUDA models).",
+        ),
+        (
+            "cascade_model_loaded",
+            "gauge",
+            "Workers of the model with their sessions loaded (lazy models drop to 0 when idle).",
+        ),
+        (
+            "cascade_model_loads_total",
+            "counter",
+            "Times a worker of the model loaded its sessions (lazy models reload on use).",
+        ),
+        (
+            "cascade_model_cpu_preprocess_total",
+            "counter",
+            "CUDA models or batches whose inputs were prepared on the CPU instead of the GPU.",
+        ),
     ];
     for (i, (name, kind, help)) in series.iter().enumerate() {
         head(o, name, kind, help);

@@ -145,8 +145,14 @@ impl Hotkey {
             Ok(Ok(d)) if d.prediction.is_finite() && (0.0..=1.0).contains(&d.prediction) => {
                 (never_half(d.prediction), d.stage, d.reason, false)
             }
-            Ok(Ok(d)) => self.fall_back(counted, "invalid-prediction", format!("router answered {} (outside [0, 1])", d.prediction)),
-            Ok(Err(e)) => self.fall_back(counted, "policy-error", format!("router error: {}", crate::runtime::show_error(&e))),
+            Ok(Ok(d)) => self.fall_back(
+                counted,
+                "invalid-prediction",
+                format!("router answered {} (outside [0, 1])", d.prediction),
+            ),
+            Ok(Err(e)) => {
+                self.fall_back(counted, "policy-error", format!("router error: {}", crate::runtime::show_error(&e)))
+            }
             Err(e) => {
                 if counted {
                     crate::metrics::global().component_event(&self.name, "router", e.kind());

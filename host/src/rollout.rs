@@ -103,9 +103,20 @@ impl Rollout {
     /// `key` identifies the config version; a state file written for another version is
     /// ignored (a changed rollout starts afresh).
     pub fn new(hotkey: &str, config: RolloutConfig, state_file: PathBuf, key: String) -> Rollout {
-        let saved: Option<Persisted> = std::fs::read(&state_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).filter(|p: &Persisted| p.key == key);
+        let saved: Option<Persisted> = std::fs::read(&state_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|p: &Persisted| p.key == key);
         let state = saved.unwrap_or(Persisted { key, ..Persisted::default() });
-        Rollout { config, stable: ArmStats::default(), candidate: ArmStats::default(), shadow: ShadowStats::default(), state: Mutex::new(state), state_file, hotkey: hotkey.into() }
+        Rollout {
+            config,
+            stable: ArmStats::default(),
+            candidate: ArmStats::default(),
+            shadow: ShadowStats::default(),
+            state: Mutex::new(state),
+            state_file,
+            hotkey: hotkey.into(),
+        }
     }
 
     pub fn winner(&self) -> Option<Side> {
@@ -121,7 +132,13 @@ impl Rollout {
             (None, RolloutConfig::Ab { share }) => *share,
             (None, RolloutConfig::Shadow { .. }) => 0.0,
             (None, RolloutConfig::Canary { steps, .. }) => steps.get(st.step).copied().unwrap_or(100.0),
-            (None, RolloutConfig::BlueGreen { active }) => if *active == Side::Candidate { 100.0 } else { 0.0 },
+            (None, RolloutConfig::BlueGreen { active }) => {
+                if *active == Side::Candidate {
+                    100.0
+                } else {
+                    0.0
+                }
+            }
         }
     }
 
@@ -170,7 +187,16 @@ impl Rollout {
 
     /// The canary's rules, checked as the candidate's figures come in: each outcome logged.
     fn evaluate(&self) {
-        let RolloutConfig::Canary { steps, min_requests, max_error_rate, max_p99_ms, min_agreement, max_escalation_rate, .. } = &self.config else {
+        let RolloutConfig::Canary {
+            steps,
+            min_requests,
+            max_error_rate,
+            max_p99_ms,
+            min_agreement,
+            max_escalation_rate,
+            ..
+        } = &self.config
+        else {
             return;
         };
         if self.winner().is_some() {
@@ -196,7 +222,13 @@ impl Rollout {
         let step = {
             let mut st = self.state.lock();
             st.step += 1;
-            let note = format!("step passed (error rate {:.4}, p99 {:.1} ms, agreement {:.3}); share now {}", c.rate(&c.fallbacks), c.p99(), self.agreement(), steps.get(st.step).copied().unwrap_or(100.0));
+            let note = format!(
+                "step passed (error rate {:.4}, p99 {:.1} ms, agreement {:.3}); share now {}",
+                c.rate(&c.fallbacks),
+                c.p99(),
+                self.agreement(),
+                steps.get(st.step).copied().unwrap_or(100.0)
+            );
             tracing::info!(hotkey = %self.hotkey, "canary: {note}");
             st.history.push(note);
             st.step
@@ -237,7 +269,10 @@ impl Rollout {
     fn persist(&self) {
         let st = self.state.lock().clone();
         let tmp = self.state_file.with_extension("tmp");
-        let r = serde_json::to_vec_pretty(&st).map_err(std::io::Error::other).and_then(|b| std::fs::write(&tmp, b)).and_then(|_| std::fs::rename(&tmp, &self.state_file));
+        let r = serde_json::to_vec_pretty(&st)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &self.state_file));
         if let Err(e) = r {
             tracing::error!(file = %self.state_file.display(), error = %e, "cannot persist the rollout state");
         }

@@ -23,8 +23,18 @@ impl std::fmt::Display for Violation {
 }
 
 const KEYWORDS: &[&str] = &[
-    "type", "properties", "required", "additionalProperties", "items", "enum", "minimum", "maximum",
-    "minItems", "maxItems", "description", "default",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "enum",
+    "minimum",
+    "maximum",
+    "minItems",
+    "maxItems",
+    "description",
+    "default",
 ];
 
 /// Refuses schemas that use keywords this validator does not implement (they would be

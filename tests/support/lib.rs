@@ -15,7 +15,9 @@ pub fn repo() -> PathBuf {
 
 /// `../shared` beside the repository (or `CASCADE_SHARED`).
 pub fn shared() -> PathBuf {
-    std::env::var_os("CASCADE_SHARED").map(PathBuf::from).unwrap_or_else(|| repo().parent().expect("parent").join("shared"))
+    std::env::var_os("CASCADE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().parent().expect("parent").join("shared"))
 }
 
 pub fn binary() -> PathBuf {
@@ -33,10 +35,18 @@ pub fn cascade() -> Command {
 
 /// Runs `cascade infer --model MODEL` on one image; returns the text of the lines it read.
 pub fn read_text(policies: &Path, model: &str, image: &Path) -> (Value, String) {
-    let out = cascade().args(["infer", "--model", model, "--policies"]).arg(policies).arg(image).output().expect("run cascade infer");
+    let out = cascade()
+        .args(["infer", "--model", model, "--policies"])
+        .arg(policies)
+        .arg(image)
+        .output()
+        .expect("run cascade infer");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
-    let lines: Vec<String> = v["result"].as_array().map(|a| a.iter().map(|l| l["text"].as_str().unwrap_or("").to_string()).collect()).unwrap_or_default();
+    let lines: Vec<String> = v["result"]
+        .as_array()
+        .map(|a| a.iter().map(|l| l["text"].as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default();
     (v, lines.join(" "))
 }
 
@@ -267,17 +277,18 @@ pub fn status(server: &Server) -> Value {
 pub fn refusals(server: &Server) -> Vec<String> {
     status(server)["refusals"]
         .as_array()
-        .map(|a| a.iter().map(|r| format!("{}: {}", r["file"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or(""))).collect())
+        .map(|a| {
+            a.iter()
+                .map(|r| format!("{}: {}", r["file"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or("")))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// POST with a content type; returns the status and the body as JSON (or a string).
 pub fn post(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
-    let mut r = agent()
-        .post(url)
-        .header("Content-Type", content_type)
-        .send(body)
-        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let mut r =
+        agent().post(url).header("Content-Type", content_type).send(body).unwrap_or_else(|e| panic!("POST {url}: {e}"));
     let status = r.status().as_u16();
     let text = r.body_mut().read_to_string().unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))

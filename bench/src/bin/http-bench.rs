@@ -26,19 +26,22 @@ name = "tint"
 classify = ["tint"]
 "#;
 
-
 /// What validators send: a photo centre-cropped to 224×224, JPEG quality 75 (a dev image from
 /// ../shared when there, else a synthetic scene).
 fn validator_jpeg() -> Vec<u8> {
-    let shared = repo().parent().expect("parent").join("shared/data/roadwork-dev/dashcam_mi3lab_workzone/charlotte_f0075.jpg");
+    let shared =
+        repo().parent().expect("parent").join("shared/data/roadwork-dev/dashcam_mi3lab_workzone/charlotte_f0075.jpg");
     let img = match image::open(&shared) {
         Ok(i) => {
             let i = i.to_rgb8();
             let side = i.width().min(i.height());
-            let sq = image::imageops::crop_imm(&i, (i.width() - side) / 2, (i.height() - side) / 2, side, side).to_image();
+            let sq =
+                image::imageops::crop_imm(&i, (i.width() - side) / 2, (i.height() - side) / 2, side, side).to_image();
             image::imageops::resize(&sq, 224, 224, image::imageops::FilterType::Triangle)
         }
-        Err(_) => image::RgbImage::from_fn(224, 224, |x, y| image::Rgb([(x + y) as u8, (x / 2) as u8, 200 - (y / 2) as u8])),
+        Err(_) => {
+            image::RgbImage::from_fn(224, 224, |x, y| image::Rgb([(x + y) as u8, (x / 2) as u8, 200 - (y / 2) as u8]))
+        }
     };
     let mut out = std::io::Cursor::new(Vec::new());
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 75).encode_image(&img).expect("jpeg");
@@ -73,14 +76,20 @@ fn main() -> anyhow::Result<()> {
     let root = repo();
     let models = root.join("target/test-models");
     if !models.join("tint.onnx").exists() {
-        let ok = Command::new(root.join(".venv/bin/python")).arg(root.join("tests/models/make_test_models.py")).arg(&models).status()?;
+        let ok = Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("tests/models/make_test_models.py"))
+            .arg(&models)
+            .status()?;
         anyhow::ensure!(ok.success(), "building the test model failed (run make setup)");
     }
     let dir = std::env::temp_dir().join(format!("cascade-http-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("models.toml"),
-        format!("[[model]]\nname = \"tint\"\nfile = \"{}\"\nkind = \"classifier\"\ninput = {{ width = 32, height = 32 }}\n", models.join("tint.onnx").display()),
+        format!(
+            "[[model]]\nname = \"tint\"\nfile = \"{}\"\nkind = \"classifier\"\ninput = {{ width = 32, height = 32 }}\n",
+            models.join("tint.onnx").display()
+        ),
     )?;
     std::fs::write(dir.join("bench.toml"), POLICY)?;
     let mut child = Command::new(root.join("target/release/cascade"))
@@ -91,7 +100,8 @@ fn main() -> anyhow::Result<()> {
         .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-    let base = line.trim().strip_prefix("listening on ").ok_or_else(|| anyhow::anyhow!("server said {line:?}"))?.to_string();
+    let base =
+        line.trim().strip_prefix("listening on ").ok_or_else(|| anyhow::anyhow!("server said {line:?}"))?.to_string();
 
     let jpeg = validator_jpeg();
     let body = serde_json::json!({"image": base64::engine::general_purpose::STANDARD.encode(&jpeg)}).to_string();
@@ -99,7 +109,8 @@ fn main() -> anyhow::Result<()> {
     let bare = format!("http://{}/", bare_server());
     let cascade_url = format!("{base}/v1/predict/bench");
 
-    let (mut total, mut overhead, mut model, mut peer, mut handler) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut total, mut overhead, mut model, mut peer, mut handler) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..iters * 2 {
         let t = Instant::now();
         let mut r = agent.post(&cascade_url).header("Content-Type", "application/json").send(body.as_bytes())?;
@@ -127,7 +138,10 @@ fn main() -> anyhow::Result<()> {
     }
     let _ = child.kill();
     let _ = std::fs::remove_dir_all(&dir);
-    header(&format!("one request: JSON body with a base64 224×224 JPEG ({} bytes), sequential keep-alive, {iters} each", jpeg.len()));
+    header(&format!(
+        "one request: JSON body with a base64 224×224 JPEG ({} bytes), sequential keep-alive, {iters} each",
+        jpeg.len()
+    ));
     row("cascade: client round trip", &summarise(total));
     row("cascade: model compute (reported)", &summarise(model));
     row("cascade: round trip − model = host overhead", &summarise(overhead.clone()));

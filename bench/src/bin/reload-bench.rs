@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use cascade_bench::{repo, summarise};
 
-
 fn config(stage: &str) -> String {
     format!("name = \"live\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"{stage}\"\nclassify = [\"tint\"]\non_error = \"fail\"\n")
 }
@@ -25,7 +24,12 @@ fn replace(path: &std::path::Path, bytes: &[u8]) {
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -49,7 +53,10 @@ fn main() -> anyhow::Result<()> {
     }
     let models = root.join("target/test-models");
     if !models.join("tint.onnx").exists() {
-        Command::new(root.join(".venv/bin/python")).arg(root.join("tests/models/make_test_models.py")).arg(&models).status()?;
+        Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("tests/models/make_test_models.py"))
+            .arg(&models)
+            .status()?;
     }
     std::fs::write(dir.join("models.toml"), format!("[[model]]\nname = \"tint\"\nfile = \"{}\"\nkind = \"classifier\"\ninput = {{ width = 32, height = 32 }}\nmax_batch = 8\nmax_delay_us = 200\n", models.join("tint.onnx").display()))?;
     let cfg = dir.join("live.toml");
@@ -78,19 +85,30 @@ fn main() -> anyhow::Result<()> {
     let probe_img = img.clone();
 
     let run_load = move |dur: Option<Duration>, stop: Arc<AtomicBool>| -> Arc<Load> {
-        let load = Arc::new(Load { sent: AtomicU64::new(0), failed: AtomicU64::new(0), refused_answers: AtomicU64::new(0), latencies: Mutex::new(Vec::new()) });
+        let load = Arc::new(Load {
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            refused_answers: AtomicU64::new(0),
+            latencies: Mutex::new(Vec::new()),
+        });
         let started = Instant::now();
         let handles: Vec<_> = (0..clients)
             .map(|_| {
                 let (load, stop, url, img) = (load.clone(), stop.clone(), url.clone(), img.clone());
                 std::thread::spawn(move || {
-                    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(20))).build().into();
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(Duration::from_secs(20)))
+                        .build()
+                        .into();
                     while !stop.load(Ordering::Relaxed) && dur.is_none_or(|d| started.elapsed() < d) {
                         let t = Instant::now();
                         load.sent.fetch_add(1, Ordering::Relaxed);
                         match agent.post(&url).header("Content-Type", "image/jpeg").send(&img[..]) {
                             Ok(mut r) if r.status() == 200 => {
-                                let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or_default();
+                                let v: serde_json::Value =
+                                    serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default())
+                                        .unwrap_or_default();
                                 if v["stage"].as_str().unwrap_or("").starts_with("refused") || v["fallback"] == true {
                                     load.refused_answers.fetch_add(1, Ordering::Relaxed);
                                 }

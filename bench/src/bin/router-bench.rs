@@ -43,7 +43,12 @@ fn native_decide(ctx: &Arc<RequestCtx>, image: cascade_engines::Image, p: &serde
     let mut evidence: Vec<(String, f32)> = Vec::new();
     let stages = p["stages"].as_array().expect("stages");
     for (i, st) in stages.iter().enumerate() {
-        let calls_: Vec<Call> = st["classify"].as_array().expect("classify").iter().map(|m| Call::Classify(m.as_str().unwrap_or("").into())).collect();
+        let calls_: Vec<Call> = st["classify"]
+            .as_array()
+            .expect("classify")
+            .iter()
+            .map(|m| Call::Classify(m.as_str().unwrap_or("").into()))
+            .collect();
         for (c, r) in calls_.iter().zip(calls::run_all(ctx, &img, &calls_)) {
             if let (Call::Classify(m), Ok(Outcome::Classify(cl))) = (c, r) {
                 evidence.push((m.clone(), cl.score));
@@ -54,7 +59,10 @@ fn native_decide(ctx: &Arc<RequestCtx>, image: cascade_engines::Image, p: &serde
         let hi = st["exit_high"].as_f64().map(|v| v as f32);
         let name = st["name"].as_str().unwrap_or("");
         if i == stages.len() - 1 || lo.is_some_and(|t| fused <= t) || hi.is_some_and(|t| fused >= t) {
-            let reason = format!("at {name}: fused {fused:.3} from {}", evidence.iter().map(|(n, s)| format!("{n}={s:.3}")).collect::<Vec<_>>().join(", "));
+            let reason = format!(
+                "at {name}: fused {fused:.3} from {}",
+                evidence.iter().map(|(n, s)| format!("{n}={s:.3}")).collect::<Vec<_>>().join(", ")
+            );
             return (fused, reason);
         }
     }
@@ -78,7 +86,10 @@ fn main() -> anyhow::Result<()> {
 
     // same answer from both
     let ctx = cached_ctx(&models);
-    let wasm = bound.decide(&ctx, roles.clone(), image.clone(), Duration::from_secs(5)).map_err(|e| anyhow::anyhow!("{e}"))?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let wasm = bound
+        .decide(&ctx, roles.clone(), image.clone(), Duration::from_secs(5))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let ctx = cached_ctx(&models);
     let native = native_decide(&ctx, image.clone(), &p);
     anyhow::ensure!((wasm.prediction - native.0).abs() < 1e-6, "wasm {} vs native {}", wasm.prediction, native.0);
@@ -113,6 +124,10 @@ fn main() -> anyhow::Result<()> {
     row("cascade-router.wasm (pooled instance)", &sw);
     row("same logic, native in the host", &sn);
     row("floor: request image handle only", &summarise(base));
-    println!("\nWasm boundary adds {:.2} µs at p50 ({:.2} µs at p99); target ≤ 2 µs p50", sw.p50 - sn.p50, sw.p99 - sn.p99);
+    println!(
+        "\nWasm boundary adds {:.2} µs at p50 ({:.2} µs at p99); target ≤ 2 µs p50",
+        sw.p50 - sn.p50,
+        sw.p99 - sn.p99
+    );
     Ok(())
 }

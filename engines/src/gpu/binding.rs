@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use image::RgbImage;
-use ort::session::IoBinding;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::IoBinding;
 use ort::session::Session;
 use ort::value::DynTensor;
 
@@ -42,11 +42,19 @@ pub(crate) enum GpuRunError {
 pub(crate) type GpuOutput = (Vec<i64>, Vec<f32>, Vec<Prepared>);
 
 impl GpuInput {
-    pub fn new(session: &Session, device: u32, spec: &ModelSpec, precision: Precision, input: &str, output: &str) -> Result<GpuInput, String> {
+    pub fn new(
+        session: &Session,
+        device: u32,
+        spec: &ModelSpec,
+        precision: Precision,
+        input: &str,
+        output: &str,
+    ) -> Result<GpuInput, String> {
         let ctx = super::context(device)?;
         let prep = GpuPrep::new(ctx, &spec.input, spec.max_batch, precision)?;
         let e = |e: ort::Error| e.to_string();
-        let mem = MemoryInfo::new(AllocationDevice::CUDA, device as i32, AllocatorType::Device, MemoryType::Default).map_err(e)?;
+        let mem = MemoryInfo::new(AllocationDevice::CUDA, device as i32, AllocatorType::Device, MemoryType::Default)
+            .map_err(e)?;
         let alloc = Allocator::new(session, mem).map_err(|x| format!("CUDA allocator: {x}"))?;
         let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default).map_err(e)?;
         Ok(GpuInput {
@@ -71,7 +79,9 @@ impl GpuInput {
             std::collections::btree_map::Entry::Vacant(v) => {
                 let mut t = DynTensor::new(&self.alloc, self.precision.element(), [rows, 3, h, w]).map_err(run)?;
                 // padding rows are never written by the kernel: start them at zero
-                self.prep.zero(t.data_ptr_mut() as u64, rows * 3 * h * w * self.precision.bytes()).map_err(GpuRunError::Run)?;
+                self.prep
+                    .zero(t.data_ptr_mut() as u64, rows * 3 * h * w * self.precision.bytes())
+                    .map_err(GpuRunError::Run)?;
                 let mut b = session.create_binding().map_err(run)?;
                 b.bind_input(self.input.as_str(), &t).map_err(run)?;
                 b.bind_output_to_device(self.output.as_str(), &self.host).map_err(run)?;

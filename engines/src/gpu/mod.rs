@@ -42,7 +42,11 @@ pub(crate) fn used_bytes(ctx: &CudaContext) -> Option<u64> {
 /// Runs the GPU pre-processing kernel on `images` and reads the input back to the host
 /// (`images.len() × 3 × H × W` values), with the time the device part took: for checking it
 /// against [`crate::prepare`] and timing it on a GPU machine. Not a serving path.
-pub fn prepare_on_gpu(device: u32, spec: &crate::InputSpec, images: &[&image::RgbImage]) -> Result<(Vec<f32>, std::time::Duration), String> {
+pub fn prepare_on_gpu(
+    device: u32,
+    spec: &crate::InputSpec,
+    images: &[&image::RgbImage],
+) -> Result<(Vec<f32>, std::time::Duration), String> {
     let ctx = context(device)?;
     let mut prep = GpuPrep::new(ctx.clone(), spec, images.len().max(1), crate::precision::Precision::F32)?;
     let stream = ctx.default_stream();

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
 use image::RgbImage;
 
 use crate::precision::Precision;
@@ -33,7 +35,12 @@ pub(crate) struct GpuPrep {
 impl GpuPrep {
     /// Compiles the kernel for the device (NVRTC), picks its entry for the model's input type, and
     /// allocates staging for `max_batch` images.
-    pub fn new(ctx: Arc<CudaContext>, spec: &InputSpec, max_batch: usize, precision: Precision) -> Result<GpuPrep, String> {
+    pub fn new(
+        ctx: Arc<CudaContext>,
+        spec: &InputSpec,
+        max_batch: usize,
+        precision: Precision,
+    ) -> Result<GpuPrep, String> {
         let (major, minor) = ctx.compute_capability().map_err(|e| format!("compute capability: {e}"))?;
         // SAFETY: only probes whether the NVRTC library can be opened.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -81,7 +88,16 @@ impl GpuPrep {
             let g = geometry(img.width(), img.height(), &self.spec);
             let raw = img.as_raw();
             host[at..at + raw.len()].copy_from_slice(raw);
-            let item = [(at - self.header) as i64, img.width().max(1) as i64, img.height().max(1) as i64, g.nw as i64, g.nh as i64, g.x0 as i64, g.y0 as i64, 0];
+            let item = [
+                (at - self.header) as i64,
+                img.width().max(1) as i64,
+                img.height().max(1) as i64,
+                g.nw as i64,
+                g.nh as i64,
+                g.x0 as i64,
+                g.y0 as i64,
+                0,
+            ];
             for (f, v) in item.iter().enumerate() {
                 host[k * ITEM + f * 8..k * ITEM + f * 8 + 8].copy_from_slice(&v.to_le_bytes());
             }
@@ -96,7 +112,11 @@ impl GpuPrep {
         let pad = pad_values(&self.spec);
         let (w, h, nb) = (self.spec.width as i32, self.spec.height as i32, n as i32);
         let order = f.order.map(|c| c as i32);
-        let cfg = LaunchConfig { grid_dim: ((w as u32).div_ceil(16), (h as u32).div_ceil(16), n as u32), block_dim: (16, 16, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: ((w as u32).div_ceil(16), (h as u32).div_ceil(16), n as u32),
+            block_dim: (16, 16, 1),
+            shared_mem_bytes: 0,
+        };
         let mut launch = self.stream.launch_builder(&self.func);
         launch.arg(&src).arg(&items).arg(&out).arg(&w).arg(&h).arg(&nb);
         for v in &f.a {
@@ -129,15 +149,21 @@ impl GpuPrep {
     pub fn zero(&self, ptr: u64, bytes: usize) -> Result<(), String> {
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
         // SAFETY: the caller passes a live device allocation of at least `bytes` bytes.
-        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }.map_err(|e| format!("memset: {e}"))?;
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }
+            .map_err(|e| format!("memset: {e}"))?;
         self.stream.synchronize().map_err(|e| format!("memset: {e}"))
     }
 }
 
-fn alloc(ctx: &Arc<CudaContext>, stream: &Arc<CudaStream>, bytes: usize) -> Result<(PinnedHostSlice<u8>, CudaSlice<u8>), String> {
+fn alloc(
+    ctx: &Arc<CudaContext>,
+    stream: &Arc<CudaStream>,
+    bytes: usize,
+) -> Result<(PinnedHostSlice<u8>, CudaSlice<u8>), String> {
     // SAFETY: both buffers are written (staging by `run`, the device copy by the upload) before
     // anything reads them.
-    let staging = unsafe { ctx.alloc_pinned::<u8>(bytes) }.map_err(|e| format!("pinned host memory ({bytes} B): {e}"))?;
+    let staging =
+        unsafe { ctx.alloc_pinned::<u8>(bytes) }.map_err(|e| format!("pinned host memory ({bytes} B): {e}"))?;
     let device = unsafe { stream.alloc::<u8>(bytes) }.map_err(|e| format!("device memory ({bytes} B): {e}"))?;
     Ok((staging, device))
 }

@@ -72,7 +72,8 @@ pub fn convex_hull(mut pts: Vec<(f32, f32)>) -> Vec<(f32, f32)> {
     let mut hull: Vec<(f32, f32)> = Vec::with_capacity(pts.len() * 2);
     for pass in 0..2 {
         let start = hull.len();
-        let iter: Box<dyn Iterator<Item = &(f32, f32)>> = if pass == 0 { Box::new(pts.iter()) } else { Box::new(pts.iter().rev()) };
+        let iter: Box<dyn Iterator<Item = &(f32, f32)>> =
+            if pass == 0 { Box::new(pts.iter()) } else { Box::new(pts.iter().rev()) };
         for &p in iter {
             while hull.len() >= start + 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], p) <= 0.0 {
                 hull.pop();
@@ -231,8 +232,10 @@ mod tests {
     fn rotated_points_give_a_tilted_rectangle() {
         let a = 0.3f32;
         let (c, s) = (a.cos(), a.sin());
-        let pts: Vec<(f32, f32)> =
-            [(0.0, 0.0), (10.0, 0.0), (10.0, 2.0), (0.0, 2.0)].iter().map(|&(x, y)| (x * c - y * s, x * s + y * c)).collect();
+        let pts: Vec<(f32, f32)> = [(0.0, 0.0), (10.0, 0.0), (10.0, 2.0), (0.0, 2.0)]
+            .iter()
+            .map(|&(x, y)| (x * c - y * s, x * s + y * c))
+            .collect();
         let r = min_area_rect(&convex_hull(pts)).unwrap().reading();
         assert!((r.width - 10.0).abs() < 1e-3 && (r.height - 2.0).abs() < 1e-3, "{r:?}");
         assert!((r.uy / r.ux - a.tan()).abs() < 1e-3);

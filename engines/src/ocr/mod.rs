@@ -66,7 +66,12 @@ impl Engine for OcrWorker {
         let queued = started - job.enqueued;
         if job.deadline <= started {
             self.stats.expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _ = job.reply.send(Reply { output: Err(EngineError::DeadlineExceeded), compute: Duration::ZERO, queued, batch: 0 });
+            let _ = job.reply.send(Reply {
+                output: Err(EngineError::DeadlineExceeded),
+                compute: Duration::ZERO,
+                queued,
+                batch: 0,
+            });
             return;
         }
         let r = self.read(job.input.image());
@@ -139,7 +144,8 @@ impl OcrWorker {
         };
         let mut buf = vec![0f32; 3 * (dw * dh) as usize];
         let p = prepare(img, &spec, &mut buf);
-        let t = TensorRef::from_array_view(([1usize, 3, dh as usize, dw as usize], &buf[..])).map_err(|e| fail(&name, e))?;
+        let t = TensorRef::from_array_view(([1usize, 3, dh as usize, dw as usize], &buf[..]))
+            .map_err(|e| fail(&name, e))?;
         let out = self.s.det.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
         let (_, prob) = out[0].try_extract_tensor::<f32>().map_err(|e| fail(&name, e))?;
         if prob.len() != (dw * dh) as usize {
@@ -174,7 +180,8 @@ impl OcrWorker {
         let name = self.spec.name.clone();
         let batch: Vec<&RgbImage> = crops.iter().map(|(_, c)| c).collect();
         let buf = line_batch(&batch, w, h, w);
-        let t = TensorRef::from_array_view(([batch.len(), 3, h as usize, w as usize], &buf[..])).map_err(|e| fail(&name, e))?;
+        let t = TensorRef::from_array_view(([batch.len(), 3, h as usize, w as usize], &buf[..]))
+            .map_err(|e| fail(&name, e))?;
         let cls = self.s.cls.as_mut().expect("orient runs only with a cls session");
         let out = cls.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
         let (_, probs) = out[0].try_extract_tensor::<f32>().map_err(|e| fail(&name, e))?;
@@ -195,10 +202,15 @@ impl OcrWorker {
         order.sort_by(|&a, &b| ratio(crops[a]).total_cmp(&ratio(crops[b])));
         for chunk in order.chunks(self.ocr().rec_batch.max(1)) {
             let batch: Vec<&RgbImage> = chunk.iter().map(|&i| crops[i]).collect();
-            let max_ratio = batch.iter().map(|c| ratio(c)).fold(REC_MIN_WIDTH as f32 / REC_HEIGHT as f32, f32::max).min(REC_MAX_RATIO);
+            let max_ratio = batch
+                .iter()
+                .map(|c| ratio(c))
+                .fold(REC_MIN_WIDTH as f32 / REC_HEIGHT as f32, f32::max)
+                .min(REC_MAX_RATIO);
             let w = (REC_HEIGHT as f32 * max_ratio).ceil() as u32;
             let buf = line_batch(&batch, w, REC_HEIGHT, w);
-            let t = TensorRef::from_array_view(([batch.len(), 3, REC_HEIGHT as usize, w as usize], &buf[..])).map_err(|e| fail(&name, e))?;
+            let t = TensorRef::from_array_view(([batch.len(), 3, REC_HEIGHT as usize, w as usize], &buf[..]))
+                .map_err(|e| fail(&name, e))?;
             let res = self.s.rec.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
             let (shape, probs) = res[0].try_extract_tensor::<f32>().map_err(|e| fail(&name, e))?;
             let (steps, classes) = (shape[1] as usize, shape[2] as usize);

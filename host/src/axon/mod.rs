@@ -66,7 +66,10 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
     let started = Instant::now();
     let name = req.uri().path().trim_start_matches('/').to_string();
     if !SYNAPSES.contains(&name.as_str()) {
-        return Err(error(StatusCode::NOT_FOUND, format!("Synapse name '{name}' not found. Available synapses {SYNAPSES:?}")));
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("Synapse name '{name}' not found. Available synapses {SYNAPSES:?}"),
+        ));
     }
     let h = req.headers();
     let axon_hotkey = header(h, "bt_header_axon_hotkey")?.to_string();
@@ -77,7 +80,8 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
         .trim()
         .parse()
         .map_err(|_| error(StatusCode::BAD_REQUEST, "bt_header_dendrite_nonce is not a non-negative integer"))?;
-    let timeout: f64 = h.get("timeout").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(12.0);
+    let timeout: f64 =
+        h.get("timeout").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(12.0);
     let body_hash = header(h, "computed_body_hash")?.to_string();
     if body_hash != EMPTY_BODY_HASH {
         return Err(error(StatusCode::BAD_REQUEST, "Hash mismatch between header body hash and computed body hash"));
@@ -85,7 +89,11 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
 
     let serving = server.serving.load_full();
     let hk: Arc<Hotkey> = match pinned {
-        Some(p) => serving.hotkeys.get(p).cloned().ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "this listener's hotkey is not loaded"))?,
+        Some(p) => serving
+            .hotkeys
+            .get(p)
+            .cloned()
+            .ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "this listener's hotkey is not loaded"))?,
         None => serving
             .hotkeys
             .values()
@@ -96,9 +104,17 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
     let own = hk.ss58.clone().unwrap_or_default();
 
     // signature and nonce before anything else is read
-    let signed = Signed { nonce, dendrite_hotkey: &dendrite, axon_hotkey: &own, uuid: &uuid, body_hash: &body_hash, signature: &signature };
+    let signed = Signed {
+        nonce,
+        dendrite_hotkey: &dendrite,
+        axon_hotkey: &own,
+        uuid: &uuid,
+        body_hash: &body_hash,
+        signature: &signature,
+    };
     let now = now_ns();
-    let unauthorised = |e: verify::VerifyError| error(StatusCode::UNAUTHORIZED, format!("Not Verified with error: {e}"));
+    let unauthorised =
+        |e: verify::VerifyError| error(StatusCode::UNAUTHORIZED, format!("Not Verified with error: {e}"));
     server.nonces.check(&dendrite, &uuid, nonce, timeout, now).map_err(unauthorised)?;
     signed.verify_signature().map_err(unauthorised)?;
     server.nonces.commit(&dendrite, &uuid, nonce, timeout, now).map_err(|e| match e {
@@ -114,13 +130,18 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
 
     // the body: the synapse as JSON
     let body = server.read_body(req.into_body()).await.map_err(|r| error(r.status, r.message))?;
-    let mut synapse: Value = serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
+    let mut synapse: Value =
+        serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
     let image_b64 = match synapse.get("image") {
         Some(Value::String(s)) => s.clone(),
         Some(other) => return Err(error(StatusCode::BAD_REQUEST, format!("image must be a string, found {other}"))),
         None => return Err(error(StatusCode::BAD_REQUEST, "image is missing")),
     };
-    for (field, ok) in [("prediction", synapse.get("prediction").is_none_or(|v| v.is_number() || v.is_null())), ("timeout", synapse.get("timeout").is_none_or(|v| v.is_number() || v.is_null())), ("name", synapse.get("name").is_none_or(|v| v.is_string()))] {
+    for (field, ok) in [
+        ("prediction", synapse.get("prediction").is_none_or(|v| v.is_number() || v.is_null())),
+        ("timeout", synapse.get("timeout").is_none_or(|v| v.is_number() || v.is_null())),
+        ("name", synapse.get("name").is_none_or(|v| v.is_string())),
+    ] {
         if !ok {
             return Err(error(StatusCode::BAD_REQUEST, format!("{field} has the wrong type")));
         }
@@ -132,7 +153,9 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
         let img = ingress::decode_image(&bytes, &limits)?;
         Ok(hk.serve(&serving.models, Arc::new(img), sticky))
     })
-    .map_err(|r| error(if r.status == StatusCode::PAYLOAD_TOO_LARGE { r.status } else { StatusCode::BAD_REQUEST }, r.message))?;
+    .map_err(|r| {
+        error(if r.status == StatusCode::PAYLOAD_TOO_LARGE { r.status } else { StatusCode::BAD_REQUEST }, r.message)
+    })?;
     let took = started.elapsed();
     let outcome = if answer.fallback { "fallback" } else { "ok" };
     crate::metrics::global().request(&hk.name, &answer.stage, outcome, took);

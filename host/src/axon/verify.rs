@@ -49,10 +49,13 @@ impl Signed<'_> {
         if sig.is_empty() {
             return Err(VerifyError::MissingSignature);
         }
-        let bytes = hex::decode(sig.strip_prefix("0x").unwrap_or(sig)).map_err(|_| VerifyError::BadSignatureEncoding)?;
+        let bytes =
+            hex::decode(sig.strip_prefix("0x").unwrap_or(sig)).map_err(|_| VerifyError::BadSignatureEncoding)?;
         let sig = Signature::from_bytes(&bytes).map_err(|_| VerifyError::BadSignatureEncoding)?;
-        let key = ss58::decode(self.dendrite_hotkey).map_err(|e| VerifyError::BadHotkey(self.dendrite_hotkey.into(), e))?;
-        let key = PublicKey::from_bytes(&key).map_err(|_| VerifyError::BadHotkey(self.dendrite_hotkey.into(), ss58::Ss58Error::Checksum))?;
+        let key =
+            ss58::decode(self.dendrite_hotkey).map_err(|e| VerifyError::BadHotkey(self.dendrite_hotkey.into(), e))?;
+        let key = PublicKey::from_bytes(&key)
+            .map_err(|_| VerifyError::BadHotkey(self.dendrite_hotkey.into(), ss58::Ss58Error::Checksum))?;
         let msg = self.message();
         let ok = key.verify_simple(b"substrate", msg.as_bytes(), &sig).is_ok()
             || key.verify_simple(b"substrate", format!("<Bytes>{msg}</Bytes>").as_bytes(), &sig).is_ok();
@@ -137,13 +140,30 @@ mod tests {
         let g = golden();
         let h = &g["headers"];
         let s = |k: &str| h[k].as_str().unwrap().to_string();
-        let (nonce, d, a, u, b, sig) = (s("bt_header_dendrite_nonce"), s("bt_header_dendrite_hotkey"), s("bt_header_axon_hotkey"), s("bt_header_dendrite_uuid"), s("computed_body_hash"), s("bt_header_dendrite_signature"));
-        let signed = Signed { nonce: nonce.parse().unwrap(), dendrite_hotkey: &d, axon_hotkey: &a, uuid: &u, body_hash: &b, signature: &sig };
+        let (nonce, d, a, u, b, sig) = (
+            s("bt_header_dendrite_nonce"),
+            s("bt_header_dendrite_hotkey"),
+            s("bt_header_axon_hotkey"),
+            s("bt_header_dendrite_uuid"),
+            s("computed_body_hash"),
+            s("bt_header_dendrite_signature"),
+        );
+        let signed = Signed {
+            nonce: nonce.parse().unwrap(),
+            dendrite_hotkey: &d,
+            axon_hotkey: &a,
+            uuid: &u,
+            body_hash: &b,
+            signature: &sig,
+        };
         assert_eq!(signed.message(), g["signed_message"].as_str().unwrap());
         signed.verify_signature().unwrap();
         // the same signature does not cover another axon hotkey, nonce or body hash
         let other = ss58::encode(&[7u8; 32]);
-        assert!(matches!(Signed { axon_hotkey: &other, ..signed.clone() }.verify_signature(), Err(VerifyError::Mismatch(_))));
+        assert!(matches!(
+            Signed { axon_hotkey: &other, ..signed.clone() }.verify_signature(),
+            Err(VerifyError::Mismatch(_))
+        ));
         assert!(Signed { nonce: signed.nonce + 1, ..signed.clone() }.verify_signature().is_err());
         assert_eq!(Signed { signature: "", ..signed.clone() }.verify_signature(), Err(VerifyError::MissingSignature));
     }

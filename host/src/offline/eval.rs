@@ -23,13 +23,11 @@ pub struct EvalArgs {
 }
 
 pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<ExitCode> {
-    let state = load::load(rt, src).map_err(|ps| {
-        anyhow::anyhow!("{}", ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))
+    let state = load::load(rt, src)
+        .map_err(|ps| anyhow::anyhow!("{}", ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")))?;
+    let hk = state.hotkeys.get(&a.hotkey).ok_or_else(|| {
+        anyhow::anyhow!("no hotkey {} (have {:?})", a.hotkey, state.hotkeys.keys().collect::<Vec<_>>())
     })?;
-    let hk = state
-        .hotkeys
-        .get(&a.hotkey)
-        .ok_or_else(|| anyhow::anyhow!("no hotkey {} (have {:?})", a.hotkey, state.hotkeys.keys().collect::<Vec<_>>()))?;
     let examples = manifest::load(&a.manifest)?;
     let mut conf = Confusion::default();
     let mut stages: BTreeMap<String, u64> = BTreeMap::new();
@@ -83,7 +81,13 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
     if a.json {
         println!("{report}");
     } else {
-        println!("hotkey {} on {} ({} images{})", a.hotkey, a.manifest.display(), fig.n, if a.validator_style { ", validator-style" } else { "" });
+        println!(
+            "hotkey {} on {} ({} images{})",
+            a.hotkey,
+            a.manifest.display(),
+            fig.n,
+            if a.validator_style { ", validator-style" } else { "" }
+        );
         println!("  accuracy  {:.4}    MCC {:.4}    F1 {:.4}", fig.accuracy, fig.mcc, fig.f1);
         println!("  precision {:.4}    recall {:.4}", fig.precision, fig.recall);
         println!("  reward (0.5·MCC + 0.5·acc)³ = {:.4}", fig.reward);

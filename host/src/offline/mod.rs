@@ -26,7 +26,14 @@ impl Progress {
         if self.tty {
             let width = 30;
             let filled = width * self.done / self.total.max(1);
-            eprint!("\r{} [{}{}] {}/{}", self.label, "#".repeat(filled), " ".repeat(width - filled), self.done, self.total);
+            eprint!(
+                "\r{} [{}{}] {}/{}",
+                self.label,
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                self.done,
+                self.total
+            );
             if self.done == self.total {
                 eprintln!();
             }

@@ -69,7 +69,12 @@ pub fn load_image(path: &Path, validator_style: bool) -> anyhow::Result<image::R
 }
 
 /// Embeddings of the readable examples; unreadable rows are reported and left out.
-fn embed_all(models: &Models, backbone: &str, examples: &[Example], validator_style: bool) -> anyhow::Result<Vec<(usize, Vec<f32>)>> {
+fn embed_all(
+    models: &Models,
+    backbone: &str,
+    examples: &[Example],
+    validator_style: bool,
+) -> anyhow::Result<Vec<(usize, Vec<f32>)>> {
     let kind = models.spec(backbone).with_context(|| format!("no model {backbone} in the registry"))?.kind;
     let mut progress = Progress::new("embedding", examples.len());
     let mut out = Vec::with_capacity(examples.len());
@@ -128,12 +133,18 @@ impl Net {
         let mut dense = |out: usize, inp: usize, relu: bool| {
             let scale = (2.0 / inp as f32).sqrt();
             Dense {
-                weights: (0..out).map(|_| (0..inp).map(|_| (rng.uniform() * 2.0 - 1.0) * scale * 0.5).collect()).collect(),
+                weights: (0..out)
+                    .map(|_| (0..inp).map(|_| (rng.uniform() * 2.0 - 1.0) * scale * 0.5).collect())
+                    .collect(),
                 bias: vec![0.0; out],
                 relu,
             }
         };
-        let layers = if hidden == 0 { vec![dense(1, dim, false)] } else { vec![dense(hidden, dim, true), dense(1, hidden, false)] };
+        let layers = if hidden == 0 {
+            vec![dense(1, dim, false)]
+        } else {
+            vec![dense(hidden, dim, true), dense(1, hidden, false)]
+        };
         Net { mean, std, layers }
     }
 
@@ -246,7 +257,12 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.folds >= 2, "--folds must be at least 2");
     let mut registry = Registry::load(&a.policies.join(MODELS_FILE))?;
     registry.models.retain(|m| m.name == a.backbone);
-    anyhow::ensure!(!registry.models.is_empty(), "no model {} in {}", a.backbone, a.policies.join(MODELS_FILE).display());
+    anyhow::ensure!(
+        !registry.models.is_empty(),
+        "no model {} in {}",
+        a.backbone,
+        a.policies.join(MODELS_FILE).display()
+    );
     let models = Models::load(&registry, &cascade_engines::runtime_library())
         .map_err(|errs| anyhow::anyhow!(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
     let examples = manifest::load(&a.manifest)?;
@@ -291,7 +307,10 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
         all.add(*p, *l);
     }
     let cv = all.figures();
-    eprintln!("cross-validated (out-of-fold): accuracy={:.3} mcc={:.3} f1={:.3} reward={:.3}", cv.accuracy, cv.mcc, cv.f1, cv.reward);
+    eprintln!(
+        "cross-validated (out-of-fold): accuracy={:.3} mcc={:.3} f1={:.3} reward={:.3}",
+        cv.accuracy, cv.mcc, cv.f1, cv.reward
+    );
 
     let refs: Vec<&Vec<f32>> = x.iter().collect();
     let net = fit(&refs, &y, a);

@@ -83,7 +83,15 @@ fn read_hashed(path: &Path) -> Result<(Vec<u8>, String), String> {
 impl Reloader {
     pub fn new(rt: Arc<Runtime>, src: Sources, cache_dir: Option<PathBuf>) -> Reloader {
         let cache = CompileCache::new(&rt.engine, cache_dir);
-        Reloader { rt, src, cache, plugins: BTreeMap::new(), registry: None, hotkeys: BTreeMap::new(), refusing: BTreeMap::new() }
+        Reloader {
+            rt,
+            src,
+            cache,
+            plugins: BTreeMap::new(),
+            registry: None,
+            hotkeys: BTreeMap::new(),
+            refusing: BTreeMap::new(),
+        }
     }
 
     /// Rebuilds everything that changed; keeps the last good version of what fails.
@@ -122,7 +130,10 @@ impl Reloader {
                 .and_then(|(c, _)| Plugin::from_component(&self.rt, f, c, hash.clone()).map_err(|e| e.to_string()));
             match loaded {
                 Ok(p) => {
-                    let dup = self.plugins.iter().find(|(path, l)| *path != f && l.value.name == p.name && l.value.version == p.version);
+                    let dup = self
+                        .plugins
+                        .iter()
+                        .find(|(path, l)| *path != f && l.value.name == p.name && l.value.version == p.version);
                     if let Some((other, _)) = dup {
                         rf.refuse(f, format!("{}@{} is also in {}", p.name, p.version, other.display()));
                         continue;
@@ -142,7 +153,11 @@ impl Reloader {
         let mut warnings = Vec::new();
         let reg_hash = registry_fingerprint(&reg_file);
         if self.registry.as_ref().map(|l| &l.hash) != Some(&reg_hash) {
-            let loaded = if reg_file.exists() { Registry::load(&reg_file).map_err(|e| e.to_string()) } else { Ok(Registry::default()) };
+            let loaded = if reg_file.exists() {
+                Registry::load(&reg_file).map_err(|e| e.to_string())
+            } else {
+                Ok(Registry::default())
+            };
             let checked = loaded
                 .and_then(|reg| {
                     Models::load(&reg, &self.src.ort_library)
@@ -151,7 +166,8 @@ impl Reloader {
                 })
                 .and_then(|(reg, m)| {
                     for l in self.hotkeys.values() {
-                        smoke(&l.value, &m).map_err(|e| format!("hotkey {} fails with the new models: {e}", l.value.name))?;
+                        smoke(&l.value, &m)
+                            .map_err(|e| format!("hotkey {} fails with the new models: {e}", l.value.name))?;
                     }
                     Ok((reg, m))
                 });
@@ -169,7 +185,15 @@ impl Reloader {
             // no models at all (the first load failed): nothing can be smoke-tested
             self.refusing = rf.standing;
             let refused = rf.new;
-            return self.snapshot(Arc::new(Models::default()), Registry::default(), plugins, warnings, refused, applied, started);
+            return self.snapshot(
+                Arc::new(Models::default()),
+                Registry::default(),
+                plugins,
+                warnings,
+                refused,
+                applied,
+                started,
+            );
         };
 
         // 3. hotkeys: rebind those whose file changed or whose components resolve differently
@@ -204,7 +228,10 @@ impl Reloader {
                     h
                 })
             });
-            let clash = bound.as_ref().ok().and_then(|h| next.values().find(|l| l.value.name == h.name).map(|l| l.value.file.clone()));
+            let clash = bound
+                .as_ref()
+                .ok()
+                .and_then(|h| next.values().find(|l| l.value.name == h.name).map(|l| l.value.file.clone()));
             match (bound, clash) {
                 (Ok(h), None) => {
                     applied.push(f.clone());
@@ -303,4 +330,3 @@ fn registry_fingerprint(reg_file: &Path) -> String {
     }
     sha256_hex(&all)
 }
-

@@ -19,7 +19,9 @@ fn relevant(e: &notify::Event) -> bool {
     }
     e.paths.iter().any(|p| {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        !name.starts_with('.') && !name.ends_with(".state.json") && !name.contains(".tmp")
+        !name.starts_with('.')
+            && !name.ends_with(".state.json")
+            && !name.contains(".tmp")
             && matches!(p.extension().and_then(|e| e.to_str()), Some("wasm" | "toml" | "json" | "txt" | "onnx"))
     })
 }

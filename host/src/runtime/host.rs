@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use wasmtime::error::Context;
-use wasmtime::format_err;
 use image::imageops;
 use wasmtime::component::Resource;
+use wasmtime::error::Context;
+use wasmtime::format_err;
 
 use super::calls;
 use super::request::{ImageRef, RequestCtx};
@@ -91,7 +91,12 @@ impl primitives::Host for StoreState {
         expect!(self.call(&img, Call::Classify(model))?, Classify)
     }
 
-    fn detect(&mut self, model: String, img: Resource<ImageRef>, min_confidence: f32) -> Host<Result<Vec<Detection>, Error>> {
+    fn detect(
+        &mut self,
+        model: String,
+        img: Resource<ImageRef>,
+        min_confidence: f32,
+    ) -> Host<Result<Vec<Detection>, Error>> {
         expect!(self.call(&img, Call::Detect((model, min_confidence)))?, Detect)
     }
 
@@ -112,7 +117,13 @@ impl primitives::Host for StoreState {
         Ok(calls::run_all(&ctx, self.image(&img)?, &calls))
     }
 
-    fn detect_classes(&mut self, model: String, img: Resource<ImageRef>, min_confidence: f32, classes: Vec<String>) -> Host<Result<Vec<Detection>, Error>> {
+    fn detect_classes(
+        &mut self,
+        model: String,
+        img: Resource<ImageRef>,
+        min_confidence: f32,
+        classes: Vec<String>,
+    ) -> Host<Result<Vec<Detection>, Error>> {
         // the full detection list is memoised once; each filter is a view of it
         let all = expect!(self.call(&img, Call::Detect((model, min_confidence)))?, Detect)?;
         Ok(all.map(|d| d.into_iter().filter(|d| classes.is_empty() || classes.contains(&d.label)).collect()))

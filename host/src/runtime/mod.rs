@@ -63,9 +63,11 @@ impl Runtime {
         crate::wit::Host_::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(&mut linker, |s| s)?;
         // `primitives` re-exports `types.image`: give the alias the same host type, or the
         // trap definitions below would invent a different resource for it.
-        linker
-            .instance(&format!("cascade:policy/primitives@{}", crate::wit::CONTRACT))?
-            .resource("image", ResourceType::host::<request::ImageRef>(), |_, _| Ok(()))?;
+        linker.instance(&format!("cascade:policy/primitives@{}", crate::wit::CONTRACT))?.resource(
+            "image",
+            ResourceType::host::<request::ImageRef>(),
+            |_, _| Ok(()),
+        )?;
         // Plugins get no WASI: anything a std guest imports beyond the contract traps if called.
         let ticker = engine.weak();
         std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || loop {

@@ -94,7 +94,12 @@ impl Plugin {
     }
 
     /// Checks a compiled component (contract, role, linking, `info`) and prepares it.
-    pub fn from_component(rt: &Runtime, file: &Path, component: Component, hash: String) -> Result<Plugin, PluginError> {
+    pub fn from_component(
+        rt: &Runtime,
+        file: &Path,
+        component: Component,
+        hash: String,
+    ) -> Result<Plugin, PluginError> {
         let host = Version::parse(CONTRACT).expect("the host's contract version is semver");
         let ty = component.component_type();
         let mut roles = Vec::new();
@@ -170,7 +175,11 @@ impl Plugin {
 /// defined as a function that traps when called: plugins get no WASI. `cascade:policy` imports
 /// are left to the linker, which resolves an older 1.x name to the host's definition;
 /// wasmtime's own `define_unknown_imports_as_traps` would shadow those with fresh stubs.
-fn stub_foreign_imports(linker: &mut wasmtime::component::Linker<StoreState>, component: &Component, engine: &wasmtime::Engine) -> wasmtime::Result<()> {
+fn stub_foreign_imports(
+    linker: &mut wasmtime::component::Linker<StoreState>,
+    component: &Component,
+    engine: &wasmtime::Engine,
+) -> wasmtime::Result<()> {
     use wasmtime::component::types::ComponentItem;
     use wasmtime::component::ResourceType;
     for (name, item) in component.component_type().imports(engine) {
@@ -184,7 +193,9 @@ fn stub_foreign_imports(linker: &mut wasmtime::component::Linker<StoreState>, co
                     let full = format!("{name}#{export}");
                     match ty.ty {
                         ComponentItem::ComponentFunc(_) => {
-                            li.func_new(export, move |_, _, _, _| wasmtime::bail!("{full} is not available to plugins"))?;
+                            li.func_new(export, move |_, _, _, _| {
+                                wasmtime::bail!("{full} is not available to plugins")
+                            })?;
                         }
                         ComponentItem::Resource(_) => li.resource(export, ResourceType::host::<()>(), |_, _| Ok(()))?,
                         _ => {}
@@ -193,7 +204,9 @@ fn stub_foreign_imports(linker: &mut wasmtime::component::Linker<StoreState>, co
             }
             ComponentItem::ComponentFunc(_) => {
                 let full = name.to_string();
-                linker.root().func_new(name, move |_, _, _, _| wasmtime::bail!("{full} is not available to plugins"))?;
+                linker
+                    .root()
+                    .func_new(name, move |_, _, _, _| wasmtime::bail!("{full} is not available to plugins"))?;
             }
             _ => {}
         }

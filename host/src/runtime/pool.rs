@@ -109,7 +109,13 @@ pub struct Bound {
 impl Bound {
     /// Binds `plugin` with `params` (JSON, already checked against its schema): one instance
     /// is made and configured now, so a component that refuses its parameters is refused here.
-    pub fn new(runtime: Arc<Runtime>, plugin: Arc<Plugin>, hotkey: &str, params: String, limits: Limits) -> Result<Bound, CallError> {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        plugin: Arc<Plugin>,
+        hotkey: &str,
+        params: String,
+        limits: Limits,
+    ) -> Result<Bound, CallError> {
         let b = Bound { plugin, hotkey: hotkey.to_string(), params, limits, runtime, warm: Mutex::new(Vec::new()) };
         let w = b.instantiate()?;
         b.warm.lock().push(w);
@@ -124,9 +130,7 @@ impl Bound {
         store.set_epoch_deadline(SETUP_TICKS);
         let instance = self.plugin.pre.instantiate(&mut store).map_err(CallError::from_wasm)?;
         let meta = self.plugin.meta.load(&mut store, &instance).map_err(inst)?;
-        meta.call_configure(&mut store, &self.params)
-            .map_err(CallError::from_wasm)?
-            .map_err(CallError::Configure)?;
+        meta.call_configure(&mut store, &self.params).map_err(CallError::from_wasm)?.map_err(CallError::Configure)?;
         let exports = match &self.plugin.indices {
             RoleIndices::Router(i) => Exports::Router(i.load(&mut store, &instance).map_err(inst)?),
             RoleIndices::TextScorer(i) => Exports::TextScorer(i.load(&mut store, &instance).map_err(inst)?),
@@ -171,8 +175,15 @@ impl Bound {
     }
 
     /// A router's decision on `image`; the outer error is the component's failure.
-    pub fn decide(&self, ctx: &Arc<RequestCtx>, roles: Arc<RoleSet>, image: Image, budget: Duration) -> Result<Result<Decision, Error>, CallError> {
-        let meta = RequestMeta { hotkey: ctx.hotkey.clone(), budget_ms: budget.as_millis().min(u32::MAX as u128) as u32 };
+    pub fn decide(
+        &self,
+        ctx: &Arc<RequestCtx>,
+        roles: Arc<RoleSet>,
+        image: Image,
+        budget: Duration,
+    ) -> Result<Result<Decision, Error>, CallError> {
+        let meta =
+            RequestMeta { hotkey: ctx.hotkey.clone(), budget_ms: budget.as_millis().min(u32::MAX as u128) as u32 };
         self.with(ctx, Some(roles), |store, exports| {
             let Exports::Router(g) = exports else { wasmtime::bail!("{} is not a router", self.plugin.name) };
             let img = ctx.image(image);

@@ -49,8 +49,13 @@ pub fn image_bytes(content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, R
     let ct = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     match ct.as_deref() {
         Some("application/json") => {
-            let b: PredictBody = serde_json::from_slice(body)
-                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid-json", format!("body is not {{\"image\": \"<base64>\"}}: {e}")))?;
+            let b: PredictBody = serde_json::from_slice(body).map_err(|e| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-json",
+                    format!("body is not {{\"image\": \"<base64>\"}}: {e}"),
+                )
+            })?;
             decode_base64(&b.image)
         }
         Some("image/jpeg") | Some("image/png") => Ok(body.to_vec()),
@@ -69,7 +74,8 @@ pub fn decode_base64(s: &str) -> Result<Vec<u8>, Refusal> {
         Some(rest) => rest.split_once(',').map(|(_, d)| d).unwrap_or(""),
         None => s,
     };
-    let cfg = base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent);
+    let cfg = base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent);
     let engine = base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, cfg);
     let bytes = engine
         .decode(s)
@@ -84,12 +90,15 @@ pub fn decode_base64(s: &str) -> Result<Vec<u8>, Refusal> {
 /// pixel memory is allocated, so a decompression bomb costs nothing.
 pub fn decode_image(bytes: &[u8], limits: &IngressLimits) -> Result<image::RgbImage, Refusal> {
     let unprocessable = |m: String| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "undecodable-image", m);
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| unprocessable(e.to_string()))?;
+    let reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| unprocessable(e.to_string()))?;
     let format = reader.format();
     if !matches!(format, Some(ImageFormat::Jpeg) | Some(ImageFormat::Png)) {
-        return Err(Refusal::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not-an-image", "the bytes are not a JPEG or PNG image"));
+        return Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-an-image",
+            "the bytes are not a JPEG or PNG image",
+        ));
     }
     let (w, h) = reader.into_dimensions().map_err(|e| unprocessable(format!("cannot read the image header: {e}")))?;
     if w == 0 || h == 0 {

@@ -81,7 +81,11 @@ impl Server {
         let changed = !snap.applied.is_empty();
         if changed {
             let generation = self.serving.load().generation + 1;
-            self.serving.store(Arc::new(Serving { models: snap.models.clone(), hotkeys: snap.hotkeys.clone(), generation }));
+            self.serving.store(Arc::new(Serving {
+                models: snap.models.clone(),
+                hotkeys: snap.hotkeys.clone(),
+                generation,
+            }));
             tracing::info!(generation, files = ?snap.applied, took_ms = snap.took.as_millis() as u64, "reload applied");
         }
         for w in &snap.warnings {
@@ -94,7 +98,11 @@ impl Server {
     /// reference to the models can be dropped before the process exits).
     pub fn stop_serving(&self) {
         let generation = self.serving.load().generation + 1;
-        self.serving.store(Arc::new(Serving { models: Arc::new(Models::default()), hotkeys: BTreeMap::new(), generation }));
+        self.serving.store(Arc::new(Serving {
+            models: Arc::new(Models::default()),
+            hotkeys: BTreeMap::new(),
+            generation,
+        }));
     }
 
     /// Accepts connections until the process ends. On a `pinned` listener every subnet
@@ -149,7 +157,8 @@ impl Server {
             (&Method::GET, "/metrics") => {
                 let s = self.serving.load();
                 let mut r = Response::new(Full::new(Bytes::from(crate::metrics::global().render(Some(&s.models)))));
-                r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
                 r
             }
             (m, p) if p.starts_with("/v1/predict/") => {
@@ -171,9 +180,11 @@ impl Server {
         let limit = self.limits.max_body_bytes;
         match tokio::time::timeout(self.read_timeout, Limited::new(body, limit).collect()).await {
             Err(_) => Err(Refusal::new(StatusCode::REQUEST_TIMEOUT, "read-timeout", "the body did not arrive in time")),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("body exceeds {limit} bytes")))
-            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!("body exceeds {limit} bytes"),
+            )),
             Ok(Err(e)) => Err(Refusal::new(StatusCode::BAD_REQUEST, "bad-body", format!("cannot read the body: {e}"))),
             Ok(Ok(b)) => Ok(b.to_bytes()),
         }
@@ -183,19 +194,23 @@ impl Server {
         let started = Instant::now();
         let serving = self.serving.load_full();
         let generation = serving.generation;
-        let hk = serving
-            .hotkeys
-            .get(hotkey)
-            .cloned()
-            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}")))?;
+        let hk = serving.hotkeys.get(hotkey).cloned().ok_or_else(|| {
+            Refusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}"))
+        })?;
         let limit = self.limits.max_body_bytes;
-        let too_large = || Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("body exceeds {limit} bytes"));
-        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let too_large =
+            || Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("body exceeds {limit} bytes"));
+        let declared =
+            req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if let Some(n) = declared.filter(|n| *n > limit as u64) {
             // Read (and drop) a moderately oversized body so that the client, still sending,
             // gets the 413 instead of a broken pipe; a huge one just gets the connection closed.
             if n <= DRAIN_CAP {
-                let _ = tokio::time::timeout(self.read_timeout, Limited::new(req.into_body(), DRAIN_CAP as usize).collect()).await;
+                let _ = tokio::time::timeout(
+                    self.read_timeout,
+                    Limited::new(req.into_body(), DRAIN_CAP as usize).collect(),
+                )
+                .await;
             }
             return Err(too_large());
         }

@@ -83,9 +83,7 @@ impl Meta for Component {
 
 impl TextScorer for Component {
     fn score_text(lines: Vec<TextLine>) -> Result<Option<f32>, Error> {
-        let s = SCORER
-            .get()
-            .ok_or_else(|| Error::InvalidArgument("keywords used before configure".into()))?;
+        let s = SCORER.get().ok_or_else(|| Error::InvalidArgument("keywords used before configure".into()))?;
         let mut kept: Vec<&TextLine> = lines.iter().filter(|l| l.confidence >= s.min_confidence).collect();
         // Reading order: top to bottom by line centre, then left to right.
         kept.sort_by(|a, b| {

@@ -51,9 +51,7 @@ type Evidence = BTreeMap<String, f32>;
 
 impl Router for Component {
     fn decide(img: &Image, _req: RequestMeta) -> Result<Decision, Error> {
-        let p = PARAMS
-            .get()
-            .ok_or_else(|| Error::InvalidArgument("router used before configure".into()))?;
+        let p = PARAMS.get().ok_or_else(|| Error::InvalidArgument("router used before configure".into()))?;
         let mut evidence = Evidence::new();
         let mut notes: Vec<String> = Vec::new();
         let mut flipped: Option<Image> = None;
@@ -66,15 +64,12 @@ impl Router for Component {
                     continue;
                 }
             }
-            let target = if stage.flip {
-                &*flipped.get_or_insert_with(|| img.flip_horizontal())
-            } else {
-                img
-            };
+            let target = if stage.flip { &*flipped.get_or_insert_with(|| img.flip_horizontal()) } else { img };
             run_stage(stage, target, &mut evidence, &mut notes)?;
             if evidence.is_empty() {
                 if i == last {
-                    let why = if notes.is_empty() { "no primitive produced a score".to_string() } else { notes.join("; ") };
+                    let why =
+                        if notes.is_empty() { "no primitive produced a score".to_string() } else { notes.join("; ") };
                     return Err(Error::Component(format!("no evidence after the last stage: {why}")));
                 }
                 continue;
@@ -132,7 +127,9 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
                     ev.insert(format!("{}{suffix}", d.name), s);
                 }
             }
-            Err(e) if stage.on_error == OnError::Skip => notes.push(format!("detect({}) skipped: {}", d.model, show_error(&e))),
+            Err(e) if stage.on_error == OnError::Skip => {
+                notes.push(format!("detect({}) skipped: {}", d.model, show_error(&e)))
+            }
             Err(e) => return Err(e),
         }
     }
@@ -171,7 +168,14 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
 
 /// Classifies every tile of the zoom grid (all the stage's models in one `run-all` per tile)
 /// and adds one score per model, `<model>:zoom`, reduced over the tiles that answered.
-fn run_zoom(stage: &Stage, z: &Zoom, img: &Image, suffix: &str, ev: &mut Evidence, notes: &mut Vec<String>) -> Result<(), Error> {
+fn run_zoom(
+    stage: &Stage,
+    z: &Zoom,
+    img: &Image,
+    suffix: &str,
+    ev: &mut Evidence,
+    notes: &mut Vec<String>,
+) -> Result<(), Error> {
     let calls: Vec<Call> = stage.classify.iter().map(|m| Call::Classify(m.clone())).collect();
     let mut scores: Vec<Vec<f32>> = vec![Vec::new(); calls.len()];
     for [x0, y0, x1, y1] in z.tiles(img.width(), img.height()) {

@@ -352,10 +352,17 @@ mod tests {
     fn zoom_parses_with_defaults_and_is_checked() {
         let p = parse(r#"{"stages": [{"name": "z", "classify": ["roadwork"], "zoom": {}}]}"#).unwrap();
         assert_eq!(p.stages[0].zoom, Some(Zoom { grid: 2, overlap: 0.125, reduce: Reduce::Max }));
-        let p = parse(r#"{"stages": [{"name": "z", "classify": ["m"], "zoom": {"grid": 3, "reduce": "mean"}}]}"#).unwrap();
+        let p =
+            parse(r#"{"stages": [{"name": "z", "classify": ["m"], "zoom": {"grid": 3, "reduce": "mean"}}]}"#).unwrap();
         assert_eq!(p.stages[0].zoom.unwrap().reduce, Reduce::Mean);
-        assert!(parse(r#"{"stages": [{"name": "z", "read_text": "ocr", "zoom": {}}]}"#).err().unwrap().contains("zoom needs a model"));
-        assert!(parse(r#"{"stages": [{"name": "z", "classify": ["m"], "zoom": {"grid": 9}}]}"#).err().unwrap().contains("grid 9"));
+        assert!(parse(r#"{"stages": [{"name": "z", "read_text": "ocr", "zoom": {}}]}"#)
+            .err()
+            .unwrap()
+            .contains("zoom needs a model"));
+        assert!(parse(r#"{"stages": [{"name": "z", "classify": ["m"], "zoom": {"grid": 9}}]}"#)
+            .err()
+            .unwrap()
+            .contains("grid 9"));
         assert!(parse(r#"{"stages": [{"name": "z", "classify": ["m"], "zoom": {"tiles": 4}}]}"#).is_err());
     }
 

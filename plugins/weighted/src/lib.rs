@@ -107,9 +107,7 @@ impl Params {
 
 impl Fuser for Component {
     fn fuse(scores: Vec<NamedScore>) -> Result<f32, Error> {
-        let p = PARAMS
-            .get()
-            .ok_or_else(|| Error::InvalidArgument("weighted used before configure".into()))?;
+        let p = PARAMS.get().ok_or_else(|| Error::InvalidArgument("weighted used before configure".into()))?;
         p.fuse(&scores)
     }
 }
@@ -154,7 +152,10 @@ mod tests {
         let p = params(r#"{"weights": {"cls": 1}, "boost": {"objects": 1}}"#).unwrap();
         let s = vec![NamedScore { name: "objects".into(), score: 0.9 }];
         assert!(p.fuse(&s).is_err());
-        assert!(params(r#"{"weights": {"a": 1}, "boost": {"a": 0.5}}"#).err().unwrap().contains("both weighted and a boost"));
+        assert!(params(r#"{"weights": {"a": 1}, "boost": {"a": 0.5}}"#)
+            .err()
+            .unwrap()
+            .contains("both weighted and a boost"));
         assert!(params(r#"{"weights": {"a": 1}, "boost": {"b": 1.5}}"#).err().unwrap().contains("must be 0 to 1"));
         assert!(params(r#"{"weights": {"a": 0}}"#).is_err());
     }

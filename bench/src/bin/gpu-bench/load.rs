@@ -72,7 +72,9 @@ fn report(side: &str, model: &str, rest: &[String], call: Call) -> anyhow::Resul
     // warm-up: every batch shape and the allocator's steady state
     drive(conc, 2.0, None, &jpegs, &call);
     let (lat, errors, elapsed) = drive(conc, secs, rate, &jpegs, &call);
-    let pct = |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+    };
     Ok(serde_json::json!({
         "side": side, "model": model, "mode": if rate.is_some() { "open" } else { "closed" },
         "concurrency": conc, "rate": rate, "n": lat.len(), "errors": errors,
@@ -97,7 +99,8 @@ fn drive(conc: usize, secs: f64, rate: Option<f64>, jpegs: &Arc<Vec<Vec<u8>>>, c
     drop(sched_tx);
     let workers: Vec<_> = (0..conc)
         .map(|_| {
-            let (jpegs, call, next, errors, sched) = (jpegs.clone(), call.clone(), next.clone(), errors.clone(), sched_rx.clone());
+            let (jpegs, call, next, errors, sched) =
+                (jpegs.clone(), call.clone(), next.clone(), errors.clone(), sched_rx.clone());
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
                 loop {

@@ -11,7 +11,8 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     anyhow::ensure!(args.len() >= 3, "usage: gpu-bench prep POLICIES MODEL IMAGES…");
     let (_, spec) = super::registry_of(&args[0], &args[1])?;
     let Device::Cuda(dev) = spec.device else { anyhow::bail!("model {} is not on a CUDA device", spec.name) };
-    let images: Vec<image::RgbImage> = args[2..].iter().map(|p| Ok(image::open(p)?.to_rgb8())).collect::<anyhow::Result<_>>()?;
+    let images: Vec<image::RgbImage> =
+        args[2..].iter().map(|p| Ok(image::open(p)?.to_rgb8())).collect::<anyhow::Result<_>>()?;
     let refs: Vec<&image::RgbImage> = images.iter().collect();
     let per = 3 * (spec.input.width * spec.input.height) as usize;
     let started = Instant::now();
