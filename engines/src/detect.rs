@@ -3,15 +3,6 @@
 use crate::preprocess::Prepared;
 use crate::spec::{DetectorSpec, InputSpec};
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Detection {
-    pub class_id: u32,
-    pub label: String,
-    pub confidence: f32,
-    /// x0, y0, x1, y1 in pixels of the original image.
-    pub bbox: [f32; 4],
-}
-
 /// Decodes one image's `[cells, 5 + classes]` rows: boxes above `min_conf`, in input pixels.
 pub fn decode_yolox(
     rows: &[f32],

@@ -5,6 +5,7 @@
 
 mod classify;
 mod detect;
+mod engine;
 mod error;
 mod gpu;
 pub mod head;
@@ -18,16 +19,14 @@ mod session;
 mod spec;
 mod worker;
 
-pub use detect::{nms, Detection};
+pub use engine::{Detection, JobInput, ModelStats, Output, Reply, TextLine};
 pub use error::{EngineError, LoadError};
 pub use gpu::prepare_on_gpu;
-pub use models::{ModelStats, Models};
-pub use ocr::TextLine;
-pub use preprocess::{prepare, Prepared};
-pub use runtime::{init_runtime, runtime_library};
+pub use models::Models;
+pub use preprocess::prepare;
+pub use runtime::runtime_library;
 pub use session::CPU_FALLBACKS;
-pub use spec::{ColorOrder, DetectorFormat, Device, InputSpec, ModelKind, ModelSpec, Preprocess, Registry, ResizeMode};
-pub use worker::{Job, JobInput, Output, Reply};
+pub use spec::{Device, ModelKind, ModelSpec, Registry};
 
 /// A decoded image as the engines take it: 8-bit RGB, shared between calls of one request.
 pub type Image = std::sync::Arc<image::RgbImage>;

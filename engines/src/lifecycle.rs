@@ -10,16 +10,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::models::ModelStats;
+use crate::engine::{Engine, Job, ModelStats, Reply};
 use crate::spec::{Device, ModelSpec};
-use crate::worker::{Job, Reply};
 use crate::{EngineError, LoadError};
-
-/// A model's sessions on one worker thread.
-pub(crate) trait Engine {
-    /// Serves `first` and whatever the engine batches with it from `rx`.
-    fn serve(&mut self, first: Job, rx: &Receiver<Job>);
-}
 
 /// Starts worker `i` of a model. A model that is not lazy is opened before this returns and
 /// its error is returned; a lazy one is opened once here to check it (worker 0 only), then

@@ -1,45 +1,20 @@
 //! The loaded model set: one queue per model, served by its worker threads.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::engine::{Job, JobInput, ModelStats, Reply};
 use crate::lifecycle;
 use crate::ocr::{dictionary, OcrSessions, OcrWorker};
 use crate::runtime::init_runtime;
 use crate::session::{session, session_for};
 use crate::spec::{ModelKind, ModelSpec, Registry};
-use crate::worker::{Job, JobInput, Reply, Worker};
+use crate::worker::Worker;
 use crate::{EngineError, LoadError};
-
-/// Counters of one model, read by the host's metrics.
-#[derive(Debug, Default)]
-pub struct ModelStats {
-    pub runs: AtomicU64,
-    pub items: AtomicU64,
-    pub busy_ns: AtomicU64,
-    pub failures: AtomicU64,
-    pub expired: AtomicU64,
-    pub queued: AtomicI64,
-    /// Device memory taken by the loaded sessions (CUDA models; 0 on the CPU).
-    pub gpu_bytes: AtomicU64,
-    /// Workers with their sessions loaded (a lazy model drops to 0 when idle).
-    pub loaded: AtomicI64,
-    pub loads: AtomicU64,
-    /// Batches (or, at load, models) prepared on the CPU although the model runs on CUDA.
-    pub prep_fallbacks: AtomicU64,
-}
-
-impl ModelStats {
-    pub(crate) fn record(&self, items: usize, busy: Duration) {
-        self.runs.fetch_add(1, Ordering::Relaxed);
-        self.items.fetch_add(items as u64, Ordering::Relaxed);
-        self.busy_ns.fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
-    }
-}
 
 struct Handle {
     spec: Arc<ModelSpec>,
@@ -116,8 +91,8 @@ impl Models {
         self.handles.keys().map(String::as_str)
     }
 
-    pub fn stats(&self) -> impl Iterator<Item = (&str, &ModelStats)> {
-        self.handles.iter().map(|(k, h)| (k.as_str(), &*h.stats))
+    pub fn stats(&self) -> impl Iterator<Item = (&str, &Arc<ModelStats>)> {
+        self.handles.iter().map(|(k, h)| (k.as_str(), &h.stats))
     }
 
     /// Queues one job for `model` if it is of kind `wanted`; the reply arrives on the receiver.

@@ -16,7 +16,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn to_original(&self, x: f32, y: f32) -> (f32, f32) {
+    pub fn to_original(self, x: f32, y: f32) -> (f32, f32) {
         (x / self.scale_x + self.offset_x, y / self.scale_y + self.offset_y)
     }
 }

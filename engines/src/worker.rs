@@ -5,64 +5,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use ort::environment::Environment;
 use ort::session::Session;
 
 use crate::classify::{probabilities, score};
-use crate::detect::{decode_yolox, nms, to_original, Detection};
+use crate::detect::{decode_yolox, nms, to_original};
+use crate::engine::{Detection, Engine, Job, JobInput, ModelStats, Output, Reply};
 use crate::gpu::{GpuInput, GpuRunError};
-use crate::lifecycle::Engine;
-use crate::models::ModelStats;
 use crate::precision::{input_value, output_f32, Precision};
 use crate::preprocess::{prepare, Prepared};
 use crate::session::{check_io, output_dim, session_on};
 use crate::spec::{Device, ModelKind, ModelSpec, Preprocess};
-use crate::{EngineError, Image, LoadError};
+use crate::{EngineError, LoadError};
 
-/// What a job asks of its model.
-#[derive(Debug, Clone)]
-pub enum JobInput {
-    Image(Image),
-    /// Detection keeps boxes at or above this confidence.
-    Detect(Image, f32),
-}
-
-impl JobInput {
-    pub(crate) fn image(&self) -> &Image {
-        match self {
-            JobInput::Image(i) | JobInput::Detect(i, _) => i,
-        }
-    }
-}
-
-pub struct Job {
-    pub input: JobInput,
-    pub deadline: Instant,
-    pub reply: Sender<Reply>,
-    pub enqueued: Instant,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Output {
-    /// The model's score and its top labels with probabilities.
-    Classification {
-        score: f32,
-        top: Vec<(String, f32)>,
-    },
-    Embedding(Vec<f32>),
-    Detections(Vec<Detection>),
-    TextLines(Vec<crate::ocr::TextLine>),
-}
-
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub output: Result<Output, EngineError>,
-    /// Time of the run that served this job (shared by the batch).
-    pub compute: Duration,
-    pub queued: Duration,
-    pub batch: usize,
-}
+/// A session run's output: its shape, its values, and how each input image maps back.
+type Forward = (Vec<i64>, Vec<f32>, Vec<Prepared>);
 
 pub(crate) struct Worker {
     /// Set when the session runs on CUDA and its inputs are prepared on the device. Declared
@@ -198,11 +156,7 @@ impl Worker {
 
     /// Prepares `images` as a `rows`-row input (on the GPU when set up, else on the CPU) and
     /// runs the session: the output's shape and values, and how each image maps back.
-    fn forward(
-        &mut self,
-        images: &[&image::RgbImage],
-        rows: usize,
-    ) -> Result<(Vec<i64>, Vec<f32>, Vec<Prepared>), EngineError> {
+    fn forward(&mut self, images: &[&image::RgbImage], rows: usize) -> Result<Forward, EngineError> {
         let name = &self.spec.name;
         if let Some(g) = &mut self.gpu {
             match g.run(&mut self.session, images, rows) {

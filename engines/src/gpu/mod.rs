@@ -44,7 +44,7 @@ pub(crate) fn used_bytes(ctx: &CudaContext) -> Option<u64> {
 /// against [`crate::prepare`] and timing it on a GPU machine. Not a serving path.
 pub fn prepare_on_gpu(
     device: u32,
-    spec: &crate::InputSpec,
+    spec: &crate::spec::InputSpec,
     images: &[&image::RgbImage],
 ) -> Result<(Vec<f32>, std::time::Duration), String> {
     let ctx = context(device)?;

@@ -56,7 +56,7 @@ pub fn regions(prob: &[f32], w: usize, h: usize, threshold: f32, max: usize) -> 
         }
         out.push(Region { points, score: sum / n as f32, pixels: n });
     }
-    out.sort_by(|a, b| b.pixels.cmp(&a.pixels));
+    out.sort_by_key(|b| std::cmp::Reverse(b.pixels));
     out.truncate(max);
     out
 }

@@ -14,21 +14,11 @@ use image::RgbImage;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::lifecycle::Engine;
-use crate::models::ModelStats;
+use crate::engine::{Engine, Job, ModelStats, Output, Reply, TextLine};
 use crate::preprocess::prepare;
 use crate::spec::{ColorOrder, InputSpec, ModelSpec, OcrSpec, ResizeMode};
-use crate::worker::{Job, Output, Reply};
 use crate::EngineError;
 use geometry::{convex_hull, crop_rotated, min_area_rect, regions, RotatedRect};
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct TextLine {
-    pub text: String,
-    pub confidence: f32,
-    /// x0, y0, x1, y1 in pixels of the original image.
-    pub bbox: [f32; 4],
-}
 
 const REC_HEIGHT: u32 = 48;
 const REC_MIN_WIDTH: u32 = 320;

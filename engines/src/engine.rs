@@ -1,0 +1,104 @@
+//! What every engine kind shares: the job a model's queue carries, the reply it sends back,
+//! the outputs, the counters the host reads, and the `Engine` trait a worker implements. A new
+//! engine kind (a remote server, a VLM) is one file that depends on this module and nothing
+//! else of the crate's internals.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::{EngineError, Image};
+
+/// What a job asks of its model.
+#[derive(Debug, Clone)]
+pub enum JobInput {
+    Image(Image),
+    /// Detection keeps boxes at or above this confidence.
+    Detect(Image, f32),
+}
+
+impl JobInput {
+    pub(crate) fn image(&self) -> &Image {
+        match self {
+            JobInput::Image(i) | JobInput::Detect(i, _) => i,
+        }
+    }
+}
+
+pub struct Job {
+    pub input: JobInput,
+    pub deadline: Instant,
+    pub reply: Sender<Reply>,
+    pub enqueued: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// The model's score and its top labels with probabilities.
+    Classification {
+        score: f32,
+        top: Vec<(String, f32)>,
+    },
+    Embedding(Vec<f32>),
+    Detections(Vec<Detection>),
+    TextLines(Vec<TextLine>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub output: Result<Output, EngineError>,
+    /// Time of the run that served this job (shared by the batch).
+    pub compute: Duration,
+    pub queued: Duration,
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextLine {
+    pub text: String,
+    pub confidence: f32,
+    /// x0, y0, x1, y1 in pixels of the original image.
+    pub bbox: [f32; 4],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    pub class_id: u32,
+    pub label: String,
+    pub confidence: f32,
+    /// x0, y0, x1, y1 in pixels of the original image.
+    pub bbox: [f32; 4],
+}
+
+/// Counters of one model, read by the host's metrics.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    pub runs: AtomicU64,
+    pub items: AtomicU64,
+    pub busy_ns: AtomicU64,
+    pub failures: AtomicU64,
+    pub expired: AtomicU64,
+    pub queued: AtomicI64,
+    /// Device memory taken by the loaded sessions (CUDA models; 0 on the CPU).
+    pub gpu_bytes: AtomicU64,
+    /// Workers with their sessions loaded (a lazy model drops to 0 when idle).
+    pub loaded: AtomicI64,
+    pub loads: AtomicU64,
+    /// Batches (or, at load, models) prepared on the CPU although the model runs on CUDA.
+    pub prep_fallbacks: AtomicU64,
+}
+
+impl ModelStats {
+    pub(crate) fn record(&self, items: usize, busy: Duration) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.items.fetch_add(items as u64, Ordering::Relaxed);
+        self.busy_ns.fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A model's sessions on one worker thread.
+pub(crate) trait Engine {
+    /// Serves `first` and whatever the engine batches with it from `rx`.
+    fn serve(&mut self, first: Job, rx: &Receiver<Job>);
+}
