@@ -1,38 +1,16 @@
-//! Builds the complete serving state from the policies and components folders, collecting
-//! every problem (file and reason) instead of stopping at the first.
+//! One pass of the loading pipeline (`reload`) for the commands that load once: `check`,
+//! `eval` and benchmarks. Every problem (file and reason) is collected and reported once,
+//! instead of stopping at the first; nothing here binds or compiles on its own.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use cascade_engines::{Models, Registry};
-use semver::Version;
 
-use crate::config::{self, ComponentRef, HotkeyFile, RoleConfig};
-use crate::policy::{Arm, Hotkey};
-use crate::rollout::Rollout;
-use crate::runtime::{Bound, Limits, Plugin, Role, RoleSet, Runtime};
-
-/// Where things come from.
-#[derive(Debug, Clone)]
-pub struct Sources {
-    pub policies: PathBuf,
-    pub components: PathBuf,
-    pub ort_library: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct Problem {
-    pub file: PathBuf,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.file.display(), self.message)
-    }
-}
+use crate::policy::Hotkey;
+pub use crate::reload::bind::describe_plugin;
+pub use crate::reload::{Problem, Sources};
+use crate::runtime::{Plugin, Runtime};
 
 /// Everything that serves requests, built and checked as a whole.
 pub struct State {
@@ -44,166 +22,24 @@ pub struct State {
     pub warnings: Vec<Problem>,
 }
 
-/// Loads everything once, strictly: every refusal is a problem (start-up, `check`, `eval`).
-pub fn load(rt: &Arc<Runtime>, src: &Sources) -> Result<State, Vec<Problem>> {
+/// Loads everything once and returns what loaded together with every problem found.
+pub fn load_all(rt: &Arc<Runtime>, src: &Sources) -> (State, Vec<Problem>) {
     let snap = crate::reload::Reloader::new(rt.clone(), src.clone(), None).reload();
-    if !snap.refused.is_empty() {
-        return Err(snap.refused.into_iter().map(|r| Problem { file: r.file, message: r.reason }).collect());
-    }
-    Ok(State {
+    let problems = snap.refused.into_iter().map(|r| Problem { file: r.file, message: r.reason }).collect();
+    let state = State {
         models: snap.models,
         registry: snap.registry,
         plugins: snap.plugins,
         hotkeys: snap.hotkeys,
         warnings: snap.warnings,
-    })
-}
-
-/// Compiles every `*.wasm` in the folder.
-pub fn load_plugins(rt: &Runtime, dir: &Path, problems: &mut Vec<Problem>) -> Vec<Arc<Plugin>> {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => {
-            rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "wasm")).collect()
-        }
-        Err(e) => {
-            problems.push(Problem { file: dir.into(), message: format!("components folder: {e} (run `make setup`)") });
-            return Vec::new();
-        }
     };
-    files.sort();
-    let mut out: Vec<Arc<Plugin>> = Vec::new();
-    for f in files {
-        match Plugin::load(rt, &f) {
-            Ok(p) => {
-                if let Some(dup) = out.iter().find(|q| q.name == p.name && q.version == p.version) {
-                    problems.push(Problem {
-                        file: f,
-                        message: format!("{}@{} is also in {}", p.name, p.version, dup.file.display()),
-                    });
-                } else {
-                    out.push(Arc::new(p));
-                }
-            }
-            Err(e) => problems.push(Problem { file: f, message: e.to_string() }),
-        }
-    }
-    out
+    (state, problems)
 }
 
-/// The highest version of `name` that meets the requirement and serves the role.
-pub fn resolve(plugins: &[Arc<Plugin>], r: &ComponentRef, role: Role) -> Result<Arc<Plugin>, String> {
-    let named: Vec<&Arc<Plugin>> = plugins.iter().filter(|p| p.name == r.name).collect();
-    if named.is_empty() {
-        return Err(format!("no component named {}", r.name));
+/// Loads everything once, strictly: any problem refuses the whole set (`eval`, benchmarks).
+pub fn load(rt: &Arc<Runtime>, src: &Sources) -> Result<State, Vec<Problem>> {
+    match load_all(rt, src) {
+        (state, problems) if problems.is_empty() => Ok(state),
+        (_, problems) => Err(problems),
     }
-    let best = named.iter().filter(|p| r.req.matches(&p.version)).max_by(|a, b| a.version.cmp(&b.version));
-    match best {
-        Some(p) if p.role == role => Ok((*p).clone()),
-        Some(p) => Err(format!("{}@{} is a {}, not a {}", p.name, p.version, p.role.as_str(), role.as_str())),
-        None => {
-            let have: Vec<String> = named.iter().map(|p| p.version.to_string()).collect();
-            Err(format!("no version of {} matches {} (have {})", r.name, r.req, have.join(", ")))
-        }
-    }
-}
-
-pub(crate) fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> Result<Hotkey, Vec<String>> {
-    let cfg = HotkeyFile::load(file).map_err(|e| vec![e])?;
-    let limits = Limits { fuel: cfg.limits.fuel, time: Duration::from_millis(cfg.limits.call_ms.min(cfg.budget_ms)) };
-    let mut errors = Vec::new();
-    let mut bindings = Vec::new();
-    let mut bind = |key: &str, rc: &RoleConfig, role: Role| -> Option<Arc<Bound>> {
-        match bind_role(rt, plugins, &cfg.name, key, rc, role, limits) {
-            Ok((r, b)) => {
-                bindings.push((r, role, b.plugin.clone()));
-                Some(Arc::new(b))
-            }
-            Err(mut e) => {
-                errors.append(&mut e);
-                None
-            }
-        }
-    };
-    let router = bind("router", &cfg.router, Role::Router);
-    let text_scorer = cfg.text_scorer.as_ref().and_then(|rc| bind("text_scorer", rc, Role::TextScorer));
-    let fuser = cfg.fuser.as_ref().and_then(|rc| bind("fuser", rc, Role::Fuser));
-    // the candidate: its own bindings where it names them, the stable ones elsewhere
-    let candidate = cfg.candidate.as_ref().map(|c| {
-        let r = c.router.as_ref().and_then(|rc| bind("candidate.router", rc, Role::Router)).or_else(|| router.clone());
-        let t = c
-            .text_scorer
-            .as_ref()
-            .and_then(|rc| bind("candidate.text_scorer", rc, Role::TextScorer))
-            .or_else(|| text_scorer.clone());
-        let f = c.fuser.as_ref().and_then(|rc| bind("candidate.fuser", rc, Role::Fuser)).or_else(|| fuser.clone());
-        (r, t, f)
-    });
-    let (Some(router), true) = (router, errors.is_empty()) else { return Err(errors) };
-    let candidate =
-        candidate.and_then(|(r, t, f)| Some(Arm { router: r?, roles: Arc::new(RoleSet { text_scorer: t, fuser: f }) }));
-    let key = std::fs::read(file).map(|b| crate::reload::cache::sha256_hex(&b)).unwrap_or_default();
-    let rollout =
-        cfg.rollout.clone().map(|ro| Arc::new(Rollout::new(&cfg.name, ro, file.with_extension("state.json"), key)));
-    Ok(Hotkey {
-        name: cfg.name,
-        ss58: cfg.ss58,
-        file: file.into(),
-        fallback: cfg.fallback,
-        budget: Duration::from_millis(cfg.budget_ms),
-        stable: Arm { router, roles: Arc::new(RoleSet { text_scorer, fuser }) },
-        candidate,
-        rollout,
-        axon: cfg.axon,
-        bindings,
-    })
-}
-
-fn bind_role(
-    rt: &Arc<Runtime>,
-    plugins: &[Arc<Plugin>],
-    hotkey: &str,
-    key: &str,
-    rc: &RoleConfig,
-    role: Role,
-    limits: Limits,
-) -> Result<(ComponentRef, Bound), Vec<String>> {
-    let r: ComponentRef = rc.component.parse().map_err(|e| vec![format!("{key}.component: {e}")])?;
-    let plugin = resolve(plugins, &r, role).map_err(|e| vec![format!("{key}.component: {e}")])?;
-    let params = config::params_json(&rc.params);
-    let violations = crate::schema::validate(&params, &plugin.schema);
-    if !violations.is_empty() {
-        return Err(violations
-            .into_iter()
-            .map(|v| format!("{key}.params.{} (schema of {}@{})", v, plugin.name, plugin.version))
-            .collect());
-    }
-    Bound::new(rt.clone(), plugin.clone(), hotkey, params.to_string(), limits)
-        .map(|b| (r, b))
-        .map_err(|e| vec![format!("{key}: {}@{} {e}", plugin.name, plugin.version)])
-}
-
-/// One decision on a plain grey image: the policy must answer without failing. Primitive
-/// errors it tolerated (a stage's model not configured) come back as warnings.
-pub(crate) fn smoke(h: &Hotkey, models: &Arc<Models>) -> Result<Vec<String>, String> {
-    let img = Arc::new(image::RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128])));
-    let a = h.answer_quietly(models, img.clone());
-    if a.fallback {
-        return Err(format!("smoke request failed: {}", a.reason));
-    }
-    if let Some(c) = h.candidate_quietly(models, img) {
-        if c.fallback {
-            return Err(format!("smoke request of the candidate failed: {}", c.reason));
-        }
-    }
-    Ok(a.trace
-        .iter()
-        .filter(|t| t.result.starts_with("error"))
-        .map(|t| format!("{}({}): {}", t.primitive, t.model, t.result))
-        .collect())
-}
-
-/// One line per plugin for `check` and the log.
-pub fn describe_plugin(p: &Plugin) -> String {
-    let v: &Version = &p.version;
-    format!("{}@{} {} (contract {}) {}", p.name, v, p.role.as_str(), p.contract, p.file.display())
 }

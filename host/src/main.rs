@@ -204,45 +204,41 @@ fn check(a: SourceArgs) -> anyhow::Result<ExitCode> {
     let (rt, src) = setup(&a)?;
     println!("policies:   {}", src.policies.display());
     println!("components: {}", src.components.display());
-    let mut problems = Vec::new();
-    let plugins = load::load_plugins(&rt, &src.components, &mut problems);
-    for p in &plugins {
+    // one pass of the same pipeline `serve` runs: every problem is printed once
+    let (state, problems) = load::load_all(&rt, &src);
+    for p in &state.plugins {
         println!("component   {}", load::describe_plugin(p));
     }
-    match load::load(&rt, &src) {
-        Ok(state) => {
-            for m in &state.registry.models {
-                println!("model       {} {} {}", m.name, m.kind.as_str(), m.file.display());
-            }
-            for h in state.hotkeys.values() {
-                let role = |b: &Option<Arc<cascade_host::runtime::Bound>>| {
-                    b.as_ref().map_or("-".to_string(), |b| format!("{}@{}", b.plugin.name, b.plugin.version))
-                };
-                println!(
-                    "hotkey      {} router={}@{} text_scorer={} fuser={} fallback={} ({})",
-                    h.name,
-                    h.stable.router.plugin.name,
-                    h.stable.router.plugin.version,
-                    role(&h.stable.roles.text_scorer),
-                    role(&h.stable.roles.fuser),
-                    h.fallback,
-                    h.file.display()
-                );
-            }
-            for w in &state.warnings {
-                println!("warning     {w}");
-            }
-            println!("ok");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(all) => {
-            for p in &all {
-                println!("problem     {p}");
-            }
-            println!("{} problem(s)", all.len());
-            Ok(ExitCode::FAILURE)
-        }
+    for m in &state.registry.models {
+        println!("model       {} {} {}", m.name, m.kind.as_str(), m.file.display());
     }
+    for h in state.hotkeys.values() {
+        let role = |b: &Option<Arc<cascade_host::runtime::Bound>>| {
+            b.as_ref().map_or("-".to_string(), |b| format!("{}@{}", b.plugin.name, b.plugin.version))
+        };
+        println!(
+            "hotkey      {} router={}@{} text_scorer={} fuser={} fallback={} ({})",
+            h.name,
+            h.stable.router.plugin.name,
+            h.stable.router.plugin.version,
+            role(&h.stable.roles.text_scorer),
+            role(&h.stable.roles.fuser),
+            h.fallback,
+            h.file.display()
+        );
+    }
+    for w in &state.warnings {
+        println!("warning     {w}");
+    }
+    if problems.is_empty() {
+        println!("ok");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &problems {
+        println!("problem     {p}");
+    }
+    println!("{} problem(s)", problems.len());
+    Ok(ExitCode::FAILURE)
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -4,6 +4,7 @@
 //! that fails. Start-up is the first reload, with nothing to fall back on. The caller swaps
 //! the result in atomically; requests in flight keep the `Arc`s they started with.
 
+pub mod bind;
 pub mod cache;
 pub mod watch;
 
@@ -15,14 +16,35 @@ use std::time::{Duration, Instant, SystemTime};
 use cascade_engines::{Models, Registry};
 
 use crate::config::{self, MODELS_FILE};
-use crate::load::{bind_hotkey, smoke, Problem, Sources};
 use crate::policy::Hotkey;
 use crate::runtime::{Plugin, Runtime};
+use bind::{bind_hotkey, smoke};
 use cache::{sha256_hex, CompileCache};
+
+/// Where things come from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub policies: PathBuf,
+    pub components: PathBuf,
+    pub ort_library: PathBuf,
+}
+
+/// A note about a file: a warning that does not stop serving, or a problem that refuses it.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.message)
+    }
+}
 
 /// A change that was refused: the file, why, and when. The previous version keeps serving.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Refusal {
+pub struct RefusedChange {
     pub file: PathBuf,
     pub reason: String,
     pub at_unix_ms: u128,
@@ -36,7 +58,7 @@ pub struct Snapshot {
     pub hotkeys: BTreeMap<String, Arc<Hotkey>>,
     pub warnings: Vec<Problem>,
     /// Refused in this reload (empty when everything was accepted).
-    pub refused: Vec<Refusal>,
+    pub refused: Vec<RefusedChange>,
     /// Files whose new version (or whose deletion) went live in this reload.
     pub applied: Vec<PathBuf>,
     pub took: Duration,
@@ -278,7 +300,7 @@ impl Reloader {
         registry: Registry,
         plugins: Vec<Arc<Plugin>>,
         warnings: Vec<Problem>,
-        refused: Vec<Refusal>,
+        refused: Vec<RefusedChange>,
         applied: Vec<PathBuf>,
         started: Instant,
     ) -> Snapshot {
@@ -290,7 +312,7 @@ impl Reloader {
 /// Refusals of one reload, and the reason each file stands refused since an earlier one: the
 /// same refusal is reported once, not again at every reload while the file stays broken.
 struct Refusals {
-    new: Vec<Refusal>,
+    new: Vec<RefusedChange>,
     standing: BTreeMap<PathBuf, String>,
 }
 
@@ -301,7 +323,7 @@ impl Refusals {
         }
         tracing::warn!(file = %file.display(), %reason, "change refused; the previous version keeps serving");
         self.standing.insert(file.into(), reason.clone());
-        self.new.push(Refusal { file: file.into(), reason, at_unix_ms: now_ms() });
+        self.new.push(RefusedChange { file: file.into(), reason, at_unix_ms: now_ms() });
     }
 
     fn stands(&self, f: &Path) -> bool {
@@ -312,7 +334,7 @@ impl Refusals {
 /// Whether every component the hotkey is bound to is still the one its config resolves to
 /// (a deleted, replaced or newly matching higher version means it is not).
 fn bindings_current(h: &Hotkey, plugins: &[Arc<Plugin>]) -> bool {
-    h.bindings.iter().all(|(r, role, p)| crate::load::resolve(plugins, r, *role).is_ok_and(|q| Arc::ptr_eq(&q, p)))
+    h.bindings.iter().all(|(r, role, p)| bind::resolve(plugins, r, *role).is_ok_and(|q| Arc::ptr_eq(&q, p)))
 }
 
 /// The registry file's hash together with the files it points to (heads, label lists), so

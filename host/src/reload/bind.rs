@@ -1,0 +1,134 @@
+//! Binding a hotkey file to components: resolve each role's component by name and semver
+//! requirement, validate its parameters against the component's schema, instantiate and
+//! configure it, and smoke-test the result with one request. Used by every reload (start-up
+//! is the first), so `serve`, `check` and `eval` refuse the same things for the same reasons.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cascade_engines::Models;
+use semver::Version;
+
+use crate::config::{self, ComponentRef, HotkeyFile, RoleConfig};
+use crate::policy::{Arm, Hotkey};
+use crate::rollout::Rollout;
+use crate::runtime::{Bound, Limits, Plugin, Role, RoleSet, Runtime};
+
+/// The highest version of `name` that meets the requirement and serves the role.
+pub fn resolve(plugins: &[Arc<Plugin>], r: &ComponentRef, role: Role) -> Result<Arc<Plugin>, String> {
+    let named: Vec<&Arc<Plugin>> = plugins.iter().filter(|p| p.name == r.name).collect();
+    if named.is_empty() {
+        return Err(format!("no component named {}", r.name));
+    }
+    let best = named.iter().filter(|p| r.req.matches(&p.version)).max_by(|a, b| a.version.cmp(&b.version));
+    match best {
+        Some(p) if p.role == role => Ok((*p).clone()),
+        Some(p) => Err(format!("{}@{} is a {}, not a {}", p.name, p.version, p.role.as_str(), role.as_str())),
+        None => {
+            let have: Vec<String> = named.iter().map(|p| p.version.to_string()).collect();
+            Err(format!("no version of {} matches {} (have {})", r.name, r.req, have.join(", ")))
+        }
+    }
+}
+
+pub fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> Result<Hotkey, Vec<String>> {
+    let cfg = HotkeyFile::load(file).map_err(|e| vec![e])?;
+    let limits = Limits { fuel: cfg.limits.fuel, time: Duration::from_millis(cfg.limits.call_ms.min(cfg.budget_ms)) };
+    let mut errors = Vec::new();
+    let mut bindings = Vec::new();
+    let mut bind = |key: &str, rc: &RoleConfig, role: Role| -> Option<Arc<Bound>> {
+        match bind_role(rt, plugins, &cfg.name, key, rc, role, limits) {
+            Ok((r, b)) => {
+                bindings.push((r, role, b.plugin.clone()));
+                Some(Arc::new(b))
+            }
+            Err(mut e) => {
+                errors.append(&mut e);
+                None
+            }
+        }
+    };
+    let router = bind("router", &cfg.router, Role::Router);
+    let text_scorer = cfg.text_scorer.as_ref().and_then(|rc| bind("text_scorer", rc, Role::TextScorer));
+    let fuser = cfg.fuser.as_ref().and_then(|rc| bind("fuser", rc, Role::Fuser));
+    // the candidate: its own bindings where it names them, the stable ones elsewhere
+    let candidate = cfg.candidate.as_ref().map(|c| {
+        let r = c.router.as_ref().and_then(|rc| bind("candidate.router", rc, Role::Router)).or_else(|| router.clone());
+        let t = c
+            .text_scorer
+            .as_ref()
+            .and_then(|rc| bind("candidate.text_scorer", rc, Role::TextScorer))
+            .or_else(|| text_scorer.clone());
+        let f = c.fuser.as_ref().and_then(|rc| bind("candidate.fuser", rc, Role::Fuser)).or_else(|| fuser.clone());
+        (r, t, f)
+    });
+    let (Some(router), true) = (router, errors.is_empty()) else { return Err(errors) };
+    let candidate =
+        candidate.and_then(|(r, t, f)| Some(Arm { router: r?, roles: Arc::new(RoleSet { text_scorer: t, fuser: f }) }));
+    let key = std::fs::read(file).map(|b| crate::reload::cache::sha256_hex(&b)).unwrap_or_default();
+    let rollout =
+        cfg.rollout.clone().map(|ro| Arc::new(Rollout::new(&cfg.name, ro, file.with_extension("state.json"), key)));
+    Ok(Hotkey {
+        name: cfg.name,
+        ss58: cfg.ss58,
+        file: file.into(),
+        fallback: cfg.fallback,
+        budget: Duration::from_millis(cfg.budget_ms),
+        stable: Arm { router, roles: Arc::new(RoleSet { text_scorer, fuser }) },
+        candidate,
+        rollout,
+        axon: cfg.axon,
+        bindings,
+    })
+}
+
+fn bind_role(
+    rt: &Arc<Runtime>,
+    plugins: &[Arc<Plugin>],
+    hotkey: &str,
+    key: &str,
+    rc: &RoleConfig,
+    role: Role,
+    limits: Limits,
+) -> Result<(ComponentRef, Bound), Vec<String>> {
+    let r: ComponentRef = rc.component.parse().map_err(|e| vec![format!("{key}.component: {e}")])?;
+    let plugin = resolve(plugins, &r, role).map_err(|e| vec![format!("{key}.component: {e}")])?;
+    let params = config::params_json(&rc.params);
+    let violations = crate::schema::validate(&params, &plugin.schema);
+    if !violations.is_empty() {
+        return Err(violations
+            .into_iter()
+            .map(|v| format!("{key}.params.{} (schema of {}@{})", v, plugin.name, plugin.version))
+            .collect());
+    }
+    Bound::new(rt.clone(), plugin.clone(), hotkey, params.to_string(), limits)
+        .map(|b| (r, b))
+        .map_err(|e| vec![format!("{key}: {}@{} {e}", plugin.name, plugin.version)])
+}
+
+/// One decision on a plain grey image: the policy must answer without failing. Primitive
+/// errors it tolerated (a stage's model not configured) come back as warnings.
+pub fn smoke(h: &Hotkey, models: &Arc<Models>) -> Result<Vec<String>, String> {
+    let img = Arc::new(image::RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128])));
+    let a = h.answer_quietly(models, img.clone());
+    if a.fallback {
+        return Err(format!("smoke request failed: {}", a.reason));
+    }
+    if let Some(c) = h.candidate_quietly(models, img) {
+        if c.fallback {
+            return Err(format!("smoke request of the candidate failed: {}", c.reason));
+        }
+    }
+    Ok(a.trace
+        .iter()
+        .filter(|t| t.result.starts_with("error"))
+        .map(|t| format!("{}({}): {}", t.primitive, t.model, t.result))
+        .collect())
+}
+
+/// One line per plugin for `check` and the log.
+pub fn describe_plugin(p: &Plugin) -> String {
+    let v: &Version = &p.version;
+    format!("{}@{} {} (contract {}) {}", p.name, v, p.role.as_str(), p.contract, p.file.display())
+}
