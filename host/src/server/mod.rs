@@ -158,7 +158,7 @@ impl Server {
                 let s = self.serving.load();
                 let mut r = Response::new(Full::new(Bytes::from(crate::metrics::global().render(Some(&s.models)))));
                 r.headers_mut()
-                    .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"));
+                    .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
                 r
             }
             (m, p) if p.starts_with("/v1/predict/") => {
