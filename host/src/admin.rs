@@ -10,8 +10,8 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
-use crate::reload::{Refusal, Snapshot};
-use crate::server::{json_response, Refusal as HttpRefusal, Server};
+use crate::reload::{RefusedChange, Snapshot};
+use crate::server::{json_response, Refusal, Server};
 
 /// Reload history: counts, and the latest refusal per file until that file is accepted.
 #[derive(Default)]
@@ -19,7 +19,7 @@ pub struct ReloadStatus {
     pub reloads: u64,
     pub applied: u64,
     pub refused: u64,
-    pub outstanding: BTreeMap<PathBuf, Refusal>,
+    pub outstanding: BTreeMap<PathBuf, RefusedChange>,
     pub last_reload_ms: f64,
 }
 
@@ -64,9 +64,9 @@ pub fn handle(
     server: &Server,
     req: &Request<Incoming>,
     peer: SocketAddr,
-) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, HttpRefusal> {
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, Refusal> {
     if !authorised(server, req, peer) {
-        return Err(HttpRefusal::new(
+        return Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "admin-forbidden",
             "the admin API answers loopback callers, or callers with the admin token",
@@ -80,16 +80,16 @@ pub fn handle(
             let (hotkey, action) = rest.split_once('/').unwrap_or((rest, ""));
             let s = server.serving.load();
             let h = s.hotkeys.get(hotkey).ok_or_else(|| {
-                HttpRefusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}"))
+                Refusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}"))
             })?;
             let ro = h.rollout.as_ref().ok_or_else(|| {
-                HttpRefusal::new(StatusCode::CONFLICT, "no-rollout", format!("hotkey {hotkey} has no rollout"))
+                Refusal::new(StatusCode::CONFLICT, "no-rollout", format!("hotkey {hotkey} has no rollout"))
             })?;
             match action {
                 "promote" => ro.promote("admin API"),
                 "rollback" => ro.rollback("admin API"),
                 _ => {
-                    return Err(HttpRefusal::new(
+                    return Err(Refusal::new(
                         StatusCode::NOT_FOUND,
                         "not-found",
                         format!("no admin action {action:?} (promote, rollback)"),
@@ -98,7 +98,7 @@ pub fn handle(
             }
             Ok(json_response(StatusCode::OK, &json!({"hotkey": hotkey, "rollout": ro.json()})))
         }
-        _ => Err(HttpRefusal::new(StatusCode::NOT_FOUND, "not-found", format!("no admin route {path}"))),
+        _ => Err(Refusal::new(StatusCode::NOT_FOUND, "not-found", format!("no admin route {path}"))),
     }
 }
 

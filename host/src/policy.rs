@@ -150,9 +150,7 @@ impl Hotkey {
                 "invalid-prediction",
                 format!("router answered {} (outside [0, 1])", d.prediction),
             ),
-            Ok(Err(e)) => {
-                self.fall_back(counted, "policy-error", format!("router error: {}", crate::runtime::show_error(&e)))
-            }
+            Ok(Err(e)) => self.fall_back(counted, "policy-error", format!("router error: {}", e.message())),
             Err(e) => {
                 if counted {
                     crate::metrics::global().component_event(&self.name, "router", e.kind());
@@ -172,7 +170,7 @@ impl Hotkey {
         }
     }
 
-    fn fall_back(&self, counted: bool, why: &str, reason: String) -> (f32, String, String, bool) {
+    fn fall_back(&self, counted: bool, why: &'static str, reason: String) -> (f32, String, String, bool) {
         if counted {
             crate::metrics::global().fallback(&self.name, why);
         }

@@ -254,7 +254,7 @@ impl Rollout {
         self.decide(Side::Stable, why, "rollback");
     }
 
-    fn decide(&self, side: Side, why: &str, event: &str) {
+    fn decide(&self, side: Side, why: &str, event: &'static str) {
         {
             let mut st = self.state.lock();
             st.winner = Some(side);

@@ -22,3 +22,20 @@ pub use exports::cascade::policy::router::{Decision, RequestMeta};
 /// unchanged: released versions only ever add imports, and the linker resolves a 1.0.0
 /// import name to the 1.1.0 definition (semver-compatible names).
 pub const CONTRACT: &str = "1.1.0";
+
+/// How a primitive's error reads in traces, logs and fallback reasons. `bindgen!` already
+/// derives `Display` for a WIT error type (as its `Debug` form), so the prose lives here; the
+/// guest sees the variant itself.
+impl Error {
+    pub fn message(&self) -> String {
+        match self {
+            Error::UnknownModel(m) => format!("unknown model {m}"),
+            Error::WrongKind(m) => m.clone(),
+            Error::Engine(m) => format!("engine: {m}"),
+            Error::DeadlineExceeded => "deadline exceeded".into(),
+            Error::InvalidArgument(m) => format!("invalid argument: {m}"),
+            Error::UnboundRole(r) => format!("no {r} bound"),
+            Error::Component(m) => format!("component: {m}"),
+        }
+    }
+}

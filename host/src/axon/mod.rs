@@ -48,25 +48,37 @@ fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     r
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, Resp> {
+/// Why an axon request got no answer: the status and the message the Python axon would send.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refused {
+    Refused { status, message: message.into() }
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, Refused> {
     h.get(name)
-        .ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("missing header {name}")))?
+        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, format!("missing header {name}")))?
         .to_str()
-        .map_err(|_| error(StatusCode::BAD_REQUEST, format!("header {name} is not text")))
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, format!("header {name} is not text")))
 }
 
 /// Serves one axon request; `pinned` is the hotkey of a listener of its own.
 pub async fn handle(server: &Server, req: Request<Incoming>, pinned: Option<&str>) -> Resp {
     match serve(server, req, pinned).await {
-        Ok(r) | Err(r) => r,
+        Ok(r) => r,
+        Err(r) => error(r.status, r.message),
     }
 }
 
-async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) -> Result<Resp, Resp> {
+async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) -> Result<Resp, Refused> {
     let started = Instant::now();
     let name = req.uri().path().trim_start_matches('/').to_string();
     if !SYNAPSES.contains(&name.as_str()) {
-        return Err(error(
+        return Err(refuse(
             StatusCode::NOT_FOUND,
             format!("Synapse name '{name}' not found. Available synapses {SYNAPSES:?}"),
         ));
@@ -79,12 +91,12 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
     let nonce: u64 = header(h, "bt_header_dendrite_nonce")?
         .trim()
         .parse()
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "bt_header_dendrite_nonce is not a non-negative integer"))?;
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "bt_header_dendrite_nonce is not a non-negative integer"))?;
     let timeout: f64 =
         h.get("timeout").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(12.0);
     let body_hash = header(h, "computed_body_hash")?.to_string();
     if body_hash != EMPTY_BODY_HASH {
-        return Err(error(StatusCode::BAD_REQUEST, "Hash mismatch between header body hash and computed body hash"));
+        return Err(refuse(StatusCode::BAD_REQUEST, "Hash mismatch between header body hash and computed body hash"));
     }
 
     let serving = server.serving.load_full();
@@ -93,13 +105,13 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
             .hotkeys
             .get(p)
             .cloned()
-            .ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, "this listener's hotkey is not loaded"))?,
+            .ok_or_else(|| refuse(StatusCode::SERVICE_UNAVAILABLE, "this listener's hotkey is not loaded"))?,
         None => serving
             .hotkeys
             .values()
             .find(|h| h.ss58.as_deref() == Some(axon_hotkey.as_str()) && h.axon.listen.is_none())
             .cloned()
-            .ok_or_else(|| error(StatusCode::FORBIDDEN, format!("hotkey {axon_hotkey} is not served here")))?,
+            .ok_or_else(|| refuse(StatusCode::FORBIDDEN, format!("hotkey {axon_hotkey} is not served here")))?,
     };
     let own = hk.ss58.clone().unwrap_or_default();
 
@@ -114,28 +126,28 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
     };
     let now = now_ns();
     let unauthorised =
-        |e: verify::VerifyError| error(StatusCode::UNAUTHORIZED, format!("Not Verified with error: {e}"));
+        |e: verify::VerifyError| refuse(StatusCode::UNAUTHORIZED, format!("Not Verified with error: {e}"));
     server.nonces.check(&dendrite, &uuid, nonce, timeout, now).map_err(unauthorised)?;
     signed.verify_signature().map_err(unauthorised)?;
     server.nonces.commit(&dendrite, &uuid, nonce, timeout, now).map_err(|e| match e {
-        verify::VerifyError::Full => error(StatusCode::SERVICE_UNAVAILABLE, "too many callers; try again"),
+        verify::VerifyError::Full => refuse(StatusCode::SERVICE_UNAVAILABLE, "too many callers; try again"),
         e => unauthorised(e),
     })?;
 
     // caller lists
     let a = &hk.axon;
     if a.deny.contains(&dendrite) || !(a.allow_any_signed || a.allow.contains(&dendrite)) {
-        return Err(error(StatusCode::FORBIDDEN, format!("Forbidden. Key is blacklisted: {dendrite}")));
+        return Err(refuse(StatusCode::FORBIDDEN, format!("Forbidden. Key is blacklisted: {dendrite}")));
     }
 
     // the body: the synapse as JSON
-    let body = server.read_body(req.into_body()).await.map_err(|r| error(r.status, r.message))?;
+    let body = server.read_body(req.into_body()).await.map_err(|r| refuse(r.status, r.message))?;
     let mut synapse: Value =
-        serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
+        serde_json::from_slice(&body).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
     let image_b64 = match synapse.get("image") {
         Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(error(StatusCode::BAD_REQUEST, format!("image must be a string, found {other}"))),
-        None => return Err(error(StatusCode::BAD_REQUEST, "image is missing")),
+        Some(other) => return Err(refuse(StatusCode::BAD_REQUEST, format!("image must be a string, found {other}"))),
+        None => return Err(refuse(StatusCode::BAD_REQUEST, "image is missing")),
     };
     for (field, ok) in [
         ("prediction", synapse.get("prediction").is_none_or(|v| v.is_number() || v.is_null())),
@@ -143,10 +155,10 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
         ("name", synapse.get("name").is_none_or(|v| v.is_string())),
     ] {
         if !ok {
-            return Err(error(StatusCode::BAD_REQUEST, format!("{field} has the wrong type")));
+            return Err(refuse(StatusCode::BAD_REQUEST, format!("{field} has the wrong type")));
         }
     }
-    let bytes = ingress::decode_base64(&image_b64).map_err(|r| error(StatusCode::BAD_REQUEST, r.message))?;
+    let bytes = ingress::decode_base64(&image_b64).map_err(|r| refuse(StatusCode::BAD_REQUEST, r.message))?;
     let limits = server.limits;
     let sticky = crate::rollout::sticky_key(&bytes);
     let answer = tokio::task::block_in_place(|| -> Result<crate::policy::Answer, ingress::Refusal> {
@@ -154,7 +166,7 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
         Ok(hk.serve(&serving.models, Arc::new(img), sticky))
     })
     .map_err(|r| {
-        error(if r.status == StatusCode::PAYLOAD_TOO_LARGE { r.status } else { StatusCode::BAD_REQUEST }, r.message)
+        refuse(if r.status == StatusCode::PAYLOAD_TOO_LARGE { r.status } else { StatusCode::BAD_REQUEST }, r.message)
     })?;
     let took = started.elapsed();
     let outcome = if answer.fallback { "fallback" } else { "ok" };

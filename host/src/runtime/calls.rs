@@ -148,7 +148,7 @@ fn entry(key: &CallKey, took: Duration, r: &Result<Outcome, Error>, cached: bool
 
 fn summary(r: &Result<Outcome, Error>) -> String {
     match r {
-        Err(e) => format!("error: {}", crate::runtime::show_error(e)),
+        Err(e) => format!("error: {}", e.message()),
         Ok(Outcome::Classify(c)) => format!("score={:.4}", c.score),
         Ok(Outcome::Embed(v)) => format!("dim={}", v.len()),
         Ok(Outcome::Ask(a)) => format!("answer={a:?}"),

@@ -18,8 +18,6 @@ pub use plugin::{Plugin, PluginError, Role};
 pub use pool::{Bound, CallError, Limits, RoleSet};
 pub use store::StoreState;
 
-use crate::wit::Error;
-
 /// How often the epoch advances; per-call wall-clock deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -82,17 +80,5 @@ impl Runtime {
 
     pub fn new_store_state(&self) -> StoreState {
         StoreState::new(ResourceTable::new(), self.config.max_memory)
-    }
-}
-
-pub fn show_error(e: &Error) -> String {
-    match e {
-        Error::UnknownModel(m) => format!("unknown model {m}"),
-        Error::WrongKind(m) => m.clone(),
-        Error::Engine(m) => format!("engine: {m}"),
-        Error::DeadlineExceeded => "deadline exceeded".into(),
-        Error::InvalidArgument(m) => format!("invalid argument: {m}"),
-        Error::UnboundRole(r) => format!("no {r} bound"),
-        Error::Component(m) => format!("component: {m}"),
     }
 }

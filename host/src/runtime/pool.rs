@@ -69,18 +69,14 @@ impl CallError {
         }
     }
 
-    fn from_wasm(e: wasmtime::Error) -> CallError {
+    /// Classifies a failed call; `memory_capped` is the store's limiter's own record that it
+    /// refused a grow during the call.
+    fn from_wasm(e: wasmtime::Error, memory_capped: bool) -> CallError {
         match e.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => CallError::Fuel,
             Some(Trap::Interrupt) => CallError::Deadline,
-            _ => {
-                let msg = format!("{e:#}");
-                if msg.contains("growing memory") || msg.contains("memory allocation") {
-                    CallError::Memory(msg)
-                } else {
-                    CallError::Trap(msg)
-                }
-            }
+            _ if memory_capped => CallError::Memory(format!("{e:#}")),
+            _ => CallError::Trap(format!("{e:#}")),
         }
     }
 }
@@ -128,9 +124,15 @@ impl Bound {
         store.limiter(|s| &mut s.limits);
         store.set_fuel(SETUP_FUEL).map_err(inst)?;
         store.set_epoch_deadline(SETUP_TICKS);
-        let instance = self.plugin.pre.instantiate(&mut store).map_err(CallError::from_wasm)?;
+        let instance = match self.plugin.pre.instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => return Err(CallError::from_wasm(e, store.data().hit_memory_cap())),
+        };
         let meta = self.plugin.meta.load(&mut store, &instance).map_err(inst)?;
-        meta.call_configure(&mut store, &self.params).map_err(CallError::from_wasm)?.map_err(CallError::Configure)?;
+        match meta.call_configure(&mut store, &self.params) {
+            Ok(r) => r.map_err(CallError::Configure)?,
+            Err(e) => return Err(CallError::from_wasm(e, store.data().hit_memory_cap())),
+        }
         let exports = match &self.plugin.indices {
             RoleIndices::Router(i) => Exports::Router(i.load(&mut store, &instance).map_err(inst)?),
             RoleIndices::TextScorer(i) => Exports::TextScorer(i.load(&mut store, &instance).map_err(inst)?),
@@ -157,6 +159,7 @@ impl Bound {
         w.store.set_fuel(self.limits.fuel).map_err(|e| CallError::Instantiate(e.to_string()))?;
         w.store.set_epoch_deadline(ticks);
         let state = w.store.data_mut();
+        state.limits.reset();
         state.ctx = Some(ctx.clone());
         state.roles = roles;
         let r = f(&mut w.store, &w.exports);
@@ -170,7 +173,7 @@ impl Bound {
                 }
                 Ok(v)
             }
-            Err(e) => Err(CallError::from_wasm(e)),
+            Err(e) => Err(CallError::from_wasm(e, w.store.data().hit_memory_cap())),
         }
     }
 

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
 use super::pool::RoleSet;
 use super::request::{ImageRef, RequestCtx};
 
 pub struct StoreState {
     pub table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: MemoryCap,
     pub ctx: Option<Arc<RequestCtx>>,
     pub roles: Option<Arc<RoleSet>>,
     /// Handles made during the current call; whatever the guest leaks is freed after it.
@@ -20,8 +20,17 @@ pub struct StoreState {
 
 impl StoreState {
     pub fn new(table: ResourceTable, max_memory: usize) -> StoreState {
-        let limits = StoreLimitsBuilder::new().memory_size(max_memory).trap_on_grow_failure(true).build();
+        let limits = MemoryCap {
+            inner: StoreLimitsBuilder::new().memory_size(max_memory).trap_on_grow_failure(true).build(),
+            denied: false,
+        };
         StoreState { table, limits, ctx: None, roles: None, created: Vec::new() }
+    }
+
+    /// Whether a memory or table grow was refused since the last call began: a trap that
+    /// follows is the memory cap's, told by the limiter itself rather than by an error text.
+    pub fn hit_memory_cap(&self) -> bool {
+        self.limits.denied
     }
 
     /// Frees the handles made during a call and forgets the request.
@@ -31,5 +40,44 @@ impl StoreState {
         }
         self.ctx = None;
         self.roles = None;
+    }
+}
+
+/// wasmtime's own limits, plus a record of whether they refused a grow.
+pub struct MemoryCap {
+    inner: StoreLimits,
+    denied: bool,
+}
+
+impl MemoryCap {
+    /// Clears the record before a call.
+    pub fn reset(&mut self) {
+        self.denied = false;
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let r = self.inner.memory_growing(current, desired, maximum);
+        self.denied |= !matches!(r, Ok(true));
+        r
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let r = self.inner.table_growing(current, desired, maximum);
+        self.denied |= !matches!(r, Ok(true));
+        r
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
     }
 }
