@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CASCADE_SHARED="${CASCADE_SHARED:-$(cd .. && pwd)/shared}"
+# the style gates: rustfmt and clippy (warnings are errors) for both workspaces
+cargo fmt --all --check
+(cd plugins && cargo fmt --all --check)
+cargo clippy --quiet --release --workspace --all-targets -- -D warnings
+(cd plugins && cargo clippy --quiet --release --workspace --all-targets --target wasm32-wasip2 -- -D warnings)
 .venv/bin/python tests/models/make_test_models.py target/test-models
 .venv/bin/python tests/models/render_signs.py target/test-images
 # an fp16 conversion of the default backbone (the engines feed fp16 models in their own type)

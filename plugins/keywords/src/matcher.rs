@@ -29,7 +29,7 @@ fn compile(phrases: &BTreeMap<String, f32>) -> Result<Vec<(Vec<char>, f32)>, Str
         out.push((n, *w));
     }
     // Longer phrases first, so a long negative masks before a shorter one inside it.
-    out.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    out.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
     Ok(out)
 }
 
