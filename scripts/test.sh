@@ -14,6 +14,8 @@ cargo clippy --quiet --release --workspace --all-targets -- -D warnings
 # an fp16 conversion of the default backbone (the engines feed fp16 models in their own type)
 [ -f target/test-models/efficientnet_lite0_fp16.onnx ] || .venv/bin/python scripts/fp16.py target/models/efficientnet_lite0.onnx target/test-models/efficientnet_lite0_fp16.onnx
 bash scripts/bt_venv.sh
+# the chain programs (metagraph sync, announce) against the SDK's mock subtensor
+.cache/bt-venv/bin/python -m unittest discover -s scripts/chain -p 'test_*.py'
 # the converted backbone must reproduce the reference network's ImageNet answers
 .venv/bin/python scripts/models/verify_efficientnet.py target/models/efficientnet_lite0.onnx
 (cd plugins && cargo test --quiet --release --target x86_64-unknown-linux-gnu -p keywords -p cascade-router -p weighted)

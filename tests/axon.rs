@@ -45,6 +45,11 @@ fn the_real_dendrite_gets_python_axon_answers() {
     let spec = json!({"port": port, "pinned_port": pinned, "image": img}).to_string();
     let r = dendrite(&["call", wallets.0.to_str().expect("path"), &spec]);
 
+    for (i, v) in r["multi_axon"].as_array().expect("three answers").iter().enumerate() {
+        assert_eq!(v["dendrite_status"], 200, "axon {i} of one call: {v}");
+    }
+    assert_eq!(r["out_of_order"]["later_signed"], 200, "{r}");
+    assert_eq!(r["out_of_order"]["earlier_signed"], 200, "nonces are per miner hotkey: {r}");
     for ok in ["image_a", "extended_a", "image_b_same_port", "image_c_pinned"] {
         let v = &r[ok];
         assert_eq!(v["success"], true, "{ok}: {v}");
@@ -120,4 +125,95 @@ fn header_problems_are_refused_before_the_body_is_read() {
     let (_, m) = get(&server.url("/metrics"));
     assert!(m.contains("cascade_axon_requests_total{status=\"401\"} 50"), "{m}");
     assert!(!m.contains("cascade_requests_total{hotkey=\"a\""), "no policy ran: {m}");
+}
+
+fn ss58s(w: &Value) -> impl Fn(&str) -> String + '_ {
+    |k: &str| w[k].as_str().expect("ss58").to_string()
+}
+
+/// A metagraph snapshot as `scripts/chain/metagraph_sync.py` writes it.
+fn snapshot(neurons: &[(&str, bool)], taken_at: f64) -> String {
+    let ns: Vec<Value> = neurons
+        .iter()
+        .enumerate()
+        .map(|(uid, (key, permit))| json!({"uid": uid, "hotkey": key, "coldkey": key, "stake": 100.0, "validator_permit": permit, "ip": "0.0.0.0", "port": 0}))
+        .collect();
+    json!({"version": 1, "network": "test", "netuid": 72, "block": 1000, "taken_at": taken_at, "neurons": ns})
+        .to_string()
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
+}
+
+#[test]
+fn validators_are_admitted_from_the_metagraph_snapshot_live() {
+    let wallets = TempDir::new("wallets-admission");
+    let w = dendrite(&["wallets", wallets.0.to_str().expect("path")]);
+    let s = ss58s(&w);
+    // miner-a admits by the default rule of chain.toml (registered + validator permit)
+    let dir = policies("admission", &[("a", &hotkey("a", &s("miner-a"), ""))]);
+    dir.write("chain.toml", "netuid = 72\n[admit]\nvalidator_permit = true\n");
+    dir.write(
+        "metagraph.json",
+        &snapshot(&[(&s("validator"), true), (&s("miner-b"), false), (&s("miner-a"), false)], unix_now()),
+    );
+    let server = Server::start(&dir.0, false, &[]);
+    let port: u16 = server.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    use base64::Engine as _;
+    let img = base64::engine::general_purpose::STANDARD.encode(sign("road_closed"));
+    let probe = || {
+        let spec =
+            json!({"port": port, "miner": "miner-a", "image": img, "callers": ["validator", "miner-b", "stranger"]});
+        dendrite(&["admission", wallets.0.to_str().expect("path"), &spec.to_string()])
+    };
+    let r = probe();
+    assert_eq!(r["validator"]["dendrite_status"], 200, "a permitted validator is admitted: {r}");
+    assert_eq!(r["miner-b"]["dendrite_status"], 403, "registered without a permit: {r}");
+    assert!(r["miner-b"]["message"].as_str().unwrap_or("").contains("no validator permit"), "{r}");
+    assert_eq!(r["stranger"]["dendrite_status"], 403, "not registered: {r}");
+    assert!(r["stranger"]["message"].as_str().unwrap_or("").contains("not registered on netuid 72"), "{r}");
+
+    // broken snapshots are refused with the reason; the last good one keeps admitting
+    dir.write("metagraph.json", "{\"version\": 1, \"netuid\": 72, \"neur");
+    eventually(10, "the truncated snapshot is refused", || {
+        let (_, st) = get(&server.url("/admin/status"));
+        let st: Value = serde_json::from_str(&st).ok()?;
+        st["refusals"].to_string().contains("not a metagraph snapshot").then_some(())
+    });
+    dir.write("metagraph.json", &snapshot(&[(&s("validator"), true)], unix_now() - 30.0 * 86400.0));
+    eventually(10, "the month-old snapshot is refused", || {
+        let (_, st) = get(&server.url("/admin/status"));
+        st.contains("days ago").then_some(())
+    });
+    assert_eq!(probe()["validator"]["dendrite_status"], 200, "the last good snapshot still admits");
+
+    // a new snapshot takes effect without restart: the stranger gained a permit
+    dir.write("metagraph.json", &snapshot(&[(&s("validator"), true), (&s("stranger"), true)], unix_now()));
+    eventually(10, "the stranger is admitted", || (probe()["stranger"]["dendrite_status"] == 200).then_some(()));
+    let (_, m) = get(&server.url("/metrics"));
+    assert!(m.contains("cascade_axon_admission_total{result=\"not-registered\"}"), "{m}");
+    assert!(m.contains("cascade_metagraph_neurons 2"), "{m}");
+
+    let (code, out) = run(&["check"], &dir.0, &components(false).0);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("admits registered + validator permit") && out.contains("NOT REGISTERED"), "{out}");
+}
+
+#[test]
+fn two_hotkeys_answer_every_concurrent_validator_batch() {
+    let wallets = TempDir::new("wallets-batches");
+    let w = dendrite(&["wallets", wallets.0.to_str().expect("path")]);
+    let s = ss58s(&w);
+    let allow = format!("allow = [\"{}\"]", s("validator"));
+    let dir =
+        policies("batches", &[("a", &hotkey("a", &s("miner-a"), &allow)), ("b", &hotkey("b", &s("miner-b"), &allow))]);
+    let server = Server::start(&dir.0, false, &[]);
+    let port: u16 = server.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    use base64::Engine as _;
+    let img = base64::engine::general_purpose::STANDARD.encode(sign("road_closed"));
+    let spec = json!({"port": port, "image": img, "n": 200}).to_string();
+    let r = dendrite(&["batches", wallets.0.to_str().expect("path"), &spec]);
+    assert_eq!(r["answers"], 400, "{r}");
+    assert_eq!(r["statuses"]["200"], 400, "every answer 200: {r}");
 }

@@ -40,19 +40,6 @@ component = "weighted@^7"
 params.weights = { tint = 1.0 }
 "#;
 
-fn run(args: &[&str], policies: &std::path::Path, components: &std::path::Path) -> (i32, String) {
-    let out = cascade()
-        .args(args)
-        .arg("--policies")
-        .arg(policies)
-        .arg("--components")
-        .arg(components)
-        .output()
-        .expect("run cascade");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
-}
-
 #[test]
 fn check_reports_every_problem_and_serve_refuses_to_start() {
     let comps = components(false);

@@ -126,6 +126,7 @@ fn status(server: &Server) -> serde_json::Value {
                         "fuser": c.roles.fuser.as_deref().map(role),
                     })),
                     "rollout": h.rollout.as_ref().map(|r| r.json()),
+                    "axon": crate::chain::describe(h, &s.chain),
                     "last_refusal": refusal,
                 }),
             )
@@ -135,7 +136,24 @@ fn status(server: &Server) -> serde_json::Value {
         "generation": s.generation,
         "hotkeys": hotkeys,
         "models": s.models.names().collect::<Vec<_>>(),
+        "chain": chain_status(&s.chain),
         "reloads": {"total": st.reloads, "applied": st.applied, "refused": st.refused, "last_ms": st.last_reload_ms},
         "refusals": st.outstanding.values().collect::<Vec<_>>(),
+    })
+}
+
+fn chain_status(c: &crate::chain::Chain) -> serde_json::Value {
+    let now = crate::chain::now_unix_s();
+    json!({
+        "netuid": c.config.netuid,
+        "default_rule": c.config.admit.as_ref().map(|r| r.describe()),
+        "snapshot": c.metagraph.as_ref().map(|m| json!({
+            "network": m.network,
+            "block": m.block,
+            "neurons": m.neurons,
+            "taken_at": m.taken_at,
+            "age_s": m.age_s(now),
+            "stale": m.age_s(now) > c.config.stale_after_s,
+        })),
     })
 }

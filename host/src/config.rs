@@ -16,8 +16,11 @@ pub struct HotkeyFile {
     pub name: String,
     /// The miner's SS58 address, when this hotkey answers subnet requests.
     pub ss58: Option<String>,
-    /// The answer when the policy cannot produce one (trap, time-out, error). Not 0.5.
-    pub fallback: f32,
+    /// A fixed answer when the policy cannot produce one (trap, time-out, error). Not 0.5.
+    /// Without it (the shipped default) a failed policy answers the best partial evidence a
+    /// model already produced, else an error: a constant is a coin flip that stays in the
+    /// validator's MCC window for 100 queries, an error is dropped from it.
+    pub fallback: Option<f32>,
     /// Time budget of one request in milliseconds (validators wait 9 s).
     #[serde(default = "default_budget")]
     pub budget_ms: u64,
@@ -50,6 +53,24 @@ pub struct AxonConfig {
     /// Serve any caller with a valid signature (still subject to `deny`).
     #[serde(default)]
     pub allow_any_signed: bool,
+    /// Admission by standing on the subnet (overrides `chain.toml`'s default rule).
+    pub admit: Option<crate::chain::Rule>,
+    /// What `scripts/chain/announce.py` publishes on chain for this hotkey.
+    pub announce: Option<Announce>,
+}
+
+/// The axon address validators are told (`serve_axon`), and the wallet that signs it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Announce {
+    /// Wallet (coldkey) name under the wallets folder.
+    pub wallet: String,
+    /// Hotkey name inside that wallet.
+    pub hotkey: String,
+    /// The public address validators reach.
+    pub ip: std::net::IpAddr,
+    /// Default: the `listen` port.
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +191,13 @@ impl std::fmt::Display for ComponentRef {
     }
 }
 
+impl AxonConfig {
+    /// Keys on both `allow` and `deny` (deny wins).
+    pub fn contradictions(&self) -> Vec<&str> {
+        self.allow.iter().filter(|a| self.deny.contains(a)).map(String::as_str).collect()
+    }
+}
+
 impl HotkeyFile {
     pub fn load(file: &Path) -> Result<HotkeyFile, String> {
         let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read: {e}"))?;
@@ -182,11 +210,19 @@ impl HotkeyFile {
         if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(format!("name {:?}: use letters, digits, '-' and '_'", self.name));
         }
-        if !(0.0..=1.0).contains(&self.fallback) || self.fallback == 0.5 {
-            return Err(format!(
-                "fallback {}: must be in [0, 1] and not 0.5 (validators read 0.5 as \"no\")",
-                self.fallback
-            ));
+        if let Some(f) = self.fallback.filter(|f| !(0.0..=1.0).contains(f) || *f == 0.5) {
+            return Err(format!("fallback {f}: must be in [0, 1] and not 0.5 (validators read 0.5 as \"no\")"));
+        }
+        if let Some(r) = &self.axon.admit {
+            r.check().map_err(|e| format!("axon.admit.{e}"))?;
+        }
+        if let Some(a) = &self.axon.announce {
+            if a.port == Some(0) || (a.port.is_none() && self.axon.listen.is_none()) {
+                return Err("axon.announce.port: a port 1-65535 (or an axon.listen to take it from)".into());
+            }
+            if self.ss58.is_none() {
+                return Err("axon.announce: needs the hotkey's ss58".into());
+            }
         }
         if self.budget_ms == 0 || self.budget_ms > 60_000 {
             return Err(format!("budget_ms {}: must be between 1 and 60000", self.budget_ms));
@@ -226,11 +262,15 @@ impl HotkeyFile {
     }
 }
 
-/// The hotkey files of a policies folder: every `*.toml` but the model registry, sorted.
+/// The hotkey files of a policies folder: every `*.toml` but the model registry and the chain
+/// settings, sorted.
 pub fn hotkey_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.file_name().is_some_and(|n| n != MODELS_FILE))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml")
+                && p.file_name().is_some_and(|n| n != MODELS_FILE && n != crate::chain::CHAIN_FILE)
+        })
         .collect();
     files.sort();
     Ok(files)

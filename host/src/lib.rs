@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod axon;
+pub mod chain;
 pub mod config;
 pub mod infer;
 pub mod load;

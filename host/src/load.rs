@@ -15,6 +15,7 @@ use crate::runtime::{Plugin, Runtime};
 /// Everything that serves requests, built and checked as a whole.
 pub struct State {
     pub models: Arc<Models>,
+    pub chain: Arc<crate::chain::Chain>,
     pub registry: Registry,
     pub plugins: Vec<Arc<Plugin>>,
     pub hotkeys: BTreeMap<String, Arc<Hotkey>>,
@@ -28,6 +29,7 @@ pub fn load_all(rt: &Arc<Runtime>, src: &Sources) -> (State, Vec<Problem>) {
     let problems = snap.refused.into_iter().map(|r| Problem { file: r.file, message: r.reason }).collect();
     let state = State {
         models: snap.models,
+        chain: snap.chain,
         registry: snap.registry,
         plugins: snap.plugins,
         hotkeys: snap.hotkeys,

@@ -223,9 +223,12 @@ fn check(a: SourceArgs) -> anyhow::Result<ExitCode> {
             h.stable.router.plugin.version,
             role(&h.stable.roles.text_scorer),
             role(&h.stable.roles.fuser),
-            h.fallback,
+            h.fallback.map_or("none".to_string(), |f| f.to_string()),
             h.file.display()
         );
+        if let Some(line) = cascade_host::chain::describe(h, &state.chain) {
+            println!("axon        {line}");
+        }
     }
     for w in &state.warnings {
         println!("warning     {w}");
@@ -266,7 +269,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let hotkeys: Vec<String> = first.hotkeys.keys().cloned().collect();
     let pinned: Vec<(String, std::net::SocketAddr)> =
         first.hotkeys.values().filter_map(|h| h.axon.listen.map(|l| (h.name.clone(), l))).collect();
-    let serving = Serving { models: first.models.clone(), hotkeys: first.hotkeys.clone(), generation: 1 };
+    let serving = Serving {
+        models: first.models.clone(),
+        chain: first.chain.clone(),
+        hotkeys: first.hotkeys.clone(),
+        generation: 1,
+    };
     let limits = IngressLimits { max_body_bytes: a.max_body_bytes, max_side: a.max_side, max_pixels: a.max_pixels };
     let server = Arc::new(Server::new(serving, limits, Duration::from_secs(a.read_timeout_s), a.admin_token.clone()));
     server.status.lock().record(&first);

@@ -25,7 +25,8 @@ pub struct Hotkey {
     pub name: String,
     pub ss58: Option<String>,
     pub file: PathBuf,
-    pub fallback: f32,
+    /// A fixed answer for failures, when the operator chose one.
+    pub fallback: Option<f32>,
     pub budget: Duration,
     pub stable: Arm,
     pub candidate: Option<Arm>,
@@ -40,8 +41,12 @@ pub struct Answer {
     pub prediction: f32,
     pub stage: String,
     pub reason: String,
-    /// True when the hotkey's fallback answered because the policy could not.
+    /// True when the policy could not decide (the answer is then `source`'s).
     pub fallback: bool,
+    /// What the prediction is: `policy` (the router decided), `fallback` (the hotkey's fixed
+    /// answer), `partial` (the scores models had already produced), or `none` (nothing to
+    /// answer with: `prediction` is NaN and the caller answers an error).
+    pub source: &'static str,
     /// `stable` or `candidate`.
     pub arm: &'static str,
     pub trace: Vec<TraceEntry>,
@@ -141,39 +146,60 @@ impl Hotkey {
     fn decide(&self, side: Side, ctx: &Arc<RequestCtx>, image: Image, counted: bool) -> Answer {
         let arm = self.arm(side);
         let r = arm.router.decide(ctx, arm.roles.clone(), image, self.budget);
-        let (prediction, stage, reason, fallback) = match r {
+        let decided = match r {
             Ok(Ok(d)) if d.prediction.is_finite() && (0.0..=1.0).contains(&d.prediction) => {
-                (never_half(d.prediction), d.stage, d.reason, false)
+                Ok((never_half(d.prediction), d.stage, d.reason))
             }
-            Ok(Ok(d)) => self.fall_back(
-                counted,
-                "invalid-prediction",
-                format!("router answered {} (outside [0, 1])", d.prediction),
-            ),
-            Ok(Err(e)) => self.fall_back(counted, "policy-error", format!("router error: {}", e.message())),
+            Ok(Ok(d)) => Err(("invalid-prediction", format!("router answered {} (outside [0, 1])", d.prediction))),
+            Ok(Err(e)) => Err(("policy-error", format!("router error: {}", e.message()))),
             Err(e) => {
                 if counted {
                     crate::metrics::global().component_event(&self.name, "router", e.kind());
                     tracing::warn!(hotkey = %self.name, component = %arm.router.plugin.name, error = %e, "router failed");
                 }
-                self.fall_back(counted, e.kind(), format!("router {} {e}", arm.router.plugin.name))
+                Err((e.kind(), format!("router {} {e}", arm.router.plugin.name)))
             }
+        };
+        let (prediction, stage, reason, source) = match decided {
+            Ok((p, stage, reason)) => (p, stage, reason, "policy"),
+            Err((why, reason)) => self.fall_back(ctx, counted, why, reason),
         };
         Answer {
             prediction,
             stage,
             reason,
-            fallback,
+            fallback: source != "policy",
+            source,
             arm: side_name(side),
             trace: ctx.trace(),
             model_ms: ctx.model_time().as_secs_f64() * 1e3,
         }
     }
 
-    fn fall_back(&self, counted: bool, why: &'static str, reason: String) -> (f32, String, String, bool) {
+    /// What a failed policy answers: the fixed fallback if the hotkey has one, else the scores
+    /// that models already produced for this request, else nothing (NaN; the caller errs).
+    fn fall_back(
+        &self,
+        ctx: &RequestCtx,
+        counted: bool,
+        why: &'static str,
+        reason: String,
+    ) -> (f32, String, String, &'static str) {
         if counted {
             crate::metrics::global().fallback(&self.name, why);
         }
-        (self.fallback, "fallback".into(), reason, true)
+        if let Some(f) = self.fallback {
+            return (f, "fallback".into(), reason, "fallback");
+        }
+        match ctx.evidence() {
+            Some((p, models)) => {
+                if counted {
+                    crate::metrics::global().partial(&self.name, &models);
+                }
+                let p = never_half(p.clamp(0.0, 1.0));
+                (p, "partial".into(), format!("{reason}; answered from {models}"), "partial")
+            }
+            None => (f32::NAN, "failed".into(), reason, "none"),
+        }
     }
 }

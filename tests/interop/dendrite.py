@@ -2,6 +2,9 @@
 
   python dendrite.py wallets DIR            create local wallets, print {name: ss58} as JSON
   python dendrite.py call DIR SPEC_JSON     run the scenarios, print {scenario: result} as JSON
+  python dendrite.py admission DIR SPEC     each caller in SPEC["callers"] calls SPEC["miner"] once
+  python dendrite.py batches DIR SPEC       SPEC["n"] validator batches at once, each one
+                                            dendrite call to miner-a and miner-b on one port
 
 SPEC_JSON: {"port": P, "pinned_port": Q, "image": "<base64 jpeg>"}.
 """
@@ -17,7 +20,6 @@ import urllib.request
 import bittensor as bt
 import bittensor.utils.networking as networking
 import pydantic
-from typing import List, Union
 
 # no traffic leaves loopback: the SDK asks the internet for its IP when a dendrite is built
 networking.get_external_ip = lambda: "127.0.0.1"
@@ -32,7 +34,7 @@ class ImageSynapse(bt.Synapse):
 
     testnet_label: int = -1
     image: str = pydantic.Field(title="Image", default="", frozen=False)
-    prediction: Union[float, List[float]] = pydantic.Field(title="Prediction", default=-1.0, frozen=False)
+    prediction: float = pydantic.Field(title="Prediction", default=-1.0, frozen=False)
 
     def deserialize(self):
         return self.prediction
@@ -109,6 +111,22 @@ async def scenarios(d, spec):
     res["blacklisted"] = await call(a, port, ImageSynapse(image=img), dend=bt.Dendrite(wallet=stranger))
     res["b_only_allows_validator"] = await call(b, port, ImageSynapse(image=img), dend=bt.Dendrite(wallet=stranger))
 
+    # one validator call to several axons at once: two hotkeys on one port and one pinned
+    out = await den(
+        axons=[axon_info(a, port), axon_info(b, port), axon_info(c, pinned)],
+        synapse=ImageSynapse(image=img),
+        timeout=9,
+        deserialize=False,
+    )
+    res["multi_axon"] = [summary(o) for o in out]
+
+    # signed for miner-a, then for miner-b (increasing nonces, one uuid), delivered b first:
+    # the nonce table is per miner hotkey, so both are answered
+    first = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=img), 9.0)
+    second = den.preprocess_synapse_for_request(axon_info(b, port), ImageSynapse(image=img), 9.0)
+    assert first.dendrite.nonce < second.dendrite.nonce and first.dendrite.uuid == second.dendrite.uuid
+    res["out_of_order"] = {"later_signed": raw(port, second)[0], "earlier_signed": raw(port, first)[0]}
+
     # replay: the same signed request twice
     syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=img), 9.0)
     first = raw(port, syn)
@@ -169,10 +187,46 @@ async def scenarios(d, spec):
     print(json.dumps(res))
 
 
+async def admission(d, spec):
+    miner = wallet(d, spec["miner"])
+    res = {}
+    for name in spec["callers"]:
+        den = bt.Dendrite(wallet=wallet(d, name))
+        out = await den(axons=[axon_info(miner, spec["port"])], synapse=ImageSynapse(image=spec["image"]), timeout=9, deserialize=False)
+        res[name] = summary(out[0])
+    print(json.dumps(res))
+
+
+async def batches(d, spec):
+    """Validator-style load: SPEC["n"] batches at once, each signing for both miners. Each batch
+    comes from its own dendrite (its own uuid), as concurrent challenges come from different
+    validators: one dendrite's nonces to one axon must arrive in order, for the Python axon too."""
+    v = wallet(d, "validator")
+    dens = [bt.Dendrite(wallet=v) for _ in range(spec["n"])]
+    axons = [axon_info(wallet(d, "miner-a"), spec["port"]), axon_info(wallet(d, "miner-b"), spec["port"])]
+    started = time.time()
+    outs = await asyncio.gather(
+        *[den(axons=axons, synapse=ImageSynapse(image=spec["image"]), timeout=9, deserialize=False) for den in dens]
+    )
+    statuses = {}
+    bad = []
+    for out in outs:
+        for o in out:
+            code = o.dendrite.status_code
+            statuses[str(code)] = statuses.get(str(code), 0) + 1
+            if code != 200 or not (0.0 <= o.prediction <= 1.0):
+                bad.append(summary(o))
+    print(json.dumps({"answers": sum(len(o) for o in outs), "statuses": statuses, "bad": bad[:5], "s": time.time() - started}))
+
+
 def main():
     mode, d = sys.argv[1], sys.argv[2]
     if mode == "wallets":
         make_wallets(d)
+    elif mode == "admission":
+        asyncio.run(admission(d, json.loads(sys.argv[3])))
+    elif mode == "batches":
+        asyncio.run(batches(d, json.loads(sys.argv[3])))
     else:
         asyncio.run(scenarios(d, json.loads(sys.argv[3])))
 

@@ -326,3 +326,17 @@ pub fn png(img: &image::RgbImage) -> Vec<u8> {
 pub fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
+
+/// Runs a one-shot `cascade` command (`check`, `serve` that fails) on these folders.
+pub fn run(args: &[&str], policies: &std::path::Path, components: &std::path::Path) -> (i32, String) {
+    let out = cascade()
+        .args(args)
+        .arg("--policies")
+        .arg(policies)
+        .arg("--components")
+        .arg(components)
+        .output()
+        .expect("run cascade");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}

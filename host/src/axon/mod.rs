@@ -20,6 +20,9 @@ use crate::policy::Hotkey;
 use crate::server::{ingress, Server};
 use verify::{now_ns, Signed};
 
+/// The longest dendrite uuid kept (the SDK sends a 36-character UUID).
+pub const MAX_UUID_LEN: usize = 64;
+
 pub const SYNAPSES: [&str; 2] = ["ImageSynapse", "ExtendedImageSynapse"];
 
 /// sha3-256 of the empty string: these synapses hash no body fields, so the image is not
@@ -27,6 +30,16 @@ pub const SYNAPSES: [&str; 2] = ["ImageSynapse", "ExtendedImageSynapse"];
 pub const EMPTY_BODY_HASH: &str = "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a";
 
 type Resp = Response<Full<Bytes>>;
+
+/// The `outcome` label of an answer: `ok`, `fallback`, `partial` or `failed`.
+pub fn outcome(a: &crate::policy::Answer) -> &'static str {
+    match a.source {
+        "policy" => "ok",
+        "fallback" => "fallback",
+        "partial" => "partial",
+        _ => "failed",
+    }
+}
 
 /// Whether a path is an axon route (a synapse name, known or not).
 pub fn is_synapse_path(path: &str) -> bool {
@@ -115,7 +128,19 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
     };
     let own = hk.ss58.clone().unwrap_or_default();
 
-    // signature and nonce before anything else is read
+    // admission first (as the Python axon checks its blacklist first): a caller that is not
+    // admitted costs a lookup and leaves no state behind
+    let admitted = serving.chain.admit(&hk.axon, &dendrite);
+    crate::metrics::global().admission(match &admitted {
+        Ok(a) => a.as_str(),
+        Err(d) => d.kind(),
+    });
+    admitted.map_err(|d| refuse(StatusCode::FORBIDDEN, d.to_string()))?;
+
+    // then the signature, then the nonce (per miner hotkey), all before the body is read
+    if uuid.len() > MAX_UUID_LEN {
+        return Err(refuse(StatusCode::BAD_REQUEST, format!("bt_header_dendrite_uuid is longer than {MAX_UUID_LEN}")));
+    }
     let signed = Signed {
         nonce,
         dendrite_hotkey: &dendrite,
@@ -124,21 +149,15 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
         body_hash: &body_hash,
         signature: &signature,
     };
-    let now = now_ns();
     let unauthorised =
         |e: verify::VerifyError| refuse(StatusCode::UNAUTHORIZED, format!("Not Verified with error: {e}"));
-    server.nonces.check(&dendrite, &uuid, nonce, timeout, now).map_err(unauthorised)?;
     signed.verify_signature().map_err(unauthorised)?;
-    server.nonces.commit(&dendrite, &uuid, nonce, timeout, now).map_err(|e| match e {
-        verify::VerifyError::Full => refuse(StatusCode::SERVICE_UNAVAILABLE, "too many callers; try again"),
+    server.nonces.accept(&own, &dendrite, &uuid, nonce, timeout, now_ns()).map_err(|e| match e {
+        verify::VerifyError::Full => {
+            refuse(StatusCode::SERVICE_UNAVAILABLE, "too many requests from this caller; try again")
+        }
         e => unauthorised(e),
     })?;
-
-    // caller lists
-    let a = &hk.axon;
-    if a.deny.contains(&dendrite) || !(a.allow_any_signed || a.allow.contains(&dendrite)) {
-        return Err(refuse(StatusCode::FORBIDDEN, format!("Forbidden. Key is blacklisted: {dendrite}")));
-    }
 
     // the body: the synapse as JSON
     let body = server.read_body(req.into_body()).await.map_err(|r| refuse(r.status, r.message))?;
@@ -169,8 +188,12 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
         refuse(if r.status == StatusCode::PAYLOAD_TOO_LARGE { r.status } else { StatusCode::BAD_REQUEST }, r.message)
     })?;
     let took = started.elapsed();
-    let outcome = if answer.fallback { "fallback" } else { "ok" };
-    crate::metrics::global().request(&hk.name, &answer.stage, outcome, took);
+    crate::metrics::global().request(&hk.name, &answer.stage, outcome(&answer), took);
+    if answer.source == "none" {
+        // nothing scored the image: an error is dropped from the validator's windows, where a
+        // constant would sit in its MCC for 100 queries
+        return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("the policy failed: {}", answer.reason)));
+    }
     crate::metrics::global().axon(200);
 
     // the synapse back: prediction set, image dropped, axon status filled in

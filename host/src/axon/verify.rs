@@ -33,7 +33,9 @@ pub enum VerifyError {
     Mismatch(String),
     #[error("nonce is too old, a newer one was last processed")]
     StaleNonce,
-    #[error("too many callers in the nonce window")]
+    #[error("nonce is too far in the future")]
+    FutureNonce,
+    #[error("too many requests in the nonce window")]
     Full,
 }
 
@@ -67,61 +69,111 @@ impl Signed<'_> {
     }
 }
 
-/// Nonces per (dendrite hotkey, uuid): the first must be newer than now − 4 s − timeout, each
-/// later one strictly greater. Memory is bounded: entries that fell out of the window are
-/// dropped when the table is full (a replay of their nonce fails the window check anyway).
+/// Nonces per (miner hotkey, dendrite hotkey, uuid), as the Python SDK keeps one table per
+/// axon: the first nonce must be newer than now − 4 s − timeout, each later one strictly
+/// greater, none more than `MAX_FUTURE_NS` ahead. Only admitted callers reach the table (the
+/// axon checks admission and the signature first). Memory is bounded twice: each caller holds
+/// at most `per_caller` entries, and the table `cap`; entries that fell out of the window are
+/// dropped when either is reached (a replay of their nonce fails the window check anyway), so
+/// one caller can only ever exhaust its own quota, never another's.
 pub struct Nonces {
-    last: Mutex<HashMap<(String, String), u64>>,
+    table: Mutex<Table>,
     cap: usize,
+    per_caller: usize,
+}
+
+#[derive(Default)]
+struct Table {
+    last: HashMap<(String, String, String), u64>,
+    entries_of: HashMap<String, usize>,
 }
 
 pub const ALLOWED_DELTA_NS: u64 = 4_000_000_000;
+/// How far ahead of this host's clock a nonce may be (clock skew between validator and miner).
+pub const MAX_FUTURE_NS: u64 = 3_600_000_000_000;
+/// The longest timeout a caller may claim when the window is computed (validators send 9–12 s).
+pub const MAX_TIMEOUT_S: f64 = 60.0;
 
 pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// The oldest first nonce accepted now for a request with this timeout.
+fn window(now: u64, timeout_s: f64) -> u64 {
+    let t = if timeout_s.is_finite() { timeout_s.clamp(0.0, MAX_TIMEOUT_S) } else { MAX_TIMEOUT_S };
+    now.saturating_sub(ALLOWED_DELTA_NS + (t * 1e9) as u64)
+}
+
 impl Nonces {
-    pub fn new(cap: usize) -> Nonces {
-        Nonces { last: Mutex::new(HashMap::new()), cap }
+    pub fn new(cap: usize, per_caller: usize) -> Nonces {
+        Nonces { table: Mutex::new(Table::default()), cap, per_caller }
     }
 
-    /// Checks the nonce; call `commit` once the signature verified.
-    pub fn check(&self, dendrite: &str, uuid: &str, nonce: u64, timeout_s: f64, now: u64) -> Result<(), VerifyError> {
-        let window = now.saturating_sub(ALLOWED_DELTA_NS + (timeout_s.max(0.0) * 1e9) as u64);
-        let last = self.last.lock();
-        match last.get(&(dendrite.to_string(), uuid.to_string())) {
-            None if nonce <= window => Err(VerifyError::StaleNonce),
-            Some(prev) if nonce <= *prev => Err(VerifyError::StaleNonce),
-            _ => Ok(()),
+    /// Checks the nonce of a verified request and records it, in one step.
+    pub fn accept(
+        &self,
+        axon: &str,
+        dendrite: &str,
+        uuid: &str,
+        nonce: u64,
+        timeout_s: f64,
+        now: u64,
+    ) -> Result<(), VerifyError> {
+        if nonce > now.saturating_add(MAX_FUTURE_NS) {
+            return Err(VerifyError::FutureNonce);
         }
-    }
-
-    pub fn commit(&self, dendrite: &str, uuid: &str, nonce: u64, timeout_s: f64, now: u64) -> Result<(), VerifyError> {
-        let mut last = self.last.lock();
-        let key = (dendrite.to_string(), uuid.to_string());
-        if let Some(prev) = last.get(&key) {
-            // two requests with the same nonce raced past `check`: only one may pass
-            if nonce <= *prev {
-                return Err(VerifyError::StaleNonce);
+        let window = window(now, timeout_s);
+        let mut t = self.table.lock();
+        let key = (axon.to_string(), dendrite.to_string(), uuid.to_string());
+        match t.last.get(&key) {
+            Some(prev) if nonce <= *prev => return Err(VerifyError::StaleNonce),
+            None if nonce <= window => return Err(VerifyError::StaleNonce),
+            Some(_) => {
+                t.last.insert(key, nonce);
+                return Ok(());
             }
-        } else if last.len() >= self.cap {
-            let window = now.saturating_sub(ALLOWED_DELTA_NS + (timeout_s.max(0.0) * 1e9) as u64);
-            last.retain(|_, n| *n > window);
-            if last.len() >= self.cap {
+            None => {}
+        }
+        if t.entries_of.get(dendrite).copied().unwrap_or(0) >= self.per_caller {
+            t.purge(window, Some(dendrite));
+            if t.entries_of.get(dendrite).copied().unwrap_or(0) >= self.per_caller {
                 return Err(VerifyError::Full);
             }
         }
-        last.insert(key, nonce);
+        if t.last.len() >= self.cap {
+            t.purge(window, None);
+            if t.last.len() >= self.cap {
+                return Err(VerifyError::Full);
+            }
+        }
+        t.last.insert(key, nonce);
+        *t.entries_of.entry(dendrite.to_string()).or_default() += 1;
         Ok(())
     }
 
     pub fn len(&self) -> usize {
-        self.last.lock().len()
+        self.table.lock().last.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Table {
+    /// Drops entries whose last nonce fell out of the window (of one caller, or of all).
+    fn purge(&mut self, window: u64, of: Option<&str>) {
+        let entries_of = &mut self.entries_of;
+        self.last.retain(|(_, d, _), n| {
+            let keep = *n > window || of.is_some_and(|o| o != d);
+            if !keep {
+                if let Some(c) = entries_of.get_mut(d) {
+                    *c -= 1;
+                }
+            }
+            keep
+        });
+        entries_of.retain(|_, c| *c > 0);
     }
 }
 
@@ -170,18 +222,40 @@ mod tests {
 
     #[test]
     fn nonce_window_and_monotonicity() {
-        let n = Nonces::new(2);
+        let n = Nonces::new(3, 2);
         let now = 100_000_000_000_000u64;
-        assert_eq!(n.check("d", "u", now - 20_000_000_000, 9.0, now), Err(VerifyError::StaleNonce));
-        n.check("d", "u", now, 9.0, now).unwrap();
-        n.commit("d", "u", now, 9.0, now).unwrap();
-        assert_eq!(n.check("d", "u", now, 9.0, now), Err(VerifyError::StaleNonce));
-        n.check("d", "u", now + 1, 9.0, now).unwrap();
-        n.commit("d", "u2", now, 9.0, now).unwrap();
-        // full: stale entries go first; fresh ones are kept and the newcomer is refused
-        assert_eq!(n.commit("d", "u3", now, 9.0, now), Err(VerifyError::Full));
+        assert_eq!(n.accept("a", "d", "u", now - 20_000_000_000, 9.0, now), Err(VerifyError::StaleNonce));
+        n.accept("a", "d", "u", now, 9.0, now).unwrap();
+        assert_eq!(n.accept("a", "d", "u", now, 9.0, now), Err(VerifyError::StaleNonce));
+        n.accept("a", "d", "u", now + 1, 9.0, now).unwrap();
+        assert_eq!(n.accept("a", "d", "u", now + MAX_FUTURE_NS + 1, 9.0, now), Err(VerifyError::FutureNonce));
+        // an infinite timeout is bounded, not an overflow
+        assert_eq!(n.accept("a", "d", "v", now - 120_000_000_000, f64::INFINITY, now), Err(VerifyError::StaleNonce));
+    }
+
+    #[test]
+    fn nonces_are_per_miner_hotkey() {
+        // one validator signs for two miners of this process with increasing nonces; the later
+        // one arrives first: both are accepted (the SDK keeps one table per axon)
+        let n = Nonces::new(100, 100);
+        let now = 100_000_000_000_000u64;
+        n.accept("miner-b", "v", "u", now + 2, 9.0, now).unwrap();
+        n.accept("miner-a", "v", "u", now + 1, 9.0, now).unwrap();
+        assert_eq!(n.accept("miner-a", "v", "u", now + 1, 9.0, now), Err(VerifyError::StaleNonce));
+    }
+
+    #[test]
+    fn one_caller_cannot_exhaust_another() {
+        let n = Nonces::new(3, 2);
+        let now = 100_000_000_000_000u64;
+        n.accept("a", "greedy", "u1", now, 9.0, now).unwrap();
+        n.accept("a", "greedy", "u2", now, 9.0, now).unwrap();
+        // its quota is full of fresh entries: only it is refused
+        assert_eq!(n.accept("a", "greedy", "u3", now, 9.0, now), Err(VerifyError::Full));
+        n.accept("a", "validator", "u", now, 9.0, now).unwrap();
+        // later its old entries leave the window and make room again
         let later = now + 60_000_000_000;
-        n.commit("d", "u4", later, 9.0, later).unwrap();
-        assert_eq!(n.len(), 1);
+        n.accept("a", "greedy", "u3", later, 9.0, later).unwrap();
+        assert_eq!(n.len(), 2);
     }
 }

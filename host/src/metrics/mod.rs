@@ -4,6 +4,7 @@
 //! names a component chooses (stages, models) are bounded per hotkey. Recording takes the
 //! family's shared lock on the hot path, never a global one.
 
+mod chain;
 mod label;
 mod models;
 
@@ -90,6 +91,11 @@ struct RolloutLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdmissionLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: u16,
 }
@@ -111,12 +117,14 @@ struct Ingress {
     latency: Family<HotkeyLabels, Histogram, Buckets>,
     rejected: Family<RejectedLabels, Counter>,
     axon: Family<StatusLabels, Counter>,
+    admission: Family<AdmissionLabels, Counter>,
 }
 
 /// What components and the engines cost each hotkey, and how components failed.
 struct Policies {
     events: Family<EventLabels, Counter>,
     fallbacks: Family<ReasonLabels, Counter>,
+    partial: Family<ModelTimeLabels, Counter>,
     model_seconds: Family<ModelTimeLabels, F64Counter>,
 }
 
@@ -161,6 +169,7 @@ impl Metrics {
             latency: Family::new_with_constructor(Buckets),
             rejected: Family::default(),
             axon: Family::default(),
+            admission: Family::default(),
         };
         let r = &mut registry;
         r.register("requests", "Requests answered, by hotkey, stage and outcome", ingress.requests.clone());
@@ -171,14 +180,28 @@ impl Metrics {
             ingress.rejected.clone(),
         );
         r.register("axon_requests", "Subnet requests (/ImageSynapse) by HTTP status", ingress.axon.clone());
-        let policies =
-            Policies { events: Family::default(), fallbacks: Family::default(), model_seconds: Family::default() };
+        r.register(
+            "axon_admission",
+            "Subnet callers by admission decision (allow, any-signed, metagraph, or the refusal)",
+            ingress.admission.clone(),
+        );
+        let policies = Policies {
+            events: Family::default(),
+            fallbacks: Family::default(),
+            partial: Family::default(),
+            model_seconds: Family::default(),
+        };
         r.register(
             "component_events",
             "Component traps, fuel and time exhaustion, memory limits, instantiation failures",
             policies.events.clone(),
         );
-        r.register("fallbacks", "Requests answered with the hotkey's fallback, by reason", policies.fallbacks.clone());
+        r.register("fallbacks", "Requests whose policy failed, by reason", policies.fallbacks.clone());
+        r.register(
+            "partial_answers",
+            "Failed policies answered from the scores models had already produced, by those models",
+            policies.partial.clone(),
+        );
         r.register("hotkey_model_seconds", "Model time spent for a hotkey's requests", policies.model_seconds.clone());
         let reloads = Reloads { reloads: Family::default(), refused: Counter::default() };
         r.register("reloads", "Reloads by outcome (applied, refused, unchanged)", reloads.reloads.clone());
@@ -214,6 +237,18 @@ impl Metrics {
 
     pub fn fallback(&self, hotkey: &str, reason: &'static str) {
         self.policies.fallbacks.get_or_create(&ReasonLabels { hotkey: Label::new(hotkey), reason }).inc();
+    }
+
+    /// A failed policy answered from partial evidence (`models`: the classifiers that scored).
+    pub fn partial(&self, hotkey: &str, models: &str) {
+        let hotkey = Label::new(hotkey);
+        let model = self.guest_names.label(&hotkey, models);
+        self.policies.partial.get_or_create(&ModelTimeLabels { hotkey, model }).inc();
+    }
+
+    /// How an axon caller was admitted, or why not.
+    pub fn admission(&self, result: &'static str) {
+        self.ingress.admission.get_or_create(&AdmissionLabels { result }).inc();
     }
 
     /// A request answered by one arm of a rollout.
@@ -255,13 +290,17 @@ impl Metrics {
         self.policies.model_seconds.get_or_create(&ModelTimeLabels { hotkey, model }).inc_by(t.as_secs_f64());
     }
 
-    /// The OpenMetrics text of every family, plus the loaded models' counters.
-    pub fn render(&self, models: Option<&Models>) -> String {
+    /// The OpenMetrics text of every family, plus the loaded models' counters and the
+    /// metagraph snapshot's figures.
+    pub fn render(&self, models: Option<&Models>, chain: Option<&crate::chain::Chain>) -> String {
         let mut o = String::new();
         // writing to a String cannot fail
         let _ = encode_registry(&mut o, &self.registry);
         if let Some(models) = models {
             let _ = encode_registry(&mut o, &models::registry(models));
+        }
+        if let Some(chain) = chain {
+            let _ = encode_registry(&mut o, &chain::registry(chain));
         }
         let _ = encode_eof(&mut o);
         o
@@ -276,7 +315,7 @@ mod tests {
     fn guest_chosen_names_cannot_inject_lines() {
         let m = Metrics::new();
         m.request("h", "x\"} 1\ncascade_fake_total 9\n#", "ok", Duration::from_millis(3));
-        let text = m.render(None);
+        let text = m.render(None, None);
         assert!(!text.contains("\ncascade_fake_total"), "{text}");
         assert!(text
             .contains("cascade_requests_total{hotkey=\"h\",stage=\"x___1_cascade_fake_total_9__\",outcome=\"ok\"} 1"));
@@ -289,7 +328,7 @@ mod tests {
         for i in 0..(GUEST_NAMES_PER_HOTKEY + 10) {
             m.request("h", &format!("s{i}"), "ok", Duration::ZERO);
         }
-        let text = m.render(None);
+        let text = m.render(None, None);
         let series = text.lines().filter(|l| l.starts_with("cascade_requests_total{")).count();
         assert_eq!(series, GUEST_NAMES_PER_HOTKEY + 1, "{text}");
         assert!(text.contains("stage=\"other\",outcome=\"ok\"} 10"));

@@ -32,7 +32,7 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
     let mut conf = Confusion::default();
     let mut stages: BTreeMap<String, u64> = BTreeMap::new();
     let mut latency = Vec::with_capacity(examples.len());
-    let (mut model_ms, mut fallbacks) = (0f64, 0u64);
+    let (mut model_ms, mut fallbacks, mut failed) = (0f64, 0u64, 0u64);
     let mut errors: Vec<String> = Vec::new();
     let mut progress = Progress::new("eval", examples.len());
     for (row, ex) in examples.iter().enumerate() {
@@ -49,7 +49,12 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         let started = Instant::now();
         let ans = hk.answer(&state.models, img);
         latency.push(started.elapsed().as_secs_f64() * 1e3);
-        conf.add(ans.prediction, ex.label);
+        // a failed answer (no evidence at all) is an error to a validator: out of its windows
+        if ans.prediction.is_finite() {
+            conf.add(ans.prediction, ex.label);
+        } else {
+            failed += 1;
+        }
         *stages.entry(ans.stage).or_default() += 1;
         model_ms += ans.model_ms;
         fallbacks += ans.fallback as u64;
@@ -73,6 +78,7 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         "confusion": {"tp": fig.confusion.tp, "fp": fig.confusion.fp, "tn": fig.confusion.tn, "fn": fig.confusion.fn_},
         "stage_share": stage_share,
         "fallbacks": fallbacks,
+        "failed": failed,
         "errors": errors.len(),
         "error_rows": errors,
         "model_ms_per_request": model_ms / n,
@@ -96,7 +102,7 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         for (s, share) in &stage_share {
             println!("  stage {s:<16} {:>5.1}%", share * 100.0);
         }
-        println!("  fallbacks {fallbacks}    unreadable rows {}", errors.len());
+        println!("  fallbacks {fallbacks}    failed {failed}    unreadable rows {}", errors.len());
         println!("  model ms / request {:.1}", model_ms / n);
         println!("  latency ms  p50 {:.1}  p99 {:.1}", percentile(&latency, 0.5), percentile(&latency, 0.99));
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cascade_engines::{Models, Registry};
 
+use crate::chain::{Chain, ChainConfig, Metagraph, CHAIN_FILE};
 use crate::config::{self, MODELS_FILE};
 use crate::policy::Hotkey;
 use crate::runtime::{Plugin, Runtime};
@@ -53,6 +54,8 @@ pub struct RefusedChange {
 /// What one reload produced.
 pub struct Snapshot {
     pub models: Arc<Models>,
+    /// Admission settings and the last good metagraph snapshot.
+    pub chain: Arc<Chain>,
     pub registry: Registry,
     pub plugins: Vec<Arc<Plugin>>,
     pub hotkeys: BTreeMap<String, Arc<Hotkey>>,
@@ -76,6 +79,9 @@ pub struct Reloader {
     plugins: BTreeMap<PathBuf, Loaded<Arc<Plugin>>>,
     registry: Option<Loaded<(Registry, Arc<Models>)>>,
     hotkeys: BTreeMap<PathBuf, Loaded<Arc<Hotkey>>>,
+    chain_config: Option<Loaded<ChainConfig>>,
+    /// Keyed by the snapshot's hash together with the settings' (a new netuid re-reads it).
+    metagraph: Option<Loaded<Arc<Metagraph>>>,
     /// The reason each file was last refused: the same refusal is reported once, not again
     /// at every later reload while the file stays broken.
     refusing: BTreeMap<PathBuf, String>,
@@ -112,6 +118,8 @@ impl Reloader {
             plugins: BTreeMap::new(),
             registry: None,
             hotkeys: BTreeMap::new(),
+            chain_config: None,
+            metagraph: None,
             refusing: BTreeMap::new(),
         }
     }
@@ -218,7 +226,10 @@ impl Reloader {
             );
         };
 
-        // 3. hotkeys: rebind those whose file changed or whose components resolve differently
+        // 3. chain settings and the metagraph snapshot (admission); a broken one keeps the last good
+        self.reload_chain(&mut rf, &mut applied, &mut warnings);
+
+        // 4. hotkeys: rebind those whose file changed or whose components resolve differently
         let hk_files = config::hotkey_files(&self.src.policies).unwrap_or_else(|e| {
             rf.refuse(&self.src.policies, format!("cannot list: {e}"));
             Vec::new()
@@ -290,6 +301,14 @@ impl Reloader {
             file: reg_file.clone(),
             message: format!("optional model {name} left out: {} is absent", file.display()),
         }));
+        let chain = self.chain();
+        for l in self.hotkeys.values() {
+            warnings.extend(
+                admission_notes(&l.value, &chain)
+                    .into_iter()
+                    .map(|message| Problem { file: l.value.file.clone(), message }),
+            );
+        }
         self.snapshot(models, registry, plugins, warnings, refused, applied, started)
     }
 
@@ -305,8 +324,132 @@ impl Reloader {
         started: Instant,
     ) -> Snapshot {
         let hotkeys = self.hotkeys.values().map(|l| (l.value.name.clone(), l.value.clone())).collect();
-        Snapshot { models, registry, plugins, hotkeys, warnings, refused, applied, took: started.elapsed() }
+        let chain = Arc::new(self.chain());
+        Snapshot { models, chain, registry, plugins, hotkeys, warnings, refused, applied, took: started.elapsed() }
     }
+}
+
+impl Reloader {
+    /// The admission state as it stands.
+    fn chain(&self) -> Chain {
+        Chain {
+            config: self.chain_config.as_ref().map(|l| l.value.clone()).unwrap_or_default(),
+            metagraph: self.metagraph.as_ref().map(|l| l.value.clone()),
+        }
+    }
+
+    fn reload_chain(&mut self, rf: &mut Refusals, applied: &mut Vec<PathBuf>, warnings: &mut Vec<Problem>) {
+        let file = self.src.policies.join(CHAIN_FILE);
+        let (text, hash) = match std::fs::read(&file) {
+            Ok(b) => (String::from_utf8_lossy(&b).into_owned(), sha256_hex(&b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), "absent".to_string()),
+            Err(e) => {
+                rf.refuse(&file, format!("cannot read: {e}"));
+                return;
+            }
+        };
+        if self.chain_config.as_ref().map(|l| &l.hash) != Some(&hash) {
+            match ChainConfig::parse(&text) {
+                Ok(c) => {
+                    if self.chain_config.is_some() {
+                        applied.push(file.clone());
+                    }
+                    self.chain_config = Some(Loaded { hash: hash.clone(), value: c });
+                }
+                Err(reason) => rf.refuse(&file, reason),
+            }
+        } else if rf.stands(&file) {
+            applied.push(file.clone());
+        }
+        let cfg = self.chain_config.as_ref().map(|l| l.value.clone()).unwrap_or_default();
+        let cfg_hash = self.chain_config.as_ref().map(|l| l.hash.clone()).unwrap_or_default();
+        let path = cfg.snapshot_path(&self.src.policies);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.metagraph.is_some() {
+                    warnings.push(Problem {
+                        file: path,
+                        message: "the metagraph snapshot is gone; admitting from the last one loaded".into(),
+                    });
+                }
+                return;
+            }
+            Err(e) => {
+                rf.refuse(&path, format!("cannot read: {e}"));
+                return;
+            }
+        };
+        let hash = format!("{}/{cfg_hash}", sha256_hex(&bytes));
+        if self.metagraph.as_ref().map(|l| &l.hash) == Some(&hash) {
+            if rf.stands(&path) {
+                applied.push(path.clone());
+            }
+        } else {
+            let now = crate::chain::now_unix_s();
+            let current = self.metagraph.as_ref().filter(|l| l.value.netuid == cfg.netuid).map(|l| l.value.taken_at);
+            let parsed = Metagraph::parse(&bytes, cfg.netuid).and_then(|m| {
+                if m.age_s(now) > cfg.refuse_after_s {
+                    return Err(format!(
+                        "snapshot taken {:.1} days ago (refuse_after_s = {}): run scripts/chain/metagraph_sync.py",
+                        m.age_s(now) / 86400.0,
+                        cfg.refuse_after_s
+                    ));
+                }
+                match current {
+                    Some(t) if m.taken_at < t => Err(format!(
+                        "snapshot taken at {} is older than the one in use ({t}); kept the newer",
+                        m.taken_at
+                    )),
+                    _ => Ok(m),
+                }
+            });
+            match parsed {
+                Ok(m) => {
+                    tracing::info!(
+                        block = m.block,
+                        neurons = m.neurons,
+                        age_s = m.age_s(now) as u64,
+                        "metagraph snapshot of netuid {} loaded",
+                        m.netuid
+                    );
+                    warnings.extend(m.notes.iter().map(|n| Problem { file: path.clone(), message: n.clone() }));
+                    applied.push(path.clone());
+                    self.metagraph = Some(Loaded { hash, value: Arc::new(m) });
+                }
+                Err(reason) => rf.refuse(&path, reason),
+            }
+        }
+        if let Some(m) = self.metagraph.as_ref().map(|l| &l.value) {
+            let age = m.age_s(crate::chain::now_unix_s());
+            if age > cfg.stale_after_s {
+                warnings.push(Problem {
+                    file: path,
+                    message: format!(
+                        "the metagraph snapshot is {:.0} min old (stale_after_s = {}): is metagraph_sync running?",
+                        age / 60.0,
+                        cfg.stale_after_s
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// What a validator would meet at a hotkey: no way in at all, or keys on both lists.
+fn admission_notes(h: &Hotkey, chain: &Chain) -> Vec<String> {
+    let mut notes = Vec::new();
+    let Some(ss58) = &h.ss58 else { return notes };
+    if chain.rule(&h.axon).is_none() && h.axon.allow.is_empty() && !h.axon.allow_any_signed {
+        notes.push(format!(
+            "hotkey {} ({ss58}) admits no validator: every one gets 403. Give it [axon.admit], a default [admit] in {CHAIN_FILE}, or an allow list",
+            h.name
+        ));
+    }
+    for k in h.axon.contradictions() {
+        notes.push(format!("hotkey {}: {k} is on both axon.allow and axon.deny; deny wins", h.name));
+    }
+    notes
 }
 
 /// Refusals of one reload, and the reason each file stands refused since an earlier one: the

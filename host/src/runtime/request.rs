@@ -87,6 +87,33 @@ impl RequestCtx {
         *self.model_time.lock()
     }
 
+    /// The best partial evidence for a failed policy: the mean of the classifier scores
+    /// already produced for the request's own image (else for any image it derived), with the
+    /// models that gave them. `None` when no classifier scored anything.
+    pub fn evidence(&self) -> Option<(f32, String)> {
+        let memo = self.memo.lock();
+        let scores = |original: bool| -> Vec<(&str, f32)> {
+            let mut v: Vec<(&str, f32)> = memo
+                .iter()
+                .filter(|(k, _)| k.primitive == "classify" && (k.image == 0) == original)
+                .filter_map(|(k, r)| match r {
+                    Ok(Outcome::Classify(c)) if c.score.is_finite() => Some((k.model.as_str(), c.score)),
+                    _ => None,
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(b.0));
+            v
+        };
+        let found = Some(scores(true)).filter(|v| !v.is_empty()).unwrap_or_else(|| scores(false));
+        if found.is_empty() {
+            return None;
+        }
+        let mean = found.iter().map(|(_, s)| s).sum::<f32>() / found.len() as f32;
+        let mut models: Vec<&str> = found.iter().map(|(m, _)| *m).collect();
+        models.dedup();
+        Some((mean, models.join("+")))
+    }
+
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }

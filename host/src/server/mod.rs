@@ -29,6 +29,8 @@ pub use ingress::{IngressLimits, Refusal};
 /// What requests are served by: swapped whole, never edited in place.
 pub struct Serving {
     pub models: Arc<Models>,
+    /// Admission settings and the metagraph snapshot.
+    pub chain: Arc<crate::chain::Chain>,
     pub hotkeys: BTreeMap<String, Arc<Hotkey>>,
     /// Counts the swaps; each answer says which generation served it.
     pub generation: u64,
@@ -70,7 +72,7 @@ impl Server {
             serving: ArcSwap::from_pointee(serving),
             status: parking_lot::Mutex::new(Default::default()),
             admin_token,
-            nonces: crate::axon::verify::Nonces::new(100_000),
+            nonces: crate::axon::verify::Nonces::new(100_000, 4096),
             limits,
             read_timeout,
         }
@@ -83,6 +85,7 @@ impl Server {
             let generation = self.serving.load().generation + 1;
             self.serving.store(Arc::new(Serving {
                 models: snap.models.clone(),
+                chain: snap.chain.clone(),
                 hotkeys: snap.hotkeys.clone(),
                 generation,
             }));
@@ -100,6 +103,7 @@ impl Server {
         let generation = self.serving.load().generation + 1;
         self.serving.store(Arc::new(Serving {
             models: Arc::new(Models::default()),
+            chain: Arc::default(),
             hotkeys: BTreeMap::new(),
             generation,
         }));
@@ -156,7 +160,9 @@ impl Server {
             }
             (&Method::GET, "/metrics") => {
                 let s = self.serving.load();
-                let mut r = Response::new(Full::new(Bytes::from(crate::metrics::global().render(Some(&s.models)))));
+                let mut r = Response::new(Full::new(Bytes::from(
+                    crate::metrics::global().render(Some(&s.models), Some(&s.chain)),
+                )));
                 r.headers_mut()
                     .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
                 r
@@ -229,8 +235,14 @@ impl Server {
             Ok(hk.serve(&serving.models, Arc::new(img), sticky))
         })?;
         let took = started.elapsed();
-        let outcome = if answer.fallback { "fallback" } else { "ok" };
-        crate::metrics::global().request(hotkey, &answer.stage, outcome, took);
+        crate::metrics::global().request(hotkey, &answer.stage, crate::axon::outcome(&answer), took);
+        if answer.source == "none" {
+            // no fixed fallback and no model scored the image: an error, never a made-up answer
+            return Ok(json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": {"code": "policy-failed", "message": answer.reason}, "hotkey": hotkey, "trace": answer.trace}),
+            ));
+        }
         Ok(json_response(
             StatusCode::OK,
             &json!({
@@ -238,6 +250,7 @@ impl Server {
                 "stage": answer.stage,
                 "reason": answer.reason,
                 "fallback": answer.fallback,
+                "source": answer.source,
                 "arm": answer.arm,
                 "hotkey": hotkey,
                 "generation": generation,
