@@ -48,6 +48,8 @@ fn the_real_dendrite_gets_python_axon_answers() {
     for (i, v) in r["multi_axon"].as_array().expect("three answers").iter().enumerate() {
         assert_eq!(v["dendrite_status"], 200, "axon {i} of one call: {v}");
     }
+    assert_eq!(r["stranger_flood"]["codes"]["403"], 300, "{r}");
+    assert_eq!(r["stranger_flood"]["validator_after"], 200, "{r}");
     assert_eq!(r["out_of_order"]["later_signed"], 200, "{r}");
     assert_eq!(r["out_of_order"]["earlier_signed"], 200, "nonces are per miner hotkey: {r}");
     for ok in ["image_a", "extended_a", "image_b_same_port", "image_c_pinned"] {

@@ -196,3 +196,36 @@ fn a_symlink_swap_and_quick_successive_changes_end_on_the_last_valid_version() {
     assert!(r.contains("cannot read"), "{r}");
     assert_eq!(stage_of(&server, "live").as_deref(), Some("three"));
 }
+
+#[test]
+fn only_regular_files_are_read_and_a_hotkey_name_keeps_its_file() {
+    let dir = policies("reload-files", &[("live", &policy("one", "0.3"))]);
+    let mut server = Server::start(&dir.0, false, &[]);
+    assert_eq!(stage_of(&server, "live").as_deref(), Some("one"));
+    // a FIFO named like a component or a policy would block a plain read for good; a link to
+    // /dev/zero would read until memory runs out
+    let mkfifo = |p: &Path| std::process::Command::new("mkfifo").arg(p).status().expect("mkfifo").success();
+    assert!(mkfifo(&server.components.0.join("f.wasm")) && mkfifo(&dir.0.join("pipe.toml")));
+    std::os::unix::fs::symlink("/dev/zero", dir.0.join("zero.toml")).expect("symlink");
+    wait_refusal(&server, "not a regular file");
+    // later valid changes still apply
+    let file = dir.0.join("live.toml");
+    replace(&file, policy("two", "0.3").as_bytes());
+    eventually(10, "stage two", || (stage_of(&server, "live").as_deref() == Some("two")).then_some(()));
+    std::fs::remove_file(dir.0.join("pipe.toml")).expect("rm");
+    std::fs::remove_file(dir.0.join("zero.toml")).expect("rm");
+
+    // a second file claiming the name is refused whichever sorts first, and the owner's later
+    // edits still apply
+    dir.write("a-copy.toml", &policy("impostor", "0.3"));
+    wait_refusal(&server, "hotkey live is also defined in");
+    replace(&file, policy("three", "0.3").as_bytes());
+    eventually(10, "stage three", || (stage_of(&server, "live").as_deref() == Some("three")).then_some(()));
+    // a refused file that is deleted is no longer listed
+    std::fs::remove_file(dir.0.join("a-copy.toml")).expect("rm");
+    eventually(10, "the deleted file's refusal is gone", || {
+        (!refusals(&server).iter().any(|r| r.contains("a-copy.toml") || r.contains("pipe.toml"))).then_some(())
+    });
+    // and Ctrl-C still stops the server, FIFO and all
+    assert!(server.interrupt(15).is_some(), "the server stopped");
+}

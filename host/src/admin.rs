@@ -33,6 +33,7 @@ impl ReloadStatus {
         for f in &snap.applied {
             self.outstanding.remove(f);
         }
+        self.outstanding.retain(|f, _| f.exists());
         for r in &snap.refused {
             self.refused += 1;
             crate::metrics::global().refusal();
@@ -48,16 +49,38 @@ impl ReloadStatus {
     }
 }
 
+/// Loopback callers, or any caller with the token. A browser on the operator's machine is a
+/// loopback caller too, so a request that names a web origin or a host name other than a
+/// loopback one (what a page's script, or DNS rebinding, sends) is not taken as local.
 fn authorised(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> bool {
-    let bearer = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match &server.admin_token {
-        Some(t) => peer.ip().is_loopback() || bearer == Some(t.as_str()),
-        None => peer.ip().is_loopback(),
+    let h = req.headers();
+    let bearer =
+        h.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if let (Some(t), Some(b)) = (&server.admin_token, bearer) {
+        if same_secret(t.as_bytes(), b.as_bytes()) {
+            return true;
+        }
     }
+    let origin_ok = match h.get(hyper::header::ORIGIN) {
+        None => true,
+        Some(o) => o.to_str().ok().and_then(|o| o.split_once("://")).is_some_and(|(_, rest)| loopback_host(rest)),
+    };
+    let host_ok = h.get(hyper::header::HOST).is_none_or(|v| v.to_str().is_ok_and(loopback_host));
+    peer.ip().is_loopback() && origin_ok && host_ok
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn loopback_host(host_port: &str) -> bool {
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub fn handle(
@@ -156,4 +179,21 @@ fn chain_status(c: &crate::chain::Chain) -> serde_json::Value {
             "stale": m.age_s(now) > c.config.stale_after_s,
         })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_and_secrets() {
+        for ok in ["localhost", "localhost:8091", "127.0.0.1:8091", "127.3.4.5", "[::1]:80", "[::1]"] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in ["evil.example:8091", "10.0.0.1", "localhost.evil.example", "[2001:db8::1]:80"] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
+    }
 }

@@ -200,7 +200,8 @@ impl AxonConfig {
 
 impl HotkeyFile {
     pub fn load(file: &Path) -> Result<HotkeyFile, String> {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read: {e}"))?;
+        let bytes = crate::files::read_regular(file, crate::files::MAX_CONFIG_BYTES).map_err(|e| e.to_string())?;
+        let text = String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
         let h: HotkeyFile = toml::from_str(&text).map_err(|e| e.to_string().trim_end().to_string())?;
         h.check()?;
         Ok(h)

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod axon;
 pub mod chain;
 pub mod config;
+pub mod files;
 pub mod infer;
 pub mod load;
 pub mod metrics;

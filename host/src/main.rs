@@ -143,6 +143,9 @@ struct ServeArgs {
     /// Token that lets non-loopback callers use the admin API.
     #[arg(long, env = "CASCADE_ADMIN_TOKEN")]
     admin_token: Option<String>,
+    /// Open connections served at once (default: 4096, or less if the open-file limit is lower).
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -276,7 +279,21 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         generation: 1,
     };
     let limits = IngressLimits { max_body_bytes: a.max_body_bytes, max_side: a.max_side, max_pixels: a.max_pixels };
-    let server = Arc::new(Server::new(serving, limits, Duration::from_secs(a.read_timeout_s), a.admin_token.clone()));
+    // The common soft limit of 1024 open files is too few for a busy axon: raise it to the
+    // hard limit, and keep connections well below whatever it is.
+    let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let fit = (files.saturating_sub(256) as usize).max(64);
+    let max_connections = a.max_connections.unwrap_or(cascade_host::server::DEFAULT_MAX_CONNECTIONS.min(fit));
+    if max_connections > fit {
+        tracing::warn!(
+            max_connections,
+            open_files = files,
+            "--max-connections is above what the open-file limit allows"
+        );
+    }
+    let mut server = Server::new(serving, limits, Duration::from_secs(a.read_timeout_s), a.admin_token.clone());
+    server.set_max_connections(max_connections);
+    let server = Arc::new(server);
     server.status.lock().record(&first);
     let reloader = Arc::new(Mutex::new(Some(reloader)));
     if !a.no_watch {
@@ -311,6 +328,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         for (name, h) in &pinned {
             let l = tokio::net::TcpListener::bind(h).await.with_context(|| format!("binding {h} for hotkey {name}"))?;
             tracing::info!(listen = %h, hotkey = %name, "serving a pinned hotkey");
+            server.pinned.write().insert(name.clone(), *h);
             println!("hotkey {name} listening on http://{}", l.local_addr()?);
             tokio::spawn(server.clone().run(l, Some(name.clone())));
         }
@@ -325,7 +343,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     // keep alive past exit, so no worker is still releasing a CUDA session while the libraries
     // tear down. Dropping the last `Models` (with `first`, below) waits for its workers.
     drop(runtime);
-    reloader.lock().take();
+    // a reload stuck on a file (it reads regular files only, but a slow disk can still hang)
+    // never holds up shutdown
+    match reloader.try_lock_for(Duration::from_secs(5)) {
+        Some(mut r) => drop(r.take()),
+        None => tracing::warn!("a reload is still running; exiting without waiting for it"),
+    }
     stopping.stop_serving();
     served
 }

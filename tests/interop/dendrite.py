@@ -127,6 +127,20 @@ async def scenarios(d, spec):
     assert first.dendrite.nonce < second.dendrite.nonce and first.dendrite.uuid == second.dendrite.uuid
     res["out_of_order"] = {"later_signed": raw(port, second)[0], "earlier_signed": raw(port, first)[0]}
 
+    # a throw-away key floods miner-a with validly signed requests (future nonces, fresh
+    # uuids): refused at admission, it leaves no nonce state, and the validator is served after
+    flood = bt.Dendrite(wallet=stranger)
+    codes = {}
+    for i in range(300):
+        syn = flood.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=""), 9.0)
+        syn.dendrite.nonce = time.time_ns() + (i + 1) * 10**9
+        syn.dendrite.uuid = f"{i:064d}"
+        msg = f"{syn.dendrite.nonce}.{syn.dendrite.hotkey}.{syn.axon.hotkey}.{syn.dendrite.uuid}.{syn.body_hash}"
+        syn.dendrite.signature = f"0x{stranger.hotkey.sign(msg).hex()}"
+        code = raw(port, syn)[0]
+        codes[str(code)] = codes.get(str(code), 0) + 1
+    res["stranger_flood"] = {"codes": codes, "validator_after": (await call(a, port, ImageSynapse(image=img)))["dendrite_status"]}
+
     # replay: the same signed request twice
     syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=img), 9.0)
     first = raw(port, syn)

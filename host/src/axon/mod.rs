@@ -79,11 +79,24 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, Refused> {
         .map_err(|_| refuse(StatusCode::BAD_REQUEST, format!("header {name} is not text")))
 }
 
+/// The answer of an axon port to anything but a synapse route.
+pub fn not_found(path: &str) -> Resp {
+    let mut r = error(StatusCode::NOT_FOUND, format!("no route {path} on an axon port"));
+    r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// Serves one axon request; `pinned` is the hotkey of a listener of its own.
 pub async fn handle(server: &Server, req: Request<Incoming>, pinned: Option<&str>) -> Resp {
     match serve(server, req, pinned).await {
         Ok(r) => r,
-        Err(r) => error(r.status, r.message),
+        Err(r) => {
+            // most refusals come before the body is read: close, so the unread body cannot be
+            // taken for the client's next request
+            let mut resp = error(r.status, r.message);
+            resp.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
     }
 }
 
@@ -122,7 +135,7 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
         None => serving
             .hotkeys
             .values()
-            .find(|h| h.ss58.as_deref() == Some(axon_hotkey.as_str()) && h.axon.listen.is_none())
+            .find(|h| h.ss58.as_deref() == Some(axon_hotkey.as_str()) && !server.pinned.read().contains_key(&h.name))
             .cloned()
             .ok_or_else(|| refuse(StatusCode::FORBIDDEN, format!("hotkey {axon_hotkey} is not served here")))?,
     };
@@ -178,11 +191,13 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
         }
     }
     let bytes = ingress::decode_base64(&image_b64).map_err(|r| refuse(StatusCode::BAD_REQUEST, r.message))?;
-    let limits = server.limits;
+    let limits = server.limits.axon();
     let sticky = crate::rollout::sticky_key(&bytes);
+    let turn = server.decode_turn(started, hk.budget).await.map_err(|r| refuse(r.status, r.message))?;
     let answer = tokio::task::block_in_place(|| -> Result<crate::policy::Answer, ingress::Refusal> {
         let img = ingress::decode_image(&bytes, &limits)?;
-        Ok(hk.serve(&serving.models, Arc::new(img), sticky))
+        drop(turn);
+        Ok(hk.serve(&serving.models, Arc::new(img), sticky, started))
     })
     .map_err(|r| {
         refuse(if r.status == StatusCode::PAYLOAD_TOO_LARGE { r.status } else { StatusCode::BAD_REQUEST }, r.message)

@@ -66,7 +66,9 @@ pub fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> R
     let (Some(router), true) = (router, errors.is_empty()) else { return Err(errors) };
     let candidate =
         candidate.and_then(|(r, t, f)| Some(Arm { router: r?, roles: Arc::new(RoleSet { text_scorer: t, fuser: f }) }));
-    let key = std::fs::read(file).map(|b| crate::reload::cache::sha256_hex(&b)).unwrap_or_default();
+    let key = crate::files::read_regular(file, crate::files::MAX_CONFIG_BYTES)
+        .map(|b| crate::reload::cache::sha256_hex(&b))
+        .unwrap_or_default();
     let rollout =
         cfg.rollout.clone().map(|ro| Arc::new(Rollout::new(&cfg.name, ro, file.with_extension("state.json"), key)));
     Ok(Hotkey {

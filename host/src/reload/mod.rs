@@ -103,7 +103,12 @@ fn files_with(dir: &Path, ext: &str) -> std::io::Result<Vec<PathBuf>> {
 /// Hash of a file and of the files it names that change its meaning (a registry's heads and
 /// label lists are folded in by the caller through `extra`).
 fn read_hashed(path: &Path) -> Result<(Vec<u8>, String), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let cap = if path.extension().is_some_and(|e| e == "wasm") {
+        crate::files::MAX_COMPONENT_BYTES
+    } else {
+        crate::files::MAX_CONFIG_BYTES
+    };
+    let bytes = crate::files::read_regular(path, cap).map_err(|e| e.to_string())?;
     let h = sha256_hex(&bytes);
     Ok((bytes, h))
 }
@@ -183,10 +188,10 @@ impl Reloader {
         let mut warnings = Vec::new();
         let reg_hash = registry_fingerprint(&reg_file);
         if self.registry.as_ref().map(|l| &l.hash) != Some(&reg_hash) {
-            let loaded = if reg_file.exists() {
-                Registry::load(&reg_file).map_err(|e| e.to_string())
-            } else {
-                Ok(Registry::default())
+            let loaded = match crate::files::read_regular(&reg_file, crate::files::MAX_CONFIG_BYTES) {
+                Ok(_) => Registry::load(&reg_file).map_err(|e| e.to_string()),
+                Err(e) if e.not_found() => Ok(Registry::default()),
+                Err(e) => Err(e.to_string()),
             };
             let checked = loaded
                 .and_then(|reg| {
@@ -210,6 +215,9 @@ impl Reloader {
                 }
                 Err(reason) => rf.refuse(&reg_file, reason),
             }
+        } else if rf.stands(&reg_file) {
+            // back to the version that serves: its refusal is over
+            applied.push(reg_file.clone());
         }
         let Some(models) = self.registry.as_ref().map(|l| l.value.1.clone()) else {
             // no models at all (the first load failed): nothing can be smoke-tested
@@ -236,6 +244,14 @@ impl Reloader {
         });
         applied.extend(self.hotkeys.keys().filter(|p| !hk_files.contains(p)).cloned().collect::<Vec<_>>());
         let mut next: BTreeMap<PathBuf, Loaded<Arc<Hotkey>>> = BTreeMap::new();
+        // the file that serves each hotkey name keeps it: another file claiming the name is
+        // refused whichever sorts first
+        let owners: BTreeMap<String, PathBuf> = self
+            .hotkeys
+            .iter()
+            .filter(|(p, _)| hk_files.contains(p))
+            .map(|(p, l)| (l.value.name.clone(), p.clone()))
+            .collect();
         for f in &hk_files {
             let prev = self.hotkeys.remove(f);
             let hash = match read_hashed(f) {
@@ -261,10 +277,13 @@ impl Reloader {
                     h
                 })
             });
-            let clash = bound
-                .as_ref()
-                .ok()
-                .and_then(|h| next.values().find(|l| l.value.name == h.name).map(|l| l.value.file.clone()));
+            let clash = bound.as_ref().ok().and_then(|h| {
+                owners
+                    .get(&h.name)
+                    .filter(|o| *o != f)
+                    .cloned()
+                    .or_else(|| next.values().find(|l| l.value.name == h.name).map(|l| l.value.file.clone()))
+            });
             match (bound, clash) {
                 (Ok(h), None) => {
                     applied.push(f.clone());
@@ -291,6 +310,8 @@ impl Reloader {
         for f in &applied {
             rf.standing.remove(f);
         }
+        // a refused file that is gone is no longer refused
+        rf.standing.retain(|f, _| f.exists());
         self.refusing = rf.standing;
         let refused = rf.new;
         let (registry, models) = match &self.registry {
@@ -340,11 +361,11 @@ impl Reloader {
 
     fn reload_chain(&mut self, rf: &mut Refusals, applied: &mut Vec<PathBuf>, warnings: &mut Vec<Problem>) {
         let file = self.src.policies.join(CHAIN_FILE);
-        let (text, hash) = match std::fs::read(&file) {
+        let (text, hash) = match crate::files::read_regular(&file, crate::files::MAX_CONFIG_BYTES) {
             Ok(b) => (String::from_utf8_lossy(&b).into_owned(), sha256_hex(&b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), "absent".to_string()),
+            Err(e) if e.not_found() => (String::new(), "absent".to_string()),
             Err(e) => {
-                rf.refuse(&file, format!("cannot read: {e}"));
+                rf.refuse(&file, e.to_string());
                 return;
             }
         };
@@ -364,9 +385,9 @@ impl Reloader {
         let cfg = self.chain_config.as_ref().map(|l| l.value.clone()).unwrap_or_default();
         let cfg_hash = self.chain_config.as_ref().map(|l| l.hash.clone()).unwrap_or_default();
         let path = cfg.snapshot_path(&self.src.policies);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match crate::files::read_regular(&path, crate::files::MAX_CONFIG_BYTES) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.not_found() => {
                 if self.metagraph.is_some() {
                     warnings.push(Problem {
                         file: path,
@@ -376,7 +397,7 @@ impl Reloader {
                 return;
             }
             Err(e) => {
-                rf.refuse(&path, format!("cannot read: {e}"));
+                rf.refuse(&path, e.to_string());
                 return;
             }
         };
@@ -483,12 +504,14 @@ fn bindings_current(h: &Hotkey, plugins: &[Arc<Plugin>]) -> bool {
 /// The registry file's hash together with the files it points to (heads, label lists), so
 /// that retraining a head is a change.
 fn registry_fingerprint(reg_file: &Path) -> String {
-    let Ok(text) = std::fs::read(reg_file) else { return "absent".into() };
+    let Ok(text) = crate::files::read_regular(reg_file, crate::files::MAX_CONFIG_BYTES) else {
+        return "absent".into();
+    };
     let mut all = text.clone();
     if let Ok(reg) = Registry::load(reg_file) {
         for m in &reg.models {
             for p in m.head.iter().chain(m.labels_file.iter()) {
-                all.extend(std::fs::read(p).unwrap_or_default());
+                all.extend(crate::files::read_regular(p, crate::files::MAX_CONFIG_BYTES).unwrap_or_default());
             }
             all.extend(format!("{:?}", std::fs::metadata(&m.file).and_then(|md| md.modified()).ok()).bytes());
         }

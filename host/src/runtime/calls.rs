@@ -91,9 +91,31 @@ pub fn run(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Result<Outcome, Err
 }
 
 /// Starts every call before waiting for any, so the models work concurrently.
+/// Calls one `run-all` may make; later ones answer `invalid-argument`.
+pub const MAX_RUN_ALL: usize = 32;
+
 pub fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Result<Outcome, Error>> {
-    let pending: Vec<Pending> = calls.iter().map(|c| start(ctx, img, c)).collect();
-    pending.into_iter().map(|p| finish(ctx, p)).collect()
+    // the same call twice in one batch runs once (the memo helps only once the first finished),
+    // and a batch runs at most MAX_RUN_ALL distinct calls
+    let keys: Vec<_> = calls.iter().map(describe).collect();
+    let first = |i: usize| keys[..i].iter().position(|k| *k == keys[i]).unwrap_or(i);
+    let mut pending = Vec::new();
+    for (i, c) in calls.iter().enumerate() {
+        if first(i) == i && pending.len() < MAX_RUN_ALL {
+            pending.push((i, start(ctx, img, c)));
+        }
+    }
+    let mut results: Vec<Option<Result<Outcome, Error>>> = vec![None; calls.len()];
+    for (i, p) in pending {
+        results[i] = Some(finish(ctx, p));
+    }
+    (0..calls.len())
+        .map(|i| {
+            results[first(i)].clone().unwrap_or_else(|| {
+                Err(Error::InvalidArgument(format!("run-all takes at most {MAX_RUN_ALL} distinct calls")))
+            })
+        })
+        .collect()
 }
 
 pub fn to_wit(e: EngineError) -> Error {

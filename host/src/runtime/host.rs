@@ -67,12 +67,22 @@ impl types::HostImage for StoreState {
         if bad || x1 - x0 < 1.0 || y1 - y0 < 1.0 {
             return Ok(Err(Error::InvalidArgument(format!("empty crop {region:?} of a {w}×{h} image"))));
         }
-        let view = imageops::crop_imm(&*src, x0 as u32, y0 as u32, (x1 - x0) as u32, (y1 - y0) as u32);
+        let (cw, ch) = ((x1 - x0) as u32, (y1 - y0) as u32);
+        if !self.ctx()?.derive(cw as u64 * ch as u64) {
+            return Ok(Err(Error::InvalidArgument(
+                "the request derived too many images (crops and flips are bounded per request)".into(),
+            )));
+        }
+        let view = imageops::crop_imm(&*src, x0 as u32, y0 as u32, cw, ch);
         Ok(Ok(self.push_image(view.to_image())?))
     }
 
     fn flip_horizontal(&mut self, img: Resource<ImageRef>) -> Host<Resource<ImageRef>> {
         let src = self.image(&img)?.pixels.clone();
+        // `flip-horizontal` has no error to answer with: past the allowance the call traps
+        if !self.ctx()?.derive(src.width() as u64 * src.height() as u64) {
+            return Err(format_err!("the request derived too many images (crops and flips are bounded per request)"));
+        }
         self.push_image(imageops::flip_horizontal(&*src))
     }
 

@@ -12,6 +12,11 @@ use serde::Serialize;
 
 use crate::wit::{Error, Outcome};
 
+/// Images a request's components may hold (the original counts as one).
+pub const MAX_DERIVED_IMAGES: u32 = 256;
+/// Pixels of crops and flips one request may derive in all (32 full-HD frames' worth).
+pub const MAX_DERIVED_PIXELS: u64 = 64 << 20;
+
 /// The host side of an `image` resource handle.
 pub struct ImageRef {
     /// Unique within the request: the memo key for "this image".
@@ -44,6 +49,8 @@ pub struct RequestCtx {
     pub deadline: Instant,
     pub hotkey: String,
     next_image: AtomicU32,
+    /// Pixels of the images components derived (crops, flips), bounded per request.
+    derived_pixels: std::sync::atomic::AtomicU64,
     memo: Mutex<HashMap<CallKey, Result<Outcome, Error>>>,
     trace: Mutex<Vec<TraceEntry>>,
     model_time: Mutex<Duration>,
@@ -56,6 +63,7 @@ impl RequestCtx {
             deadline,
             hotkey: hotkey.to_string(),
             next_image: AtomicU32::new(0),
+            derived_pixels: std::sync::atomic::AtomicU64::new(0),
             memo: Mutex::new(HashMap::new()),
             trace: Mutex::new(Vec::new()),
             model_time: Mutex::new(Duration::ZERO),
@@ -64,6 +72,14 @@ impl RequestCtx {
 
     pub fn image(&self, pixels: Image) -> ImageRef {
         ImageRef { id: self.next_image.fetch_add(1, Ordering::Relaxed), pixels }
+    }
+
+    /// Counts a derived image against the request's allowance (`MAX_DERIVED_PIXELS`, and at
+    /// most `MAX_DERIVED_IMAGES` images); `false` when it would go past it.
+    pub fn derive(&self, pixels: u64) -> bool {
+        let images = self.next_image.load(Ordering::Relaxed);
+        let before = self.derived_pixels.fetch_add(pixels, Ordering::Relaxed);
+        images < MAX_DERIVED_IMAGES && before + pixels <= MAX_DERIVED_PIXELS
     }
 
     pub fn remembered(&self, key: &CallKey) -> Option<Result<Outcome, Error>> {

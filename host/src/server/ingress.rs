@@ -24,6 +24,25 @@ impl Default for IngressLimits {
     }
 }
 
+impl IngressLimits {
+    /// The axon's limits: validators send 224×224 challenges, so anything past 1024 per side
+    /// or a megapixel is refused before a pixel is allocated (tighter than the HTTP API's).
+    pub fn axon(&self) -> IngressLimits {
+        IngressLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_side: self.max_side.min(AXON_MAX_SIDE),
+            max_pixels: self.max_pixels.min(AXON_MAX_PIXELS),
+        }
+    }
+}
+
+pub const AXON_MAX_SIDE: u32 = 1024;
+pub const AXON_MAX_PIXELS: u64 = 1 << 20;
+/// No real JPEG or PNG packs more pixels than this into one byte of file (a flat black JPEG
+/// needs about one byte per 256 pixels, a flat PNG one per 340): a header that claims more is
+/// a tiny file forcing a huge decode, and is refused before decoding.
+pub const MAX_PIXELS_PER_BYTE: u64 = 4096;
+
 /// A refused request: HTTP status, a stable code and a message for people.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
@@ -44,18 +63,21 @@ struct PredictBody {
     image: String,
 }
 
+fn invalid_json(detail: impl std::fmt::Display) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, "invalid-json", format!("body is not {{\"image\": \"<base64>\"}}: {detail}"))
+}
+
 /// The image bytes of a `/v1/predict` body, by content type.
 pub fn image_bytes(content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, Refusal> {
     let ct = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     match ct.as_deref() {
         Some("application/json") => {
-            let b: PredictBody = serde_json::from_slice(body).map_err(|e| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid-json",
-                    format!("body is not {{\"image\": \"<base64>\"}}: {e}"),
-                )
-            })?;
+            // an object, not any JSON serde would map onto the struct (a `["…"]` array would be)
+            let v: serde_json::Value = serde_json::from_slice(body).map_err(invalid_json)?;
+            if !v.is_object() {
+                return Err(invalid_json("found a JSON value that is not an object"));
+            }
+            let b: PredictBody = serde_json::from_value(v).map_err(invalid_json)?;
             decode_base64(&b.image)
         }
         Some("image/jpeg") | Some("image/png") => Ok(body.to_vec()),
@@ -111,6 +133,12 @@ pub fn decode_image(bytes: &[u8], limits: &IngressLimits) -> Result<image::RgbIm
             format!("image is {w}×{h}; the limits are {} per side and {} pixels", limits.max_side, limits.max_pixels),
         ));
     }
+    if w as u64 * h as u64 > (bytes.len() as u64).saturating_mul(MAX_PIXELS_PER_BYTE) {
+        return Err(unprocessable(format!(
+            "image claims {w}×{h} in {} bytes: no real JPEG or PNG is that dense",
+            bytes.len()
+        )));
+    }
     if format == Some(ImageFormat::Jpeg) && !jpeg_complete(bytes) {
         return Err(unprocessable("JPEG is truncated (no end-of-image marker)".into()));
     }
@@ -152,6 +180,27 @@ mod tests {
         assert_eq!(decode_image(b"hello world", &l).unwrap_err().code, "not-an-image");
         let small = IngressLimits { max_side: 16, ..l };
         assert_eq!(decode_image(&jpeg(32, 16), &small).unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
+        // the axon's limits are tight
+        assert_eq!(decode_image(&jpeg(1100, 8), &l.axon()).unwrap_err().code, "image-too-large");
+    }
+
+    #[test]
+    fn a_tiny_file_claiming_a_huge_image_is_refused_before_decoding() {
+        // a real JPEG header whose frame claims 8192×4882, then almost nothing
+        let mut j = jpeg(16, 16);
+        let sof = j.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline frame header");
+        j[sof + 5..sof + 9].copy_from_slice(&[0x13, 0x12, 0x20, 0x00]); // height 4882, width 8192
+        let r = decode_image(&j, &IngressLimits::default()).unwrap_err();
+        assert_eq!(r.code, "undecodable-image", "{r:?}");
+        assert!(r.message.contains("8192×4882"), "{r:?}");
+    }
+
+    #[test]
+    fn json_bodies_must_be_objects() {
+        let ct = Some("application/json");
+        assert_eq!(image_bytes(ct, br#"["aGk="]"#).unwrap_err().code, "invalid-json");
+        assert_eq!(image_bytes(ct, br#"{"image": "aGk="}"#).unwrap(), b"hi");
+        assert_eq!(image_bytes(ct, br#"{"image": "aGk=", "x": 1}"#).unwrap_err().code, "invalid-json");
     }
 
     #[test]

@@ -47,9 +47,37 @@ pub struct Server {
     pub limits: IngressLimits,
     /// How long a client may take to send its headers and its body.
     pub read_timeout: Duration,
+    /// Hotkeys served on listeners of their own, with the address bound (at start).
+    pub pinned: parking_lot::RwLock<BTreeMap<String, SocketAddr>>,
+    /// Open connections allowed at once (see `run`).
+    pub connections: Arc<tokio::sync::Semaphore>,
+    /// Image decodes running at once (each may hold a large buffer): requests queue here,
+    /// inside their own time budget.
+    pub decodes: tokio::sync::Semaphore,
 }
 
 type Resp = Response<Full<Bytes>>;
+
+/// Connections served at once unless `set_max_connections` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// `accept` failures, logged at most once a second with how many there were.
+#[derive(Default)]
+struct AcceptFailures {
+    since: Option<Instant>,
+    count: u64,
+}
+
+impl AcceptFailures {
+    fn note(&mut self, e: &std::io::Error) {
+        self.count += 1;
+        if self.since.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(error = %e, failures = self.count, "accept failed");
+            self.since = Some(Instant::now());
+            self.count = 0;
+        }
+    }
+}
 
 /// Oversized bodies up to this size are read and dropped before the 413 is sent.
 const DRAIN_CAP: u64 = 32 << 20;
@@ -63,7 +91,10 @@ pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Resp {
 
 fn refusal(r: Refusal) -> Resp {
     crate::metrics::global().rejected(r.code, r.status.as_u16());
-    json_response(r.status, &json!({"error": {"code": r.code, "message": r.message}}))
+    let mut resp = json_response(r.status, &json!({"error": {"code": r.code, "message": r.message}}));
+    // a refusal may leave the body unread: close rather than read it as the next request
+    resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    resp
 }
 
 impl Server {
@@ -75,6 +106,33 @@ impl Server {
             nonces: crate::axon::verify::Nonces::new(100_000, 4096),
             limits,
             read_timeout,
+            pinned: parking_lot::RwLock::new(BTreeMap::new()),
+            connections: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
+            decodes: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
+            ),
+        }
+    }
+
+    /// Caps open connections (before serving starts).
+    pub fn set_max_connections(&mut self, n: usize) {
+        self.connections = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+    }
+
+    /// A turn to decode, waited for no longer than the request's budget allows.
+    pub(crate) async fn decode_turn(
+        &self,
+        arrived: Instant,
+        budget: Duration,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
+        let left = budget.saturating_sub(arrived.elapsed());
+        match tokio::time::timeout(left, self.decodes.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "no decoding slot came free within the request's budget",
+            )),
         }
     }
 
@@ -94,6 +152,19 @@ impl Server {
         for w in &snap.warnings {
             tracing::debug!("{w}");
         }
+        // listeners are bound at start: a listen address that a reload adds or moves waits for
+        // a restart (the hotkey stays reachable on the shared port meanwhile)
+        let pinned = self.pinned.read();
+        for h in snap.hotkeys.values() {
+            if let Some(want) = h.axon.listen.filter(|a| pinned.get(&h.name) != Some(a)) {
+                tracing::warn!(
+                    hotkey = %h.name,
+                    listen = %want,
+                    "axon.listen takes effect at the next restart; until then the hotkey is served on the shared port"
+                );
+            }
+        }
+        drop(pinned);
         self.status.lock().record(&snap);
     }
 
@@ -111,12 +182,17 @@ impl Server {
 
     /// Accepts connections until the process ends. On a `pinned` listener every subnet
     /// request is for that hotkey.
+    /// Open connections are capped (`connections`, shared by every listener): past the cap,
+    /// new ones wait in the kernel's queue instead of failing `accept` for everyone once the
+    /// process runs out of file descriptors.
     pub async fn run(self: Arc<Self>, listener: TcpListener, pinned: Option<String>) -> std::io::Result<()> {
+        let mut failures = AcceptFailures::default();
         loop {
+            let Ok(slot) = self.connections.clone().acquire_owned().await else { return Ok(()) };
             let (stream, peer): (_, SocketAddr) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    failures.note(&e);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -137,6 +213,7 @@ impl Server {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended");
                 }
+                drop(slot);
             });
         }
     }
@@ -145,6 +222,11 @@ impl Server {
         let path = req.uri().path().to_string();
         if crate::axon::is_synapse_path(&path) {
             return crate::axon::handle(self, req, pinned).await;
+        }
+        if pinned.is_some() {
+            // a hotkey's own (public) axon port serves the synapse routes and nothing else:
+            // not the HTTP API, not the metrics, not the admin API
+            return crate::axon::not_found(&path);
         }
         if path.starts_with("/admin/") {
             return match crate::admin::handle(self, &req, peer) {
@@ -211,7 +293,14 @@ impl Server {
         if let Some(n) = declared.filter(|n| *n > limit as u64) {
             // Read (and drop) a moderately oversized body so that the client, still sending,
             // gets the 413 instead of a broken pipe; a huge one just gets the connection closed.
-            if n <= DRAIN_CAP {
+            // A client that waits for `100 Continue` gets the 413 at once (reading would
+            // invite it to send).
+            let expects_continue = req
+                .headers()
+                .get(hyper::header::EXPECT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+            if n <= DRAIN_CAP && !expects_continue {
                 let _ = tokio::time::timeout(
                     self.read_timeout,
                     Limited::new(req.into_body(), DRAIN_CAP as usize).collect(),
@@ -229,10 +318,12 @@ impl Server {
         // Decoding and the policy block (component calls wait on model queues): run them here,
         // telling tokio to move this worker's other tasks away, which saves the two thread
         // hand-offs of `spawn_blocking` on every request.
+        let turn = self.decode_turn(started, hk.budget).await?;
         let answer = tokio::task::block_in_place(move || -> Result<Answer, Refusal> {
             let sticky = sticky.unwrap_or_else(|| crate::rollout::sticky_key(&bytes));
             let img = ingress::decode_image(&bytes, &limits)?;
-            Ok(hk.serve(&serving.models, Arc::new(img), sticky))
+            drop(turn);
+            Ok(hk.serve(&serving.models, Arc::new(img), sticky, started))
         })?;
         let took = started.elapsed();
         crate::metrics::global().request(hotkey, &answer.stage, crate::axon::outcome(&answer), took);

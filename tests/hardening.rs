@@ -1,0 +1,152 @@
+//! Regression tests for what an outside attack on the server found (loopback only, bounded in
+//! count and time): each reproduces a finding and checks the fixed behaviour, then that an
+//! honest request is still served.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use cascade_tests::*;
+
+const HOTKEY: &str = r#"
+name = "speed"
+fallback = 0.3
+[router]
+component = "cascade-router@^1"
+[[router.params.stages]]
+name = "tint"
+classify = ["tint"]
+"#;
+
+/// One raw HTTP/1.1 exchange; the whole answer as text (the server closes or `secs` pass).
+fn exchange(addr: &str, request: &[u8], secs: u64) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(secs))).expect("timeout");
+    s.write_all(request).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn addr(server: &Server) -> String {
+    server.base.trim_start_matches("http://").to_string()
+}
+
+fn honest(server: &Server) {
+    let (s, v) = predict(server, "speed", &jpeg(&solid(40, 40, [255, 128, 0])));
+    assert_eq!(s, 200, "{v}");
+}
+
+/// A real JPEG whose frame header claims 8192×4882: 629-byte bombs of this shape decoded to
+/// 40 MP each before.
+fn jpeg_claiming_8192x4882() -> Vec<u8> {
+    let mut j = jpeg(&solid(16, 16, [10, 10, 10]));
+    let sof = j.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline frame header");
+    j[sof + 5..sof + 9].copy_from_slice(&[0x13, 0x12, 0x20, 0x00]);
+    j
+}
+
+#[test]
+fn tiny_files_claiming_huge_images_are_refused_before_decoding_even_many_at_once() {
+    let dir = policies("bombs", &[("speed", HOTKEY)]);
+    let server = Server::start(&dir.0, false, &[]);
+    let bomb = jpeg_claiming_8192x4882();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let (url, bomb) = (server.url("/v1/predict/speed"), bomb.clone());
+            std::thread::spawn(move || post(&url, "image/jpeg", &bomb))
+        })
+        .collect();
+    for t in threads {
+        let (s, v) = t.join().expect("thread");
+        assert_eq!(s, 422, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap_or("").contains("8192×4882"), "{v}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    honest(&server);
+}
+
+#[test]
+fn early_refusals_close_the_connection_and_expect_continue_is_not_invited() {
+    let dir = policies("early", &[("speed", HOTKEY)]);
+    let server = Server::start(&dir.0, false, &["--max-body-bytes", "1000"]);
+    let a = addr(&server);
+    // a refusal before the body is read says so: the client opens a new connection
+    let r = exchange(
+        &a,
+        b"POST /v1/predict/nobody HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5\r\n\r\nhello",
+        10,
+    );
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+    // an oversized body announced with Expect: 100-continue gets the 413 without a 100 first
+    let r = exchange(
+        &a,
+        b"POST /v1/predict/speed HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+        10,
+    );
+    assert!(r.starts_with("HTTP/1.1 413"), "no 100 Continue before the 413: {r}");
+    // a JSON array is not a `{"image": …}` object
+    let (s, v) = post(&server.url("/v1/predict/speed"), "application/json", br#"["aGk="]"#);
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid-json")), "{v}");
+    honest(&server);
+}
+
+#[test]
+fn the_admin_api_trusts_loopback_only_without_a_foreign_origin_or_host() {
+    let dir = policies("admin-origin", &[("speed", HOTKEY)]);
+    let server = Server::start(&dir.0, false, &[]);
+    let a = addr(&server);
+    let ok = exchange(&a, b"GET /admin/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", 10);
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    // a web page in the operator's browser (its Origin), or DNS rebinding (its Host)
+    for req in [
+        &b"POST /admin/hotkeys/speed/promote HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /admin/status HTTP/1.1\r\nHost: evil.example:8091\r\nConnection: close\r\n\r\n"[..],
+    ] {
+        let r = exchange(&a, req, 10);
+        assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+        assert!(r.contains("admin-forbidden"), "{r}");
+    }
+}
+
+#[test]
+fn a_pinned_axon_port_serves_the_synapse_routes_only() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let pinned = format!(
+        "name = \"pinned\"\nss58 = \"5FyFVRsgwBT89gGsyif1ZayCDAthzrZxS7fzxCafhwwzkft7\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"tint\"\nclassify = [\"tint\"]\n[axon]\nallow_any_signed = true\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let dir = policies("pinned-routes", &[("speed", HOTKEY), ("pinned", &pinned)]);
+    let server = Server::start(&dir.0, false, &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(10, "the pinned port listens", || TcpStream::connect(("127.0.0.1", port)).ok());
+    for path in ["/healthz", "/metrics", "/admin/status", "/v1/predict/speed"] {
+        let (s, body) = get(&format!("{base}{path}"));
+        assert_eq!(s, 404, "{path} on the axon port: {body}");
+        assert!(!body.contains("\"hotkeys\""), "no hotkey list leaks: {body}");
+    }
+    let (s, _) = post(&format!("{base}/v1/predict/speed"), "image/jpeg", &jpeg(&solid(8, 8, [1, 2, 3])));
+    assert_eq!(s, 404);
+    // the shared port still serves everything
+    let (s, _) = get(&server.url("/healthz"));
+    assert_eq!(s, 200);
+    honest(&server);
+}
+
+#[test]
+fn many_idle_sockets_do_not_starve_an_honest_request() {
+    let dir = policies("idle", &[("speed", HOTKEY)]);
+    // connections capped below what this test opens: the rest wait in the kernel's queue
+    let server = Server::start(&dir.0, false, &["--max-connections", "64", "--read-timeout-s", "2"]);
+    let a = addr(&server);
+    let idle: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(&a).ok()).collect();
+    assert!(idle.len() >= 100, "opened {}", idle.len());
+    // idle ones are dropped at the header timeout; the honest request then gets a slot
+    let started = Instant::now();
+    honest(&server);
+    assert!(started.elapsed() < Duration::from_secs(15), "waited {:?}", started.elapsed());
+    drop(idle);
+    let log = server.log();
+    assert!(log.matches("accept failed").count() < 20, "accept failures are rate-limited:\n{log}");
+}
