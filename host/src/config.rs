@@ -202,7 +202,12 @@ impl HotkeyFile {
     pub fn load(file: &Path) -> Result<HotkeyFile, String> {
         let bytes = crate::files::read_regular(file, crate::files::MAX_CONFIG_BYTES).map_err(|e| e.to_string())?;
         let text = String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
-        let h: HotkeyFile = toml::from_str(&text).map_err(|e| e.to_string().trim_end().to_string())?;
+        HotkeyFile::parse(&text)
+    }
+
+    /// Parses and checks a hotkey file's text.
+    pub fn parse(text: &str) -> Result<HotkeyFile, String> {
+        let h: HotkeyFile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
         h.check()?;
         Ok(h)
     }

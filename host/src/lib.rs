@@ -8,6 +8,7 @@ pub mod axon;
 pub mod chain;
 pub mod config;
 pub mod files;
+pub mod fuzz;
 pub mod infer;
 pub mod load;
 pub mod metrics;

@@ -86,6 +86,46 @@ pub fn not_found(path: &str) -> Resp {
     r
 }
 
+/// What a synapse request is verified from, read from its headers alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynapseHeaders {
+    pub axon_hotkey: String,
+    pub dendrite: String,
+    pub uuid: String,
+    /// Empty when absent (refused at verification).
+    pub signature: String,
+    pub nonce: u64,
+    /// The dendrite's timeout in seconds (12 when absent or unreadable, as the SDK's default).
+    pub timeout: f64,
+    pub body_hash: String,
+}
+
+/// Reads and checks the headers (400 for anything malformed or the wrong body hash).
+pub fn parse_headers(h: &HeaderMap) -> Result<SynapseHeaders, Refused> {
+    let axon_hotkey = header(h, "bt_header_axon_hotkey")?.to_string();
+    let dendrite = header(h, "bt_header_dendrite_hotkey")?.to_string();
+    let uuid = header(h, "bt_header_dendrite_uuid")?.to_string();
+    if uuid.len() > MAX_UUID_LEN {
+        return Err(refuse(StatusCode::BAD_REQUEST, format!("bt_header_dendrite_uuid is longer than {MAX_UUID_LEN}")));
+    }
+    let signature = h.get("bt_header_dendrite_signature").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let nonce: u64 = header(h, "bt_header_dendrite_nonce")?
+        .trim()
+        .parse()
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "bt_header_dendrite_nonce is not a non-negative integer"))?;
+    let timeout: f64 = h
+        .get("timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|t: &f64| t.is_finite() && *t >= 0.0)
+        .unwrap_or(12.0);
+    let body_hash = header(h, "computed_body_hash")?.to_string();
+    if body_hash != EMPTY_BODY_HASH {
+        return Err(refuse(StatusCode::BAD_REQUEST, "Hash mismatch between header body hash and computed body hash"));
+    }
+    Ok(SynapseHeaders { axon_hotkey, dendrite, uuid, signature, nonce, timeout, body_hash })
+}
+
 /// Serves one axon request; `pinned` is the hotkey of a listener of its own.
 pub async fn handle(server: &Server, req: Request<Incoming>, pinned: Option<&str>) -> Resp {
     match serve(server, req, pinned).await {
@@ -109,21 +149,8 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
             format!("Synapse name '{name}' not found. Available synapses {SYNAPSES:?}"),
         ));
     }
-    let h = req.headers();
-    let axon_hotkey = header(h, "bt_header_axon_hotkey")?.to_string();
-    let dendrite = header(h, "bt_header_dendrite_hotkey")?.to_string();
-    let uuid = header(h, "bt_header_dendrite_uuid")?.to_string();
-    let signature = h.get("bt_header_dendrite_signature").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let nonce: u64 = header(h, "bt_header_dendrite_nonce")?
-        .trim()
-        .parse()
-        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "bt_header_dendrite_nonce is not a non-negative integer"))?;
-    let timeout: f64 =
-        h.get("timeout").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(12.0);
-    let body_hash = header(h, "computed_body_hash")?.to_string();
-    if body_hash != EMPTY_BODY_HASH {
-        return Err(refuse(StatusCode::BAD_REQUEST, "Hash mismatch between header body hash and computed body hash"));
-    }
+    let SynapseHeaders { axon_hotkey, dendrite, uuid, signature, nonce, timeout, body_hash } =
+        parse_headers(req.headers())?;
 
     let serving = server.serving.load_full();
     let hk: Arc<Hotkey> = match pinned {
@@ -151,9 +178,6 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
     admitted.map_err(|d| refuse(StatusCode::FORBIDDEN, d.to_string()))?;
 
     // then the signature, then the nonce (per miner hotkey), all before the body is read
-    if uuid.len() > MAX_UUID_LEN {
-        return Err(refuse(StatusCode::BAD_REQUEST, format!("bt_header_dendrite_uuid is longer than {MAX_UUID_LEN}")));
-    }
     let signed = Signed {
         nonce,
         dendrite_hotkey: &dendrite,
