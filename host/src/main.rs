@@ -19,6 +19,9 @@ use parking_lot::Mutex;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log lines as `text` or as JSON objects (`json`, one per line, for log collectors).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -146,16 +149,20 @@ struct ServeArgs {
     /// Open connections served at once (default: 4096, or less if the open-file limit is lower).
     #[arg(long)]
     max_connections: Option<usize>,
+    /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting.
+    #[arg(long, default_value_t = 20)]
+    drain_s: u64,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     let r = match cli.cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Check(a) => check(a),
@@ -293,23 +300,23 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let mut server = Server::new(serving, limits, Duration::from_secs(a.read_timeout_s), a.admin_token.clone());
     server.set_max_connections(max_connections);
+    server.drain = Duration::from_secs(a.drain_s);
     let server = Arc::new(server);
     server.status.lock().record(&first);
     let reloader = Arc::new(Mutex::new(Some(reloader)));
-    if !a.no_watch {
+    // one reload at a time, from the watcher or from SIGHUP; `None` once serving has stopped
+    let reload: Arc<dyn Fn() + Send + Sync> = {
         let (reloader, target) = (reloader.clone(), server.clone());
-        cascade_host::reload::watch::spawn(
-            &src.components,
-            &src.policies,
-            Arc::new(move || {
-                // `None` once serving has stopped: no reload then
-                let snap = reloader.lock().as_mut().map(Reloader::reload);
-                if let Some(snap) = snap {
-                    target.apply(snap);
-                }
-            }),
-        )
-        .context("watching the components and policies folders")?;
+        Arc::new(move || {
+            let snap = reloader.lock().as_mut().map(Reloader::reload);
+            if let Some(snap) = snap {
+                target.apply(snap);
+            }
+        })
+    };
+    if !a.no_watch {
+        cascade_host::reload::watch::spawn(&src.components, &src.policies, reload.clone())
+            .context("watching the components and policies folders")?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -325,16 +332,34 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         // One machine-readable line on stdout, for scripts and tests that listen on port 0.
         println!("listening on http://{addr}");
         // hotkeys pinned to listeners of their own (one port per miner)
+        let mut pinned_listeners = Vec::new();
         for (name, h) in &pinned {
             let l = tokio::net::TcpListener::bind(h).await.with_context(|| format!("binding {h} for hotkey {name}"))?;
             tracing::info!(listen = %h, hotkey = %name, "serving a pinned hotkey");
             server.pinned.write().insert(name.clone(), *h);
             println!("hotkey {name} listening on http://{}", l.local_addr()?);
-            tokio::spawn(server.clone().run(l, Some(name.clone())));
+            pinned_listeners.push((name.clone(), l));
         }
-        tokio::select! {
-            r = server.run(listener, None) => r.context("server")?,
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        let mut serving = vec![tokio::spawn(server.clone().run(listener, None))];
+        serving.extend(pinned_listeners.into_iter().map(|(name, l)| tokio::spawn(server.clone().run(l, Some(name)))));
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; draining"); break; }
+                _ = term.recv() => { tracing::info!("SIGTERM; draining"); break; }
+                _ = hup.recv() => {
+                    // re-read everything, as a file change does; a broken file is refused and
+                    // the last good version keeps serving
+                    tracing::info!("SIGHUP; reloading");
+                    let reload = reload.clone();
+                    let _ = tokio::task::spawn_blocking(move || reload()).await;
+                }
+            }
+        }
+        server.begin_shutdown();
+        for s in serving {
+            let _ = s.await;
         }
         Ok(ExitCode::SUCCESS)
     });

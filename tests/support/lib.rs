@@ -227,7 +227,17 @@ impl Server {
     /// Sends SIGINT (Ctrl-C) and waits up to `secs` for the exit; its status, or None if it
     /// is still running then.
     pub fn interrupt(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        self.signal("INT");
+        self.wait_exit(secs)
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `INT`).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+    }
+
+    /// Waits up to `secs` for the process to exit; its status, or None if it still runs.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
         let until = std::time::Instant::now() + Duration::from_secs(secs);
         while std::time::Instant::now() < until {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -228,6 +228,7 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
     })?;
     let took = started.elapsed();
     crate::metrics::global().request(&hk.name, &answer.stage, outcome(&answer), took);
+    server.note_answer(&hk.name, &answer, took);
     if answer.source == "none" {
         // nothing scored the image: an error is dropped from the validator's windows, where a
         // constant would sit in its MCC for 100 queries

@@ -5,6 +5,7 @@
 //! family's shared lock on the hot path, never a global one.
 
 mod chain;
+mod gpu;
 mod label;
 mod models;
 
@@ -301,6 +302,9 @@ impl Metrics {
         }
         if let Some(chain) = chain {
             let _ = encode_registry(&mut o, &chain::registry(chain));
+        }
+        if let Some(gpus) = gpu::registry() {
+            let _ = encode_registry(&mut o, &gpus);
         }
         let _ = encode_eof(&mut o);
         o

@@ -90,10 +90,10 @@ pub fn run(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Result<Outcome, Err
     finish(ctx, p)
 }
 
-/// Starts every call before waiting for any, so the models work concurrently.
 /// Calls one `run-all` may make; later ones answer `invalid-argument`.
 pub const MAX_RUN_ALL: usize = 32;
 
+/// Starts every call before waiting for any, so the models work concurrently.
 pub fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Result<Outcome, Error>> {
     // the same call twice in one batch runs once (the memo helps only once the first finished),
     // and a batch runs at most MAX_RUN_ALL distinct calls

@@ -47,6 +47,12 @@ pub struct Server {
     pub limits: IngressLimits,
     /// How long a client may take to send its headers and its body.
     pub read_timeout: Duration,
+    /// The last answers (for the status page), newest last.
+    pub recent: parking_lot::Mutex<std::collections::VecDeque<Recent>>,
+    /// Set once to stop accepting (graceful shutdown).
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// How long a shutdown waits for requests in flight.
+    pub drain: Duration,
     /// Hotkeys served on listeners of their own, with the address bound (at start).
     pub pinned: parking_lot::RwLock<BTreeMap<String, SocketAddr>>,
     /// Open connections allowed at once (see `run`).
@@ -57,6 +63,20 @@ pub struct Server {
 }
 
 type Resp = Response<Full<Bytes>>;
+
+/// Answers kept for the status page.
+pub const RECENT: usize = 50;
+
+/// One answer, as the status page lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Recent {
+    pub at_unix_ms: u128,
+    pub hotkey: String,
+    pub arm: &'static str,
+    pub stage: String,
+    pub outcome: &'static str,
+    pub ms: f64,
+}
 
 /// Connections served at once unless `set_max_connections` says otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
@@ -106,12 +126,35 @@ impl Server {
             nonces: crate::axon::verify::Nonces::new(100_000, 4096),
             limits,
             read_timeout,
+            recent: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(RECENT)),
+            stopping: tokio::sync::watch::Sender::new(false),
+            drain: Duration::from_secs(20),
             pinned: parking_lot::RwLock::new(BTreeMap::new()),
             connections: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
             decodes: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
             ),
         }
+    }
+
+    /// Records an answer for the status page (the oldest one goes).
+    pub fn note_answer(&self, hotkey: &str, answer: &Answer, took: Duration) {
+        let r = Recent {
+            at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0),
+            hotkey: hotkey.to_string(),
+            arm: answer.arm,
+            stage: answer.stage.chars().take(64).collect(),
+            outcome: crate::axon::outcome(answer),
+            ms: took.as_secs_f64() * 1e3,
+        };
+        let mut q = self.recent.lock();
+        if q.len() >= RECENT {
+            q.pop_front();
+        }
+        q.push_back(r);
     }
 
     /// Caps open connections (before serving starts).
@@ -187,35 +230,65 @@ impl Server {
     /// process runs out of file descriptors.
     pub async fn run(self: Arc<Self>, listener: TcpListener, pinned: Option<String>) -> std::io::Result<()> {
         let mut failures = AcceptFailures::default();
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut stop = self.stopping.subscribe();
         loop {
-            let Ok(slot) = self.connections.clone().acquire_owned().await else { return Ok(()) };
-            let (stream, peer): (_, SocketAddr) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    failures.note(&e);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
+            if *stop.borrow() {
+                break;
+            }
+            let slot = tokio::select! {
+                s = self.connections.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+                _ = stop.changed() => break,
+            };
+            let (stream, peer): (_, SocketAddr) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failures.note(&e);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => break,
             };
             let _ = stream.set_nodelay(true);
             let me = self.clone();
             let timeout = self.read_timeout;
             let pinned = pinned.clone();
+            let svc = service_fn(move |req| {
+                let (me, pinned) = (me.clone(), pinned.clone());
+                async move { Ok::<_, Infallible>(me.handle(req, peer, pinned.as_deref()).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            let conn = graceful.watch(conn);
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let (me, pinned) = (me.clone(), pinned.clone());
-                    async move { Ok::<_, Infallible>(me.handle(req, peer, pinned.as_deref()).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(timeout)
-                    .serve_connection(TokioIo::new(stream), svc);
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended");
                 }
                 drop(slot);
             });
         }
+        // stop accepting, let the requests in flight finish (idle keep-alive connections are
+        // closed), up to the drain limit
+        drop(listener);
+        let open = graceful.count();
+        match tokio::time::timeout(self.drain, graceful.shutdown()).await {
+            Ok(()) => tracing::info!(connections = open, "drained"),
+            Err(_) => tracing::warn!(
+                limit_s = self.drain.as_secs_f64(),
+                "drain limit reached; connections still open were cut"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Stops every listener: no new connections; requests in flight finish within the drain
+    /// limit (SIGTERM, Ctrl-C).
+    pub fn begin_shutdown(&self) {
+        let _ = self.stopping.send(true);
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr, pinned: Option<&str>) -> Resp {
@@ -228,7 +301,7 @@ impl Server {
             // not the HTTP API, not the metrics, not the admin API
             return crate::axon::not_found(&path);
         }
-        if path.starts_with("/admin/") {
+        if path == "/admin" || path.starts_with("/admin/") {
             return match crate::admin::handle(self, &req, peer) {
                 Ok(r) => r,
                 Err(r) => refusal(r),
@@ -327,6 +400,7 @@ impl Server {
         })?;
         let took = started.elapsed();
         crate::metrics::global().request(hotkey, &answer.stage, crate::axon::outcome(&answer), took);
+        self.note_answer(hotkey, &answer, took);
         if answer.source == "none" {
             // no fixed fallback and no model scored the image: an error, never a made-up answer
             return Ok(json_response(

@@ -97,6 +97,20 @@ pub fn handle(
     }
     let path = req.uri().path();
     match (req.method(), path) {
+        (&Method::GET, "/admin" | "/admin/") => {
+            let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(PAGE.as_bytes())));
+            let h = r.headers_mut();
+            h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/html; charset=utf-8"));
+            // the page loads nothing from elsewhere and runs only its own inline script
+            h.insert(
+                hyper::header::CONTENT_SECURITY_POLICY,
+                hyper::header::HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                ),
+            );
+            h.insert(hyper::header::X_FRAME_OPTIONS, hyper::header::HeaderValue::from_static("DENY"));
+            Ok(r)
+        }
         (&Method::GET, "/admin/status") => Ok(json_response(StatusCode::OK, &status(server))),
         (&Method::POST, p) if p.starts_with("/admin/hotkeys/") => {
             let rest = &p["/admin/hotkeys/".len()..];
@@ -160,9 +174,33 @@ fn status(server: &Server) -> serde_json::Value {
         "hotkeys": hotkeys,
         "models": s.models.names().collect::<Vec<_>>(),
         "chain": chain_status(&s.chain),
+        "model_stats": model_stats(&s.models),
+        "recent": server.recent.lock().iter().rev().collect::<Vec<_>>(),
         "reloads": {"total": st.reloads, "applied": st.applied, "refused": st.refused, "last_ms": st.last_reload_ms},
         "refusals": st.outstanding.values().collect::<Vec<_>>(),
     })
+}
+
+/// The status page (`GET /admin`): no external assets, the same data as `/admin/status`.
+const PAGE: &str = include_str!("page.html");
+
+fn model_stats(models: &cascade_engines::Models) -> Vec<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    models
+        .stats()
+        .map(|(name, s)| {
+            json!({
+                "name": name,
+                "loaded": s.loaded.load(Relaxed),
+                "loads": s.loads.load(Relaxed),
+                "runs": s.runs.load(Relaxed),
+                "items": s.items.load(Relaxed),
+                "busy_s": s.busy_ns.load(Relaxed) as f64 / 1e9,
+                "gpu_bytes": s.gpu_bytes.load(Relaxed),
+                "queued": s.queued.load(Relaxed),
+            })
+        })
+        .collect()
 }
 
 fn chain_status(c: &crate::chain::Chain) -> serde_json::Value {
