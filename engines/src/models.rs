@@ -42,7 +42,12 @@ impl Drop for Handle {
 #[derive(Default)]
 pub struct Models {
     handles: BTreeMap<String, Handle>,
+    /// Unique per loaded set: results computed by one set are never taken for another's.
+    generation: u64,
 }
+
+/// Numbers model sets as they load (0 is the empty set).
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Drop for Models {
     fn drop(&mut self) {
@@ -77,10 +82,15 @@ impl Models {
             }
         }
         if errors.is_empty() {
-            Ok(Models { handles })
+            Ok(Models { handles, generation: GENERATIONS.fetch_add(1, Ordering::Relaxed) })
         } else {
             Err(errors)
         }
+    }
+
+    /// This loaded set's number, unique in the process.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn spec(&self, model: &str) -> Option<&ModelSpec> {

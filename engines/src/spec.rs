@@ -64,6 +64,10 @@ pub struct ModelSpec {
     /// instead of refusing to load.
     #[serde(default)]
     pub cpu_fallback: bool,
+    /// Share this model's results across hotkeys and arms through the host's stage cache
+    /// (default). `false` for models whose answer must be recomputed per request.
+    #[serde(default = "yes")]
+    pub cache: bool,
     /// A model whose file is absent is left out (with a note) instead of failing the load:
     /// for stages an operator may or may not provide (a detector, say).
     #[serde(default)]
@@ -127,6 +131,10 @@ pub enum Preprocess {
 
 fn one() -> usize {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_queue() -> usize {

@@ -152,6 +152,12 @@ struct ServeArgs {
     /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting.
     #[arg(long, default_value_t = 20)]
     drain_s: u64,
+    /// Memory for primitive results shared across hotkeys and arms (0 turns the cache off).
+    #[arg(long, default_value_t = cascade_host::runtime::cache::DEFAULT_MB)]
+    stage_cache_mb: usize,
+    /// How long a shared result stays valid, in seconds.
+    #[arg(long, default_value_t = 300)]
+    stage_cache_ttl_s: u64,
 }
 
 fn main() -> ExitCode {
@@ -255,6 +261,7 @@ fn check(a: SourceArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    cascade_host::runtime::cache::configure(a.stage_cache_mb, Duration::from_secs(a.stage_cache_ttl_s));
     let (rt, src) = setup(&a.src)?;
     let cache = a.compile_cache.clone().unwrap_or_else(|| cascade_host::beside_exe("component-cache"));
     let mut reloader = Reloader::new(rt, src.clone(), Some(cache));

@@ -121,12 +121,19 @@ struct Ingress {
     admission: Family<AdmissionLabels, Counter>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    model: Label,
+    result: &'static str,
+}
+
 /// What components and the engines cost each hotkey, and how components failed.
 struct Policies {
     events: Family<EventLabels, Counter>,
     fallbacks: Family<ReasonLabels, Counter>,
     partial: Family<ModelTimeLabels, Counter>,
     model_seconds: Family<ModelTimeLabels, F64Counter>,
+    cache: Family<CacheLabels, Counter>,
 }
 
 /// Live changes.
@@ -191,6 +198,7 @@ impl Metrics {
             fallbacks: Family::default(),
             partial: Family::default(),
             model_seconds: Family::default(),
+            cache: Family::default(),
         };
         r.register(
             "component_events",
@@ -202,6 +210,11 @@ impl Metrics {
             "partial_answers",
             "Failed policies answered from the scores models had already produced, by those models",
             policies.partial.clone(),
+        );
+        r.register(
+            "stage_cache",
+            "Stage cache lookups by model and result (hit, miss, wait: joined a running call; evicted)",
+            policies.cache.clone(),
         );
         r.register("hotkey_model_seconds", "Model time spent for a hotkey's requests", policies.model_seconds.clone());
         let reloads = Reloads { reloads: Family::default(), refused: Counter::default() };
@@ -245,6 +258,12 @@ impl Metrics {
         let hotkey = Label::new(hotkey);
         let model = self.guest_names.label(&hotkey, models);
         self.policies.partial.get_or_create(&ModelTimeLabels { hotkey, model }).inc();
+    }
+
+    /// A stage cache lookup (`hit`, `miss`, `wait`) or eviction (`evicted`).
+    pub fn stage_cache(&self, model: &str, result: &'static str) {
+        // model names come from the registry (or a component's call of a configured model)
+        self.policies.cache.get_or_create(&CacheLabels { model: Label::new(model), result }).inc();
     }
 
     /// How an axon caller was admitted, or why not.

@@ -1,18 +1,35 @@
 //! Primitive calls from components to engines: memoised per request, traced, and run
 //! concurrently when a component issues several at once.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cascade_engines::{EngineError, JobInput, ModelKind, Output, Reply};
 use crossbeam_channel::Receiver;
 
+use super::cache::{Flight, Lead, Lookup, StageKey};
 use super::request::{CallKey, ImageRef, RequestCtx, TraceEntry};
 use crate::wit::{Bbox, Call, Classification, Detection, Error, LabelScore, Outcome, TextLine};
 
-/// A call in flight, or already answered (from the memo or by an immediate error).
+/// A call in flight, or already answered (from the memo, the stage cache or by an immediate
+/// error).
 pub enum Pending {
     Done(Result<Outcome, Error>),
-    Waiting { key: CallKey, rx: Receiver<Reply>, started: Instant },
+    /// Queued on the model; `lead` is set when other requests may wait for this result.
+    Waiting {
+        key: CallKey,
+        rx: Receiver<Reply>,
+        started: Instant,
+        lead: Option<Lead>,
+    },
+    /// The same call is running for another request: its result is this one's.
+    Shared {
+        key: CallKey,
+        flight: Arc<Flight>,
+        started: Instant,
+        input: JobInput,
+        kind: ModelKind,
+    },
 }
 
 fn describe(call: &Call) -> (&'static str, String, String) {
@@ -47,9 +64,46 @@ pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Pending {
             return finish_now(ctx, key, Err(e));
         }
     };
+    // across requests: the stage cache, for configured models that allow it
+    let cache = super::cache::global().filter(|_| ctx.models.spec(&key.model).is_some_and(|s| s.cache));
+    let lead = match cache {
+        Some(c) => {
+            let stage = StageKey {
+                models: ctx.models.generation(),
+                model: key.model.clone(),
+                primitive,
+                args: key.args.clone(),
+                image: img.content_hash(),
+            };
+            match c.lookup(stage) {
+                Lookup::Hit(o) => {
+                    let r = Ok(o);
+                    ctx.record(entry(&key, Duration::ZERO, &r, true), Duration::ZERO);
+                    ctx.remember(key, r.clone());
+                    return Pending::Done(r);
+                }
+                Lookup::Wait(flight) => {
+                    return Pending::Shared { key, flight, started: Instant::now(), input, kind };
+                }
+                Lookup::Lead(l) => Some(l),
+            }
+        }
+        None => None,
+    };
+    submit(ctx, key, kind, input, lead)
+}
+
+/// Queues the job on the model (resolving `lead` at once if it cannot be queued).
+fn submit(ctx: &RequestCtx, key: CallKey, kind: ModelKind, input: JobInput, lead: Option<Lead>) -> Pending {
     match ctx.models.submit(&key.model, kind, input, ctx.deadline) {
-        Ok(rx) => Pending::Waiting { key, rx, started: Instant::now() },
-        Err(e) => finish_now(ctx, key, Err(to_wit(e))),
+        Ok(rx) => Pending::Waiting { key, rx, started: Instant::now(), lead },
+        Err(e) => {
+            let r = Err(to_wit(e));
+            if let Some(l) = lead {
+                l.resolve(&r);
+            }
+            finish_now(ctx, key, r)
+        }
     }
 }
 
@@ -70,14 +124,31 @@ fn finish_now(ctx: &RequestCtx, key: CallKey, r: Result<Outcome, Error>) -> Pend
 
 /// Waits for a started call (never past the request's deadline) and memoises the result.
 pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Outcome, Error> {
-    let (key, rx, started) = match p {
+    let (key, rx, started, lead) = match p {
         Pending::Done(r) => return r,
-        Pending::Waiting { key, rx, started } => (key, rx, started),
+        Pending::Waiting { key, rx, started, lead } => (key, rx, started, lead),
+        Pending::Shared { key, flight, started, input, kind } => {
+            return match flight.wait(ctx.deadline) {
+                // the other request's deadline passed before ours: run it for ourselves
+                Some(Err(Error::DeadlineExceeded)) if !ctx.remaining().is_zero() => {
+                    finish(ctx, submit(ctx, key, kind, input, None))
+                }
+                shared => {
+                    let r = shared.unwrap_or(Err(Error::DeadlineExceeded));
+                    ctx.record(entry(&key, started.elapsed(), &r, true), Duration::ZERO);
+                    ctx.remember(key, r.clone());
+                    r
+                }
+            };
+        }
     };
     let (r, compute) = match rx.recv_deadline(ctx.deadline) {
         Ok(reply) => (reply.output.map(to_outcome).map_err(to_wit), reply.compute),
         Err(_) => (Err(Error::DeadlineExceeded), Duration::ZERO),
     };
+    if let Some(l) = lead {
+        l.resolve(&r);
+    }
     ctx.record(entry(&key, started.elapsed(), &r, false), compute);
     crate::metrics::global().model_time(&ctx.hotkey, &key.model, compute);
     ctx.remember(key, r.clone());

@@ -2,6 +2,7 @@
 //! one linker with the host's imports, components compiled once and instantiated from
 //! `InstancePre`, warm instances pooled per bound role.
 
+pub mod cache;
 pub mod calls;
 mod host;
 pub mod plugin;

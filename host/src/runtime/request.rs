@@ -22,6 +22,29 @@ pub struct ImageRef {
     /// Unique within the request: the memo key for "this image".
     pub id: u32,
     pub pixels: Image,
+    /// The pixels' hash (the stage cache's key across requests), computed on first use.
+    hash: std::sync::OnceLock<[u8; 16]>,
+}
+
+impl ImageRef {
+    pub fn new(id: u32, pixels: Image) -> ImageRef {
+        ImageRef { id, pixels, hash: std::sync::OnceLock::new() }
+    }
+
+    /// sha-256 of the dimensions and pixels, truncated to 128 bits.
+    pub fn content_hash(&self) -> [u8; 16] {
+        *self.hash.get_or_init(|| {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(self.pixels.width().to_le_bytes());
+            h.update(self.pixels.height().to_le_bytes());
+            h.update(self.pixels.as_raw());
+            let d = h.finalize();
+            let mut out = [0u8; 16];
+            out.copy_from_slice(&d[..16]);
+            out
+        })
+    }
 }
 
 /// One primitive call as the trace reports it.
@@ -71,7 +94,7 @@ impl RequestCtx {
     }
 
     pub fn image(&self, pixels: Image) -> ImageRef {
-        ImageRef { id: self.next_image.fetch_add(1, Ordering::Relaxed), pixels }
+        ImageRef::new(self.next_image.fetch_add(1, Ordering::Relaxed), pixels)
     }
 
     /// Counts a derived image against the request's allowance (`MAX_DERIVED_PIXELS`, and at

@@ -1,0 +1,66 @@
+//! The stage cache on the real server: hotkeys answering the same image at once run each
+//! model once; a reloaded model set is computed afresh; a model can opt out.
+
+use cascade_tests::*;
+
+fn hotkey(name: &str) -> String {
+    format!(
+        "name = \"{name}\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"tint\"\nclassify = [\"tint\"]\n"
+    )
+}
+
+fn metric(server: &Server, sample: &str) -> f64 {
+    let (_, text) = get(&server.url("/metrics"));
+    text.lines().find_map(|l| l.strip_prefix(sample)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// The same image to the three hotkeys at once; every answer 200.
+fn burst(server: &Server, img: &[u8]) {
+    let threads: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|h| {
+            let (url, img) = (server.url(&format!("/v1/predict/{h}")), img.to_vec());
+            std::thread::spawn(move || post(&url, "image/jpeg", &img))
+        })
+        .collect();
+    for t in threads {
+        let (s, v) = t.join().expect("thread");
+        assert_eq!(s, 200, "{v}");
+    }
+}
+
+#[test]
+fn three_hotkeys_on_one_image_run_the_model_once_and_a_reload_recomputes() {
+    let dir = policies("cache", &[("a", &hotkey("a")), ("b", &hotkey("b")), ("c", &hotkey("c"))]);
+    let server = Server::start(&dir.0, false, &[]);
+    let items = "cascade_model_items_total{model=\"tint\"}";
+    let misses = "cascade_stage_cache_total{model=\"tint\",result=\"miss\"}";
+    let img = jpeg(&solid(48, 48, [250, 130, 20]));
+    let before = metric(&server, items);
+    burst(&server, &img);
+    assert_eq!(metric(&server, items) - before, 1.0, "one run for three hotkeys");
+    burst(&server, &img);
+    assert_eq!(metric(&server, items) - before, 1.0, "and none the second time");
+    let shared = metric(&server, "cascade_stage_cache_total{model=\"tint\",result=\"hit\"}")
+        + metric(&server, "cascade_stage_cache_total{model=\"tint\",result=\"wait\"}");
+    assert!(shared >= 5.0, "{shared}");
+
+    // a new model set (the registry changed): the same image is computed again
+    let generation = || status(&server)["generation"].as_u64().unwrap_or(0);
+    let g0 = generation();
+    let registry = std::fs::read_to_string(dir.0.join("models.toml")).expect("registry");
+    dir.write("models.toml", &format!("{registry}\n# changed\n"));
+    eventually(10, "the new registry serves", || (generation() > g0).then_some(()));
+    // (its smoke requests ran on a grey image; the orange one is new to this model set)
+    let misses_before = metric(&server, misses);
+    burst(&server, &img);
+    assert_eq!(metric(&server, misses) - misses_before, 1.0, "recomputed once after the reload");
+
+    // opted out: every hotkey runs it
+    let g1 = generation();
+    dir.write("models.toml", &registry.replacen("kind = \"classifier\"", "kind = \"classifier\"\ncache = false", 1));
+    eventually(10, "the opt-out serves", || (generation() > g1).then_some(()));
+    let before = metric(&server, items);
+    burst(&server, &jpeg(&solid(48, 48, [10, 130, 250])));
+    assert_eq!(metric(&server, items) - before, 3.0, "no sharing without the cache");
+}
