@@ -17,7 +17,8 @@ classify = ["tint"]
 "#;
 
 fn chromium() -> &'static str {
-    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let found =
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
     found.expect("Chromium is missing: scripts/test.sh installs Debian's chromium")
 }
 

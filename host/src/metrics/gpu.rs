@@ -78,7 +78,12 @@ impl Collector for Devices {
         let rows = |f: &dyn Fn(&Reading) -> Option<f64>| -> Vec<(String, f64)> {
             d.iter().filter_map(|r| f(r).map(|v| (r.device.clone(), v))).collect()
         };
-        gauge(&mut e, "gpu_utilization_ratio", "GPU busy share over NVML's last sample period", rows(&|r| r.utilization))?;
+        gauge(
+            &mut e,
+            "gpu_utilization_ratio",
+            "GPU busy share over NVML's last sample period",
+            rows(&|r| r.utilization),
+        )?;
         gauge(&mut e, "gpu_memory_used_bytes", "Device memory in use", rows(&|r| r.memory.map(|m| m.0 as f64)))?;
         gauge(&mut e, "gpu_memory_total_bytes", "Device memory in all", rows(&|r| r.memory.map(|m| m.1 as f64)))?;
         gauge(&mut e, "gpu_temperature_celsius", "GPU core temperature", rows(&|r| r.temperature.map(f64::from)))?;
