@@ -50,6 +50,12 @@ struct EvalCli {
     /// Turn each image into what validators send: centre crop, 224×224, JPEG quality 75.
     #[arg(long)]
     validator_style: bool,
+    /// Validator augmentation levels to draw from, one per image uniformly (`0-3`, `0,2`); reports per level.
+    #[arg(long, value_parser = cascade_host::offline::augment::Levels::parse)]
+    levels: Option<cascade_host::offline::augment::Levels>,
+    /// Seed of the per-image level and augmentation draws.
+    #[arg(long, default_value_t = 72)]
+    seed: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -69,6 +75,9 @@ struct TrainCli {
     out: PathBuf,
     #[arg(long)]
     validator_style: bool,
+    /// Validator augmentation levels to draw from, one per image (`0-3`, `0,2`), seeded by `--seed`.
+    #[arg(long, value_parser = cascade_host::offline::augment::Levels::parse)]
+    levels: Option<cascade_host::offline::augment::Levels>,
     #[arg(long, default_value_t = 5)]
     folds: usize,
     /// Hidden units of a one-hidden-layer head (0: logistic regression).
@@ -178,6 +187,8 @@ fn main() -> ExitCode {
                 hotkey: a.hotkey,
                 manifest: a.manifest,
                 validator_style: a.validator_style,
+                levels: a.levels,
+                seed: a.seed,
                 json: a.json,
             };
             cascade_host::offline::eval::eval(&rt, &src, &args)
@@ -188,6 +199,7 @@ fn main() -> ExitCode {
             manifest: a.manifest,
             out: a.out,
             validator_style: a.validator_style,
+            levels: a.levels,
             folds: a.folds,
             hidden: a.hidden,
             l2: a.l2,

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::augment::{Levels, Style};
 use super::manifest;
 use super::scores::{percentile, Confusion};
 use super::train::load_image;
@@ -18,7 +19,12 @@ use crate::runtime::Runtime;
 pub struct EvalArgs {
     pub hotkey: String,
     pub manifest: std::path::PathBuf,
+    /// Level 0 only (what `--validator-style` always meant), unless `levels` is given.
     pub validator_style: bool,
+    /// Validator augmentation levels, one drawn uniformly per image.
+    pub levels: Option<Levels>,
+    /// Seed of the per-image level and augmentation draws.
+    pub seed: u64,
     pub json: bool,
 }
 
@@ -29,15 +35,17 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         anyhow::anyhow!("no hotkey {} (have {:?})", a.hotkey, state.hotkeys.keys().collect::<Vec<_>>())
     })?;
     let examples = manifest::load(&a.manifest)?;
+    let style = Style::from_flags(a.validator_style, a.levels.clone(), a.seed);
     let mut conf = Confusion::default();
+    let mut per_level: BTreeMap<u8, Confusion> = BTreeMap::new();
     let mut stages: BTreeMap<String, u64> = BTreeMap::new();
     let mut latency = Vec::with_capacity(examples.len());
     let (mut model_ms, mut fallbacks, mut failed) = (0f64, 0u64, 0u64);
     let mut errors: Vec<String> = Vec::new();
     let mut progress = Progress::new("eval", examples.len());
     for (row, ex) in examples.iter().enumerate() {
-        let img = match load_image(&ex.path, a.validator_style) {
-            Ok(i) => Arc::new(i),
+        let (img, level) = match load_image(&ex.path, style.as_ref()) {
+            Ok((i, level)) => (Arc::new(i), level),
             Err(e) => {
                 // a bad row is reported and counted; the run goes on
                 eprintln!("row {}: {e:#}", row + 2);
@@ -52,6 +60,9 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         // a failed answer (no evidence at all) is an error to a validator: out of its windows
         if ans.prediction.is_finite() {
             conf.add(ans.prediction, ex.label);
+            if let Some(l) = level {
+                per_level.entry(l).or_default().add(ans.prediction, ex.label);
+            }
         } else {
             failed += 1;
         }
@@ -64,10 +75,14 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
     let fig = conf.figures();
     let n = (fig.n as f64).max(1.0);
     let stage_share: BTreeMap<&String, f64> = stages.iter().map(|(k, v)| (k, *v as f64 / n)).collect();
+    let levels: BTreeMap<String, _> = per_level.iter().map(|(l, c)| (l.to_string(), c.figures())).collect();
     let report = json!({
         "hotkey": a.hotkey,
         "manifest": a.manifest,
-        "validator_style": a.validator_style,
+        "validator_style": style.is_some(),
+        "levels": style.as_ref().map(|s| s.levels.to_string()),
+        "seed": style.as_ref().map(|s| s.seed),
+        "per_level": levels,
         "n": fig.n,
         "accuracy": fig.accuracy,
         "mcc": fig.mcc,
@@ -92,13 +107,19 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
             a.hotkey,
             a.manifest.display(),
             fig.n,
-            if a.validator_style { ", validator-style" } else { "" }
+            match &style {
+                Some(s) => format!(", validator-style, levels {} (seed {})", s.levels, s.seed),
+                None => String::new(),
+            }
         );
         println!("  accuracy  {:.4}    MCC {:.4}    F1 {:.4}", fig.accuracy, fig.mcc, fig.f1);
         println!("  precision {:.4}    recall {:.4}", fig.precision, fig.recall);
         println!("  reward (0.5·MCC + 0.5·acc)³ = {:.4}", fig.reward);
         let c = fig.confusion;
         println!("  confusion  TP {}  FP {}  TN {}  FN {}", c.tp, c.fp, c.tn, c.fn_);
+        for (l, f) in &levels {
+            println!("  level {l}  n {:>5}  accuracy {:.4}  MCC {:.4}  reward {:.4}", f.n, f.accuracy, f.mcc, f.reward);
+        }
         for (s, share) in &stage_share {
             println!("  stage {s:<16} {:>5.1}%", share * 100.0);
         }

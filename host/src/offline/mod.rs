@@ -1,7 +1,9 @@
 //! Offline tools over labelled images: `eval` (a hotkey's live policy on a manifest) and
 //! `train-head` (a classifier head on frozen-backbone embeddings).
 
+pub mod augment;
 pub mod eval;
+pub mod jpeg;
 pub mod manifest;
 pub mod scores;
 pub mod train;

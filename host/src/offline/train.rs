@@ -12,9 +12,10 @@ use cascade_engines::head::{Dense, Head, FORMAT};
 use cascade_engines::{JobInput, Models, Output, Registry};
 use serde_json::json;
 
+use super::augment::{self, Levels, Style};
 use super::manifest::{self, Example};
 use super::scores::Confusion;
-use super::{validator, Progress};
+use super::Progress;
 use crate::config::MODELS_FILE;
 use crate::server::ingress::{decode_image, IngressLimits};
 
@@ -25,6 +26,8 @@ pub struct TrainArgs {
     pub manifest: PathBuf,
     pub out: PathBuf,
     pub validator_style: bool,
+    /// Validator augmentation levels, one drawn per image (keyed by `seed` and the file).
+    pub levels: Option<Levels>,
     pub folds: usize,
     pub hidden: usize,
     pub l2: f32,
@@ -56,16 +59,19 @@ impl Rng {
     }
 }
 
-/// Reads an image as the policy would see it (optionally in validator form).
-pub fn load_image(path: &Path, validator_style: bool) -> anyhow::Result<image::RgbImage> {
+/// Reads an image as the policy would see it: as read, or (with a style) as the challenge a
+/// validator would send of it, decoded as the server decodes it; with the level drawn.
+pub fn load_image(path: &Path, style: Option<&Style>) -> anyhow::Result<(image::RgbImage, Option<u8>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let limits = IngressLimits::default();
     let img = decode_image(&bytes, &limits).map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;
-    if !validator_style {
-        return Ok(img);
-    }
-    let jpeg = validator::validator_jpeg(&img)?;
-    decode_image(&jpeg, &limits).map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))
+    let Some(style) = style else {
+        return Ok((img, None));
+    };
+    let params = style.params(&path.to_string_lossy(), img.width(), img.height());
+    let jpeg = augment::challenge_jpeg(&img, &params);
+    let img = decode_image(&jpeg, &limits).map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;
+    Ok((img, Some(params.level)))
 }
 
 /// Embeddings of the readable examples; unreadable rows are reported and left out.
@@ -73,7 +79,7 @@ fn embed_all(
     models: &Models,
     backbone: &str,
     examples: &[Example],
-    validator_style: bool,
+    style: Option<&Style>,
 ) -> anyhow::Result<Vec<(usize, Vec<f32>)>> {
     let kind = models.spec(backbone).with_context(|| format!("no model {backbone} in the registry"))?.kind;
     let mut progress = Progress::new("embedding", examples.len());
@@ -83,8 +89,10 @@ fn embed_all(
         let deadline = Instant::now() + Duration::from_secs(600);
         let mut pending = Vec::new();
         for (i, ex) in chunk {
-            match load_image(&ex.path, validator_style) {
-                Ok(img) => pending.push((*i, models.submit(backbone, kind, JobInput::Image(Arc::new(img)), deadline)?)),
+            match load_image(&ex.path, style) {
+                Ok((img, _)) => {
+                    pending.push((*i, models.submit(backbone, kind, JobInput::Image(Arc::new(img)), deadline)?))
+                }
                 Err(e) => {
                     eprintln!("row {}: {e:#} (left out)", i + 2);
                     progress.tick();
@@ -268,7 +276,8 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
     let examples = manifest::load(&a.manifest)?;
     anyhow::ensure!(examples.len() >= a.folds * 2, "{} examples are too few for {} folds", examples.len(), a.folds);
     let started = Instant::now();
-    let embedded = embed_all(&models, &a.backbone, &examples, a.validator_style)?;
+    let style = Style::from_flags(a.validator_style, a.levels.clone(), a.seed);
+    let embedded = embed_all(&models, &a.backbone, &examples, style.as_ref())?;
     let skipped = examples.len() - embedded.len();
     let examples: Vec<Example> = embedded.iter().map(|(i, _)| examples[*i].clone()).collect();
     let x: Vec<Vec<f32>> = embedded.into_iter().map(|(_, v)| v).collect();
@@ -329,6 +338,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
             "unreadable_rows": skipped,
             "positives": y.iter().filter(|l| **l).count(),
             "validator_style": a.validator_style,
+            "levels": style.as_ref().map(|s| s.levels.to_string()),
             "folds": a.folds, "hidden": a.hidden, "l2": a.l2, "epochs": a.epochs, "seed": a.seed,
             "cross_validated": cv,
             "per_fold": per_fold,
