@@ -214,7 +214,7 @@ fn two_hotkeys_answer_every_concurrent_validator_batch() {
     let port: u16 = server.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
     use base64::Engine as _;
     let img = base64::engine::general_purpose::STANDARD.encode(sign("road_closed"));
-    let spec = json!({"port": port, "image": img, "n": 200}).to_string();
+    let spec = json!({"port": port, "image": img, "n": 200, "timeout": 60}).to_string();
     let r = dendrite(&["batches", wallets.0.to_str().expect("path"), &spec]);
     assert_eq!(r["answers"], 400, "{r}");
     assert_eq!(r["statuses"]["200"], 400, "every answer 200: {r}");
