@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 /// The model registry's file name inside the policies folder.
 pub const MODELS_FILE: &str = "models.toml";
+/// The chain settings' file name inside the policies folder (`crate::chain`).
+pub const CHAIN_FILE: &str = "chain.toml";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,9 +56,45 @@ pub struct AxonConfig {
     #[serde(default)]
     pub allow_any_signed: bool,
     /// Admission by standing on the subnet (overrides `chain.toml`'s default rule).
-    pub admit: Option<crate::chain::Rule>,
+    pub admit: Option<Rule>,
     /// What `scripts/chain/announce.py` publishes on chain for this hotkey.
     pub announce: Option<Announce>,
+}
+
+/// Who may call, by their standing on the subnet.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Require a validator permit (the reference miner's shipped setting).
+    #[serde(default = "yes")]
+    pub validator_permit: bool,
+    /// Minimum stake (the metagraph's `S`), 0 for none.
+    #[serde(default)]
+    pub min_stake: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Rule {
+    pub fn check(&self) -> Result<(), String> {
+        if !self.min_stake.is_finite() || self.min_stake < 0.0 {
+            return Err(format!("min_stake {}: a stake, 0 or more", self.min_stake));
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self) -> String {
+        let mut s = String::from("registered");
+        if self.validator_permit {
+            s.push_str(" + validator permit");
+        }
+        if self.min_stake > 0.0 {
+            s.push_str(&format!(" + stake >= {}", self.min_stake));
+        }
+        s
+    }
 }
 
 /// The axon address validators are told (`serve_axon`), and the wallet that signs it.
@@ -275,7 +313,7 @@ pub fn hotkey_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|e| e == "toml")
-                && p.file_name().is_some_and(|n| n != MODELS_FILE && n != crate::chain::CHAIN_FILE)
+                && p.file_name().is_some_and(|n| n != MODELS_FILE && n != CHAIN_FILE)
         })
         .collect();
     files.sort();

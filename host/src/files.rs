@@ -11,6 +11,12 @@ pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 /// Largest configuration file (hotkey, registry, chain settings, metagraph snapshot) read.
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
+/// Lower-case hex sha-256 of `bytes` (content keys: compiled components, configs, snapshots).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Why a file was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

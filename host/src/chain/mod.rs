@@ -15,26 +15,9 @@ pub use snapshot::{Metagraph, Standing};
 
 use crate::config::AxonConfig;
 
-/// The chain settings' file name inside the policies folder.
-pub const CHAIN_FILE: &str = "chain.toml";
+pub use crate::config::{Rule, CHAIN_FILE};
 /// The subnet this product serves.
 pub const NETUID: u16 = 72;
-
-/// Who may call, by their standing on the subnet.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    /// Require a validator permit (the reference miner's shipped setting).
-    #[serde(default = "yes")]
-    pub validator_permit: bool,
-    /// Minimum stake (the metagraph's `S`), 0 for none.
-    #[serde(default)]
-    pub min_stake: f64,
-}
-
-fn yes() -> bool {
-    true
-}
 
 /// `policies/chain.toml`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -94,26 +77,6 @@ impl ChainConfig {
 
     pub fn snapshot_path(&self, policies: &Path) -> PathBuf {
         policies.join(&self.snapshot)
-    }
-}
-
-impl Rule {
-    pub fn check(&self) -> Result<(), String> {
-        if !self.min_stake.is_finite() || self.min_stake < 0.0 {
-            return Err(format!("min_stake {}: a stake, 0 or more", self.min_stake));
-        }
-        Ok(())
-    }
-
-    pub fn describe(&self) -> String {
-        let mut s = String::from("registered");
-        if self.validator_permit {
-            s.push_str(" + validator permit");
-        }
-        if self.min_stake > 0.0 {
-            s.push_str(&format!(" + stake >= {}", self.min_stake));
-        }
-        s
     }
 }
 

@@ -90,7 +90,7 @@ impl Plugin {
         let bytes = std::fs::read(file).map_err(|e| PluginError::Read { file: file.into(), reason: e.to_string() })?;
         let component = Component::new(&rt.engine, &bytes)
             .map_err(|e| PluginError::Compile { file: file.into(), reason: format!("{e:#}") })?;
-        Self::from_component(rt, file, component, crate::reload::cache::sha256_hex(&bytes))
+        Self::from_component(rt, file, component, crate::files::sha256_hex(&bytes))
     }
 
     /// Checks a compiled component (contract, role, linking, `info`) and prepares it.
