@@ -6,6 +6,7 @@
 //! good requests, p50/p99 of the good ones in that window, the server's resident memory.
 //!
 //!   cargo run --release -p cascade-bench --bin soak -- [--minutes 30] [--every-s 30] [--workers 4]
+//!       [--cascade PATH] [--variants 40]   (distinct challenges per frame, 64 frames)
 //!
 //! Exit status 1 if any good request failed or resident memory grew more than 10 % from the
 //! first full window to the last.
@@ -43,20 +44,29 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// 224×224 JPEGs of real street frames, as a validator's level-0 challenge.
-fn images(n: usize) -> Vec<Vec<u8>> {
+/// Validator challenges of real street frames: each of `n` frames drawn through the subnet's
+/// augmentation levels `variants` times (seeded), so that most requests carry an image the
+/// server has not seen (the stage cache would otherwise answer nearly all of them).
+fn images(n: usize, variants: usize) -> Vec<Vec<u8>> {
+    use cascade_host::offline::augment::{challenge_jpeg, Params, Rng};
     let data = repo().join("../shared/data/roadwork-more");
     let text = std::fs::read_to_string(data.join("manifest.csv")).expect("../shared/data/roadwork-more/manifest.csv");
-    text.lines()
+    let frames: Vec<image::RgbImage> = text
+        .lines()
         .skip(1)
         .filter_map(|l| l.split(',').next())
         .take(n)
-        .filter_map(|p| image::open(data.join(p)).ok())
-        .map(|img| {
-            let img = img.to_rgb8();
-            cascade_host::offline::validator::validator_jpeg(&img).expect("jpeg")
-        })
-        .collect()
+        .filter_map(|p| image::open(data.join(p)).ok().map(|i| i.to_rgb8()))
+        .collect();
+    let mut rng = Rng::new(72);
+    let mut out = Vec::with_capacity(frames.len() * variants);
+    for _ in 0..variants {
+        for f in &frames {
+            let p = Params::sample(&mut rng, f.width(), f.height());
+            out.push(challenge_jpeg(f, &p));
+        }
+    }
+    out
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -116,7 +126,14 @@ fn main() -> anyhow::Result<()> {
     let (miner, validator, stranger) = (Keypair::generate(), Keypair::generate(), Keypair::generate());
     let miner_ss58 = ss58::encode(&miner.public.to_bytes());
     policies(&dir, &miner_ss58, &ss58::encode(&validator.public.to_bytes()));
-    let bin: PathBuf = repo().join("target/release/cascade");
+    // `--cascade PATH` runs a copy kept out of the way of rebuilds
+    let args: Vec<String> = std::env::args().collect();
+    let bin: PathBuf = args
+        .iter()
+        .position(|x| x == "--cascade")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/release/cascade"));
     let mut child = Command::new(&bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
         .arg(&dir)
@@ -135,7 +152,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    let imgs = Arc::new(images(64));
+    let imgs = Arc::new(images(64, arg("--variants", 40) as usize));
     anyhow::ensure!(!imgs.is_empty(), "no images");
     let b64: Arc<Vec<String>> =
         Arc::new(imgs.iter().map(|i| base64::engine::general_purpose::STANDARD.encode(i)).collect());
