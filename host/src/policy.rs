@@ -105,8 +105,16 @@ impl Hotkey {
     /// The request path: the rollout picks the arm (sticky by `sticky`); a shadow copy of the
     /// other arm runs off the response path, sharing this request's memoised model results.
     /// The budget counts from `arrived`, so reading and decoding the image spend it too.
-    pub fn serve(self: &Arc<Self>, models: &Arc<Models>, image: Image, sticky: u64, arrived: Instant) -> Answer {
-        let ctx = RequestCtx::new(models.clone(), &self.name, arrived + self.budget);
+    /// `origin` keys the image for the stage cache (a hash of the request's encoded bytes).
+    pub fn serve(
+        self: &Arc<Self>,
+        models: &Arc<Models>,
+        image: Image,
+        sticky: u64,
+        arrived: Instant,
+        origin: [u8; 16],
+    ) -> Answer {
+        let ctx = RequestCtx::new(models.clone(), &self.name, arrived + self.budget).with_origin(origin);
         let Some(ro) = self.rollout.clone() else {
             return self.decide(Side::Stable, &ctx, image, true);
         };

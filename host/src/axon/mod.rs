@@ -217,11 +217,12 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
     let bytes = ingress::decode_base64(&image_b64).map_err(|r| refuse(StatusCode::BAD_REQUEST, r.message))?;
     let limits = server.limits.axon();
     let sticky = crate::rollout::sticky_key(&bytes);
+    let origin = crate::runtime::request::key_of(b"bytes", &[&bytes]);
     let turn = server.decode_turn(started, hk.budget).await.map_err(|r| refuse(r.status, r.message))?;
     let answer = tokio::task::block_in_place(|| -> Result<crate::policy::Answer, ingress::Refusal> {
         let img = ingress::decode_image(&bytes, &limits)?;
         drop(turn);
-        Ok(hk.serve(&serving.models, Arc::new(img), sticky, started))
+        Ok(hk.serve(&serving.models, Arc::new(img), sticky, started, origin))
     })
     .map_err(|r| {
         refuse(if r.status == StatusCode::PAYLOAD_TOO_LARGE { r.status } else { StatusCode::BAD_REQUEST }, r.message)

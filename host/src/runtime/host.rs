@@ -25,8 +25,8 @@ impl StoreState {
         self.table.get(r).context("image handle")
     }
 
-    fn push_image(&mut self, pixels: image::RgbImage) -> Host<Resource<ImageRef>> {
-        let img = self.ctx()?.image(Arc::new(pixels));
+    fn push_image(&mut self, pixels: image::RgbImage, key: [u8; 16]) -> Host<Resource<ImageRef>> {
+        let img = self.ctx()?.derived(Arc::new(pixels), key);
         let r = self.table.push(img)?;
         self.created.push(r.rep());
         Ok(r)
@@ -74,7 +74,16 @@ impl types::HostImage for StoreState {
             )));
         }
         let view = imageops::crop_imm(&*src, x0 as u32, y0 as u32, cw, ch);
-        Ok(Ok(self.push_image(view.to_image())?))
+        let op: Vec<u8> = [
+            b"crop".as_slice(),
+            &(x0 as u32).to_le_bytes(),
+            &(y0 as u32).to_le_bytes(),
+            &cw.to_le_bytes(),
+            &ch.to_le_bytes(),
+        ]
+        .concat();
+        let key = self.image(&img)?.derived_key(&op);
+        Ok(Ok(self.push_image(view.to_image(), key)?))
     }
 
     fn flip_horizontal(&mut self, img: Resource<ImageRef>) -> Host<Resource<ImageRef>> {
@@ -83,7 +92,8 @@ impl types::HostImage for StoreState {
         if !self.ctx()?.derive(src.width() as u64 * src.height() as u64) {
             return Err(format_err!("the request derived too many images (crops and flips are bounded per request)"));
         }
-        self.push_image(imageops::flip_horizontal(&*src))
+        let key = self.image(&img)?.derived_key(b"flip-horizontal");
+        self.push_image(imageops::flip_horizontal(&*src), key)
     }
 
     fn drop(&mut self, img: Resource<ImageRef>) -> Host<()> {

@@ -12,6 +12,22 @@ use serde::Serialize;
 
 use crate::wit::{Error, Outcome};
 
+/// A 128-bit content key: sha-256 of a domain and parts, truncated (collisions cannot be
+/// crafted, so one client's image can never be answered with another's cached result).
+pub fn key_of(domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(domain);
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let d = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
+
 /// Images a request's components may hold (the original counts as one).
 pub const MAX_DERIVED_IMAGES: u32 = 256;
 /// Pixels of crops and flips one request may derive in all (32 full-HD frames' worth).
@@ -31,18 +47,23 @@ impl ImageRef {
         ImageRef { id, pixels, hash: std::sync::OnceLock::new() }
     }
 
-    /// sha-256 of the dimensions and pixels, truncated to 128 bits.
+    /// An image whose content key is already known (the request's bytes, or a derivation).
+    pub fn with_key(id: u32, pixels: Image, key: [u8; 16]) -> ImageRef {
+        ImageRef { id, pixels, hash: std::sync::OnceLock::from(key) }
+    }
+
+    /// The key of an image derived from this one by `op` (a crop's box, a flip): the same
+    /// parent and operation give the same pixels, so no pixel needs hashing.
+    pub fn derived_key(&self, op: &[u8]) -> [u8; 16] {
+        key_of(b"derived", &[&self.content_hash(), op])
+    }
+
+    /// The content key: preset from the request's encoded bytes (hashing ~15 KB of JPEG
+    /// instead of ~150 KB of pixels), else sha-256 of the dimensions and pixels.
     pub fn content_hash(&self) -> [u8; 16] {
         *self.hash.get_or_init(|| {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            h.update(self.pixels.width().to_le_bytes());
-            h.update(self.pixels.height().to_le_bytes());
-            h.update(self.pixels.as_raw());
-            let d = h.finalize();
-            let mut out = [0u8; 16];
-            out.copy_from_slice(&d[..16]);
-            out
+            let (w, h) = (self.pixels.width().to_le_bytes(), self.pixels.height().to_le_bytes());
+            key_of(b"pixels", &[&w, &h, self.pixels.as_raw()])
         })
     }
 }
@@ -71,6 +92,8 @@ pub struct RequestCtx {
     pub models: Arc<Models>,
     pub deadline: Instant,
     pub hotkey: String,
+    /// The content key of the request's image, from its encoded bytes (None offline).
+    origin: Option<[u8; 16]>,
     next_image: AtomicU32,
     /// Pixels of the images components derived (crops, flips), bounded per request.
     derived_pixels: std::sync::atomic::AtomicU64,
@@ -85,6 +108,7 @@ impl RequestCtx {
             models,
             deadline,
             hotkey: hotkey.to_string(),
+            origin: None,
             next_image: AtomicU32::new(0),
             derived_pixels: std::sync::atomic::AtomicU64::new(0),
             memo: Mutex::new(HashMap::new()),
@@ -93,8 +117,26 @@ impl RequestCtx {
         })
     }
 
+    /// A handle on the request's image (its key is the request bytes' when known).
     pub fn image(&self, pixels: Image) -> ImageRef {
-        ImageRef::new(self.next_image.fetch_add(1, Ordering::Relaxed), pixels)
+        let id = self.next_image.fetch_add(1, Ordering::Relaxed);
+        match self.origin {
+            Some(key) => ImageRef::with_key(id, pixels, key),
+            None => ImageRef::new(id, pixels),
+        }
+    }
+
+    /// A handle on an image derived from the request's.
+    pub fn derived(&self, pixels: Image, key: [u8; 16]) -> ImageRef {
+        ImageRef::with_key(self.next_image.fetch_add(1, Ordering::Relaxed), pixels, key)
+    }
+
+    /// Keys the request's image by its encoded bytes (`key_of(b"bytes", ..)`).
+    pub fn with_origin(mut self: Arc<Self>, key: [u8; 16]) -> Arc<Self> {
+        if let Some(me) = Arc::get_mut(&mut self) {
+            me.origin = Some(key);
+        }
+        self
     }
 
     /// Counts a derived image against the request's allowance (`MAX_DERIVED_PIXELS`, and at

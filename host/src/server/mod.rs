@@ -394,9 +394,10 @@ impl Server {
         let turn = self.decode_turn(started, hk.budget).await?;
         let answer = tokio::task::block_in_place(move || -> Result<Answer, Refusal> {
             let sticky = sticky.unwrap_or_else(|| crate::rollout::sticky_key(&bytes));
+            let origin = crate::runtime::request::key_of(b"bytes", &[&bytes]);
             let img = ingress::decode_image(&bytes, &limits)?;
             drop(turn);
-            Ok(hk.serve(&serving.models, Arc::new(img), sticky, started))
+            Ok(hk.serve(&serving.models, Arc::new(img), sticky, started, origin))
         })?;
         let took = started.elapsed();
         crate::metrics::global().request(hotkey, &answer.stage, crate::axon::outcome(&answer), took);
