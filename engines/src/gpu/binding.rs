@@ -39,6 +39,12 @@ pub(crate) enum GpuRunError {
 }
 
 /// What a run hands back: the output's shape and values, and how each image maps back.
+/// Whether `CASCADE_GPU_TRACE` asks for per-batch timings.
+fn trace() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("CASCADE_GPU_TRACE").is_some_and(|v| v != "0"))
+}
+
 pub(crate) type GpuOutput = (Vec<i64>, Vec<f32>, Vec<Prepared>);
 
 impl GpuInput {
@@ -88,9 +94,23 @@ impl GpuInput {
                 v.insert((t, b))
             }
         };
+        let t0 = std::time::Instant::now();
         let prepared = self.prep.run(images, tensor.data_ptr_mut() as u64).map_err(GpuRunError::Prep)?;
+        let t1 = std::time::Instant::now();
         let outputs = session.run_binding(binding).map_err(run)?;
+        let t2 = std::time::Instant::now();
         let (shape, data) = output_f32(&outputs[self.output.as_str()]).map_err(run)?;
+        if trace() {
+            // CASCADE_GPU_TRACE=1: where a batch's time goes, one debug line per batch
+            tracing::info!(
+                n = images.len(),
+                rows,
+                prep_us = (t1 - t0).as_micros() as u64,
+                run_us = (t2 - t1).as_micros() as u64,
+                read_us = t2.elapsed().as_micros() as u64,
+                "gpu batch"
+            );
+        }
         Ok((shape, data, prepared))
     }
 }
