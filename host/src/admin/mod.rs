@@ -56,7 +56,8 @@ fn authorised(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> boo
     let h = req.headers();
     let bearer =
         h.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if let (Some(t), Some(b)) = (&server.admin_token, bearer) {
+    // an empty token (an unset variable passed through) never admits anyone
+    if let (Some(t), Some(b)) = (server.admin_token.as_ref().filter(|t| !t.is_empty()), bearer) {
         if same_secret(t.as_bytes(), b.as_bytes()) {
             return true;
         }
