@@ -21,6 +21,9 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 # the chain programs (metagraph sync, announce) against the SDK's mock subtensor
 .cache/bt-venv/bin/python -m unittest discover -s scripts/chain -p 'test_*.py'
+# the deployment files (deploy/): promtool config/rules/unit tests, amtool, dashboard, compose
+# config, hadolint, shellcheck, systemd-analyze, PM2, the entrypoint's exit 78
+bash scripts/deploy_checks.sh
 # the converted backbone must reproduce the reference network's ImageNet answers
 .venv/bin/python scripts/models/verify_efficientnet.py target/models/efficientnet_lite0.onnx
 (cd plugins && cargo test --quiet --release --target x86_64-unknown-linux-gnu -p keywords -p cascade-router -p weighted)
