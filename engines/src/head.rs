@@ -1,10 +1,14 @@
 //! A small trained head applied to an embedder's output, so that "backbone + head" is one
 //! classifier in the registry. The head is a JSON file (`cascade-head/1`) written by
-//! `cascade train-head`: feature standardisation, then dense layers.
+//! `cascade train-head`: feature standardisation, then dense layers. A head records the
+//! backbone it was trained on (ONNX file, input preparation, feature dimension); a classifier
+//! that would run it on another backbone or input is refused at load, naming both.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::spec::{InputSpec, ModelSpec};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +23,10 @@ pub struct Head {
     #[serde(default)]
     pub std: Vec<f32>,
     pub layers: Vec<Dense>,
+    /// What the head was trained on; absent in heads written before it was recorded (those
+    /// are checked for their dimension only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone: Option<Backbone>,
     /// Anything the trainer wants to keep beside the weights (metrics, command line).
     #[serde(default)]
     pub provenance: serde_json::Value,
@@ -35,12 +43,68 @@ pub struct Dense {
 
 pub const FORMAT: &str = "cascade-head/1";
 
+/// The backbone a head was trained on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Backbone {
+    /// The registry name it was trained through (`dino-embed`); informative.
+    pub model: String,
+    /// The ONNX file's name (no folder): what must match.
+    pub file: String,
+    /// The input preparation, as [`describe_input`] writes it: what must match.
+    pub input: String,
+    /// Features the backbone gives (the head's `input_dim`).
+    pub dim: usize,
+}
+
+/// A model's input preparation in one comparable line: size, resize rule, colour order and
+/// normalisation.
+pub fn describe_input(i: &InputSpec) -> String {
+    let short = i.resize_short.map_or(String::new(), |s| format!(" short {s}"));
+    format!(
+        "{}x{} {:?}{short} {:?} scale {} mean {:?} std {:?}",
+        i.width, i.height, i.resize, i.color, i.scale, i.mean, i.std
+    )
+    .to_lowercase()
+}
+
+impl Backbone {
+    /// The backbone of a registry model whose output has `dim` features.
+    pub fn of(spec: &ModelSpec, dim: usize) -> Backbone {
+        Backbone { model: spec.name.clone(), file: file_name(&spec.file), input: describe_input(&spec.input), dim }
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into_owned())
+}
+
 impl Head {
     pub fn load(path: &Path) -> Result<Head, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("head {}: {e}", path.display()))?;
         let h: Head = serde_json::from_str(&text).map_err(|e| format!("head {}: {e}", path.display()))?;
         h.check().map_err(|e| format!("head {}: {e}", path.display()))?;
         Ok(h)
+    }
+
+    /// [`Head::load`], then refuses a head trained on another backbone or input than `spec`'s.
+    pub fn load_for(path: &Path, spec: &ModelSpec) -> Result<Head, String> {
+        let h = Head::load(path)?;
+        h.fits(spec).map_err(|e| format!("head {}: {e}", path.display()))?;
+        Ok(h)
+    }
+
+    /// Whether the model `spec` runs the backbone and input this head was trained on.
+    pub fn fits(&self, spec: &ModelSpec) -> Result<(), String> {
+        let Some(b) = &self.backbone else { return Ok(()) };
+        let (file, input) = (file_name(&spec.file), describe_input(&spec.input));
+        if b.file != file || b.input != input {
+            return Err(format!(
+                "trained for {} ({}, input {}, {} features), but model {} runs {} (input {})",
+                b.file, b.model, b.input, b.dim, spec.name, file, input
+            ));
+        }
+        Ok(())
     }
 
     pub fn check(&self) -> Result<(), String> {
@@ -59,6 +123,9 @@ impl Head {
         }
         if self.layers.is_empty() {
             return Err("no layers".into());
+        }
+        if let Some(b) = self.backbone.as_ref().filter(|b| b.dim != self.input_dim) {
+            return Err(format!("input_dim {} but its backbone {} gives {} features", self.input_dim, b.file, b.dim));
         }
         Ok(())
     }
@@ -126,6 +193,7 @@ mod tests {
                 Dense { weights: vec![vec![0.3, -0.2, 0.1], vec![1.0, 0.0, -1.0]], bias: vec![0.1, -0.1], relu: true },
                 Dense { weights: vec![vec![0.7, -0.4]], bias: vec![0.05], relu: false },
             ],
+            backbone: None,
             provenance: serde_json::Value::Null,
         };
         h.check().unwrap();
@@ -135,5 +203,44 @@ mod tests {
         h.check().unwrap();
         let after = h.forward(&x);
         assert!((before[0] - after[0]).abs() < 1e-5, "{before:?} {after:?}");
+    }
+
+    fn spec(file: &str, short: u32) -> ModelSpec {
+        let toml = format!(
+            "[[model]]\nname = \"roadwork\"\nkind = \"classifier\"\nfile = \"{file}\"\ninput = {{ width = 224, height = 224, resize = \"center_crop\", resize_short = {short}, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }}\n"
+        );
+        let reg: crate::spec::Registry = toml::from_str(&toml).unwrap();
+        reg.models.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn a_head_for_another_backbone_or_input_is_refused_naming_both() {
+        let trained_on = spec("../target/models/dinov2_vits14.onnx", 224);
+        let mut h = Head {
+            format: FORMAT.into(),
+            labels: vec!["other".into(), "roadwork".into()],
+            input_dim: 2,
+            mean: vec![],
+            std: vec![],
+            layers: vec![Dense { weights: vec![vec![1.0, -1.0]], bias: vec![0.0], relu: false }],
+            backbone: Some(Backbone::of(&trained_on, 2)),
+            provenance: serde_json::Value::Null,
+        };
+        h.check().unwrap();
+        h.fits(&trained_on).unwrap();
+        // the same file elsewhere is the same backbone
+        h.fits(&spec("/elsewhere/dinov2_vits14.onnx", 224)).unwrap();
+        let e = h.fits(&spec("../target/models/efficientnet_lite0.onnx", 224)).unwrap_err();
+        assert!(e.contains("dinov2_vits14.onnx") && e.contains("efficientnet_lite0.onnx"), "{e}");
+        let e = h.fits(&spec("../target/models/dinov2_vits14.onnx", 256)).unwrap_err();
+        assert!(e.contains("short 224") && e.contains("short 256"), "{e}");
+        // a head whose recorded dimension disagrees with its weights is inconsistent
+        h.backbone.as_mut().unwrap().dim = 768;
+        assert!(h.check().unwrap_err().contains("768"));
+        // heads written before backbones were recorded still load (dimension checked by the worker)
+        h.backbone = None;
+        h.fits(&spec("../target/models/efficientnet_lite0.onnx", 256)).unwrap();
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(!json.contains("backbone"), "{json}");
     }
 }

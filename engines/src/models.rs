@@ -172,8 +172,8 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     }
     let head = match &spec.head {
         Some(p) => {
-            let h =
-                crate::head::Head::load(p).map_err(|reason| LoadError::Spec { model: spec.name.clone(), reason })?;
+            let h = crate::head::Head::load_for(p, &spec)
+                .map_err(|reason| LoadError::Spec { model: spec.name.clone(), reason })?;
             if spec.activation != crate::spec::Activation::Sigmoid && h.outputs() == 1 {
                 return Err(LoadError::Spec {
                     model: spec.name.clone(),

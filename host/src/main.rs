@@ -59,6 +59,9 @@ struct EvalCli {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also write one JSON line per image (level, prediction, stage, evidence) to this file.
+    #[arg(long)]
+    rows: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -68,8 +71,9 @@ struct TrainCli {
     /// An embedder in the registry.
     #[arg(long)]
     backbone: String,
-    #[arg(long)]
-    manifest: PathBuf,
+    /// Labelled CSV (`path,label[,source]`); repeat to train on several.
+    #[arg(long, required = true)]
+    manifest: Vec<PathBuf>,
     /// Where the head (JSON) goes.
     #[arg(long)]
     out: PathBuf,
@@ -78,8 +82,30 @@ struct TrainCli {
     /// Validator augmentation levels to draw from, one per image (`0-3`, `0,2`), seeded by `--seed`.
     #[arg(long, value_parser = cascade_host::offline::augment::Levels::parse)]
     levels: Option<cascade_host::offline::augment::Levels>,
+    /// Augmented views per image (each drawn from `--levels`), embedded once and cached.
+    #[arg(long, default_value_t = 1)]
+    views: usize,
+    /// Every source (an image's first folder) weighs the same, then the classes are evened out.
+    #[arg(long)]
+    balance_sources: bool,
+    /// Cross-validation: `random` (stratified folds of images), `source` (leave one source out), `none`.
+    #[arg(long, default_value = "random")]
+    cv: cascade_host::offline::train::Cv,
+    /// Folds of `--cv random`.
     #[arg(long, default_value_t = 5)]
     folds: usize,
+    /// Fit a Platt scaling on the out-of-fold scores (so 0.5 is the cut) and fold it into the head.
+    #[arg(long)]
+    calibrate: bool,
+    /// Embedding cache folder (default: `target/embed-cache` beside the binary).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Keep embeddings in memory only.
+    #[arg(long)]
+    no_cache: bool,
+    /// Write every view's embedding as JSON lines here.
+    #[arg(long)]
+    dump: Option<PathBuf>,
     /// Hidden units of a one-hidden-layer head (0: logistic regression).
     #[arg(long, default_value_t = 0)]
     hidden: usize,
@@ -190,22 +216,29 @@ fn main() -> ExitCode {
                 levels: a.levels,
                 seed: a.seed,
                 json: a.json,
+                rows: a.rows,
             };
             cascade_host::offline::eval::eval(&rt, &src, &args)
         }),
         Cmd::TrainHead(a) => cascade_host::offline::train::train(&cascade_host::offline::train::TrainArgs {
             policies: a.policies,
             backbone: a.backbone,
-            manifest: a.manifest,
+            manifests: a.manifest,
             out: a.out,
             validator_style: a.validator_style,
             levels: a.levels,
+            views: a.views,
+            balance_sources: a.balance_sources,
+            cv: a.cv,
             folds: a.folds,
+            calibrate: a.calibrate,
             hidden: a.hidden,
             l2: a.l2,
             epochs: a.epochs,
             seed: a.seed,
             oof: a.oof,
+            cache: (!a.no_cache).then(|| a.cache.unwrap_or_else(|| cascade_host::beside_exe("embed-cache"))),
+            dump: a.dump,
         }),
     };
     match r {

@@ -26,6 +26,9 @@ pub struct EvalArgs {
     /// Seed of the per-image level and augmentation draws.
     pub seed: u64,
     pub json: bool,
+    /// One JSON line per image (path, label, source, level, prediction, stage, reason), for
+    /// per-source tables and for tuning policies on the evidence of a probe policy.
+    pub rows: Option<std::path::PathBuf>,
 }
 
 pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<ExitCode> {
@@ -34,22 +37,30 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
     let hk = state.hotkeys.get(&a.hotkey).ok_or_else(|| {
         anyhow::anyhow!("no hotkey {} (have {:?})", a.hotkey, state.hotkeys.keys().collect::<Vec<_>>())
     })?;
-    let examples = manifest::load(&a.manifest)?;
+    let loaded = manifest::load_all(std::slice::from_ref(&a.manifest))?;
+    let examples = loaded.examples;
     let style = Style::from_flags(a.validator_style, a.levels.clone(), a.seed);
     let mut conf = Confusion::default();
     let mut per_level: BTreeMap<u8, Confusion> = BTreeMap::new();
     let mut stages: BTreeMap<String, u64> = BTreeMap::new();
     let mut latency = Vec::with_capacity(examples.len());
     let (mut model_ms, mut fallbacks, mut failed) = (0f64, 0u64, 0u64);
-    let mut errors: Vec<String> = Vec::new();
+    // bad manifest rows were reported by the loader; they count as errors too
+    let mut errors: Vec<String> = loaded.problems;
+    let mut rows = match &a.rows {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        )),
+        None => None,
+    };
     let mut progress = Progress::new("eval", examples.len());
-    for (row, ex) in examples.iter().enumerate() {
+    for ex in examples.iter() {
         let (img, level) = match load_image(&ex.path, style.as_ref()) {
             Ok((i, level)) => (Arc::new(i), level),
             Err(e) => {
                 // a bad row is reported and counted; the run goes on
-                eprintln!("row {}: {e:#}", row + 2);
-                errors.push(format!("row {}: {e:#}", row + 2));
+                eprintln!("{}: {e:#}", ex.row);
+                errors.push(format!("{}: {e:#}", ex.row));
                 progress.tick();
                 continue;
             }
@@ -66,10 +77,20 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         } else {
             failed += 1;
         }
+        if let Some(w) = rows.as_mut() {
+            use std::io::Write as _;
+            let line = json!({"path": ex.path, "label": ex.label as u8, "source": ex.source, "level": level,
+                "prediction": ans.prediction, "stage": ans.stage, "reason": ans.reason, "model_ms": ans.model_ms});
+            writeln!(w, "{line}")?;
+        }
         *stages.entry(ans.stage).or_default() += 1;
         model_ms += ans.model_ms;
         fallbacks += ans.fallback as u64;
         progress.tick();
+    }
+    if let Some(mut w) = rows {
+        use std::io::Write as _;
+        w.flush()?;
     }
     latency.sort_by(f64::total_cmp);
     let fig = conf.figures();

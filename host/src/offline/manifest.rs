@@ -1,5 +1,8 @@
 //! Labelled manifests: CSV with `path` and `label` columns (paths relative to the manifest,
-//! label 1 = roadwork); other columns are ignored. Quoted fields are understood.
+//! label 1 = roadwork); an optional `source` column, and the folder a path starts with, tell
+//! where an image comes from (see [`Example::source`]). Other columns are ignored. Quoted
+//! fields are understood. A bad row (a label outside {0, 1}, too few columns) is reported with
+//! its file and line and left out; the rest is used.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +10,19 @@ use std::path::{Path, PathBuf};
 pub struct Example {
     pub path: PathBuf,
     pub label: bool,
+    /// The group an image belongs to for source balancing and grouped folds: the first folder
+    /// of its `path` (the data sets keep one source per folder), else the first word of its
+    /// `source` column, else `"-"`.
+    pub source: String,
+    /// `file:line`, for reports.
+    pub row: String,
+}
+
+/// Rows of one or several manifests, and what was wrong with the rows left out.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub examples: Vec<Example>,
+    pub problems: Vec<String>,
 }
 
 /// Splits one CSV line, honouring double quotes.
@@ -30,29 +46,102 @@ fn fields(line: &str) -> Vec<String> {
     out
 }
 
-pub fn load(file: &Path) -> anyhow::Result<Vec<Example>> {
+/// Logical CSV records: a quoted field may span lines.
+fn records(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut start = 0;
+    let mut quotes = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        if cur.is_empty() {
+            start = n + 1;
+        } else {
+            cur.push('\n');
+        }
+        cur.push_str(line);
+        quotes += line.matches('"').count();
+        if quotes.is_multiple_of(2) {
+            if !cur.trim().is_empty() {
+                out.push((start, std::mem::take(&mut cur)));
+            }
+            cur.clear();
+            quotes = 0;
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push((start, cur));
+    }
+    out
+}
+
+fn source_of(path: &str, source_col: Option<&str>) -> String {
+    let p = path.trim().trim_start_matches("./");
+    if let Some((first, _)) = p.split_once('/') {
+        if !first.is_empty() && first != ".." && !p.starts_with('/') {
+            return first.to_string();
+        }
+    }
+    source_col.and_then(|s| s.split_whitespace().next()).map_or_else(|| "-".to_string(), str::to_string)
+}
+
+/// One manifest: its usable rows and a line per bad row. Fails only when the file cannot be
+/// read or has no `path`/`label` header.
+pub fn load_reporting(file: &Path) -> anyhow::Result<Loaded> {
     let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header = fields(lines.next().ok_or_else(|| anyhow::anyhow!("{}: empty manifest", file.display()))?);
+    let recs = records(&text);
+    let mut it = recs.into_iter();
+    let (_, head) = it.next().ok_or_else(|| anyhow::anyhow!("{}: empty manifest", file.display()))?;
+    let header = fields(&head);
     let col = |name: &str| header.iter().position(|h| h.trim() == name);
     let (Some(pi), Some(li)) = (col("path"), col("label")) else {
         anyhow::bail!("{}: needs `path` and `label` columns, has {header:?}", file.display());
     };
+    let si = col("source");
     let base = file.parent().unwrap_or(Path::new("."));
-    let mut out = Vec::new();
-    for (n, line) in lines.enumerate() {
-        let f = fields(line);
+    let mut out = Loaded::default();
+    for (line, rec) in it {
+        let row = format!("{}:{line}", file.display());
+        let f = fields(&rec);
         let (Some(p), Some(l)) = (f.get(pi), f.get(li)) else {
-            anyhow::bail!("{} line {}: too few columns", file.display(), n + 2);
+            out.problems.push(format!("{row}: too few columns (left out)"));
+            continue;
         };
         let label = match l.trim() {
             "1" | "true" => true,
             "0" | "false" => false,
-            other => anyhow::bail!("{} line {}: label {other:?} is not 0 or 1", file.display(), n + 2),
+            other => {
+                out.problems.push(format!("{row}: label {other:?} is not 0 or 1 (left out)"));
+                continue;
+            }
         };
-        out.push(Example { path: base.join(p.trim()), label });
+        if p.trim().is_empty() {
+            out.problems.push(format!("{row}: empty path (left out)"));
+            continue;
+        }
+        let source = source_of(p, si.and_then(|i| f.get(i)).map(String::as_str));
+        out.examples.push(Example { path: base.join(p.trim()), label, source, row });
     }
     Ok(out)
+}
+
+/// Several manifests in order; bad rows are reported on stderr and left out.
+pub fn load_all(files: &[PathBuf]) -> anyhow::Result<Loaded> {
+    let mut all = Loaded::default();
+    for f in files {
+        let l = load_reporting(f)?;
+        all.examples.extend(l.examples);
+        all.problems.extend(l.problems);
+    }
+    for p in &all.problems {
+        eprintln!("{p}");
+    }
+    anyhow::ensure!(!all.examples.is_empty(), "no usable rows in {files:?}");
+    Ok(all)
+}
+
+/// One manifest; bad rows are reported on stderr and left out.
+pub fn load(file: &Path) -> anyhow::Result<Vec<Example>> {
+    Ok(load_all(&[file.to_path_buf()])?.examples)
 }
 
 #[cfg(test)]
@@ -63,5 +152,27 @@ mod tests {
     fn quoted_fields() {
         assert_eq!(fields(r#"a,"b, c",1"#), vec!["a", "b, c", "1"]);
         assert_eq!(fields(r#""say ""hi""",2"#), vec![r#"say "hi""#, "2"]);
+    }
+
+    #[test]
+    fn bad_rows_are_reported_and_the_rest_used() {
+        let dir = std::env::temp_dir().join(format!("cascade-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = dir.join("m.csv");
+        std::fs::write(
+            &m,
+            "path,label,source,note\ntracon/a.jpg,1,\"github:x/y@1 TraCon\",\"two\nlines\"\nb.jpg,2,s,n\nc.jpg,0,\"web:z extra\",n\n,1,s,n\nd.jpg\n",
+        )
+        .unwrap();
+        let l = load_reporting(&m).unwrap();
+        assert_eq!(l.examples.len(), 2, "{l:?}");
+        assert_eq!(l.examples[0].source, "tracon");
+        assert!(l.examples[0].label);
+        assert_eq!(l.examples[1].source, "web:z");
+        assert!(!l.examples[1].label);
+        assert_eq!(l.problems.len(), 3, "{:?}", l.problems);
+        assert!(l.problems[0].contains("m.csv:4") && l.problems[0].contains("\"2\""), "{:?}", l.problems);
+        assert!(l.problems[2].contains("too few columns"), "{:?}", l.problems);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -1,7 +1,8 @@
 //! Offline tools over labelled images: `eval` (a hotkey's live policy on a manifest) and
-//! `train-head` (a classifier head on frozen-backbone embeddings).
+//! `train-head` (a classifier head on frozen-backbone embeddings, cached in `embed_cache`).
 
 pub mod augment;
+pub mod embed_cache;
 pub mod eval;
 pub mod jpeg;
 pub mod manifest;

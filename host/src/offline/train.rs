@@ -1,40 +1,90 @@
 //! `cascade train-head`: a logistic (or one-hidden-layer) head on frozen-backbone embeddings,
-//! with class balancing, stratified k-fold cross-validation, and the final head written as
-//! `cascade-head/1` JSON that the registry loads as part of a classifier.
+//! written as `cascade-head/1` JSON that the registry loads as part of a classifier.
+//!
+//! - Several manifests at once; bad rows and unreadable files are reported and left out.
+//! - Inputs as validators send them: level 0 (`--validator-style`) or levels drawn from
+//!   `--levels`, several augmented views per image (`--views`), each embedded once and kept in
+//!   an on-disk cache keyed by file hash, view parameters and backbone ([`super::embed_cache`]).
+//! - Class balancing always; source balancing on request (`--balance-sources`: every source
+//!   weighs the same, then the classes are evened out).
+//! - Cross-validation by image (stratified random folds) or by source (leave one source out,
+//!   `--cv source`), never splitting the views of one image; the out-of-fold scores report
+//!   the head and, with `--calibrate`, fit a Platt scaling folded into the last layer so that
+//!   0.5 is the cut on sources the head has not seen.
+//! - The head records its backbone (file, input preparation, dimension): a classifier that
+//!   would run it on another is refused at load.
 
+use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cascade_engines::head::{Dense, Head, FORMAT};
+use cascade_engines::head::{Backbone, Dense, Head, FORMAT};
 use cascade_engines::{JobInput, Models, Output, Registry};
 use serde_json::json;
 
-use super::augment::{self, Levels, Style};
+use super::augment::{self, Levels, Params, Style};
+use super::embed_cache::{self, EmbedCache};
 use super::manifest::{self, Example};
-use super::scores::Confusion;
+use super::scores::{Confusion, Figures};
 use super::Progress;
 use crate::config::MODELS_FILE;
 use crate::server::ingress::{decode_image, IngressLimits};
+
+/// How the training rows are split for the out-of-fold report (and calibration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cv {
+    /// No cross-validation (no report, no calibration).
+    None,
+    /// Stratified random folds of images.
+    Random,
+    /// Leave one source out: one fold per source.
+    Source,
+}
+
+impl std::str::FromStr for Cv {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cv, String> {
+        match s {
+            "none" => Ok(Cv::None),
+            "random" => Ok(Cv::Random),
+            "source" => Ok(Cv::Source),
+            _ => Err(format!("{s:?}: expected none, random or source")),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct TrainArgs {
     pub policies: PathBuf,
     pub backbone: String,
-    pub manifest: PathBuf,
+    pub manifests: Vec<PathBuf>,
     pub out: PathBuf,
     pub validator_style: bool,
-    /// Validator augmentation levels, one drawn per image (keyed by `seed` and the file).
+    /// Validator augmentation levels, one drawn per view (keyed by `seed`, the file and the view).
     pub levels: Option<Levels>,
+    /// Augmented views per image (1: one draw, as before).
+    pub views: usize,
+    /// Every source weighs the same (then the classes are evened out).
+    pub balance_sources: bool,
+    pub cv: Cv,
+    /// Folds of `Cv::Random`.
     pub folds: usize,
+    /// Platt scaling fitted on the out-of-fold logits and folded into the last layer.
+    pub calibrate: bool,
     pub hidden: usize,
     pub l2: f32,
     pub epochs: usize,
     pub seed: u64,
-    /// Out-of-fold scores (`path,label,score`) for tuning policies on held-out predictions.
+    /// Out-of-fold scores (`path,label,source,view,level,score,fold`) for tuning on held-out predictions.
     pub oof: Option<PathBuf>,
+    /// Folder of the embedding cache (`None`: kept in memory only).
+    pub cache: Option<PathBuf>,
+    /// Every row's embedding as JSON lines, for analysis elsewhere.
+    pub dump: Option<PathBuf>,
 }
 
 /// Small deterministic generator (xorshift64*), so a head is reproducible from its seed.
@@ -59,56 +109,117 @@ impl Rng {
     }
 }
 
+/// An image file as the server would decode it, with the hash of its bytes (which keys its
+/// augmentation draws, so they do not depend on how a manifest spells the path).
+pub struct SourceImage {
+    pub sha: String,
+    pub img: image::RgbImage,
+}
+
+pub fn read_source(path: &Path) -> anyhow::Result<SourceImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let img = decode_image(&bytes, &IngressLimits::default())
+        .map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;
+    Ok(SourceImage { sha: embed_cache::sha256_hex(&bytes), img })
+}
+
+/// View `view` of an image as a validator would send it, decoded as the server decodes it,
+/// and the augmentation drawn for it: keyed by the run's seed, the file's hash and the view.
+pub fn challenge_view(src: &SourceImage, style: &Style, view: usize) -> anyhow::Result<(image::RgbImage, Params)> {
+    let key = if view == 0 { src.sha.clone() } else { format!("{}#{view}", src.sha) };
+    let params = style.params(&key, src.img.width(), src.img.height());
+    let jpeg = augment::challenge_jpeg(&src.img, &params);
+    let img = decode_image(&jpeg, &IngressLimits::default()).map_err(|r| anyhow::anyhow!("{}", r.message))?;
+    Ok((img, params))
+}
+
 /// Reads an image as the policy would see it: as read, or (with a style) as the challenge a
 /// validator would send of it, decoded as the server decodes it; with the level drawn.
 pub fn load_image(path: &Path, style: Option<&Style>) -> anyhow::Result<(image::RgbImage, Option<u8>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let limits = IngressLimits::default();
-    let img = decode_image(&bytes, &limits).map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;
+    let src = read_source(path)?;
     let Some(style) = style else {
-        return Ok((img, None));
+        return Ok((src.img, None));
     };
-    let params = style.params(&path.to_string_lossy(), img.width(), img.height());
-    let jpeg = augment::challenge_jpeg(&img, &params);
-    let img = decode_image(&jpeg, &limits).map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;
+    let (img, params) = challenge_view(&src, style, 0).with_context(|| path.display().to_string())?;
     Ok((img, Some(params.level)))
 }
 
-/// Embeddings of the readable examples; unreadable rows are reported and left out.
+/// One training row: a view of an example and its embedding.
+struct Row {
+    ex: usize,
+    view: usize,
+    level: Option<u8>,
+    x: Vec<f32>,
+}
+
+/// Embeddings of every view of the readable examples, from the cache where it has them;
+/// unreadable rows are reported and left out. Also the backbone's time per new embedding.
 fn embed_all(
     models: &Models,
     backbone: &str,
     examples: &[Example],
     style: Option<&Style>,
-) -> anyhow::Result<Vec<(usize, Vec<f32>)>> {
+    views: usize,
+    cache: &mut EmbedCache,
+) -> anyhow::Result<(Vec<Row>, Vec<String>, Option<f64>)> {
     let kind = models.spec(backbone).with_context(|| format!("no model {backbone} in the registry"))?.kind;
     let mut progress = Progress::new("embedding", examples.len());
-    let mut out = Vec::with_capacity(examples.len());
-    let indexed: Vec<(usize, &Example)> = examples.iter().enumerate().collect();
-    for chunk in indexed.chunks(32) {
+    let mut rows = Vec::with_capacity(examples.len() * views);
+    let mut unreadable = Vec::new();
+    let (mut computed, mut compute_s) = (0usize, 0f64);
+    for (c, chunk) in examples.chunks(16).enumerate() {
         let deadline = Instant::now() + Duration::from_secs(600);
         let mut pending = Vec::new();
-        for (i, ex) in chunk {
-            match load_image(&ex.path, style) {
-                Ok((img, _)) => {
-                    pending.push((*i, models.submit(backbone, kind, JobInput::Image(Arc::new(img)), deadline)?))
-                }
+        for (j, ex) in chunk.iter().enumerate() {
+            let i = c * 16 + j;
+            let src = match read_source(&ex.path) {
+                Ok(s) => s,
                 Err(e) => {
-                    eprintln!("row {}: {e:#} (left out)", i + 2);
+                    eprintln!("{}: {e:#} (left out)", ex.row);
+                    unreadable.push(format!("{}: {e:#}", ex.row));
                     progress.tick();
+                    continue;
                 }
-            }
-        }
-        for (i, rx) in pending {
-            let reply = rx.recv_deadline(deadline).context("backbone timed out")?;
-            match reply.output? {
-                Output::Embedding(v) => out.push((i, v)),
-                _ => anyhow::bail!("{backbone} is not an embedder (kind = \"embedder\")"),
+            };
+            for view in 0..views {
+                let (img, params) = match style {
+                    Some(s) => {
+                        let (img, p) = challenge_view(&src, s, view)?;
+                        (img, Some(p))
+                    }
+                    None => (src.img.clone(), None),
+                };
+                let key = match &params {
+                    Some(p) => format!("{}|{p:?}", src.sha),
+                    None => format!("{}|as-read", src.sha),
+                };
+                let level = params.as_ref().map(|p| p.level);
+                match cache.get(&key) {
+                    Some(x) => rows.push(Row { ex: i, view, level, x }),
+                    None => {
+                        let rx = models.submit(backbone, kind, JobInput::Image(Arc::new(img)), deadline)?;
+                        pending.push((i, view, level, key, rx));
+                    }
+                }
             }
             progress.tick();
         }
+        for (i, view, level, key, rx) in pending {
+            let reply = rx.recv_deadline(deadline).context("backbone timed out")?;
+            compute_s += reply.compute.as_secs_f64() / reply.batch.max(1) as f64;
+            computed += 1;
+            match reply.output? {
+                Output::Embedding(x) => {
+                    cache.put(key, x.clone());
+                    rows.push(Row { ex: i, view, level, x });
+                }
+                _ => anyhow::bail!("{backbone} is not an embedder (kind = \"embedder\")"),
+            }
+        }
     }
-    Ok(out)
+    rows.sort_by_key(|r| (r.ex, r.view));
+    let per = (computed > 0).then(|| compute_s * 1e3 / computed as f64);
+    Ok((rows, unreadable, per))
 }
 
 /// A head being trained: standardisation, then dense layers ending in one logit.
@@ -183,86 +294,229 @@ impl Net {
         acts
     }
 
-    fn predict(&self, x: &[f32]) -> f32 {
-        let logit = self.forward(self.standardise(x)).last().expect("output")[0];
-        1.0 / (1.0 + (-logit).exp())
+    fn logit(&self, x: &[f32]) -> f32 {
+        self.forward(self.standardise(x)).last().expect("output")[0]
     }
 
-    /// Full-batch Adam on class-balanced binary cross-entropy with L2.
-    fn fit(&mut self, x: &[Vec<f32>], y: &[bool], epochs: usize, l2: f32) {
-        let xs: Vec<Vec<f32>> = x.iter().map(|r| self.standardise(r)).collect();
-        let pos = y.iter().filter(|l| **l).count().max(1) as f32;
-        let neg = (y.len() as f32 - pos).max(1.0);
-        let n = y.len() as f32;
-        let (wp, wn) = (n / (2.0 * pos), n / (2.0 * neg));
+    /// Full-batch Adam on weighted binary cross-entropy with L2 on the weights (the row
+    /// weights sum to the row count). The layers are trained as flat arrays, one row of the
+    /// standardised inputs at a time, and written back at the end.
+    fn fit(&mut self, x: &[&Vec<f32>], y: &[bool], w: &[f32], epochs: usize, l2: f32) {
+        let d = self.mean.len();
+        let xs: Vec<f32> = x.iter().flat_map(|r| self.standardise(r)).collect();
+        let total: f32 = w.iter().sum::<f32>().max(1e-12);
+        // parameters: [W1 (h×d), b1 (h), w2 (h), b2] with a hidden layer, else [w (d), b]
+        let hidden = if self.layers.len() == 2 { self.layers[0].weights.len() } else { 0 };
+        let mut params: Vec<f32> = Vec::new();
+        for l in &self.layers {
+            for row in &l.weights {
+                params.extend_from_slice(row);
+            }
+            params.extend_from_slice(&l.bias);
+        }
+        let np = params.len();
+        let is_weight: Vec<bool> = if hidden == 0 {
+            (0..np).map(|k| k < d).collect()
+        } else {
+            (0..np).map(|k| k < hidden * d || (hidden * d + hidden..hidden * d + 2 * hidden).contains(&k)).collect()
+        };
         let (lr, b1, b2, eps) = (0.01f32, 0.9f32, 0.999f32, 1e-8f32);
-        let shapes: Vec<(usize, usize)> = self.layers.iter().map(|l| (l.weights.len(), l.weights[0].len())).collect();
-        let mut m: Vec<Vec<f32>> = shapes.iter().map(|(o, i)| vec![0.0; o * i + o]).collect();
-        let mut v = m.clone();
+        let (mut m, mut v) = (vec![0f32; np], vec![0f32; np]);
+        let mut grad = vec![0f32; np];
+        let mut h = vec![0f32; hidden];
         for t in 1..=epochs {
-            let mut grads: Vec<Vec<f32>> = shapes.iter().map(|(o, i)| vec![0.0; o * i + o]).collect();
-            for (xi, &yi) in xs.iter().zip(y) {
-                let acts = self.forward(xi.clone());
-                let p = 1.0 / (1.0 + (-acts.last().expect("out")[0]).exp());
-                let w = if yi { wp } else { wn };
-                let mut delta = vec![w * (p - if yi { 1.0 } else { 0.0 }) / n];
-                for li in (0..self.layers.len()).rev() {
-                    let (o, i) = shapes[li];
-                    let input = &acts[li];
-                    let g = &mut grads[li];
-                    for r in 0..o {
-                        for c in 0..i {
-                            g[r * i + c] += delta[r] * input[c];
+            grad.iter_mut().for_each(|g| *g = 0.0);
+            for (r, (&yi, &wi)) in y.iter().zip(w).enumerate() {
+                let xi = &xs[r * d..(r + 1) * d];
+                let target = if yi { 1.0 } else { 0.0 };
+                if hidden == 0 {
+                    let z = dot(&params[..d], xi) + params[d];
+                    let delta = wi * (sigmoid(z) - target) / total;
+                    axpy(&mut grad[..d], delta, xi);
+                    grad[d] += delta;
+                } else {
+                    let (w1, rest) = params.split_at(hidden * d);
+                    let (bias1, rest) = rest.split_at(hidden);
+                    let (w2, bias2) = rest.split_at(hidden);
+                    for (j, hj) in h.iter_mut().enumerate() {
+                        *hj = (dot(&w1[j * d..(j + 1) * d], xi) + bias1[j]).max(0.0);
+                    }
+                    let z = dot(w2, &h) + bias2[0];
+                    let delta = wi * (sigmoid(z) - target) / total;
+                    let (g1, grest) = grad.split_at_mut(hidden * d);
+                    let (gb1, grest) = grest.split_at_mut(hidden);
+                    let (gw2, gb2) = grest.split_at_mut(hidden);
+                    for j in 0..hidden {
+                        gw2[j] += delta * h[j];
+                        if h[j] > 0.0 {
+                            let dj = delta * w2[j];
+                            axpy(&mut g1[j * d..(j + 1) * d], dj, xi);
+                            gb1[j] += dj;
                         }
-                        g[o * i + r] += delta[r];
                     }
-                    if li > 0 {
-                        let l = &self.layers[li];
-                        let prev_relu = self.layers[li - 1].relu;
-                        delta = (0..i)
-                            .map(|c| {
-                                let s: f32 = (0..o).map(|r| l.weights[r][c] * delta[r]).sum();
-                                if prev_relu && input[c] <= 0.0 {
-                                    0.0
-                                } else {
-                                    s
-                                }
-                            })
-                            .collect();
-                    }
+                    gb2[0] += delta;
                 }
             }
-            for (li, l) in self.layers.iter_mut().enumerate() {
-                let (o, i) = shapes[li];
-                for k in 0..o * i + o {
-                    let (r, c) = (k / i.max(1), k % i.max(1));
-                    let param = if k < o * i { &mut l.weights[r][c] } else { &mut l.bias[k - o * i] };
-                    let mut g = grads[li][k];
-                    if k < o * i {
-                        g += l2 * *param;
-                    }
-                    m[li][k] = b1 * m[li][k] + (1.0 - b1) * g;
-                    v[li][k] = b2 * v[li][k] + (1.0 - b2) * g * g;
-                    let mh = m[li][k] / (1.0 - b1.powi(t as i32));
-                    let vh = v[li][k] / (1.0 - b2.powi(t as i32));
-                    *param -= lr * mh / (vh.sqrt() + eps);
-                }
+            let (c1, c2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+            for k in 0..np {
+                let g = grad[k] + if is_weight[k] { l2 * params[k] } else { 0.0 };
+                m[k] = b1 * m[k] + (1.0 - b1) * g;
+                v[k] = b2 * v[k] + (1.0 - b2) * g * g;
+                params[k] -= lr * (m[k] / c1) / ((v[k] / c2).sqrt() + eps);
             }
+        }
+        let mut at = 0;
+        for l in &mut self.layers {
+            for row in &mut l.weights {
+                let n = row.len();
+                row.copy_from_slice(&params[at..at + n]);
+                at += n;
+            }
+            let n = l.bias.len();
+            l.bias.copy_from_slice(&params[at..at + n]);
+            at += n;
         }
     }
 }
 
-fn fit(x: &[&Vec<f32>], y: &[bool], a: &TrainArgs) -> Net {
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // eight partial sums, so the compiler vectorises it
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| x * y).sum::<f32>()
+}
+
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+fn fit(x: &[&Vec<f32>], y: &[bool], w: &[f32], a: &TrainArgs) -> Net {
     let (mean, std) = stats(x);
     let mut rng = Rng(a.seed.max(1));
     let mut net = Net::new(x[0].len(), a.hidden, &mut rng, mean, std);
-    let owned: Vec<Vec<f32>> = x.iter().map(|r| (*r).clone()).collect();
-    net.fit(&owned, y, a.epochs, a.l2);
+    net.fit(x, y, w, a.epochs, a.l2);
     net
 }
 
+/// Row weights: each class sums to half the rows; with `by_source`, every source first
+/// weighs the same.
+fn weights(y: &[bool], sources: &[&str], by_source: bool) -> Vec<f32> {
+    let mut w = vec![1f32; y.len()];
+    if by_source {
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in sources {
+            *count.entry(s).or_default() += 1;
+        }
+        for (wi, s) in w.iter_mut().zip(sources) {
+            *wi = 1.0 / count[s] as f32;
+        }
+    }
+    let n = y.len() as f32;
+    for class in [true, false] {
+        let sum: f32 = w.iter().zip(y).filter(|(_, l)| **l == class).map(|(w, _)| w).sum();
+        if sum > 0.0 {
+            for (wi, _) in w.iter_mut().zip(y).filter(|(_, l)| **l == class) {
+                *wi *= n / 2.0 / sum;
+            }
+        }
+    }
+    w
+}
+
+/// Platt scaling: `a, b` minimising the weighted log-loss of `sigmoid(a·z + b)`: Newton's
+/// method on two parameters, each step halved until the loss falls (saturated scores make
+/// the plain step overshoot).
+fn platt(z: &[f32], y: &[bool], w: &[f32]) -> (f32, f32) {
+    let loss = |a: f64, b: f64| -> f64 {
+        z.iter()
+            .zip(y)
+            .zip(w)
+            .map(|((&zi, &yi), &wi)| {
+                let t = a * f64::from(zi) + b;
+                // log(1 + e^t) − y·t, stable for large |t|
+                let softplus = if t > 0.0 { t + (-t).exp().ln_1p() } else { t.exp().ln_1p() };
+                f64::from(wi) * (softplus - if yi { t } else { 0.0 })
+            })
+            .sum()
+    };
+    let (mut a, mut b) = (1f64, 0f64);
+    let mut current = loss(a, b);
+    for _ in 0..100 {
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        for ((&zi, &yi), &wi) in z.iter().zip(y).zip(w) {
+            let (zi, wi) = (f64::from(zi), f64::from(wi));
+            let p = 1.0 / (1.0 + (-(a * zi + b)).exp());
+            let r = wi * (p - if yi { 1.0 } else { 0.0 });
+            let s = wi * p * (1.0 - p);
+            ga += r * zi;
+            gb += r;
+            haa += s * zi * zi;
+            hab += s * zi;
+            hbb += s;
+        }
+        // a small ridge keeps the step finite when the scores separate perfectly
+        let (haa, hbb) = (haa + 1e-6 * (1.0 + haa), hbb + 1e-6 * (1.0 + hbb));
+        let det = haa * hbb - hab * hab;
+        if det <= 0.0 || !det.is_finite() {
+            break;
+        }
+        let (da, db) = ((hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det);
+        let mut step = 1.0;
+        let mut moved = false;
+        for _ in 0..40 {
+            let (na, nb) = (a - step * da, b - step * db);
+            let l = loss(na, nb);
+            if l < current {
+                (a, b, current, moved) = (na, nb, l, true);
+                break;
+            }
+            step *= 0.5;
+        }
+        if !moved || (step * da).abs() < 1e-9 && (step * db).abs() < 1e-9 {
+            break;
+        }
+    }
+    (a as f32, b as f32)
+}
+
+/// Figures of scores against labels, and per group.
+fn figures<'a>(scores: impl Iterator<Item = (f32, bool, &'a str)>) -> (Figures, BTreeMap<String, Figures>) {
+    let mut all = Confusion::default();
+    let mut by: BTreeMap<String, Confusion> = BTreeMap::new();
+    for (p, l, g) in scores {
+        all.add(p, l);
+        by.entry(g.to_string()).or_default().add(p, l);
+    }
+    (all.figures(), by.into_iter().map(|(k, c)| (k, c.figures())).collect())
+}
+
 pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(a.folds >= 2, "--folds must be at least 2");
+    anyhow::ensure!(!a.manifests.is_empty(), "give at least one --manifest");
+    anyhow::ensure!(a.views >= 1, "--views must be at least 1");
+    anyhow::ensure!(a.cv != Cv::Random || a.folds >= 2, "--folds must be at least 2");
+    anyhow::ensure!(!a.calibrate || a.cv != Cv::None, "--calibrate needs cross-validation (--cv random or source)");
+    let loaded = manifest::load_all(&a.manifests)?;
+    let bad_rows = loaded.problems.len();
+    let examples = loaded.examples;
+    let count = |ex: &[Example]| (ex.iter().filter(|e| e.label).count(), ex.iter().filter(|e| !e.label).count());
+    let (pos, neg) = count(&examples);
+    anyhow::ensure!(
+        pos > 0 && neg > 0,
+        "training needs both classes; the manifests have {pos} roadwork and {neg} other rows"
+    );
+
     let mut registry = Registry::load(&a.policies.join(MODELS_FILE))?;
     registry.models.retain(|m| m.name == a.backbone);
     anyhow::ensure!(
@@ -273,87 +527,257 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
     );
     let models = Models::load(&registry, &cascade_engines::runtime_library())
         .map_err(|errs| anyhow::anyhow!(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
-    let examples = manifest::load(&a.manifest)?;
-    anyhow::ensure!(examples.len() >= a.folds * 2, "{} examples are too few for {} folds", examples.len(), a.folds);
-    let started = Instant::now();
+    let spec = models.spec(&a.backbone).context("backbone not loaded")?.clone();
     let style = Style::from_flags(a.validator_style, a.levels.clone(), a.seed);
-    let embedded = embed_all(&models, &a.backbone, &examples, style.as_ref())?;
-    let skipped = examples.len() - embedded.len();
-    let examples: Vec<Example> = embedded.iter().map(|(i, _)| examples[*i].clone()).collect();
-    let x: Vec<Vec<f32>> = embedded.into_iter().map(|(_, v)| v).collect();
-    anyhow::ensure!(x.len() >= a.folds * 2, "only {} readable examples", x.len());
-    let y: Vec<bool> = examples.iter().map(|e| e.label).collect();
-    eprintln!("embedded {} images in {:.1} s", x.len(), started.elapsed().as_secs_f64());
-
-    // stratified folds: each class shuffled and dealt round-robin
-    let mut rng = Rng(a.seed.max(1) ^ 0x9E37_79B9);
-    let mut fold = vec![0usize; y.len()];
-    for class in [true, false] {
-        let mut idx: Vec<usize> = (0..y.len()).filter(|&i| y[i] == class).collect();
-        rng.shuffle(&mut idx);
-        for (k, i) in idx.into_iter().enumerate() {
-            fold[i] = k % a.folds;
-        }
+    let mut views = a.views;
+    if views > 1 && style.as_ref().is_none_or(|s| s.levels.as_slice() == [0]) {
+        eprintln!("--views {views}: level 0 (or no augmentation) has nothing random; one view per image");
+        views = 1;
     }
-    let mut oof = vec![0f32; y.len()];
+    let mut cache = match &a.cache {
+        Some(dir) => EmbedCache::open(dir, &embed_cache::backbone_id(&spec)?),
+        None => EmbedCache::memory(),
+    };
+    let started = Instant::now();
+    let (rows, unreadable, ms_per_image) =
+        embed_all(&models, &a.backbone, &examples, style.as_ref(), views, &mut cache)?;
+    eprintln!(
+        "embedded {} views of {} images in {:.1} s ({} from the cache{})",
+        rows.len(),
+        examples.len() - unreadable.len(),
+        started.elapsed().as_secs_f64(),
+        cache.hits,
+        ms_per_image.map_or(String::new(), |ms| format!(", backbone {ms:.1} ms per new view"))
+    );
+    let y: Vec<bool> = rows.iter().map(|r| examples[r.ex].label).collect();
+    let (pos_rows, neg_rows) = (y.iter().filter(|l| **l).count(), y.iter().filter(|l| !**l).count());
+    anyhow::ensure!(
+        pos_rows > 0 && neg_rows > 0,
+        "training needs both classes; the readable images give {pos_rows} roadwork and {neg_rows} other rows"
+    );
+    let sources: Vec<&str> = rows.iter().map(|r| examples[r.ex].source.as_str()).collect();
+    let w = weights(&y, &sources, a.balance_sources);
+    let x: Vec<&Vec<f32>> = rows.iter().map(|r| &r.x).collect();
+    let dim = x[0].len();
+    anyhow::ensure!(x.iter().all(|v| v.len() == dim), "the backbone gave embeddings of different sizes");
+
+    // folds of images (never splitting an image's views)
+    let fold_of_example: Vec<usize> = match a.cv {
+        Cv::None => vec![0; examples.len()],
+        Cv::Random => {
+            let mut rng = Rng(a.seed.max(1) ^ 0x9E37_79B9);
+            let mut fold = vec![0usize; examples.len()];
+            for class in [true, false] {
+                let mut idx: Vec<usize> = (0..examples.len()).filter(|&i| examples[i].label == class).collect();
+                rng.shuffle(&mut idx);
+                for (k, i) in idx.into_iter().enumerate() {
+                    fold[i] = k % a.folds;
+                }
+            }
+            fold
+        }
+        Cv::Source => {
+            let names: Vec<&str> = examples
+                .iter()
+                .map(|e| e.source.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            anyhow::ensure!(names.len() >= 2, "--cv source needs at least two sources, have {names:?}");
+            examples.iter().map(|e| names.iter().position(|n| *n == e.source).unwrap_or(0)).collect()
+        }
+    };
+    let fold: Vec<usize> = rows.iter().map(|r| fold_of_example[r.ex]).collect();
+    let nfolds = match a.cv {
+        Cv::None => 0,
+        _ => fold.iter().max().map_or(0, |m| m + 1),
+    };
+    let mut oof: Vec<Option<f32>> = vec![None; rows.len()];
     let mut per_fold = Vec::new();
-    for f in 0..a.folds {
-        let train_idx: Vec<usize> = (0..y.len()).filter(|&i| fold[i] != f).collect();
-        let xs: Vec<&Vec<f32>> = train_idx.iter().map(|&i| &x[i]).collect();
+    for f in 0..nfolds {
+        let train_idx: Vec<usize> = (0..rows.len()).filter(|&i| fold[i] != f).collect();
+        let test_idx: Vec<usize> = (0..rows.len()).filter(|&i| fold[i] == f).collect();
+        if test_idx.is_empty() {
+            continue;
+        }
         let ys: Vec<bool> = train_idx.iter().map(|&i| y[i]).collect();
-        let net = fit(&xs, &ys, a);
+        if ys.iter().all(|l| *l) || ys.iter().all(|l| !*l) {
+            eprintln!("fold {f}: its training side has one class only; not scored");
+            continue;
+        }
+        let xs: Vec<&Vec<f32>> = train_idx.iter().map(|&i| x[i]).collect();
+        let ws: Vec<f32> = {
+            let s: Vec<&str> = train_idx.iter().map(|&i| sources[i]).collect();
+            weights(&ys, &s, a.balance_sources)
+        };
+        let net = fit(&xs, &ys, &ws, a);
         let mut c = Confusion::default();
-        for i in (0..y.len()).filter(|&i| fold[i] == f) {
-            oof[i] = net.predict(&x[i]);
-            c.add(oof[i], y[i]);
+        for &i in &test_idx {
+            let z = net.logit(x[i]);
+            oof[i] = Some(z);
+            c.add(sigmoid(z), y[i]);
         }
         let fig = c.figures();
-        eprintln!("fold {f}: n={} accuracy={:.3} mcc={:.3} f1={:.3}", fig.n, fig.accuracy, fig.mcc, fig.f1);
-        per_fold.push(fig);
+        let name = if a.cv == Cv::Source { sources[test_idx[0]].to_string() } else { format!("fold {f}") };
+        eprintln!("{name}: n={} accuracy={:.3} mcc={:.3}", fig.n, fig.accuracy, fig.mcc);
+        per_fold.push(json!({"fold": name, "figures": fig}));
     }
-    let mut all = Confusion::default();
-    for (p, l) in oof.iter().zip(&y) {
-        all.add(*p, *l);
-    }
-    let cv = all.figures();
-    eprintln!(
-        "cross-validated (out-of-fold): accuracy={:.3} mcc={:.3} f1={:.3} reward={:.3}",
-        cv.accuracy, cv.mcc, cv.f1, cv.reward
-    );
+    let scored: Vec<usize> = (0..rows.len()).filter(|&i| oof[i].is_some()).collect();
+    let calibration = if a.calibrate && !scored.is_empty() {
+        let z: Vec<f32> = scored.iter().map(|&i| oof[i].unwrap_or(0.0)).collect();
+        let ys: Vec<bool> = scored.iter().map(|&i| y[i]).collect();
+        let ws: Vec<f32> = scored.iter().map(|&i| w[i]).collect();
+        Some(platt(&z, &ys, &ws))
+    } else {
+        None
+    };
+    let (ca, cb) = calibration.unwrap_or((1.0, 0.0));
+    let score = |i: usize| oof[i].map(|z| sigmoid(ca * z + cb));
+    let level_name = |i: usize| rows[i].level.map_or("-".to_string(), |l| format!("level {l}"));
+    let cv_report = if scored.is_empty() {
+        serde_json::Value::Null
+    } else {
+        let (raw, _) = figures(scored.iter().map(|&i| (sigmoid(oof[i].unwrap_or(0.0)), y[i], sources[i])));
+        let (cal, by_source) = figures(scored.iter().filter_map(|&i| Some((score(i)?, y[i], sources[i]))));
+        let levels: Vec<String> = scored.iter().map(|&i| level_name(i)).collect();
+        let (_, by_level) =
+            figures(scored.iter().zip(&levels).filter_map(|(&i, l)| Some((score(i)?, y[i], l.as_str()))));
+        eprintln!(
+            "cross-validated ({:?}, out-of-fold, {} rows): accuracy={:.3} mcc={:.3} reward={:.3}{}",
+            a.cv,
+            raw.n,
+            raw.accuracy,
+            raw.mcc,
+            raw.reward,
+            match calibration {
+                Some((ca, cb)) => format!(
+                    "; calibrated (a={ca:.3}, b={cb:.3}): accuracy={:.3} mcc={:.3} reward={:.3}",
+                    cal.accuracy, cal.mcc, cal.reward
+                ),
+                None => String::new(),
+            }
+        );
+        for (s, f) in &by_source {
+            let c = f.confusion;
+            eprintln!(
+                "  {s:<32} n={:>5} accuracy={:.3}  tp {} fp {} tn {} fn {}",
+                f.n, f.accuracy, c.tp, c.fp, c.tn, c.fn_
+            );
+        }
+        json!({"scheme": format!("{:?}", a.cv).to_lowercase(), "uncalibrated": raw, "figures": cal,
+               "per_source": by_source, "per_level": by_level, "per_fold": per_fold})
+    };
 
-    let refs: Vec<&Vec<f32>> = x.iter().collect();
-    let net = fit(&refs, &y, a);
+    let mut net = fit(&x, &y, &w, a);
+    if let Some((ca, cb)) = calibration {
+        let last = net.layers.last_mut().expect("a layer");
+        for wgt in last.weights[0].iter_mut() {
+            *wgt *= ca;
+        }
+        last.bias[0] = ca * last.bias[0] + cb;
+    }
     let mut head = Head {
         format: FORMAT.into(),
         labels: vec!["other".into(), "roadwork".into()],
-        input_dim: x[0].len(),
+        input_dim: dim,
         mean: net.mean,
         std: net.std,
         layers: net.layers,
+        backbone: Some(Backbone::of(&spec, dim)),
         provenance: json!({
             "command": std::env::args().collect::<Vec<_>>().join(" "),
             "backbone": a.backbone,
-            "manifest": a.manifest,
-            "examples": y.len(),
-            "unreadable_rows": skipped,
-            "positives": y.iter().filter(|l| **l).count(),
+            "manifests": a.manifests,
+            "images": examples.len() - unreadable.len(),
+            "rows": rows.len(),
+            "positive_rows": pos_rows,
+            "negative_rows": neg_rows,
+            "unreadable_rows": unreadable.len(),
+            "bad_rows": bad_rows,
             "validator_style": a.validator_style,
             "levels": style.as_ref().map(|s| s.levels.to_string()),
-            "folds": a.folds, "hidden": a.hidden, "l2": a.l2, "epochs": a.epochs, "seed": a.seed,
-            "cross_validated": cv,
-            "per_fold": per_fold,
+            "views": views,
+            "balance_sources": a.balance_sources,
+            "hidden": a.hidden, "l2": a.l2, "epochs": a.epochs, "seed": a.seed,
+            "calibration": calibration.map(|(a, b)| json!({"a": a, "b": b})),
+            "cross_validated": cv_report,
         }),
     };
     head.fold_standardisation();
     head.check().map_err(|e| anyhow::anyhow!("trained head is inconsistent: {e}"))?;
     std::fs::write(&a.out, serde_json::to_string(&head)?).with_context(|| format!("writing {}", a.out.display()))?;
     if let Some(p) = &a.oof {
-        let mut csv = String::from("path,label,score,fold\n");
-        for (i, e) in examples.iter().enumerate() {
-            csv.push_str(&format!("{},{},{},{}\n", e.path.display(), y[i] as u8, oof[i], fold[i]));
+        let mut csv = String::from("path,label,source,view,level,score,fold\n");
+        for &i in &scored {
+            let e = &examples[rows[i].ex];
+            csv.push_str(&format!(
+                "{},{},{},{},{},{},{}\n",
+                e.path.display(),
+                y[i] as u8,
+                e.source,
+                rows[i].view,
+                rows[i].level.map_or(String::new(), |l| l.to_string()),
+                score(i).unwrap_or(f32::NAN),
+                fold[i]
+            ));
         }
-        std::fs::write(p, csv)?;
+        std::fs::write(p, csv).with_context(|| format!("writing {}", p.display()))?;
     }
-    println!("{}", json!({"out": a.out, "cross_validated": cv}));
+    if let Some(p) = &a.dump {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("{}", p.display()))?);
+        for r in &rows {
+            let e = &examples[r.ex];
+            writeln!(
+                f,
+                "{}",
+                json!({"path": e.path, "label": e.label as u8, "source": e.source, "view": r.view, "level": r.level, "x": r.x})
+            )?;
+        }
+    }
+    let summary = match &head.provenance["cross_validated"] {
+        serde_json::Value::Null => serde_json::Value::Null,
+        v => v["figures"].clone(),
+    };
+    println!(
+        "{}",
+        json!({"out": a.out, "rows": rows.len(), "cross_validated": summary, "calibration": head.provenance["calibration"]})
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_even_out_sources_then_classes() {
+        let y = [true, true, true, false, false, false, false, false];
+        let s = ["a", "a", "a", "c", "b", "b", "b", "b"];
+        let w = weights(&y, &s, true);
+        let sum = |c: bool| w.iter().zip(&y).filter(|(_, l)| **l == c).map(|(w, _)| w).sum::<f32>();
+        assert!((sum(true) - 4.0).abs() < 1e-5 && (sum(false) - 4.0).abs() < 1e-5, "{w:?}");
+        // within the negatives, source c (1 row) weighs what source b (4 rows) weighs
+        assert!((w[3] - 4.0 * w[4]).abs() < 1e-5, "{w:?}");
+        let plain = weights(&y, &s, false);
+        assert!((plain[0] - 8.0 / 6.0).abs() < 1e-5 && (plain[4] - 0.8).abs() < 1e-5, "{plain:?}");
+    }
+
+    #[test]
+    fn platt_moves_the_cut_to_where_the_classes_meet() {
+        // logits shifted by +2: the raw 0.5 cut calls every negative near 2 positive
+        let z: Vec<f32> =
+            (0..200).map(|i| if i < 100 { 1.0 + (i % 10) as f32 * 0.1 } else { 3.0 + (i % 10) as f32 * 0.1 }).collect();
+        let y: Vec<bool> = (0..200).map(|i| i >= 100).collect();
+        let w = vec![1.0; 200];
+        let (a, b) = platt(&z, &y, &w);
+        let cut = -b / a;
+        assert!(a > 0.0 && (1.9..3.1).contains(&cut), "a={a} b={b} cut={cut}");
+        // saturated, overlapping logits (a head that fits its training rows perfectly)
+        let z: Vec<f32> = (0..200).map(|i| (i as f32 - 80.0) * 0.8 + if i % 7 == 0 { -30.0 } else { 0.0 }).collect();
+        let y: Vec<bool> = (0..200).map(|i| i >= 100).collect();
+        let (a, b) = platt(&z, &y, &w);
+        assert!(a.is_finite() && b.is_finite() && a > 0.0 && a < 10.0, "a={a} b={b}");
+        let cut = -b / a;
+        assert!((0.0..35.0).contains(&cut), "a={a} b={b} cut={cut}");
+    }
 }
