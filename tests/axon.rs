@@ -24,12 +24,24 @@ fn hotkey(name: &str, ss58: &str, axon: &str) -> String {
     format!("name = \"{name}\"\nss58 = \"{ss58}\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"tint\"\nclassify = [\"tint\"]\n[axon]\n{axon}\n")
 }
 
+/// The tests that drive hundreds of Python dendrite requests run one at a time, with a
+/// generous read timeout: on a loaded 2-core machine a starved Python client can take longer
+/// than the default 10 s to send a request's headers, and the server rightly cuts it off.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const PATIENT: &[&str] = &["--read-timeout-s", "60"];
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 #[test]
 fn the_real_dendrite_gets_python_axon_answers() {
+    let _one = serial();
     let wallets = TempDir::new("wallets");
     let w = dendrite(&["wallets", wallets.0.to_str().expect("path")]);
     let s = |k: &str| w[k].as_str().expect("ss58").to_string();
@@ -38,7 +50,7 @@ fn the_real_dendrite_gets_python_axon_answers() {
     let b = hotkey("b", &s("miner-b"), &format!("allow = [\"{}\"]", s("validator")));
     let c = hotkey("c", &s("miner-c"), &format!("allow_any_signed = true\nlisten = \"127.0.0.1:{pinned}\""));
     let dir = policies("axon", &[("a", &a), ("b", &b), ("c", &c)]);
-    let server = Server::start(&dir.0, false, &[]);
+    let server = Server::start(&dir.0, false, PATIENT);
     let port: u16 = server.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
     use base64::Engine as _;
     let img = base64::engine::general_purpose::STANDARD.encode(sign("road_closed"));
@@ -150,6 +162,7 @@ fn unix_now() -> f64 {
 
 #[test]
 fn validators_are_admitted_from_the_metagraph_snapshot_live() {
+    let _one = serial();
     let wallets = TempDir::new("wallets-admission");
     let w = dendrite(&["wallets", wallets.0.to_str().expect("path")]);
     let s = ss58s(&w);
@@ -160,7 +173,7 @@ fn validators_are_admitted_from_the_metagraph_snapshot_live() {
         "metagraph.json",
         &snapshot(&[(&s("validator"), true), (&s("miner-b"), false), (&s("miner-a"), false)], unix_now()),
     );
-    let server = Server::start(&dir.0, false, &[]);
+    let server = Server::start(&dir.0, false, PATIENT);
     let port: u16 = server.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
     use base64::Engine as _;
     let img = base64::engine::general_purpose::STANDARD.encode(sign("road_closed"));
@@ -204,13 +217,14 @@ fn validators_are_admitted_from_the_metagraph_snapshot_live() {
 
 #[test]
 fn two_hotkeys_answer_every_concurrent_validator_batch() {
+    let _one = serial();
     let wallets = TempDir::new("wallets-batches");
     let w = dendrite(&["wallets", wallets.0.to_str().expect("path")]);
     let s = ss58s(&w);
     let allow = format!("allow = [\"{}\"]", s("validator"));
     let dir =
         policies("batches", &[("a", &hotkey("a", &s("miner-a"), &allow)), ("b", &hotkey("b", &s("miner-b"), &allow))]);
-    let server = Server::start(&dir.0, false, &[]);
+    let server = Server::start(&dir.0, false, PATIENT);
     let port: u16 = server.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
     use base64::Engine as _;
     let img = base64::engine::general_purpose::STANDARD.encode(sign("road_closed"));

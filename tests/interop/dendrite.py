@@ -75,6 +75,7 @@ def summary(syn):
         "dendrite_status": syn.dendrite.status_code,
         "axon_status": syn.axon.status_code,
         "message": syn.axon.status_message,
+        "dendrite_message": syn.dendrite.status_message,
     }
 
 
