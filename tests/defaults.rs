@@ -44,7 +44,7 @@ fn default_policies_serve_real_images() {
     // Ctrl-C: the server lets its models go (workers joined, the watcher's copy included) and exits cleanly
     let status = server.interrupt(30).unwrap_or_else(|| panic!("serve did not stop on SIGINT:\n{}", server.log()));
     assert!(status.success(), "{status:?}\n{}", server.log());
-    assert!(server.log().contains("interrupted; stopping"), "{}", server.log());
+    assert!(server.log().contains("interrupted; draining"), "{}", server.log());
 }
 
 #[test]
