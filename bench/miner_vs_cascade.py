@@ -66,7 +66,7 @@ class PythonPolicy:
 
         self.Image = Image
         self.sess = ort.InferenceSession(os.path.join(ROOT, "target/models/efficientnet_lite0.onnx"), providers=["CPUExecutionProvider"])
-        head = json.load(open(os.path.join(ROOT, "policies/heads/roadwork.json")))
+        head = json.load(open(os.path.join(ROOT, "policies/heads/roadwork-effnet.json")))
         self.layers = [(np.array(l["weights"], dtype=np.float32), np.array(l["bias"], dtype=np.float32), l["relu"]) for l in head["layers"]]
         self.ocr = RapidOCR()
         cfg = tomllib.load(open(os.path.join(ROOT, "policies/accuracy.toml"), "rb"))

@@ -112,7 +112,7 @@ name = "roadwork"
 kind = "classifier"
 file = "{models}/efficientnet_lite0.onnx"
 output = "embedding"
-head = "{ROOT}/policies/heads/roadwork.json"
+head = "{ROOT}/policies/heads/roadwork-effnet.json"
 activation = "sigmoid"
 labels = ["other", "roadwork"]
 input = {{ width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }}

@@ -8,6 +8,17 @@ use cascade_tests::*;
 
 /// Registry: the tint embedder, and a classifier on the same file with the head in `head`.
 fn registry(dir: &TempDir, classifier_file: &std::path::Path, side: u32) -> std::path::PathBuf {
+    registry_with(dir, classifier_file, "embedding", side, "")
+}
+
+/// The same with the classifier's output and extra input settings chosen.
+fn registry_with(
+    dir: &TempDir,
+    classifier_file: &std::path::Path,
+    output: &str,
+    side: u32,
+    input_extra: &str,
+) -> std::path::PathBuf {
     let m = test_models();
     dir.write(
         "models.toml",
@@ -23,12 +34,12 @@ input = {{ width = 32, height = 32 }}
 name = "roadwork"
 file = "{classifier}"
 kind = "classifier"
-output = "embedding"
+output = "{output}"
 head = "head.json"
 activation = "sigmoid"
 labels = ["other", "roadwork"]
 positive = ["roadwork"]
-input = {{ width = {side}, height = {side} }}
+input = {{ width = {side}, height = {side}{input_extra} }}
 "#,
             embed = m.join("tint_embed.onnx").display(),
             classifier = classifier_file.display(),
@@ -194,22 +205,40 @@ fn a_head_for_another_backbone_or_input_is_refused_at_load_naming_both() {
             .expect("infer")
     };
     assert!(check(&pol).status.success());
-    // the same head under a classifier of another file
-    let other = TempDir::new("acc-backbone-other");
-    let file = other.0.join("other_embed.onnx");
+    // a copy of the backbone under another name (an fp16 conversion is renamed too) still fits
+    let copy = TempDir::new("acc-backbone-copy");
+    let file = copy.0.join("tint_embed_fp16.onnx");
     std::fs::copy(test_models().join("tint_embed.onnx"), &file).expect("copy");
-    std::fs::copy(&head, other.0.join("head.json")).expect("copy head");
-    let out = check(&registry(&other, &file, 32));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("tint_embed.onnx") && err.contains("other_embed.onnx"), "{err}");
-    // … or of another input size
+    std::fs::copy(&head, copy.0.join("head.json")).expect("copy head");
+    let out = check(&registry(&copy, &file, 32));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // another input size: refused, naming both
     let bigger = TempDir::new("acc-backbone-size");
     std::fs::copy(&head, bigger.0.join("head.json")).expect("copy head");
     let out = check(&registry(&bigger, &test_models().join("tint_embed.onnx"), 64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("32x32") && err.contains("64x64"), "{err}");
+    assert!(err.contains("32x32") && err.contains("64x64") && err.contains("tint_embed.onnx"), "{err}");
+    // another normalisation: refused, naming both
+    let norm = TempDir::new("acc-backbone-norm");
+    std::fs::copy(&head, norm.0.join("head.json")).expect("copy head");
+    let out = check(&registry_with(
+        &norm,
+        &test_models().join("tint_embed.onnx"),
+        "embedding",
+        32,
+        ", mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5]",
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("mean [0.0, 0.0, 0.0]") && err.contains("mean [0.5, 0.5, 0.5]"), "{err}");
+    // another backbone with another dimension (the tint classifier's 2 logits): refused, naming both
+    let other = TempDir::new("acc-backbone-dim");
+    std::fs::copy(&head, other.0.join("head.json")).expect("copy head");
+    let out = check(&registry_with(&other, &test_models().join("tint.onnx"), "logits", 32, ""));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("3 features") && err.contains("has 2"), "{err}");
 }
 
 #[test]
@@ -305,4 +334,58 @@ params.weights = { tint = 1.0 }
     let levels =
         |t: &str| t.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["level"].clone()).collect::<Vec<_>>();
     assert_eq!(levels(&second), levels(&std::fs::read_to_string(&rows).unwrap()));
+}
+
+/// The shipped registry and head agree (backbone, input, dimension), and the shipped classifier
+/// answers cheap proxies of what SDXL images do to a street scene (heavy blur, a graded colour
+/// shift, a small crop upscaled) with a score in (0, 1). It says nothing about accuracy on
+/// generated images (README, "Where it is blind"); scripts/tune/proxies.py measures the shifts.
+#[test]
+fn the_shipped_classifier_fits_its_head_and_answers_proxies() {
+    let (code, text) = run(&["check"], &repo().join("policies"), &repo().join("target/components"));
+    assert_eq!(code, 0, "{text}");
+    let head: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("policies/heads/roadwork.json")).expect("head"))
+            .expect("json");
+    let registry = std::fs::read_to_string(repo().join("policies/models.toml")).expect("registry");
+    let file = head["backbone"]["file"].as_str().expect("the shipped head records its backbone");
+    assert!(registry.contains(file), "models.toml runs {file}");
+    let dir = TempDir::new("acc-proxies");
+    let src = image::open(shared().join("data/roadwork-dev/dashcam_mi3lab_workzone/boston_f0135.jpg"))
+        .expect("dev image")
+        .to_rgb8();
+    let side = src.width().min(src.height());
+    let square =
+        image::imageops::crop_imm(&src, (src.width() - side) / 2, (src.height() - side) / 2, side, side).to_image();
+    let base = image::imageops::resize(&square, 224, 224, image::imageops::FilterType::Triangle);
+    let blur = image::imageops::blur(&base, 4.0);
+    let graded = image::RgbImage::from_fn(224, 224, |x, y| {
+        let [r, g, b] = base.get_pixel(x, y).0;
+        image::Rgb([(f32::from(r) * 1.15 + 10.0).min(255.0) as u8, g, (f32::from(b) * 0.8) as u8])
+    });
+    let crop = image::imageops::resize(
+        &image::imageops::crop_imm(&base, 60, 110, 75, 75).to_image(),
+        224,
+        224,
+        image::imageops::FilterType::CatmullRom,
+    );
+    let mut files = Vec::new();
+    for (name, img) in [("base", &base), ("blur", &blur), ("graded", &graded), ("crop", &crop)] {
+        let p = dir.0.join(format!("{name}.jpg"));
+        std::fs::write(&p, jpeg(img)).expect("write");
+        files.push(p);
+    }
+    let out = cascade()
+        .args(["infer", "--model", "roadwork", "--policies"])
+        .arg(repo().join("policies"))
+        .args(&files)
+        .output()
+        .expect("infer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scores: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| num(&serde_json::from_str::<Value>(l).expect("json")["result"]["score"]))
+        .collect();
+    assert_eq!(scores.len(), 4);
+    assert!(scores.iter().all(|s| *s > 0.0 && *s < 1.0), "{scores:?}");
 }

@@ -90,8 +90,9 @@ fn an_image_without_text_reads_as_no_lines() {
     assert_eq!(v["result"], json!([]), "{v}");
 }
 
-/// The default classifier converted by scripts/fp16.py (fp16 input, weights and output) runs
-/// through the same engine and scores real images as the fp32 model does, within fp16 rounding.
+/// The EfficientNet classifier (its head is heads/roadwork-effnet.json since the default runs
+/// DINOv2) converted by scripts/fp16.py (fp16 input, weights and output) runs through the same
+/// engine and scores real images as the fp32 model does, within fp16 rounding.
 #[test]
 fn an_fp16_conversion_of_the_default_classifier_scores_like_fp32() {
     let fp16 = repo().join("target/test-models/efficientnet_lite0_fp16.onnx");
@@ -101,7 +102,7 @@ fn an_fp16_conversion_of_the_default_classifier_scores_like_fp32() {
         format!(
             "[[model]]\nname = \"roadwork\"\nkind = \"classifier\"\nfile = \"{}\"\noutput = \"embedding\"\nhead = \"{}\"\nactivation = \"sigmoid\"\nlabels = [\"other\", \"roadwork\"]\npositive = [\"roadwork\"]\ninput = {{ width = 224, height = 224, resize = \"center_crop\", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }}\n",
             file.display(),
-            repo().join("policies/heads/roadwork.json").display()
+            repo().join("policies/heads/roadwork-effnet.json").display()
         )
     };
     let images: Vec<_> = rows("tracon/", "1", 3)

@@ -2,7 +2,9 @@
 //! classifier in the registry. The head is a JSON file (`cascade-head/1`) written by
 //! `cascade train-head`: feature standardisation, then dense layers. A head records the
 //! backbone it was trained on (ONNX file, input preparation, feature dimension); a classifier
-//! that would run it on another backbone or input is refused at load, naming both.
+//! that would feed it another input preparation is refused here at load, and one whose output
+//! has another dimension by the worker when it opens the model, each naming both. The file's
+//! name alone may differ (an fp16 conversion or a copy of the same backbone).
 
 use std::path::Path;
 
@@ -49,7 +51,7 @@ pub const FORMAT: &str = "cascade-head/1";
 pub struct Backbone {
     /// The registry name it was trained through (`dino-embed`); informative.
     pub model: String,
-    /// The ONNX file's name (no folder): what must match.
+    /// The ONNX file's name (no folder), for messages: conversions and copies may rename it.
     pub file: String,
     /// The input preparation, as [`describe_input`] writes it: what must match.
     pub input: String,
@@ -94,11 +96,12 @@ impl Head {
         Ok(h)
     }
 
-    /// Whether the model `spec` runs the backbone and input this head was trained on.
+    /// Whether the model `spec` prepares its input as the backbone this head was trained on
+    /// did (the output's dimension is checked when the model is opened).
     pub fn fits(&self, spec: &ModelSpec) -> Result<(), String> {
         let Some(b) = &self.backbone else { return Ok(()) };
         let (file, input) = (file_name(&spec.file), describe_input(&spec.input));
-        if b.file != file || b.input != input {
+        if b.input != input {
             return Err(format!(
                 "trained for {} ({}, input {}, {} features), but model {} runs {} (input {})",
                 b.file, b.model, b.input, b.dim, spec.name, file, input
@@ -228,11 +231,12 @@ mod tests {
         };
         h.check().unwrap();
         h.fits(&trained_on).unwrap();
-        // the same file elsewhere is the same backbone
+        // the same backbone elsewhere, or converted to fp16 under another name, fits
         h.fits(&spec("/elsewhere/dinov2_vits14.onnx", 224)).unwrap();
-        let e = h.fits(&spec("../target/models/efficientnet_lite0.onnx", 224)).unwrap_err();
+        h.fits(&spec("/gpu/dinov2_vits14_fp16.onnx", 224)).unwrap();
+        // another input preparation (here: EfficientNet's short side of 256) is refused, naming both
+        let e = h.fits(&spec("../target/models/efficientnet_lite0.onnx", 256)).unwrap_err();
         assert!(e.contains("dinov2_vits14.onnx") && e.contains("efficientnet_lite0.onnx"), "{e}");
-        let e = h.fits(&spec("../target/models/dinov2_vits14.onnx", 256)).unwrap_err();
         assert!(e.contains("short 224") && e.contains("short 256"), "{e}");
         // a head whose recorded dimension disagrees with its weights is inconsistent
         h.backbone.as_mut().unwrap().dim = 768;

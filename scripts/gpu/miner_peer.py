@@ -16,7 +16,7 @@ far below what the GPU or the pool can do.
 Models, the same as cascade's:
 - `roadwork`: EfficientNet-Lite0 built in PyTorch from cascade's own ONNX file (a small
   interpreter of its Conv/Clip/Add/pool/Gemm graph, so the weights are the same) plus the
-  trained head from policies/heads/roadwork.json; Resize(256) + CenterCrop(224), mean = std = 0.5.
+  trained head from policies/heads/roadwork-effnet.json; Resize(256) + CenterCrop(224), mean = std = 0.5.
 - `vit`: torchvision ViT-B/16 with random weights from seed 0 (export_vit.reference: the weights
   scripts/gpu/run.sh exports to ONNX for cascade); Resize(224) + CenterCrop(224), ImageNet mean/std.
 

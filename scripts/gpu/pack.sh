@@ -26,7 +26,7 @@ big = sorted(rows, key=lambda r: -int(r["width"]) * int(r["height"]))
 for i, r in enumerate(big[:3] + rows[64:67]):
     Image.open(os.path.join(root, r["path"])).convert("RGB").save(f"{out}/photos/{i}.png")
 PY
-cp policies/heads/roadwork.json ../shared/models/yolox_nano/yolox_nano.onnx "$w/models/"
+cp policies/heads/roadwork-effnet.json ../shared/models/yolox_nano/yolox_nano.onnx "$w/models/"
 strip -o "$w/bin/cascade" target/release/cascade
 strip -o "$w/bin/gpu-bench" target/release/gpu-bench
 cp -r target/components "$w/components"

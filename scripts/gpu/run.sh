@@ -41,7 +41,7 @@ name = "$1"
 kind = "classifier"
 file = "$2"
 output = "embedding"
-head = "$PWD/policies/heads/roadwork.json"
+head = "$PWD/policies/heads/roadwork-effnet.json"
 activation = "sigmoid"
 labels = ["other", "roadwork"]
 positive = ["roadwork"]
@@ -239,8 +239,8 @@ for _ in range(300):
 late.sort()
 print(f"timer check: a 3 ms timed wait wakes late by p50 {late[150]:.2f} ms, p99 {late[296]:.2f} ms, max {late[-1]:.2f} ms")
 PY
-  peer() { timeout 150 python3 scripts/gpu/miner_peer.py --onnx "$P/models/efficientnet_lite0.onnx" --head "$P/models/roadwork.json" --jpegs "$P/validator" --seconds 6 "$@" | tee -a "$E"; }
-  timeout 120 python3 scripts/gpu/miner_peer.py --onnx "$P/models/efficientnet_lite0.onnx" --head "$P/models/roadwork.json" --jpegs "$P/validator" --scores > "$OUT/peer-scores.json"
+  peer() { timeout 150 python3 scripts/gpu/miner_peer.py --onnx "$P/models/efficientnet_lite0.onnx" --head "$P/models/roadwork-effnet.json" --jpegs "$P/validator" --seconds 6 "$@" | tee -a "$E"; }
+  timeout 120 python3 scripts/gpu/miner_peer.py --onnx "$P/models/efficientnet_lite0.onnx" --head "$P/models/roadwork-effnet.json" --jpegs "$P/validator" --scores > "$OUT/peer-scores.json"
   "$P/bin/cascade" infer --policies "$P/pol-cuda" --model roadwork "$P"/validator/*.jpg > "$OUT/cascade-scores.jsonl"
   python3 - "$OUT/peer-scores.json" "$OUT/cascade-scores.jsonl" <<'PY'
 import json, os, sys
@@ -253,7 +253,7 @@ PY
   (cd scripts/gpu && python3 - <<'PY'
 import time, torch, miner_peer as mp
 for layout in ("nchw", "nhwc"):
-    run = mp.build("roadwork", "/tmp/gpu/models/efficientnet_lite0.onnx", "/tmp/gpu/models/roadwork.json", layout)
+    run = mp.build("roadwork", "/tmp/gpu/models/efficientnet_lite0.onnx", "/tmp/gpu/models/roadwork-effnet.json", layout)
     with torch.inference_mode():
         g = mp.graphed(run, [64], 224)
         x = torch.zeros(64, 224, 224, 3, dtype=torch.uint8, device="cuda")

@@ -5,7 +5,10 @@ the shipped hotkeys are pointed at that head, and `cascade eval --validator-styl
 runs them on the held-out fold. Confusion matrices are summed over folds, so every image is
 scored by a head that never saw it. Prints a table (and JSON with --json).
 
-Usage: python scripts/tune/cv_policies.py [--manifest M] [--folds 5] [--seed 7] [--hotkeys speed,accuracy]
+Random folds put frames of one video on both sides; scripts/tune/grouped_cv.py is the grouped
+(leave one source / city out) comparison on both data sets that the shipped settings are tuned on.
+
+Usage: python scripts/tune/cv_policies.py [--manifest M] [--folds 5] [--seed 7] [--hotkeys speed,accuracy] [--backbone B]
        [--cascade PATH] [--components DIR] [--detector ONNX] [--reuse-heads]
        [--set hotkey:key.path=value ...]   (override a parameter, e.g. accuracy:fuser.params.weights.text=3)
 
@@ -26,6 +29,9 @@ import re
 import shutil
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grouped_cv  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CASCADE = os.path.join(ROOT, "target", "release", "cascade")
@@ -60,24 +66,23 @@ def fresh(head, train_csv):
     return open(stamp).read() == open(train_csv).read()
 
 
-def policies_for(fold_dir, head, overrides, detector=None):
-    """A copy of policies/ whose registry paths are absolute and whose head is the fold's."""
+def shipped_backbone():
+    """The embedder the shipped head was trained on (its registry name)."""
+    h = json.load(open(os.path.join(ROOT, "policies", "heads", "roadwork.json")))
+    return (h.get("backbone") or {}).get("model", "effnet-embed")
+
+
+def policies_for(fold_dir, head, overrides, detector=None, backbone=None):
+    """A copy of policies/ whose registry paths are absolute, whose head is the fold's and whose
+    roadwork classifier runs the backbone that head was trained on."""
     src = os.path.join(ROOT, "policies")
-    dst = os.path.join(fold_dir, "policies")
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)
-    reg = open(os.path.join(src, "models.toml")).read()
-    reg = reg.replace('"../', '"' + ROOT + "/")
-    reg = reg.replace('"heads/roadwork.json"', json.dumps(head))
-    reg = reg.replace('"coco_labels.txt"', json.dumps(os.path.join(src, "coco_labels.txt")))
+    dst = grouped_cv.policies_for(src, os.path.join(fold_dir, "policies"), head, backbone or shipped_backbone(),
+                                  overrides, probe=False)
     if detector:
+        path = os.path.join(dst, "models.toml")
+        reg = open(path).read()
         reg = reg.replace(json.dumps(os.path.join(ROOT, "models", "detector.onnx")), json.dumps(os.path.abspath(detector)))
-    open(os.path.join(dst, "models.toml"), "w").write(reg)
-    for hotkey, key, value in overrides:
-        path = os.path.join(dst, hotkey + ".toml")
-        text = open(path).read()
-        text += "\n# override from cv_policies.py\n" + toml_override(key, value)
-        open(path, "w").write(text)
+        open(path, "w").write(reg)
     return dst
 
 
@@ -111,6 +116,7 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="hotkey:table.key=value")
     ap.add_argument("--cascade", default=CASCADE, help="the cascade binary to run")
     ap.add_argument("--components", default=COMPONENTS, help="folder of compiled components")
+    ap.add_argument("--backbone", default=None, help="embedder for the heads (default: the shipped head's)")
     ap.add_argument("--detector", help="an object detector ONNX to use as models/detector.onnx (e.g. yolox_nano)")
     ap.add_argument("--reuse-heads", action="store_true",
                     help="keep a fold's head when it was trained on the same rows (same binary assumed)")
@@ -125,6 +131,7 @@ def main():
     base = os.path.dirname(os.path.abspath(a.manifest))
     rows = list(csv.DictReader(open(a.manifest)))
     fold = folds_of(rows, a.folds, a.seed)
+    backbone = a.backbone or shipped_backbone()
     work = os.path.join(ROOT, "target", "cv", f"seed{a.seed}")
     os.makedirs(work, exist_ok=True)
     hotkeys = a.hotkeys.split(",")
@@ -138,10 +145,10 @@ def main():
         write_manifest(os.path.join(d, "test.csv"), test, base)
         head = os.path.join(d, "head.json")
         if not (a.reuse_heads and fresh(head, os.path.join(d, "train.csv"))):
-            run([a.cascade, "train-head", "--policies", os.path.join(ROOT, "policies"), "--backbone", "effnet-embed",
+            run([a.cascade, "train-head", "--policies", os.path.join(ROOT, "policies"), "--backbone", backbone,
                  "--manifest", os.path.join(d, "train.csv"), "--validator-style", "--out", head])
             shutil.copyfile(os.path.join(d, "train.csv"), head + ".train.csv")
-        pol = policies_for(d, head, overrides, a.detector)
+        pol = policies_for(d, head, overrides, a.detector, backbone)
         for h in hotkeys:
             r = json.loads(run([a.cascade, "eval", "--policies", pol, "--components", a.components,
                                 "--hotkey", h, "--manifest",

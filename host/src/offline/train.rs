@@ -126,11 +126,23 @@ pub fn read_source(path: &Path) -> anyhow::Result<SourceImage> {
 /// View `view` of an image as a validator would send it, decoded as the server decodes it,
 /// and the augmentation drawn for it: keyed by the run's seed, the file's hash and the view.
 pub fn challenge_view(src: &SourceImage, style: &Style, view: usize) -> anyhow::Result<(image::RgbImage, Params)> {
-    let key = if view == 0 { src.sha.clone() } else { format!("{}#{view}", src.sha) };
-    let params = style.params(&key, src.img.width(), src.img.height());
-    let jpeg = augment::challenge_jpeg(&src.img, &params);
-    let img = decode_image(&jpeg, &IngressLimits::default()).map_err(|r| anyhow::anyhow!("{}", r.message))?;
-    Ok((img, params))
+    let params = style.params(&view_key(&src.sha, view), src.img.width(), src.img.height());
+    Ok((challenge(src, &params)?, params))
+}
+
+/// What keys view `view`'s draws: the file's hash (view 0, as `eval` draws) or `hash#view`.
+fn view_key(sha: &str, view: usize) -> String {
+    if view == 0 {
+        sha.to_string()
+    } else {
+        format!("{sha}#{view}")
+    }
+}
+
+/// The challenge JPEG of `params`, decoded as the server decodes it.
+fn challenge(src: &SourceImage, params: &Params) -> anyhow::Result<image::RgbImage> {
+    let jpeg = augment::challenge_jpeg(&src.img, params);
+    decode_image(&jpeg, &IngressLimits::default()).map_err(|r| anyhow::anyhow!("{}", r.message))
 }
 
 /// Reads an image as the policy would see it: as read, or (with a style) as the challenge a
@@ -182,13 +194,8 @@ fn embed_all(
                 }
             };
             for view in 0..views {
-                let (img, params) = match style {
-                    Some(s) => {
-                        let (img, p) = challenge_view(&src, s, view)?;
-                        (img, Some(p))
-                    }
-                    None => (src.img.clone(), None),
-                };
+                // the draws first: a cached view needs no augmentation at all
+                let params = style.map(|s| s.params(&view_key(&src.sha, view), src.img.width(), src.img.height()));
                 let key = match &params {
                     Some(p) => format!("{}|{p:?}", src.sha),
                     None => format!("{}|as-read", src.sha),
@@ -197,6 +204,10 @@ fn embed_all(
                 match cache.get(&key) {
                     Some(x) => rows.push(Row { ex: i, view, level, x }),
                     None => {
+                        let img = match &params {
+                            Some(p) => challenge(&src, p)?,
+                            None => src.img.clone(),
+                        };
                         let rx = models.submit(backbone, kind, JobInput::Image(Arc::new(img)), deadline)?;
                         pending.push((i, view, level, key, rx));
                     }
