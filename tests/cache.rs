@@ -3,12 +3,6 @@
 
 use cascade_tests::*;
 
-fn hotkey(name: &str) -> String {
-    format!(
-        "name = \"{name}\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"tint\"\nclassify = [\"tint\"]\n"
-    )
-}
-
 fn metric(server: &Server, sample: &str) -> f64 {
     let (_, text) = get(&server.url("/metrics"));
     text.lines().find_map(|l| l.strip_prefix(sample)?.trim().parse().ok()).unwrap_or(0.0)
@@ -31,7 +25,7 @@ fn burst(server: &Server, img: &[u8]) {
 
 #[test]
 fn three_hotkeys_on_one_image_run_the_model_once_and_a_reload_recomputes() {
-    let dir = policies("cache", &[("a", &hotkey("a")), ("b", &hotkey("b")), ("c", &hotkey("c"))]);
+    let dir = policies("cache", &[("a", &tint_hotkey("a")), ("b", &tint_hotkey("b")), ("c", &tint_hotkey("c"))]);
     let server = Server::start(&dir.0, false, &[]);
     let items = "cascade_model_items_total{model=\"tint\"}";
     let misses = "cascade_stage_cache_total{model=\"tint\",result=\"miss\"}";

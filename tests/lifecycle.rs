@@ -18,16 +18,6 @@ component = "misbehave@1"
 params = { model = "tint", spin_above = 0.5 }
 "#;
 
-const GOOD: &str = r#"
-name = "good"
-fallback = 0.3
-[router]
-component = "cascade-router@^1"
-[[router.params.stages]]
-name = "tint"
-classify = ["tint"]
-"#;
-
 #[test]
 fn sigterm_lets_requests_in_flight_finish_then_exits() {
     let dir = policies("drain", &[("slow", SLOW)]);
@@ -66,26 +56,26 @@ fn sigterm_lets_requests_in_flight_finish_then_exits() {
 
 #[test]
 fn sighup_rereads_everything_and_refuses_a_broken_file() {
-    let dir = policies("sighup", &[("good", GOOD)]);
+    let dir = policies("sighup", &[("good", &tint_hotkey("good"))]);
     let server = Server::start(&dir.0, false, &["--no-watch"]);
     let stage = || predict(&server, "good", &jpeg(&solid(32, 32, [200, 90, 10]))).1["stage"].clone();
     assert_eq!(stage(), "tint");
     // broken: refused on SIGHUP with the reason, the last good version keeps serving
-    dir.write("good.toml", &GOOD.replace("classify", "clasify"));
+    dir.write("good.toml", &tint_hotkey("good").replace("classify", "clasify"));
     server.signal("HUP");
     eventually(10, "the broken file is refused", || {
         refusals(&server).into_iter().find(|r| r.contains("good.toml") && r.contains("clasify"))
     });
     assert_eq!(stage(), "tint");
     // fixed: applied on the next SIGHUP
-    dir.write("good.toml", &GOOD.replace("name = \"tint\"", "name = \"renamed\""));
+    dir.write("good.toml", &tint_hotkey("good").replace("name = \"tint\"", "name = \"renamed\""));
     server.signal("HUP");
     eventually(10, "the fixed file serves", || (stage() == "renamed").then_some(()));
 }
 
 #[test]
 fn without_nvml_there_are_no_gpu_series_and_one_info_line() {
-    let dir = policies("nvml", &[("good", GOOD)]);
+    let dir = policies("nvml", &[("good", &tint_hotkey("good"))]);
     let server = Server::start(&dir.0, false, &[]);
     for _ in 0..3 {
         let (s, m) = get(&server.url("/metrics"));

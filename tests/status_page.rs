@@ -6,16 +6,6 @@ use std::process::Command;
 
 use cascade_tests::*;
 
-const GOOD: &str = r#"
-name = "good"
-fallback = 0.3
-[router]
-component = "cascade-router@^1"
-[[router.params.stages]]
-name = "tint"
-classify = ["tint"]
-"#;
-
 fn chromium() -> &'static str {
     let found =
         ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
@@ -56,7 +46,7 @@ fn no_js_errors(dom: &str, log: &str) {
 
 #[test]
 fn the_status_page_renders_and_shows_a_refused_change() {
-    let dir = policies("status-page", &[("good", GOOD)]);
+    let dir = policies("status-page", &[("good", &tint_hotkey("good"))]);
     let server = Server::start(&dir.0, false, &[]);
     let (s, _) = predict(&server, "good", &jpeg(&solid(32, 32, [200, 90, 10])));
     assert_eq!(s, 200);
@@ -68,7 +58,7 @@ fn the_status_page_renders_and_shows_a_refused_change() {
     no_js_errors(&dom, &log);
 
     // a broken change: refused, and the page says why
-    dir.write("good.toml", &GOOD.replace("classify", "clasify"));
+    dir.write("good.toml", &tint_hotkey("good").replace("classify", "clasify"));
     eventually(10, "refused", || refusals(&server).into_iter().find(|r| r.contains("clasify")));
     let (dom, log) = render(&server.url("/admin"));
     assert!(dom.contains("good.toml") && dom.contains("clasify"), "{dom}");

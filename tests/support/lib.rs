@@ -350,3 +350,10 @@ pub fn run(args: &[&str], policies: &std::path::Path, components: &std::path::Pa
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// The smallest hotkey file over the test registry: one `tint` classifier stage, fallback 0.3.
+pub fn tint_hotkey(name: &str) -> String {
+    format!(
+        "name = \"{name}\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"tint\"\nclassify = [\"tint\"]\n"
+    )
+}
