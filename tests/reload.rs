@@ -1,6 +1,6 @@
 //! Live changes on the real server: configs and components added, replaced, broken, fixed and
 //! deleted while it serves; every broken change refused with its reason while the last good
-//! version keeps answering; 1.0.0 components on the 1.1.0 host; newer contracts refused.
+//! version keeps answering; 1.0.0 components on the 1.2.0 host; newer contracts refused.
 
 use std::path::Path;
 
@@ -103,11 +103,11 @@ fn components_are_replaced_refused_and_versioned_live() {
     assert_eq!(stage_of(&server, "live").as_deref(), Some("one"));
 
     // components for contracts this host does not implement are refused naming both versions
-    for (file, found) in [("future_2_0.wasm", "2.0.0"), ("future_1_2.wasm", "1.2.0")] {
+    for (file, found) in [("future_2_0.wasm", "2.0.0"), ("future_1_3.wasm", "1.3.0")] {
         replace(&comps.join(file), &test_component(file));
         let r = wait_refusal(&server, file);
         assert!(
-            r.contains(&format!("built for cascade:policy@{found}")) && r.contains("implements cascade:policy@1.1.0"),
+            r.contains(&format!("built for cascade:policy@{found}")) && r.contains("implements cascade:policy@1.2.0"),
             "{r}"
         );
     }
@@ -118,10 +118,10 @@ fn components_are_replaced_refused_and_versioned_live() {
         (!refusals(&server).iter().any(|r| r.contains("cascade_router.wasm"))).then_some(())
     });
 
-    // a 1.0.0 component (the template) serves on this 1.1.0 host, and the 1.1.0 router uses
-    // the 1.1.0 additions (class-filtered detection)
+    // a 1.0.0 component (the template) serves on this 1.2.0 host, and the 1.2.0 router uses
+    // the 1.1.0 and 1.2.0 additions (class-filtered detection)
     let st = status(&server);
-    assert_eq!(st["hotkeys"]["live"]["router"]["contract"], "1.1.0", "{st}");
+    assert_eq!(st["hotkeys"]["live"]["router"]["contract"], "1.2.0", "{st}");
     std::fs::write(
         dir.0.join("old.toml"),
         "name = \"old\"\nfallback = 0.3\n[router]\ncomponent = \"template-router@1\"\nparams = { model = \"tint\" }\n",

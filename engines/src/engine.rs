@@ -16,12 +16,14 @@ pub enum JobInput {
     Image(Image),
     /// Detection keeps boxes at or above this confidence.
     Detect(Image, f32),
+    /// A question about the image to a vision-language model.
+    Ask(Image, String),
 }
 
 impl JobInput {
     pub(crate) fn image(&self) -> &Image {
         match self {
-            JobInput::Image(i) | JobInput::Detect(i, _) => i,
+            JobInput::Image(i) | JobInput::Detect(i, _) | JobInput::Ask(i, _) => i,
         }
     }
 }
@@ -43,6 +45,37 @@ pub enum Output {
     Embedding(Vec<f32>),
     Detections(Vec<Detection>),
     TextLines(Vec<TextLine>),
+    Answer(Answer),
+}
+
+/// A vision-language model's answer: its text after any reasoning block and, for a yes/no
+/// question, P(yes) with how it was obtained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub p_yes: Option<f32>,
+    pub source: ScoreSource,
+}
+
+/// Where an answer's P(yes) came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreSource {
+    /// The endpoint's token log-probabilities of the first answer token.
+    Logprobs,
+    /// The answer's words (yes/no and the certainty words the operators' plans use).
+    Parsed,
+    /// The answer is not a yes or a no (a refusal, a description): no score.
+    None,
+}
+
+impl ScoreSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoreSource::Logprobs => "logprobs",
+            ScoreSource::Parsed => "parsed",
+            ScoreSource::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +120,12 @@ pub struct ModelStats {
     pub loads: AtomicU64,
     /// Batches (or, at load, models) prepared on the CPU although the model runs on CUDA.
     pub prep_fallbacks: AtomicU64,
+    /// Remote models: attempts repeated after a failure (within the request's budget).
+    pub retries: AtomicU64,
+    /// Remote models: calls refused at once because the circuit breaker is open.
+    pub fast_failures: AtomicU64,
+    /// Remote models: 1 while the circuit breaker is open (the server is considered down).
+    pub breaker_open: AtomicI64,
 }
 
 impl ModelStats {

@@ -30,6 +30,9 @@ pub enum EngineError {
     Inference { model: String, reason: String },
     #[error("model {model}: worker stopped")]
     Stopped { model: String },
+    /// A remote model's circuit breaker is open: the call was not made.
+    #[error("model {model}: {reason}")]
+    Unavailable { model: String, reason: String },
     #[error("invalid input: {0}")]
     InvalidInput(String),
 }

@@ -17,9 +17,10 @@ mod preprocess;
 mod runtime;
 mod session;
 mod spec;
+mod vlm;
 mod worker;
 
-pub use engine::{Detection, JobInput, ModelStats, Output, Reply, TextLine};
+pub use engine::{Answer, Detection, JobInput, ModelStats, Output, Reply, ScoreSource, TextLine};
 pub use error::{EngineError, LoadError};
 pub use gpu::prepare_on_gpu;
 pub use models::Models;
@@ -27,6 +28,7 @@ pub use preprocess::prepare;
 pub use runtime::runtime_library;
 pub use session::CPU_FALLBACKS;
 pub use spec::{Device, ModelKind, ModelSpec, Registry};
+pub use vlm::{BreakerSpec, VlmSpec};
 
 /// A decoded image as the engines take it: 8-bit RGB, shared between calls of one request.
 pub type Image = std::sync::Arc<image::RgbImage>;

@@ -151,7 +151,7 @@ impl Models {
 }
 
 fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle, LoadError> {
-    if !spec.file.exists() {
+    if !spec.present() {
         return Err(LoadError::Missing { model: spec.name.clone(), file: spec.file.clone() });
     }
     let spec = Arc::new(spec.clone());
@@ -161,6 +161,16 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     // already started are joined
     let mut handle =
         Handle { spec: spec.clone(), tx: Some(tx), stats: stats.clone(), threads: Vec::with_capacity(spec.workers) };
+    if let Some(v) = &spec.vlm {
+        let client = Arc::new(crate::vlm::Client::new(&spec.name, v, stats.clone()));
+        for i in 0..spec.workers {
+            let (client, stats2) = (client.clone(), stats.clone());
+            handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
+                Ok(crate::vlm::VlmWorker { client: client.clone(), stats: stats2.clone() })
+            })?);
+        }
+        return Ok(handle);
+    }
     if spec.kind == ModelKind::Ocr {
         for i in 0..spec.workers {
             let (env, spec2, stats2) = (env.clone(), spec.clone(), stats.clone());

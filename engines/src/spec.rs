@@ -23,6 +23,8 @@ pub struct Registry {
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     pub name: String,
+    /// The ONNX file (every kind but `vlm`, which lives behind an HTTP endpoint).
+    #[serde(default)]
     pub file: PathBuf,
     pub kind: ModelKind,
     #[serde(default)]
@@ -45,6 +47,8 @@ pub struct ModelSpec {
     pub head: Option<PathBuf>,
     /// OCR: `file` is the text detector; this names the recogniser and the settings.
     pub ocr: Option<OcrSpec>,
+    /// VLM: the OpenAI-compatible endpoint and how to ask it (`workers` = requests in flight).
+    pub vlm: Option<crate::vlm::VlmSpec>,
     /// ONNX Runtime intra-op threads per session.
     #[serde(default = "one")]
     pub threads: usize,
@@ -181,6 +185,8 @@ pub enum ModelKind {
     Detector,
     /// Text detection + recognition (PP-OCR): `read-text`.
     Ocr,
+    /// A vision-language model behind an OpenAI-compatible chat-completions endpoint: `ask`.
+    Vlm,
 }
 
 impl ModelKind {
@@ -190,6 +196,7 @@ impl ModelKind {
             ModelKind::Embedder => "embedder",
             ModelKind::Detector => "detector",
             ModelKind::Ocr => "ocr",
+            ModelKind::Vlm => "vlm",
         }
     }
 }
@@ -347,8 +354,13 @@ impl Registry {
             if seen.insert(m.name.clone(), ()).is_some() {
                 return Err(err(format!("model {} is defined twice", m.name)));
             }
-            m.file = resolve(base, &m.file).map_err(|r| err(format!("model {}: {r}", m.name)))?;
-            if m.optional && !m.file.exists() {
+            if let Some(v) = &mut m.vlm {
+                v.url = expand(&v.url).map_err(|r| err(format!("model {}: vlm.url: {r}", m.name)))?;
+            }
+            if m.kind != ModelKind::Vlm {
+                m.file = resolve(base, &m.file).map_err(|r| err(format!("model {}: {r}", m.name)))?;
+            }
+            if m.optional && !m.present() {
                 continue;
             }
             if let Some(f) = &m.labels_file {
@@ -370,7 +382,7 @@ impl Registry {
             m.check().map_err(|r| err(format!("model {}: {r}", m.name)))?;
         }
         let (present, absent): (Vec<ModelSpec>, Vec<ModelSpec>) =
-            reg.models.into_iter().partition(|m| !m.optional || m.file.exists());
+            reg.models.into_iter().partition(|m| !m.optional || m.present());
         reg.models = present;
         reg.absent = absent.into_iter().map(|m| (m.name, m.file)).collect();
         Ok(reg)
@@ -401,12 +413,28 @@ impl ModelSpec {
         if (self.kind == ModelKind::Ocr) != self.ocr.is_some() {
             return Err("kind = \"ocr\" and an [ocr] table go together".into());
         }
+        if (self.kind == ModelKind::Vlm) != self.vlm.is_some() {
+            return Err("kind = \"vlm\" and a vlm = { url, model } table go together".into());
+        }
+        match &self.vlm {
+            Some(v) if !self.file.as_os_str().is_empty() => {
+                return Err(format!("a vlm has no file (it is served at {})", v.url));
+            }
+            Some(v) => v.check()?,
+            None if self.file.as_os_str().is_empty() => return Err("file is missing".into()),
+            None => {}
+        }
         for p in &self.positive {
             if !self.labels.contains(p) {
                 return Err(format!("positive label {p:?} is not among the labels"));
             }
         }
         Ok(())
+    }
+
+    /// Whether what the model needs here is present: its file (a remote model always is).
+    pub fn present(&self) -> bool {
+        self.kind == ModelKind::Vlm || self.file.exists()
     }
 
     /// Indices of the labels that count towards a classifier's score.
@@ -424,9 +452,14 @@ impl ModelSpec {
 
 /// Expands `${VAR}` and resolves relative paths against `base`.
 fn resolve(base: &Path, p: &Path) -> Result<PathBuf, String> {
-    let s = p.to_string_lossy();
+    let p = PathBuf::from(expand(&p.to_string_lossy())?);
+    Ok(if p.is_absolute() { p } else { base.join(p) })
+}
+
+/// Replaces every `${VAR}` by the environment variable's value.
+fn expand(s: &str) -> Result<String, String> {
     let mut out = String::new();
-    let mut rest: &str = &s;
+    let mut rest: &str = s;
     while let Some(i) = rest.find("${") {
         out.push_str(&rest[..i]);
         let end = rest[i..].find('}').ok_or_else(|| format!("unclosed ${{ in {s}"))? + i;
@@ -436,8 +469,7 @@ fn resolve(base: &Path, p: &Path) -> Result<PathBuf, String> {
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
-    let p = PathBuf::from(out);
-    Ok(if p.is_absolute() { p } else { base.join(p) })
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -235,10 +235,10 @@ impl Worker {
                 None => rows.map(|r| classification(spec, r)).collect(),
             },
             ModelKind::Embedder => rows.map(|r| Output::Embedding(r.to_vec())).collect(),
-            ModelKind::Ocr => {
+            ModelKind::Ocr | ModelKind::Vlm => {
                 return Err(EngineError::Inference {
                     model: spec.name.clone(),
-                    reason: "OCR runs on its own worker".into(),
+                    reason: format!("a {} runs on its own worker", spec.kind.as_str()),
                 })
             }
             ModelKind::Detector => {
@@ -248,7 +248,7 @@ impl Worker {
                     .map(|((r, j), p)| {
                         let min_conf = match &j.input {
                             JobInput::Detect(_, c) => *c,
-                            JobInput::Image(_) => 0.25,
+                            JobInput::Image(_) | JobInput::Ask(..) => 0.25,
                         };
                         let img = j.input.image();
                         let raw = decode_yolox(r, width, &spec.detector, &spec.input, min_conf);

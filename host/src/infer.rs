@@ -12,14 +12,19 @@ use serde_json::json;
 use crate::config::MODELS_FILE;
 use crate::server::ingress::{decode_image, IngressLimits};
 
+/// What to ask of the model besides the image.
+pub struct Query {
+    /// Detector: minimum confidence.
+    pub min_conf: f32,
+    /// VLM: the question.
+    pub prompt: String,
+    /// Runs per image (the median time is reported).
+    pub repeat: usize,
+}
+
 /// Runs `model` on each image `repeat` times; prints the last result and the median times.
-pub fn infer(
-    policies: &Path,
-    model: &str,
-    min_conf: f32,
-    repeat: usize,
-    images: &[PathBuf],
-) -> anyhow::Result<ExitCode> {
+pub fn infer(policies: &Path, model: &str, q: &Query, images: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let repeat = q.repeat;
     let mut registry = Registry::load(&policies.join(MODELS_FILE))?;
     // only the model asked for is loaded: the others' start-up (CUDA warm-up) is not this check's
     if let Some((_, file)) = registry.absent.iter().find(|(name, _)| name == model) {
@@ -41,7 +46,8 @@ pub fn infer(
         let mut last = None;
         for _ in 0..repeat.max(1) {
             let input = match kind {
-                ModelKind::Detector => JobInput::Detect(img.clone(), min_conf),
+                ModelKind::Detector => JobInput::Detect(img.clone(), q.min_conf),
+                ModelKind::Vlm => JobInput::Ask(img.clone(), q.prompt.clone()),
                 _ => JobInput::Image(img.clone()),
             };
             let started = Instant::now();
@@ -67,6 +73,7 @@ pub fn infer(
                 .iter()
                 .map(|l| json!({"text": l.text, "confidence": l.confidence, "box": l.bbox}))
                 .collect::<Vec<_>>()),
+            Output::Answer(a) => json!({"text": a.text, "p_yes": a.p_yes, "source": a.source.as_str()}),
         };
         println!("{}", json!({"image": path, "ms": ms, "model_ms": model_ms, "runs": repeat.max(1), "result": result}));
     }

@@ -133,6 +133,9 @@ struct InferArgs {
     /// Run each image this many times and report the median time.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// VLM: the question to ask about each image.
+    #[arg(long, default_value = "Is there active road construction in this image? Answer YES or NO.")]
+    prompt: String,
     /// JPEG or PNG files.
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -207,7 +210,10 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Serve(a) => serve(a),
         Cmd::Check(a) => check(a),
-        Cmd::Infer(a) => cascade_host::infer::infer(&a.policies, &a.model, a.min_confidence, a.repeat, &a.images),
+        Cmd::Infer(a) => {
+            let q = cascade_host::infer::Query { min_conf: a.min_confidence, prompt: a.prompt, repeat: a.repeat };
+            cascade_host::infer::infer(&a.policies, &a.model, &q, &a.images)
+        }
         Cmd::Eval(a) => setup(&a.src).and_then(|(rt, src)| {
             let args = cascade_host::offline::eval::EvalArgs {
                 hotkey: a.hotkey,
@@ -271,7 +277,10 @@ fn check(a: SourceArgs) -> anyhow::Result<ExitCode> {
         println!("component   {}", load::describe_plugin(p));
     }
     for m in &state.registry.models {
-        println!("model       {} {} {}", m.name, m.kind.as_str(), m.file.display());
+        match &m.vlm {
+            Some(v) => println!("model       {} {} {} ({})", m.name, m.kind.as_str(), v.url, v.model),
+            None => println!("model       {} {} {}", m.name, m.kind.as_str(), m.file.display()),
+        }
     }
     for h in state.hotkeys.values() {
         let role = |b: &Option<Arc<cascade_host::runtime::Bound>>| {

@@ -4,7 +4,7 @@
 //! bug (it traps the guest), the inner `Result<_, Error>` is the guest's answer.
 
 wasmtime::component::bindgen!({
-    path: "../wit/v1.1.0",
+    path: "../wit/v1.2.0",
     world: "host",
     with: {
         "cascade:policy/types.image": crate::runtime::request::ImageRef,
@@ -14,14 +14,14 @@ wasmtime::component::bindgen!({
 
 pub use cascade::policy::primitives::{Call, Outcome};
 pub use cascade::policy::types::{
-    Bbox, Classification, ComponentInfo, Detection, Error, LabelScore, NamedScore, TextLine,
+    Answer, Bbox, Classification, ComponentInfo, Detection, Error, LabelScore, NamedScore, ScoreSource, TextLine,
 };
 pub use exports::cascade::policy::router::{Decision, RequestMeta};
 
 /// The contract version this host implements. Components built for any earlier 1.x work
 /// unchanged: released versions only ever add imports, and the linker resolves a 1.0.0
-/// import name to the 1.1.0 definition (semver-compatible names).
-pub const CONTRACT: &str = "1.1.0";
+/// import name to the 1.2.0 definition (semver-compatible names).
+pub const CONTRACT: &str = "1.2.0";
 
 /// How a primitive's error reads in traces, logs and fallback reasons. `bindgen!` already
 /// derives `Display` for a WIT error type (as its `Debug` form), so the prose lives here; the

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 pub use serde_json::{json, Value};
 
+pub mod standin;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
@@ -180,9 +182,15 @@ pub struct Server {
 
 impl Server {
     pub fn start(policies: &Path, test_components: bool, extra: &[&str]) -> Server {
+        Server::start_env(policies, test_components, extra, &[])
+    }
+
+    /// `start` with environment variables for the server (API keys, say).
+    pub fn start_env(policies: &Path, test_components: bool, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let comps = components(test_components);
         let log = policies.join("server.log");
         let mut child = cascade()
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
             .arg(policies)
             .arg("--components")

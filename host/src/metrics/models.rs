@@ -30,7 +30,7 @@ enum Value {
 /// Name (without prefix or `_total`), help, and how to read it.
 type Series = (&'static str, &'static str, fn(&ModelStats) -> Value);
 
-const SERIES: [Series; 10] = [
+const SERIES: [Series; 13] = [
     ("model_runs", "Session runs (batches) per model", |s| Value::Count(s.runs.load(Relaxed))),
     ("model_items", "Images inferred per model", |s| Value::Count(s.items.load(Relaxed))),
     ("model_busy_seconds", "Time spent in session runs per model", |s| {
@@ -53,6 +53,17 @@ const SERIES: [Series; 10] = [
     ("model_cpu_preprocess", "CUDA models or batches whose inputs were prepared on the CPU instead of the GPU", |s| {
         Value::Count(s.prep_fallbacks.load(Relaxed))
     }),
+    ("model_retries", "Remote models: attempts repeated after a failure, within the request's budget", |s| {
+        Value::Count(s.retries.load(Relaxed))
+    }),
+    ("model_fast_failures", "Remote models: calls refused at once because the circuit breaker is open", |s| {
+        Value::Count(s.fast_failures.load(Relaxed))
+    }),
+    (
+        "model_breaker_open",
+        "Remote models: 1 while the circuit breaker is open (the endpoint is considered down)",
+        |s| Value::Level(s.breaker_open.load(Relaxed)),
+    ),
 ];
 
 impl Collector for ModelSeries {
@@ -66,11 +77,8 @@ impl Collector for ModelSeries {
         )?;
         fallbacks.encode(e)?;
         for (name, help, read) in SERIES {
-            let kind = if name.ends_with("_depth") || name.ends_with("_bytes") || name.ends_with("_loaded") {
-                ConstGauge::new(0i64).metric_type()
-            } else {
-                ConstCounter::new(0u64).metric_type()
-            };
+            let gauge = ["_depth", "_bytes", "_loaded", "_open"].iter().any(|s| name.ends_with(s));
+            let kind = if gauge { ConstGauge::new(0i64).metric_type() } else { ConstCounter::new(0u64).metric_type() };
             let mut family = encoder.encode_descriptor(name, help, None, kind)?;
             for (model, stats) in &self.0 {
                 let labels = ModelLabels { model: model.clone() };

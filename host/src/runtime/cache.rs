@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::wit::{Error, Outcome};
+use cascade_engines::Output;
+
+use crate::wit::Error;
 
 /// What a result is, across requests.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -28,13 +30,13 @@ pub struct StageKey {
 /// A call being computed; waiters block on it until the leader resolves it.
 #[derive(Default)]
 pub struct Flight {
-    slot: Mutex<Option<Result<Outcome, Error>>>,
+    slot: Mutex<Option<Result<Output, Error>>>,
     done: Condvar,
 }
 
 impl Flight {
     /// The leader's result, or `None` if `deadline` passes first.
-    pub fn wait(&self, deadline: Instant) -> Option<Result<Outcome, Error>> {
+    pub fn wait(&self, deadline: Instant) -> Option<Result<Output, Error>> {
         let mut slot = self.slot.lock();
         while slot.is_none() {
             if self.done.wait_until(&mut slot, deadline).timed_out() {
@@ -44,20 +46,20 @@ impl Flight {
         slot.clone()
     }
 
-    fn resolve(&self, r: Result<Outcome, Error>) {
+    fn resolve(&self, r: Result<Output, Error>) {
         *self.slot.lock() = Some(r);
         self.done.notify_all();
     }
 }
 
 enum Entry {
-    Ready { result: Outcome, at: Instant, bytes: usize },
+    Ready { result: Output, at: Instant, bytes: usize },
     Running(Arc<Flight>),
 }
 
 /// The outcome of a lookup.
 pub enum Lookup {
-    Hit(Outcome),
+    Hit(Output),
     /// Someone else computes it: wait on the flight.
     Wait(Arc<Flight>),
     /// Compute it, then resolve the lead (dropping it unresolved fails the waiters).
@@ -72,7 +74,7 @@ pub struct Lead {
 }
 
 impl Lead {
-    pub fn resolve(mut self, r: &Result<Outcome, Error>) {
+    pub fn resolve(mut self, r: &Result<Output, Error>) {
         if let Some(key) = self.key.take() {
             self.cache.finish(key, &self.flight, r.clone());
         }
@@ -119,13 +121,13 @@ pub fn global() -> Option<&'static StageCache> {
 }
 
 /// Roughly what a result takes in memory.
-fn size_of(o: &Outcome) -> usize {
+fn size_of(o: &Output) -> usize {
     96 + match o {
-        Outcome::Classify(c) => c.top.iter().map(|l| 32 + l.label.len()).sum::<usize>(),
-        Outcome::Embed(v) => v.len() * 4,
-        Outcome::Detect(d) => d.iter().map(|d| 64 + d.label.len()).sum(),
-        Outcome::ReadText(t) => t.iter().map(|l| 48 + l.text.len()).sum(),
-        Outcome::Ask(a) => a.len(),
+        Output::Classification { top, .. } => top.iter().map(|l| 32 + l.0.len()).sum::<usize>(),
+        Output::Embedding(v) => v.len() * 4,
+        Output::Detections(d) => d.iter().map(|d| 64 + d.label.len()).sum(),
+        Output::TextLines(t) => t.iter().map(|l| 48 + l.text.len()).sum(),
+        Output::Answer(a) => 16 + a.text.len(),
     }
 }
 
@@ -165,7 +167,7 @@ impl StageCache {
         Lookup::Lead(Lead { cache: self, key: Some(key), flight })
     }
 
-    fn finish(&self, key: StageKey, flight: &Arc<Flight>, r: Result<Outcome, Error>) {
+    fn finish(&self, key: StageKey, flight: &Arc<Flight>, r: Result<Output, Error>) {
         {
             let mut g = self.inner.lock();
             // only the entry this lead owns (a newer lead may have replaced it)
@@ -217,20 +219,19 @@ impl StageCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wit::Classification;
 
     fn key(i: u8) -> StageKey {
         StageKey { models: 1, model: "m".into(), primitive: "classify", args: String::new(), image: [i; 16] }
     }
 
-    fn score(s: f32) -> Outcome {
-        Outcome::Classify(Classification { score: s, top: Vec::new() })
+    fn score(s: f32) -> Output {
+        Output::Classification { score: s, top: Vec::new() }
     }
 
-    /// The score of a classification result (the generated types have no `PartialEq`).
-    fn got(r: Option<Result<Outcome, Error>>) -> Option<Result<f32, String>> {
+    /// The score of a classification result (the WIT error type has no `PartialEq`).
+    fn got(r: Option<Result<Output, Error>>) -> Option<Result<f32, String>> {
         r.map(|r| match r {
-            Ok(Outcome::Classify(c)) => Ok(c.score),
+            Ok(Output::Classification { score, .. }) => Ok(score),
             Ok(_) => Err("not a classification".into()),
             Err(e) => Err(e.message()),
         })
@@ -248,7 +249,7 @@ mod tests {
         let waiter = std::thread::spawn(move || f.wait(Instant::now() + Duration::from_secs(5)));
         lead.resolve(&Ok(score(0.7)));
         assert_eq!(got(waiter.join().unwrap()), Some(Ok(0.7)));
-        assert!(matches!(c.lookup(key(1)), Lookup::Hit(Outcome::Classify(c)) if c.score == 0.7));
+        assert!(matches!(c.lookup(key(1)), Lookup::Hit(Output::Classification { score, .. }) if score == 0.7));
         // a failure reaches the waiters and is not kept: the next request leads again
         let Lookup::Lead(lead) = c.lookup(key(2)) else { panic!() };
         let Lookup::Wait(f) = c.lookup(key(2)) else { panic!() };

@@ -4,17 +4,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_engines::{EngineError, JobInput, ModelKind, Output, Reply};
+use cascade_engines::{EngineError, JobInput, ModelKind, Output, Reply, ScoreSource};
 use crossbeam_channel::Receiver;
 
 use super::cache::{Flight, Lead, Lookup, StageKey};
 use super::request::{CallKey, ImageRef, RequestCtx, TraceEntry};
-use crate::wit::{Bbox, Call, Classification, Detection, Error, LabelScore, Outcome, TextLine};
+use crate::wit::{self, Bbox, Call, Classification, Detection, Error, LabelScore, Outcome, TextLine};
 
 /// A call in flight, or already answered (from the memo, the stage cache or by an immediate
 /// error).
 pub enum Pending {
-    Done(Result<Outcome, Error>),
+    Done(Result<Output, Error>),
     /// Queued on the model; `lead` is set when other requests may wait for this result.
     Waiting {
         key: CallKey,
@@ -59,10 +59,7 @@ pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Pending {
         }
         Call::Detect((_, c)) => (ModelKind::Detector, JobInput::Detect(pixels, *c)),
         Call::ReadText(_) => (ModelKind::Ocr, JobInput::Image(pixels)),
-        Call::Ask(_) => {
-            let e = unsupported(ctx, &key.model, primitive);
-            return finish_now(ctx, key, Err(e));
-        }
+        Call::Ask((_, prompt)) => (ModelKind::Vlm, JobInput::Ask(pixels, prompt.clone())),
     };
     // across requests: the stage cache, for configured models that allow it
     let cache = super::cache::global().filter(|_| ctx.models.spec(&key.model).is_some_and(|s| s.cache));
@@ -107,23 +104,14 @@ fn submit(ctx: &RequestCtx, key: CallKey, kind: ModelKind, input: JobInput, lead
     }
 }
 
-/// Primitives without an engine here (`ask`: no VLM client yet): a configured model of
-/// another kind is `wrong-kind`, anything else `unknown-model`.
-fn unsupported(ctx: &RequestCtx, model: &str, primitive: &str) -> Error {
-    match ctx.models.spec(model) {
-        Some(s) => Error::WrongKind(format!("model {model} is a {}, not usable for {primitive}", s.kind.as_str())),
-        None => Error::UnknownModel(model.to_string()),
-    }
-}
-
-fn finish_now(ctx: &RequestCtx, key: CallKey, r: Result<Outcome, Error>) -> Pending {
+fn finish_now(ctx: &RequestCtx, key: CallKey, r: Result<Output, Error>) -> Pending {
     ctx.record(entry(&key, Duration::ZERO, &r, false), Duration::ZERO);
     ctx.remember(key, r.clone());
     Pending::Done(r)
 }
 
 /// Waits for a started call (never past the request's deadline) and memoises the result.
-pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Outcome, Error> {
+pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
     let (key, rx, started, lead) = match p {
         Pending::Done(r) => return r,
         Pending::Waiting { key, rx, started, lead } => (key, rx, started, lead),
@@ -143,7 +131,7 @@ pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Outcome, Error> {
         }
     };
     let (r, compute) = match rx.recv_deadline(ctx.deadline) {
-        Ok(reply) => (reply.output.map(to_outcome).map_err(to_wit), reply.compute),
+        Ok(reply) => (reply.output.map_err(to_wit), reply.compute),
         Err(_) => (Err(Error::DeadlineExceeded), Duration::ZERO),
     };
     if let Some(l) = lead {
@@ -155,8 +143,8 @@ pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Outcome, Error> {
     r
 }
 
-/// Runs one call to completion.
-pub fn run(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Result<Outcome, Error> {
+/// Runs one call to completion; the engine's output, as memoised.
+pub fn run(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Result<Output, Error> {
     let p = start(ctx, img, call);
     finish(ctx, p)
 }
@@ -178,7 +166,7 @@ pub fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Result<O
     }
     let mut results: Vec<Option<Result<Outcome, Error>>> = vec![None; calls.len()];
     for (i, p) in pending {
-        results[i] = Some(finish(ctx, p));
+        results[i] = Some(finish(ctx, p).map(to_outcome));
     }
     (0..calls.len())
         .map(|i| {
@@ -199,7 +187,8 @@ pub fn to_wit(e: EngineError) -> Error {
     }
 }
 
-fn to_outcome(o: Output) -> Outcome {
+/// The contract's form of an engine output (`ask` gets the answer's text).
+pub fn to_outcome(o: Output) -> Outcome {
     match o {
         Output::Classification { score, top } => Outcome::Classify(Classification {
             score,
@@ -226,10 +215,24 @@ fn to_outcome(o: Output) -> Outcome {
                 })
                 .collect(),
         ),
+        Output::Answer(a) => Outcome::Ask(a.text),
     }
 }
 
-fn entry(key: &CallKey, took: Duration, r: &Result<Outcome, Error>, cached: bool) -> TraceEntry {
+/// The contract's form of a VLM answer.
+pub fn to_answer(a: cascade_engines::Answer) -> wit::Answer {
+    wit::Answer {
+        text: a.text,
+        p_yes: a.p_yes,
+        source: match a.source {
+            ScoreSource::Logprobs => wit::ScoreSource::Logprobs,
+            ScoreSource::Parsed => wit::ScoreSource::Parsed,
+            ScoreSource::None => wit::ScoreSource::None,
+        },
+    }
+}
+
+fn entry(key: &CallKey, took: Duration, r: &Result<Output, Error>, cached: bool) -> TraceEntry {
     TraceEntry {
         primitive: key.primitive,
         model: key.model.clone(),
@@ -239,17 +242,20 @@ fn entry(key: &CallKey, took: Duration, r: &Result<Outcome, Error>, cached: bool
     }
 }
 
-fn summary(r: &Result<Outcome, Error>) -> String {
+fn summary(r: &Result<Output, Error>) -> String {
     match r {
         Err(e) => format!("error: {}", e.message()),
-        Ok(Outcome::Classify(c)) => format!("score={:.4}", c.score),
-        Ok(Outcome::Embed(v)) => format!("dim={}", v.len()),
-        Ok(Outcome::Ask(a)) => format!("answer={a:?}"),
-        Ok(Outcome::ReadText(lines)) => {
+        Ok(Output::Classification { score, .. }) => format!("score={score:.4}"),
+        Ok(Output::Embedding(v)) => format!("dim={}", v.len()),
+        Ok(Output::Answer(a)) => match a.p_yes {
+            Some(p) => format!("answer={:?} p_yes={p:.4} ({})", a.text, a.source.as_str()),
+            None => format!("answer={:?} (no yes/no)", a.text),
+        },
+        Ok(Output::TextLines(lines)) => {
             let t: Vec<String> = lines.iter().map(|l| format!("{:?} {:.2}", l.text, l.confidence)).collect();
             format!("{} lines: {}", lines.len(), t.join(", "))
         }
-        Ok(Outcome::Detect(d)) => {
+        Ok(Output::Detections(d)) => {
             let t: Vec<String> = d.iter().take(8).map(|d| format!("{} {:.2}", d.label, d.confidence)).collect();
             format!("{} boxes: {}", d.len(), t.join(", "))
         }

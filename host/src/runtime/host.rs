@@ -11,7 +11,8 @@ use super::calls;
 use super::request::{ImageRef, RequestCtx};
 use super::store::StoreState;
 use crate::wit::cascade::policy::{primitives, roles, types};
-use crate::wit::{Bbox, Call, Classification, Detection, Error, NamedScore, Outcome, TextLine};
+use crate::wit::{Answer, Bbox, Call, Classification, Detection, Error, NamedScore, Outcome, TextLine};
+use cascade_engines::Output;
 
 type Host<T> = wasmtime::Result<T>;
 
@@ -32,7 +33,7 @@ impl StoreState {
         Ok(r)
     }
 
-    fn call(&mut self, img: &Resource<ImageRef>, call: Call) -> Host<Result<Outcome, Error>> {
+    fn call(&mut self, img: &Resource<ImageRef>, call: Call) -> Host<Result<Output, Error>> {
         let ctx = self.ctx()?;
         Ok(calls::run(&ctx, self.image(img)?, &call))
     }
@@ -41,7 +42,7 @@ impl StoreState {
 /// Unwraps the outcome a primitive asked for; another variant is a host bug.
 macro_rules! expect {
     ($r:expr, $v:ident) => {
-        match $r {
+        match $r.map(calls::to_outcome) {
             Ok(Outcome::$v(x)) => Ok(Ok(x)),
             Ok(_) => Err(format_err!(concat!("engine answered a ", stringify!($v), " call with another outcome"))),
             Err(e) => Ok(Err(e)),
@@ -130,6 +131,14 @@ impl primitives::Host for StoreState {
 
     fn ask(&mut self, model: String, img: Resource<ImageRef>, prompt: String) -> Host<Result<String, Error>> {
         expect!(self.call(&img, Call::Ask((model, prompt)))?, Ask)
+    }
+
+    fn ask_score(&mut self, model: String, img: Resource<ImageRef>, prompt: String) -> Host<Result<Answer, Error>> {
+        match self.call(&img, Call::Ask((model, prompt)))? {
+            Ok(Output::Answer(a)) => Ok(Ok(calls::to_answer(a))),
+            Ok(_) => Err(format_err!("engine answered an ask call with another outcome")),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     fn run_all(&mut self, img: Resource<ImageRef>, calls: Vec<Call>) -> Host<Vec<Result<Outcome, Error>>> {

@@ -10,7 +10,9 @@ use cascade_engines::{Image, Models};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::wit::{Error, Outcome};
+use cascade_engines::Output;
+
+use crate::wit::Error;
 
 /// A 128-bit content key: sha-256 of a domain and parts, truncated (collisions cannot be
 /// crafted, so one client's image can never be answered with another's cached result).
@@ -97,7 +99,7 @@ pub struct RequestCtx {
     next_image: AtomicU32,
     /// Pixels of the images components derived (crops, flips), bounded per request.
     derived_pixels: std::sync::atomic::AtomicU64,
-    memo: Mutex<HashMap<CallKey, Result<Outcome, Error>>>,
+    memo: Mutex<HashMap<CallKey, Result<Output, Error>>>,
     trace: Mutex<Vec<TraceEntry>>,
     model_time: Mutex<Duration>,
 }
@@ -147,11 +149,11 @@ impl RequestCtx {
         images < MAX_DERIVED_IMAGES && before + pixels <= MAX_DERIVED_PIXELS
     }
 
-    pub fn remembered(&self, key: &CallKey) -> Option<Result<Outcome, Error>> {
+    pub fn remembered(&self, key: &CallKey) -> Option<Result<Output, Error>> {
         self.memo.lock().get(key).cloned()
     }
 
-    pub fn remember(&self, key: CallKey, result: Result<Outcome, Error>) {
+    pub fn remember(&self, key: CallKey, result: Result<Output, Error>) {
         self.memo.lock().insert(key, result);
     }
 
@@ -178,7 +180,7 @@ impl RequestCtx {
                 .iter()
                 .filter(|(k, _)| k.primitive == "classify" && (k.image == 0) == original)
                 .filter_map(|(k, r)| match r {
-                    Ok(Outcome::Classify(c)) if c.score.is_finite() => Some((k.model.as_str(), c.score)),
+                    Ok(Output::Classification { score, .. }) if score.is_finite() => Some((k.model.as_str(), *score)),
                     _ => None,
                 })
                 .collect();

@@ -1,5 +1,5 @@
 // A test-only fuser built against a contract this host does not implement (the `wit` folder
-// beside this crate: `cascade:policy@2.0.0` here, `@1.2.0` in `future-1-2`, which includes this
+// beside this crate: `cascade:policy@2.0.0` here, `@1.3.0` in `future-1-3`, which includes this
 // file): the host must refuse it, naming both versions.
 
 wit_bindgen::generate!({

@@ -4,7 +4,9 @@
 //! Built for `cascade:policy@1.1.0`: a stage can require a time budget (`min_budget_ms`), and
 //! detection asks the host only for the classes that count as evidence. Since 1.2.0 a stage
 //! can classify zoomed tiles of the image (`zoom`), so that a work zone that fills only a
-//! corner of a wide scene is seen large.
+//! corner of a wide scene is seen large. Built for `cascade:policy@1.2.0` since 1.3.0: an `ask`
+//! stage scores a VLM's yes/no answer with the host's P(yes) (`ask-score`: token
+//! log-probabilities when the endpoint gives them, else the answer's words).
 
 mod params;
 
@@ -16,11 +18,11 @@ use std::sync::OnceLock;
 use params::{OnError, Params, Stage, Zoom};
 
 wit_bindgen::generate!({
-    path: "../../wit/v1.1.0",
+    path: "../../wit/v1.2.0",
     world: "router-component",
 });
 
-use cascade::policy::primitives::{detect_classes, remaining_ms, run_all, Call, Outcome};
+use cascade::policy::primitives::{ask_score, detect_classes, remaining_ms, run_all, Call, Outcome};
 use cascade::policy::roles;
 use cascade::policy::types::{Bbox, ComponentInfo, Error, Image, NamedScore};
 use exports::cascade::policy::meta::Guest as Meta;
@@ -156,9 +158,24 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
                 }
             }
             Outcome::Detect(_) => {}
-            Outcome::Ask(answer) => {
+            Outcome::Ask(_) => {
                 let Some(a) = &stage.ask else { continue };
-                ev.insert(format!("{}{suffix}", a.name), a.score(&answer));
+                // the answer `run-all` fetched, with its score: the host's memo answers this
+                // without asking the model again
+                let scored = match ask_score(&a.model, img, &a.prompt) {
+                    Ok(s) => s,
+                    Err(e) if stage.on_error == OnError::Skip => {
+                        notes.push(format!("ask({}) skipped: {}", a.model, show_error(&e)));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                match a.score(scored.p_yes) {
+                    Some(s) => {
+                        ev.insert(format!("{}{suffix}", a.name), s);
+                    }
+                    None => notes.push(format!("ask({}): no yes or no in {:?}", a.model, short(&scored.text))),
+                }
             }
             Outcome::Embed(_) => {}
         }
@@ -250,6 +267,11 @@ fn show(ev: &Evidence) -> String {
         let _ = write!(out, "{n}={}", Fixed3(*s));
     }
     out
+}
+
+/// The first 60 characters of an answer, for a note.
+fn short(s: &str) -> String {
+    s.chars().take(60).collect()
 }
 
 fn call_name(c: &Call) -> String {

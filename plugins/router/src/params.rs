@@ -52,7 +52,8 @@ pub const SCHEMA: &str = r#"{
             "properties": {
               "model": {"type": "string"},
               "name": {"type": "string"},
-              "prompt": {"type": "string"}
+              "prompt": {"type": "string"},
+              "yes_means": {"type": "string", "enum": ["roadwork", "no_roadwork"]}
             }
           },
           "min_budget_ms": {"type": "integer", "minimum": 0},
@@ -279,6 +280,18 @@ pub struct AskStage {
     pub prompt: String,
     #[serde(default = "ask_name")]
     pub name: String,
+    /// What a "yes" to the prompt says: roadwork (default), or its absence (for questions
+    /// such as "Is the work finished?").
+    #[serde(default)]
+    pub yes_means: YesMeans,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum YesMeans {
+    #[default]
+    Roadwork,
+    NoRoadwork,
 }
 
 fn ask_name() -> String {
@@ -286,16 +299,13 @@ fn ask_name() -> String {
 }
 
 impl AskStage {
-    /// A yes/no answer to a score: a leading "yes" is evidence for roadwork.
-    pub fn score(&self, answer: &str) -> f32 {
-        let a = answer.trim_start().to_lowercase();
-        if a.starts_with("yes") {
-            0.9
-        } else if a.starts_with("no") {
-            0.1
-        } else {
-            0.5
-        }
+    /// The answer's P(yes) as evidence for roadwork; none when the answer was no yes or no.
+    pub fn score(&self, p_yes: Option<f32>) -> Option<f32> {
+        let p = p_yes.filter(|p| p.is_finite())?.clamp(0.0, 1.0);
+        Some(match self.yes_means {
+            YesMeans::Roadwork => p,
+            YesMeans::NoRoadwork => 1.0 - p,
+        })
     }
 }
 
