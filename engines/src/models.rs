@@ -194,11 +194,19 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
         }
         None => None,
     };
+    let found: crate::worker::FoundLabels = Arc::default();
     for i in 0..spec.workers {
-        let (env, spec2, stats2, head) = (env.clone(), spec.clone(), stats.clone(), head.clone());
+        let (env, spec2, stats2, head, found2) =
+            (env.clone(), spec.clone(), stats.clone(), head.clone(), found.clone());
         handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
-            Worker::open(&env, &spec2, head.clone(), &stats2)
+            Worker::open(&env, &spec2, head.clone(), &stats2, &found2)
         })?);
+    }
+    // labels the file named (every model opens once before this returns, lazy ones too)
+    if let Some(labels) = found.get() {
+        let mut s = (*handle.spec).clone();
+        s.labels = labels.clone();
+        handle.spec = Arc::new(s);
     }
     Ok(handle)
 }

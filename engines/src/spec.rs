@@ -266,14 +266,29 @@ pub enum ResizeMode {
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorSpec {
     pub format: DetectorFormat,
+    /// YOLOX: the head's strides.
     pub strides: Vec<u32>,
     pub nms_iou: f32,
     pub max_detections: usize,
+    /// DETR with class scores in an output of their own (RF-DETR `labels`, Hugging Face
+    /// `logits`): its name; `output` (or the first) then holds the boxes.
+    pub logits: Option<String>,
+    /// DETR: how class scores become probabilities: `none` (already probabilities, as
+    /// Ultralytics RT-DETR exports), `sigmoid` (RF-DETR), `softmax` (Hugging Face DETR, whose
+    /// last class is "no object" and is dropped).
+    pub activation: Activation,
 }
 
 impl Default for DetectorSpec {
     fn default() -> Self {
-        DetectorSpec { format: DetectorFormat::Yolox, strides: vec![8, 16, 32], nms_iou: 0.45, max_detections: 100 }
+        DetectorSpec {
+            format: DetectorFormat::Yolox,
+            strides: vec![8, 16, 32],
+            nms_iou: 0.45,
+            max_detections: 100,
+            logits: None,
+            activation: Activation::None,
+        }
     }
 }
 
@@ -340,6 +355,28 @@ fn ocr_batch() -> usize {
 pub enum DetectorFormat {
     /// Raw YOLOX head: `[dx, dy, log w, log h, objectness, classes…]` per grid cell.
     Yolox,
+    /// Ultralytics YOLOv8 / YOLO11 raw head: `[4 + classes, anchors]` (as exported; the
+    /// transpose is read too): centre x, y, width, height in input pixels and class
+    /// probabilities, no objectness; NMS follows.
+    Yolov8,
+    /// End-to-end (NMS-free or NMS-in-graph) exports — YOLOv10, YOLO26, Ultralytics
+    /// `nms=True`: `[detections, 6]` = x0, y0, x1, y1, score, class in input pixels.
+    YoloEnd2end,
+    /// DETR family — RT-DETR, RF-DETR, Hugging Face DETR: per query, centre x, y, width,
+    /// height normalised to the input and class scores, in one output `[queries, 4 +
+    /// classes]` or two (`logits` names the second).
+    Detr,
+}
+
+impl DetectorFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectorFormat::Yolox => "yolox",
+            DetectorFormat::Yolov8 => "yolov8",
+            DetectorFormat::YoloEnd2end => "yolo_end2end",
+            DetectorFormat::Detr => "detr",
+        }
+    }
 }
 
 impl Registry {

@@ -10,7 +10,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 
 use crate::classify::{probabilities, score};
-use crate::detect::{decode_yolox, nms, to_original};
+use crate::detect::{check_layout, decode, to_original, ultralytics_names, ImageOutputs};
 use crate::engine::{Detection, Engine, Job, JobInput, ModelStats, Output, Reply};
 use crate::gpu::{GpuInput, GpuRunError};
 use crate::precision::{input_value, output_f32, Precision};
@@ -19,8 +19,13 @@ use crate::session::{check_io, output_dim, session_on};
 use crate::spec::{Device, ModelKind, ModelSpec, Preprocess};
 use crate::{EngineError, LoadError};
 
-/// A session run's output: its shape, its values, and how each input image maps back.
-type Forward = (Vec<i64>, Vec<f32>, Vec<Prepared>);
+/// A session run's output: its shape, its values, and how each input image maps back; for a
+/// two-output DETR, the class scores' shape and values too.
+type Forward = (Vec<i64>, Vec<f32>, Vec<Prepared>, Option<(Vec<i64>, Vec<f32>)>);
+
+/// Labels a detector found in its file's metadata (Ultralytics `names`), reported to the
+/// model set so that the host can check class names against them.
+pub(crate) type FoundLabels = Arc<std::sync::OnceLock<Vec<String>>>;
 
 pub(crate) struct Worker {
     /// Set when the session runs on CUDA and its inputs are prepared on the device. Declared
@@ -31,6 +36,8 @@ pub(crate) struct Worker {
     spec: Arc<ModelSpec>,
     input_name: String,
     output_name: String,
+    /// A two-output DETR's class-score output.
+    logits_name: Option<String>,
     stats: Arc<ModelStats>,
     /// The input's element type: f32, or f16 for a converted model.
     precision: Precision,
@@ -61,9 +68,21 @@ impl Worker {
         spec: &Arc<ModelSpec>,
         head: Option<Arc<crate::head::Head>>,
         stats: &Arc<ModelStats>,
+        found_labels: &FoundLabels,
     ) -> Result<Worker, LoadError> {
         let (session, on) = session_on(env, spec, &spec.file)?;
         let (input_name, output_name) = check_io(&session, spec)?;
+        let spec = &detector_labels(&session, spec, found_labels)?;
+        if spec.kind == ModelKind::Detector {
+            let outs: Vec<(String, Vec<i64>)> = session
+                .outputs()
+                .iter()
+                .map(|o| (o.name().to_string(), o.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default()))
+                .collect();
+            check_layout(&spec.detector, &outs, &output_name, spec.labels.len())
+                .map_err(|reason| LoadError::Spec { model: spec.name.clone(), reason })?;
+        }
+        let logits_name = spec.detector.logits.clone().filter(|_| spec.kind == ModelKind::Detector);
         let precision = Precision::of_input(&session, spec)?;
         if precision == Precision::F16 {
             tracing::info!(model = %spec.name, device = %on, "fp16 model: inputs are prepared as f16, outputs read back as f32");
@@ -77,6 +96,11 @@ impl Worker {
             }
         }
         let gpu = match (on, spec.preprocess) {
+            // the device path binds one output; a two-output DETR reads both from a plain run
+            (Device::Cuda(_), _) if logits_name.is_some() => {
+                tracing::info!(model = %spec.name, "two-output detector: inputs are prepared on the CPU");
+                None
+            }
             (Device::Cuda(id), Preprocess::Auto | Preprocess::Gpu) => {
                 match GpuInput::new(&session, id, spec, precision, &input_name, &output_name) {
                     Ok(g) => Some(g),
@@ -101,6 +125,7 @@ impl Worker {
             spec: spec.clone(),
             input_name,
             output_name,
+            logits_name,
             stats: stats.clone(),
             gpu,
             precision,
@@ -159,7 +184,7 @@ impl Worker {
         let images: Vec<&image::RgbImage> = jobs.iter().map(|j| &**j.input.image()).collect();
         let result = self
             .forward(&images, rows)
-            .and_then(|(shape, data, prepared)| self.outputs(&shape, &data, &jobs, &prepared));
+            .and_then(|(shape, data, prepared, logits)| self.outputs(&shape, &data, &jobs, &prepared, logits.as_ref()));
         drop(images);
         let compute = started.elapsed();
         self.stats.record(n, compute);
@@ -186,7 +211,7 @@ impl Worker {
         let name = &self.spec.name;
         if let Some(g) = &mut self.gpu {
             match g.run(&mut self.session, images, rows) {
-                Ok(out) => return Ok(out),
+                Ok((shape, data, prepared)) => return Ok((shape, data, prepared, None)),
                 Err(GpuRunError::Run(reason)) => return Err(EngineError::Inference { model: name.clone(), reason }),
                 Err(GpuRunError::Prep(reason)) => {
                     // e.g. a batch of huge images beyond the staging limit: this batch only
@@ -208,7 +233,11 @@ impl Worker {
         let input = input_value(self.precision, [rows, 3, h, w], &self.buf, &mut self.half).map_err(fail)?;
         let outputs = self.session.run(ort::inputs![self.input_name.as_str() => input]).map_err(fail)?;
         let (shape, data) = output_f32(&outputs[self.output_name.as_str()]).map_err(fail)?;
-        Ok((shape, data, prepared))
+        let logits = match &self.logits_name {
+            Some(l) => Some(output_f32(&outputs[l.as_str()]).map_err(fail)?),
+            None => None,
+        };
+        Ok((shape, data, prepared, logits))
     }
 
     /// Turns the batch's output rows into each job's result; padding rows are dropped.
@@ -218,6 +247,7 @@ impl Worker {
         data: &[f32],
         jobs: &[Job],
         prepared: &[Prepared],
+        logits: Option<&(Vec<i64>, Vec<f32>)>,
     ) -> Result<Vec<Output>, EngineError> {
         let spec = &self.spec;
         let n = shape.first().copied().unwrap_or(0).max(0) as usize;
@@ -242,17 +272,31 @@ impl Worker {
                 })
             }
             ModelKind::Detector => {
-                let width = shape.last().copied().unwrap_or(0) as usize;
+                let dims = &shape[1..];
+                let logit_rows: Vec<Option<(&[f32], &[i64])>> = match logits {
+                    Some((ld, ls)) => {
+                        let per = ld.iter().skip(1).product::<i64>().max(1) as usize;
+                        if ls.len() < per * jobs.len() {
+                            return Err(EngineError::Inference {
+                                model: spec.name.clone(),
+                                reason: format!("logits output has shape {ld:?} for a batch of {}", jobs.len()),
+                            });
+                        }
+                        ls.chunks_exact(per).take(jobs.len()).map(|c| Some((c, &ld[1..]))).collect()
+                    }
+                    None => vec![None; jobs.len()],
+                };
                 rows.zip(jobs)
                     .zip(prepared)
-                    .map(|((r, j), p)| {
+                    .zip(logit_rows)
+                    .map(|(((r, j), p), l)| {
                         let min_conf = match &j.input {
                             JobInput::Detect(_, c) => *c,
                             JobInput::Image(_) | JobInput::Ask(..) => 0.25,
                         };
                         let img = j.input.image();
-                        let raw = decode_yolox(r, width, &spec.detector, &spec.input, min_conf);
-                        let kept = nms(raw, spec.detector.nms_iou, spec.detector.max_detections);
+                        let o = ImageOutputs { out: r, dims, logits: l };
+                        let kept = decode(&o, &spec.detector, &spec.input, spec.labels.len(), min_conf);
                         Output::Detections(
                             kept.into_iter()
                                 .map(|(c, conf, b)| Detection {
@@ -300,6 +344,25 @@ impl Engine for Worker {
             self.run_batch(live);
         }
     }
+}
+
+/// A detector without labels in the registry takes them from its file's Ultralytics `names`
+/// metadata when there is one (reported through `found`).
+fn detector_labels(session: &Session, spec: &Arc<ModelSpec>, found: &FoundLabels) -> Result<Arc<ModelSpec>, LoadError> {
+    if spec.kind != ModelKind::Detector || !spec.labels.is_empty() {
+        return Ok(spec.clone());
+    }
+    let Some(meta) = session.metadata().ok().and_then(|m| m.custom("names")) else {
+        return Ok(spec.clone());
+    };
+    let names = ultralytics_names(&meta).ok_or_else(|| LoadError::Spec {
+        model: spec.name.clone(),
+        reason: format!("metadata `names` is not a class list: {}", meta.chars().take(80).collect::<String>()),
+    })?;
+    let _ = found.set(names.clone());
+    let mut s = (**spec).clone();
+    s.labels = names;
+    Ok(Arc::new(s))
 }
 
 fn classification(spec: &ModelSpec, logits: &[f32]) -> Output {

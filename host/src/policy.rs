@@ -14,6 +14,7 @@ use crate::config::{ComponentRef, Side};
 use crate::rollout::Rollout;
 use crate::runtime::request::{RequestCtx, TraceEntry};
 use crate::runtime::{Bound, Plugin, Role, RoleSet};
+use crate::wit::Error;
 
 /// One set of bound components: a router and the roles it reaches.
 pub struct Arm {
@@ -93,6 +94,27 @@ impl Hotkey {
     pub fn answer_quietly(&self, models: &Arc<Models>, image: Image) -> Answer {
         let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);
         self.decide(Side::Stable, &ctx, image, false)
+    }
+
+    /// A dry run of one arm (see `RequestCtx::dry`): every stage is reached, so a stage's
+    /// configuration error (a class its detector lacks, a model of the wrong kind) is found at
+    /// load. A policy that cannot answer without real evidence is not an error here; a
+    /// configuration error the router returns, or a trap, is.
+    pub fn dry_run(&self, models: &Arc<Models>, candidate: bool) -> Option<Result<(), String>> {
+        let side = if candidate {
+            self.candidate.as_ref()?;
+            Side::Candidate
+        } else {
+            Side::Stable
+        };
+        let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget).dry_run();
+        let img = Arc::new(image::RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128])));
+        let arm = self.arm(side);
+        Some(match arm.router.decide(&ctx, arm.roles.clone(), img, self.budget) {
+            Ok(Err(e @ (Error::InvalidArgument(_) | Error::UnknownModel(_) | Error::WrongKind(_)))) => Err(e.message()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("router {} {e}", arm.router.plugin.name)),
+        })
     }
 
     /// The candidate's smoke request.

@@ -5,6 +5,7 @@
   score high, blue and grey ones low. Behaviour is easy to predict from a rendered image.
 - `tint_embed.onnx`: the same pooling as an embedder: [N,3,32,32] -> [N,3] channel means.
 - `tint_fixed.onnx`: the classifier with a fixed batch of 1 (for load-time checks).
+- `det_*.onnx`: detectors in each output layout the engine decodes (`layout_detectors.py`).
 
 Usage: python make_test_models.py OUT_DIR
 """
@@ -14,6 +15,8 @@ import sys
 
 import numpy as np
 import onnx
+
+import layout_detectors
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -48,9 +51,11 @@ def embedder():
     )
 
 
-def save(graph, path):
+def save(graph, path, metadata=None):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
+    for k, v in (metadata or {}).items():
+        helper.set_model_props(model, {k: v})
     onnx.checker.check_model(model)
     onnx.save(model, path)
 
@@ -61,6 +66,8 @@ def main():
     save(classifier("N"), os.path.join(out, "tint.onnx"))
     save(classifier(1), os.path.join(out, "tint_fixed.onnx"))
     save(embedder(), os.path.join(out, "tint_embed.onnx"))
+    for name, graph, meta in layout_detectors.models():
+        save(graph, os.path.join(out, name), meta)
 
 
 if __name__ == "__main__":

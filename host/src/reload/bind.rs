@@ -122,6 +122,13 @@ pub fn smoke(h: &Hotkey, models: &Arc<Models>) -> Result<Vec<String>, String> {
             return Err(format!("smoke request of the candidate failed: {}", c.reason));
         }
     }
+    // a dry run reaches the stages the smoke image exited before
+    for candidate in [false, true] {
+        if let Some(Err(reason)) = h.dry_run(models, candidate) {
+            let arm = if candidate { "the candidate's" } else { "the policy's" };
+            return Err(format!("dry run through every stage of {arm} failed: {reason}"));
+        }
+    }
     Ok(a.trace
         .iter()
         .filter(|t| t.result.starts_with("error"))

@@ -61,6 +61,10 @@ pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Pending {
         Call::ReadText(_) => (ModelKind::Ocr, JobInput::Image(pixels)),
         Call::Ask((_, prompt)) => (ModelKind::Vlm, JobInput::Ask(pixels, prompt.clone())),
     };
+    if ctx.dry {
+        let r = neutral(ctx, &key.model, kind);
+        return finish_now(ctx, key, r);
+    }
     // across requests: the stage cache, for configured models that allow it
     let cache = super::cache::global().filter(|_| ctx.models.spec(&key.model).is_some_and(|s| s.cache));
     let lead = match cache {
@@ -102,6 +106,25 @@ fn submit(ctx: &RequestCtx, key: CallKey, kind: ModelKind, input: JobInput, lead
             finish_now(ctx, key, r)
         }
     }
+}
+
+/// A dry run's answer: the errors a real call would give for the model, else a neutral
+/// result that makes no stage exit (a score of 0.5, nothing detected or read, no yes or no).
+fn neutral(ctx: &RequestCtx, model: &str, kind: ModelKind) -> Result<Output, Error> {
+    let spec = ctx.models.spec(model).ok_or_else(|| Error::UnknownModel(model.to_string()))?;
+    if spec.kind != kind {
+        let e = EngineError::WrongKind { model: model.to_string(), kind: spec.kind.as_str(), wanted: kind.as_str() };
+        return Err(to_wit(e));
+    }
+    Ok(match kind {
+        ModelKind::Classifier => Output::Classification { score: 0.5, top: Vec::new() },
+        ModelKind::Embedder => Output::Embedding(Vec::new()),
+        ModelKind::Detector => Output::Detections(Vec::new()),
+        ModelKind::Ocr => Output::TextLines(Vec::new()),
+        ModelKind::Vlm => {
+            Output::Answer(cascade_engines::Answer { text: String::new(), p_yes: None, source: ScoreSource::None })
+        }
+    })
 }
 
 fn finish_now(ctx: &RequestCtx, key: CallKey, r: Result<Output, Error>) -> Pending {

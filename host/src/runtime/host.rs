@@ -153,6 +153,17 @@ impl primitives::Host for StoreState {
         min_confidence: f32,
         classes: Vec<String>,
     ) -> Host<Result<Vec<Detection>, Error>> {
+        // classes the detector does not have: a configuration error, with its labels
+        if let Some(spec) = self.ctx()?.models.spec(&model).filter(|s| !s.labels.is_empty()) {
+            let unknown: Vec<&String> = classes.iter().filter(|c| !spec.labels.contains(c)).collect();
+            if !unknown.is_empty() {
+                return Ok(Err(Error::InvalidArgument(format!(
+                    "detector {model} has no class {}; its labels: {}",
+                    unknown.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", "),
+                    spec.labels.join(", ")
+                ))));
+            }
+        }
         // the full detection list is memoised once; each filter is a view of it
         let all = expect!(self.call(&img, Call::Detect((model, min_confidence)))?, Detect)?;
         Ok(all.map(|d| d.into_iter().filter(|d| classes.is_empty() || classes.contains(&d.label)).collect()))

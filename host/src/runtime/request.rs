@@ -96,6 +96,10 @@ pub struct RequestCtx {
     pub hotkey: String,
     /// The content key of the request's image, from its encoded bytes (None offline).
     origin: Option<[u8; 16]>,
+    /// A load-time dry run: primitives check their model and arguments and answer neutral
+    /// results (a score of 0.5, nothing found) without running any model, so that the policy
+    /// goes through every stage.
+    pub dry: bool,
     next_image: AtomicU32,
     /// Pixels of the images components derived (crops, flips), bounded per request.
     derived_pixels: std::sync::atomic::AtomicU64,
@@ -111,6 +115,7 @@ impl RequestCtx {
             deadline,
             hotkey: hotkey.to_string(),
             origin: None,
+            dry: false,
             next_image: AtomicU32::new(0),
             derived_pixels: std::sync::atomic::AtomicU64::new(0),
             memo: Mutex::new(HashMap::new()),
@@ -131,6 +136,14 @@ impl RequestCtx {
     /// A handle on an image derived from the request's.
     pub fn derived(&self, pixels: Image, key: [u8; 16]) -> ImageRef {
         ImageRef::with_key(self.next_image.fetch_add(1, Ordering::Relaxed), pixels, key)
+    }
+
+    /// Makes this a dry run (see `dry`).
+    pub fn dry_run(mut self: Arc<Self>) -> Arc<Self> {
+        if let Some(me) = Arc::get_mut(&mut self) {
+            me.dry = true;
+        }
+        self
     }
 
     /// Keys the request's image by its encoded bytes (`key_of(b"bytes", ..)`).

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use params::{OnError, Params, Stage, Zoom};
+use params::{Found, OnError, Params, Stage, Zoom};
 
 wit_bindgen::generate!({
     path: "../../wit/v1.2.0",
@@ -24,7 +24,7 @@ wit_bindgen::generate!({
 
 use cascade::policy::primitives::{ask_score, detect_classes, remaining_ms, run_all, Call, Outcome};
 use cascade::policy::roles;
-use cascade::policy::types::{Bbox, ComponentInfo, Error, Image, NamedScore};
+use cascade::policy::types::{Bbox, ComponentInfo, Detection, Error, Image, NamedScore};
 use exports::cascade::policy::meta::Guest as Meta;
 use exports::cascade::policy::router::{Decision, Guest as Router, RequestMeta};
 
@@ -122,17 +122,25 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
         calls.push(Call::Ask((a.model.clone(), a.prompt.clone())));
     }
     if let Some(d) = &stage.detect {
-        let classes: Vec<String> = d.classes.keys().cloned().collect();
-        match detect_classes(&d.model, img, d.min_confidence, &classes) {
-            Ok(dets) => {
-                if let Some(s) = d.evidence(&dets) {
+        let classes = d.wanted();
+        let first = detections(&d.model, d.min_confidence, &classes, img, stage.on_error, notes)?;
+        let second = match &d.agree {
+            Some(a) => detections(&a.model, a.min_confidence, &classes, img, stage.on_error, notes)?,
+            None => None,
+        };
+        if let Some(dets) = first {
+            match d.found(&dets, second.as_deref()) {
+                Found::Score(s) => {
                     ev.insert(format!("{}{suffix}", d.name), s);
                 }
+                Found::Nothing => {}
+                Found::Disagree(a, b) => notes.push(format!(
+                    "{}: detectors disagree ({} sees {a}, {} sees {b}): escalating",
+                    d.name,
+                    d.model,
+                    d.agree.as_ref().map(|x| x.model.as_str()).unwrap_or("")
+                )),
             }
-            Err(e) if stage.on_error == OnError::Skip => {
-                notes.push(format!("detect({}) skipped: {}", d.model, show_error(&e)))
-            }
-            Err(e) => return Err(e),
         }
     }
     if calls.is_empty() {
@@ -181,6 +189,28 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
         }
     }
     Ok(())
+}
+
+/// The detections of `model` among `classes`; `None` when it failed and the stage skips
+/// failures. `invalid-argument` (a class the detector does not have) is a configuration error
+/// and always fails the decision, so that the load-time dry run refuses it.
+fn detections(
+    model: &str,
+    conf: f32,
+    classes: &[String],
+    img: &Image,
+    on_error: OnError,
+    notes: &mut Vec<String>,
+) -> Result<Option<Vec<Detection>>, Error> {
+    match detect_classes(model, img, conf, classes) {
+        Ok(d) => Ok(Some(d)),
+        Err(e @ Error::InvalidArgument(_)) => Err(e),
+        Err(e) if on_error == OnError::Skip => {
+            notes.push(format!("detect({model}) skipped: {}", show_error(&e)));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Classifies every tile of the zoom grid (all the stage's models in one `run-all` per tile)

@@ -36,13 +36,38 @@ pub const SCHEMA: &str = r#"{
           "detect": {
             "type": "object",
             "additionalProperties": false,
-            "required": ["model", "classes"],
+            "required": ["model"],
             "properties": {
               "model": {"type": "string"},
               "name": {"type": "string"},
               "min_confidence": {"type": "number", "minimum": 0, "maximum": 1},
               "classes": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1}},
-              "absent_score": {"type": "number", "minimum": 0, "maximum": 1}
+              "absent_score": {"type": "number", "minimum": 0, "maximum": 1},
+              "counts": {
+                "type": "array",
+                "items": {
+                  "type": "object",
+                  "additionalProperties": false,
+                  "required": ["class", "at_least"],
+                  "properties": {
+                    "class": {"type": "string"},
+                    "at_least": {"type": "integer", "minimum": 1}
+                  }
+                }
+              },
+              "count_score": {"type": "number", "minimum": 0, "maximum": 1},
+              "agree": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["model"],
+                "properties": {
+                  "model": {"type": "string"},
+                  "min_confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                  "at_least": {"type": "integer", "minimum": 1},
+                  "high": {"type": "number", "minimum": 0, "maximum": 1},
+                  "low": {"type": "number", "minimum": 0, "maximum": 1}
+                }
+              }
             }
           },
           "ask": {
@@ -88,6 +113,11 @@ impl Params {
                     return Err(format!("stages[{i}] ({}): zoom needs a model to classify", s.name));
                 }
                 z.check().map_err(|e| format!("stages[{i}] ({}): zoom: {e}", s.name))?;
+            }
+            if let Some(d) = &s.detect {
+                if d.classes.is_empty() && d.counts.is_empty() {
+                    return Err(format!("stages[{i}] ({}): detect needs `classes` or `counts`", s.name));
+                }
             }
             if let (Some(lo), Some(hi)) = (s.exit_low, s.exit_high) {
                 if lo >= hi {
@@ -241,9 +271,62 @@ pub struct DetectStage {
     #[serde(default = "default_min_conf")]
     pub min_confidence: f32,
     /// Label → how much one such detection says "roadwork" (noisy-OR over detections).
+    #[serde(default)]
     pub classes: BTreeMap<String, f32>,
     /// Evidence when none of the classes is seen; absent when unset.
     pub absent_score: Option<f32>,
+    /// Count rules, any of which makes the evidence `count_score` ("≥ 3 cones or ≥ 1 worker").
+    #[serde(default)]
+    pub counts: Vec<CountRule>,
+    #[serde(default = "default_count_score")]
+    pub count_score: f32,
+    /// A second detector that must agree.
+    pub agree: Option<Agree>,
+}
+
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CountRule {
+    pub class: String,
+    pub at_least: u32,
+}
+
+/// Agreement of two detectors over the stage's classes: both see at least `at_least` → `high`;
+/// both see none → `low`; one sees them and the other does not → no evidence (the decision
+/// goes on to the next stage: escalation).
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Agree {
+    pub model: String,
+    #[serde(default = "default_min_conf")]
+    pub min_confidence: f32,
+    #[serde(default = "one")]
+    pub at_least: u32,
+    #[serde(default = "default_count_score")]
+    pub high: f32,
+    #[serde(default = "default_agree_low")]
+    pub low: f32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_count_score() -> f32 {
+    0.95
+}
+
+fn default_agree_low() -> f32 {
+    0.05
+}
+
+/// What a detection stage concluded.
+#[derive(Debug, PartialEq)]
+pub enum Found {
+    Score(f32),
+    Nothing,
+    /// The two detectors disagree: (first's count, second's count).
+    Disagree(u32, u32),
 }
 
 fn detect_name() -> String {
@@ -255,6 +338,47 @@ fn default_min_conf() -> f32 {
 }
 
 impl DetectStage {
+    /// Every class the stage looks at (weights and count rules), for `detect-classes`.
+    pub fn wanted(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.classes.keys().cloned().collect();
+        all.extend(self.counts.iter().map(|c| c.class.clone()));
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Detections of the stage's classes at or above `min_conf`.
+    fn count(&self, dets: &[Detection], min_conf: f32) -> u32 {
+        let wanted = self.wanted();
+        dets.iter().filter(|d| d.confidence >= min_conf && wanted.contains(&d.label)).count() as u32
+    }
+
+    /// The stage's evidence: agreement of the two detectors when `agree` is set (`second`
+    /// holds the other detector's boxes); else a count rule that holds, else the weights'
+    /// noisy-OR, else `absent_score`.
+    pub fn found(&self, dets: &[Detection], second: Option<&[Detection]>) -> Found {
+        if let (Some(a), Some(other)) = (&self.agree, second) {
+            let (n1, n2) = (self.count(dets, self.min_confidence), self.count(other, a.min_confidence));
+            return if n1 >= a.at_least && n2 >= a.at_least {
+                Found::Score(a.high)
+            } else if n1 == 0 && n2 == 0 {
+                Found::Score(a.low)
+            } else {
+                Found::Disagree(n1, n2)
+            };
+        }
+        let seen = |class: &str| {
+            dets.iter().filter(|d| d.confidence >= self.min_confidence && d.label == class).count() as u32
+        };
+        if self.counts.iter().any(|r| seen(&r.class) >= r.at_least) {
+            return Found::Score(self.count_score);
+        }
+        match self.evidence(dets) {
+            Some(s) => Found::Score(s),
+            None => Found::Nothing,
+        }
+    }
+
     /// Noisy-OR of per-class weights over the detections at or above the minimum confidence.
     pub fn evidence(&self, dets: &[Detection]) -> Option<f32> {
         let mut none = 1.0f32;
@@ -267,8 +391,10 @@ impl DetectStage {
         }
         if seen {
             Some(1.0 - none)
-        } else {
+        } else if self.count(dets, self.min_confidence) == 0 {
             self.absent_score
+        } else {
+            None
         }
     }
 }
@@ -374,6 +500,47 @@ mod tests {
             .unwrap()
             .contains("grid 9"));
         assert!(parse(r#"{"stages": [{"name": "z", "classify": ["m"], "zoom": {"tiles": 4}}]}"#).is_err());
+    }
+
+    fn det(label: &str, confidence: f32) -> Detection {
+        use crate::cascade::policy::types::Bbox;
+        Detection { label: label.into(), class_id: 0, confidence, region: Bbox { x0: 0.0, y0: 0.0, x1: 1.0, y1: 1.0 } }
+    }
+
+    fn detect_stage(json: &str) -> DetectStage {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn count_rules_hold_on_counts_at_the_confidence() {
+        let d = detect_stage(
+            r#"{"model": "y", "min_confidence": 0.4, "counts": [{"class": "cone", "at_least": 3}, {"class": "worker", "at_least": 1}], "absent_score": 0.1}"#,
+        );
+        let cones = |n: usize, c: f32| vec![det("cone", c); n];
+        assert_eq!(d.found(&cones(3, 0.5), None), Found::Score(0.95));
+        assert_eq!(d.found(&cones(3, 0.3), None), Found::Score(0.1), "below the confidence: none seen");
+        assert_eq!(d.found(&cones(2, 0.5), None), Found::Nothing, "some cones, no rule: no evidence");
+        assert_eq!(d.found(&[det("worker", 0.9)], None), Found::Score(0.95));
+        assert_eq!(d.found(&[det("car", 0.9)], None), Found::Score(0.1));
+        assert_eq!(d.wanted(), vec!["cone", "worker"]);
+    }
+
+    #[test]
+    fn two_detectors_agree_or_escalate() {
+        let d = detect_stage(
+            r#"{"model": "a", "counts": [{"class": "cone", "at_least": 1}], "agree": {"model": "b", "at_least": 2}}"#,
+        );
+        let two = vec![det("cone", 0.9), det("cone", 0.8)];
+        assert_eq!(d.found(&two, Some(&two)), Found::Score(0.95));
+        assert_eq!(d.found(&[], Some(&[])), Found::Score(0.05));
+        assert_eq!(d.found(&two, Some(&[])), Found::Disagree(2, 0));
+        assert_eq!(d.found(&two[..1], Some(&two)), Found::Disagree(1, 2), "below at_least on one side");
+    }
+
+    #[test]
+    fn a_detect_stage_needs_classes_or_counts() {
+        let e = parse(r#"{"stages": [{"name": "d", "detect": {"model": "y"}}]}"#).err().unwrap();
+        assert!(e.contains("detect needs `classes` or `counts`"), "{e}");
     }
 
     #[test]
