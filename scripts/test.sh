@@ -14,6 +14,7 @@ cargo clippy --quiet --release --workspace --all-targets -- -D warnings
 # an fp16 conversion of the default backbone (the engines feed fp16 models in their own type)
 [ -f target/test-models/efficientnet_lite0_fp16.onnx ] || .venv/bin/python scripts/fp16.py target/models/efficientnet_lite0.onnx target/test-models/efficientnet_lite0_fp16.onnx
 bash scripts/bt_venv.sh
+bash scripts/mlserver_venv.sh
 # the status page is tested in a real headless browser: Debian's Chromium
 if ! command -v chromium >/dev/null 2>&1; then
   echo "[setup] installing chromium (Debian) for the status page test"

@@ -14,6 +14,7 @@ mod models;
 mod ocr;
 mod precision;
 mod preprocess;
+mod remote;
 mod runtime;
 mod session;
 mod spec;
@@ -25,10 +26,12 @@ pub use error::{EngineError, LoadError};
 pub use gpu::prepare_on_gpu;
 pub use models::Models;
 pub use preprocess::prepare;
+pub use remote::kserve::RemoteSpec;
+pub use remote::BreakerSpec;
 pub use runtime::runtime_library;
 pub use session::CPU_FALLBACKS;
 pub use spec::{Device, ModelKind, ModelSpec, Registry};
-pub use vlm::{BreakerSpec, VlmSpec};
+pub use vlm::VlmSpec;
 
 /// A decoded image as the engines take it: 8-bit RGB, shared between calls of one request.
 pub type Image = std::sync::Arc<image::RgbImage>;

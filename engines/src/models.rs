@@ -194,6 +194,16 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
         }
         None => None,
     };
+    if let Some(r) = &spec.remote {
+        let client = Arc::new(crate::remote::kserve::KServe::new(&spec.name, r, stats.clone()));
+        for i in 0..spec.workers {
+            let (client, spec2, stats2, head) = (client.clone(), spec.clone(), stats.clone(), head.clone());
+            handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
+                crate::remote::engine::RemoteWorker::open(client.clone(), &spec2, head.clone(), &stats2)
+            })?);
+        }
+        return Ok(handle);
+    }
     let found: crate::worker::FoundLabels = Arc::default();
     for i in 0..spec.workers {
         let (env, spec2, stats2, head, found2) =

@@ -49,6 +49,8 @@ pub struct ModelSpec {
     pub ocr: Option<OcrSpec>,
     /// VLM: the OpenAI-compatible endpoint and how to ask it (`workers` = requests in flight).
     pub vlm: Option<crate::vlm::VlmSpec>,
+    /// A classifier, embedder or detector served by a KServe v2 server instead of a file.
+    pub remote: Option<crate::remote::kserve::RemoteSpec>,
     /// ONNX Runtime intra-op threads per session.
     #[serde(default = "one")]
     pub threads: usize,
@@ -394,7 +396,10 @@ impl Registry {
             if let Some(v) = &mut m.vlm {
                 v.url = expand(&v.url).map_err(|r| err(format!("model {}: vlm.url: {r}", m.name)))?;
             }
-            if m.kind != ModelKind::Vlm {
+            if let Some(r) = &mut m.remote {
+                r.url = expand(&r.url).map_err(|e| err(format!("model {}: remote.url: {e}", m.name)))?;
+            }
+            if !m.is_remote() {
                 m.file = resolve(base, &m.file).map_err(|r| err(format!("model {}: {r}", m.name)))?;
             }
             if m.optional && !m.present() {
@@ -453,12 +458,24 @@ impl ModelSpec {
         if (self.kind == ModelKind::Vlm) != self.vlm.is_some() {
             return Err("kind = \"vlm\" and a vlm = { url, model } table go together".into());
         }
+        if let Some(r) = &self.remote {
+            if matches!(self.kind, ModelKind::Ocr | ModelKind::Vlm) {
+                return Err(format!(
+                    "a {} cannot be remote (classifiers, embedders and detectors can)",
+                    self.kind.as_str()
+                ));
+            }
+            if !self.file.as_os_str().is_empty() {
+                return Err(format!("a remote model has no file (it is served at {})", r.url));
+            }
+            r.check()?;
+        }
         match &self.vlm {
             Some(v) if !self.file.as_os_str().is_empty() => {
                 return Err(format!("a vlm has no file (it is served at {})", v.url));
             }
             Some(v) => v.check()?,
-            None if self.file.as_os_str().is_empty() => return Err("file is missing".into()),
+            None if self.remote.is_none() && self.file.as_os_str().is_empty() => return Err("file is missing".into()),
             None => {}
         }
         for p in &self.positive {
@@ -471,7 +488,12 @@ impl ModelSpec {
 
     /// Whether what the model needs here is present: its file (a remote model always is).
     pub fn present(&self) -> bool {
-        self.kind == ModelKind::Vlm || self.file.exists()
+        self.is_remote() || self.file.exists()
+    }
+
+    /// Served elsewhere (a VLM endpoint, a KServe server) rather than from a file.
+    pub fn is_remote(&self) -> bool {
+        self.kind == ModelKind::Vlm || self.remote.is_some()
     }
 
     /// Indices of the labels that count towards a classifier's score.

@@ -182,27 +182,12 @@ impl Worker {
         // model time counts the model's own pre-processing as well as the session run
         let started = Instant::now();
         let images: Vec<&image::RgbImage> = jobs.iter().map(|j| &**j.input.image()).collect();
-        let result = self
-            .forward(&images, rows)
-            .and_then(|(shape, data, prepared, logits)| self.outputs(&shape, &data, &jobs, &prepared, logits.as_ref()));
+        let result = self.forward(&images, rows).and_then(|(shape, data, prepared, logits)| {
+            let how = Decode { spec: &self.spec, head: self.head.as_deref(), output_name: &self.output_name };
+            how.outputs(&shape, &data, &jobs, &prepared, logits.as_ref())
+        });
         drop(images);
-        let compute = started.elapsed();
-        self.stats.record(n, compute);
-        match result {
-            Ok(outputs) => {
-                for (j, o) in jobs.into_iter().zip(outputs) {
-                    let queued = started - j.enqueued;
-                    let _ = j.reply.send(Reply { output: Ok(o), compute, queued, batch: n });
-                }
-            }
-            Err(e) => {
-                self.stats.failures.fetch_add(n as u64, Ordering::Relaxed);
-                for j in jobs {
-                    let queued = started - j.enqueued;
-                    let _ = j.reply.send(Reply { output: Err(e.clone()), compute, queued, batch: n });
-                }
-            }
-        }
+        reply_all(jobs, result, started, &self.stats);
     }
 
     /// Prepares `images` as a `rows`-row input (on the GPU when set up, else on the CPU) and
@@ -239,9 +224,73 @@ impl Worker {
         };
         Ok((shape, data, prepared, logits))
     }
+}
 
+/// Sends each job of a batch its result (or the batch's error) and counts the run.
+pub(crate) fn reply_all(
+    jobs: Vec<Job>,
+    result: Result<Vec<Output>, EngineError>,
+    started: Instant,
+    stats: &ModelStats,
+) {
+    let (n, compute) = (jobs.len(), started.elapsed());
+    stats.record(n, compute);
+    match result {
+        Ok(outputs) => {
+            for (j, o) in jobs.into_iter().zip(outputs) {
+                let queued = started - j.enqueued;
+                let _ = j.reply.send(Reply { output: Ok(o), compute, queued, batch: n });
+            }
+        }
+        Err(e) => {
+            stats.failures.fetch_add(n as u64, Ordering::Relaxed);
+            for j in jobs {
+                let queued = started - j.enqueued;
+                let _ = j.reply.send(Reply { output: Err(e.clone()), compute, queued, batch: n });
+            }
+        }
+    }
+}
+
+/// Takes `first` and gathers more from `rx` until the batch is full, `max_delay_us` has passed
+/// or the earliest deadline in hand would be missed; answers the jobs already late; returns
+/// the live ones.
+pub(crate) fn gather(first: Job, rx: &Receiver<Job>, spec: &ModelSpec, stats: &ModelStats) -> Vec<Job> {
+    let max_delay = Duration::from_micros(spec.max_delay_us);
+    let mut batch = vec![first];
+    let mut until = Instant::now() + max_delay;
+    while batch.len() < spec.max_batch {
+        until = until.min(batch.iter().map(|j| j.deadline).min().unwrap_or(until));
+        match rx.recv_deadline(until) {
+            Ok(j) => batch.push(j),
+            Err(_) => break,
+        }
+    }
+    stats.queued.fetch_sub(batch.len() as i64, Ordering::Relaxed);
+    let now = Instant::now();
+    let (live, late): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline > now);
+    for j in late {
+        stats.expired.fetch_add(1, Ordering::Relaxed);
+        let _ = j.reply.send(Reply {
+            output: Err(EngineError::DeadlineExceeded),
+            compute: Duration::ZERO,
+            queued: now - j.enqueued,
+            batch: 0,
+        });
+    }
+    live
+}
+
+/// How a model's raw output becomes results: its spec, its head, the output read.
+pub(crate) struct Decode<'a> {
+    pub spec: &'a ModelSpec,
+    pub head: Option<&'a crate::head::Head>,
+    pub output_name: &'a str,
+}
+
+impl Decode<'_> {
     /// Turns the batch's output rows into each job's result; padding rows are dropped.
-    fn outputs(
+    pub(crate) fn outputs(
         &self,
         shape: &[i64],
         data: &[f32],
@@ -315,31 +364,9 @@ impl Worker {
 }
 
 impl Engine for Worker {
-    /// Takes `first`, gathers more until the batch is full, `max_delay_us` has passed or the
-    /// earliest deadline in hand would be missed, and runs them as one batch.
+    /// Takes `first` and what the queue holds with it (`gather`) and runs them as one batch.
     fn serve(&mut self, first: Job, rx: &Receiver<Job>) {
-        let max_delay = Duration::from_micros(self.spec.max_delay_us);
-        let mut batch = vec![first];
-        let mut until = Instant::now() + max_delay;
-        while batch.len() < self.spec.max_batch {
-            until = until.min(batch.iter().map(|j| j.deadline).min().unwrap_or(until));
-            match rx.recv_deadline(until) {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        self.stats.queued.fetch_sub(batch.len() as i64, Ordering::Relaxed);
-        let now = Instant::now();
-        let (live, late): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline > now);
-        for j in late {
-            self.stats.expired.fetch_add(1, Ordering::Relaxed);
-            let _ = j.reply.send(Reply {
-                output: Err(EngineError::DeadlineExceeded),
-                compute: Duration::ZERO,
-                queued: now - j.enqueued,
-                batch: 0,
-            });
-        }
+        let live = gather(first, rx, &self.spec, &self.stats);
         if !live.is_empty() {
             self.run_batch(live);
         }

