@@ -1,0 +1,191 @@
+//! The remote engines' client overhead: each call through the engine (queue, image encoding or
+//! preparation, request building, reply parsing, breaker) against the peer, a direct HTTP POST
+//! of a prebuilt request to the same server, in one run; then the latency of failures with the
+//! server gone, before and after the circuit breaker opens.
+//!
+//!     cargo run --release -p cascade-bench --bin remote-bench -- [CALLS]
+//!
+//! Servers: the OpenAI chat-completions stand-in (`tests/standins/openai_chat.py`, .venv) and
+//! MLServer (`.cache/mlserver-venv`, `scripts/mlserver_venv.sh`) serving the `tint` test model.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_engines::{JobInput, ModelKind, Models, Registry};
+use serde_json::json;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+fn standin() -> anyhow::Result<(Proc, String)> {
+    let mut child = Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/standins/openai_chat.py"))
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+    let url = line.trim().strip_prefix("listening on ").unwrap_or_default().to_string();
+    Ok((Proc(child), url))
+}
+
+fn mlserver(dir: &std::path::Path) -> anyhow::Result<(Proc, String)> {
+    let port = free_port();
+    std::fs::copy(repo().join("tests/kserve/onnx_runtime.py"), dir.join("onnx_runtime.py"))?;
+    let settings = json!({"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0, "host": "127.0.0.1"});
+    std::fs::write(dir.join("settings.json"), settings.to_string())?;
+    std::fs::create_dir_all(dir.join("tint"))?;
+    let tint = repo().join("target/test-models/tint.onnx");
+    let s = json!({"name": "tint", "implementation": "onnx_runtime.OnnxModel", "parameters": {"uri": tint}});
+    std::fs::write(dir.join("tint/model-settings.json"), s.to_string())?;
+    let child = Command::new(repo().join(".cache/mlserver-venv/bin/mlserver"))
+        .arg("start")
+        .arg(dir)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let until = Instant::now() + Duration::from_secs(90);
+    while ureq::get(&format!("{url}/v2/models/tint/ready")).call().map(|r| r.status() != 200).unwrap_or(true) {
+        anyhow::ensure!(Instant::now() < until, "MLServer did not get ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok((Proc(child), url))
+}
+
+/// Median and 99th percentile of `f`'s wall time over `n` calls, in ms.
+fn time(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, f64)> {
+    for _ in 0..5 {
+        f()?;
+    }
+    let mut t: Vec<f64> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok((t[n / 2], t[(n * 99 / 100).min(n - 1)]))
+}
+
+fn main() -> anyhow::Result<()> {
+    let calls: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let dir = std::env::temp_dir().join(format!("remote-bench-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("mls"))?;
+    let (_vlm, vlm_url) = standin()?;
+    let (mut mls, mls_url) = mlserver(&dir.join("mls"))?;
+    std::fs::write(
+        dir.join("models.toml"),
+        format!(
+            r#"[[model]]
+name = "vl"
+kind = "vlm"
+vlm = {{ url = "{vlm_url}", model = "standin-vl", retries = 0, breaker = {{ failures = 3, open_ms = 60000 }} }}
+
+[[model]]
+name = "remote-tint"
+kind = "classifier"
+labels = ["other", "roadwork"]
+input = {{ width = 32, height = 32 }}
+remote = {{ url = "{mls_url}", model = "tint", retries = 0, breaker = {{ failures = 3, open_ms = 60000 }} }}
+"#
+        ),
+    )?;
+    let reg = Registry::load(&dir.join("models.toml"))?;
+    let models = Models::load(&reg, &cascade_engines::runtime_library()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let img = Arc::new(image::RgbImage::from_pixel(224, 224, image::Rgb([240, 120, 20])));
+    let prompt = "Is there ACTIVE road construction in this image? Answer YES or NO.";
+    let deadline = || Instant::now() + Duration::from_secs(5);
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+
+    // the VLM: engine vs a direct POST of the same request, prebuilt (image already encoded)
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85).encode_image(&*img)?;
+    use base64::Engine as _;
+    let url = format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(jpeg.get_ref()));
+    let body = json!({"model": "standin-vl", "messages": [{"role": "user", "content": [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]}], "max_tokens": 16, "temperature": 0.0, "stream": false, "logprobs": true, "top_logprobs": 5}).to_string();
+    let vlm_direct = time(calls, || {
+        let mut r = agent
+            .post(&format!("{vlm_url}/chat/completions"))
+            .header("Content-Type", "application/json")
+            .send(&body)?;
+        r.body_mut().read_to_string()?;
+        Ok(())
+    })?;
+    let vlm_engine = time(calls, || {
+        models.run("vl", ModelKind::Vlm, JobInput::Ask(img.clone(), prompt.into()), deadline())?.output?;
+        Ok(())
+    })?;
+
+    // KServe: engine (prepare 32×32, one FP32 tensor, parse) vs a direct POST of that tensor
+    let tensor: Vec<f32> = (0..3 * 32 * 32).map(|i| [0.94, 0.47, 0.08][i / 1024]).collect();
+    let kbody = json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": tensor}], "outputs": [{"name": "logits"}]}).to_string();
+    let ks_direct = time(calls, || {
+        let mut r = agent
+            .post(&format!("{mls_url}/v2/models/tint/infer"))
+            .header("Content-Type", "application/json")
+            .send(&kbody)?;
+        r.body_mut().read_to_string()?;
+        Ok(())
+    })?;
+    let ks_engine = time(calls, || {
+        models.run("remote-tint", ModelKind::Classifier, JobInput::Image(img.clone()), deadline())?.output?;
+        Ok(())
+    })?;
+
+    // the servers gone: refused connections until the breaker opens, then fast failures
+    drop(_vlm);
+    mls.0.kill()?;
+    mls.0.wait()?;
+    let fail = |model: &str, kind: ModelKind, input: JobInput| -> (f64, bool) {
+        let s = Instant::now();
+        let r = models.run(model, kind, input, deadline()).map(|r| r.output.is_err());
+        (s.elapsed().as_secs_f64() * 1e3, r.unwrap_or(true))
+    };
+    let mut rows = Vec::new();
+    for (name, model, kind) in [("VLM", "vl", ModelKind::Vlm), ("KServe", "remote-tint", ModelKind::Classifier)] {
+        let input = || match kind {
+            ModelKind::Vlm => JobInput::Ask(img.clone(), prompt.into()),
+            _ => JobInput::Image(img.clone()),
+        };
+        let refused: Vec<f64> = (0..3).map(|_| fail(model, kind, input()).0).collect();
+        let mut open: Vec<f64> = (0..calls).map(|_| fail(model, kind, input()).0).collect();
+        open.sort_by(f64::total_cmp);
+        rows.push((name, refused.iter().sum::<f64>() / 3.0, open[calls / 2], open[calls * 99 / 100]));
+    }
+
+    println!("remote engines, {calls} calls each (ms; engine = through cascade's queue and client)");
+    println!("| server | direct POST p50 | engine p50 | overhead p50 | direct p99 | engine p99 |");
+    println!("|---|---|---|---|---|---|");
+    for (name, d, e) in [
+        ("VLM (OpenAI stand-in, 224² JPEG)", vlm_direct, vlm_engine),
+        ("KServe v2 (MLServer, tint 32²)", ks_direct, ks_engine),
+    ] {
+        println!("| {name} | {:.3} | {:.3} | {:+.3} | {:.3} | {:.3} |", d.0, e.0, e.0 - d.0, d.1, e.1);
+    }
+    println!("\nserver gone (ms): connection refused (mean of the 3 calls that open the breaker), then fast failure");
+    println!("| engine | refused | open p50 | open p99 |");
+    println!("|---|---|---|---|");
+    for (name, refused, p50, p99) in rows {
+        println!("| {name} | {refused:.3} | {p50:.4} | {p99:.4} |");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
