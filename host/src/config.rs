@@ -38,6 +38,78 @@ pub struct HotkeyFile {
     /// Subnet requests (`/ImageSynapse`) for this hotkey's `ss58`.
     #[serde(default)]
     pub axon: AxonConfig,
+    /// The prediction log: what this hotkey answered (`cascade log`, `cascade replay`).
+    pub log: Option<LogConfig>,
+}
+
+/// `[log]`: every answered request (HTTP and axon) appended to segments in `dir`, off the
+/// request path.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// The folder (relative to the hotkey file's); hotkeys may share one.
+    pub dir: std::path::PathBuf,
+    /// Which images are kept beside the records: `none`, `all`, `uncertain` (a prediction
+    /// inside `uncertain`), or `every:N` (one request in N).
+    #[serde(default = "default_images")]
+    pub images: String,
+    #[serde(default = "default_band")]
+    pub uncertain: [f32; 2],
+    /// Images larger than this are not kept (the record says so).
+    #[serde(default = "default_image_kb")]
+    pub max_image_kb: u64,
+    /// A segment is closed at this size ...
+    #[serde(default = "default_segment_mb")]
+    pub segment_mb: u64,
+    /// ... or this age, and a new one begun.
+    #[serde(default = "default_segment_s")]
+    pub segment_s: u64,
+}
+
+fn default_images() -> String {
+    "uncertain".into()
+}
+fn default_band() -> [f32; 2] {
+    [0.3, 0.7]
+}
+fn default_image_kb() -> u64 {
+    1024
+}
+fn default_segment_mb() -> u64 {
+    64
+}
+fn default_segment_s() -> u64 {
+    3600
+}
+
+/// Which images the log keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ImageRule {
+    None,
+    All,
+    Uncertain(f32, f32),
+    Every(u64),
+}
+
+impl LogConfig {
+    pub fn rule(&self) -> Result<ImageRule, String> {
+        let [lo, hi] = self.uncertain;
+        if !(0.0..=1.0).contains(&lo) || !(0.0..=1.0).contains(&hi) || lo >= hi {
+            return Err(format!("log.uncertain [{lo}, {hi}]: two numbers in [0, 1], the first below the second"));
+        }
+        if self.segment_mb == 0 || self.segment_s == 0 {
+            return Err("log.segment_mb and log.segment_s must be at least 1".into());
+        }
+        Ok(match self.images.as_str() {
+            "none" => ImageRule::None,
+            "all" => ImageRule::All,
+            "uncertain" => ImageRule::Uncertain(lo, hi),
+            other => match other.strip_prefix("every:").and_then(|n| n.parse::<u64>().ok()) {
+                Some(n) if n >= 1 => ImageRule::Every(n),
+                _ => return Err(format!("log.images {other:?}: none, all, uncertain or every:N")),
+            },
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -270,6 +342,9 @@ impl HotkeyFile {
         }
         if self.budget_ms == 0 || self.budget_ms > 60_000 {
             return Err(format!("budget_ms {}: must be between 1 and 60000", self.budget_ms));
+        }
+        if let Some(l) = &self.log {
+            l.rule()?;
         }
         if self.limits.fuel == 0 || self.limits.call_ms == 0 {
             return Err("limits: fuel and call_ms must be positive".into());

@@ -14,6 +14,7 @@ pub mod load;
 pub mod metrics;
 pub mod offline;
 pub mod policy;
+pub mod predlog;
 pub mod reload;
 pub mod rollout;
 pub mod runtime;

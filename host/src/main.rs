@@ -1,5 +1,7 @@
 //! The `cascade` command: `serve`, `check`.
 
+mod loop_cli;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +38,27 @@ enum Cmd {
     Eval(EvalCli),
     /// Train a classifier head on frozen-backbone embeddings (k-fold report, JSON head out).
     TrainHead(TrainCli),
+    /// The prediction log: list what hotkeys answered, export hard cases for labelling.
+    Log(loop_cli::LogCli),
+    /// Run a candidate hotkey over logged requests (answering from the log's results) and
+    /// report what would change; with labels, accuracy, MCC and reward for both.
+    Replay(ReplayCli),
+}
+
+#[derive(Args)]
+struct ReplayCli {
+    #[command(flatten)]
+    src: SourceArgs,
+    /// The candidate hotkey in --policies.
+    #[arg(long)]
+    hotkey: String,
+    #[command(flatten)]
+    filter: loop_cli::FilterArgs,
+    /// A labelled manifest (`path,label`; an exported hard-case set once labelled).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -214,6 +237,17 @@ fn main() -> ExitCode {
             let q = cascade_host::infer::Query { min_conf: a.min_confidence, prompt: a.prompt, repeat: a.repeat };
             cascade_host::infer::infer(&a.policies, &a.model, &q, &a.images)
         }
+        Cmd::Log(a) => loop_cli::log(a),
+        Cmd::Replay(a) => setup(&a.src).and_then(|(rt, src)| {
+            let args = cascade_host::offline::replay::ReplayArgs {
+                hotkey: a.hotkey,
+                log: a.filter.log.clone(),
+                filter: a.filter.filter()?,
+                labels: a.labels,
+                json: a.json,
+            };
+            cascade_host::offline::replay::replay(&rt, &src, &args)
+        }),
         Cmd::Eval(a) => setup(&a.src).and_then(|(rt, src)| {
             let args = cascade_host::offline::eval::EvalArgs {
                 hotkey: a.hotkey,

@@ -35,6 +35,8 @@ pub struct Hotkey {
     pub axon: crate::config::AxonConfig,
     /// What each role's config asked for and what it resolved to (for reloads).
     pub bindings: Vec<(ComponentRef, Role, Arc<Plugin>)>,
+    /// The prediction log, when the hotkey keeps one.
+    pub log: Option<Arc<crate::predlog::Log>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +92,12 @@ impl Hotkey {
         self.decide(self.default_side(), &ctx, image, true)
     }
 
+    /// The stable arm's answer in a request context made by the caller (`cascade replay`:
+    /// one answering from the prediction log), leaving no trace in the metrics.
+    pub fn answer_in(&self, ctx: &Arc<RequestCtx>, image: Image) -> Answer {
+        self.decide(Side::Stable, ctx, image, false)
+    }
+
     /// An answer that leaves no trace in the metrics (smoke requests of a reload).
     pub fn answer_quietly(&self, models: &Arc<Models>, image: Image) -> Answer {
         let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);
@@ -128,6 +136,7 @@ impl Hotkey {
     /// other arm runs off the response path, sharing this request's memoised model results.
     /// The budget counts from `arrived`, so reading and decoding the image spend it too.
     /// `origin` keys the image for the stage cache (a hash of the request's encoded bytes).
+    /// `prov` says where the request came from, for the prediction log.
     pub fn serve(
         self: &Arc<Self>,
         models: &Arc<Models>,
@@ -135,22 +144,41 @@ impl Hotkey {
         sticky: u64,
         arrived: Instant,
         origin: [u8; 16],
+        prov: crate::predlog::Provenance,
     ) -> Answer {
         let ctx = RequestCtx::new(models.clone(), &self.name, arrived + self.budget).with_origin(origin);
+        let id = self.log.as_ref().map(|_| crate::predlog::request_id()).unwrap_or_default();
+        let log = |ctx: &RequestCtx, a: &Answer, shadow: bool, ms: f64| {
+            if let Some(l) = &self.log {
+                l.record(&crate::predlog::Whose { hotkey: &self.name, id: &id, shadow }, &prov, ctx, a, ms);
+            }
+        };
         let Some(ro) = self.rollout.clone() else {
-            return self.decide(Side::Stable, &ctx, image, true);
+            let a = self.decide(Side::Stable, &ctx, image, true);
+            log(&ctx, &a, false, arrived.elapsed().as_secs_f64() * 1e3);
+            return a;
         };
         let route = ro.route(sticky);
         let started = Instant::now();
         let a = self.decide(route.serve, &ctx, image.clone(), true);
         ro.record(route.serve, a.fallback, a.trace.len() > 1, started.elapsed().as_secs_f64() * 1e3);
+        log(&ctx, &a, false, arrived.elapsed().as_secs_f64() * 1e3);
         if route.shadow {
-            self.shadow(&ro, route.serve, ctx, image, a.prediction);
+            let logged = self.log.as_ref().map(|_| (id.clone(), prov.clone()));
+            self.shadow(&ro, route.serve, ctx, image, a.prediction, logged);
         }
         a
     }
 
-    fn shadow(self: &Arc<Self>, ro: &Arc<Rollout>, served: Side, ctx: Arc<RequestCtx>, image: Image, served_pred: f32) {
+    fn shadow(
+        self: &Arc<Self>,
+        ro: &Arc<Rollout>,
+        served: Side,
+        ctx: Arc<RequestCtx>,
+        image: Image,
+        served_pred: f32,
+        logged: Option<(String, crate::predlog::Provenance)>,
+    ) {
         let other = if served == Side::Stable { Side::Candidate } else { Side::Stable };
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let inflight = &ro.shadow.inflight;
@@ -165,6 +193,10 @@ impl Hotkey {
             let started = Instant::now();
             let a = me.decide(other, &ctx, image, false);
             ro.record(other, a.fallback, a.trace.len() > 1, started.elapsed().as_secs_f64() * 1e3);
+            if let (Some(l), Some((id, prov))) = (&me.log, &logged) {
+                let who = crate::predlog::Whose { hotkey: &me.name, id, shadow: true };
+                l.record(&who, prov, &ctx, &a, started.elapsed().as_secs_f64() * 1e3);
+            }
             if a.fallback {
                 crate::metrics::global().shadow(&me.name, "failed");
             } else {

@@ -11,7 +11,7 @@ use cascade_engines::Models;
 use cascade_host::runtime::calls;
 use cascade_host::runtime::request::{CallKey, RequestCtx};
 use cascade_host::runtime::{Bound, Limits, Plugin, RoleSet, Runtime, RuntimeConfig};
-use cascade_host::wit::{Call, Classification, Outcome};
+use cascade_host::wit::{Call, Outcome};
 use serde_json::json;
 
 const MODELS: [&str; 3] = ["m1", "m2", "m3"];
@@ -31,7 +31,7 @@ fn cached_ctx(models: &Arc<Models>) -> Arc<RequestCtx> {
     let ctx = RequestCtx::new(models.clone(), "bench", Instant::now() + Duration::from_secs(5));
     for (m, s) in MODELS.iter().zip(SCORES) {
         let key = CallKey { image: 0, primitive: "classify", model: m.to_string(), args: String::new() };
-        ctx.remember(key, Ok(Outcome::Classify(Classification { score: s, top: vec![] })));
+        ctx.remember(key, Ok(cascade_engines::Output::Classification { score: s, top: vec![] }));
     }
     ctx
 }

@@ -222,7 +222,12 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
     let answer = tokio::task::block_in_place(|| -> Result<crate::policy::Answer, ingress::Refusal> {
         let img = ingress::decode_image(&bytes, &limits)?;
         drop(turn);
-        Ok(hk.serve(&serving.models, Arc::new(img), sticky, started, origin))
+        let prov = crate::predlog::Provenance {
+            via: "axon",
+            caller: Some(dendrite.clone()),
+            bytes: if hk.log.is_some() { bytes::Bytes::copy_from_slice(&bytes) } else { bytes::Bytes::new() },
+        };
+        Ok(hk.serve(&serving.models, Arc::new(img), sticky, started, origin, prov))
     })
     .map_err(|r| {
         refuse(if r.status == StatusCode::PAYLOAD_TOO_LARGE { r.status } else { StatusCode::BAD_REQUEST }, r.message)

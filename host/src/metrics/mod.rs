@@ -8,6 +8,7 @@ mod chain;
 mod gpu;
 mod label;
 mod models;
+mod predlog;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -321,6 +322,9 @@ impl Metrics {
         }
         if let Some(chain) = chain {
             let _ = encode_registry(&mut o, &chain::registry(chain));
+        }
+        if let Some(logs) = predlog::registry() {
+            let _ = encode_registry(&mut o, &logs);
         }
         if let Some(gpus) = gpu::registry() {
             let _ = encode_registry(&mut o, &gpus);

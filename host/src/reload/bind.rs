@@ -71,6 +71,8 @@ pub fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> R
         .unwrap_or_default();
     let rollout =
         cfg.rollout.clone().map(|ro| Arc::new(Rollout::new(&cfg.name, ro, file.with_extension("state.json"), key)));
+    let base = file.parent().unwrap_or(Path::new("."));
+    let log = cfg.log.as_ref().map(|l| crate::predlog::Log::open(l, base)).transpose().map_err(|e| vec![e])?;
     Ok(Hotkey {
         name: cfg.name,
         ss58: cfg.ss58,
@@ -82,6 +84,7 @@ pub fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> R
         rollout,
         axon: cfg.axon,
         bindings,
+        log,
     })
 }
 

@@ -17,6 +17,17 @@ use cascade_engines::Output;
 
 use crate::wit::Error;
 
+/// Results known before a request runs (`cascade replay`: the prediction log's), by the image's
+/// content key, primitive, model and arguments; calls they do not cover run the models when
+/// the image is there (`pixels`), else fail. Counts what it answered.
+#[derive(Default)]
+pub struct Preset {
+    pub results: HashMap<([u8; 16], &'static str, String, String), Output>,
+    pub pixels: bool,
+    pub hits: std::sync::atomic::AtomicU64,
+    pub misses: std::sync::atomic::AtomicU64,
+}
+
 /// What a result is, across requests.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StageKey {

@@ -70,6 +70,9 @@ impl ImageRef {
     }
 }
 
+/// A memoised result with the content key of its image, where known.
+pub type KeyedResult = (Option<[u8; 16]>, CallKey, Result<Output, Error>);
+
 /// One primitive call as the trace reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TraceEntry {
@@ -104,6 +107,12 @@ pub struct RequestCtx {
     /// Pixels of the images components derived (crops, flips), bounded per request.
     derived_pixels: std::sync::atomic::AtomicU64,
     memo: Mutex<HashMap<CallKey, Result<Output, Error>>>,
+    /// Content keys of the request's images by handle id, where known (the prediction log
+    /// keys results by them), and the original's size.
+    keys: Mutex<HashMap<u32, [u8; 16]>>,
+    size: Mutex<(u32, u32)>,
+    /// Results to answer from instead of the models (`cascade replay`), by content key.
+    pub preset: Option<Arc<super::cache::Preset>>,
     trace: Mutex<Vec<TraceEntry>>,
     model_time: Mutex<Duration>,
 }
@@ -119,6 +128,9 @@ impl RequestCtx {
             next_image: AtomicU32::new(0),
             derived_pixels: std::sync::atomic::AtomicU64::new(0),
             memo: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
+            size: Mutex::new((0, 0)),
+            preset: None,
             trace: Mutex::new(Vec::new()),
             model_time: Mutex::new(Duration::ZERO),
         })
@@ -127,15 +139,48 @@ impl RequestCtx {
     /// A handle on the request's image (its key is the request bytes' when known).
     pub fn image(&self, pixels: Image) -> ImageRef {
         let id = self.next_image.fetch_add(1, Ordering::Relaxed);
+        *self.size.lock() = (pixels.width(), pixels.height());
         match self.origin {
-            Some(key) => ImageRef::with_key(id, pixels, key),
+            Some(key) => {
+                self.keys.lock().insert(id, key);
+                ImageRef::with_key(id, pixels, key)
+            }
             None => ImageRef::new(id, pixels),
         }
     }
 
     /// A handle on an image derived from the request's.
     pub fn derived(&self, pixels: Image, key: [u8; 16]) -> ImageRef {
-        ImageRef::with_key(self.next_image.fetch_add(1, Ordering::Relaxed), pixels, key)
+        let id = self.next_image.fetch_add(1, Ordering::Relaxed);
+        self.keys.lock().insert(id, key);
+        ImageRef::with_key(id, pixels, key)
+    }
+
+    /// The content key of the request's image, when it came with its bytes.
+    pub fn origin(&self) -> Option<[u8; 16]> {
+        self.origin
+    }
+
+    /// The request's image's width and height.
+    pub fn original_size(&self) -> (u32, u32) {
+        *self.size.lock()
+    }
+
+    /// Every primitive result so far, with the content key of the image it was computed on.
+    pub fn results(&self) -> Vec<KeyedResult> {
+        let keys = self.keys.lock();
+        let mut v: Vec<_> =
+            self.memo.lock().iter().map(|(k, r)| (keys.get(&k.image).copied(), k.clone(), r.clone())).collect();
+        v.sort_by(|a, b| (a.1.image, a.1.primitive, &a.1.model).cmp(&(b.1.image, b.1.primitive, &b.1.model)));
+        v
+    }
+
+    /// Answers calls from `preset` instead of the models (a replay).
+    pub fn with_preset(mut self: Arc<Self>, preset: Arc<super::cache::Preset>) -> Arc<Self> {
+        if let Some(me) = Arc::get_mut(&mut self) {
+            me.preset = Some(preset);
+        }
+        self
     }
 
     /// Makes this a dry run (see `dry`).

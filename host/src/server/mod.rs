@@ -397,7 +397,12 @@ impl Server {
             let origin = crate::runtime::request::key_of(b"bytes", &[&bytes]);
             let img = ingress::decode_image(&bytes, &limits)?;
             drop(turn);
-            Ok(hk.serve(&serving.models, Arc::new(img), sticky, started, origin))
+            let prov = crate::predlog::Provenance {
+                via: "http",
+                caller: None,
+                bytes: if hk.log.is_some() { bytes::Bytes::from(bytes) } else { bytes::Bytes::new() },
+            };
+            Ok(hk.serve(&serving.models, Arc::new(img), sticky, started, origin, prov))
         })?;
         let took = started.elapsed();
         crate::metrics::global().request(hotkey, &answer.stage, crate::axon::outcome(&answer), took);

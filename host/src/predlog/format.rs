@@ -1,0 +1,162 @@
+//! The prediction log's on-disk format, version 1: JSON Lines segments
+//! (`predictions-<unix ms>.jsonl`), one [`Record`] per answered request, written whole and
+//! flushed line by line, so a segment is readable while it is written (a reader skips a
+//! partial last line). Images, when kept, live beside them as `images/<sha256>.<jpg|png>`.
+
+use cascade_engines::{Answer, Detection, Output, ScoreSource, TextLine};
+use serde::{Deserialize, Serialize};
+
+/// The format version this build writes; readers refuse records of a later one.
+pub const VERSION: u32 = 1;
+
+/// One answered request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub v: u32,
+    /// Unix time of the answer, in milliseconds.
+    pub t: u64,
+    /// The request's id: the served answer and its shadow share it.
+    pub id: String,
+    pub hotkey: String,
+    /// `stable` or `candidate`.
+    pub arm: String,
+    /// A shadow answer (not sent to the caller).
+    #[serde(default)]
+    pub shadow: bool,
+    /// `http` or `axon`.
+    pub via: String,
+    /// The validator's hotkey (axon).
+    pub caller: Option<String>,
+    /// sha-256 of the request's image bytes (hex).
+    pub image: String,
+    /// The image's content key (the stage cache's), hex: results are keyed by it.
+    pub key: String,
+    pub width: u32,
+    pub height: u32,
+    /// None when nothing could be answered.
+    pub prediction: Option<f32>,
+    pub stage: String,
+    /// `policy`, `fallback`, `partial` or `none`.
+    pub source: String,
+    pub model_ms: f64,
+    pub ms: f64,
+    /// The image, relative to the log folder, when the sampling rule kept it.
+    pub image_file: Option<String>,
+    /// Every primitive result the request produced.
+    pub results: Vec<Logged>,
+}
+
+/// One primitive result: on which image (content key, hex), which call, what it gave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Logged {
+    pub image: String,
+    pub primitive: String,
+    pub model: String,
+    #[serde(default)]
+    pub args: String,
+    pub output: LoggedOutput,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoggedOutput {
+    Classification { score: f32, top: Vec<(String, f32)> },
+    Embedding(Vec<f32>),
+    Detections(Vec<LoggedBox>),
+    TextLines(Vec<LoggedBox>),
+    Answer { text: String, p_yes: Option<f32>, source: String },
+    Error(String),
+}
+
+/// A detection (label, class, confidence) or a text line (text, confidence) and its box.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoggedBox {
+    #[serde(default)]
+    pub label: String,
+    #[serde(default)]
+    pub class_id: u32,
+    #[serde(default)]
+    pub text: String,
+    pub confidence: f32,
+    pub bbox: [f32; 4],
+}
+
+impl LoggedOutput {
+    pub fn of(o: &Output) -> LoggedOutput {
+        match o {
+            Output::Classification { score, top } => LoggedOutput::Classification { score: *score, top: top.clone() },
+            Output::Embedding(v) => LoggedOutput::Embedding(v.clone()),
+            Output::Detections(d) => LoggedOutput::Detections(
+                d.iter()
+                    .map(|d| LoggedBox {
+                        label: d.label.clone(),
+                        class_id: d.class_id,
+                        text: String::new(),
+                        confidence: d.confidence,
+                        bbox: d.bbox,
+                    })
+                    .collect(),
+            ),
+            Output::TextLines(l) => LoggedOutput::TextLines(
+                l.iter()
+                    .map(|l| LoggedBox {
+                        label: String::new(),
+                        class_id: 0,
+                        text: l.text.clone(),
+                        confidence: l.confidence,
+                        bbox: l.bbox,
+                    })
+                    .collect(),
+            ),
+            Output::Answer(a) => {
+                LoggedOutput::Answer { text: a.text.clone(), p_yes: a.p_yes, source: a.source.as_str().into() }
+            }
+        }
+    }
+
+    /// The engine output again (`None` for a logged error).
+    pub fn output(&self) -> Option<Output> {
+        Some(match self {
+            LoggedOutput::Classification { score, top } => Output::Classification { score: *score, top: top.clone() },
+            LoggedOutput::Embedding(v) => Output::Embedding(v.clone()),
+            LoggedOutput::Detections(d) => Output::Detections(
+                d.iter()
+                    .map(|b| Detection {
+                        class_id: b.class_id,
+                        label: b.label.clone(),
+                        confidence: b.confidence,
+                        bbox: b.bbox,
+                    })
+                    .collect(),
+            ),
+            LoggedOutput::TextLines(l) => Output::TextLines(
+                l.iter().map(|b| TextLine { text: b.text.clone(), confidence: b.confidence, bbox: b.bbox }).collect(),
+            ),
+            LoggedOutput::Answer { text, p_yes, source } => Output::Answer(Answer {
+                text: text.clone(),
+                p_yes: *p_yes,
+                source: match source.as_str() {
+                    "logprobs" => ScoreSource::Logprobs,
+                    "parsed" => ScoreSource::Parsed,
+                    _ => ScoreSource::None,
+                },
+            }),
+            LoggedOutput::Error(_) => return None,
+        })
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn unhex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}

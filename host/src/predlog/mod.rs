@@ -1,0 +1,165 @@
+//! The prediction log: what each hotkey answered, with every primitive result the request
+//! produced and, under a sampling rule, the image — the raw material of `cascade log` (hard
+//! cases), `cascade replay` and tuning. Recording hands a record to the folder's writer thread
+//! (`writer`) and returns; the format is in `format`, reading in `read`.
+
+pub mod format;
+pub mod read;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::config::{ImageRule, LogConfig};
+use crate::policy::Answer;
+use crate::runtime::request::RequestCtx;
+use format::{hex, Logged, LoggedOutput, Record, VERSION};
+pub use writer::Counts;
+use writer::{Entry, Writer};
+
+/// Where a request came from, for its record.
+#[derive(Clone)]
+pub struct Provenance {
+    /// `http` or `axon`.
+    pub via: &'static str,
+    /// The validator's hotkey on the axon.
+    pub caller: Option<String>,
+    /// The image as received.
+    pub bytes: bytes::Bytes,
+}
+
+/// Whose answer a record is: the hotkey, the request's id, and whether it was a shadow's.
+pub struct Whose<'a> {
+    pub hotkey: &'a str,
+    pub id: &'a str,
+    pub shadow: bool,
+}
+
+/// A hotkey's log: its folder's writer and its sampling rule.
+pub struct Log {
+    writer: Arc<Writer>,
+    rule: ImageRule,
+    max_image: u64,
+    segment_bytes: u64,
+    segment_age: Duration,
+    seen: AtomicU64,
+}
+
+/// One writer per folder in the process, shared by the hotkeys (and reloads) that log there.
+fn writers() -> &'static Mutex<HashMap<PathBuf, Arc<Writer>>> {
+    static W: OnceLock<Mutex<HashMap<PathBuf, Arc<Writer>>>> = OnceLock::new();
+    W.get_or_init(Default::default)
+}
+
+/// Every log folder's counters (for the metrics).
+pub fn counts() -> Vec<(PathBuf, Arc<Counts>)> {
+    let w = writers().lock().unwrap_or_else(|p| p.into_inner());
+    w.iter().map(|(d, w)| (d.clone(), w.counts.clone())).collect()
+}
+
+impl Log {
+    /// The log `cfg` describes, its folder relative to `base` (the hotkey file's folder).
+    pub fn open(cfg: &LogConfig, base: &Path) -> Result<Arc<Log>, String> {
+        let rule = cfg.rule()?;
+        let dir = if cfg.dir.is_absolute() { cfg.dir.clone() } else { base.join(&cfg.dir) };
+        let writer = {
+            let mut w = writers().lock().unwrap_or_else(|p| p.into_inner());
+            match w.get(&dir) {
+                Some(x) => x.clone(),
+                None => {
+                    let x = Arc::new(Writer::start(&dir).map_err(|e| format!("log.dir {}: {e}", dir.display()))?);
+                    w.insert(dir.clone(), x.clone());
+                    x
+                }
+            }
+        };
+        Ok(Arc::new(Log {
+            writer,
+            rule,
+            max_image: cfg.max_image_kb * 1024,
+            segment_bytes: cfg.segment_mb << 20,
+            segment_age: Duration::from_secs(cfg.segment_s),
+            seen: AtomicU64::new(0),
+        }))
+    }
+
+    fn keeps_image(&self, prediction: f32) -> bool {
+        match self.rule {
+            ImageRule::None => false,
+            ImageRule::All => true,
+            ImageRule::Uncertain(lo, hi) => prediction.is_nan() || (lo..=hi).contains(&prediction),
+            ImageRule::Every(n) => self.seen.fetch_add(1, Ordering::Relaxed).is_multiple_of(n),
+        }
+    }
+
+    /// Records one answer (`who.id` is shared by a served answer and its shadow).
+    pub fn record(&self, who: &Whose, prov: &Provenance, ctx: &RequestCtx, a: &Answer, ms: f64) {
+        self.record_as(who.hotkey, who.id, who.shadow, prov, ctx, a, ms)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_as(
+        &self,
+        hotkey: &str,
+        id: &str,
+        shadow: bool,
+        prov: &Provenance,
+        ctx: &RequestCtx,
+        a: &Answer,
+        ms: f64,
+    ) {
+        let sha = crate::files::sha256_hex(&prov.bytes);
+        let ext = if prov.bytes.starts_with(&[0x89, b'P', b'N', b'G']) { "png" } else { "jpg" };
+        let image = (self.keeps_image(a.prediction) && (prov.bytes.len() as u64) <= self.max_image)
+            .then(|| (format!("images/{sha}.{ext}"), prov.bytes.clone()));
+        let (width, height) = ctx.original_size();
+        let record = Record {
+            v: VERSION,
+            t: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            id: id.to_string(),
+            hotkey: hotkey.to_string(),
+            arm: a.arm.to_string(),
+            shadow,
+            via: prov.via.to_string(),
+            caller: prov.caller.clone(),
+            image: sha,
+            key: ctx.origin().map(|k| hex(&k)).unwrap_or_default(),
+            width,
+            height,
+            prediction: a.prediction.is_finite().then_some(a.prediction),
+            stage: a.stage.clone(),
+            source: a.source.to_string(),
+            model_ms: a.model_ms,
+            ms,
+            image_file: image.as_ref().map(|(n, _)| n.clone()),
+            results: ctx
+                .results()
+                .into_iter()
+                .map(|(key, call, r)| Logged {
+                    image: key.map(|k| hex(&k)).unwrap_or_default(),
+                    primitive: call.primitive.to_string(),
+                    model: call.model,
+                    args: call.args,
+                    output: match r {
+                        Ok(o) => LoggedOutput::of(&o),
+                        Err(e) => LoggedOutput::Error(e.message()),
+                    },
+                })
+                .collect(),
+        };
+        self.writer.send(Entry { record, image, segment_bytes: self.segment_bytes, segment_age: self.segment_age });
+    }
+}
+
+/// A request id: unique in the process and ordered by time.
+pub fn request_id() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    format!("{ms:x}-{:x}", N.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,179 @@
+//! The improvement loop on the real server: the prediction log (records with every primitive
+//! result, images by rule, readable while written), `cascade log` (list, export of the
+//! uncertain band), `cascade replay` (a candidate answered from the log's results, models
+//! re-run only for what the log lacks, labelled figures), and the log's bad input.
+
+use std::io::Write;
+
+use cascade_tests::*;
+
+const ORANGE: [u8; 3] = [240, 120, 20];
+const BLUE: [u8; 3] = [30, 60, 200];
+/// `tint` scores this about 0.5: the uncertain band.
+const MUDDY: [u8; 3] = [150, 140, 135];
+
+fn logged(name: &str, images: &str) -> String {
+    format!("{}\n[log]\ndir = \"log\"\nimages = \"{images}\"\nuncertain = [0.2, 0.8]\n", tint_hotkey(name))
+}
+
+fn cascade_out(args: &[&str]) -> (i32, String) {
+    let out = cascade().args(args).output().expect("run cascade");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn answers_are_logged_exported_and_replayed() {
+    let d = policies("predlog", &[("watched", &logged("watched", "uncertain"))]);
+    let server = Server::start(&d.0, false, &[]);
+    let mut sent = Vec::new();
+    for (i, rgb) in [ORANGE, BLUE, MUDDY, ORANGE, MUDDY].into_iter().enumerate() {
+        let img = jpeg(&solid(64 + i as u32, 48, rgb));
+        let (status, v) = predict(&server, "watched", &img);
+        assert_eq!(status, 200, "{v}");
+        sent.push((img, num(&v["prediction"])));
+    }
+    let log = d.0.join("log");
+    // readable while the server runs: every answer is a whole line in a segment
+    let records: Vec<Value> = eventually(10, "five records", || {
+        let segs: Vec<_> = std::fs::read_dir(&log)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
+        let recs: Vec<Value> = segs
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect::<Vec<Value>>()
+            })
+            .collect();
+        (recs.len() == 5).then_some(recs)
+    });
+    for r in &records {
+        assert_eq!(
+            (r["v"].as_u64(), r["hotkey"].as_str(), r["via"].as_str()),
+            (Some(1), Some("watched"), Some("http")),
+            "{r}"
+        );
+        let res = r["results"].as_array().expect("results");
+        assert!(
+            res.iter().any(|x| x["primitive"] == "classify"
+                && x["model"] == "tint"
+                && x["output"]["classification"]["score"].is_number()),
+            "{r}"
+        );
+        // images kept only in the uncertain band
+        let p = num(&r["prediction"]);
+        assert_eq!(r["image_file"].is_string(), (0.2..=0.8).contains(&p), "{r}");
+    }
+
+    // list and filter
+    let l = log.to_str().unwrap();
+    let (code, out) = cascade_out(&["log", "list", "--log", l, "--band", "0.2-0.8"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 record(s); stages: tint 2"), "{out}");
+    // export the uncertain band (two requests, one image each) for labelling
+    let ex = TempDir::new("export");
+    let (code, out) = cascade_out(&["log", "export", "--log", l, "--band", "0.2-0.8", "--out", ex.0.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let manifest = std::fs::read_to_string(ex.0.join("manifest.csv")).expect("manifest");
+    let rows: Vec<&str> = manifest.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{manifest}");
+    assert!(rows.iter().all(|r| r.split(',').nth(1) == Some("")), "the label column is left empty: {manifest}");
+    // labelled by the operator: both are roadwork
+    let labelled: String = std::iter::once(manifest.lines().next().unwrap().to_string())
+        .chain(rows.iter().map(|r| r.replacen(",,", ",1,", 1)))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(ex.0.join("labelled.csv"), labelled).expect("labels");
+
+    // a candidate that leans to roadwork, replayed over the log: every call from the log
+    let cand = TempDir::new("candidate");
+    cand.write("models.toml", &test_registry());
+    cand.write(
+        "eager.toml",
+        &format!(
+            "{}\n[fuser]\ncomponent = \"weighted@^1\"\nparams.weights = {{ tint = 1.0 }}\nparams.boost = {{ }}\n",
+            tint_hotkey("eager")
+        ),
+    );
+    let comps = components(false);
+    let replay = |hotkey: &str, extra: &[&str]| {
+        let mut args = vec![
+            "replay",
+            "--hotkey",
+            hotkey,
+            "--log",
+            l,
+            "--json",
+            "--policies",
+            cand.0.to_str().unwrap(),
+            "--components",
+            comps.0.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (code, out) = cascade_out(&args);
+        assert_eq!(code, 0, "{out}");
+        let line = out.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}").to_string();
+        serde_json::from_str::<Value>(&line).expect("JSON report")
+    };
+    let v = replay("eager", &["--labels", ex.0.join("labelled.csv").to_str().unwrap()]);
+    assert_eq!(v["records"], 5, "{v}");
+    assert_eq!(v["agreement"], 1.0, "the same model and rule: the same answers: {v}");
+    assert_eq!(v["calls"]["rerun"], 0, "{v}");
+    assert!(v["calls"]["from_log"].as_u64().unwrap() >= 5, "{v}");
+    assert_eq!(v["labelled"]["candidate"]["n"], 2, "{v}");
+    // a candidate that also looks at the mirror: the log lacks those calls; they run on the
+    // kept images and cannot be answered where no image was kept
+    cand.write("mirror.toml", "name = \"mirror\"\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"both\"\nclassify = [\"tint\"]\nflip = true\non_error = \"skip\"\n[[router.params.stages]]\nname = \"plain\"\nclassify = [\"tint\"]\n");
+    let v = replay("mirror", &[]);
+    assert_eq!(v["calls"]["rerun"], 2, "two images kept: {v}");
+    assert_eq!(v["calls"]["unanswerable"], 3, "three not kept: {v}");
+    let _ = sent;
+}
+
+#[test]
+fn a_damaged_log_is_read_around_and_bad_log_settings_are_refused() {
+    let d = policies("predlog-bad", &[("watched", &logged("watched", "all"))]);
+    let server = Server::start(&d.0, false, &[]);
+    for rgb in [ORANGE, BLUE] {
+        assert_eq!(predict(&server, "watched", &jpeg(&solid(40, 40, rgb))).0, 200);
+    }
+    let log = d.0.join("log");
+    let seg = eventually(10, "a segment with two records", || {
+        let p = std::fs::read_dir(&log)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "jsonl"))?;
+        (std::fs::read_to_string(&p).ok()?.lines().count() == 2).then_some(p)
+    });
+    // a corrupted line, a record from another format version, and a truncated last line
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).expect("segment");
+    writeln!(f, "\u{0}\u{0}garbage").unwrap();
+    writeln!(f, "{{\"v\": 2, \"t\": 1}}").unwrap();
+    write!(f, "{{\"v\": 1, \"t\": 17, \"id\": \"x").unwrap();
+    drop(f);
+    let (code, out) = cascade_out(&["log", "list", "--log", log.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 record(s)"), "{out}");
+    assert!(
+        out.contains(":3: not a JSON record")
+            && out.contains(":4: format version 2; this build reads version 1")
+            && out.contains(":5: not a JSON record"),
+        "{out}"
+    );
+    assert!(out.contains("3 line(s) skipped"), "{out}");
+
+    // a bad sampling rule is refused by a reload, and the hotkey keeps logging as before
+    d.write("watched.toml", &logged("watched", "sometimes"));
+    eventually(10, "the refusal", || refusals(&server).into_iter().find(|r| r.contains("log.images \"sometimes\"")));
+    assert_eq!(predict(&server, "watched", &jpeg(&solid(41, 40, ORANGE))).0, 200);
+    let (_, metrics) = get(&server.url("/metrics"));
+    assert!(metrics.contains("cascade_log_records_total{log=\"log\"} 3"), "{metrics}");
+}
