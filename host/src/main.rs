@@ -43,6 +43,44 @@ enum Cmd {
     /// Run a candidate hotkey over logged requests (answering from the log's results) and
     /// report what would change; with labels, accuracy, MCC and reward for both.
     Replay(ReplayCli),
+    /// Sweep a hotkey's exit thresholds and fusion weights over labelled images: the
+    /// cost/accuracy frontier, grouped cross-validation, a candidate hotkey file, an SVG.
+    Tune(TuneCli),
+}
+
+#[derive(Args)]
+struct TuneCli {
+    #[command(flatten)]
+    src: SourceArgs,
+    #[arg(long)]
+    hotkey: String,
+    /// Labelled manifests (`path,label`); folds leave out one source (first folder) at a time.
+    #[arg(long, required = true)]
+    manifest: Vec<PathBuf>,
+    /// Level 0 of the validator's augmentation for every image.
+    #[arg(long)]
+    validator_style: bool,
+    /// Validator augmentation levels, one drawn per image (`0-3`).
+    #[arg(long, value_parser = cascade_host::offline::augment::Levels::parse)]
+    levels: Option<cascade_host::offline::augment::Levels>,
+    #[arg(long, default_value_t = 72)]
+    seed: u64,
+    /// A TOML file of values per threshold and weight (default: every non-final stage's
+    /// thresholds on a grid).
+    #[arg(long)]
+    space: Option<PathBuf>,
+    /// `mcc` or `reward`.
+    #[arg(long, default_value = "mcc")]
+    objective: String,
+    /// Choose only settings within this model time per request.
+    #[arg(long)]
+    max_ms: Option<f64>,
+    /// The candidate hotkey file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// The frontier and threshold sweep picture.
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -238,6 +276,21 @@ fn main() -> ExitCode {
             cascade_host::infer::infer(&a.policies, &a.model, &q, &a.images)
         }
         Cmd::Log(a) => loop_cli::log(a),
+        Cmd::Tune(a) => setup(&a.src).and_then(|(rt, src)| {
+            let args = cascade_host::offline::tune::TuneArgs {
+                hotkey: a.hotkey,
+                manifests: a.manifest,
+                validator_style: a.validator_style,
+                levels: a.levels,
+                seed: a.seed,
+                space: a.space,
+                objective: a.objective,
+                max_ms: a.max_ms,
+                out: a.out,
+                svg: a.svg,
+            };
+            cascade_host::offline::tune::tune(&rt, &src, &args)
+        }),
         Cmd::Replay(a) => setup(&a.src).and_then(|(rt, src)| {
             let args = cascade_host::offline::replay::ReplayArgs {
                 hotkey: a.hotkey,

@@ -10,6 +10,9 @@ pub mod manifest;
 pub mod replay;
 pub mod scores;
 pub mod train;
+pub mod tune;
+pub mod tune_space;
+pub mod tune_svg;
 pub mod validator;
 
 /// A one-line progress bar on stderr, only when stderr is a terminal.
