@@ -143,3 +143,54 @@ fn blue_green_switches_through_the_admin_api_and_survives_a_restart() {
     let st = status(&server);
     assert!(st["hotkeys"]["bg"]["rollout"]["history"].to_string().contains("promote: admin API"), "{st}");
 }
+
+#[test]
+fn a_canary_waits_for_its_time_and_for_labelled_evidence() {
+    let rule = |report: &str| {
+        format!("mode = \"canary\"\nsteps = [50]\nmin_requests = 2\nmin_step_s = 3\nevidence = {{ report = \"{report}\", min_labelled = 3 }}")
+    };
+    let dir = policies(
+        "evidence",
+        &[
+            ("proven", &hotkey("proven", &rule("proven.json"), CANDIDATE)),
+            ("worse", &hotkey("worse", &rule("worse.json"), CANDIDATE)),
+        ],
+    );
+    let started = std::time::Instant::now();
+    let server = Server::start(&dir.0, false, &[]);
+    let rollout = |hk: &str| status(&server)["hotkeys"][hk]["rollout"].clone();
+    let mut i = 0;
+    // enough requests and time, but no evidence yet: the canary holds at its last step
+    let ro = eventually(30, "holding for evidence", || {
+        i += 1;
+        arm(&server, "proven", &image(i));
+        let r = rollout("proven");
+        r["history"].to_string().contains("waiting for labelled evidence").then_some(r)
+    });
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "min_step_s holds the step for three seconds");
+    assert!(ro["winner"].is_null(), "{ro}");
+    // a labelled replay in which the candidate does better: promoted
+    let report = |cand: f64| {
+        format!(r#"{{"labelled": {{"logged": {{"mcc": 0.4, "n": 3}}, "candidate": {{"mcc": {cand}, "n": 3}}}}}}"#)
+    };
+    dir.write("proven.json", &report(0.6));
+    let ro = eventually(30, "promoted on evidence", || {
+        i += 1;
+        arm(&server, "proven", &image(i));
+        let r = rollout("proven");
+        (r["winner"] == "candidate").then_some(r)
+    });
+    assert!(
+        ro["history"].to_string().contains("labelled evidence: candidate MCC 0.600 vs logged 0.400 (3 images)"),
+        "{ro}"
+    );
+    // one in which it does worse: rolled back
+    dir.write("worse.json", &report(0.2));
+    let ro = eventually(30, "rolled back on evidence", || {
+        i += 1;
+        arm(&server, "worse", &image(i));
+        let r = rollout("worse");
+        (r["winner"] == "stable").then_some(r)
+    });
+    assert!(ro["history"].to_string().contains("labelled evidence: candidate MCC 0.200 < logged 0.400"), "{ro}");
+}

@@ -224,9 +224,33 @@ pub enum RolloutConfig {
         max_escalation_rate: f64,
         #[serde(default = "default_inflight")]
         max_inflight: usize,
+        /// A step also lasts at least this many seconds (time-based steps).
+        #[serde(default)]
+        min_step_s: u64,
+        /// Promotion waits for labelled evidence: a `cascade replay --labels --json` report of
+        /// the candidate over logged traffic.
+        evidence: Option<EvidenceRule>,
     },
     /// All traffic on one side; promote and rollback switch instantly.
     BlueGreen { active: Side },
+}
+
+/// `evidence = { report = "...", min_mcc_gain = 0.0, min_labelled = 50 }`: after the last step
+/// the canary holds until `report` (relative to the hotkey file) exists; it promotes when the
+/// candidate's labelled MCC is at least the logged answers' plus `min_mcc_gain` over at least
+/// `min_labelled` images, and rolls back otherwise.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceRule {
+    pub report: std::path::PathBuf,
+    #[serde(default)]
+    pub min_mcc_gain: f64,
+    #[serde(default = "default_min_labelled")]
+    pub min_labelled: u64,
+}
+
+fn default_min_labelled() -> u64 {
+    50
 }
 
 fn default_inflight() -> usize {

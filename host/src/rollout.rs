@@ -89,6 +89,24 @@ pub struct Rollout {
     state: Mutex<Persisted>,
     state_file: PathBuf,
     hotkey: String,
+    /// When the current canary step began (time-based steps).
+    step_since: Mutex<std::time::Instant>,
+    /// Whether the wait for labelled evidence was noted already, and when the report was
+    /// last looked for (at most once a second while holding).
+    holding: std::sync::atomic::AtomicBool,
+    looked: Mutex<Option<std::time::Instant>>,
+}
+
+/// What a labelled replay report says about the candidate: (candidate MCC, logged MCC, n).
+fn read_evidence(path: &std::path::Path) -> Result<(f64, f64, u64), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .map_err(|e| format!("{}: not a `cascade replay --json` report: {e}", path.display()))?;
+    let l = &v["labelled"];
+    match (l["candidate"]["mcc"].as_f64(), l["logged"]["mcc"].as_f64(), l["candidate"]["n"].as_u64()) {
+        (Some(c), Some(o), Some(n)) => Ok((c, o, n)),
+        _ => Err(format!("{}: the report has no labelled figures (replay with --labels)", path.display())),
+    }
 }
 
 /// How one request is served.
@@ -116,6 +134,9 @@ impl Rollout {
             state: Mutex::new(state),
             state_file,
             hotkey: hotkey.into(),
+            step_since: Mutex::new(std::time::Instant::now()),
+            holding: std::sync::atomic::AtomicBool::new(false),
+            looked: Mutex::new(None),
         }
     }
 
@@ -194,6 +215,8 @@ impl Rollout {
             max_p99_ms,
             min_agreement,
             max_escalation_rate,
+            min_step_s,
+            evidence,
             ..
         } = &self.config
         else {
@@ -203,7 +226,9 @@ impl Rollout {
             return;
         }
         let c = &self.candidate;
-        if c.requests.load(Ordering::Relaxed) < *min_requests {
+        if c.requests.load(Ordering::Relaxed) < *min_requests
+            || self.step_since.lock().elapsed() < std::time::Duration::from_secs(*min_step_s)
+        {
             return;
         }
         let rules = [
@@ -217,6 +242,45 @@ impl Rollout {
             if !ok {
                 self.rollback(&format!("rule failed: {name} {value:.4} {} {limit}", if is_max { ">" } else { "<" }));
                 return;
+            }
+        }
+        let last = self.state.lock().step + 1 >= steps.len();
+        let mut verdict = None;
+        if let (true, Some(rule)) = (last, evidence) {
+            {
+                let mut looked = self.looked.lock();
+                if looked.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                    return;
+                }
+                *looked = Some(std::time::Instant::now());
+            }
+            let report = self.state_file.parent().unwrap_or(std::path::Path::new(".")).join(&rule.report);
+            match read_evidence(&report) {
+                Ok((cand, logged, n)) if n >= rule.min_labelled => {
+                    if cand < logged + rule.min_mcc_gain {
+                        self.rollback(&format!(
+                            "labelled evidence: candidate MCC {cand:.3} < logged {logged:.3} + {} ({n} images)",
+                            rule.min_mcc_gain
+                        ));
+                        return;
+                    }
+                    verdict =
+                        Some(format!("labelled evidence: candidate MCC {cand:.3} vs logged {logged:.3} ({n} images)"));
+                }
+                other => {
+                    // hold at the last step until the evidence is there
+                    if !self.holding.swap(true, Ordering::Relaxed) {
+                        let why = match other {
+                            Ok((_, _, n)) => format!("{n} labelled images, {} needed", rule.min_labelled),
+                            Err(e) => e,
+                        };
+                        let note = format!("holding at the last step: waiting for labelled evidence ({why})");
+                        tracing::info!(hotkey = %self.hotkey, "canary: {note}");
+                        self.state.lock().history.push(note);
+                        self.persist();
+                    }
+                    return;
+                }
             }
         }
         let step = {
@@ -238,9 +302,13 @@ impl Rollout {
         c.fallbacks.store(0, Ordering::Relaxed);
         c.escalations.store(0, Ordering::Relaxed);
         c.latencies_ms.lock().clear();
+        *self.step_since.lock() = std::time::Instant::now();
         crate::metrics::global().rollout_event(&self.hotkey, "step");
         if step >= steps.len() {
-            self.promote("canary: every step passed");
+            match verdict {
+                Some(v) => self.promote(&format!("canary: every step passed; {v}")),
+                None => self.promote("canary: every step passed"),
+            }
         } else {
             self.persist();
         }
