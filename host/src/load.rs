@@ -45,3 +45,15 @@ pub fn load(rt: &Arc<Runtime>, src: &Sources) -> Result<State, Vec<Problem>> {
         (_, problems) => Err(problems),
     }
 }
+
+/// [`load`] for an offline command about one hotkey: the state and that hotkey, or an error
+/// listing every problem (or the hotkeys there are).
+pub fn load_for(rt: &Arc<Runtime>, src: &Sources, hotkey: &str) -> anyhow::Result<(State, Arc<crate::policy::Hotkey>)> {
+    let state = load(rt, src)
+        .map_err(|ps| anyhow::anyhow!("{}", ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")))?;
+    let hk =
+        state.hotkeys.get(hotkey).cloned().ok_or_else(|| {
+            anyhow::anyhow!("no hotkey {hotkey} (have {:?})", state.hotkeys.keys().collect::<Vec<_>>())
+        })?;
+    Ok((state, hk))
+}

@@ -71,6 +71,21 @@ fn bare_server() -> SocketAddr {
     addr
 }
 
+/// Starts `cascade serve` on a policies folder; its base URL.
+fn serve(root: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<(std::process::Child, String)> {
+    let mut child = Command::new(root.join("target/release/cascade"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+    let base =
+        line.trim().strip_prefix("listening on ").ok_or_else(|| anyhow::anyhow!("server said {line:?}"))?.to_string();
+    Ok((child, base))
+}
+
 fn main() -> anyhow::Result<()> {
     let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
     let root = repo();
@@ -92,22 +107,21 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
     std::fs::write(dir.join("bench.toml"), POLICY)?;
-    let mut child = Command::new(root.join("target/release/cascade"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
-        .arg(&dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-    let base =
-        line.trim().strip_prefix("listening on ").ok_or_else(|| anyhow::anyhow!("server said {line:?}"))?.to_string();
+    let (mut child, base) = serve(&root, &dir)?;
+    // the same policy with the prediction log on (images off): its cost, measured in the same run
+    let logged = dir.join("logged");
+    std::fs::create_dir_all(&logged)?;
+    std::fs::copy(dir.join("models.toml"), logged.join("models.toml"))?;
+    std::fs::write(logged.join("bench.toml"), format!("{POLICY}\n[log]\ndir = \"log\"\nimages = \"none\"\n"))?;
+    let (mut child_log, base_log) = serve(&root, &logged)?;
 
     let jpeg = validator_jpeg();
     let body = serde_json::json!({"image": base64::engine::general_purpose::STANDARD.encode(&jpeg)}).to_string();
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
     let bare = format!("http://{}/", bare_server());
     let cascade_url = format!("{base}/v1/predict/bench");
+    let logged_url = format!("{base_log}/v1/predict/bench");
+    let mut with_log = Vec::new();
 
     let (mut total, mut overhead, mut model, mut peer, mut handler) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -120,7 +134,12 @@ fn main() -> anyhow::Result<()> {
         let mut r = agent.post(&bare).header("Content-Type", "application/json").send(body.as_bytes())?;
         let _ = r.body_mut().read_to_string()?;
         let took_peer = t.elapsed();
+        let t = Instant::now();
+        let mut r = agent.post(&logged_url).header("Content-Type", "application/json").send(body.as_bytes())?;
+        let _ = r.body_mut().read_to_string()?;
+        let took_log = t.elapsed();
         if i >= iters {
+            with_log.push(took_log);
             let m = Duration::from_secs_f64(v["model_ms"].as_f64().unwrap_or(0.0) / 1e3);
             total.push(took);
             model.push(m);
@@ -137,12 +156,24 @@ fn main() -> anyhow::Result<()> {
         decode.push(t.elapsed());
     }
     let _ = child.kill();
+    let _ = child_log.kill();
+    let records = std::fs::read_dir(logged.join("log"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .map(|t| t.lines().count())
+                .sum::<usize>()
+        })
+        .unwrap_or(0);
     let _ = std::fs::remove_dir_all(&dir);
     header(&format!(
         "one request: JSON body with a base64 224×224 JPEG ({} bytes), sequential keep-alive, {iters} each",
         jpeg.len()
     ));
+    let mean = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len().max(1) as f64;
+    let (rps, rps_log) = (1.0 / mean(&total), 1.0 / mean(&with_log));
     row("cascade: client round trip", &summarise(total));
+    row("cascade + prediction log (images off): round trip", &summarise(with_log));
     row("cascade: model compute (reported)", &summarise(model));
     row("cascade: round trip − model = host overhead", &summarise(overhead.clone()));
     let peer_s = summarise(peer);
@@ -152,6 +183,10 @@ fn main() -> anyhow::Result<()> {
     row("of which: JPEG decode (image crate)", &summarise(decode.clone()));
     let o = summarise(overhead);
     let d = summarise(decode);
+    println!(
+        "prediction log: {rps:.0} req/s without, {rps_log:.0} req/s with ({:+.1} %; {records} records written; target: at most 5 % fewer)",
+        100.0 * (rps_log - rps) / rps
+    );
     println!("\nhost overhead p50 {:.1} µs round trip, {:.1} µs above the bare-hyper floor; server-side {:.1} µs, of which JPEG decode ~{:.1} µs (target ≤ 100 µs)", o.p50, o.p50 - peer_s.p50, h.p50, d.p50);
     Ok(())
 }

@@ -32,11 +32,8 @@ pub struct EvalArgs {
 }
 
 pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<ExitCode> {
-    let state = load::load(rt, src)
-        .map_err(|ps| anyhow::anyhow!("{}", ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")))?;
-    let hk = state.hotkeys.get(&a.hotkey).ok_or_else(|| {
-        anyhow::anyhow!("no hotkey {} (have {:?})", a.hotkey, state.hotkeys.keys().collect::<Vec<_>>())
-    })?;
+    let (state, hk) = load::load_for(rt, src, &a.hotkey)?;
+    let hk = &*hk;
     let loaded = manifest::load_all(std::slice::from_ref(&a.manifest))?;
     let examples = loaded.examples;
     let style = Style::from_flags(a.validator_style, a.levels.clone(), a.seed);

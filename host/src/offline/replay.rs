@@ -68,11 +68,8 @@ fn labels_by_content(file: &std::path::Path) -> anyhow::Result<HashMap<String, b
 }
 
 pub fn replay(rt: &Arc<Runtime>, src: &Sources, a: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    let state = load::load(rt, src)
-        .map_err(|ps| anyhow::anyhow!("{}", ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")))?;
-    let hk = state.hotkeys.get(&a.hotkey).ok_or_else(|| {
-        anyhow::anyhow!("no hotkey {} (have {:?})", a.hotkey, state.hotkeys.keys().collect::<Vec<_>>())
-    })?;
+    let (state, hk) = load::load_for(rt, src, &a.hotkey)?;
+    let hk = &*hk;
     let records: Vec<Record> = logcmd::load(&a.log)?.into_iter().filter(|r| a.filter.keeps(r)).collect();
     if records.is_empty() {
         anyhow::bail!("{}: no record matches the filter", a.log.display());

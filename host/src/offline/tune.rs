@@ -113,11 +113,8 @@ pub fn tune(rt: &Arc<Runtime>, src: &Sources, a: &TuneArgs) -> anyhow::Result<Ex
     if !matches!(a.objective.as_str(), "mcc" | "reward") {
         anyhow::bail!("--objective {:?}: mcc or reward", a.objective);
     }
-    let state = load::load(rt, src)
-        .map_err(|ps| anyhow::anyhow!("{}", ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")))?;
-    let hk = state.hotkeys.get(&a.hotkey).ok_or_else(|| {
-        anyhow::anyhow!("no hotkey {} (have {:?})", a.hotkey, state.hotkeys.keys().collect::<Vec<_>>())
-    })?;
+    let (state, hk) = load::load_for(rt, src, &a.hotkey)?;
+    let hk = &*hk;
     let router = &hk.stable.router;
     if router.plugin.name != "cascade-router" {
         anyhow::bail!("tune simulates cascade-router; {} uses {}", a.hotkey, router.plugin.name);
@@ -374,26 +371,13 @@ fn check_chosen(
     probes: &[Probe],
     has_fuser: bool,
 ) -> anyhow::Result<(usize, usize)> {
-    let mut p = params.clone();
-    if let Some(stages) = p["stages"].as_array_mut() {
-        for (st, (lo, hi)) in stages.iter_mut().zip(&chosen.exits) {
-            let o = st.as_object_mut().expect("a stage is an object");
-            for (k, v) in [("exit_low", lo), ("exit_high", hi)] {
-                match v {
-                    Some(v) => o.insert(k.into(), json!(v)),
-                    None => o.remove(k),
-                };
-            }
-        }
-    }
+    let p = with_exits(params, chosen);
     let router =
         Bound::new(rt.clone(), hk.stable.router.plugin.clone(), &hk.name, p.to_string(), hk.stable.router.limits)
             .map_err(|e| anyhow::anyhow!("the chosen router settings: {e}"))?;
     let fuser = match &hk.stable.roles.fuser {
         Some(f) => {
-            let mut fp = fuser_params.clone();
-            fp["weights"] = json!(chosen.weights);
-            fp["boost"] = json!(chosen.boost);
+            let fp = with_weights(fuser_params, chosen);
             Some(Arc::new(
                 Bound::new(rt.clone(), f.plugin.clone(), &hk.name, fp.to_string(), f.limits)
                     .map_err(|e| anyhow::anyhow!("the chosen fuser settings: {e}"))?,
@@ -495,6 +479,31 @@ fn describe(s: &Setting, names: &[String]) -> String {
     parts.join("; ")
 }
 
+/// The router's parameters with the setting's exit thresholds (to four decimals).
+fn with_exits(params: &Value, s: &Setting) -> Value {
+    let mut p = params.clone();
+    if let Some(stages) = p["stages"].as_array_mut() {
+        for (st, (lo, hi)) in stages.iter_mut().zip(&s.exits) {
+            let Some(o) = st.as_object_mut() else { continue };
+            for (k, v) in [("exit_low", lo), ("exit_high", hi)] {
+                match v {
+                    Some(v) => o.insert(k.into(), json!((*v as f64 * 1e4).round() / 1e4)),
+                    None => o.remove(k),
+                };
+            }
+        }
+    }
+    p
+}
+
+/// The fuser's parameters with the setting's weights and boosts.
+fn with_weights(params: &Value, s: &Setting) -> Value {
+    let mut p = params.clone();
+    p["weights"] = json!(s.weights);
+    p["boost"] = json!(s.boost);
+    p
+}
+
 /// The hotkey file with the chosen setting as its candidate and a canary rollout.
 fn write_candidate(
     hotkey_file: &std::path::Path,
@@ -505,18 +514,7 @@ fn write_candidate(
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(hotkey_file)?;
     let mut doc: toml::Table = toml::from_str(&text)?;
-    let mut params = router_params.clone();
-    if let Some(stages) = params["stages"].as_array_mut() {
-        for (st, (lo, hi)) in stages.iter_mut().zip(&s.exits) {
-            let o = st.as_object_mut().expect("a stage is an object");
-            for (k, v) in [("exit_low", lo), ("exit_high", hi)] {
-                match v {
-                    Some(v) => o.insert(k.into(), json!((*v as f64 * 1e4).round() / 1e4)),
-                    None => o.remove(k),
-                };
-            }
-        }
-    }
+    let params = with_exits(router_params, s);
     let component = doc
         .get("router")
         .and_then(|r| r.get("component"))
@@ -527,9 +525,8 @@ fn write_candidate(
     router.insert("component".into(), component);
     router.insert("params".into(), toml::Value::try_from(&params)?);
     cand.insert("router".into(), toml::Value::Table(router));
-    if let Some((_, mut fp)) = fuser {
-        fp["weights"] = json!(s.weights);
-        fp["boost"] = json!(s.boost);
+    if let Some((_, fp)) = fuser {
+        let fp = with_weights(&fp, s);
         let component = doc
             .get("fuser")
             .and_then(|r| r.get("component"))
