@@ -116,7 +116,11 @@ import sys, tomllib, json
 src, out = sys.argv[1:]
 d = tomllib.load(open(src, "rb"))
 def toml(v):
-    return json.dumps(v) if not isinstance(v, dict) else "{ " + ", ".join(f"{json.dumps(k)} = {toml(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml(x) for x in v) + "]"
+    return json.dumps(v)
 c = d["candidate"]
 lines = ['name = "tuned"', "[router]", f'component = {json.dumps(c["router"]["component"])}', f'params = {toml(c["router"]["params"])}']
 if "fuser" in c:
@@ -135,16 +139,25 @@ PYEOF
 "$C" replay --policies "$OUT/cand" --hotkey tuned --log "$OUT/policies/logs-b" --labels "$OUT/b-labelled.csv" 2>/dev/null
 "$C" replay --policies "$OUT/cand" --hotkey tuned --log "$OUT/policies/logs-b" --labels "$OUT/b-labelled.csv" --json 2>/dev/null | tail -1 > "$OUT/policies/replay.json"
 
-step "canary: the tuned candidate, promoted once the labelled evidence holds"
+step "canary: the tuned candidate, promoted or rolled back on the labelled evidence"
 "$PY" - "$OUT/tuned-speed.toml" "$OUT/policies/speed.toml" <<'PYEOF'
-import re, sys
+import json, sys, tomllib
 src, live = sys.argv[1:]
-t = open(src).read()
-t = re.sub(r"\[rollout\][^\[]*", "", t, flags=re.S)
-t += '\n[rollout]\nmode = "canary"\nsteps = [50]\nmin_requests = 10\nevidence = { report = "replay.json", min_mcc_gain = 0.0, min_labelled = 50 }\n'
+def toml(v):
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml(x) for x in v) + "]"
+    return json.dumps(v)
+cand = tomllib.load(open(src, "rb"))["candidate"]
+# the live week-0 hotkey stays the stable arm; the tuned week-1 policy is the candidate
+t = open(live).read()
+t += "\n[candidate]\n" + "".join(f"{role} = {toml(cfg)}\n" for role, cfg in cand.items())
+t += '[rollout]\nmode = "canary"\nsteps = [50]\nmin_requests = 10\nevidence = { report = "replay.json", min_mcc_gain = 0.0, min_labelled = 50 }\n'
 open(live, "w").write(t)
 PYEOF
 sleep 2
 send cityscapes_pix2pix bdd100k_yolop
-curl -s "$url/admin/status" | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["hotkeys"]["speed"]["rollout"]; print("winner:", r["winner"]); [print("  ", h) for h in r["history"]]'
+sleep 2
+curl -s "$url/admin/status" | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["hotkeys"]["speed"]["rollout"] or {}; print("winner:", r.get("winner")); [print("  ", h) for h in r.get("history", [])]'
 echo "frontier picture: $OUT/frontier.svg"

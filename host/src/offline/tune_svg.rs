@@ -71,7 +71,7 @@ impl Axes {
             );
             let _ = write!(
                 s,
-                r##"<text x="{}" y="{:.1}" font-size="9" text-anchor="end">{vy:.2}</text>"##,
+                r##"<text x="{}" y="{:.1}" font-size="9" text-anchor="end">{vy:.3}</text>"##,
                 l - 4.0,
                 self.y(vy) + 3.0
             );
