@@ -182,12 +182,15 @@ impl KServe {
         outputs: &[&str],
         deadline: Instant,
     ) -> Result<Vec<OutputTensor>, EngineError> {
-        let body = Request {
-            inputs: [InputTensor { name: input, shape, datatype: "FP32", data }],
-            outputs: outputs.iter().map(|name| Wanted { name }).collect(),
+        let prepare = || {
+            let body = Request {
+                inputs: [InputTensor { name: input, shape, datatype: "FP32", data }],
+                outputs: outputs.iter().map(|name| Wanted { name }).collect(),
+            };
+            serde_json::to_vec(&body).map_err(|e| EngineError::InvalidInput(e.to_string()))
         };
-        let body = serde_json::to_vec(&body).map_err(|e| EngineError::InvalidInput(e.to_string()))?;
-        self.remote.call(&self.stats, &self.retry, deadline, |timeout| self.attempt(&body, outputs, timeout))
+        self.remote
+            .call(&self.stats, &self.retry, deadline, prepare, |body, timeout| self.attempt(body, outputs, timeout))
     }
 
     fn attempt(&self, body: &[u8], outputs: &[&str], timeout: Duration) -> Result<Vec<OutputTensor>, Failure> {

@@ -78,14 +78,17 @@ pub(crate) struct Remote {
 }
 
 impl Remote {
-    /// Runs `attempt` (given its timeout) until it succeeds, fails for good, or the budget
-    /// (up to `deadline`) leaves no room for another try.
-    pub fn call<T>(
+    /// Builds the request with `prepare` once the breaker lets the call through (an open
+    /// circuit costs no encoding), then runs `attempt` (given the request and its timeout)
+    /// until it succeeds, fails for good, or the budget (up to `deadline`) leaves no room for
+    /// another try.
+    pub fn call<T, B>(
         &self,
         stats: &ModelStats,
         retry: &Retry,
         deadline: Instant,
-        mut attempt: impl FnMut(Duration) -> Result<T, Failure>,
+        prepare: impl FnOnce() -> Result<B, EngineError>,
+        mut attempt: impl FnMut(&B, Duration) -> Result<T, Failure>,
     ) -> Result<T, EngineError> {
         if let Err(open) = self.breaker.admit() {
             stats.fast_failures.fetch_add(1, Ordering::Relaxed);
@@ -98,6 +101,14 @@ impl Remote {
                 ),
             });
         }
+        let request = match prepare() {
+            Ok(r) => r,
+            Err(e) => {
+                // the request could not be built: no verdict on the server
+                self.breaker.abandon();
+                return Err(e);
+            }
+        };
         let mut backoff = retry.backoff;
         let mut tries = 0;
         loop {
@@ -106,7 +117,7 @@ impl Remote {
                 self.breaker.abandon();
                 return Err(EngineError::DeadlineExceeded);
             }
-            let failure = match attempt(left.min(retry.timeout)) {
+            let failure = match attempt(&request, left.min(retry.timeout)) {
                 Ok(v) => {
                     self.breaker.success(stats);
                     return Ok(v);

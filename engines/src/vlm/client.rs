@@ -39,14 +39,14 @@ impl Client {
 
     /// Asks `prompt` about `img`, answering before `deadline` less the reserve, or with an error.
     pub fn ask(&self, img: &Image, prompt: &str, deadline: Instant) -> Result<Answer, EngineError> {
-        let body = self.body(img, prompt)?;
         let deadline = deadline.checked_sub(Duration::from_millis(self.spec.reserve_ms)).unwrap_or(deadline);
         let retry = Retry {
             timeout: Duration::from_millis(self.spec.timeout_ms),
             retries: self.spec.retries,
             backoff: Duration::from_millis(self.spec.backoff_ms),
         };
-        self.remote.call(&self.stats, &retry, deadline, |timeout| self.attempt(&body, timeout))
+        let prepare = || self.body(img, prompt);
+        self.remote.call(&self.stats, &retry, deadline, prepare, |body, timeout| self.attempt(body, timeout))
     }
 
     fn attempt(&self, body: &Value, timeout: Duration) -> Result<Answer, Failure> {
