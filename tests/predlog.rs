@@ -177,3 +177,51 @@ fn a_damaged_log_is_read_around_and_bad_log_settings_are_refused() {
     let (_, metrics) = get(&server.url("/metrics"));
     assert!(metrics.contains("cascade_log_records_total{log=\"log\"} 3"), "{metrics}");
 }
+
+#[test]
+fn shadow_disagreements_are_exported() {
+    // the stable arm sees the whole image; the shadow candidate the best of four tiles
+    let hotkey = format!(
+        "{}\n[candidate]\nrouter = {{ component = \"cascade-router@^1\", params = {{ stages = [{{ name = \"zoom\", classify = [\"tint\"], zoom = {{ grid = 2 }} }}] }} }}\n[rollout]\nmode = \"shadow\"\n",
+        logged("shadowed", "all")
+    );
+    let d = policies("predlog-shadow", &[("shadowed", &hotkey)]);
+    let server = Server::start(&d.0, false, &[]);
+    // blue with an orange corner: low as a whole, high in the corner's tile
+    let mut corner = solid(64, 64, BLUE);
+    for y in 0..28 {
+        for x in 0..28 {
+            corner.put_pixel(x, y, image::Rgb(ORANGE));
+        }
+    }
+    for img in [corner, solid(64, 64, BLUE), solid(66, 64, ORANGE)] {
+        assert_eq!(predict(&server, "shadowed", &png(&img)).0, 200);
+    }
+    let log = d.0.join("log");
+    eventually(10, "three answers and their shadows", || {
+        let scan: usize = std::fs::read_dir(&log)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default().lines().count())
+            .sum();
+        (scan == 6).then_some(())
+    });
+    let ex = TempDir::new("disagree");
+    let (code, out) = cascade_out(&[
+        "log",
+        "export",
+        "--log",
+        log.to_str().expect("path"),
+        "--disagreements",
+        "--out",
+        ex.0.to_str().expect("path"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let manifest = std::fs::read_to_string(ex.0.join("manifest.csv")).expect("manifest");
+    let rows: Vec<&str> = manifest.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "only the image the arms disagree on: {manifest}");
+    let cols: Vec<&str> = rows[0].split(',').collect();
+    let (served, shadow): (f64, f64) = (cols[2].parse().expect("prediction"), cols[3].parse().expect("other"));
+    assert!(served < 0.5 && shadow > 0.5, "{manifest}");
+}
