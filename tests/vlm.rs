@@ -180,6 +180,18 @@ fn failing_endpoints_fail_inside_the_budget_and_the_breaker_fails_fast_then_prob
     let (_, metrics) = get(&server.url("/metrics"));
     assert!(metrics.contains("cascade_model_breaker_open{model=\"vl\"} 0"), "{metrics}");
 
+    // a probe the server answers with a 4xx: the server is up, the circuit closes (it must not
+    // stay half-open with no probe left to close it)
+    standin.mode("503", 0);
+    ask(&server, "ask");
+    std::thread::sleep(Duration::from_millis(700));
+    standin.mode("400", 0);
+    let v = ask(&server, "ask");
+    assert!(trace_of(&v).contains("HTTP 400"), "the probe reached the server: {v}");
+    standin.mode("ok", 0);
+    let v = ask(&server, "ask");
+    assert_eq!(v["stage"], "vlm", "closed after a probe answered 400: {v}");
+
     // slower than the request's budget (800 ms): the VLM gives up 300 ms before its end
     // (`reserve_ms`), and the classifier answers inside the budget
     standin.mode("slow", 5000);

@@ -400,6 +400,9 @@ impl Registry {
                 r.url = expand(&r.url).map_err(|e| err(format!("model {}: remote.url: {e}", m.name)))?;
             }
             if !m.is_remote() {
+                if m.file.as_os_str().is_empty() {
+                    return Err(err(format!("model {}: file is missing", m.name)));
+                }
                 m.file = resolve(base, &m.file).map_err(|r| err(format!("model {}: {r}", m.name)))?;
             }
             if m.optional && !m.present() {

@@ -325,7 +325,7 @@ impl Decode<'_> {
                 let logit_rows: Vec<Option<(&[f32], &[i64])>> = match logits {
                     Some((ld, ls)) => {
                         let per = ld.iter().skip(1).product::<i64>().max(1) as usize;
-                        if ls.len() < per * jobs.len() {
+                        if ld.len() < 2 || ld[0] < jobs.len() as i64 || ls.len() < per * jobs.len() {
                             return Err(EngineError::Inference {
                                 model: spec.name.clone(),
                                 reason: format!("logits output has shape {ld:?} for a batch of {}", jobs.len()),

@@ -92,10 +92,12 @@ impl Hotkey {
         self.decide(self.default_side(), &ctx, image, true)
     }
 
-    /// The stable arm's answer in a request context made by the caller (`cascade replay`:
-    /// one answering from the prediction log), leaving no trace in the metrics.
-    pub fn answer_in(&self, ctx: &Arc<RequestCtx>, image: Image) -> Answer {
-        self.decide(Side::Stable, ctx, image, false)
+    /// An arm's answer in a request context made by the caller (`cascade replay`: one
+    /// answering from the prediction log), leaving no trace in the metrics: the candidate's
+    /// when `candidate` and the hotkey has one, else the stable arm's.
+    pub fn answer_in(&self, ctx: &Arc<RequestCtx>, image: Image, candidate: bool) -> Answer {
+        let side = if candidate && self.candidate.is_some() { Side::Candidate } else { Side::Stable };
+        self.decide(side, ctx, image, false)
     }
 
     /// An answer that leaves no trace in the metrics (smoke requests of a reload).

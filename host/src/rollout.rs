@@ -79,6 +79,14 @@ struct Persisted {
     winner: Option<Side>,
     step: usize,
     history: Vec<String>,
+    /// When this rollout began (unix ms): evidence written before it is about another
+    /// candidate.
+    #[serde(default)]
+    started_ms: u64,
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 pub struct Rollout {
@@ -97,8 +105,13 @@ pub struct Rollout {
     looked: Mutex<Option<std::time::Instant>>,
 }
 
-/// What a labelled replay report says about the candidate: (candidate MCC, logged MCC, n).
-fn read_evidence(path: &std::path::Path) -> Result<(f64, f64, u64), String> {
+/// What a labelled replay report written after `since` (unix ms) says about the candidate:
+/// (candidate MCC, logged MCC, n).
+fn read_evidence(path: &std::path::Path, since: u64) -> Result<(f64, f64, u64), String> {
+    let written = std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| format!("{}: {e}", path.display()))?;
+    if unix_ms(written) < since {
+        return Err(format!("{} predates this rollout (a report about an earlier candidate?)", path.display()));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(text.trim())
         .map_err(|e| format!("{}: not a `cascade replay --json` report: {e}", path.display()))?;
@@ -125,7 +138,10 @@ impl Rollout {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .filter(|p: &Persisted| p.key == key);
-        let state = saved.unwrap_or(Persisted { key, ..Persisted::default() });
+        let mut state = saved.unwrap_or(Persisted { key, ..Persisted::default() });
+        if state.started_ms == 0 {
+            state.started_ms = unix_ms(std::time::SystemTime::now());
+        }
         Rollout {
             config,
             stable: ArmStats::default(),
@@ -226,9 +242,7 @@ impl Rollout {
             return;
         }
         let c = &self.candidate;
-        if c.requests.load(Ordering::Relaxed) < *min_requests
-            || self.step_since.lock().elapsed() < std::time::Duration::from_secs(*min_step_s)
-        {
+        if c.requests.load(Ordering::Relaxed) < *min_requests {
             return;
         }
         let rules = [
@@ -244,6 +258,10 @@ impl Rollout {
                 return;
             }
         }
+        // the rules held; the step itself also lasts at least min_step_s
+        if self.step_since.lock().elapsed() < std::time::Duration::from_secs(*min_step_s) {
+            return;
+        }
         let last = self.state.lock().step + 1 >= steps.len();
         let mut verdict = None;
         if let (true, Some(rule)) = (last, evidence) {
@@ -255,7 +273,8 @@ impl Rollout {
                 *looked = Some(std::time::Instant::now());
             }
             let report = self.state_file.parent().unwrap_or(std::path::Path::new(".")).join(&rule.report);
-            match read_evidence(&report) {
+            let since = self.state.lock().started_ms;
+            match read_evidence(&report, since) {
                 Ok((cand, logged, n)) if n >= rule.min_labelled => {
                     if cand < logged + rule.min_mcc_gain {
                         self.rollback(&format!(

@@ -17,7 +17,7 @@ Endpoints:
   is refused (400). With `--api-key`, a missing or wrong bearer token is a 401.
 - `GET /v1/models`: the model list.
 - `POST /_control` `{"mode": ..., "delay_ms": N}`: how the next requests are served:
-  `ok` (default), `500`, `503`, `429`, `malformed` (invalid JSON with 200), `empty` (no
+  `ok` (default), `500`, `503`, `429`, `400`, `malformed` (invalid JSON with 200), `empty` (no
   choices), `die` (read the request, close the connection without answering), `slow` (wait
   `delay_ms`, then answer).
 - `GET /_stats`: `{"requests": N, "by_model": {...}}` (chat-completion requests received).
@@ -166,6 +166,8 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(delay / 1000.0)
         if mode in ("500", "503", "429"):
             return self.error(int(mode), "The server had an error while processing your request.", "server_error")
+        if mode == "400":
+            return self.error(400, "This model's maximum context length is 4096 tokens.")
         if mode == "malformed":
             return self.send_json(200, None, raw=b'{"id": "chatcmpl-1", "choices": [{"index": 0, "message": ')
         if model not in MODELS:

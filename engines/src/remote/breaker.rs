@@ -29,6 +29,13 @@ pub(crate) struct Breaker {
 /// Why a call was not let through: how long until the next probe.
 pub(crate) struct Open(pub Duration);
 
+/// A call let through; `probe` when it is the one call that tests an open circuit (only it may
+/// give the probe slot back with [`Breaker::abandon`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Ticket {
+    pub probe: bool,
+}
+
 impl Breaker {
     pub fn new(spec: BreakerSpec) -> Breaker {
         Breaker { spec, state: Mutex::new(State::Closed { failures: 0 }) }
@@ -39,13 +46,13 @@ impl Breaker {
     }
 
     /// Lets a call through, or says the circuit is open.
-    pub fn admit(&self) -> Result<(), Open> {
+    pub fn admit(&self) -> Result<Ticket, Open> {
         let mut s = self.lock();
         match *s {
-            State::Closed { .. } => Ok(()),
+            State::Closed { .. } => Ok(Ticket { probe: false }),
             State::Open { until } if Instant::now() >= until => {
                 *s = State::Probing;
-                Ok(())
+                Ok(Ticket { probe: true })
             }
             State::Open { until } => Err(Open(until.saturating_duration_since(Instant::now()))),
             State::Probing => Err(Open(Duration::ZERO)),
@@ -82,10 +89,11 @@ impl Breaker {
     }
 
     /// A probe that ended without a verdict on the server (the request's budget ran out
-    /// first) frees the probe slot without closing or reopening the circuit.
-    pub fn abandon(&self) {
+    /// first) frees the probe slot without closing or reopening the circuit. Only the
+    /// probe's own ticket may.
+    pub fn abandon(&self, t: Ticket) {
         let mut s = self.lock();
-        if matches!(*s, State::Probing) {
+        if t.probe && matches!(*s, State::Probing) {
             *s = State::Open { until: Instant::now() };
         }
     }
@@ -106,7 +114,7 @@ mod tests {
         assert_eq!(stats.breaker_open.load(Ordering::Relaxed), 1);
         assert!(b.admit().is_err());
         std::thread::sleep(Duration::from_millis(40));
-        assert!(b.admit().is_ok(), "one probe after open_ms");
+        assert!(b.admit().is_ok_and(|t| t.probe), "one probe after open_ms");
         assert!(b.admit().is_err(), "only one probe at a time");
         assert!(b.failure(&stats), "a failed probe reopens");
         assert!(b.admit().is_err());
@@ -114,6 +122,14 @@ mod tests {
         assert!(b.admit().is_ok());
         b.success(&stats);
         assert_eq!(stats.breaker_open.load(Ordering::Relaxed), 0);
-        assert!(b.admit().is_ok() && b.admit().is_ok(), "closed again");
+        assert!(b.admit().is_ok_and(|t| !t.probe) && b.admit().is_ok(), "closed again");
+        // a non-probe cannot give back a probe slot it does not hold
+        assert!(!b.failure(&stats) && !b.failure(&stats) && b.failure(&stats), "three in a row open it again");
+        std::thread::sleep(Duration::from_millis(40));
+        let probe = b.admit().ok().expect("the probe");
+        b.abandon(Ticket { probe: false });
+        assert!(b.admit().is_err(), "still probing");
+        b.abandon(probe);
+        assert!(b.admit().is_ok_and(|t| t.probe), "the slot is free again");
     }
 }

@@ -124,10 +124,11 @@ fn check(meta: &Metadata, spec: &ModelSpec) -> Result<(String, String), String> 
     if input.datatype != "FP32" {
         return Err(format!("input {} takes {}; this client sends FP32", input.name, input.datatype));
     }
-    if input.shape[0] > 0 && (input.shape[0] as usize) < spec.max_batch {
+    // batches go as gathered (1 to max_batch rows): a fixed batch dimension fits only 1 = 1
+    if input.shape[0] > 0 && !(input.shape[0] == 1 && spec.max_batch == 1) {
         return Err(format!(
-            "input batch dimension is fixed at {}; max_batch {} is too large",
-            input.shape[0], spec.max_batch
+            "input batch dimension is fixed at {}; a remote model needs a dynamic batch (or a batch of 1 with max_batch = 1)",
+            input.shape[0]
         ));
     }
     let names: Vec<&str> = meta.outputs.iter().map(|o| o.name.as_str()).collect();

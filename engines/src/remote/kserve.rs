@@ -56,8 +56,10 @@ impl RemoteSpec {
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(format!("remote.url {:?} must start with http:// or https://", self.url));
         }
-        if self.timeout_ms == 0 || self.breaker.failures == 0 {
-            return Err("remote.timeout_ms and remote.breaker.failures must be at least 1".into());
+        if self.timeout_ms == 0 || self.breaker.failures == 0 || self.max_response_mb == 0 {
+            return Err(
+                "remote.timeout_ms, remote.max_response_mb and remote.breaker.failures must be at least 1".into()
+            );
         }
         if let Some(v) = &self.api_key_env {
             if std::env::var_os(v).is_none() {
@@ -203,10 +205,13 @@ impl KServe {
         if status != 200 {
             return Err(Failure::status(status, &text));
         }
-        let r: Response = serde_json::from_str(&text)
-            .map_err(|e| Failure { reason: format!("malformed JSON: {e}: {}", snippet(&text)), server: true })?;
+        let r: Response = serde_json::from_str(&text).map_err(|e| Failure {
+            reason: format!("malformed JSON: {e}: {}", snippet(&text)),
+            server: true,
+            timed_out: false,
+        })?;
         // a server that answers with the wrong tensors will not answer better on a retry
-        let wrong = |reason: String| Failure { reason, server: false };
+        let wrong = Failure::answered;
         outputs
             .iter()
             .map(|want| {

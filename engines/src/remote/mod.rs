@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 pub(crate) use breaker::Breaker;
+use breaker::Ticket;
 
 use crate::engine::ModelStats;
 use crate::EngineError;
@@ -39,6 +40,8 @@ pub(crate) struct Failure {
     pub reason: String,
     /// The server (or the way to it) failed: counts against the breaker and may be retried.
     pub server: bool,
+    /// The attempt ran out of time.
+    pub timed_out: bool,
 }
 
 impl Failure {
@@ -52,14 +55,19 @@ impl Failure {
             ureq::Error::Io(io) => format!("connection lost: {io}"),
             other => other.to_string(),
         };
-        Failure { reason, server: true }
+        Failure { reason, server: true, timed_out: matches!(e, ureq::Error::Timeout(_)) }
+    }
+
+    /// A reply that will not get better by retrying (the wrong tensors, no answer text).
+    pub fn answered(reason: String) -> Failure {
+        Failure { reason, server: false, timed_out: false }
     }
 
     /// A non-200 status: 408, 429 and 5xx are the server's state; other 4xx are this request
     /// (or the configuration) and will not get better by retrying.
     pub fn status(status: u16, body: &str) -> Failure {
         let server = status == 408 || status == 429 || status >= 500;
-        Failure { reason: format!("HTTP {status}: {}", snippet(body)), server }
+        Failure { reason: format!("HTTP {status}: {}", snippet(body)), server, timed_out: false }
     }
 }
 
@@ -90,56 +98,66 @@ impl Remote {
         prepare: impl FnOnce() -> Result<B, EngineError>,
         mut attempt: impl FnMut(&B, Duration) -> Result<T, Failure>,
     ) -> Result<T, EngineError> {
-        if let Err(open) = self.breaker.admit() {
-            stats.fast_failures.fetch_add(1, Ordering::Relaxed);
-            return Err(EngineError::Unavailable {
-                model: self.model.clone(),
-                reason: format!(
-                    "{} is considered down (circuit open; next probe in {} ms)",
-                    self.endpoint,
-                    open.0.as_millis()
-                ),
-            });
-        }
+        let ticket = match self.breaker.admit() {
+            Ok(t) => t,
+            Err(open) => {
+                stats.fast_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(EngineError::Unavailable {
+                    model: self.model.clone(),
+                    reason: format!(
+                        "{} is considered down (circuit open; next probe in {} ms)",
+                        self.endpoint,
+                        open.0.as_millis()
+                    ),
+                });
+            }
+        };
         let request = match prepare() {
             Ok(r) => r,
             Err(e) => {
                 // the request could not be built: no verdict on the server
-                self.breaker.abandon();
+                self.breaker.abandon(ticket);
                 return Err(e);
             }
         };
+        let mut held = ticket;
         let mut backoff = retry.backoff;
         let mut tries = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left < MIN_ATTEMPT {
-                self.breaker.abandon();
+                self.breaker.abandon(held);
                 return Err(EngineError::DeadlineExceeded);
             }
-            let failure = match attempt(&request, left.min(retry.timeout)) {
+            let timeout = left.min(retry.timeout);
+            let failure = match attempt(&request, timeout) {
                 Ok(v) => {
                     self.breaker.success(stats);
                     return Ok(v);
                 }
                 Err(f) => f,
             };
-            if failure.server && self.breaker.failure(stats) {
+            // out of the request's time, not the server's: no verdict on the server
+            if failure.timed_out && timeout < retry.timeout {
+                self.breaker.abandon(held);
+                return Err(EngineError::DeadlineExceeded);
+            }
+            if !failure.server {
+                // the server answered, if not usefully: it is up
+                self.breaker.success(stats);
+            } else if self.breaker.failure(stats) {
                 tracing::warn!(model = %self.model, endpoint = %self.endpoint, reason = %failure.reason, "circuit opened");
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if !failure.server
-                || tries >= retry.retries
-                || left < backoff + MIN_ATTEMPT
-                || self.breaker.admit().is_err()
-            {
-                if left < MIN_ATTEMPT && failure.reason.contains("timed out") {
-                    return Err(EngineError::DeadlineExceeded);
+            let again = failure.server && tries < retry.retries && left >= backoff + MIN_ATTEMPT;
+            match again.then(|| self.breaker.admit()) {
+                Some(Ok(t)) => held = Ticket { probe: held.probe || t.probe },
+                _ => {
+                    return Err(EngineError::Inference {
+                        model: self.model.clone(),
+                        reason: format!("{}: {}", self.endpoint, failure.reason),
+                    });
                 }
-                return Err(EngineError::Inference {
-                    model: self.model.clone(),
-                    reason: format!("{}: {}", self.endpoint, failure.reason),
-                });
             }
             std::thread::sleep(backoff);
             backoff *= 2;

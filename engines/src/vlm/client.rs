@@ -65,7 +65,11 @@ impl Client {
         if status != 200 {
             return Err(Failure::status(status, &text));
         }
-        answer::read(&text).map_err(|e| Failure { reason: e.to_string(), server: true })
+        answer::read(&text).map_err(|e| match e {
+            // a reply without answer text (cut by max_tokens): asking again will not help
+            answer::BadReply::NoContent(_) => Failure::answered(e.to_string()),
+            _ => Failure { reason: e.to_string(), server: true, timed_out: false },
+        })
     }
 
     /// The request body: the question with the image as a JPEG data URL.

@@ -104,8 +104,11 @@ impl VlmSpec {
         if !(32..=4096).contains(&self.image_side) {
             return Err(format!("vlm.image_side {} must be 32 to 4096", self.image_side));
         }
-        if self.max_tokens == 0 || self.timeout_ms == 0 || self.breaker.failures == 0 {
-            return Err("vlm.max_tokens, vlm.timeout_ms and vlm.breaker.failures must be at least 1".into());
+        if self.max_tokens == 0 || self.timeout_ms == 0 || self.breaker.failures == 0 || self.max_response_kb == 0 {
+            return Err(
+                "vlm.max_tokens, vlm.timeout_ms, vlm.max_response_kb and vlm.breaker.failures must be at least 1"
+                    .into(),
+            );
         }
         if self.top_logprobs > 20 {
             return Err(format!("vlm.top_logprobs {} is above the API's limit of 20", self.top_logprobs));

@@ -98,7 +98,8 @@ pub fn replay(rt: &Arc<Runtime>, src: &Sources, a: &ReplayArgs) -> anyhow::Resul
             ctx = ctx.with_origin(k);
         }
         let ctx = ctx.with_preset(preset.clone());
-        let ans = hk.answer_in(&ctx, Arc::new(img));
+        // a file with a [candidate] (as `tune` writes) is replayed as its candidate
+        let ans = hk.answer_in(&ctx, Arc::new(img), true);
         hits += preset.hits.load(Ordering::Relaxed);
         let m = preset.misses.load(Ordering::Relaxed);
         if preset.pixels {
@@ -144,7 +145,11 @@ pub fn replay(rt: &Arc<Runtime>, src: &Sources, a: &ReplayArgs) -> anyhow::Resul
         println!("{report}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("replayed {n} logged request(s) through {} ({} answered, {failed} without an answer)", a.hotkey, answered);
+    let arm = if hk.candidate.is_some() { "its candidate arm" } else { "its stable arm" };
+    println!(
+        "replayed {n} logged request(s) through {} ({arm}; {} answered, {failed} without an answer)",
+        a.hotkey, answered
+    );
     println!(
         "agreement with what was answered: {:.1}%  flips: {up} to roadwork, {down} to none  mean |change| {:.3}",
         100.0 * agree as f64 / answered.max(1) as f64,

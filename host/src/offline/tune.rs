@@ -69,8 +69,7 @@ impl Outcome {
         self.confusion.figures()
     }
     pub fn ms(&self) -> f64 {
-        let n = self.confusion.figures().n + self.failed;
-        self.cost_ms / n.max(1) as f64
+        self.cost_ms / self.confusion.figures().n.max(1) as f64
     }
 }
 
@@ -83,7 +82,9 @@ pub fn simulate(probes: &[&Probe], s: &Setting, has_fuser: bool) -> Outcome {
                 o.cost_ms += p.cost_ms[..stages].iter().sum::<f64>();
             }
             None => {
+                // no answer: scored as a wrong one, so that failing more never looks better
                 o.failed += 1;
+                o.confusion.add(if p.label { 0.0 } else { 1.0 }, p.label);
                 o.cost_ms += p.cost_ms.iter().sum::<f64>();
             }
         }

@@ -129,7 +129,9 @@ impl Space {
             (Some(l), Some(h)) => l < h,
             _ => true,
         });
-        (ordered && s.weights.values().any(|w| *w > 0.0)).then_some(s)
+        // with the weighted fuser at least one weight must count (without a fuser, the mean)
+        let weighted = s.weights.is_empty() || s.weights.values().any(|w| *w > 0.0);
+        (ordered && weighted).then_some(s)
     }
 }
 
@@ -212,5 +214,13 @@ mod tests {
         assert!(Space::new(base.clone(), &["s0".into(), "s1".into()], Some(bad)).unwrap_err().contains("is the last"));
         let default = Space::new(base, &["s0".into(), "s1".into()], None).unwrap();
         assert_eq!(default.size(), 8 * 8, "the current values (0.1, 0.9) are on the grid");
+        // without a fuser there are no weights, and every ordered setting is valid
+        let unfused = Setting {
+            exits: vec![(Some(0.1), Some(0.9)), (None, None)],
+            weights: BTreeMap::new(),
+            boost: BTreeMap::new(),
+        };
+        let sp = Space::new(unfused, &["s0".into(), "s1".into()], None).unwrap();
+        assert_eq!((0..sp.size()).filter_map(|k| sp.nth(k)).count(), 64);
     }
 }

@@ -81,8 +81,24 @@ pub struct LoggedBox {
     pub bbox: [f32; 4],
 }
 
+/// Whether every number of an output is finite (JSON has no NaN: serde writes `null`, which
+/// would not read back).
+fn finite(o: &Output) -> bool {
+    let ok = |v: f32| v.is_finite();
+    match o {
+        Output::Classification { score, top } => ok(*score) && top.iter().all(|(_, p)| ok(*p)),
+        Output::Embedding(v) => v.iter().all(|x| ok(*x)),
+        Output::Detections(d) => d.iter().all(|d| ok(d.confidence) && d.bbox.iter().all(|x| ok(*x))),
+        Output::TextLines(l) => l.iter().all(|l| ok(l.confidence) && l.bbox.iter().all(|x| ok(*x))),
+        Output::Answer(a) => a.p_yes.is_none_or(ok),
+    }
+}
+
 impl LoggedOutput {
     pub fn of(o: &Output) -> LoggedOutput {
+        if !finite(o) {
+            return LoggedOutput::Error("the output held non-finite numbers (not logged)".into());
+        }
         match o {
             Output::Classification { score, top } => LoggedOutput::Classification { score: *score, top: top.clone() },
             Output::Embedding(v) => LoggedOutput::Embedding(v.clone()),

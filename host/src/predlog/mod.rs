@@ -65,6 +65,9 @@ impl Log {
     pub fn open(cfg: &LogConfig, base: &Path) -> Result<Arc<Log>, String> {
         let rule = cfg.rule()?;
         let dir = if cfg.dir.is_absolute() { cfg.dir.clone() } else { base.join(&cfg.dir) };
+        // one writer per folder, however the path is spelt
+        std::fs::create_dir_all(&dir).map_err(|e| format!("log.dir {}: {e}", dir.display()))?;
+        let dir = dir.canonicalize().map_err(|e| format!("log.dir {}: {e}", dir.display()))?;
         let writer = {
             let mut w = writers().lock().unwrap_or_else(|p| p.into_inner());
             match w.get(&dir) {
@@ -111,10 +114,8 @@ impl Log {
         a: &Answer,
         ms: f64,
     ) {
-        let sha = crate::files::sha256_hex(&prov.bytes);
         let ext = if prov.bytes.starts_with(&[0x89, b'P', b'N', b'G']) { "png" } else { "jpg" };
-        let image = (self.keeps_image(a.prediction) && (prov.bytes.len() as u64) <= self.max_image)
-            .then(|| (format!("images/{sha}.{ext}"), prov.bytes.clone()));
+        let keep = (self.keeps_image(a.prediction) && (prov.bytes.len() as u64) <= self.max_image).then_some(ext);
         let (width, height) = ctx.original_size();
         let record = Record {
             v: VERSION,
@@ -128,7 +129,8 @@ impl Log {
             shadow,
             via: prov.via.to_string(),
             caller: prov.caller.clone(),
-            image: sha,
+            // the writer hashes the bytes, off the request path
+            image: String::new(),
             key: ctx.origin().map(|k| hex(&k)).unwrap_or_default(),
             width,
             height,
@@ -137,7 +139,7 @@ impl Log {
             source: a.source.to_string(),
             model_ms: a.model_ms,
             ms,
-            image_file: image.as_ref().map(|(n, _)| n.clone()),
+            image_file: None,
             results: ctx
                 .results()
                 .into_iter()
@@ -153,7 +155,13 @@ impl Log {
                 })
                 .collect(),
         };
-        self.writer.send(Entry { record, image, segment_bytes: self.segment_bytes, segment_age: self.segment_age });
+        self.writer.send(Entry {
+            record,
+            bytes: prov.bytes.clone(),
+            keep,
+            segment_bytes: self.segment_bytes,
+            segment_age: self.segment_age,
+        });
     }
 }
 

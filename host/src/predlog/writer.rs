@@ -16,10 +16,12 @@ use super::format::Record;
 /// Records waiting for the writer; beyond this they are dropped.
 const QUEUE: usize = 4096;
 
-/// What the writer is handed: the record and, when kept, the image's bytes.
+/// What the writer is handed: the record (its `image` hash and `image_file` filled here, off
+/// the request path), the image's bytes, and whether to keep them (with this extension).
 pub struct Entry {
     pub record: Record,
-    pub image: Option<(String, bytes::Bytes)>,
+    pub bytes: bytes::Bytes,
+    pub keep: Option<&'static str>,
     pub segment_bytes: u64,
     pub segment_age: Duration,
 }
@@ -73,7 +75,8 @@ fn open_segment(dir: &Path) -> std::io::Result<Segment> {
         path = dir.join(format!("predictions-{ms}-{n}.jsonl"));
         n += 1;
     }
-    let f = OpenOptions::new().create(true).append(true).open(&path)?;
+    // create_new: two writers never share a segment
+    let f = OpenOptions::new().create_new(true).append(true).open(&path)?;
     Ok(Segment { out: BufWriter::new(f), bytes: 0, opened: Instant::now() })
 }
 
@@ -105,14 +108,17 @@ fn run(dir: &Path, rx: &Receiver<Entry>, counts: &Counts) {
     }
 }
 
-fn write(dir: &Path, seg: &mut Option<Segment>, e: Entry) -> std::io::Result<()> {
-    if let Some((name, bytes)) = &e.image {
-        let p = dir.join(name);
+fn write(dir: &Path, seg: &mut Option<Segment>, mut e: Entry) -> std::io::Result<()> {
+    e.record.image = crate::files::sha256_hex(&e.bytes);
+    if let Some(ext) = e.keep {
+        let name = format!("images/{}.{ext}", e.record.image);
+        let p = dir.join(&name);
         if !p.exists() {
             let tmp = p.with_extension("part");
-            std::fs::write(&tmp, bytes)?;
+            std::fs::write(&tmp, &e.bytes)?;
             std::fs::rename(&tmp, &p)?;
         }
+        e.record.image_file = Some(name);
     }
     let rotate = seg.as_ref().is_none_or(|s| s.bytes >= e.segment_bytes || s.opened.elapsed() >= e.segment_age);
     if rotate {

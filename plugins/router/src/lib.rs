@@ -128,6 +128,8 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
             Some(a) => detections(&a.model, a.min_confidence, &classes, img, stage.on_error, notes)?,
             None => None,
         };
+        // agreement needs both detectors: with one missing the stage has no evidence
+        let first = first.filter(|_| d.agree.is_none() || second.is_some());
         if let Some(dets) = first {
             match d.found(&dets, second.as_deref()) {
                 Found::Score(s) => {
