@@ -270,15 +270,32 @@ pub(crate) fn gather(first: Job, rx: &Receiver<Job>, spec: &ModelSpec, stats: &M
     let now = Instant::now();
     let (live, late): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline > now);
     for j in late {
-        stats.expired.fetch_add(1, Ordering::Relaxed);
-        let _ = j.reply.send(Reply {
-            output: Err(EngineError::DeadlineExceeded),
-            compute: Duration::ZERO,
-            queued: now - j.enqueued,
-            batch: 0,
-        });
+        expire(j, stats, now);
     }
     live
+}
+
+/// `gather` for engines that serve jobs one at a time (OCR, a VLM): the job counted off the
+/// queue, or answered at once when its deadline has passed.
+pub(crate) fn take_one(job: Job, stats: &ModelStats) -> Option<Job> {
+    stats.queued.fetch_sub(1, Ordering::Relaxed);
+    let now = Instant::now();
+    if job.deadline > now {
+        return Some(job);
+    }
+    expire(job, stats, now);
+    None
+}
+
+/// Answers a job that waited past its deadline without running it.
+fn expire(j: Job, stats: &ModelStats, now: Instant) {
+    stats.expired.fetch_add(1, Ordering::Relaxed);
+    let _ = j.reply.send(Reply {
+        output: Err(EngineError::DeadlineExceeded),
+        compute: Duration::ZERO,
+        queued: now - j.enqueued,
+        batch: 0,
+    });
 }
 
 /// How a model's raw output becomes results: its spec, its head, the output read.

@@ -6,7 +6,7 @@ mod ctc;
 pub mod geometry;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use image::imageops;
@@ -14,7 +14,7 @@ use image::RgbImage;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::engine::{Engine, Job, ModelStats, Output, Reply, TextLine};
+use crate::engine::{Engine, Job, ModelStats, Output, TextLine};
 use crate::preprocess::prepare;
 use crate::spec::{ColorOrder, InputSpec, ModelSpec, OcrSpec, ResizeMode};
 use crate::EngineError;
@@ -51,26 +51,10 @@ pub(crate) fn dictionary(meta: &str) -> Vec<String> {
 
 impl Engine for OcrWorker {
     fn serve(&mut self, job: Job, _rx: &Receiver<Job>) {
-        self.stats.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(job) = crate::worker::take_one(job, &self.stats) else { return };
         let started = Instant::now();
-        let queued = started - job.enqueued;
-        if job.deadline <= started {
-            self.stats.expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _ = job.reply.send(Reply {
-                output: Err(EngineError::DeadlineExceeded),
-                compute: Duration::ZERO,
-                queued,
-                batch: 0,
-            });
-            return;
-        }
-        let r = self.read(job.input.image());
-        let compute = started.elapsed();
-        self.stats.record(1, compute);
-        if r.is_err() {
-            self.stats.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        let _ = job.reply.send(Reply { output: r.map(Output::TextLines), compute, queued, batch: 1 });
+        let r = self.read(job.input.image()).map(|lines| vec![Output::TextLines(lines)]);
+        crate::worker::reply_all(vec![job], r, started, &self.stats);
     }
 }
 

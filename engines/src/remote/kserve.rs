@@ -53,18 +53,11 @@ fn max_response_mb() -> u64 {
 
 impl RemoteSpec {
     pub(crate) fn check(&self) -> Result<(), String> {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(format!("remote.url {:?} must start with http:// or https://", self.url));
-        }
+        super::check_endpoint("remote", &self.url, self.api_key_env.as_deref())?;
         if self.timeout_ms == 0 || self.breaker.failures == 0 || self.max_response_mb == 0 {
             return Err(
                 "remote.timeout_ms, remote.max_response_mb and remote.breaker.failures must be at least 1".into()
             );
-        }
-        if let Some(v) = &self.api_key_env {
-            if std::env::var_os(v).is_none() {
-                return Err(format!("remote.api_key_env: environment variable {v} is not set"));
-            }
         }
         Ok(())
     }

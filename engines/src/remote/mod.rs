@@ -35,6 +35,20 @@ impl Default for BreakerSpec {
     }
 }
 
+/// The checks every remote endpoint's settings share: an http(s) URL, and the API key's
+/// environment variable set (`what` names the table: `vlm`, `remote`).
+pub(crate) fn check_endpoint(what: &str, url: &str, api_key_env: Option<&str>) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{what}.url {url:?} must start with http:// or https://"));
+    }
+    if let Some(v) = api_key_env {
+        if std::env::var_os(v).is_none() {
+            return Err(format!("{what}.api_key_env: environment variable {v} is not set"));
+        }
+    }
+    Ok(())
+}
+
 /// How one attempt failed, and whether another may help.
 pub(crate) struct Failure {
     pub reason: String,

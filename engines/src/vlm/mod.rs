@@ -6,15 +6,14 @@ mod answer;
 mod client;
 mod settings;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
 pub use settings::VlmSpec;
 
-use crate::engine::{Engine, Job, JobInput, ModelStats, Output, Reply};
+use crate::engine::{Engine, Job, JobInput, ModelStats, Output};
 use crate::EngineError;
 
 pub(crate) use client::Client;
@@ -26,30 +25,12 @@ pub(crate) struct VlmWorker {
 
 impl Engine for VlmWorker {
     fn serve(&mut self, job: Job, _rx: &Receiver<Job>) {
-        self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-        let queued = job.enqueued.elapsed();
-        if job.deadline <= Instant::now() {
-            self.stats.expired.fetch_add(1, Ordering::Relaxed);
-            let _ = job.reply.send(Reply {
-                output: Err(EngineError::DeadlineExceeded),
-                compute: Duration::ZERO,
-                queued,
-                batch: 0,
-            });
-            return;
-        }
+        let Some(job) = crate::worker::take_one(job, &self.stats) else { return };
         let started = Instant::now();
         let output = match &job.input {
             JobInput::Ask(img, prompt) => self.client.ask(img, prompt, job.deadline).map(Output::Answer),
             _ => Err(EngineError::InvalidInput(format!("model {} only answers questions (ask)", self.client.name()))),
         };
-        let took = started.elapsed();
-        match &output {
-            Ok(_) => self.stats.record(1, took),
-            Err(_) => {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let _ = job.reply.send(Reply { output, compute: took, queued, batch: 1 });
+        crate::worker::reply_all(vec![job], output.map(|o| vec![o]), started, &self.stats);
     }
 }

@@ -92,9 +92,7 @@ fn max_response_kb() -> u64 {
 
 impl VlmSpec {
     pub(crate) fn check(&self) -> Result<(), String> {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(format!("vlm.url {:?} must start with http:// or https://", self.url));
-        }
+        crate::remote::check_endpoint("vlm", &self.url, self.api_key_env.as_deref())?;
         if self.model.is_empty() {
             return Err("vlm.model is empty".into());
         }
@@ -112,11 +110,6 @@ impl VlmSpec {
         }
         if self.top_logprobs > 20 {
             return Err(format!("vlm.top_logprobs {} is above the API's limit of 20", self.top_logprobs));
-        }
-        if let Some(v) = &self.api_key_env {
-            if std::env::var_os(v).is_none() {
-                return Err(format!("vlm.api_key_env: environment variable {v} is not set"));
-            }
         }
         Ok(())
     }

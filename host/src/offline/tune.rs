@@ -515,28 +515,18 @@ fn write_candidate(
 ) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(hotkey_file)?;
     let mut doc: toml::Table = toml::from_str(&text)?;
-    let params = with_exits(router_params, s);
-    let component = doc
-        .get("router")
-        .and_then(|r| r.get("component"))
-        .cloned()
-        .unwrap_or(toml::Value::String("cascade-router@^1".into()));
+    // a role of the candidate: the stable arm's component with these parameters
+    let role = |name: &str, default: &str, params: &Value| -> anyhow::Result<toml::Value> {
+        let component = doc.get(name).and_then(|r| r.get("component")).cloned();
+        let mut t = toml::Table::new();
+        t.insert("component".into(), component.unwrap_or_else(|| toml::Value::String(default.into())));
+        t.insert("params".into(), toml::Value::try_from(params)?);
+        Ok(toml::Value::Table(t))
+    };
     let mut cand = toml::Table::new();
-    let mut router = toml::Table::new();
-    router.insert("component".into(), component);
-    router.insert("params".into(), toml::Value::try_from(&params)?);
-    cand.insert("router".into(), toml::Value::Table(router));
+    cand.insert("router".into(), role("router", "cascade-router@^1", &with_exits(router_params, s))?);
     if let Some((_, fp)) = fuser {
-        let fp = with_weights(&fp, s);
-        let component = doc
-            .get("fuser")
-            .and_then(|r| r.get("component"))
-            .cloned()
-            .unwrap_or(toml::Value::String("weighted@^1".into()));
-        let mut f = toml::Table::new();
-        f.insert("component".into(), component);
-        f.insert("params".into(), toml::Value::try_from(&fp)?);
-        cand.insert("fuser".into(), toml::Value::Table(f));
+        cand.insert("fuser".into(), role("fuser", "weighted@^1", &with_weights(&fp, s))?);
     }
     doc.insert("candidate".into(), toml::Value::Table(cand));
     doc.entry("rollout").or_insert_with(|| {
