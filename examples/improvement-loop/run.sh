@@ -111,22 +111,7 @@ step "tune the week-1 policy's thresholds (leave one source out)"
   --out "$OUT/tuned-speed.toml" --svg "$OUT/frontier.svg" 2>/dev/null
 
 step "replay the tuned candidate over traffic B, with labels"
-"$PY" - "$OUT/tuned-speed.toml" "$OUT/cand/tuned.toml" <<'PYEOF'
-import sys, tomllib, json
-src, out = sys.argv[1:]
-d = tomllib.load(open(src, "rb"))
-def toml(v):
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {toml(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, list):
-        return "[" + ", ".join(toml(x) for x in v) + "]"
-    return json.dumps(v)
-c = d["candidate"]
-lines = ['name = "tuned"', "[router]", f'component = {json.dumps(c["router"]["component"])}', f'params = {toml(c["router"]["params"])}']
-if "fuser" in c:
-    lines += ["[fuser]", f'component = {json.dumps(c["fuser"]["component"])}', f'params = {toml(c["fuser"]["params"])}']
-open(out, "w").write("\n".join(lines) + "\n")
-PYEOF
+"$PY" "$root/examples/improvement-loop/candidate.py" stable "$OUT/tuned-speed.toml" "$OUT/cand/tuned.toml" tuned
 "$PY" - "$OUT/labels.csv" "$OUT/policies/logs-b" "$OUT/b-labelled.csv" <<'PYEOF'
 import csv, os, sys
 labels, logdir, out = sys.argv[1:]
@@ -137,26 +122,13 @@ with open(out, "w") as f:
         f.write(f"{logdir}/images/{name},{lab[name.split('.')[0]]}\n")
 PYEOF
 "$C" replay --policies "$OUT/cand" --hotkey tuned --log "$OUT/policies/logs-b" --labels "$OUT/b-labelled.csv" 2>/dev/null
-"$C" replay --policies "$OUT/cand" --hotkey tuned --log "$OUT/policies/logs-b" --labels "$OUT/b-labelled.csv" --json 2>/dev/null | tail -1 > "$OUT/policies/replay.json"
 
 step "canary: the tuned candidate, promoted or rolled back on the labelled evidence"
-"$PY" - "$OUT/tuned-speed.toml" "$OUT/policies/speed.toml" <<'PYEOF'
-import json, sys, tomllib
-src, live = sys.argv[1:]
-def toml(v):
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {toml(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, list):
-        return "[" + ", ".join(toml(x) for x in v) + "]"
-    return json.dumps(v)
-cand = tomllib.load(open(src, "rb"))["candidate"]
-# the live week-0 hotkey stays the stable arm; the tuned week-1 policy is the candidate
-t = open(live).read()
-t += "\n[candidate]\n" + "".join(f"{role} = {toml(cfg)}\n" for role, cfg in cand.items())
-t += '[rollout]\nmode = "canary"\nsteps = [50]\nmin_requests = 10\nevidence = { report = "replay.json", min_mcc_gain = 0.0, min_labelled = 50 }\n'
-open(live, "w").write(t)
-PYEOF
+"$PY" "$root/examples/improvement-loop/candidate.py" canary "$OUT/tuned-speed.toml" "$OUT/policies/speed.toml"
 sleep 2
+# the evidence the canary waits for: a labelled replay made once this rollout began (an older
+# report would be about another candidate and is ignored)
+"$C" replay --policies "$OUT/cand" --hotkey tuned --log "$OUT/policies/logs-b" --labels "$OUT/b-labelled.csv" --json 2>/dev/null | tail -1 > "$OUT/policies/replay.json"
 send cityscapes_pix2pix bdd100k_yolop
 sleep 2
 curl -s "$url/admin/status" | "$PY" -c 'import json,sys; r=json.load(sys.stdin)["hotkeys"]["speed"]["rollout"] or {}; print("winner:", r.get("winner")); [print("  ", h) for h in r.get("history", [])]'
