@@ -67,7 +67,7 @@ fn check_passes_a_good_folder_and_names_what_would_run() {
     let dir = policies("startup-good", &[("good", GOOD)]);
     let (code, out) = run(&["check"], &dir.0, &comps.0);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("hotkey      good router=cascade-router@1.3.0"), "{out}");
+    assert!(out.contains("hotkey      good router=cascade-router@1.3.1"), "{out}");
     assert!(out.contains("model       yolox detector"), "{out}");
 }
 

@@ -36,37 +36,84 @@ fn cached_ctx(models: &Arc<Models>) -> Arc<RequestCtx> {
     ctx
 }
 
+/// A stage as the native router holds it, prepared once from the parameters (as the component
+/// prepares its calls and evidence names at `configure`).
+struct NativeStage {
+    name: String,
+    calls: Vec<Call>,
+    lo: Option<f32>,
+    hi: Option<f32>,
+}
+
+fn native_plan(p: &serde_json::Value) -> Vec<NativeStage> {
+    let f = |v: &serde_json::Value| v.as_f64().map(|v| v as f32);
+    p["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|st| NativeStage {
+            name: st["name"].as_str().unwrap_or("").to_string(),
+            calls: st["classify"]
+                .as_array()
+                .expect("classify")
+                .iter()
+                .map(|m| Call::Classify(m.as_str().unwrap_or("").into()))
+                .collect(),
+            lo: f(&st["exit_low"]),
+            hi: f(&st["exit_high"]),
+        })
+        .collect()
+}
+
 /// The router's logic, natively: stages in order, each call through the same memo, the mean
 /// of the evidence as the fused score (no fuser bound), exits on thresholds.
-fn native_decide(ctx: &Arc<RequestCtx>, image: cascade_engines::Image, p: &serde_json::Value) -> (f32, String) {
+fn native_decide(ctx: &Arc<RequestCtx>, image: cascade_engines::Image, stages: &[NativeStage]) -> (f32, String) {
     let img = ctx.image(image);
-    let mut evidence: Vec<(String, f32)> = Vec::new();
-    let stages = p["stages"].as_array().expect("stages");
+    let mut evidence: Vec<(&str, f32)> = Vec::new();
     for (i, st) in stages.iter().enumerate() {
-        let calls_: Vec<Call> = st["classify"]
-            .as_array()
-            .expect("classify")
-            .iter()
-            .map(|m| Call::Classify(m.as_str().unwrap_or("").into()))
-            .collect();
-        for (c, r) in calls_.iter().zip(calls::run_all(ctx, &img, &calls_)) {
+        // as the router does: a lone call directly, several through run-all
+        let results = match st.calls.as_slice() {
+            [one] => vec![calls::run(ctx, &img, one).map(calls::to_outcome)],
+            all => calls::run_all(ctx, &img, all),
+        };
+        for (c, r) in st.calls.iter().zip(results) {
             if let (Call::Classify(m), Ok(Outcome::Classify(cl))) = (c, r) {
-                evidence.push((m.clone(), cl.score));
+                evidence.push((m.as_str(), cl.score));
             }
         }
         let fused = evidence.iter().map(|e| e.1).sum::<f32>() / evidence.len() as f32;
-        let lo = st["exit_low"].as_f64().map(|v| v as f32);
-        let hi = st["exit_high"].as_f64().map(|v| v as f32);
-        let name = st["name"].as_str().unwrap_or("");
-        if i == stages.len() - 1 || lo.is_some_and(|t| fused <= t) || hi.is_some_and(|t| fused >= t) {
-            let reason = format!(
-                "at {name}: fused {fused:.3} from {}",
-                evidence.iter().map(|(n, s)| format!("{n}={s:.3}")).collect::<Vec<_>>().join(", ")
-            );
+        let name = st.name.as_str();
+        if i == stages.len() - 1 || st.lo.is_some_and(|t| fused <= t) || st.hi.is_some_and(|t| fused >= t) {
+            // built as the router builds it (by hand, three decimals by integer arithmetic)
+            let mut reason = String::with_capacity(64 + 16 * evidence.len());
+            for part in ["final at ", name, ": fused "] {
+                reason.push_str(part);
+            }
+            push_fixed3(&mut reason, fused);
+            reason.push_str(" from ");
+            for (i, (n, s)) in evidence.iter().enumerate() {
+                if i > 0 {
+                    reason.push_str(", ");
+                }
+                reason.push_str(n);
+                reason.push('=');
+                push_fixed3(&mut reason, *s);
+            }
             return (fused, reason);
         }
     }
     unreachable!("the last stage answers")
+}
+
+/// A score in [0, 1] with three decimals, as the router writes it.
+fn push_fixed3(out: &mut String, v: f32) {
+    let m = (v.abs() as f64 * 1000.0).round() as u64;
+    out.push(char::from(b'0' + (m / 1000) as u8));
+    out.push('.');
+    let frac = m % 1000;
+    for d in [frac / 100, frac / 10 % 10, frac % 10] {
+        out.push(char::from(b'0' + d as u8));
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +125,7 @@ fn main() -> anyhow::Result<()> {
     let comp = if comp.exists() { comp } else { Path::new("target/components/cascade_router.wasm").to_path_buf() };
     let plugin = Arc::new(Plugin::load(&rt, &comp)?);
     let p = params();
+    let plan = native_plan(&p);
     let limits = Limits { fuel: 50_000_000, time: Duration::from_secs(5) };
     let bound = Bound::new(rt.clone(), plugin, "bench", p.to_string(), limits).map_err(|e| anyhow::anyhow!("{e}"))?;
     let roles = Arc::new(RoleSet::default());
@@ -91,8 +139,9 @@ fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let ctx = cached_ctx(&models);
-    let native = native_decide(&ctx, image.clone(), &p);
+    let native = native_decide(&ctx, image.clone(), &plan);
     anyhow::ensure!((wasm.prediction - native.0).abs() < 1e-6, "wasm {} vs native {}", wasm.prediction, native.0);
+    anyhow::ensure!(wasm.reason == native.1, "reasons differ: {:?} vs {:?}", wasm.reason, native.1);
     anyhow::ensure!(ctx.trace().len() == 3 && ctx.trace().iter().all(|t| t.cached), "three cached calls");
 
     let (mut w, mut n, mut base) = (Vec::with_capacity(iters), Vec::with_capacity(iters), Vec::with_capacity(iters));
@@ -106,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         let ctx = cached_ctx(&models);
         let t = Instant::now();
         if !wasm_only {
-            std::hint::black_box(native_decide(&ctx, image.clone(), &p));
+            std::hint::black_box(native_decide(&ctx, image.clone(), &plan));
         }
         let dn = t.elapsed();
         let ctx = cached_ctx(&models);

@@ -18,8 +18,8 @@ type Host<T> = wasmtime::Result<T>;
 
 impl StoreState {
     /// The request the running call serves; its absence is a host bug (the guest traps).
-    fn ctx(&self) -> Host<Arc<RequestCtx>> {
-        self.ctx.clone().ok_or_else(|| format_err!("primitive called outside a request"))
+    fn ctx(&self) -> Host<&Arc<RequestCtx>> {
+        self.ctx.as_ref().ok_or_else(|| format_err!("primitive called outside a request"))
     }
 
     fn image(&self, r: &Resource<ImageRef>) -> Host<&ImageRef> {
@@ -34,8 +34,7 @@ impl StoreState {
     }
 
     fn call(&mut self, img: &Resource<ImageRef>, call: Call) -> Host<Result<Output, Error>> {
-        let ctx = self.ctx()?;
-        Ok(calls::run(&ctx, self.image(img)?, &call))
+        Ok(calls::run(self.ctx()?, self.image(img)?, &call))
     }
 }
 
@@ -142,8 +141,7 @@ impl primitives::Host for StoreState {
     }
 
     fn run_all(&mut self, img: Resource<ImageRef>, calls: Vec<Call>) -> Host<Vec<Result<Outcome, Error>>> {
-        let ctx = self.ctx()?;
-        Ok(calls::run_all(&ctx, self.image(&img)?, &calls))
+        Ok(calls::run_all(self.ctx()?, self.image(&img)?, &calls))
     }
 
     fn detect_classes(
@@ -177,17 +175,17 @@ impl primitives::Host for StoreState {
 impl roles::Host for StoreState {
     fn score_text(&mut self, lines: Vec<TextLine>) -> Host<Result<Option<f32>, Error>> {
         let ctx = self.ctx()?;
-        let Some(bound) = self.roles.as_ref().and_then(|r| r.text_scorer.clone()) else {
+        let Some(bound) = self.roles.as_ref().and_then(|r| r.text_scorer.as_ref()) else {
             return Ok(Err(Error::UnboundRole("text-scorer".into())));
         };
-        Ok(bound.score_text(&ctx, lines))
+        Ok(bound.score_text(ctx, lines))
     }
 
     fn fuse(&mut self, scores: Vec<NamedScore>) -> Host<Result<f32, Error>> {
         let ctx = self.ctx()?;
-        let Some(bound) = self.roles.as_ref().and_then(|r| r.fuser.clone()) else {
+        let Some(bound) = self.roles.as_ref().and_then(|r| r.fuser.as_ref()) else {
             return Ok(Err(Error::UnboundRole("fuser".into())));
         };
-        Ok(bound.fuse(&ctx, &scores))
+        Ok(bound.fuse(ctx, &scores))
     }
 }

@@ -10,7 +10,6 @@
 
 mod params;
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -22,13 +21,60 @@ wit_bindgen::generate!({
     world: "router-component",
 });
 
-use cascade::policy::primitives::{ask_score, detect_classes, remaining_ms, run_all, Call, Outcome};
+use cascade::policy::primitives::{ask_score, classify, detect_classes, remaining_ms, run_all, Call, Outcome};
 use cascade::policy::roles;
 use cascade::policy::types::{Bbox, ComponentInfo, Detection, Error, Image, NamedScore};
 use exports::cascade::policy::meta::Guest as Meta;
 use exports::cascade::policy::router::{Decision, Guest as Router, RequestMeta};
 
 static PARAMS: OnceLock<Params> = OnceLock::new();
+/// What each stage asks, worked out once at `configure` (by stage index): the `run-all` list
+/// and the evidence names, so a decision allocates neither.
+static PLANS: OnceLock<Vec<Plan>> = OnceLock::new();
+
+/// A stage's calls on the whole image and the evidence name of each, its detector's and its
+/// zoom tiles' evidence names, and the classes its detectors are asked for.
+struct Plan {
+    calls: Vec<Call>,
+    names: Vec<String>,
+    detect_name: String,
+    classes: Vec<String>,
+    zoom_calls: Vec<Call>,
+    zoom_names: Vec<String>,
+}
+
+impl Plan {
+    fn of(stage: &Stage) -> Plan {
+        let suffix = if stage.flip { ":flip" } else { "" };
+        let classify = || stage.classify.iter().map(|m| Call::Classify(m.clone()));
+        let (mut calls, mut names): (Vec<Call>, Vec<String>) = match stage.zoom {
+            Some(_) => (Vec::new(), Vec::new()),
+            None => (classify().collect(), stage.classify.iter().map(|m| format!("{m}{suffix}")).collect()),
+        };
+        if let Some(m) = &stage.read_text {
+            calls.push(Call::ReadText(m.clone()));
+            names.push(format!("text{suffix}"));
+        }
+        // detection goes through `detect-classes`, not `run-all`: only the classes that count
+        // come back
+        if let Some(a) = &stage.ask {
+            calls.push(Call::Ask((a.model.clone(), a.prompt.clone())));
+            names.push(format!("{}{suffix}", a.name));
+        }
+        let (zoom_calls, zoom_names) = match stage.zoom {
+            Some(_) => (classify().collect(), stage.classify.iter().map(|m| format!("{m}:zoom{suffix}")).collect()),
+            None => (Vec::new(), Vec::new()),
+        };
+        Plan {
+            calls,
+            names,
+            detect_name: stage.detect.as_ref().map(|d| format!("{}{suffix}", d.name)).unwrap_or_default(),
+            classes: stage.detect.as_ref().map(|d| d.wanted()).unwrap_or_default(),
+            zoom_calls,
+            zoom_names,
+        }
+    }
+}
 
 struct Component;
 
@@ -44,17 +90,40 @@ impl Meta for Component {
     fn configure(json: String) -> Result<(), String> {
         let p: Params = serde_json::from_str(&json).map_err(|e| e.to_string())?;
         p.check()?;
-        PARAMS.set(p).map_err(|_| "already configured".to_string())
+        let plans = p.stages.iter().map(Plan::of).collect();
+        PARAMS.set(p).map_err(|_| "already configured".to_string())?;
+        PLANS.set(plans).map_err(|_| "already configured".to_string())
     }
 }
 
-/// Evidence gathered so far, by name.
-type Evidence = BTreeMap<String, f32>;
+/// Evidence gathered so far, by name (the names live in `PLANS`), in name order; a name given
+/// again replaces its score. A handful of entries: a sorted vector, no tree nodes.
+#[derive(Default)]
+struct Evidence(Vec<(&'static str, f32)>);
+
+impl Evidence {
+    fn insert(&mut self, name: &'static str, score: f32) {
+        match self.0.binary_search_by(|(n, _)| (*n).cmp(name)) {
+            Ok(i) => self.0[i].1 = score,
+            Err(i) => self.0.insert(i, (name, score)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn mean(&self) -> f32 {
+        self.0.iter().map(|e| e.1).sum::<f32>() / self.0.len() as f32
+    }
+}
 
 impl Router for Component {
     fn decide(img: &Image, _req: RequestMeta) -> Result<Decision, Error> {
-        let p = PARAMS.get().ok_or_else(|| Error::InvalidArgument("router used before configure".into()))?;
-        let mut evidence = Evidence::new();
+        let (Some(p), Some(plans)) = (PARAMS.get(), PLANS.get()) else {
+            return Err(Error::InvalidArgument("router used before configure".into()));
+        };
+        let mut evidence = Evidence(Vec::with_capacity(8));
         let mut notes: Vec<String> = Vec::new();
         let mut flipped: Option<Image> = None;
         let last = p.stages.len() - 1;
@@ -67,7 +136,7 @@ impl Router for Component {
                 }
             }
             let target = if stage.flip { &*flipped.get_or_insert_with(|| img.flip_horizontal()) } else { img };
-            run_stage(stage, target, &mut evidence, &mut notes)?;
+            run_stage(stage, &plans[i], target, &mut evidence, &mut notes)?;
             if evidence.is_empty() {
                 if i == last {
                     let why =
@@ -87,7 +156,14 @@ impl Router for Component {
                 None
             };
             if let Some(kind) = exit {
-                let mut reason = format!("{kind} at {}: fused {} from {}", stage.name, Fixed3(fused), show(&evidence));
+                // built by hand: `format!` machinery is most of a decision's time inside Wasm
+                let mut reason = String::with_capacity(64 + 16 * evidence.0.len());
+                for part in [kind, " at ", &stage.name, ": fused "] {
+                    reason.push_str(part);
+                }
+                push_fixed3(&mut reason, fused);
+                reason.push_str(" from ");
+                show(&mut reason, &evidence);
                 if !notes.is_empty() {
                     reason.push_str(&format!(" [{}]", notes.join("; ")));
                 }
@@ -103,29 +179,22 @@ impl Router for Component {
 }
 
 /// Issues every primitive of the stage in one `run-all`, then folds the results into evidence.
-fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<String>) -> Result<(), Error> {
-    let suffix = if stage.flip { ":flip" } else { "" };
-    // with zoom, the classifiers see the tiles (below), the other primitives the whole image
-    let mut calls: Vec<Call> = match &stage.zoom {
-        Some(z) => {
-            run_zoom(stage, z, img, suffix, ev, notes)?;
-            Vec::new()
-        }
-        None => stage.classify.iter().map(|m| Call::Classify(m.clone())).collect(),
-    };
-    if let Some(m) = &stage.read_text {
-        calls.push(Call::ReadText(m.clone()));
-    }
-    // detection goes through `detect-classes` (below), not `run-all`: only the classes
-    // that count come back
-    if let Some(a) = &stage.ask {
-        calls.push(Call::Ask((a.model.clone(), a.prompt.clone())));
+fn run_stage(
+    stage: &Stage,
+    plan: &'static Plan,
+    img: &Image,
+    ev: &mut Evidence,
+    notes: &mut Vec<String>,
+) -> Result<(), Error> {
+    // with zoom, the classifiers see the tiles, the other primitives the whole image
+    if let Some(z) = &stage.zoom {
+        run_zoom(stage, plan, z, img, ev, notes)?;
     }
     if let Some(d) = &stage.detect {
-        let classes = d.wanted();
-        let first = detections(&d.model, d.min_confidence, &classes, img, stage.on_error, notes)?;
+        let classes = &plan.classes;
+        let first = detections(&d.model, d.min_confidence, classes, img, stage.on_error, notes)?;
         let second = match &d.agree {
-            Some(a) => detections(&a.model, a.min_confidence, &classes, img, stage.on_error, notes)?,
+            Some(a) => detections(&a.model, a.min_confidence, classes, img, stage.on_error, notes)?,
             None => None,
         };
         // agreement needs both detectors: with one missing the stage has no evidence
@@ -133,7 +202,7 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
         if let Some(dets) = first {
             match d.found(&dets, second.as_deref()) {
                 Found::Score(s) => {
-                    ev.insert(format!("{}{suffix}", d.name), s);
+                    ev.insert(&plan.detect_name, s);
                 }
                 Found::Nothing => {}
                 Found::Disagree(a, b) => notes.push(format!(
@@ -145,10 +214,11 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
             }
         }
     }
+    let calls = &plan.calls;
     if calls.is_empty() {
         return Ok(());
     }
-    for (call, result) in calls.iter().zip(run_all(img, &calls)) {
+    for ((call, result), name) in calls.iter().zip(run_calls(img, calls)).zip(&plan.names) {
         let outcome = match result {
             Ok(o) => o,
             Err(e) if stage.on_error == OnError::Skip => {
@@ -159,12 +229,11 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
         };
         match outcome {
             Outcome::Classify(c) => {
-                let Call::Classify(model) = call else { continue };
-                ev.insert(format!("{model}{suffix}"), c.score);
+                ev.insert(name, c.score);
             }
             Outcome::ReadText(lines) => {
                 if let Some(s) = roles::score_text(&lines)? {
-                    ev.insert(format!("text{suffix}"), s);
+                    ev.insert(name, s);
                 }
             }
             Outcome::Detect(_) => {}
@@ -182,7 +251,7 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
                 };
                 match a.score(scored.p_yes) {
                     Some(s) => {
-                        ev.insert(format!("{}{suffix}", a.name), s);
+                        ev.insert(name, s);
                     }
                     None => notes.push(format!("ask({}): no yes or no in {:?}", a.model, short(&scored.text))),
                 }
@@ -191,6 +260,32 @@ fn run_stage(stage: &Stage, img: &Image, ev: &mut Evidence, notes: &mut Vec<Stri
         }
     }
     Ok(())
+}
+
+/// `run-all`, except that a lone classification goes through `classify`, which crosses the
+/// boundary without lowering a list of variants or allocating one for the result.
+fn run_calls(img: &Image, calls: &[Call]) -> Results {
+    match calls {
+        [Call::Classify(m)] => Results::One(Some(classify(m, img).map(Outcome::Classify))),
+        _ => Results::All(run_all(img, calls).into_iter()),
+    }
+}
+
+/// The results of `run_calls`, in call order.
+enum Results {
+    One(Option<Result<Outcome, Error>>),
+    All(std::vec::IntoIter<Result<Outcome, Error>>),
+}
+
+impl Iterator for Results {
+    type Item = Result<Outcome, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Results::One(r) => r.take(),
+            Results::All(it) => it.next(),
+        }
+    }
 }
 
 /// The detections of `model` among `classes`; `None` when it failed and the stage skips
@@ -219,13 +314,13 @@ fn detections(
 /// and adds one score per model, `<model>:zoom`, reduced over the tiles that answered.
 fn run_zoom(
     stage: &Stage,
+    plan: &'static Plan,
     z: &Zoom,
     img: &Image,
-    suffix: &str,
     ev: &mut Evidence,
     notes: &mut Vec<String>,
 ) -> Result<(), Error> {
-    let calls: Vec<Call> = stage.classify.iter().map(|m| Call::Classify(m.clone())).collect();
+    let calls = &plan.zoom_calls;
     let mut scores: Vec<Vec<f32>> = vec![Vec::new(); calls.len()];
     for [x0, y0, x1, y1] in z.tiles(img.width(), img.height()) {
         let tile = match img.crop(Bbox { x0, y0, x1, y1 }) {
@@ -236,7 +331,7 @@ fn run_zoom(
             }
             Err(e) => return Err(e),
         };
-        for ((call, result), out) in calls.iter().zip(run_all(&tile, &calls)).zip(scores.iter_mut()) {
+        for ((call, result), out) in calls.iter().zip(run_calls(&tile, calls)).zip(scores.iter_mut()) {
             match result {
                 Ok(Outcome::Classify(c)) => out.push(c.score),
                 Ok(_) => {}
@@ -247,9 +342,9 @@ fn run_zoom(
             }
         }
     }
-    for (model, tile_scores) in stage.classify.iter().zip(&scores) {
+    for (name, tile_scores) in plan.zoom_names.iter().zip(&scores) {
         if let Some(s) = z.reduce.apply(tile_scores) {
-            ev.insert(format!("{model}:zoom{suffix}"), s);
+            ev.insert(name, s);
         }
     }
     Ok(())
@@ -261,11 +356,11 @@ static NO_FUSER: AtomicBool = AtomicBool::new(false);
 
 /// The hotkey's fuser; without one, a single score stands for itself and several are averaged.
 fn fuse(ev: &Evidence) -> Result<f32, Error> {
-    let mean = || ev.values().sum::<f32>() / ev.len() as f32;
+    let mean = || ev.mean();
     if NO_FUSER.load(Ordering::Relaxed) {
         return Ok(mean());
     }
-    let scores: Vec<NamedScore> = ev.iter().map(|(n, s)| NamedScore { name: n.clone(), score: *s }).collect();
+    let scores: Vec<NamedScore> = ev.0.iter().map(|(n, s)| NamedScore { name: n.to_string(), score: *s }).collect();
     match roles::fuse(&scores) {
         Err(Error::UnboundRole(_)) => {
             NO_FUSER.store(true, Ordering::Relaxed);
@@ -275,30 +370,41 @@ fn fuse(ev: &Evidence) -> Result<f32, Error> {
     }
 }
 
-/// A score with three decimals by integer arithmetic: `{:.3}` pulls in the exact float
+/// Appends a score with three decimals by integer arithmetic: `{:.3}` pulls in the exact float
 /// formatter, which is most of a decision's time inside Wasm. Scores are in [0, 1].
-struct Fixed3(f32);
-
-impl std::fmt::Display for Fixed3 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if !self.0.is_finite() {
-            return write!(f, "{}", self.0);
+fn push_fixed3(out: &mut String, v: f32) {
+    if !v.is_finite() {
+        let _ = write!(out, "{v}");
+        return;
+    }
+    // half away from zero, as `round` does, without its libm call inside Wasm
+    let m = (v.abs() as f64 * 1000.0 + 0.5).floor() as u64;
+    if v < 0.0 && m != 0 {
+        out.push('-');
+    }
+    match m / 1000 {
+        whole @ 0..=9 => out.push(char::from(b'0' + whole as u8)),
+        whole => {
+            let _ = write!(out, "{whole}");
         }
-        let m = (self.0.abs() as f64 * 1000.0).round() as u64;
-        let sign = if self.0 < 0.0 && m != 0 { "-" } else { "" };
-        write!(f, "{sign}{}.{:03}", m / 1000, m % 1000)
+    }
+    out.push('.');
+    let frac = m % 1000;
+    for d in [frac / 100, frac / 10 % 10, frac % 10] {
+        out.push(char::from(b'0' + d as u8));
     }
 }
 
-fn show(ev: &Evidence) -> String {
-    let mut out = String::new();
-    for (i, (n, s)) in ev.iter().enumerate() {
+/// Appends the evidence as `name=score, …`.
+fn show(out: &mut String, ev: &Evidence) {
+    for (i, (n, s)) in ev.0.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "{n}={}", Fixed3(*s));
+        out.push_str(n);
+        out.push('=');
+        push_fixed3(out, *s);
     }
-    out
 }
 
 /// The first 60 characters of an answer, for a note.
