@@ -1,5 +1,6 @@
 //! The stage cache on the real server: hotkeys answering the same image at once run each
-//! model once; a reloaded model set is computed afresh; a model can opt out.
+//! model once and decode the image once; a reloaded model set is computed afresh; a model can
+//! opt out.
 
 use cascade_tests::*;
 
@@ -31,8 +32,12 @@ fn three_hotkeys_on_one_image_run_the_model_once_and_a_reload_recomputes() {
     let misses = "cascade_stage_cache_total{model=\"tint\",result=\"miss\"}";
     let img = jpeg(&solid(48, 48, [250, 130, 20]));
     let before = metric(&server, items);
+    let decoded = "cascade_decoded_images_total{result=\"decoded\"}";
+    let decodes_before = metric(&server, decoded);
     burst(&server, &img);
     assert_eq!(metric(&server, items) - before, 1.0, "one run for three hotkeys");
+    assert_eq!(metric(&server, decoded) - decodes_before, 1.0, "one decode for three hotkeys");
+    assert_eq!(metric(&server, "cascade_decoded_images_total{result=\"shared\"}"), 2.0);
     burst(&server, &img);
     assert_eq!(metric(&server, items) - before, 1.0, "and none the second time");
     let shared = metric(&server, "cascade_stage_cache_total{model=\"tint\",result=\"hit\"}")

@@ -257,6 +257,10 @@ struct ServeArgs {
     /// How long a shared result stays valid, in seconds.
     #[arg(long, default_value_t = 300)]
     stage_cache_ttl_s: u64,
+    /// Memory for decoded request images shared by requests with the same bytes (a challenge
+    /// sent to several hotkeys decodes once; 0 turns the sharing off).
+    #[arg(long, default_value_t = cascade_host::server::decoded::DEFAULT_MB)]
+    decoded_cache_mb: usize,
 }
 
 fn main() -> ExitCode {
@@ -404,6 +408,7 @@ fn check(a: SourceArgs) -> anyhow::Result<ExitCode> {
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     cascade_host::runtime::cache::configure(a.stage_cache_mb, Duration::from_secs(a.stage_cache_ttl_s));
+    cascade_host::server::decoded::configure(a.decoded_cache_mb, cascade_host::server::decoded::DEFAULT_TTL);
     let (rt, src) = setup(&a.src)?;
     let cache = a.compile_cache.clone().unwrap_or_else(|| cascade_host::beside_exe("component-cache"));
     let mut reloader = Reloader::new(rt, src.clone(), Some(cache));

@@ -216,18 +216,18 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
     }
     let bytes = ingress::decode_base64(&image_b64).map_err(|r| refuse(StatusCode::BAD_REQUEST, r.message))?;
     let limits = server.limits.axon();
-    let sticky = crate::rollout::sticky_key(&bytes);
     let origin = crate::runtime::request::key_of(b"bytes", &[&bytes]);
+    let sticky = crate::rollout::image_sticky_key(&origin);
     let turn = server.decode_turn(started, hk.budget).await.map_err(|r| refuse(r.status, r.message))?;
     let answer = tokio::task::block_in_place(|| -> Result<crate::policy::Answer, ingress::Refusal> {
-        let img = ingress::decode_image(&bytes, &limits)?;
+        let img = crate::server::decoded::decode(origin, &bytes, &limits)?;
         drop(turn);
         let prov = crate::predlog::Provenance {
             via: "axon",
             caller: Some(dendrite.clone()),
             bytes: if hk.log.is_some() { bytes::Bytes::copy_from_slice(&bytes) } else { bytes::Bytes::new() },
         };
-        Ok(hk.serve(&serving.models, Arc::new(img), sticky, started, origin, prov))
+        Ok(hk.serve(&serving.models, img, sticky, started, origin, prov))
     })
     .map_err(|r| {
         refuse(if r.status == StatusCode::PAYLOAD_TOO_LARGE { r.status } else { StatusCode::BAD_REQUEST }, r.message)

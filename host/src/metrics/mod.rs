@@ -120,6 +120,7 @@ struct Ingress {
     rejected: Family<RejectedLabels, Counter>,
     axon: Family<StatusLabels, Counter>,
     admission: Family<AdmissionLabels, Counter>,
+    decoded: Family<AdmissionLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,6 +180,7 @@ impl Metrics {
             rejected: Family::default(),
             axon: Family::default(),
             admission: Family::default(),
+            decoded: Family::default(),
         };
         let r = &mut registry;
         r.register("requests", "Requests answered, by hotkey, stage and outcome", ingress.requests.clone());
@@ -193,6 +195,11 @@ impl Metrics {
             "axon_admission",
             "Subnet callers by admission decision (allow, any-signed, metagraph, or the refusal)",
             ingress.admission.clone(),
+        );
+        r.register(
+            "decoded_images",
+            "Request images by how they were obtained (decoded, shared: another request's decode of the same bytes, refused; evicted)",
+            ingress.decoded.clone(),
         );
         let policies = Policies {
             events: Family::default(),
@@ -265,6 +272,11 @@ impl Metrics {
     pub fn stage_cache(&self, model: &str, result: &'static str) {
         // model names come from the registry (or a component's call of a configured model)
         self.policies.cache.get_or_create(&CacheLabels { model: Label::new(model), result }).inc();
+    }
+
+    /// A request image decoded, shared from another request's decode, refused, or evicted.
+    pub fn decoded(&self, result: &'static str) {
+        self.ingress.decoded.get_or_create(&AdmissionLabels { result }).inc();
     }
 
     /// How an axon caller was admitted, or why not.

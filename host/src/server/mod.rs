@@ -2,6 +2,7 @@
 //! The serving state is read through one atomic load per request; policies run on blocking
 //! threads because component calls wait on model queues.
 
+pub mod decoded;
 pub mod ingress;
 
 use std::collections::BTreeMap;
@@ -393,16 +394,16 @@ impl Server {
         // hand-offs of `spawn_blocking` on every request.
         let turn = self.decode_turn(started, hk.budget).await?;
         let answer = tokio::task::block_in_place(move || -> Result<Answer, Refusal> {
-            let sticky = sticky.unwrap_or_else(|| crate::rollout::sticky_key(&bytes));
             let origin = crate::runtime::request::key_of(b"bytes", &[&bytes]);
-            let img = ingress::decode_image(&bytes, &limits)?;
+            let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
+            let img = decoded::decode(origin, &bytes, &limits)?;
             drop(turn);
             let prov = crate::predlog::Provenance {
                 via: "http",
                 caller: None,
                 bytes: if hk.log.is_some() { bytes::Bytes::from(bytes) } else { bytes::Bytes::new() },
             };
-            Ok(hk.serve(&serving.models, Arc::new(img), sticky, started, origin, prov))
+            Ok(hk.serve(&serving.models, img, sticky, started, origin, prov))
         })?;
         let took = started.elapsed();
         crate::metrics::global().request(hotkey, &answer.stage, crate::axon::outcome(&answer), took);

@@ -1,0 +1,244 @@
+//! Decoded request images shared across requests. A validator sends one challenge to several
+//! miners at once, and an operator's hotkeys in one process are often among them: the same
+//! bytes (by their content key, sha-256 of the bytes) decode once. A request that arrives while
+//! those bytes are being decoded waits for that decode instead of starting another
+//! (single-flight). Only successful decodes are kept: a refusal is worked out again by each
+//! request, and a kept image is still checked against the asking request's limits (the axon's
+//! are tighter than the HTTP API's). Bounded by memory, oldest out first, and by age.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use cascade_engines::Image;
+use parking_lot::Mutex;
+
+use super::ingress::{self, IngressLimits, Refusal};
+
+/// Memory for decoded images and how long one is kept (a challenge's copies arrive together).
+pub const DEFAULT_MB: usize = 32;
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// One decode, done once by whoever asks first; `None` when it was refused.
+type Cell = Arc<OnceLock<Option<Image>>>;
+
+struct Entry {
+    cell: Cell,
+    at: Instant,
+    /// The pixels' size once decoded (0 while decoding).
+    bytes: usize,
+}
+
+struct Inner {
+    map: HashMap<[u8; 16], Entry>,
+    /// Keys in insertion order (may hold keys since replaced or removed).
+    order: VecDeque<([u8; 16], Instant)>,
+    bytes: usize,
+}
+
+pub struct Decoded {
+    inner: Mutex<Inner>,
+    cap_bytes: usize,
+    ttl: Duration,
+}
+
+static DECODED: OnceLock<Decoded> = OnceLock::new();
+
+/// Sets the process's decoded-image memory and TTL (before the first request; `mb = 0` turns
+/// the sharing off).
+pub fn configure(mb: usize, ttl: Duration) {
+    let _ = DECODED.set(Decoded::new(mb << 20, ttl));
+}
+
+/// Decodes `bytes` (content key `key`) within `limits`, or takes the image another request
+/// decoded from the same bytes.
+pub fn decode(key: [u8; 16], bytes: &[u8], limits: &IngressLimits) -> Result<Image, Refusal> {
+    let shared = DECODED.get_or_init(|| Decoded::new(DEFAULT_MB << 20, DEFAULT_TTL));
+    if shared.cap_bytes == 0 {
+        return ingress::decode_image(bytes, limits).map(Arc::new);
+    }
+    shared.get(key, bytes, limits)
+}
+
+/// What a decode is counted as in `cascade_decoded_images_total`.
+fn count(result: &'static str) {
+    crate::metrics::global().decoded(result);
+}
+
+impl Decoded {
+    pub fn new(cap_bytes: usize, ttl: Duration) -> Decoded {
+        Decoded { inner: Mutex::new(Inner { map: HashMap::new(), order: VecDeque::new(), bytes: 0 }), cap_bytes, ttl }
+    }
+
+    pub fn get(&self, key: [u8; 16], bytes: &[u8], limits: &IngressLimits) -> Result<Image, Refusal> {
+        let (cell, lead) = {
+            let mut g = self.inner.lock();
+            match g.map.get(&key) {
+                Some(e) if e.at.elapsed() < self.ttl => (e.cell.clone(), false),
+                _ => {
+                    if let Some(old) = g.map.remove(&key) {
+                        g.bytes -= old.bytes;
+                    }
+                    let cell = Cell::default();
+                    let at = Instant::now();
+                    g.map.insert(key, Entry { cell: cell.clone(), at, bytes: 0 });
+                    g.order.push_back((key, at));
+                    (cell, true)
+                }
+            }
+        };
+        let (mut ran, mut refusal) = (false, None);
+        let got = cell.get_or_init(|| {
+            ran = true;
+            match ingress::decode_image(bytes, limits) {
+                Ok(img) => Some(Arc::new(img)),
+                Err(r) => {
+                    refusal = Some(r);
+                    None
+                }
+            }
+        });
+        match got {
+            Some(img) => {
+                if lead {
+                    self.settle(key, &cell, Some(img.len()));
+                }
+                count(if ran { "decoded" } else { "shared" });
+                fits(img, limits)?;
+                Ok(img.clone())
+            }
+            None => {
+                if lead {
+                    self.settle(key, &cell, None);
+                }
+                count("refused");
+                // a waiter on a refused decode has no refusal of its own: work it out
+                match refusal {
+                    Some(r) => Err(r),
+                    None => ingress::decode_image(bytes, limits).map(Arc::new),
+                }
+            }
+        }
+    }
+
+    /// Records a finished decode's size (or forgets a refused one), then evicts down to the
+    /// cap, oldest first, and whatever has expired.
+    fn settle(&self, key: [u8; 16], cell: &Cell, size: Option<usize>) {
+        let mut g = self.inner.lock();
+        let ours = g.map.get(&key).is_some_and(|e| Arc::ptr_eq(&e.cell, cell));
+        if !ours {
+            return;
+        }
+        match size {
+            Some(n) => {
+                if let Some(e) = g.map.get_mut(&key) {
+                    e.bytes = n;
+                }
+                g.bytes += n;
+            }
+            None => {
+                g.map.remove(&key);
+            }
+        }
+        while let Some((k, at)) = g.order.front().copied() {
+            let over = g.bytes > self.cap_bytes;
+            if !over && at.elapsed() < self.ttl {
+                break;
+            }
+            g.order.pop_front();
+            // the key may since have been replaced by a newer entry: remove only this one
+            if g.map.get(&k).is_some_and(|e| e.at == at) {
+                if let Some(e) = g.map.remove(&k) {
+                    g.bytes -= e.bytes;
+                    if over {
+                        count("evicted");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Images held now, and their size in bytes.
+    pub fn usage(&self) -> (usize, usize) {
+        let g = self.inner.lock();
+        (g.map.len(), g.bytes)
+    }
+}
+
+/// A kept image against the asking request's size limits (the same bytes passed every other
+/// check when they were decoded).
+fn fits(img: &Image, limits: &IngressLimits) -> Result<(), Refusal> {
+    let (w, h) = img.dimensions();
+    if w > limits.max_side || h > limits.max_side || w as u64 * h as u64 > limits.max_pixels {
+        return Err(Refusal::new(
+            hyper::StatusCode::PAYLOAD_TOO_LARGE,
+            "image-too-large",
+            format!("image is {w}×{h}; the limits are {} per side and {} pixels", limits.max_side, limits.max_pixels),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn jpeg(w: u32, h: u32, shade: u8) -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(w, h, image::Rgb([shade, 100, 0]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+        out.into_inner()
+    }
+
+    fn key(b: &[u8]) -> [u8; 16] {
+        crate::runtime::request::key_of(b"bytes", &[b])
+    }
+
+    #[test]
+    fn same_bytes_decode_once_and_limits_still_apply() {
+        let d = Decoded::new(1 << 20, Duration::from_secs(60));
+        let j = jpeg(64, 32, 10);
+        let a = d.get(key(&j), &j, &IngressLimits::default()).unwrap();
+        let b = d.get(key(&j), &j, &IngressLimits::default()).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the second request takes the first one's pixels");
+        let tight = IngressLimits { max_side: 40, ..IngressLimits::default() };
+        assert_eq!(d.get(key(&j), &j, &tight).unwrap_err().code, "image-too-large");
+        // a refusal is not kept: the same key decodes again (and is refused again)
+        let bad = b"not an image at all".to_vec();
+        assert_eq!(d.get(key(&bad), &bad, &IngressLimits::default()).unwrap_err().code, "not-an-image");
+        assert_eq!(d.usage().0, 1);
+    }
+
+    #[test]
+    fn concurrent_requests_share_one_decode() {
+        let d = Arc::new(Decoded::new(8 << 20, Duration::from_secs(60)));
+        let j = Arc::new(jpeg(640, 480, 20));
+        let got: Vec<Image> = (0..4)
+            .map(|_| {
+                let (d, j) = (d.clone(), j.clone());
+                std::thread::spawn(move || d.get(key(&j), &j, &IngressLimits::default()).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert!(got.iter().all(|i| Arc::ptr_eq(i, &got[0])), "one decode for all four");
+    }
+
+    #[test]
+    fn memory_is_capped_oldest_out() {
+        // 64×64 RGB is 12 KiB: a 40 KiB cap holds three
+        let d = Decoded::new(40 << 10, Duration::from_secs(60));
+        for shade in 0..10u8 {
+            let j = jpeg(64, 64, shade * 20);
+            d.get(key(&j), &j, &IngressLimits::default()).unwrap();
+        }
+        let (n, bytes) = d.usage();
+        assert!(n <= 3 && bytes <= 40 << 10, "{n} images, {bytes} bytes");
+        let newest = jpeg(64, 64, 180);
+        let before = d.get(key(&newest), &newest, &IngressLimits::default()).unwrap();
+        let again = d.get(key(&newest), &newest, &IngressLimits::default()).unwrap();
+        assert!(Arc::ptr_eq(&before, &again), "the newest is kept");
+    }
+}
