@@ -125,7 +125,9 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(dir.join("bench.toml"), POLICY)?;
     let (mut child, base) = serve(&root, &dir)?;
     // the same policy with the prediction log on (images off): its cost, measured in the same run
-    let logged = dir.join("logged");
+    // beside the first server's folder, not inside it: its log files would wake that server's
+    // file watcher on every record
+    let logged = dir.with_extension("logged");
     std::fs::create_dir_all(&logged)?;
     std::fs::copy(dir.join("models.toml"), logged.join("models.toml"))?;
     std::fs::write(logged.join("bench.toml"), format!("{POLICY}\n[log]\ndir = \"log\"\nimages = \"none\"\n"))?;
@@ -190,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         })
         .unwrap_or(0);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&logged);
     header(&format!(
         "one request: JSON body with a base64 224×224 JPEG ({} bytes), sequential keep-alive, {iters} each",
         jpeg.len()
