@@ -12,6 +12,7 @@ pub mod head;
 mod lifecycle;
 mod models;
 mod ocr;
+mod pipeline;
 mod precision;
 mod preprocess;
 mod remote;

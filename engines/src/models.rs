@@ -13,7 +13,6 @@ use crate::ocr::{dictionary, OcrSessions, OcrWorker};
 use crate::runtime::init_runtime;
 use crate::session::{session, session_for};
 use crate::spec::{ModelKind, ModelSpec, Registry};
-use crate::worker::Worker;
 use crate::{EngineError, LoadError};
 
 struct Handle {
@@ -209,7 +208,7 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
         let (env, spec2, stats2, head, found2) =
             (env.clone(), spec.clone(), stats.clone(), head.clone(), found.clone());
         handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
-            Worker::open(&env, &spec2, head.clone(), &stats2, &found2)
+            crate::pipeline::open(&env, &spec2, head.clone(), &stats2, &found2)
         })?);
     }
     // labels the file named (every model opens once before this returns, lazy ones too)

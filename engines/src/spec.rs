@@ -112,6 +112,9 @@ pub struct CudaOptions {
     /// true: ONNX Runtime runs convolutions in NHWC layout where it can (tensor-core friendly
     /// for fp16 models; the model's input stays NCHW).
     pub prefer_nhwc: bool,
+    /// true: each worker prepares its next batch on the device (gather, upload, kernel, into a
+    /// second input buffer) while its session runs the current one. Needs GPU pre-processing.
+    pub pipeline: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -549,11 +552,12 @@ mod tests {
 
     #[test]
     fn gpu_settings_parse_and_typos_are_refused() {
-        let r = registry("device = \"cuda:1\"\nlazy = true\nidle_unload_s = 60\npreprocess = \"gpu\"\ncuda = { arena_extend = \"same_as_requested\", memory_limit_mb = 512, prefer_nhwc = true }").expect("valid");
+        let r = registry("device = \"cuda:1\"\nlazy = true\nidle_unload_s = 60\npreprocess = \"gpu\"\ncuda = { arena_extend = \"same_as_requested\", memory_limit_mb = 512, prefer_nhwc = true, pipeline = true }").expect("valid");
         let m = &r.models[0];
         assert_eq!(m.device, Device::Cuda(1));
         assert!(m.lazy && m.idle_unload_s == 60 && m.preprocess == Preprocess::Gpu);
         assert_eq!(m.cuda.arena_extend, ArenaExtend::SameAsRequested);
+        assert!(m.cuda.pipeline);
         assert_eq!(m.cuda.memory_limit_mb, Some(512));
         assert!(m.cuda.prefer_nhwc);
         let typo = registry("device = \"cuda:0\"\ncuda = { arena = \"same_as_requested\" }").expect_err("unknown key");

@@ -21,7 +21,7 @@ use crate::{EngineError, LoadError};
 
 /// A session run's output: its shape, its values, and how each input image maps back; for a
 /// two-output DETR, the class scores' shape and values too.
-type Forward = (Vec<i64>, Vec<f32>, Vec<Prepared>, Option<(Vec<i64>, Vec<f32>)>);
+pub(crate) type Forward = (Vec<i64>, Vec<f32>, Vec<Prepared>, Option<(Vec<i64>, Vec<f32>)>);
 
 /// Labels a detector found in its file's metadata (Ultralytics `names`), reported to the
 /// model set so that the host can check class names against them.
@@ -43,8 +43,45 @@ pub(crate) struct Worker {
     precision: Precision,
     buf: Vec<f32>,
     half: Vec<half::f16>,
-    /// On CUDA: the batch shape in use and when a batch last needed it (see `rows_for`).
-    shape: (usize, Instant),
+    shape: ShapeRule,
+}
+
+/// On CUDA: the batch shape in use and when a batch last needed it (see `rows_for`).
+pub(crate) struct ShapeRule {
+    rows: usize,
+    since: Instant,
+}
+
+impl ShapeRule {
+    pub fn new() -> ShapeRule {
+        ShapeRule { rows: 0, since: Instant::now() }
+    }
+
+    /// The input rows a batch of `n` runs as. On CUDA every new input shape costs (cuDNN
+    /// algorithm choice, arena growth), and a dynamic batcher makes every size from 1 to
+    /// max_batch: round the batch up to a power of two (padding rows, outputs dropped) so only
+    /// a handful of shapes ever run.
+    pub fn rows_for(&mut self, n: usize, spec: &ModelSpec) -> usize {
+        match spec.device {
+            Device::Cuda(_) => {
+                let want = n.next_power_of_two().min(spec.max_batch.max(n));
+                let now = Instant::now();
+                // a smaller batch runs padded to the shape in use while that shape was needed
+                // recently; a larger one (or a quiet spell) moves to its own shape
+                if want >= self.rows || now.duration_since(self.since) > sticky_shape() {
+                    (self.rows, self.since) = (want, now);
+                    return want;
+                }
+                self.rows
+            }
+            Device::Cpu => n,
+        }
+    }
+
+    /// Every shape `rows_for` can give for `spec`.
+    pub fn all(spec: &ModelSpec) -> std::collections::BTreeSet<usize> {
+        (1..=spec.max_batch).map(|n| n.next_power_of_two().min(spec.max_batch.max(n))).collect()
+    }
 }
 
 /// How long a CUDA model keeps a larger batch shape after the last batch that needed it.
@@ -131,7 +168,7 @@ impl Worker {
             precision,
             buf: Vec::new(),
             half: Vec::new(),
-            shape: (0, Instant::now()),
+            shape: ShapeRule::new(),
         };
         if matches!(on, Device::Cuda(_)) {
             w.warm_up()?;
@@ -142,9 +179,7 @@ impl Worker {
     fn warm_up(&mut self) -> Result<(), LoadError> {
         let img =
             image::RgbImage::from_pixel(self.spec.input.width, self.spec.input.height, image::Rgb([128, 128, 128]));
-        // every shape `run_batch` can run
-        let shapes: std::collections::BTreeSet<usize> = (1..=self.spec.max_batch).map(|n| self.rows_for(n)).collect();
-        for rows in shapes {
+        for rows in ShapeRule::all(&self.spec) {
             let imgs = vec![&img; rows];
             self.forward(&imgs, rows).map_err(|e| LoadError::Spec {
                 model: self.spec.name.clone(),
@@ -154,41 +189,85 @@ impl Worker {
         Ok(())
     }
 
-    /// The input rows a batch of `n` runs as. On CUDA every new input shape costs (cuDNN
-    /// algorithm choice, arena growth), and a dynamic batcher makes every size from 1 to
-    /// max_batch: round the batch up to a power of two (padding rows, outputs dropped) so only
-    /// a handful of shapes ever run.
-    fn rows_for(&mut self, n: usize) -> usize {
-        match self.spec.device {
-            Device::Cuda(_) => {
-                let want = n.next_power_of_two().min(self.spec.max_batch.max(n));
-                let (rows, since) = self.shape;
-                let now = Instant::now();
-                // a smaller batch runs padded to the shape in use while that shape was needed
-                // recently; a larger one (or a quiet spell) moves to its own shape
-                if want >= rows || now.duration_since(since) > sticky_shape() {
-                    self.shape = (want, now);
-                    return want;
-                }
-                rows
-            }
-            Device::Cpu => n,
+    /// Makes and warms every shape's input in `slot` of the device inputs, as `warm_up` did for
+    /// slot 0 (for a pipelined worker's second slot). Needs the GPU pre-processing still here.
+    pub(crate) fn warm_slot(&mut self, slot: usize) -> Result<(), String> {
+        let img =
+            image::RgbImage::from_pixel(self.spec.input.width, self.spec.input.height, image::Rgb([128, 128, 128]));
+        let gpu = self.gpu.as_mut().ok_or("no GPU pre-processing")?;
+        let err = |e: GpuRunError| match e {
+            GpuRunError::Prep(r) | GpuRunError::Run(r) => r,
+        };
+        for rows in ShapeRule::all(&self.spec) {
+            let ptr = gpu.input_ptr(&mut self.session, rows, slot).map_err(err)?;
+            let imgs = vec![&img; rows];
+            gpu.prepare(&imgs, ptr).map_err(err)?;
+            gpu.run_prepared(&mut self.session, rows, slot, rows, 0).map_err(err)?;
         }
+        Ok(())
+    }
+
+    /// The device address of every warmed input (by rows and slot), for a pipelined worker's
+    /// staging side.
+    pub(crate) fn input_ptrs(&mut self, slots: usize) -> Result<std::collections::HashMap<(usize, usize), u64>, String> {
+        let gpu = self.gpu.as_mut().ok_or("no GPU pre-processing")?;
+        let mut out = std::collections::HashMap::new();
+        for rows in ShapeRule::all(&self.spec) {
+            for slot in 0..slots {
+                let ptr = gpu.input_ptr(&mut self.session, rows, slot).map_err(|e| match e {
+                    GpuRunError::Prep(r) | GpuRunError::Run(r) => r,
+                })?;
+                out.insert((rows, slot), ptr);
+            }
+        }
+        Ok(out)
     }
 
     fn run_batch(&mut self, jobs: Vec<Job>) {
         let n = jobs.len();
-        let rows = self.rows_for(n);
+        let rows = self.shape.rows_for(n, &self.spec);
         // model time counts the model's own pre-processing as well as the session run
         let started = Instant::now();
         let images: Vec<&image::RgbImage> = jobs.iter().map(|j| &**j.input.image()).collect();
-        let result = self.forward(&images, rows).and_then(|(shape, data, prepared, logits)| {
+        let result = self.forward(&images, rows);
+        drop(images);
+        self.finish(jobs, result, started);
+    }
+
+    /// Decodes a run's output into each job's result and replies.
+    pub(crate) fn finish(&self, jobs: Vec<Job>, forward: Result<Forward, EngineError>, started: Instant) {
+        let result = forward.and_then(|(shape, data, prepared, logits)| {
             let how = Decode { spec: &self.spec, head: self.head.as_deref(), output_name: &self.output_name };
             how.outputs(&shape, &data, &jobs, &prepared, logits.as_ref())
         });
-        drop(images);
         reply_all(jobs, result, started, &self.stats);
     }
+
+    /// Runs the session on the input already prepared in `slot` (a pipelined worker's staging
+    /// side wrote it): the output's shape and values.
+    pub(crate) fn run_slot(
+        &mut self,
+        rows: usize,
+        slot: usize,
+        n: usize,
+        prep_us: u64,
+    ) -> Result<(Vec<i64>, Vec<f32>), EngineError> {
+        let gpu = self.gpu.as_mut().ok_or_else(|| EngineError::Inference {
+            model: self.spec.name.clone(),
+            reason: "no GPU input to run".into(),
+        })?;
+        gpu.run_prepared(&mut self.session, rows, slot, n, prep_us).map_err(|e| EngineError::Inference {
+            model: self.spec.name.clone(),
+            reason: match e {
+                GpuRunError::Prep(r) | GpuRunError::Run(r) => r,
+            },
+        })
+    }
+
+    pub(crate) fn gpu_mut(&mut self) -> Option<&mut GpuInput> {
+        self.gpu.as_mut()
+    }
+
 
     /// Prepares `images` as a `rows`-row input (on the GPU when set up, else on the CPU) and
     /// runs the session: the output's shape and values, and how each image maps back.
@@ -205,6 +284,12 @@ impl Worker {
                 }
             }
         }
+        self.forward_cpu(images, rows)
+    }
+
+    /// Prepares `images` on the CPU as a `rows`-row input and runs the session on it.
+    pub(crate) fn forward_cpu(&mut self, images: &[&image::RgbImage], rows: usize) -> Result<Forward, EngineError> {
+        let name = &self.spec.name;
         let fail = |e: ort::Error| EngineError::Inference { model: name.clone(), reason: e.to_string() };
         let (h, w) = (self.spec.input.height as usize, self.spec.input.width as usize);
         let elems = 3 * h * w;

@@ -1,101 +1,159 @@
 #!/usr/bin/env bash
-# Issue 16's CUDA collapse, measured: the shipped `accuracy` policy over HTTP at concurrency
-# 1, 8, 32 and 128 on CUDA and on the CPU of the same host, distinct validator-style images
-# (the stage cache off, so every request runs its models, as in the run that found it), with
-# per-model runs, images and busy time, and per-batch GPU timings (CASCADE_GPU_TRACE=1:
-# pack+upload+kernel, session run, read back). Runs on the GPU machine after
-# `bash .ortgpu/p4/unpack`, with target/gpu-pack.tar.xz carried (scripts/gpu/pack.sh).
+# Issue 16 on the GPU machine, one run, peers in the same run:
+#  1. pipelining inside one worker: JPEG bytes -> score in process (gpu-bench e2e) at 8, 64 and
+#     256 in flight, the fp16 EfficientNet roadwork model and the shipped DINOv2 classifier
+#     (fp32), each without and with `cuda = { pipeline = true }`;
+#  2. the shipped `accuracy` policy over HTTP at concurrency 1, 8, 32 and 128: CUDA with the
+#     binary before this change (`bin/cascade-before`), CUDA after it (pipelined classifier,
+#     bucketed OCR shapes), and the same host's CPU; twice: as shipped (most images exit at the
+#     classifier) and with its exits removed, so every request reaches the zoom, OCR and the
+#     detector. Every request's bytes are distinct (no cache answers), with per-model runs,
+#     mean batch and busy time from /metrics, and per-batch CUDA timings (CASCADE_GPU_TRACE=1).
+# Runs after `bash .ortgpu/p4/unpack` and the DINOv2 parts (scripts/gpu/pack.sh says how),
+# with target/gpu-pack.tar.xz carried. RUNS / LOADS / LEVELS pick a subset.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 OUT=${OUT:-/tmp/gpu-out}
 P=/tmp/gpu
+DINO=${DINO:-/tmp/dino/dinov2_vits14.onnx}
 rm -rf "$P" && mkdir -p "$P" "$OUT"
 tar -xJf target/gpu-pack.tar.xz -C "$P"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-CACHE_MB=${CACHE_MB:-0}
-registry() {  # DEVICE
-  local m=$P/models
+echo "cpu cores: $(nproc)" | tee -a "$OUT/gpu.txt"
+m=$P/models
+cp policies/heads/roadwork.json "$m/"
+echo "== fp16 EfficientNet (scripts/fp16.py)"
+python3 scripts/fp16.py "$m/efficientnet_lite0.onnx" "$m/roadwork16.onnx" 2>&1 | tail -2
+
+classifier() {  # NAME FILE HEAD INPUT DEVICE EXTRA
   cat <<TOML
 [[model]]
-name = "roadwork"
+name = "$1"
 kind = "classifier"
-file = "$m/efficientnet_lite0.onnx"
+file = "$2"
 output = "embedding"
-head = "$P/models/roadwork-effnet.json"
+head = "$3"
 activation = "sigmoid"
 labels = ["other", "roadwork"]
 positive = ["roadwork"]
-input = { width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }
-device = "$1"
-max_batch = 64
-max_delay_us = ${DELAY_US:-3000}
-threads = ${THREADS:-4}
+input = $4
+device = "$5"
+$6
 
+TOML
+}
+DINO_IN='{ width = 224, height = 224, resize = "center_crop", resize_short = 224, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }'
+EFF_IN='{ width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }'
+# the accuracy policy's registry: DEVICE PIPELINE(true|false|absent)
+registry() {
+  local extra
+  if [ "$1" = cpu ]; then
+    extra=$'workers = 4\nthreads = 4\nmax_batch = 16\nmax_delay_us = 2000'
+  else
+    extra=$'max_batch = 64\nmax_delay_us = 2000\nthreads = 4'
+    [ "$2" != absent ] && extra+=$'\ncuda = { pipeline = '"$2"' }'
+  fi
+  classifier roadwork "$DINO" "$m/roadwork.json" "$DINO_IN" "$1" "$extra"
+  cat <<TOML
 [[model]]
 name = "ocr"
 kind = "ocr"
 file = "$m/ocr/ch_PP-OCRv4_det_infer.onnx"
 device = "$1"
 threads = 4
+workers = $([ "$1" = cpu ] && echo 4 || echo 2)
 ocr = { rec = "$m/ocr/ch_PP-OCRv4_rec_infer.onnx", cls = "$m/ocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", det_short = 480 }
+
+[[model]]
+name = "detector"
+kind = "detector"
+file = "$m/yolox_nano.onnx"
+labels_file = "$P/coco_labels.txt"
+input = { width = 416, height = 416, color = "bgr", scale = 1.0, resize = "letterbox", pad = 114.0 }
+device = "$1"
+threads = 4
+max_batch = 16
+max_delay_us = 2000
 TOML
 }
-for dev in cpu cuda:0; do
-  d="$P/pol-${dev%%:*}"; mkdir -p "$d"
-  registry "$dev" > "$d/models.toml"
-  cp policies/accuracy.toml "$d/"
-done
-# cuda-unpinned: the batch shape follows each batch (CASCADE_GPU_STICKY_MS=0, as before the fix)
-for run in ${RUNS:-cuda-unpinned cuda cpu}; do
-  dev=${run%%-*}
-  sticky=2000; [ "$run" = cuda-unpinned ] && sticky=0
-  CASCADE_GPU_STICKY_MS=$sticky CASCADE_GPU_TRACE=1 "$P/bin/cascade" serve --listen 127.0.0.1:0 --policies "$P/pol-$dev" --components "$P/components" \
-    --no-watch --stage-cache-mb "$CACHE_MB" > "$OUT/serve-$run.out" 2> "$OUT/serve-$run.log" &
+cp policies/coco_labels.txt "$P/"
+policies() {  # DIR DEVICE PIPELINE
+  mkdir -p "$1"
+  registry "$2" "$3" > "$1/models.toml"
+  cp policies/accuracy.toml "$1/"
+  # the same policy with no early exit: every request reaches zoom, OCR and the detector
+  sed -e 's/^name = "accuracy"/name = "accuracy-all"/' -e '/^exit_low/d' -e '/^exit_high/d' policies/accuracy.toml > "$1/accuracy-all.toml"
+}
+policies "$P/pol-before" cuda:0 absent
+policies "$P/pol-cuda" cuda:0 true
+policies "$P/pol-cpu" cpu absent
+
+echo "== 1. pipelining inside one worker: in process, JPEG bytes -> score"
+E="$OUT/e2e.jsonl"; : > "$E"
+if [[ ",${STEPS:-e2e,http}," == *",e2e,"* ]]; then
+  d="$P/pol-e2e"; mkdir -p "$d"
+  for pipe in false true; do
+    classifier "rw16-pipe-$pipe" "$m/roadwork16.onnx" "$P/models/roadwork-effnet.json" "$EFF_IN" cuda:0 $'max_batch = 64\nmax_delay_us = 2000\ncuda = { pipeline = '"$pipe"' }'
+    classifier "dino-pipe-$pipe" "$DINO" "$m/roadwork.json" "$DINO_IN" cuda:0 $'max_batch = 64\nmax_delay_us = 2000\ncuda = { pipeline = '"$pipe"' }'
+  done > "$d/models.toml"
+  for model in rw16 dino; do
+    for c in 8 64 256; do
+      for pipe in false true; do
+        "$P/bin/gpu-bench" e2e "$d" "$model-pipe-$pipe" "$P/validator" "$c" 5 | tee -a "$E" || echo "$model pipeline=$pipe at $c: failed"
+      done
+    done
+  done
+fi
+
+echo "== 2. the accuracy policy over HTTP"
+H="$OUT/http.jsonl"; : > "$H"
+for run in ${RUNS:-cuda-before cuda cpu}; do
+  [[ ",${STEPS:-e2e,http}," == *",http,"* ]] || break
+  bin="$P/bin/cascade"; pol="$P/pol-$run"
+  if [ "$run" = cuda-before ]; then bin="$P/bin/cascade-before"; pol="$P/pol-before"; fi
+  CASCADE_GPU_TRACE=1 "$bin" serve --listen 127.0.0.1:0 --policies "$pol" --components "$P/components" --no-watch \
+    > "$OUT/serve-$run.out" 2> "$OUT/serve-$run.log" &
   pid=$!
-  for _ in $(seq 300); do grep -q listening "$OUT/serve-$run.out" 2>/dev/null && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done
+  for _ in $(seq 600); do grep -q listening "$OUT/serve-$run.out" 2>/dev/null && break; kill -0 $pid 2>/dev/null || break; sleep 0.2; done
   url=$(sed -n 's/^listening on //p' "$OUT/serve-$run.out" | head -1)
-  python3 - "$url" "$run" "$P/validator" <<'PY'
-import glob, json, sys, time, urllib.request, concurrent.futures as cf
-url, dev, d = sys.argv[1], sys.argv[2], sys.argv[3]
-imgs = [open(p, "rb").read() for p in sorted(glob.glob(d + "/*.jpg"))]
-def one(i):
-    t = time.perf_counter()
-    r = urllib.request.urlopen(urllib.request.Request(f"{url}/v1/predict/accuracy", data=imgs[i % len(imgs)], headers={"Content-Type": "image/jpeg"}))
-    body = json.loads(r.read())
-    return (time.perf_counter() - t) * 1e3, body["stage"]
-def metrics():
-    m = {}
-    for l in urllib.request.urlopen(url + "/metrics").read().decode().splitlines():
-        if l.startswith("cascade_model_") and "{" in l:
-            k, v = l.rsplit(" ", 1); m[k] = float(v)
-    return m
-for i in range(8): one(i)
-for c in (1, 8, 32, 128):
-    n = max(64, c * 8)
-    before = metrics()
-    with cf.ThreadPoolExecutor(c) as ex:
-        t = time.perf_counter(); res = list(ex.map(one, range(n))); took = time.perf_counter() - t
-    after = metrics()
-    lat = sorted(r[0] for r in res)
-    stages = {}
-    for _, s in res: stages[s] = stages.get(s, 0) + 1
-    row = {"dev": dev, "concurrency": c, "n": n, "rps": round(n / took, 1), "p50_ms": round(lat[n // 2], 1), "p99_ms": round(lat[int(n * 0.99) - 1], 1), "stages": stages}
-    for model in ("roadwork", "ocr"):
-        runs = after.get(f'cascade_model_runs_total{{model="{model}"}}', 0) - before.get(f'cascade_model_runs_total{{model="{model}"}}', 0)
-        items = after.get(f'cascade_model_items_total{{model="{model}"}}', 0) - before.get(f'cascade_model_items_total{{model="{model}"}}', 0)
-        busy = after.get(f'cascade_model_busy_seconds_total{{model="{model}"}}', 0) - before.get(f'cascade_model_busy_seconds_total{{model="{model}"}}', 0)
-        row[model] = {"runs": int(runs), "mean_batch": round(items / runs, 1) if runs else 0, "busy_ms_per_run": round(busy * 1e3 / runs, 2) if runs else 0}
-    print(json.dumps(row), flush=True)
+  [ -n "$url" ] || { echo "$run: the server did not start"; tail -5 "$OUT/serve-$run.log"; continue; }
+  for hk in ${LOADS:-accuracy accuracy-all}; do
+    for c in ${LEVELS:-1 8 32 128}; do
+      secs=6; [ "$run" = cpu ] && [ "$hk" = accuracy-all ] && secs=10
+      curl -s "$url/metrics" > "$OUT/m0"
+      row=$("$P/bin/gpu-bench" http "$url/v1/predict/$hk" "$P/validator" "$c" "$secs" 2>>"$OUT/client-$run.log" || echo '{}')
+      curl -s "$url/metrics" > "$OUT/m1"
+      python3 - "$row" "$run" "$hk" "$OUT/m0" "$OUT/m1" <<'PY' | tee -a "$H"
+import json, re, sys
+row, run, hk, m0, m1 = json.loads(sys.argv[1] or "{}"), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+def read(p):
+    out = {}
+    for l in open(p):
+        m = re.match(r'cascade_model_(runs|items|busy_seconds|expired)_total\{model="(\w+)"\} (\S+)', l)
+        if m: out[(m.group(1), m.group(2))] = float(m.group(3))
+    return out
+a, b = read(m0), read(m1)
+d = lambda k, mdl: b.get((k, mdl), 0) - a.get((k, mdl), 0)
+models = {}
+for mdl in ("roadwork", "ocr", "detector"):
+    runs = d("runs", mdl)
+    models[mdl] = {"runs": int(runs), "mean_batch": round(d("items", mdl) / runs, 1) if runs else 0,
+                   "busy_ms_per_run": round(d("busy_seconds", mdl) * 1e3 / runs, 2) if runs else 0, "expired": int(d("expired", mdl))}
+print(json.dumps({"run": run, "policy": hk, "concurrency": row.get("concurrency"), "rps": round(row.get("rps", 0), 1),
+                  "p50_ms": round(row.get("p50_ms", 0), 1), "p99_ms": round(row.get("p99_ms", 0), 1), "errors": row.get("errors"), "models": models}))
 PY
+    done
+  done
   kill $pid; wait $pid 2>/dev/null || true
 done
-# where a CUDA batch's time goes
-for run in cuda-unpinned cuda; do
-[ -f "$OUT/serve-$run.log" ] || continue
-echo "== $run"
-python3 - "$OUT/serve-$run.log" <<'PY'
+
+echo "== where CUDA batches' time goes"
+for run in cuda-before cuda; do
+  [ -f "$OUT/serve-$run.log" ] || continue
+  echo "-- $run"
+  python3 - "$OUT/serve-$run.log" <<'PY'
 import re, sys
 rows = []
 for l in open(sys.argv[1]):
@@ -109,9 +167,26 @@ def pct(k, p):
 print(f"{len(rows)} CUDA batches; mean images {sum(r['n'] for r in rows) / len(rows):.1f}")
 for k in ("prep_us", "run_us", "read_us"):
     print(f"  {k}: p50 {pct(k, .5)}  p90 {pct(k, .9)}  p99 {pct(k, .99)}  max {max(r[k] for r in rows)}")
-by_rows = {}
-for r in rows: by_rows.setdefault(r["rows"], []).append(r["run_us"])
-for k in sorted(by_rows): v = sorted(by_rows[k]); print(f"  rows {k}: {len(v)} runs, run_us p50 {v[len(v)//2]}")
 PY
 done
-grep -iE "warn|error" "$OUT/serve-cuda.log" | grep -v "gpu batch" | head -5 || true
+grep -ihE "warn|error" "$OUT"/serve-*.log | grep -v "gpu batch" | sort | uniq -c | sort -rn | head -8 || true
+
+echo "== tables"
+python3 - "$E" "$H" <<'PY'
+import json, sys
+e = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+if e:
+    print("| model | in flight | pipeline | images/s | p50 ms | p99 ms | mean batch | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in e:
+        name, _, pipe = r["model"].rpartition("-pipe-")
+        print(f"| {name} | {r['concurrency']} | {pipe} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r.get('mean_batch', 0):.1f} | {r['errors']} |")
+h = [json.loads(l) for l in open(sys.argv[2]) if l.strip().startswith("{")]
+if h:
+    print("\n| run | policy | conc. | req/s | p50 ms | p99 ms | errors | classifier runs / batch / busy ms | OCR runs / busy ms | detector runs / batch / busy ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in h:
+        m = r["models"]
+        f = lambda k: f"{m[k]['runs']} / {m[k]['mean_batch']} / {m[k]['busy_ms_per_run']}"
+        print(f"| {r['run']} | {r['policy']} | {r['concurrency']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {f('roadwork')} | {m['ocr']['runs']} / {m['ocr']['busy_ms_per_run']} | {f('detector')} |")
+PY

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Packs what the GPU run needs into target/gpu-pack.tar.xz (one transfer, < 64 MiB): the
-# stripped binaries, the components, the default models, the rendered test images.
+# stripped binaries (and, with BEFORE=path, an earlier cascade binary as bin/cascade-before for
+# before/after runs), the components, the default models but DINOv2, the rendered test images.
+# DINOv2 (88 MB) travels apart in two parts, .gpucheck/dino/p1 and p2 (made here too); there:
+#   mkdir -p /tmp/dino && cp .gpucheck/dino/p1/* /tmp/dino/          (first call)
+#   cp .gpucheck/dino/p2/* /tmp/dino/ && bash /tmp/dino/join          (second call)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --quiet --release --bin cascade -p cascade-host
@@ -29,6 +33,12 @@ PY
 cp policies/heads/roadwork-effnet.json ../shared/models/yolox_nano/yolox_nano.onnx "$w/models/"
 strip -o "$w/bin/cascade" target/release/cascade
 strip -o "$w/bin/gpu-bench" target/release/gpu-bench
+if [ -n "${BEFORE:-}" ]; then strip -o "$w/bin/cascade-before" "$BEFORE"; fi
+rm -rf .gpucheck/dino && mkdir -p .gpucheck/dino/p1 .gpucheck/dino/p2
+split -n 2 -d target/models/dinov2_vits14.onnx .gpucheck/dino/part
+mv .gpucheck/dino/part00 .gpucheck/dino/p1/ && mv .gpucheck/dino/part01 .gpucheck/dino/p2/
+sum=$(sha256sum target/models/dinov2_vits14.onnx | cut -d' ' -f1)
+printf 'set -e\ncd /tmp/dino\ncat part00 part01 > dinov2_vits14.onnx\necho "%s  dinov2_vits14.onnx" | sha256sum -c\n' "$sum" > .gpucheck/dino/p2/join
 cp -r target/components "$w/components"
 cp target/models/efficientnet_lite0.onnx "$w/models/"
 cp target/models/ocr/*.onnx "$w/models/ocr/"

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use cascade_bench::{header, repo, row, summarise};
+use cascade_bench::{distinct_jpeg, header, repo, row, summarise};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -49,19 +49,6 @@ fn validator_jpeg() -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 75).encode_image(&img).expect("jpeg");
     out.into_inner()
-}
-
-/// `jpeg` made distinct by a comment segment carrying `n` (same pixels, different bytes).
-fn distinct(jpeg: &[u8], n: usize) -> Vec<u8> {
-    let note = format!("request {n}");
-    let len = (note.len() + 2) as u16;
-    let mut out = Vec::with_capacity(jpeg.len() + note.len() + 4);
-    out.extend_from_slice(&jpeg[..2]);
-    out.extend_from_slice(&[0xFF, 0xFE]);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(note.as_bytes());
-    out.extend_from_slice(&jpeg[2..]);
-    out
 }
 
 fn bare_server() -> SocketAddr {
@@ -153,7 +140,7 @@ fn main() -> anyhow::Result<()> {
     };
     let ms = |v: &serde_json::Value, k: &str| Duration::from_secs_f64(v[k].as_f64().unwrap_or(0.0) / 1e3);
     for i in 0..iters * 2 {
-        let fresh = serde_json::json!({"image": base64::engine::general_purpose::STANDARD.encode(distinct(&jpeg, i))})
+        let fresh = serde_json::json!({"image": base64::engine::general_purpose::STANDARD.encode(distinct_jpeg(&jpeg, i as u64))})
             .to_string();
         let (took, v) = post(&cascade_url, &body)?;
         let (took_fresh, vf) = post(&cascade_url, &fresh)?;

@@ -1,6 +1,6 @@
 //! End-to-end load, JPEG bytes in → score out: in process through the engine (`e2e`: the
 //! server's decoder, the model's queue and batching, pre-processing, the session) or over HTTP
-//! against `cascade serve` (`http`). Closed loop at a given concurrency, or open loop at a fixed
+//! against `cascade serve` (`http`, every request's bytes distinct). Closed loop at a given concurrency, or open loop at a fixed
 //! rate (latency counted from each request's scheduled time, so queueing shows in p99).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -45,8 +45,11 @@ pub fn http(args: &[String]) -> anyhow::Result<()> {
     thread_local! {
         static AGENT: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     }
+    // every request's bytes distinct, as a validator's challenges are: no cache answers them
+    let sent = AtomicU64::new(0);
     let call: Call = Arc::new(move |bytes: &[u8]| {
-        let mut resp = AGENT.with(|a| a.post(&url).header("Content-Type", "image/jpeg").send(bytes))?;
+        let bytes = cascade_bench::distinct_jpeg(bytes, sent.fetch_add(1, Ordering::Relaxed));
+        let mut resp = AGENT.with(|a| a.post(&url).header("Content-Type", "image/jpeg").send(&bytes[..]))?;
         let body = resp.body_mut().read_to_string()?;
         anyhow::ensure!(resp.status() == 200 && !body.contains("\"fallback\":true"), "{}: {body}", resp.status());
         Ok(())

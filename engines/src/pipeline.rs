@@ -1,0 +1,185 @@
+//! One CUDA session, pipelined: while the session runs a batch, the next one is gathered from
+//! the queue, packed, uploaded and pre-processed on the device into a second input buffer, so a
+//! single session gets the overlap that two sessions (`workers = 2`) get without splitting the
+//! batches between them. Two threads per worker: the model's own thread stages (queue, batch
+//! shape, GPU pre-processing into a free slot); a runner thread owns the session and runs each
+//! staged batch, frees its slot as soon as the run has read it, then decodes and replies.
+//! `cuda = { pipeline = true }` in the registry turns it on.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::engine::{Engine, Job, ModelStats};
+use crate::gpu::GpuPrep;
+use crate::preprocess::Prepared;
+use crate::spec::ModelSpec;
+use crate::worker::{gather, reply_all, ShapeRule, Worker};
+use crate::{EngineError, LoadError};
+
+/// Input buffers per batch shape: one being run, one being filled.
+const SLOTS: usize = 2;
+
+/// A worker as the lifecycle runs it: the plain one, or the staging side of a pipelined one.
+pub(crate) enum Opened {
+    Plain(Box<Worker>),
+    Pipelined(Box<Stager>),
+}
+
+impl Engine for Opened {
+    fn serve(&mut self, first: Job, rx: &Receiver<Job>) {
+        match self {
+            Opened::Plain(w) => w.serve(first, rx),
+            Opened::Pipelined(s) => s.serve(first, rx),
+        }
+    }
+}
+
+/// Opens a worker; a CUDA one with GPU pre-processing and `pipeline` set is split into its
+/// staging side (returned, run by the model's thread) and a runner thread that owns the
+/// session. Every shape of both slots is made and warmed here, before any request.
+pub(crate) fn open(
+    env: &ort::environment::Environment,
+    spec: &Arc<ModelSpec>,
+    head: Option<Arc<crate::head::Head>>,
+    stats: &Arc<ModelStats>,
+    found: &crate::worker::FoundLabels,
+) -> Result<Opened, LoadError> {
+    let mut w = Worker::open(env, spec, head, stats, found)?;
+    if !spec.cuda.pipeline || w.gpu_mut().is_none() {
+        if spec.cuda.pipeline && matches!(spec.device, crate::spec::Device::Cuda(_)) {
+            tracing::warn!(model = %spec.name, "pipeline needs CUDA with GPU pre-processing; running unpipelined");
+        }
+        return Ok(Opened::Plain(Box::new(w)));
+    }
+    let refused = |reason: String| LoadError::Spec { model: spec.name.clone(), reason: format!("pipeline: {reason}") };
+    for slot in 1..SLOTS {
+        w.warm_slot(slot).map_err(refused)?;
+    }
+    let ptrs = w.input_ptrs(SLOTS).map_err(refused)?;
+    let prep = w.gpu_mut().and_then(|g| g.take_prep()).ok_or_else(|| refused("no pre-processing to hand over".into()))?;
+    let (to_runner, staged) = crossbeam_channel::bounded::<Staged>(1);
+    let (slot_back, free) = crossbeam_channel::bounded::<usize>(SLOTS);
+    for slot in 0..SLOTS {
+        let _ = slot_back.send(slot);
+    }
+    let runner = std::thread::Builder::new()
+        .name(format!("run-{}", spec.name))
+        .spawn(move || {
+            let mut w = w;
+            for s in staged {
+                run(&mut w, s, &slot_back);
+            }
+        })
+        .map_err(|e| refused(format!("runner thread: {e}")))?;
+    tracing::info!(model = %spec.name, slots = SLOTS, "pipelined: the next batch is prepared while one runs");
+    Ok(Opened::Pipelined(Box::new(Stager {
+        prep,
+        ptrs,
+        shape: ShapeRule::new(),
+        spec: spec.clone(),
+        stats: stats.clone(),
+        to_runner: Some(to_runner),
+        free,
+        runner: Some(runner),
+    })))
+}
+
+/// A batch ready to run: its jobs, the input it was written to (or `None`: prepare it on the
+/// CPU), when its model time started and what its preparation took.
+struct Staged {
+    jobs: Vec<Job>,
+    rows: usize,
+    slot: usize,
+    prepared: Option<Vec<Prepared>>,
+    started: Instant,
+    prep_us: u64,
+}
+
+/// The staging side of a pipelined worker.
+pub(crate) struct Stager {
+    prep: GpuPrep,
+    /// Device address of each input, by rows and slot.
+    ptrs: HashMap<(usize, usize), u64>,
+    shape: ShapeRule,
+    spec: Arc<ModelSpec>,
+    stats: Arc<ModelStats>,
+    to_runner: Option<Sender<Staged>>,
+    /// Slots the runner is done with.
+    free: Receiver<usize>,
+    runner: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Engine for Stager {
+    /// Gathers a batch, waits for a free input slot, prepares the batch into it on the device
+    /// and hands it to the runner; returns while it runs, to stage the next.
+    fn serve(&mut self, first: Job, rx: &Receiver<Job>) {
+        let live = gather(first, rx, &self.spec, &self.stats);
+        if live.is_empty() {
+            return;
+        }
+        let gone = || EngineError::Inference { model: self.spec.name.clone(), reason: "the runner thread ended".into() };
+        let Ok(slot) = self.free.recv() else {
+            reply_all(live, Err(gone()), Instant::now(), &self.stats);
+            return;
+        };
+        let rows = self.shape.rows_for(live.len(), &self.spec);
+        let started = Instant::now();
+        let images: Vec<&image::RgbImage> = live.iter().map(|j| &**j.input.image()).collect();
+        let prepared = match self.ptrs.get(&(rows, slot)) {
+            Some(&ptr) => match self.prep.run(&images, ptr) {
+                Ok(p) => Some(p),
+                Err(reason) => {
+                    // e.g. a batch of huge images beyond the staging limit: this batch only
+                    tracing::warn!(model = %self.spec.name, %reason, "GPU pre-processing refused a batch; preparing it on the CPU");
+                    self.stats.prep_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+            None => None,
+        };
+        drop(images);
+        let prep_us = started.elapsed().as_micros() as u64;
+        let staged = Staged { jobs: live, rows, slot, prepared, started, prep_us };
+        if let Some(tx) = &self.to_runner {
+            if let Err(e) = tx.send(staged) {
+                reply_all(e.0.jobs, Err(gone()), started, &self.stats);
+            }
+        }
+    }
+}
+
+impl Drop for Stager {
+    /// Closes the runner's queue and waits for it: the session and its device buffers are
+    /// released when this returns.
+    fn drop(&mut self) {
+        self.to_runner.take();
+        if let Some(t) = self.runner.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs one staged batch on the runner thread; its slot is free again as soon as the session
+/// has read the input.
+fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>) {
+    let Staged { jobs, rows, slot, prepared, started, prep_us } = s;
+    let forward = match prepared {
+        Some(prepared) => {
+            let out = w.run_slot(rows, slot, jobs.len(), prep_us);
+            let _ = slot_back.send(slot);
+            out.map(|(shape, data)| (shape, data, prepared, None))
+        }
+        None => {
+            let _ = slot_back.send(slot);
+            let images: Vec<&image::RgbImage> = jobs.iter().map(|j| &**j.input.image()).collect();
+            let out = w.forward_cpu(&images, rows);
+            drop(images);
+            out
+        }
+    };
+    w.finish(jobs, forward, started);
+}
