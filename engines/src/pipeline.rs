@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -17,11 +17,13 @@ use crate::engine::{Engine, Job, ModelStats};
 use crate::gpu::GpuPrep;
 use crate::preprocess::Prepared;
 use crate::spec::ModelSpec;
-use crate::worker::{gather, reply_all, ShapeRule, Worker};
+use crate::worker::{reply_all, settle, ShapeRule, Worker};
 use crate::{EngineError, LoadError};
 
 /// Input buffers per batch shape: one being run, one being filled.
 const SLOTS: usize = 2;
+/// How often a batch gathered while the session is busy looks whether it has become idle.
+const BUSY_TICK: Duration = Duration::from_micros(200);
 
 /// A worker as the lifecycle runs it: the plain one, or the staging side of a pipelined one.
 pub(crate) enum Opened {
@@ -66,6 +68,7 @@ pub(crate) fn open(
     for slot in 0..SLOTS {
         let _ = slot_back.send(slot);
     }
+    let give_back = slot_back.clone();
     let runner = std::thread::Builder::new()
         .name(format!("run-{}", spec.name))
         .spawn(move || {
@@ -84,6 +87,7 @@ pub(crate) fn open(
         stats: stats.clone(),
         to_runner: Some(to_runner),
         free,
+        slot_back: Some(give_back),
         runner: Some(runner),
     })))
 }
@@ -110,22 +114,26 @@ pub(crate) struct Stager {
     to_runner: Option<Sender<Staged>>,
     /// Slots the runner is done with.
     free: Receiver<usize>,
+    /// For a slot taken but not used.
+    slot_back: Option<Sender<usize>>,
     runner: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Engine for Stager {
-    /// Gathers a batch, waits for a free input slot, prepares the batch into it on the device
+    /// Waits for a free input slot, gathers a batch, prepares it into the slot on the device
     /// and hands it to the runner; returns while it runs, to stage the next.
     fn serve(&mut self, first: Job, rx: &Receiver<Job>) {
-        let live = gather(first, rx, &self.spec, &self.stats);
-        if live.is_empty() {
-            return;
-        }
         let gone = || EngineError::Inference { model: self.spec.name.clone(), reason: "the runner thread ended".into() };
-        let Ok(slot) = self.free.recv() else {
+        let Some(slot) = self.slot() else {
+            let live = settle(vec![first], &self.stats);
             reply_all(live, Err(gone()), Instant::now(), &self.stats);
             return;
         };
+        let live = settle(self.gather(first, rx), &self.stats);
+        if live.is_empty() {
+            self.give_back(slot);
+            return;
+        }
         let rows = self.shape.rows_for(live.len(), &self.spec);
         let started = Instant::now();
         let images: Vec<&image::RgbImage> = live.iter().map(|j| &**j.input.image()).collect();
@@ -152,11 +160,72 @@ impl Engine for Stager {
     }
 }
 
+impl Stager {
+    /// Gathers a batch behind `first`. While the session is busy with another batch (the other
+    /// slot is out), sealing a partial batch gains nothing, since it could not run yet: the
+    /// batch keeps growing until it is full or the session is free again. From the moment the
+    /// session is free (or from the start, when it was), it waits `max_delay_us` for company,
+    /// as an unpipelined worker does: the replies of the batch that just ran bring their
+    /// clients' next requests within that window, so a closed loop of one batch's worth of
+    /// clients is not split in two. The earliest deadline in hand bounds both.
+    fn gather(&self, first: Job, rx: &Receiver<Job>) -> Vec<Job> {
+        let max_delay = Duration::from_micros(self.spec.max_delay_us);
+        let mut batch = vec![first];
+        let mut earliest = batch[0].deadline;
+        let mut idle_since: Option<Instant> = None;
+        while batch.len() < self.spec.max_batch {
+            let now = Instant::now();
+            let busy = self.free.is_empty();
+            if !busy && idle_since.is_none() {
+                idle_since = Some(now);
+            }
+            let until = match idle_since {
+                Some(t) => t + max_delay,
+                None => now + BUSY_TICK,
+            }
+            .min(earliest);
+            match rx.recv_deadline(until) {
+                Ok(j) => {
+                    earliest = earliest.min(j.deadline);
+                    batch.push(j);
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) if idle_since.is_none() && Instant::now() < earliest => {}
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    /// A free input slot; `None` once the runner has ended (it never does while this side lives,
+    /// unless it panicked).
+    fn slot(&self) -> Option<usize> {
+        loop {
+            match self.free.recv_timeout(Duration::from_millis(100)) {
+                Ok(s) => return Some(s),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.runner.as_ref().is_none_or(|t| t.is_finished()) {
+                        return None;
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Returns an unused slot (its batch expired before it was staged).
+    fn give_back(&self, slot: usize) {
+        if let Some(tx) = &self.slot_back {
+            let _ = tx.send(slot);
+        }
+    }
+}
+
 impl Drop for Stager {
     /// Closes the runner's queue and waits for it: the session and its device buffers are
     /// released when this returns.
     fn drop(&mut self) {
         self.to_runner.take();
+        self.slot_back.take();
         if let Some(t) = self.runner.take() {
             let _ = t.join();
         }

@@ -351,6 +351,12 @@ pub(crate) fn gather(first: Job, rx: &Receiver<Job>, spec: &ModelSpec, stats: &M
             Err(_) => break,
         }
     }
+    settle(batch, stats)
+}
+
+/// A gathered batch counted off the queue: the jobs already late are answered, the live ones
+/// returned.
+pub(crate) fn settle(batch: Vec<Job>, stats: &ModelStats) -> Vec<Job> {
     stats.queued.fetch_sub(batch.len() as i64, Ordering::Relaxed);
     let now = Instant::now();
     let (live, late): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline > now);

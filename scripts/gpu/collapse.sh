@@ -74,8 +74,7 @@ labels_file = "$P/coco_labels.txt"
 input = { width = 416, height = 416, color = "bgr", scale = 1.0, resize = "letterbox", pad = 114.0 }
 device = "$1"
 threads = 4
-max_batch = 16
-max_delay_us = 2000
+workers = $([ "$1" = cpu ] && echo 4 || echo 2)
 TOML
 }
 cp policies/coco_labels.txt "$P/"
