@@ -4,7 +4,8 @@
 //! batches between them. Two threads per worker: the model's own thread stages (queue, batch
 //! shape, GPU pre-processing into a free slot); a runner thread owns the session and runs each
 //! staged batch, frees its slot as soon as the run has read it, then decodes and replies.
-//! `cuda = { pipeline = true }` in the registry turns it on.
+//! On by default for CUDA models with GPU pre-processing; `cuda = { pipeline = false }` in the
+//! registry turns it off.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -100,7 +100,7 @@ pub struct ModelSpec {
 /// How a CUDA session uses device memory. The defaults are ONNX Runtime's: an arena that grows
 /// in powers of two, no limit, and cuDNN allowed its largest workspace (fastest convolutions,
 /// most memory).
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CudaOptions {
     /// Cap on the session's arena, in MiB.
@@ -112,9 +112,23 @@ pub struct CudaOptions {
     /// true: ONNX Runtime runs convolutions in NHWC layout where it can (tensor-core friendly
     /// for fp16 models; the model's input stays NCHW).
     pub prefer_nhwc: bool,
-    /// true: each worker prepares its next batch on the device (gather, upload, kernel, into a
-    /// second input buffer) while its session runs the current one. Needs GPU pre-processing.
+    /// Each worker prepares its next batch on the device (gather, upload, kernel, into a second
+    /// input buffer) while its session runs the current one (default; needs GPU
+    /// pre-processing). Measured on an H200: +16 % (DINOv2) to +31 % (fp16 EfficientNet)
+    /// images/s at 256 in flight, level at 8 and 64.
     pub pipeline: bool,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            memory_limit_mb: None,
+            arena_extend: ArenaExtend::default(),
+            conv_max_workspace: None,
+            prefer_nhwc: false,
+            pipeline: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -552,12 +566,13 @@ mod tests {
 
     #[test]
     fn gpu_settings_parse_and_typos_are_refused() {
-        let r = registry("device = \"cuda:1\"\nlazy = true\nidle_unload_s = 60\npreprocess = \"gpu\"\ncuda = { arena_extend = \"same_as_requested\", memory_limit_mb = 512, prefer_nhwc = true, pipeline = true }").expect("valid");
+        let r = registry("device = \"cuda:1\"\nlazy = true\nidle_unload_s = 60\npreprocess = \"gpu\"\ncuda = { arena_extend = \"same_as_requested\", memory_limit_mb = 512, prefer_nhwc = true, pipeline = false }").expect("valid");
         let m = &r.models[0];
         assert_eq!(m.device, Device::Cuda(1));
         assert!(m.lazy && m.idle_unload_s == 60 && m.preprocess == Preprocess::Gpu);
         assert_eq!(m.cuda.arena_extend, ArenaExtend::SameAsRequested);
-        assert!(m.cuda.pipeline);
+        assert!(!m.cuda.pipeline);
+        assert!(CudaOptions::default().pipeline, "pipelined unless turned off");
         assert_eq!(m.cuda.memory_limit_mb, Some(512));
         assert!(m.cuda.prefer_nhwc);
         let typo = registry("device = \"cuda:0\"\ncuda = { arena = \"same_as_requested\" }").expect_err("unknown key");

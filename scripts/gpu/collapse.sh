@@ -46,7 +46,7 @@ TOML
 }
 DINO_IN='{ width = 224, height = 224, resize = "center_crop", resize_short = 224, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }'
 EFF_IN='{ width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }'
-# the accuracy policy's registry: DEVICE PIPELINE(true|false|absent)
+# the accuracy policy's registry: DEVICE PIPELINE(true|false|absent) [OCR_DEVICE]
 registry() {
   local extra
   if [ "$1" = cpu ]; then
@@ -61,9 +61,9 @@ registry() {
 name = "ocr"
 kind = "ocr"
 file = "$m/ocr/ch_PP-OCRv4_det_infer.onnx"
-device = "$1"
+device = "${3:-$1}"
 threads = 4
-workers = $([ "$1" = cpu ] && echo 4 || echo 2)
+workers = $([ "${3:-$1}" = cpu ] && echo 4 || echo 2)
 ocr = { rec = "$m/ocr/ch_PP-OCRv4_rec_infer.onnx", cls = "$m/ocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", det_short = 480 }
 
 [[model]]
@@ -78,9 +78,9 @@ workers = $([ "$1" = cpu ] && echo 4 || echo 2)
 TOML
 }
 cp policies/coco_labels.txt "$P/"
-policies() {  # DIR DEVICE PIPELINE
+policies() {  # DIR DEVICE PIPELINE [OCR_DEVICE]
   mkdir -p "$1"
-  registry "$2" "$3" > "$1/models.toml"
+  registry "$2" "$3" "${4:-}" > "$1/models.toml"
   cp policies/accuracy.toml "$1/"
   # the same policy with no early exit: every request reaches zoom, OCR and the detector
   sed -e 's/^name = "accuracy"/name = "accuracy-all"/' -e '/^exit_low/d' -e '/^exit_high/d' policies/accuracy.toml > "$1/accuracy-all.toml"
@@ -88,6 +88,8 @@ policies() {  # DIR DEVICE PIPELINE
 policies "$P/pol-before" cuda:0 absent
 policies "$P/pol-cuda" cuda:0 true
 policies "$P/pol-cpu" cpu absent
+# the classifier and detector on CUDA, OCR on the CPU cores (OCR is faster there, see the note)
+policies "$P/pol-hybrid" cuda:0 true cpu
 
 echo "== 1. pipelining inside one worker: in process, JPEG bytes -> score"
 E="$OUT/e2e.jsonl"; : > "$E"

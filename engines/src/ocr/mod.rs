@@ -153,14 +153,8 @@ impl OcrWorker {
         let (w, h) = CLS_SIZE;
         let name = self.spec.name.clone();
         let batch: Vec<&RgbImage> = crops.iter().map(|(_, c)| c).collect();
-        let mut buf = line_batch(&batch, w, h, w);
-        // on CUDA a power-of-two batch, as for the recogniser (`rec_shape`)
-        let rows = match self.spec.device {
-            crate::spec::Device::Cuda(_) => batch.len().next_power_of_two(),
-            crate::spec::Device::Cpu => batch.len(),
-        };
-        buf.resize(rows * 3 * (w * h) as usize, 0.0);
-        let t = TensorRef::from_array_view(([rows, 3, h as usize, w as usize], &buf[..]))
+        let buf = line_batch(&batch, w, h, w);
+        let t = TensorRef::from_array_view(([batch.len(), 3, h as usize, w as usize], &buf[..]))
             .map_err(|e| fail(&name, e))?;
         let cls = self.s.cls.as_mut().expect("orient runs only with a cls session");
         let out = cls.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
@@ -171,19 +165,6 @@ impl OcrWorker {
             }
         }
         Ok(())
-    }
-
-    /// The recogniser's input rows and width for `n` crops at most `w` wide. On the CPU exactly
-    /// those. On CUDA, where every new input shape costs a re-plan far longer than the run,
-    /// rows round up to a power of two and the width to a multiple of the minimum width (the
-    /// extra width is the same grey padding a shorter line gets; extra rows are read by no one).
-    fn rec_shape(&self, n: usize, w: u32) -> (usize, u32) {
-        match self.spec.device {
-            crate::spec::Device::Cuda(_) => {
-                (n.next_power_of_two().min(self.ocr().rec_batch.max(n)), w.div_ceil(REC_MIN_WIDTH) * REC_MIN_WIDTH)
-            }
-            crate::spec::Device::Cpu => (n, w),
-        }
     }
 
     /// Recognises line crops in batches of similar aspect ratio; text and confidence per crop.
@@ -201,10 +182,8 @@ impl OcrWorker {
                 .fold(REC_MIN_WIDTH as f32 / REC_HEIGHT as f32, f32::max)
                 .min(REC_MAX_RATIO);
             let w = (REC_HEIGHT as f32 * max_ratio).ceil() as u32;
-            let (rows, slot_w) = self.rec_shape(batch.len(), w);
-            let mut buf = line_batch(&batch, slot_w, REC_HEIGHT, w);
-            buf.resize(rows * 3 * (slot_w * REC_HEIGHT) as usize, 0.0);
-            let t = TensorRef::from_array_view(([rows, 3, REC_HEIGHT as usize, slot_w as usize], &buf[..]))
+            let buf = line_batch(&batch, w, REC_HEIGHT, w);
+            let t = TensorRef::from_array_view(([batch.len(), 3, REC_HEIGHT as usize, w as usize], &buf[..]))
                 .map_err(|e| fail(&name, e))?;
             let res = self.s.rec.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
             let (shape, probs) = res[0].try_extract_tensor::<f32>().map_err(|e| fail(&name, e))?;
