@@ -43,7 +43,7 @@ pub(crate) enum GpuRunError {
 
 /// What a run hands back: the output's shape and values, and how each image maps back.
 /// Whether `CASCADE_GPU_TRACE` asks for per-batch timings.
-fn trace() -> bool {
+pub(crate) fn trace() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("CASCADE_GPU_TRACE").is_some_and(|v| v != "0"))
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaContext;
 
-pub(crate) use binding::{GpuInput, GpuRunError};
+pub(crate) use binding::{trace, GpuInput, GpuRunError};
 pub(crate) use prep::GpuPrep;
 
 /// The primary context of device `ordinal` (the one ONNX Runtime's CUDA provider also uses),

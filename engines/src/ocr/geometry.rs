@@ -86,7 +86,7 @@ pub fn convex_hull(mut pts: Vec<(f32, f32)>) -> Vec<(f32, f32)> {
 }
 
 /// A rotated rectangle: centre, unit axis `u` (along `width`), and the perpendicular `v`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RotatedRect {
     pub cx: f32,
     pub cy: f32,

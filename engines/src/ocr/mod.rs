@@ -25,6 +25,12 @@ const REC_MIN_WIDTH: u32 = 320;
 /// Widest line crop (width / height) the recogniser gets; longer lines are squeezed.
 const REC_MAX_RATIO: f32 = 40.0;
 const CLS_SIZE: (u32, u32) = (192, 48);
+/// On CUDA the recogniser always runs this wide (lines up to 20 times their height; longer
+/// ones are squeezed), `rec_batch` rows, and the orientation model `rec_batch` rows: ONNX
+/// Runtime's CUDA kernels re-plan whenever an input shape differs from the previous run's
+/// (measured on an H200: most OCR calls 7 ms, one in eight ~350 ms, as line widths and counts
+/// vary), so one fixed shape each, padded, costs far less than the shapes the text would give.
+const REC_CUDA_WIDTH: u32 = 960;
 
 pub(crate) struct OcrSessions {
     pub det: Session,
@@ -64,7 +70,9 @@ impl OcrWorker {
     }
 
     pub fn read(&mut self, img: &RgbImage) -> Result<Vec<TextLine>, EngineError> {
+        let t0 = Instant::now();
         let boxes = self.detect(img)?;
+        let t_det = t0.elapsed();
         let mut crops: Vec<(RotatedRect, RgbImage)> = boxes
             .into_iter()
             .map(|r| {
@@ -75,10 +83,26 @@ impl OcrWorker {
                 (r, c)
             })
             .collect();
+        let t_crop = t0.elapsed();
         if self.s.cls.is_some() && !crops.is_empty() {
             self.orient(&mut crops)?;
         }
+        let t_cls = t0.elapsed();
         let texts = self.recognise(crops.iter().map(|(_, c)| c).collect())?;
+        if crate::gpu::trace() {
+            // CASCADE_GPU_TRACE=1: where one OCR call's time goes (detection includes its
+            // pre-processing and post-processing)
+            let us = |d: std::time::Duration| d.as_micros() as u64;
+            tracing::info!(
+                model = %self.spec.name,
+                lines = crops.len(),
+                det_us = us(t_det),
+                crop_us = us(t_crop - t_det),
+                cls_us = us(t_cls - t_crop),
+                rec_us = us(t0.elapsed() - t_cls),
+                "ocr call"
+            );
+        }
         let min_conf = self.ocr().min_confidence;
         let mut lines: Vec<TextLine> = crops
             .iter()
@@ -120,7 +144,11 @@ impl OcrWorker {
         let p = prepare(img, &spec, &mut buf);
         let t = TensorRef::from_array_view(([1usize, 3, dh as usize, dw as usize], &buf[..]))
             .map_err(|e| fail(&name, e))?;
+        let t_run = Instant::now();
         let out = self.s.det.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
+        if crate::gpu::trace() {
+            tracing::info!(model = %name, w = dw, h = dh, run_us = t_run.elapsed().as_micros() as u64, "ocr detection run");
+        }
         let (_, prob) = out[0].try_extract_tensor::<f32>().map_err(|e| fail(&name, e))?;
         if prob.len() != (dw * dh) as usize {
             return Err(fail(&name, format!("detector output has {} values for a {dw}×{dh} input", prob.len())));
@@ -148,20 +176,43 @@ impl OcrWorker {
         Ok(rects)
     }
 
+    fn on_cuda(&self) -> bool {
+        matches!(self.spec.device, crate::spec::Device::Cuda(_))
+    }
+
+    /// Runs each session once at its CUDA shapes (a 224×224 image's detection input, the fixed
+    /// recognition and orientation inputs), so that the first requests pay no set-up.
+    pub fn warm_up(&mut self) -> Result<(), EngineError> {
+        let grey = RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128]));
+        self.detect(&grey)?;
+        let mut line = vec![(RotatedRect::default(), RgbImage::from_pixel(200, 48, image::Rgb([128, 128, 128])))];
+        if self.s.cls.is_some() {
+            self.orient(&mut line)?;
+        }
+        self.recognise(vec![&line[0].1])?;
+        Ok(())
+    }
+
     /// Turns crops the orientation model reads as upside down (score > 0.9).
     fn orient(&mut self, crops: &mut [(RotatedRect, RgbImage)]) -> Result<(), EngineError> {
         let (w, h) = CLS_SIZE;
         let name = self.spec.name.clone();
-        let batch: Vec<&RgbImage> = crops.iter().map(|(_, c)| c).collect();
-        let buf = line_batch(&batch, w, h, w);
-        let t = TensorRef::from_array_view(([batch.len(), 3, h as usize, w as usize], &buf[..]))
-            .map_err(|e| fail(&name, e))?;
-        let cls = self.s.cls.as_mut().expect("orient runs only with a cls session");
-        let out = cls.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
-        let (_, probs) = out[0].try_extract_tensor::<f32>().map_err(|e| fail(&name, e))?;
-        for (i, (_, c)) in crops.iter_mut().enumerate() {
-            if probs.get(i * 2 + 1).is_some_and(|p| *p > 0.9) {
-                *c = imageops::rotate180(c);
+        let per = self.ocr().rec_batch.max(1);
+        let fixed = self.on_cuda();
+        for group in crops.chunks_mut(per) {
+            let batch: Vec<&RgbImage> = group.iter().map(|(_, c)| c).collect();
+            let rows = if fixed { per } else { batch.len() };
+            let mut buf = line_batch(&batch, w, h, w);
+            buf.resize(rows * 3 * (w * h) as usize, 0.0);
+            let t = TensorRef::from_array_view(([rows, 3, h as usize, w as usize], &buf[..]))
+                .map_err(|e| fail(&name, e))?;
+            let cls = self.s.cls.as_mut().expect("orient runs only with a cls session");
+            let out = cls.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
+            let (_, probs) = out[0].try_extract_tensor::<f32>().map_err(|e| fail(&name, e))?;
+            for (i, (_, c)) in group.iter_mut().enumerate() {
+                if probs.get(i * 2 + 1).is_some_and(|p| *p > 0.9) {
+                    *c = imageops::rotate180(c);
+                }
             }
         }
         Ok(())
@@ -174,7 +225,9 @@ impl OcrWorker {
         let ratio = |c: &RgbImage| c.width() as f32 / c.height().max(1) as f32;
         let mut order: Vec<usize> = (0..crops.len()).collect();
         order.sort_by(|&a, &b| ratio(crops[a]).total_cmp(&ratio(crops[b])));
-        for chunk in order.chunks(self.ocr().rec_batch.max(1)) {
+        let per = self.ocr().rec_batch.max(1);
+        let fixed = self.on_cuda();
+        for chunk in order.chunks(per) {
             let batch: Vec<&RgbImage> = chunk.iter().map(|&i| crops[i]).collect();
             let max_ratio = batch
                 .iter()
@@ -182,8 +235,11 @@ impl OcrWorker {
                 .fold(REC_MIN_WIDTH as f32 / REC_HEIGHT as f32, f32::max)
                 .min(REC_MAX_RATIO);
             let w = (REC_HEIGHT as f32 * max_ratio).ceil() as u32;
-            let buf = line_batch(&batch, w, REC_HEIGHT, w);
-            let t = TensorRef::from_array_view(([batch.len(), 3, REC_HEIGHT as usize, w as usize], &buf[..]))
+            // on CUDA one shape for every run (see REC_CUDA_WIDTH)
+            let (rows, slot_w, w) = if fixed { (per, REC_CUDA_WIDTH, w.min(REC_CUDA_WIDTH)) } else { (batch.len(), w, w) };
+            let mut buf = line_batch(&batch, slot_w, REC_HEIGHT, w);
+            buf.resize(rows * 3 * (slot_w * REC_HEIGHT) as usize, 0.0);
+            let t = TensorRef::from_array_view(([rows, 3, REC_HEIGHT as usize, slot_w as usize], &buf[..]))
                 .map_err(|e| fail(&name, e))?;
             let res = self.s.rec.run(ort::inputs![t]).map_err(|e| fail(&name, e))?;
             let (shape, probs) = res[0].try_extract_tensor::<f32>().map_err(|e| fail(&name, e))?;
