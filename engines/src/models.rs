@@ -176,7 +176,8 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
             handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
                 let mut w = OcrWorker { s: ocr_sessions(&env, &spec2)?, spec: spec2.clone(), stats: stats2.clone() };
                 if matches!(spec2.device, crate::spec::Device::Cuda(_)) {
-                    w.warm_up().map_err(|e| LoadError::Spec { model: spec2.name.clone(), reason: format!("warm-up: {e}") })?;
+                    w.warm_up()
+                        .map_err(|e| LoadError::Spec { model: spec2.name.clone(), reason: format!("warm-up: {e}") })?;
                 }
                 Ok(w)
             })?);

@@ -63,7 +63,8 @@ pub(crate) fn open(
         w.warm_slot(slot).map_err(refused)?;
     }
     let ptrs = w.input_ptrs(SLOTS).map_err(refused)?;
-    let prep = w.gpu_mut().and_then(|g| g.take_prep()).ok_or_else(|| refused("no pre-processing to hand over".into()))?;
+    let prep =
+        w.gpu_mut().and_then(|g| g.take_prep()).ok_or_else(|| refused("no pre-processing to hand over".into()))?;
     let (to_runner, staged) = crossbeam_channel::bounded::<Staged>(1);
     let (slot_back, free) = crossbeam_channel::bounded::<usize>(SLOTS);
     for slot in 0..SLOTS {
@@ -124,7 +125,8 @@ impl Engine for Stager {
     /// Waits for a free input slot, gathers a batch, prepares it into the slot on the device
     /// and hands it to the runner; returns while it runs, to stage the next.
     fn serve(&mut self, first: Job, rx: &Receiver<Job>) {
-        let gone = || EngineError::Inference { model: self.spec.name.clone(), reason: "the runner thread ended".into() };
+        let gone =
+            || EngineError::Inference { model: self.spec.name.clone(), reason: "the runner thread ended".into() };
         let Some(slot) = self.slot() else {
             let live = settle(vec![first], &self.stats);
             reply_all(live, Err(gone()), Instant::now(), &self.stats);
@@ -190,7 +192,8 @@ impl Stager {
                     earliest = earliest.min(j.deadline);
                     batch.push(j);
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) if idle_since.is_none() && Instant::now() < earliest => {}
+                Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                    if idle_since.is_none() && Instant::now() < earliest => {}
                 Err(_) => break,
             }
         }

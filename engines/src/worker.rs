@@ -209,7 +209,10 @@ impl Worker {
 
     /// The device address of every warmed input (by rows and slot), for a pipelined worker's
     /// staging side.
-    pub(crate) fn input_ptrs(&mut self, slots: usize) -> Result<std::collections::HashMap<(usize, usize), u64>, String> {
+    pub(crate) fn input_ptrs(
+        &mut self,
+        slots: usize,
+    ) -> Result<std::collections::HashMap<(usize, usize), u64>, String> {
         let gpu = self.gpu.as_mut().ok_or("no GPU pre-processing")?;
         let mut out = std::collections::HashMap::new();
         for rows in ShapeRule::all(&self.spec) {
@@ -267,7 +270,6 @@ impl Worker {
     pub(crate) fn gpu_mut(&mut self) -> Option<&mut GpuInput> {
         self.gpu.as_mut()
     }
-
 
     /// Prepares `images` as a `rows`-row input (on the GPU when set up, else on the CPU) and
     /// runs the session: the output's shape and values, and how each image maps back.

@@ -91,7 +91,8 @@ impl GpuInput {
                 })?;
                 let mut t = DynTensor::new(&self.alloc, self.precision.element(), [rows, 3, h, w]).map_err(run)?;
                 // padding rows are never written by the kernel: start them at zero
-                prep.zero(t.data_ptr_mut() as u64, rows * 3 * h * w * self.precision.bytes()).map_err(GpuRunError::Run)?;
+                prep.zero(t.data_ptr_mut() as u64, rows * 3 * h * w * self.precision.bytes())
+                    .map_err(GpuRunError::Run)?;
                 let mut b = session.create_binding().map_err(run)?;
                 b.bind_input(self.input.as_str(), &t).map_err(run)?;
                 b.bind_output_to_device(self.output.as_str(), &self.host).map_err(run)?;

@@ -236,7 +236,8 @@ impl OcrWorker {
                 .min(REC_MAX_RATIO);
             let w = (REC_HEIGHT as f32 * max_ratio).ceil() as u32;
             // on CUDA one shape for every run (see REC_CUDA_WIDTH)
-            let (rows, slot_w, w) = if fixed { (per, REC_CUDA_WIDTH, w.min(REC_CUDA_WIDTH)) } else { (batch.len(), w, w) };
+            let (rows, slot_w, w) =
+                if fixed { (per, REC_CUDA_WIDTH, w.min(REC_CUDA_WIDTH)) } else { (batch.len(), w, w) };
             let mut buf = line_batch(&batch, slot_w, REC_HEIGHT, w);
             buf.resize(rows * 3 * (slot_w * REC_HEIGHT) as usize, 0.0);
             let t = TensorRef::from_array_view(([rows, 3, REC_HEIGHT as usize, slot_w as usize], &buf[..]))
