@@ -13,13 +13,9 @@
 # with target/gpu-pack.tar.xz carried. RUNS / LOADS / LEVELS pick a subset.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-OUT=${OUT:-/tmp/gpu-out}
-P=/tmp/gpu
+source scripts/gpu/common.sh
 DINO=${DINO:-/tmp/dino/dinov2_vits14.onnx}
-rm -rf "$P" && mkdir -p "$P" "$OUT"
-tar -xJf target/gpu-pack.tar.xz -C "$P"
+unpack_pack
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 echo "cpu cores: $(nproc)" | tee -a "$OUT/gpu.txt"
 m=$P/models
@@ -56,28 +52,12 @@ registry() {
     [ "$2" != absent ] && extra+=$'\ncuda = { pipeline = '"$2"' }'
   fi
   classifier roadwork "$DINO" "$m/roadwork.json" "$DINO_IN" "$1" "$extra"
-  cat <<TOML
-[[model]]
-name = "ocr"
-kind = "ocr"
-file = "$m/ocr/ch_PP-OCRv4_det_infer.onnx"
-device = "${3:-$1}"
-threads = 4
-workers = $([ "${3:-$1}" = cpu ] && echo 4 || echo 2)
-ocr = { rec = "$m/ocr/ch_PP-OCRv4_rec_infer.onnx", cls = "$m/ocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", det_short = 480 }
-
-[[model]]
-name = "detector"
-kind = "detector"
-file = "$m/yolox_nano.onnx"
-labels_file = "$P/coco_labels.txt"
-input = { width = 416, height = 416, color = "bgr", scale = 1.0, resize = "letterbox", pad = 114.0 }
-device = "$1"
-threads = 4
-workers = $([ "$1" = cpu ] && echo 4 || echo 2)
-TOML
+  local od=${3:-$1}
+  echo
+  ocr_model "$od" "$([ "$od" = cpu ] && echo 4 || echo 2)"
+  echo
+  detector_model "$1" "$([ "$1" = cpu ] && echo 4 || echo 2)"
 }
-cp policies/coco_labels.txt "$P/"
 policies() {  # DIR DEVICE PIPELINE [OCR_DEVICE]
   mkdir -p "$1"
   registry "$2" "$3" "${4:-}" > "$1/models.toml"
@@ -88,7 +68,7 @@ policies() {  # DIR DEVICE PIPELINE [OCR_DEVICE]
 policies "$P/pol-before" cuda:0 absent
 policies "$P/pol-cuda" cuda:0 true
 policies "$P/pol-cpu" cpu absent
-# the classifier and detector on CUDA, OCR on the CPU cores (OCR is faster there, see the note)
+# the classifier and detector on CUDA, OCR on the CPU cores (for hosts short of GPU memory)
 policies "$P/pol-hybrid" cuda:0 true cpu
 
 echo "== 1. pipelining inside one worker: in process, JPEG bytes -> score"

@@ -5,10 +5,7 @@
 # scripts/gpu/collapse.sh on the same machine (it reuses /tmp/gpu).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-OUT=${OUT:-/tmp/gpu-out}
-P=/tmp/gpu
+source scripts/gpu/common.sh
 [ -x "$P/bin/cascade" ] || { echo "no $P/bin/cascade: run scripts/gpu/collapse.sh first on this machine"; exit 1; }
 variant() {  # NAME THREADS DELAY_US EXTRA
   local d="$P/pol-$1"; mkdir -p "$d"

@@ -6,25 +6,12 @@
 # with target/gpu-pack.tar.xz carried (scripts/gpu/pack.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-OUT=${OUT:-/tmp/gpu-out}
-P=/tmp/gpu
-rm -rf "$P" && mkdir -p "$P" "$OUT"
-tar -xJf target/gpu-pack.tar.xz -C "$P"
-m=$P/models/ocr
+source scripts/gpu/common.sh
+unpack_pack
 for dev in cuda:0 cpu; do
   d=$P/ocr-${dev%%:*}
   mkdir -p "$d"
-  cat > "$d/models.toml" <<TOML
-[[model]]
-name = "ocr"
-kind = "ocr"
-file = "$m/ch_PP-OCRv4_det_infer.onnx"
-device = "$dev"
-threads = 4
-ocr = { rec = "$m/ch_PP-OCRv4_rec_infer.onnx", cls = "$m/ch_ppocr_mobile_v2.0_cls_infer.onnx", det_short = 480 }
-TOML
+  ocr_model "$dev" > "$d/models.toml"
   for c in 1 8; do
     CASCADE_GPU_TRACE=1 "$P/bin/gpu-bench" e2e "$d" ocr "$P/validator" "$c" 4 > "$OUT/${dev%%:*}-$c.json" 2> "$OUT/${dev%%:*}-$c.log" || true
   done

@@ -13,14 +13,10 @@
 # Results go to $OUT. Exits non-zero when an agreement check fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-OUT=${OUT:-/tmp/gpu-out}
+source scripts/gpu/common.sh
 STEPS=${STEPS:-torch,agree,engine,e2e,peer,serve}   # a subset re-runs a part
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
-P=/tmp/gpu
-rm -rf "$P" && mkdir -p "$P" "$OUT"
-tar -xJf target/gpu-pack.tar.xz -C "$P"
+unpack_pack
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 
 echo "== exporting ViT-B/16 and timing the PyTorch peers"
@@ -71,26 +67,10 @@ registry() {  # DEVICE -> models.toml
   roadwork_model roadwork "$m/efficientnet_lite0.onnx" "$dev"
   echo
   vit_model vit "$P/vit_b16.onnx" "$dev"
-  cat <<TOML
-
-[[model]]
-name = "detector"
-kind = "detector"
-file = "$m/yolox_nano.onnx"
-labels_file = "$PWD/policies/coco_labels.txt"
-input = { width = 416, height = 416, color = "bgr", scale = 1.0, resize = "letterbox", pad = 114.0 }
-device = "$dev"
-max_batch = 1
-max_delay_us = 0
-
-[[model]]
-name = "ocr"
-kind = "ocr"
-file = "$m/ocr/ch_PP-OCRv4_det_infer.onnx"
-device = "$dev"
-threads = 4
-ocr = { rec = "$m/ocr/ch_PP-OCRv4_rec_infer.onnx", cls = "$m/ocr/ch_ppocr_mobile_v2.0_cls_infer.onnx", det_short = 480 }
-TOML
+  echo
+  detector_model "$dev"
+  echo
+  ocr_model "$dev"
 }
 registry16() {  # -> models.toml of the fp16 conversions, and roadwork on two sessions (CUDA)
   local m=$P/models

@@ -1,0 +1,42 @@
+# Shared by the GPU machine's scripts (sourced, not run): the ONNX Runtime CUDA build's paths,
+# the output folder, the unpacked pack in $P, and the OCR and detector registry entries.
+export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+OUT=${OUT:-/tmp/gpu-out}
+P=/tmp/gpu
+
+# A fresh $P from target/gpu-pack.tar.xz (scripts/gpu/pack.sh), and $OUT.
+unpack_pack() {
+  rm -rf "$P" && mkdir -p "$P" "$OUT"
+  tar -xJf target/gpu-pack.tar.xz -C "$P"
+}
+
+# The PP-OCRv4 entry: DEVICE [WORKERS]
+ocr_model() {
+  local m=$P/models/ocr
+  cat <<TOML
+[[model]]
+name = "ocr"
+kind = "ocr"
+file = "$m/ch_PP-OCRv4_det_infer.onnx"
+device = "$1"
+threads = 4
+workers = ${2:-1}
+ocr = { rec = "$m/ch_PP-OCRv4_rec_infer.onnx", cls = "$m/ch_ppocr_mobile_v2.0_cls_infer.onnx", det_short = 480 }
+TOML
+}
+
+# The YOLOX-Nano entry (COCO labels; its batch dimension is fixed at 1): DEVICE [WORKERS]
+detector_model() {
+  cat <<TOML
+[[model]]
+name = "detector"
+kind = "detector"
+file = "$P/models/yolox_nano.onnx"
+labels_file = "$PWD/policies/coco_labels.txt"
+input = { width = 416, height = 416, color = "bgr", scale = 1.0, resize = "letterbox", pad = 114.0 }
+device = "$1"
+threads = 4
+workers = ${2:-1}
+TOML
+}
