@@ -164,40 +164,8 @@ impl Engine for Stager {
 }
 
 impl Stager {
-    /// Gathers a batch behind `first`. While the session is busy with another batch (the other
-    /// slot is out), sealing a partial batch gains nothing, since it could not run yet: the
-    /// batch keeps growing until it is full or the session is free again. From the moment the
-    /// session is free (or from the start, when it was), it waits `max_delay_us` for company,
-    /// as an unpipelined worker does: the replies of the batch that just ran bring their
-    /// clients' next requests within that window, so a closed loop of one batch's worth of
-    /// clients is not split in two. The earliest deadline in hand bounds both.
     fn gather(&self, first: Job, rx: &Receiver<Job>) -> Vec<Job> {
-        let max_delay = Duration::from_micros(self.spec.max_delay_us);
-        let mut batch = vec![first];
-        let mut earliest = batch[0].deadline;
-        let mut idle_since: Option<Instant> = None;
-        while batch.len() < self.spec.max_batch {
-            let now = Instant::now();
-            let busy = self.free.is_empty();
-            if !busy && idle_since.is_none() {
-                idle_since = Some(now);
-            }
-            let until = match idle_since {
-                Some(t) => t + max_delay,
-                None => now + BUSY_TICK,
-            }
-            .min(earliest);
-            match rx.recv_deadline(until) {
-                Ok(j) => {
-                    earliest = earliest.min(j.deadline);
-                    batch.push(j);
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout)
-                    if idle_since.is_none() && Instant::now() < earliest => {}
-                Err(_) => break,
-            }
-        }
-        batch
+        gather_while_busy(first, rx, &self.spec, &self.free)
     }
 
     /// A free input slot; `None` once the runner has ended (it never does while this side lives,
@@ -236,6 +204,41 @@ impl Drop for Stager {
     }
 }
 
+/// Gathers a batch behind `first`. While the session is busy with another batch (the other
+/// slot is out: `free` is empty), sealing a partial batch gains nothing, since it could not run yet: the
+/// batch keeps growing until it is full or the session is free again. From the moment the
+/// session is free (or from the start, when it was), it waits `max_delay_us` for company,
+/// as an unpipelined worker does: the replies of the batch that just ran bring their
+/// clients' next requests within that window, so a closed loop of one batch's worth of
+/// clients is not split in two. The earliest deadline in hand bounds both.
+fn gather_while_busy(first: Job, rx: &Receiver<Job>, spec: &ModelSpec, free: &Receiver<usize>) -> Vec<Job> {
+    let max_delay = Duration::from_micros(spec.max_delay_us);
+    let mut batch = vec![first];
+    let mut earliest = batch[0].deadline;
+    let mut idle_since: Option<Instant> = None;
+    while batch.len() < spec.max_batch {
+        let now = Instant::now();
+        let busy = free.is_empty();
+        if !busy && idle_since.is_none() {
+            idle_since = Some(now);
+        }
+        let until = match idle_since {
+            Some(t) => t + max_delay,
+            None => now + BUSY_TICK,
+        }
+        .min(earliest);
+        match rx.recv_deadline(until) {
+            Ok(j) => {
+                earliest = earliest.min(j.deadline);
+                batch.push(j);
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) if idle_since.is_none() && Instant::now() < earliest => {}
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// Runs one staged batch on the runner thread; its slot is free again as soon as the session
 /// has read the input.
 fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>) {
@@ -255,4 +258,66 @@ fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>) {
         }
     };
     w.finish(jobs, forward, started);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::JobInput;
+
+    fn job() -> Job {
+        let (reply, _) = crossbeam_channel::bounded(1);
+        let image = Arc::new(image::RgbImage::new(4, 4));
+        Job {
+            input: JobInput::Image(image),
+            deadline: Instant::now() + Duration::from_secs(5),
+            reply,
+            enqueued: Instant::now(),
+        }
+    }
+
+    fn spec(max_batch: usize, max_delay_us: u64) -> ModelSpec {
+        let toml = format!(
+            "[[model]]\nname = \"m\"\nkind = \"classifier\"\nfile = \"m.onnx\"\nmax_batch = {max_batch}\nmax_delay_us = {max_delay_us}\n"
+        );
+        let reg: crate::Registry = toml::from_str(&toml).expect("registry");
+        reg.models.into_iter().next().expect("one model")
+    }
+
+    #[test]
+    fn a_batch_keeps_growing_while_the_session_is_busy() {
+        let spec = spec(8, 1_000);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (slot_back, free) = crossbeam_channel::bounded::<usize>(2);
+        // the session is busy (no slot free) for 30 ms, far past max_delay; jobs keep coming
+        let feeder = std::thread::spawn(move || {
+            for _ in 0..3 {
+                std::thread::sleep(Duration::from_millis(8));
+                tx.send(job()).expect("send");
+            }
+            std::thread::sleep(Duration::from_millis(6));
+            slot_back.send(1).expect("free");
+            (tx, slot_back)
+        });
+        let started = Instant::now();
+        let batch = gather_while_busy(job(), &rx, &spec, &free);
+        let _keep = feeder.join().expect("feeder");
+        assert_eq!(batch.len(), 4, "every job that came while the session was busy");
+        assert!(started.elapsed() >= Duration::from_millis(30), "sealed only once the session was free");
+    }
+
+    #[test]
+    fn an_idle_session_seals_after_max_delay_or_when_full() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (slot_back, free) = crossbeam_channel::bounded::<usize>(2);
+        slot_back.send(1).expect("free");
+        let started = Instant::now();
+        let batch = gather_while_busy(job(), &rx, &spec(8, 2_000), &free);
+        assert_eq!(batch.len(), 1);
+        assert!(started.elapsed() < Duration::from_millis(500), "max_delay, not a busy wait");
+        for _ in 0..5 {
+            tx.send(job()).expect("send");
+        }
+        assert_eq!(gather_while_busy(job(), &rx, &spec(4, 1_000_000), &free).len(), 4, "full");
+    }
 }
