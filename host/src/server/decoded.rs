@@ -104,7 +104,8 @@ impl Decoded {
                     self.settle(key, &cell, Some(img.len()));
                 }
                 count(if ran { "decoded" } else { "shared" });
-                fits(img, limits)?;
+                // the same bytes passed every other check when they were decoded
+                ingress::within(img.width(), img.height(), limits)?;
                 Ok(img.clone())
             }
             None => {
@@ -163,20 +164,6 @@ impl Decoded {
         let g = self.inner.lock();
         (g.map.len(), g.bytes)
     }
-}
-
-/// A kept image against the asking request's size limits (the same bytes passed every other
-/// check when they were decoded).
-fn fits(img: &Image, limits: &IngressLimits) -> Result<(), Refusal> {
-    let (w, h) = img.dimensions();
-    if w > limits.max_side || h > limits.max_side || w as u64 * h as u64 > limits.max_pixels {
-        return Err(Refusal::new(
-            hyper::StatusCode::PAYLOAD_TOO_LARGE,
-            "image-too-large",
-            format!("image is {w}×{h}; the limits are {} per side and {} pixels", limits.max_side, limits.max_pixels),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -126,13 +126,7 @@ pub fn decode_image(bytes: &[u8], limits: &IngressLimits) -> Result<image::RgbIm
     if w == 0 || h == 0 {
         return Err(unprocessable(format!("image has zero size ({w}×{h})")));
     }
-    if w > limits.max_side || h > limits.max_side || w as u64 * h as u64 > limits.max_pixels {
-        return Err(Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "image-too-large",
-            format!("image is {w}×{h}; the limits are {} per side and {} pixels", limits.max_side, limits.max_pixels),
-        ));
-    }
+    within(w, h, limits)?;
     if w as u64 * h as u64 > (bytes.len() as u64).saturating_mul(MAX_PIXELS_PER_BYTE) {
         return Err(unprocessable(format!(
             "image claims {w}×{h} in {} bytes: no real JPEG or PNG is that dense",
@@ -151,6 +145,18 @@ pub fn decode_image(bytes: &[u8], limits: &IngressLimits) -> Result<image::RgbIm
     reader.limits(l);
     let img = reader.decode().map_err(|e| unprocessable(format!("cannot decode: {e}")))?;
     Ok(img.into_rgb8())
+}
+
+/// A `w`×`h` image against the size limits.
+pub fn within(w: u32, h: u32, limits: &IngressLimits) -> Result<(), Refusal> {
+    if w > limits.max_side || h > limits.max_side || w as u64 * h as u64 > limits.max_pixels {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "image-too-large",
+            format!("image is {w}×{h}; the limits are {} per side and {} pixels", limits.max_side, limits.max_pixels),
+        ));
+    }
+    Ok(())
 }
 
 /// The decoder fills a cut-off JPEG with grey instead of failing; a complete one ends with
