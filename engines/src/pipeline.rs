@@ -54,7 +54,7 @@ pub(crate) fn open(
     let mut w = Worker::open(env, spec, head, stats, found)?;
     if !spec.cuda.pipeline || w.gpu_mut().is_none() {
         if spec.cuda.pipeline && matches!(spec.device, crate::spec::Device::Cuda(_)) {
-            tracing::warn!(model = %spec.name, "pipeline needs CUDA with GPU pre-processing; running unpipelined");
+            tracing::info!(model = %spec.name, "inputs prepared on the CPU: the worker runs unpipelined");
         }
         return Ok(Opened::Plain(Box::new(w)));
     }
