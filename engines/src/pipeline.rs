@@ -71,14 +71,10 @@ pub(crate) fn open(
         let _ = slot_back.send(slot);
     }
     let give_back = slot_back.clone();
+    let stats2 = stats.clone();
     let runner = std::thread::Builder::new()
         .name(format!("run-{}", spec.name))
-        .spawn(move || {
-            let mut w = w;
-            for s in staged {
-                run(&mut w, s, &slot_back);
-            }
-        })
+        .spawn(move || runner(w, staged, slot_back, stats2))
         .map_err(|e| refused(format!("runner thread: {e}")))?;
     tracing::info!(model = %spec.name, slots = SLOTS, "pipelined: the next batch is prepared while one runs");
     Ok(Opened::Pipelined(Box::new(Stager {
@@ -95,13 +91,12 @@ pub(crate) fn open(
 }
 
 /// A batch ready to run: its jobs, the input it was written to (or `None`: prepare it on the
-/// CPU), when its model time started and what its preparation took.
+/// CPU), and what its preparation took.
 struct Staged {
     jobs: Vec<Job>,
     rows: usize,
     slot: usize,
     prepared: Option<Vec<Prepared>>,
-    started: Instant,
     prep_us: u64,
 }
 
@@ -154,10 +149,12 @@ impl Engine for Stager {
         };
         drop(images);
         let prep_us = started.elapsed().as_micros() as u64;
-        let staged = Staged { jobs: live, rows, slot, prepared, started, prep_us };
+        let staged = Staged { jobs: live, rows, slot, prepared, prep_us };
         if let Some(tx) = &self.to_runner {
             if let Err(e) = tx.send(staged) {
                 reply_all(e.0.jobs, Err(gone()), started, &self.stats);
+                // no runner: later batches fail at once instead of being prepared for nobody
+                self.to_runner = None;
             }
         }
     }
@@ -171,6 +168,7 @@ impl Stager {
     /// A free input slot; `None` once the runner has ended (it never does while this side lives,
     /// unless it panicked).
     fn slot(&self) -> Option<usize> {
+        self.to_runner.as_ref()?;
         loop {
             match self.free.recv_timeout(Duration::from_millis(100)) {
                 Ok(s) => return Some(s),
@@ -210,7 +208,9 @@ impl Drop for Stager {
 /// session is free (or from the start, when it was), it waits `max_delay_us` for company,
 /// as an unpipelined worker does: the replies of the batch that just ran bring their
 /// clients' next requests within that window, so a closed loop of one batch's worth of
-/// clients is not split in two. The earliest deadline in hand bounds both.
+/// clients is not split in two. The earliest deadline in hand bounds both. With several
+/// workers on the model's queue the batch seals after `max_delay_us` busy or not, since another
+/// worker may be free to run it.
 fn gather_while_busy(first: Job, rx: &Receiver<Job>, spec: &ModelSpec, free: &Receiver<usize>) -> Vec<Job> {
     let max_delay = Duration::from_micros(spec.max_delay_us);
     let mut batch = vec![first];
@@ -218,7 +218,8 @@ fn gather_while_busy(first: Job, rx: &Receiver<Job>, spec: &ModelSpec, free: &Re
     let mut idle_since: Option<Instant> = None;
     while batch.len() < spec.max_batch {
         let now = Instant::now();
-        let busy = free.is_empty();
+        // with several workers on the queue, an idle one could run these now: no waiting
+        let busy = free.is_empty() && spec.workers == 1;
         if !busy && idle_since.is_none() {
             idle_since = Some(now);
         }
@@ -239,18 +240,60 @@ fn gather_while_busy(first: Job, rx: &Receiver<Job>, spec: &ModelSpec, free: &Re
     batch
 }
 
+/// The runner thread's loop: each staged batch runs; a panic in one (decoding, a head) fails
+/// that batch with an error and gives its slot back if it was still out, and the runner goes
+/// on, so that the stager never writes into a dead worker's buffers.
+fn runner(mut w: Worker, staged: Receiver<Staged>, slot_back: Sender<usize>, stats: Arc<ModelStats>) {
+    for s in staged {
+        let (slot, n) = (s.slot, s.jobs.len());
+        let replies: Vec<Sender<crate::engine::Reply>> = s.jobs.iter().map(|j| j.reply.clone()).collect();
+        let mut returned = false;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut w, s, &slot_back, &mut returned)));
+        if ran.is_err() {
+            tracing::error!(model = %w.spec_name(), "a pipelined batch panicked; its requests get an error");
+            if !returned {
+                let _ = slot_back.send(slot);
+            }
+            stats.failures.fetch_add(n as u64, Ordering::Relaxed);
+            for r in replies {
+                // a reply the batch already sent stays; try_send never blocks on a full channel
+                let _ = r.try_send(crate::engine::Reply {
+                    output: Err(EngineError::Inference {
+                        model: w.spec_name().to_string(),
+                        reason: "the batch's run panicked".into(),
+                    }),
+                    compute: Duration::ZERO,
+                    queued: Duration::ZERO,
+                    batch: n,
+                });
+            }
+        }
+    }
+}
+
 /// Runs one staged batch on the runner thread; its slot is free again as soon as the session
-/// has read the input.
-fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>) {
-    let Staged { jobs, rows, slot, prepared, started, prep_us } = s;
+/// has read the input (`returned` says so). A batch whose every job has expired while it
+/// waited is answered without running. Model time counts the batch's preparation and its run,
+/// not its wait for the previous batch.
+fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>, returned: &mut bool) {
+    let Staged { jobs, rows, slot, prepared, prep_us } = s;
+    let now = Instant::now();
+    if jobs.iter().all(|j| j.deadline <= now) {
+        *returned = slot_back.send(slot).is_ok();
+        for j in jobs {
+            crate::worker::expire(j, w.stats(), now);
+        }
+        return;
+    }
+    let started = now.checked_sub(Duration::from_micros(prep_us)).unwrap_or(now);
     let forward = match prepared {
         Some(prepared) => {
             let out = w.run_slot(rows, slot, jobs.len(), prep_us);
-            let _ = slot_back.send(slot);
+            *returned = slot_back.send(slot).is_ok();
             out.map(|(shape, data)| (shape, data, prepared, None))
         }
         None => {
-            let _ = slot_back.send(slot);
+            *returned = slot_back.send(slot).is_ok();
             let images: Vec<&image::RgbImage> = jobs.iter().map(|j| &**j.input.image()).collect();
             let out = w.forward_cpu(&images, rows);
             drop(images);

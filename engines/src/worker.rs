@@ -267,6 +267,14 @@ impl Worker {
         })
     }
 
+    pub(crate) fn spec_name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub(crate) fn stats(&self) -> &ModelStats {
+        &self.stats
+    }
+
     pub(crate) fn gpu_mut(&mut self) -> Option<&mut GpuInput> {
         self.gpu.as_mut()
     }
@@ -381,7 +389,7 @@ pub(crate) fn take_one(job: Job, stats: &ModelStats) -> Option<Job> {
 }
 
 /// Answers a job that waited past its deadline without running it.
-fn expire(j: Job, stats: &ModelStats, now: Instant) {
+pub(crate) fn expire(j: Job, stats: &ModelStats, now: Instant) {
     stats.expired.fetch_add(1, Ordering::Relaxed);
     let _ = j.reply.send(Reply {
         output: Err(EngineError::DeadlineExceeded),

@@ -98,28 +98,27 @@ impl Decoded {
                 }
             }
         });
-        match got {
-            Some(img) => {
-                if lead {
-                    self.settle(key, &cell, Some(img.len()));
-                }
-                count(if ran { "decoded" } else { "shared" });
-                // the same bytes passed every other check when they were decoded
-                ingress::within(img.width(), img.height(), limits)?;
-                Ok(img.clone())
-            }
-            None => {
-                if lead {
-                    self.settle(key, &cell, None);
-                }
-                count("refused");
-                // a waiter on a refused decode has no refusal of its own: work it out
-                match refusal {
-                    Some(r) => Err(r),
-                    None => ingress::decode_image(bytes, limits).map(Arc::new),
-                }
-            }
+        // the request that decoded settles the entry, and the one that made it (if the decode
+        // panicked there, whoever decodes next does); settling twice counts once
+        if lead || ran {
+            self.settle(key, &cell, got.as_ref().map(|img| img.len()));
         }
+        let result = match got {
+            // the same bytes passed every other check when they were decoded
+            Some(img) => ingress::within(img.width(), img.height(), limits).map(|()| img.clone()),
+            // a waiter on a refused decode has no refusal of its own: work it out
+            None => match refusal {
+                Some(r) => Err(r),
+                None => ingress::decode_image(bytes, limits).map(Arc::new),
+            },
+        };
+        count(match (&result, ran) {
+            (Err(_), _) => "refused",
+            (Ok(_), true) => "decoded",
+            (Ok(_), false) if got.is_some() => "shared",
+            (Ok(_), false) => "decoded",
+        });
+        result
     }
 
     /// Records a finished decode's size (or forgets a refused one), then evicts down to the
@@ -131,14 +130,24 @@ impl Decoded {
             return;
         }
         match size {
+            // an image larger than the whole cap is not kept (it would evict every other one)
+            Some(n) if n > self.cap_bytes => {
+                if let Some(e) = g.map.remove(&key) {
+                    g.bytes -= e.bytes;
+                }
+            }
             Some(n) => {
                 if let Some(e) = g.map.get_mut(&key) {
-                    e.bytes = n;
+                    if e.bytes == 0 {
+                        e.bytes = n;
+                        g.bytes += n;
+                    }
                 }
-                g.bytes += n;
             }
             None => {
-                g.map.remove(&key);
+                if let Some(e) = g.map.remove(&key) {
+                    g.bytes -= e.bytes;
+                }
             }
         }
         while let Some((k, at)) = g.order.front().copied() {
@@ -223,6 +232,11 @@ mod tests {
         }
         let (n, bytes) = d.usage();
         assert!(n <= 3 && bytes <= 40 << 10, "{n} images, {bytes} bytes");
+        // an image larger than the whole cap is served but not kept, and evicts nothing
+        let (n_before, _) = d.usage();
+        let big = jpeg(160, 160, 90);
+        d.get(key(&big), &big, &IngressLimits::default()).unwrap();
+        assert_eq!(d.usage().0, n_before, "nothing evicted for an image that cannot be kept");
         let newest = jpeg(64, 64, 180);
         let before = d.get(key(&newest), &newest, &IngressLimits::default()).unwrap();
         let again = d.get(key(&newest), &newest, &IngressLimits::default()).unwrap();
