@@ -64,7 +64,7 @@ impl ShapeRule {
     pub fn rows_for(&mut self, n: usize, spec: &ModelSpec) -> usize {
         match spec.device {
             Device::Cuda(_) => {
-                let want = n.next_power_of_two().min(spec.max_batch.max(n));
+                let want = Self::padded(n, spec);
                 let now = Instant::now();
                 // a smaller batch runs padded to the shape in use while that shape was needed
                 // recently; a larger one (or a quiet spell) moves to its own shape
@@ -78,9 +78,14 @@ impl ShapeRule {
         }
     }
 
+    /// A batch of `n` rounded up to a power of two, at most `max_batch` (a batch is never cut).
+    fn padded(n: usize, spec: &ModelSpec) -> usize {
+        n.next_power_of_two().min(spec.max_batch.max(n))
+    }
+
     /// Every shape `rows_for` can give for `spec`.
     pub fn all(spec: &ModelSpec) -> std::collections::BTreeSet<usize> {
-        (1..=spec.max_batch).map(|n| n.next_power_of_two().min(spec.max_batch.max(n))).collect()
+        (1..=spec.max_batch).map(|n| Self::padded(n, spec)).collect()
     }
 }
 
@@ -195,9 +200,7 @@ impl Worker {
         let img =
             image::RgbImage::from_pixel(self.spec.input.width, self.spec.input.height, image::Rgb([128, 128, 128]));
         let gpu = self.gpu.as_mut().ok_or("no GPU pre-processing")?;
-        let err = |e: GpuRunError| match e {
-            GpuRunError::Prep(r) | GpuRunError::Run(r) => r,
-        };
+        let err = GpuRunError::reason;
         for rows in ShapeRule::all(&self.spec) {
             let ptr = gpu.input_ptr(&mut self.session, rows, slot).map_err(err)?;
             let imgs = vec![&img; rows];
@@ -217,9 +220,7 @@ impl Worker {
         let mut out = std::collections::HashMap::new();
         for rows in ShapeRule::all(&self.spec) {
             for slot in 0..slots {
-                let ptr = gpu.input_ptr(&mut self.session, rows, slot).map_err(|e| match e {
-                    GpuRunError::Prep(r) | GpuRunError::Run(r) => r,
-                })?;
+                let ptr = gpu.input_ptr(&mut self.session, rows, slot).map_err(GpuRunError::reason)?;
                 out.insert((rows, slot), ptr);
             }
         }
@@ -259,12 +260,8 @@ impl Worker {
             model: self.spec.name.clone(),
             reason: "no GPU input to run".into(),
         })?;
-        gpu.run_prepared(&mut self.session, rows, slot, n, prep_us).map_err(|e| EngineError::Inference {
-            model: self.spec.name.clone(),
-            reason: match e {
-                GpuRunError::Prep(r) | GpuRunError::Run(r) => r,
-            },
-        })
+        gpu.run_prepared(&mut self.session, rows, slot, n, prep_us)
+            .map_err(|e| EngineError::Inference { model: self.spec.name.clone(), reason: e.reason() })
     }
 
     pub(crate) fn spec_name(&self) -> &str {

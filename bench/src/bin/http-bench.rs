@@ -51,6 +51,39 @@ fn validator_jpeg() -> Vec<u8> {
     out.into_inner()
 }
 
+/// One kind of traffic's samples: client round trip, the model time the server reported, the
+/// round trip and the server's own time each less that model time.
+#[derive(Default)]
+struct Traffic {
+    total: Vec<Duration>,
+    model: Vec<Duration>,
+    overhead: Vec<Duration>,
+    handler: Vec<Duration>,
+}
+
+impl Traffic {
+    /// One request's round trip `took` and the server's answer `v` (`model_ms`, `ms`).
+    fn push(&mut self, took: Duration, v: &serde_json::Value) {
+        let ms = |k: &str| Duration::from_secs_f64(v[k].as_f64().unwrap_or(0.0) / 1e3);
+        let m = ms("model_ms");
+        self.total.push(took);
+        self.model.push(m);
+        self.overhead.push(took.saturating_sub(m));
+        self.handler.push(ms("ms").saturating_sub(m));
+    }
+
+    /// Prints the rows under `label`; the round trip and server-side figures less model time.
+    fn report(&self, label: &str) -> (cascade_bench::Summary, cascade_bench::Summary) {
+        row(&format!("{label}: client round trip"), &summarise(self.total.clone()));
+        row(&format!("{label}: model compute (reported)"), &summarise(self.model.clone()));
+        let o = summarise(self.overhead.clone());
+        row(&format!("{label}: round trip − model"), &o);
+        let h = summarise(self.handler.clone());
+        row(&format!("{label}: server-side, handler − model"), &h);
+        (o, h)
+    }
+}
+
 fn bare_server() -> SocketAddr {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
@@ -128,9 +161,7 @@ fn main() -> anyhow::Result<()> {
     let logged_url = format!("{base_log}/v1/predict/bench");
     let mut with_log = Vec::new();
 
-    let (mut total, mut overhead, mut model, mut peer, mut handler) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut d_total, mut d_overhead, mut d_model, mut d_handler) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut same, mut fresh_img, mut peer) = (Traffic::default(), Traffic::default(), Vec::new());
     let post = |url: &str, body: &str| -> anyhow::Result<(Duration, serde_json::Value)> {
         let t = Instant::now();
         let mut r = agent.post(url).header("Content-Type", "application/json").send(body.as_bytes())?;
@@ -138,7 +169,6 @@ fn main() -> anyhow::Result<()> {
         let took = t.elapsed();
         Ok((took, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
     };
-    let ms = |v: &serde_json::Value, k: &str| Duration::from_secs_f64(v[k].as_f64().unwrap_or(0.0) / 1e3);
     for i in 0..iters * 2 {
         let fresh = serde_json::json!({"image": base64::engine::general_purpose::STANDARD.encode(distinct_jpeg(&jpeg, i as u64))})
             .to_string();
@@ -149,16 +179,8 @@ fn main() -> anyhow::Result<()> {
         let (took_log, _) = post(&logged_url, &body)?;
         if i >= iters {
             with_log.push(took_log);
-            let m = ms(&v, "model_ms");
-            total.push(took);
-            model.push(m);
-            overhead.push(took.saturating_sub(m));
-            handler.push(ms(&v, "ms").saturating_sub(m));
-            let m = ms(&vf, "model_ms");
-            d_total.push(took_fresh);
-            d_model.push(m);
-            d_overhead.push(took_fresh.saturating_sub(m));
-            d_handler.push(ms(&vf, "ms").saturating_sub(m));
+            same.push(took, &v);
+            fresh_img.push(took_fresh, &vf);
             peer.push(took_peer);
         }
     }
@@ -185,20 +207,10 @@ fn main() -> anyhow::Result<()> {
         jpeg.len()
     ));
     let mean = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len().max(1) as f64;
-    let (rps, rps_log) = (1.0 / mean(&total), 1.0 / mean(&with_log));
-    row("same image again: client round trip", &summarise(total));
+    let (rps, rps_log) = (1.0 / mean(&same.total), 1.0 / mean(&with_log));
     row("same image again + prediction log: round trip", &summarise(with_log));
-    row("same image again: model compute (reported)", &summarise(model));
-    let o = summarise(overhead);
-    row("same image again: round trip − model", &o);
-    let h = summarise(handler);
-    row("same image again: server-side, handler − model", &h);
-    row("distinct image: client round trip", &summarise(d_total));
-    row("distinct image: model compute (reported)", &summarise(d_model));
-    let od = summarise(d_overhead);
-    row("distinct image: round trip − model", &od);
-    let hd = summarise(d_handler);
-    row("distinct image: server-side, handler − model", &hd);
+    let (o, h) = same.report("same image again");
+    let (od, hd) = fresh_img.report("distinct image");
     let peer_s = summarise(peer);
     row("peer: bare hyper, read body, fixed JSON", &peer_s);
     let d = summarise(decode);

@@ -41,6 +41,15 @@ pub(crate) enum GpuRunError {
     Run(String),
 }
 
+impl GpuRunError {
+    /// What went wrong, whichever side it was.
+    pub fn reason(self) -> String {
+        match self {
+            GpuRunError::Prep(r) | GpuRunError::Run(r) => r,
+        }
+    }
+}
+
 /// What a run hands back: the output's shape and values, and how each image maps back.
 /// Whether `CASCADE_GPU_TRACE` asks for per-batch timings.
 pub(crate) fn trace() -> bool {
@@ -117,9 +126,8 @@ impl GpuInput {
     /// padding whose outputs the caller drops) and runs the session on it.
     pub fn run(&mut self, session: &mut Session, images: &[&RgbImage], rows: usize) -> Result<GpuOutput, GpuRunError> {
         let ptr = self.input_ptr(session, rows, 0)?;
-        let prep = self.prep.as_mut().ok_or_else(|| GpuRunError::Prep("handed to the pipeline".into()))?;
         let t0 = std::time::Instant::now();
-        let prepared = prep.run(images, ptr).map_err(GpuRunError::Prep)?;
+        let prepared = self.prepare(images, ptr)?;
         let prep_us = t0.elapsed().as_micros() as u64;
         let (shape, data) = self.run_prepared(session, rows, 0, images.len(), prep_us)?;
         Ok((shape, data, prepared))
