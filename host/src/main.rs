@@ -46,6 +46,27 @@ enum Cmd {
     /// Sweep a hotkey's exit thresholds and fusion weights over labelled images: the
     /// cost/accuracy frontier, grouped cross-validation, a candidate hotkey file, an SVG.
     Tune(TuneCli),
+    /// Write the JPEGs a validator would send of labelled images (the offline loop's draws) and
+    /// a manifest of them, for tools outside this binary.
+    Challenges(ChallengesCli),
+}
+
+#[derive(Args)]
+struct ChallengesCli {
+    /// Labelled CSV (`path,label[,source]`); repeat for several.
+    #[arg(long, required = true)]
+    manifest: Vec<PathBuf>,
+    /// Output folder (`manifest.csv` and a folder of JPEGs per source).
+    #[arg(long)]
+    out: PathBuf,
+    /// Validator augmentation levels to draw from, one per view (`0-3`, `0,2`).
+    #[arg(long, default_value = "0-3", value_parser = cascade_host::offline::augment::Levels::parse)]
+    levels: cascade_host::offline::augment::Levels,
+    /// Challenges per image; view 0 is the draw `eval` makes, all are those `train-head --views` makes.
+    #[arg(long, default_value_t = 1)]
+    views: usize,
+    #[arg(long, default_value_t = 72)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -317,6 +338,18 @@ fn main() -> ExitCode {
             };
             cascade_host::offline::eval::eval(&rt, &src, &args)
         }),
+        Cmd::Challenges(a) => {
+            let args = cascade_host::offline::challenges::ChallengeArgs {
+                manifests: a.manifest,
+                out: a.out,
+                style: cascade_host::offline::augment::Style { levels: a.levels, seed: a.seed },
+                views: a.views,
+            };
+            cascade_host::offline::challenges::write(&args).map(|n| {
+                println!("wrote {n} challenges to {}", args.out.display());
+                ExitCode::SUCCESS
+            })
+        }
         Cmd::TrainHead(a) => cascade_host::offline::train::train(&cascade_host::offline::train::TrainArgs {
             policies: a.policies,
             backbone: a.backbone,

@@ -2,6 +2,7 @@
 //! `train-head` (a classifier head on frozen-backbone embeddings, cached in `embed_cache`).
 
 pub mod augment;
+pub mod challenges;
 pub mod embed_cache;
 pub mod eval;
 pub mod jpeg;

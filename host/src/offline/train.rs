@@ -131,7 +131,7 @@ pub fn challenge_view(src: &SourceImage, style: &Style, view: usize) -> anyhow::
 }
 
 /// What keys view `view`'s draws: the file's hash (view 0, as `eval` draws) or `hash#view`.
-fn view_key(sha: &str, view: usize) -> String {
+pub(crate) fn view_key(sha: &str, view: usize) -> String {
     if view == 0 {
         sha.to_string()
     } else {
