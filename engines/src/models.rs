@@ -120,10 +120,11 @@ impl Models {
                 wanted: wanted.as_str(),
             });
         }
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let job = Job { input, deadline, reply: tx, enqueued: Instant::now() };
-        h.stats.queued.fetch_add(1, Ordering::Relaxed);
+        // a stopped model is refused before the job counts as queued (it would never leave)
         let tx = h.tx.as_ref().ok_or_else(|| EngineError::Stopped { model: model.to_string() })?;
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let job = Job { input, deadline, reply, enqueued: Instant::now() };
+        h.stats.queued.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(job) {
             Ok(()) => Ok(rx),
             Err(e) => {
