@@ -135,7 +135,38 @@ fn answers_are_logged_exported_and_replayed() {
     let v = replay("mirror", &[]);
     assert_eq!(v["calls"]["rerun"], 2, "two images kept: {v}");
     assert_eq!(v["calls"]["unanswerable"], 3, "three not kept: {v}");
-    let _ = sent;
+
+    // the exported images are what the validator sent (`challenge` = 1): eval reads them as
+    // they are even when asked for validator levels, so the logged answers come back
+    let rows_file = ex.0.join("rows.jsonl");
+    let (code, out) = cascade_out(&[
+        "eval",
+        "--hotkey",
+        "eager",
+        "--manifest",
+        ex.0.join("labelled.csv").to_str().unwrap(),
+        "--levels",
+        "0-3",
+        "--rows",
+        rows_file.to_str().unwrap(),
+        "--policies",
+        cand.0.to_str().unwrap(),
+        "--components",
+        comps.0.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let rows: Vec<Value> = std::fs::read_to_string(&rows_file)
+        .expect("rows")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("row"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let logged: Vec<f64> = sent.iter().map(|(_, p)| *p).collect();
+    for r in &rows {
+        assert!(r["level"].is_null(), "used as read, not augmented a second time: {r}");
+        let p = num(&r["prediction"]);
+        assert!(logged.iter().any(|q| (q - p).abs() < 1e-4), "the logged answer again: {r} vs {logged:?}");
+    }
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! looking at what the validator's levels do) sees the very bytes the offline loop scores.
 //! Writes `OUT/<source>/<n>.jpg` (one folder per source, so that the written manifest keeps the
 //! grouping `--cv source` and the grouped evaluation rely on) and `OUT/manifest.csv`
-//! (`path,label,source,level,view,original`, readable by every command that takes a manifest).
+//! (`path,label,source,level,view,original,challenge`, readable by every command that takes a
+//! manifest; `challenge` = 1 tells them the images are challenges already, not to augment again).
 //! Unreadable images are reported per row and left out.
 
 use std::io::Write;
@@ -37,7 +38,7 @@ pub fn write(a: &ChallengeArgs) -> anyhow::Result<usize> {
     let mut csv = std::io::BufWriter::new(
         std::fs::File::create(&csv_path).with_context(|| format!("creating {}", csv_path.display()))?,
     );
-    writeln!(csv, "path,label,source,level,view,original")?;
+    writeln!(csv, "path,label,source,level,view,original,challenge")?;
     let mut written = 0usize;
     for ex in &loaded.examples {
         let src = match read_source(&ex.path) {
@@ -57,7 +58,7 @@ pub fn write(a: &ChallengeArgs) -> anyhow::Result<usize> {
                 .with_context(|| format!("writing {folder}/{name}"))?;
             writeln!(
                 csv,
-                "{folder}/{name},{},{},{},{view},{}",
+                "{folder}/{name},{},{},{},{view},{},1",
                 u8::from(ex.label),
                 quote(&ex.source),
                 p.level,
@@ -114,6 +115,7 @@ mod tests {
         let src = read_source(&data.join("street/a.png")).unwrap();
         for (view, ex) in back.iter().enumerate() {
             assert_eq!(ex.source, "street", "the written manifest keeps the source grouping");
+            assert!(ex.challenge, "marked as challenges: the offline tools will not augment them again");
             assert!(ex.label);
             let written = image::open(&ex.path).unwrap().to_rgb8();
             assert_eq!(written.dimensions(), (224, 224));
@@ -124,8 +126,8 @@ mod tests {
             assert_eq!(decoded.as_raw(), expected.as_raw(), "view {view}");
         }
         let csv = std::fs::read_to_string(out.join("manifest.csv")).unwrap();
-        assert!(csv.starts_with("path,label,source,level,view,original\n"), "{csv}");
-        assert!(csv.lines().nth(1).unwrap().ends_with("street/a.png"), "{csv}");
+        assert!(csv.starts_with("path,label,source,level,view,original,challenge\n"), "{csv}");
+        assert!(csv.lines().nth(1).unwrap().ends_with("street/a.png,1"), "{csv}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::augment::{Levels, Style};
 use super::manifest;
 use super::scores::{percentile, Confusion};
-use super::train::load_image;
+use super::train::load_example;
 use super::Progress;
 use crate::load::{self, Sources};
 use crate::runtime::Runtime;
@@ -52,7 +52,7 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
     };
     let mut progress = Progress::new("eval", examples.len());
     for ex in examples.iter() {
-        let (img, level) = match load_image(&ex.path, style.as_ref()) {
+        let (img, level) = match load_example(ex, style.as_ref()) {
             Ok((i, level)) => (Arc::new(i), level),
             Err(e) => {
                 // a bad row is reported and counted; the run goes on

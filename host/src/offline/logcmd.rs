@@ -145,7 +145,8 @@ pub fn export(dir: &Path, out: &Path, f: &Filter, disagreements: bool) -> anyhow
     }
     std::fs::create_dir_all(out.join("images"))?;
     let mut csv = std::io::BufWriter::new(std::fs::File::create(out.join("manifest.csv"))?);
-    writeln!(csv, "path,label,prediction,other_prediction,hotkey,arm,stage,time,image")?;
+    // `challenge` = 1: the images are what the validators sent; the offline tools use them as read
+    writeln!(csv, "path,label,prediction,other_prediction,hotkey,arm,stage,time,image,challenge")?;
     let (mut rows, mut no_image) = (0usize, 0usize);
     let mut seen = std::collections::HashSet::new();
     for (r, other) in picked {
@@ -166,7 +167,7 @@ pub fn export(dir: &Path, out: &Path, f: &Filter, disagreements: bool) -> anyhow
         let p = |x: Option<f32>| x.map_or(String::new(), |v| format!("{v:.4}"));
         writeln!(
             csv,
-            "images/{},,{},{},{},{},{},{},{}",
+            "images/{},,{},{},{},{},{},{},{},1",
             name.to_string_lossy(),
             p(r.prediction),
             p(other),

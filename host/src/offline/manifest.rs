@@ -1,8 +1,10 @@
 //! Labelled manifests: CSV with `path` and `label` columns (paths relative to the manifest,
 //! label 1 = roadwork); an optional `source` column, and the folder a path starts with, tell
-//! where an image comes from (see [`Example::source`]). Other columns are ignored. Quoted
-//! fields are understood. A bad row (a label outside {0, 1}, too few columns) is reported with
-//! its file and line and left out; the rest is used.
+//! where an image comes from (see [`Example::source`]); an optional `challenge` column (1) marks
+//! images that already are what a validator sends (see [`Example::challenge`]). Other columns are
+//! ignored. Quoted fields are understood. A bad row (a label outside {0, 1}, a `challenge` value
+//! outside {0, 1}, too few columns) is reported with its file and line and left out; the rest
+//! is used.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,10 @@ pub struct Example {
     /// of its `path` (the data sets keep one source per folder), else the first word of its
     /// `source` column, else `"-"`.
     pub source: String,
+    /// The image is a challenge as a validator sent it (a logged request from `cascade log
+    /// export`, or `cascade challenges` output): the offline tools use it as read, one view,
+    /// instead of drawing the validator's augmentation over it a second time.
+    pub challenge: bool,
     /// `file:line`, for reports.
     pub row: String,
 }
@@ -97,6 +103,7 @@ pub fn load_reporting(file: &Path) -> anyhow::Result<Loaded> {
         anyhow::bail!("{}: needs `path` and `label` columns, has {header:?}", file.display());
     };
     let si = col("source");
+    let ci = col("challenge");
     let base = file.parent().unwrap_or(Path::new("."));
     let mut out = Loaded::default();
     for (line, rec) in it {
@@ -118,8 +125,16 @@ pub fn load_reporting(file: &Path) -> anyhow::Result<Loaded> {
             out.problems.push(format!("{row}: empty path (left out)"));
             continue;
         }
+        let challenge = match ci.and_then(|i| f.get(i)).map(|c| c.trim()) {
+            None | Some("" | "0" | "false") => false,
+            Some("1" | "true") => true,
+            Some(other) => {
+                out.problems.push(format!("{row}: challenge {other:?} is not 0 or 1 (left out)"));
+                continue;
+            }
+        };
         let source = source_of(p, si.and_then(|i| f.get(i)).map(String::as_str));
-        out.examples.push(Example { path: base.join(p.trim()), label, source, row });
+        out.examples.push(Example { path: base.join(p.trim()), label, source, challenge, row });
     }
     Ok(out)
 }
@@ -173,6 +188,22 @@ mod tests {
         assert_eq!(l.problems.len(), 3, "{:?}", l.problems);
         assert!(l.problems[0].contains("m.csv:4") && l.problems[0].contains("\"2\""), "{:?}", l.problems);
         assert!(l.problems[2].contains("too few columns"), "{:?}", l.problems);
+        assert!(l.examples.iter().all(|e| !e.challenge), "no `challenge` column: none is");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn challenge_column_marks_images_used_as_read() {
+        let dir = std::env::temp_dir().join(format!("cascade-manifest-ch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = dir.join("m.csv");
+        std::fs::write(&m, "path,label,challenge\na.jpg,1,1\nb.jpg,0,\nc.jpg,0,0\nd.jpg,1,yes\ne.jpg,1,true\n")
+            .unwrap();
+        let l = load_reporting(&m).unwrap();
+        let marked: Vec<bool> = l.examples.iter().map(|e| e.challenge).collect();
+        assert_eq!(marked, [true, false, false, true], "{l:?}");
+        assert_eq!(l.problems.len(), 1, "{:?}", l.problems);
+        assert!(l.problems[0].contains("m.csv:5") && l.problems[0].contains("\"yes\""), "{:?}", l.problems);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -145,15 +145,25 @@ fn challenge(src: &SourceImage, params: &Params) -> anyhow::Result<image::RgbIma
     decode_image(&jpeg, &IngressLimits::default()).map_err(|r| anyhow::anyhow!("{}", r.message))
 }
 
-/// Reads an image as the policy would see it: as read, or (with a style) as the challenge a
-/// validator would send of it, decoded as the server decodes it; with the level drawn.
-pub fn load_image(path: &Path, style: Option<&Style>) -> anyhow::Result<(image::RgbImage, Option<u8>)> {
-    let src = read_source(path)?;
-    let Some(style) = style else {
+/// Reads an example as the policy would see it: as read, or (with a style) as the challenge a
+/// validator would send of it, decoded as the server decodes it; with the level drawn. An
+/// example that already is a challenge ([`Example::challenge`]) is read as it is.
+pub fn load_example(ex: &Example, style: Option<&Style>) -> anyhow::Result<(image::RgbImage, Option<u8>)> {
+    let src = read_source(&ex.path)?;
+    let Some(style) = style_for(ex, style) else {
         return Ok((src.img, None));
     };
-    let (img, params) = challenge_view(&src, style, 0).with_context(|| path.display().to_string())?;
+    let (img, params) = challenge_view(&src, style, 0).with_context(|| ex.path.display().to_string())?;
     Ok((img, Some(params.level)))
+}
+
+/// The augmentation an example gets: none for an image that already is a challenge.
+pub fn style_for<'a>(ex: &Example, style: Option<&'a Style>) -> Option<&'a Style> {
+    if ex.challenge {
+        None
+    } else {
+        style
+    }
 }
 
 /// One training row: a view of an example and its embedding.
@@ -193,6 +203,9 @@ fn embed_all(
                     continue;
                 }
             };
+            // a challenge is used as read, once: its augmentation was drawn by the validator
+            let style = style_for(ex, style);
+            let views = if ex.challenge { 1 } else { views };
             for view in 0..views {
                 // the draws first: a cached view needs no augmentation at all
                 let params = style.map(|s| s.params(&view_key(&src.sha, view), src.img.width(), src.img.height()));

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::augment::{Levels, Style};
 use super::manifest::{self, Example};
 use super::scores::{Confusion, Figures};
-use super::train::load_image;
+use super::train::load_example;
 use super::tune_space::{self, Setting, Space, SpaceFile, MAX_SETTINGS};
 use super::Progress;
 use crate::load::{self, Sources};
@@ -339,7 +339,7 @@ fn probe(
     ex: &Example,
     style: Option<&Style>,
 ) -> anyhow::Result<Probe> {
-    let (img, _) = load_image(&ex.path, style)?;
+    let (img, _) = load_example(ex, style)?;
     let img = Arc::new(img);
     let mut evidence = Vec::with_capacity(cut.len());
     let mut cost_ms = Vec::with_capacity(cut.len());
@@ -391,7 +391,7 @@ fn check_chosen(
     let mut progress = Progress::new("tune: check", probes.len());
     let mut it = probes.iter();
     for ex in examples {
-        let Ok((img, _)) = load_image(&ex.path, style) else { continue };
+        let Ok((img, _)) = load_example(ex, style) else { continue };
         let Some(pr) = it.next() else { break };
         progress.tick();
         let ctx = RequestCtx::new(models.clone(), &hk.name, Instant::now() + hk.budget);
