@@ -149,12 +149,17 @@ fn answers_are_logged_exported_and_replayed() {
         "0-3",
         "--rows",
         rows_file.to_str().unwrap(),
+        "--json",
         "--policies",
         cand.0.to_str().unwrap(),
         "--components",
         comps.0.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{out}");
+    let report: Value =
+        serde_json::from_str(out.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}")).expect("report");
+    assert_eq!(report["as_sent"]["n"], 2, "both reported as sent: {report}");
+    assert_eq!(report["per_level"], serde_json::json!({}), "none drawn through a level: {report}");
     let rows: Vec<Value> = std::fs::read_to_string(&rows_file)
         .expect("rows")
         .lines()

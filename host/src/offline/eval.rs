@@ -39,6 +39,8 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
     let style = Style::from_flags(a.validator_style, a.levels.clone(), a.seed);
     let mut conf = Confusion::default();
     let mut per_level: BTreeMap<u8, Confusion> = BTreeMap::new();
+    // images that already are challenges (the manifest's `challenge` column), used as read
+    let mut as_sent = Confusion::default();
     let mut stages: BTreeMap<String, u64> = BTreeMap::new();
     let mut latency = Vec::with_capacity(examples.len());
     let (mut model_ms, mut fallbacks, mut failed) = (0f64, 0u64, 0u64);
@@ -70,6 +72,8 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
             conf.add(ans.prediction, ex.label);
             if let Some(l) = level {
                 per_level.entry(l).or_default().add(ans.prediction, ex.label);
+            } else if ex.challenge {
+                as_sent.add(ans.prediction, ex.label);
             }
         } else {
             failed += 1;
@@ -94,6 +98,7 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
     let n = (fig.n as f64).max(1.0);
     let stage_share: BTreeMap<&String, f64> = stages.iter().map(|(k, v)| (k, *v as f64 / n)).collect();
     let levels: BTreeMap<String, _> = per_level.iter().map(|(l, c)| (l.to_string(), c.figures())).collect();
+    let as_sent = as_sent.figures();
     let report = json!({
         "hotkey": a.hotkey,
         "manifest": a.manifest,
@@ -101,6 +106,7 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         "levels": style.as_ref().map(|s| s.levels.to_string()),
         "seed": style.as_ref().map(|s| s.seed),
         "per_level": levels,
+        "as_sent": (as_sent.n > 0).then_some(&as_sent),
         "n": fig.n,
         "accuracy": fig.accuracy,
         "mcc": fig.mcc,
@@ -137,6 +143,13 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         println!("  confusion  TP {}  FP {}  TN {}  FN {}", c.tp, c.fp, c.tn, c.fn_);
         for (l, f) in &levels {
             println!("  level {l}  n {:>5}  accuracy {:.4}  MCC {:.4}  reward {:.4}", f.n, f.accuracy, f.mcc, f.reward);
+        }
+        if as_sent.n > 0 {
+            let f = &as_sent;
+            println!(
+                "  as sent  n {:>5}  accuracy {:.4}  MCC {:.4}  reward {:.4}  (challenges, used as read)",
+                f.n, f.accuracy, f.mcc, f.reward
+            );
         }
         for (s, share) in &stage_share {
             println!("  stage {s:<16} {:>5.1}%", share * 100.0);

@@ -52,6 +52,15 @@ fn fields(line: &str) -> Vec<String> {
     out
 }
 
+/// A field as CSV writes it: quoted when it holds a comma, a quote or a line break.
+pub fn quote(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 /// Logical CSV records: a quoted field may span lines.
 fn records(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();

@@ -436,15 +436,15 @@ fn fit(x: &[&Vec<f32>], y: &[bool], w: &[f32], a: &TrainArgs) -> Net {
 
 /// Row weights: each class sums to half the rows; with `by_source`, every source first
 /// weighs the same.
-fn weights(y: &[bool], sources: &[&str], by_source: bool) -> Vec<f32> {
-    let mut w = vec![1f32; y.len()];
+fn weights(y: &[bool], sources: &[&str], prior: &[f32], by_source: bool) -> Vec<f32> {
+    let mut w = prior.to_vec();
     if by_source {
-        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
-        for s in sources {
-            *count.entry(s).or_default() += 1;
+        let mut total: BTreeMap<&str, f32> = BTreeMap::new();
+        for (s, p) in sources.iter().zip(prior) {
+            *total.entry(s).or_default() += p;
         }
-        for (wi, s) in w.iter_mut().zip(sources) {
-            *wi = 1.0 / count[s] as f32;
+        for ((wi, s), p) in w.iter_mut().zip(sources).zip(prior) {
+            *wi = p / total[s];
         }
     }
     let n = y.len() as f32;
@@ -580,7 +580,17 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
         "training needs both classes; the readable images give {pos_rows} roadwork and {neg_rows} other rows"
     );
     let sources: Vec<&str> = rows.iter().map(|r| examples[r.ex].source.as_str()).collect();
-    let w = weights(&y, &sources, a.balance_sources);
+    // every image weighs the same whatever its number of views: a challenge used as read (one
+    // row) counts as much as a data-set image drawn `--views` times
+    let prior: Vec<f32> = {
+        let mut per_ex = vec![0usize; examples.len()];
+        for r in &rows {
+            per_ex[r.ex] += 1;
+        }
+        let most = per_ex.iter().copied().max().unwrap_or(1) as f32;
+        rows.iter().map(|r| most / per_ex[r.ex] as f32).collect()
+    };
+    let w = weights(&y, &sources, &prior, a.balance_sources);
     let x: Vec<&Vec<f32>> = rows.iter().map(|r| &r.x).collect();
     let dim = x[0].len();
     anyhow::ensure!(x.iter().all(|v| v.len() == dim), "the backbone gave embeddings of different sizes");
@@ -632,7 +642,8 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
         let xs: Vec<&Vec<f32>> = train_idx.iter().map(|&i| x[i]).collect();
         let ws: Vec<f32> = {
             let s: Vec<&str> = train_idx.iter().map(|&i| sources[i]).collect();
-            weights(&ys, &s, a.balance_sources)
+            let p: Vec<f32> = train_idx.iter().map(|&i| prior[i]).collect();
+            weights(&ys, &s, &p, a.balance_sources)
         };
         let net = fit(&xs, &ys, &ws, a);
         let mut c = Confusion::default();
@@ -736,9 +747,9 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
             let e = &examples[rows[i].ex];
             csv.push_str(&format!(
                 "{},{},{},{},{},{},{}\n",
-                e.path.display(),
+                manifest::quote(&e.path.display().to_string()),
                 y[i] as u8,
-                e.source,
+                manifest::quote(&e.source),
                 rows[i].view,
                 rows[i].level.map_or(String::new(), |l| l.to_string()),
                 score(i).unwrap_or(f32::NAN),
@@ -777,13 +788,18 @@ mod tests {
     fn weights_even_out_sources_then_classes() {
         let y = [true, true, true, false, false, false, false, false];
         let s = ["a", "a", "a", "c", "b", "b", "b", "b"];
-        let w = weights(&y, &s, true);
+        let w = weights(&y, &s, &[1.0; 8], true);
         let sum = |c: bool| w.iter().zip(&y).filter(|(_, l)| **l == c).map(|(w, _)| w).sum::<f32>();
         assert!((sum(true) - 4.0).abs() < 1e-5 && (sum(false) - 4.0).abs() < 1e-5, "{w:?}");
         // within the negatives, source c (1 row) weighs what source b (4 rows) weighs
         assert!((w[3] - 4.0 * w[4]).abs() < 1e-5, "{w:?}");
-        let plain = weights(&y, &s, false);
+        let plain = weights(&y, &s, &[1.0; 8], false);
         assert!((plain[0] - 8.0 / 6.0).abs() < 1e-5 && (plain[4] - 0.8).abs() < 1e-5, "{plain:?}");
+        // an image with one row (a challenge used as read) beside images of three views each:
+        // its prior makes its row weigh what the other image's three rows weigh together
+        let y2 = [true, true, true, true, false, false, false, false];
+        let w2 = weights(&y2, &["a"; 8], &[1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 1.0], false);
+        assert!((w2[3] - 3.0 * w2[0]).abs() < 1e-5, "{w2:?}");
     }
 
     #[test]

@@ -2,21 +2,26 @@
 # Builds the device bundle for the experiments in this folder: the two labelled data sets, the
 # subnet's augmentation module (the reference itself, imported there, never copied into the
 # repository), and the DINOv2 weights exported from the shipped cut. Split into three parts of
-# < 62 MB under target/device-bundle/c1..c3 (one `run` call carries at most 64 MiB), all ignored
+# < 62 MB under target/device-bundle/c1..cN (one `run` call carries at most 64 MiB), all ignored
 # by git. Needs `make setup` first (target/models/dinov2_vits14.onnx) and .venv.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 SHARED=$(cd "$ROOT/../shared" && pwd)
 B=$ROOT/target/device-bundle
-rm -rf "$B" && mkdir -p "$B/x" "$B/c1" "$B/c2" "$B/c3"
+rm -rf "$B" && mkdir -p "$B/x"
 "$ROOT/.venv/bin/python" "$ROOT/scripts/tune/device/export_weights.py" "$B/x"
 tar cf - -C "$SHARED" data/roadwork-dev \
   -C "$SHARED/reference/streetvision-subnet" natix/utils/image_transforms.py \
   -C "$B/x" verify.npz shapes.json -C "$SHARED" data/roadwork-more -C "$B/x" weights.npz |
   split -b 62000000 -d - "$B/part_"
-mv "$B/part_00" "$B/c1/"
-mv "$B/part_01" "$B/c2/"
-mv "$B/part_02" "$B/c3/"
+# one folder per part (c1, c2, ...), each carried by a call of its own
+n=0
+for part in "$B"/part_*; do
+  n=$((n + 1))
+  mkdir -p "$B/c$n" && mv "$part" "$B/c$n/"
+done
+echo "$n" > "$B/parts"
+echo "$n parts: carry c1 .. c$n in order; the last call checks that /tmp/parts holds $n files"
 rm -rf "$B/x"
 # exp_tess.py also needs TesseraNet (TESS=1): from its PyPI wheel, hash pinned
 if [ "${TESS:-0}" = 1 ]; then

@@ -100,7 +100,10 @@ def main():
         "groupdro eta 1 tracon 0.3": dict(mode="dro", eta=1.0, tracon_w=0.3),
     }
     res = []
+    only = [v for v in os.environ.get("ONLY", "").split(",") if v]
     for name, kw in variants.items():
+        if only and name not in only:
+            continue
         for scheme in ("source", "city"):
             ks = D.loso if scheme == "source" else D.loco
             probs = {e: np.full(n, np.nan) for e in R.EVAL_TAGS}
@@ -116,6 +119,11 @@ def main():
                 keep = (w > 0).cpu().numpy()
                 ti = torch.tensor(np.where(tr)[0][keep], device=DEV)
                 w = w[torch.tensor(keep, device=DEV)]
+                if tw is not None:  # classes even again after re-weighting or dropping rows
+                    yk = yv[ti]
+                    for c in (0.0, 1.0):
+                        m = yk == c
+                        w[m] = w[m] * (len(w) / 2) / w[m].sum()
                 g = grp_rows[ti]
                 _, g = torch.unique(g, return_inverse=True)
                 f = fit_group(X[ti], yv[ti], w, g, **kw2)

@@ -25,12 +25,13 @@ LOG = T.LOG
 
 
 def synth_rows(rows, n_syn, seed=5):
-    base = os.path.join(R.X, "data", "roadwork-dev")
     sp = []
     for r in rows:
         if r["source"] == "tracon" and r["label"] == 1:
             sp += paste.sprites_of(r["path"])
     T.log(f"{len(sp)} cone sprites")
+    if not sp:
+        raise SystemExit("no cone sprites found in the web cone photos")
     rng = random.Random(seed)
     out_dir = "/tmp/syn"
     os.makedirs(out_dir, exist_ok=True)
@@ -41,7 +42,11 @@ def synth_rows(rows, n_syn, seed=5):
         for j in range(n_syn):
             from PIL import Image
 
-            img = paste.paste(Image.open(r["path"]), sp, rng)
+            try:
+                img = paste.paste(Image.open(r["path"]), sp, rng)
+            except OSError as e:  # an unreadable frame: no pasted copy
+                T.log("left out", r["rel"], repr(e))
+                continue
             p = os.path.join(out_dir, f"{len(syn):05d}.jpg")
             img.save(p, quality=92)
             syn.append(dict(r, path=p, rel="syn/" + r["rel"] + f"#{j}", label=1, street=False, synthetic=True))

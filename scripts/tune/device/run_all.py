@@ -79,10 +79,9 @@ def init_worker():
     torch.set_num_threads(1)
     sys.path.insert(0, X)  # natix/utils/image_transforms.py (the reference, imported)
     try:
-        import cv2  # noqa: F401
-    except ImportError:
-        sys.path.insert(0, os.path.join(X, "fake_cv2"))
-        import cv2  # noqa: F401
+        import cv2  # noqa: F401  (the reference augmentation needs OpenCV)
+    except ImportError as e:
+        raise SystemExit(f"the subnet's augmentation needs OpenCV (opencv-python-headless): {e}")
     cfg = types.ModuleType("natix.validator.config")
     cfg.TARGET_IMAGE_SIZE = (224, 224)
     sys.modules.setdefault("natix.validator.config", cfg)
