@@ -9,9 +9,9 @@
 //! (`path,label,source,level,view,original,challenge`, readable by every command that takes a
 //! manifest; `challenge` = 1 tells them the images are challenges already, not to augment again;
 //! `original` is the absolute path of the image drawn from). A row that already is a challenge
-//! is copied as it is, once. Views of one image are rows of their own: train on the output with
-//! `--cv source`, whose folds keep each folder on one side. Unreadable images are reported per
-//! row and left out.
+//! is copied as it is, once. `level` is read back (eval reports these images per level) and
+//! `original` groups the views of one image, which cross-validation keeps in one fold.
+//! Unreadable images are reported per row and left out.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -155,7 +155,9 @@ mod tests {
             let written = image::open(&ex.path).unwrap().to_rgb8();
             assert_eq!(written.dimensions(), (224, 224));
             // the same draw and bytes the offline loop embeds for this view
-            let (expected, _) = challenge_view(&src, &style, view).unwrap();
+            let (expected, params) = challenge_view(&src, &style, view).unwrap();
+            assert_eq!(ex.level, Some(params.level), "the level it was drawn at, read back");
+            assert_eq!(ex.group, back[0].group, "the views of one image are one group");
             let bytes = std::fs::read(&ex.path).unwrap();
             let decoded = crate::server::ingress::decode_image(&bytes, &Default::default()).unwrap();
             assert_eq!(decoded.as_raw(), expected.as_raw(), "view {view}");

@@ -70,7 +70,9 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         // a failed answer (no evidence at all) is an error to a validator: out of its windows
         if ans.prediction.is_finite() {
             conf.add(ans.prediction, ex.label);
-            if let Some(l) = level {
+            // a challenge counts at the level it was drawn at when the manifest says, and
+            // apart ("as sent") when not (a logged request)
+            if let Some(l) = level.or(ex.level.filter(|_| ex.challenge)) {
                 per_level.entry(l).or_default().add(ans.prediction, ex.label);
             } else if ex.challenge {
                 as_sent.add(ans.prediction, ex.label);

@@ -1,8 +1,9 @@
 //! Labelled manifests: CSV with `path` and `label` columns (paths relative to the manifest,
 //! label 1 = roadwork); an optional `source` column, and the folder a path starts with, tell
 //! where an image comes from (see [`Example::source`]); an optional `challenge` column (1) marks
-//! images that already are what a validator sends (see [`Example::challenge`]). Other columns are
-//! ignored. Quoted fields are understood. A bad row (a label outside {0, 1}, a `challenge` value
+//! images that already are what a validator sends (see [`Example::challenge`]), with their
+//! augmentation `level` when known; an `original` column groups rows drawn from one image
+//! ([`Example::group`]). Other columns are ignored. Quoted fields are understood. A bad row (a label outside {0, 1}, a `challenge` value
 //! outside {0, 1}, too few columns) is reported with its file and line and left out; the rest
 //! is used.
 
@@ -20,6 +21,11 @@ pub struct Example {
     /// export`, or `cascade challenges` output): the offline tools use it as read, one view,
     /// instead of drawing the validator's augmentation over it a second time.
     pub challenge: bool,
+    /// The augmentation level a challenge was drawn at, when the manifest says (`level`).
+    pub level: Option<u8>,
+    /// Rows that are views of one image (`cascade challenges` output names it in `original`):
+    /// cross-validation keeps them on one side of every fold.
+    pub group: Option<String>,
     /// `file:line`, for reports.
     pub row: String,
 }
@@ -113,6 +119,7 @@ pub fn load_reporting(file: &Path) -> anyhow::Result<Loaded> {
     };
     let si = col("source");
     let ci = col("challenge");
+    let (lvi, oi) = (col("level"), col("original"));
     let base = file.parent().unwrap_or(Path::new("."));
     let mut out = Loaded::default();
     for (line, rec) in it {
@@ -142,8 +149,19 @@ pub fn load_reporting(file: &Path) -> anyhow::Result<Loaded> {
                 continue;
             }
         };
+        let level = match lvi.and_then(|i| f.get(i)).map(|c| c.trim()) {
+            None | Some("") => None,
+            Some(l) => match l.parse::<u8>() {
+                Ok(l) if l <= 3 => Some(l),
+                _ => {
+                    out.problems.push(format!("{row}: level {l:?} is not 0, 1, 2 or 3 (left out)"));
+                    continue;
+                }
+            },
+        };
+        let group = oi.and_then(|i| f.get(i)).map(|g| g.trim().to_string()).filter(|g| !g.is_empty());
         let source = source_of(p, si.and_then(|i| f.get(i)).map(String::as_str));
-        out.examples.push(Example { path: base.join(p.trim()), label, source, challenge, row });
+        out.examples.push(Example { path: base.join(p.trim()), label, source, challenge, level, group, row });
     }
     Ok(out)
 }
@@ -206,13 +224,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cascade-manifest-ch-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let m = dir.join("m.csv");
-        std::fs::write(&m, "path,label,challenge\na.jpg,1,1\nb.jpg,0,\nc.jpg,0,0\nd.jpg,1,yes\ne.jpg,1,true\n")
+        std::fs::write(
+            &m,
+            "path,label,challenge,level,original\na.jpg,1,1,2,x.png\nb.jpg,0,,,\nc.jpg,0,0,,\nd.jpg,1,yes,,\ne.jpg,1,true,,x.png\nf.jpg,1,1,7,\n",
+        )
             .unwrap();
         let l = load_reporting(&m).unwrap();
         let marked: Vec<bool> = l.examples.iter().map(|e| e.challenge).collect();
         assert_eq!(marked, [true, false, false, true], "{l:?}");
-        assert_eq!(l.problems.len(), 1, "{:?}", l.problems);
+        assert_eq!(l.problems.len(), 2, "{:?}", l.problems);
         assert!(l.problems[0].contains("m.csv:5") && l.problems[0].contains("\"yes\""), "{:?}", l.problems);
+        assert!(l.problems[1].contains("m.csv:7") && l.problems[1].contains("level \"7\""), "{:?}", l.problems);
+        let levels: Vec<Option<u8>> = l.examples.iter().map(|e| e.level).collect();
+        assert_eq!(levels, [Some(2), None, None, None]);
+        let groups: Vec<Option<&str>> = l.examples.iter().map(|e| e.group.as_deref()).collect();
+        assert_eq!(groups, [Some("x.png"), None, None, Some("x.png")]);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

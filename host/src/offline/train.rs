@@ -459,6 +459,29 @@ fn weights(y: &[bool], sources: &[&str], prior: &[f32], by_source: bool) -> Vec<
     w
 }
 
+/// Stratified random folds of images; rows that are views of one image (`Example::group`)
+/// share the fold of the first of them.
+fn random_folds(examples: &[Example], folds: usize, seed: u64) -> Vec<usize> {
+    let mut rng = Rng(seed.max(1) ^ 0x9E37_79B9);
+    let mut fold = vec![0usize; examples.len()];
+    let mut first_of_group: BTreeMap<&str, usize> = BTreeMap::new();
+    let leader: Vec<usize> = (0..examples.len())
+        .map(|i| match examples[i].group.as_deref() {
+            Some(g) => *first_of_group.entry(g).or_insert(i),
+            None => i,
+        })
+        .collect();
+    for class in [true, false] {
+        let mut idx: Vec<usize> =
+            (0..examples.len()).filter(|&i| examples[i].label == class && leader[i] == i).collect();
+        rng.shuffle(&mut idx);
+        for (k, i) in idx.into_iter().enumerate() {
+            fold[i] = k % folds;
+        }
+    }
+    leader.iter().map(|&l| fold[l]).collect()
+}
+
 /// Platt scaling: `a, b` minimising the weighted log-loss of `sigmoid(a·z + b)`: Newton's
 /// method on two parameters, each step halved until the loss falls (saturated scores make
 /// the plain step overshoot).
@@ -598,18 +621,7 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
     // folds of images (never splitting an image's views)
     let fold_of_example: Vec<usize> = match a.cv {
         Cv::None => vec![0; examples.len()],
-        Cv::Random => {
-            let mut rng = Rng(a.seed.max(1) ^ 0x9E37_79B9);
-            let mut fold = vec![0usize; examples.len()];
-            for class in [true, false] {
-                let mut idx: Vec<usize> = (0..examples.len()).filter(|&i| examples[i].label == class).collect();
-                rng.shuffle(&mut idx);
-                for (k, i) in idx.into_iter().enumerate() {
-                    fold[i] = k % a.folds;
-                }
-            }
-            fold
-        }
+        Cv::Random => random_folds(&examples, a.folds, a.seed),
         Cv::Source => {
             let names: Vec<&str> = examples
                 .iter()
@@ -783,6 +795,33 @@ pub fn train(a: &TrainArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn views_of_one_image_share_a_random_fold() {
+        let ex = |i: usize, group: Option<&str>| Example {
+            path: format!("{i}.jpg").into(),
+            label: i.is_multiple_of(2),
+            source: "s".into(),
+            challenge: true,
+            level: None,
+            group: group.map(str::to_string),
+            row: format!("m.csv:{i}"),
+        };
+        // 40 images, the first 3 views of one original each, the rest alone
+        let mut examples = Vec::new();
+        for i in 0..40 {
+            for _ in 0..3 {
+                examples.push(ex(i, Some(&format!("orig{i}.png"))));
+            }
+        }
+        examples.extend((40..60).map(|i| ex(i, None)));
+        let fold = random_folds(&examples, 5, 7);
+        for v in fold[..120].chunks(3) {
+            assert!(v.iter().all(|f| *f == v[0]), "one image's views in one fold: {fold:?}");
+        }
+        let used: std::collections::BTreeSet<usize> = fold.iter().copied().collect();
+        assert_eq!(used.len(), 5, "every fold gets images: {fold:?}");
+    }
 
     #[test]
     fn weights_even_out_sources_then_classes() {
