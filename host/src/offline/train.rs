@@ -434,8 +434,8 @@ fn fit(x: &[&Vec<f32>], y: &[bool], w: &[f32], a: &TrainArgs) -> Net {
     net
 }
 
-/// Row weights: each class sums to half the rows; with `by_source`, every source first
-/// weighs the same.
+/// Row weights, starting from each row's `prior` (an image's rows share the image's weight):
+/// with `by_source` every source first weighs the same; then each class sums to half the rows.
 fn weights(y: &[bool], sources: &[&str], prior: &[f32], by_source: bool) -> Vec<f32> {
     let mut w = prior.to_vec();
     if by_source {
