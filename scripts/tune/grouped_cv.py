@@ -70,6 +70,14 @@ CITY = {
 NOT_STREET = {"tracon"}
 
 
+def city_of(source, rel):
+    """The city a frame was shot in: the Mi3-Lab dash-cam frames by their video's file name,
+    every other source as CITY names it."""
+    if source == "dashcam_mi3lab_workzone":
+        return "us-" + os.path.basename(rel).split("_f")[0]
+    return CITY.get(source, source)
+
+
 def load_rows():
     rows = []
     for m in MANIFESTS:
@@ -77,11 +85,7 @@ def load_rows():
         for r in csv.DictReader(open(m, newline="")):
             rel = r["path"].strip()
             source = rel.split("/")[0]
-            name = os.path.basename(rel)
-            if source == "dashcam_mi3lab_workzone":
-                city = "us-" + name.split("_f")[0]
-            else:
-                city = CITY.get(source, source)
+            city = city_of(source, rel)
             rows.append({"path": os.path.join(base, rel), "rel": rel, "label": r["label"].strip(), "source": source,
                          "city": city, "street": source not in NOT_STREET})
     return rows

@@ -35,15 +35,11 @@ def log(*a):
 def tokens(vit, imgs, idx, tags):
     import torch
 
-    mean = torch.tensor([0.485, 0.456, 0.406], device=DEV).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=DEV).view(1, 3, 1, 1)
     fin, h8, h10 = {}, {}, {}
     for j, tag in enumerate(tags):
         a_f, a_8, a_10 = [], [], []
         for s in range(0, len(idx), 128):
-            a = np.ascontiguousarray(imgs[idx[s:s + 128], j])
-            x = torch.from_numpy(a).to(DEV).permute(0, 3, 1, 2).float() / 255.0
-            x = (x - mean) / std
+            x = R.pixels(imgs[idx[s:s + 128], j], DEV)
             with torch.no_grad():
                 hs, f, _, _ = vit.forward(x)
             a_f.append(f.half())

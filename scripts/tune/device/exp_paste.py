@@ -65,14 +65,12 @@ def main():
     T.log(f"{len(syn)} synthetic positives in {time.time() - t0:.1f}s")
     imgs, levels, ok = R.augment_all(rows)
     vit = R.ViT(os.path.join(R.X, "weights.npz"), DEV)
-    mean = torch.tensor([0.485, 0.456, 0.406], device=DEV).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=DEV).view(1, 3, 1, 1)
     feats = {}
     for j, tag in enumerate(R.TRAIN_TAGS + R.EVAL_TAGS):
         parts = []
         for s in range(0, len(rows), 128):
             a = np.ascontiguousarray(imgs[s:s + 128, j])
-            x = (torch.from_numpy(a).to(DEV).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+            x = R.pixels(a, DEV)
             with torch.no_grad():
                 d = T.dino_feats(vit, x)
             parts.append(torch.cat([d[b] for b in T.ORDER], 1))

@@ -85,8 +85,6 @@ def main():
     imgs, levels, ok = R.augment_all(rows)
     vit = R.ViT(os.path.join(R.X, "weights.npz"), DEV)
     sess = tess_session(os.environ.get("TESS", "/tmp/tessm/tesseranet_4x4.onnx"))
-    mean = torch.tensor([0.485, 0.456, 0.406], device=DEV).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=DEV).view(1, 3, 1, 1)
     feats = {}
     tags = R.TRAIN_TAGS + R.EVAL_TAGS
     n = len(rows)
@@ -94,7 +92,7 @@ def main():
         parts = []
         for s in range(0, n, 64):
             a = np.ascontiguousarray(imgs[s:s + 64, j])
-            x = (torch.from_numpy(a).to(DEV).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+            x = R.pixels(a, DEV)
             with torch.no_grad():
                 d = {k: v.float().cpu().numpy() for k, v in dino_feats(vit, x).items()}
             d.update(tess_feats(sess, a))

@@ -24,19 +24,11 @@ import types
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from grouped_cv import NOT_STREET, city_of  # noqa: E402  (the grouping the real evaluation uses)
+
 X = os.environ.get("X", "/tmp/x")
 OUT = os.environ.get("OUT", "/tmp/out")
-CITY = {
-    "tracon": "web-cone-photos",
-    "udacity_carnd_mit": "us-freeway",
-    "gtsdb_germany": "de-bochum",
-    "camvid_uk": "uk-cambridge",
-    "cityscapes_pix2pix": "de-ch-cityscapes",
-    "kagan94_web_weather": "web-weather",
-    "bdd100k_yolop": "us-new-york",
-    "pranav_au_night": "au-night",
-}
-NOT_STREET = {"tracon"}
 TRAIN_TAGS = [f"t{v}" for v in range(10)]
 EVAL_TAGS = [f"e{e}" for e in range(3)]
 LOGF = None
@@ -59,8 +51,7 @@ def load_rows():
         for r in csv.DictReader(open(os.path.join(base, "manifest.csv"), newline="")):
             rel = r["path"].strip()
             source = rel.split("/")[0]
-            name = os.path.basename(rel)
-            city = "us-" + name.split("_f")[0] if source == "dashcam_mi3lab_workzone" else CITY.get(source, source)
+            city = city_of(source, rel)
             rows.append({"path": os.path.join(base, rel), "rel": ds + "/" + rel, "label": int(r["label"].strip()),
                          "source": source, "city": city, "street": source not in NOT_STREET})
     if SMOKE:  # code-path test: a few images of each source
@@ -148,6 +139,18 @@ def augment_all(rows):
 
 
 # ---------------------------------------------------------------- ViT-S/14 forward (torch)
+def pixels(a, dev, flip=False):
+    """uint8 images [B, H, W, 3] as the backbone's input: RGB, x/255, ImageNet mean/std, NCHW."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(a)).to(dev).permute(0, 3, 1, 2).float() / 255.0
+    if flip:
+        x = x.flip(3)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 class ViT:
     def __init__(self, path, dev):
         import torch
@@ -274,8 +277,6 @@ def embed_all(imgs, ok):
     torch.backends.cudnn.allow_tf32 = False
     vit = ViT(os.path.join(X, "weights.npz"), dev)
     rep = verify(vit, dev)
-    mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
     tags = TRAIN_TAGS + EVAL_TAGS
     n = imgs.shape[0]
     kinds = {}
@@ -300,10 +301,7 @@ def embed_all(imgs, ok):
                 from PIL import Image
 
                 a = np.stack([np.array(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in a])
-            x = torch.from_numpy(a).to(dev).permute(0, 3, 1, 2).float() / 255.0
-            if flip:
-                x = x.flip(3)
-            x = (x - mean) / std
+            x = pixels(a, dev, flip)
             with torch.no_grad():
                 parts.append(features(vit, x))
         feats[name] = torch.cat(parts, 0)
