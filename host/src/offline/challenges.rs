@@ -21,6 +21,7 @@ use anyhow::Context;
 use super::augment::{self, Style};
 use super::manifest;
 use super::train::{read_source, view_key};
+use crate::files::sha256_hex;
 
 pub struct ChallengeArgs {
     pub manifests: Vec<PathBuf>,
@@ -101,10 +102,8 @@ impl Folders {
                 .collect();
             let mut folder = if clean.is_empty() { "_".to_string() } else { clean };
             if self.taken.contains(&folder) {
-                let h = source
-                    .bytes()
-                    .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-                folder = format!("{folder}-{:08x}", h as u32);
+                // 8 hex digits of the source's sha-256: stable across runs
+                folder = format!("{folder}-{}", &sha256_hex(source.as_bytes())[..8]);
             }
             self.taken.insert(folder.clone());
             self.of_source.insert(source.to_string(), folder);

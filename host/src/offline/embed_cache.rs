@@ -25,10 +25,8 @@ pub struct EmbedCache {
     pub misses: usize,
 }
 
-/// Hex SHA-256 of some bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+/// Hex SHA-256 of some bytes (the one the host keys every content by).
+pub use crate::files::sha256_hex;
 
 /// What makes two embeddings of the same input comparable: the model's bytes, how its input
 /// is prepared and which output is read. Names the cache file.

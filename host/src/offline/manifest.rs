@@ -196,17 +196,23 @@ mod tests {
         assert_eq!(fields(r#""say ""hi""",2"#), vec![r#"say "hi""#, "2"]);
     }
 
-    #[test]
-    fn bad_rows_are_reported_and_the_rest_used() {
-        let dir = std::env::temp_dir().join(format!("cascade-manifest-{}", std::process::id()));
+    /// `text` written as `m.csv` in a folder of its own, loaded as a manifest.
+    fn load_text(tag: &str, text: &str) -> Loaded {
+        let dir = std::env::temp_dir().join(format!("cascade-manifest-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let m = dir.join("m.csv");
-        std::fs::write(
-            &m,
-            "path,label,source,note\ntracon/a.jpg,1,\"github:x/y@1 TraCon\",\"two\nlines\"\nb.jpg,2,s,n\nc.jpg,0,\"web:z extra\",n\n,1,s,n\nd.jpg\n",
-        )
-        .unwrap();
+        std::fs::write(&m, text).unwrap();
         let l = load_reporting(&m).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        l
+    }
+
+    #[test]
+    fn bad_rows_are_reported_and_the_rest_used() {
+        let l = load_text(
+            "bad",
+            "path,label,source,note\ntracon/a.jpg,1,\"github:x/y@1 TraCon\",\"two\nlines\"\nb.jpg,2,s,n\nc.jpg,0,\"web:z extra\",n\n,1,s,n\nd.jpg\n",
+        );
         assert_eq!(l.examples.len(), 2, "{l:?}");
         assert_eq!(l.examples[0].source, "tracon");
         assert!(l.examples[0].label);
@@ -216,20 +222,14 @@ mod tests {
         assert!(l.problems[0].contains("m.csv:4") && l.problems[0].contains("\"2\""), "{:?}", l.problems);
         assert!(l.problems[2].contains("too few columns"), "{:?}", l.problems);
         assert!(l.examples.iter().all(|e| !e.challenge), "no `challenge` column: none is");
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn challenge_column_marks_images_used_as_read() {
-        let dir = std::env::temp_dir().join(format!("cascade-manifest-ch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let m = dir.join("m.csv");
-        std::fs::write(
-            &m,
+        let l = load_text(
+            "challenge",
             "path,label,challenge,level,original\na.jpg,1,1,2,x.png\nb.jpg,0,,,\nc.jpg,0,0,,\nd.jpg,1,yes,,\ne.jpg,1,true,,x.png\nf.jpg,1,1,7,\n",
-        )
-            .unwrap();
-        let l = load_reporting(&m).unwrap();
+        );
         let marked: Vec<bool> = l.examples.iter().map(|e| e.challenge).collect();
         assert_eq!(marked, [true, false, false, true], "{l:?}");
         assert_eq!(l.problems.len(), 2, "{:?}", l.problems);
@@ -239,6 +239,5 @@ mod tests {
         assert_eq!(levels, [Some(2), None, None, None]);
         let groups: Vec<Option<&str>> = l.examples.iter().map(|e| e.group.as_deref()).collect();
         assert_eq!(groups, [Some("x.png"), None, None, Some("x.png")]);
-        std::fs::remove_dir_all(&dir).ok();
     }
 }
