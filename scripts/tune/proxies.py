@@ -101,7 +101,7 @@ def main():
                 sys.exit(p.stderr[-3000:])
             results[(kind, h)] = {os.path.basename(os.path.dirname(json.loads(l)["path"])) + "/" +
                                   os.path.basename(json.loads(l)["path"]): json.loads(l) for l in open(out)}
-    print(f"{len(rows)} street-level images, level-0 challenges; proxies are not SDXL images (README: where it is blind)")
+    print(f"{len(rows)} street-level images, level-0 challenges; proxies are not SDXL images (README: nothing was measured on SDXL-generated images)")
     print(f"{'proxy':<12} {'hotkey':<9} {'accuracy':>8} {'MCC':>6} {'flips':>6} {'mean |Δ|':>9} {'share ≥0.5':>10}")
     table = {}
     for (kind, h), res in sorted(results.items()):

@@ -3,7 +3,7 @@ outputs on fixed inputs (verify.npz), for the torch re-implementation in run_all
 itself against. Runs here (onnx + onnxruntime CPU): python export_weights.py [DIR]"""
 import json, os, re, sys, numpy as np, onnx, onnxruntime as ort
 from onnx import numpy_helper, helper, TensorProto
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SRC = os.path.join(ROOT, "target", "models", "dinov2_vits14.onnx")
 DST = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "device-bundle", "x")
 os.makedirs(DST, exist_ok=True)

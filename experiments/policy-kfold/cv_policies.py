@@ -6,9 +6,10 @@ runs them on the held-out fold. Confusion matrices are summed over folds, so eve
 scored by a head that never saw it. Prints a table (and JSON with --json).
 
 Random folds put frames of one video on both sides; scripts/tune/grouped_cv.py is the grouped
-(leave one source / city out) comparison on both data sets that the shipped settings are tuned on.
+(leave one source / city out) comparison on both data sets that the shipped settings are tuned on,
+and supersedes this study (experiments/README.md says what it found).
 
-Usage: python scripts/tune/cv_policies.py [--manifest M] [--folds 5] [--seed 7] [--hotkeys speed,accuracy] [--backbone B]
+Usage: python experiments/policy-kfold/cv_policies.py [--manifest M] [--folds 5] [--seed 7] [--hotkeys speed,accuracy] [--backbone B]
        [--cascade PATH] [--components DIR] [--detector ONNX] [--reuse-heads]
        [--set hotkey:key.path=value ...]   (override a parameter, e.g. accuracy:fuser.params.weights.text=3)
 
@@ -30,10 +31,10 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "scripts", "tune"))
 import grouped_cv  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CASCADE = os.path.join(ROOT, "target", "release", "cascade")
 COMPONENTS = os.path.join(ROOT, "target", "components")
 ORT = os.path.join(ROOT, "target", "ort", "libonnxruntime.so")

@@ -8,7 +8,7 @@ settings: L2 strength, source balancing, a one-hidden-layer MLP. Scores are per 
 views are validator draws at levels 0-3), calibrated like `--calibrate` (Platt on the inner
 out-of-fold logits) when --calibrate is given, else cut at 0.5.
 
-Usage: .venv/bin/python scripts/tune/head_search.py target/tune/dino_v3.jsonl [more.jsonl ...] [--calibrate]
+Usage: .venv/bin/python experiments/head-search/head_search.py target/tune/dino_v3.jsonl [more.jsonl ...] [--calibrate]
 """
 
 import json

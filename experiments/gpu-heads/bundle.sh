@@ -5,11 +5,11 @@
 # < 62 MB under target/device-bundle/c1..cN (one `run` call carries at most 64 MiB), all ignored
 # by git. Needs `make setup` first (target/models/dinov2_vits14.onnx) and .venv.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SHARED=$(cd "$ROOT/../shared" && pwd)
 B=$ROOT/target/device-bundle
 rm -rf "$B" && mkdir -p "$B/x"
-"$ROOT/.venv/bin/python" "$ROOT/scripts/tune/device/export_weights.py" "$B/x"
+"$ROOT/.venv/bin/python" "$ROOT/experiments/gpu-heads/export_weights.py" "$B/x"
 tar cf - -C "$SHARED" data/roadwork-dev \
   -C "$SHARED/reference/streetvision-subnet" natix/utils/image_transforms.py \
   -C "$B/x" verify.npz shapes.json -C "$SHARED" data/roadwork-more -C "$B/x" weights.npz |

@@ -24,7 +24,7 @@ import types
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts", "tune"))
 from grouped_cv import NOT_STREET, city_of  # noqa: E402  (the grouping the real evaluation uses)
 
 X = os.environ.get("X", "/tmp/x")

@@ -2,11 +2,11 @@
 # A probe of the CUDA collapse (issue 16): the `accuracy` policy at 32 requests in flight on
 # CUDA, in variants (intra-op threads, batching delay), sampling which server threads burn CPU
 # while batches run (/proc per-thread CPU time), to tell CPU work from waiting. Run after
-# scripts/gpu/collapse.sh on the same machine (it reuses /tmp/gpu).
+# experiments/cuda-collapse/collapse.sh on the same machine (it reuses /tmp/gpu).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/gpu/common.sh
-[ -x "$P/bin/cascade" ] || { echo "no $P/bin/cascade: run scripts/gpu/collapse.sh first on this machine"; exit 1; }
+[ -x "$P/bin/cascade" ] || { echo "no $P/bin/cascade: run experiments/cuda-collapse/collapse.sh first on this machine"; exit 1; }
 variant() {  # NAME THREADS DELAY_US EXTRA
   local d="$P/pol-$1"; mkdir -p "$d"
   sed -e "s/^threads = 4$/threads = $2/" -e "s/^max_delay_us = .*/max_delay_us = $3/" "$P/pol-cuda/models.toml" > "$d/models.toml"

@@ -1,6 +1,6 @@
 """Tune the hotkeys' exit thresholds, flip, zoom and text weights on grouped held-out evidence.
 
-Input: the JSON that `grouped_cv.py --probe --json FILE` writes. Its probe hotkey runs every
+Input: the JSON that `scripts/tune/grouped_cv.py --probe --json FILE` writes. Its probe hotkey runs every
 stage of `accuracy` on every held-out image (classifier, mirrored classifier, 2×2 zoom with the
 best tile, OCR + keywords) with no early exit, so the reason of each answer lists all the
 evidence. This script replays the router and the weighted fuser on that evidence for many
@@ -12,7 +12,7 @@ so a grid costs nothing but arithmetic; the chosen settings are then checked for
 Prints the best settings of each shape on the tuning scheme (pooled street-level MCC over the
 held-out folds), and how they do on the other schemes in the file.
 
-Usage: .venv/bin/python scripts/tune/tune_policies.py target/tune/dino_s1.json [--tune source/seed1] [--top 5]
+Usage: .venv/bin/python experiments/exit-replay/tune_policies.py target/tune/dino_s1.json [--tune source/seed1] [--top 5]
 """
 
 import argparse
@@ -23,7 +23,7 @@ import os
 import random
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts", "tune"))
 from grouped_cv import figures, parse_evidence  # noqa: E402
 
 # model calls per stage: classifier 1, flip 1, zoom 4 (+ OCR)
