@@ -380,7 +380,7 @@ impl HotkeyFile {
             .chain(self.axon.allow.iter().map(|a| ("axon.allow", a)))
             .chain(self.axon.deny.iter().map(|a| ("axon.deny", a)))
         {
-            crate::axon::ss58::decode(addr).map_err(|e| format!("{what}: {addr:?} is not an SS58 address: {e}"))?;
+            crate::ss58::decode(addr).map_err(|e| format!("{what}: {addr:?} is not an SS58 address: {e}"))?;
         }
         if self.axon.listen.is_some() && self.ss58.is_none() {
             return Err("axon.listen: needs the hotkey's ss58".into());

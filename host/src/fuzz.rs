@@ -7,7 +7,7 @@
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::HeaderMap;
 
-use crate::axon::verify::Signed;
+use crate::server::axon::verify::Signed;
 use crate::server::ingress::{self, IngressLimits};
 
 /// A fuzz target: any bytes in, nothing out, never a panic.
@@ -45,7 +45,7 @@ pub fn axon_headers(data: &[u8]) {
             h.append(n, v);
         }
     }
-    if let Ok(p) = crate::axon::parse_headers(&h) {
+    if let Ok(p) = crate::server::axon::parse_headers(&h) {
         let signed = Signed {
             nonce: p.nonce,
             dendrite_hotkey: &p.dendrite,

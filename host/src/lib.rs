@@ -1,18 +1,17 @@
-//! `cascade`: a native host that serves roadwork predictions per hotkey. Decisions are made by
+//! The `cascade` serving host: serves roadwork predictions per hotkey. Decisions are made by
 //! WebAssembly components (`cascade:policy`) that call inference primitives the host runs on
-//! its model engines. This crate holds the HTTP ingress, per-hotkey configuration, the wasmtime
-//! runtime and the CLI; the engines live in `cascade-engines`.
+//! its model engines (`cascade-engines`). This crate holds the server (HTTP API, the subnet's
+//! axon, admin API), per-hotkey configuration and policies, chain admission, the wasmtime
+//! runtime, hot reload, rollouts, metrics and the prediction log's writer. The command line
+//! (`cascade-cli`) and the offline tools (`cascade-offline`) build on it; it imports neither.
 
-pub mod admin;
-pub mod axon;
+pub mod answer;
 pub mod chain;
 pub mod config;
 pub mod files;
 pub mod fuzz;
-pub mod infer;
 pub mod load;
 pub mod metrics;
-pub mod offline;
 pub mod policy;
 pub mod predlog;
 pub mod reload;
@@ -20,6 +19,7 @@ pub mod rollout;
 pub mod runtime;
 pub mod schema;
 pub mod server;
+pub mod ss58;
 pub mod wit;
 
 use std::path::{Path, PathBuf};

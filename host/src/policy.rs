@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cascade_engines::{Image, Models};
-use serde::Serialize;
-
+use crate::answer::{never_half, Answer, Source};
 use crate::config::{ComponentRef, Side};
 use crate::rollout::Rollout;
-use crate::runtime::request::{RequestCtx, TraceEntry};
+use crate::runtime::request::RequestCtx;
 use crate::runtime::{Bound, Plugin, Role, RoleSet};
 use crate::wit::Error;
 
@@ -39,33 +38,6 @@ pub struct Hotkey {
     pub log: Option<Arc<crate::predlog::Log>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Answer {
-    pub prediction: f32,
-    pub stage: String,
-    pub reason: String,
-    /// True when the policy could not decide (the answer is then `source`'s).
-    pub fallback: bool,
-    /// What the prediction is: `policy` (the router decided), `fallback` (the hotkey's fixed
-    /// answer), `partial` (the scores models had already produced), or `none` (nothing to
-    /// answer with: `prediction` is NaN and the caller answers an error).
-    pub source: &'static str,
-    /// `stable` or `candidate`.
-    pub arm: &'static str,
-    pub trace: Vec<TraceEntry>,
-    /// Model compute spent on this request, in milliseconds.
-    pub model_ms: f64,
-}
-
-/// The validator reads exactly 0.5 as "no roadwork"; an answer is never exactly 0.5.
-pub fn never_half(p: f32) -> f32 {
-    if p == 0.5 {
-        0.499
-    } else {
-        p
-    }
-}
-
 fn side_name(s: Side) -> &'static str {
     match s {
         Side::Stable => "stable",
@@ -84,6 +56,13 @@ impl Hotkey {
     /// The side that serves when no request key is involved: the rollout's winner, else stable.
     fn default_side(&self) -> Side {
         self.rollout.as_ref().and_then(|r| r.winner()).unwrap_or(Side::Stable)
+    }
+
+    /// What a validator would get at this hotkey's axon, in one line (`chain::describe`,
+    /// named), when the hotkey serves the subnet.
+    pub fn describe_axon(&self, chain: &crate::chain::Chain) -> Option<String> {
+        let ss58 = self.ss58.as_deref()?;
+        Some(format!("{} {}", self.name, crate::chain::describe(ss58, &self.axon, chain)))
     }
 
     /// The decision without rollout routing (offline tools): the winner or the stable arm.
@@ -226,14 +205,14 @@ impl Hotkey {
             }
         };
         let (prediction, stage, reason, source) = match decided {
-            Ok((p, stage, reason)) => (p, stage, reason, "policy"),
+            Ok((p, stage, reason)) => (p, stage, reason, Source::Policy),
             Err((why, reason)) => self.fall_back(ctx, counted, why, reason),
         };
         Answer {
             prediction,
             stage,
             reason,
-            fallback: source != "policy",
+            fallback: source != Source::Policy,
             source,
             arm: side_name(side),
             trace: ctx.trace(),
@@ -249,12 +228,12 @@ impl Hotkey {
         counted: bool,
         why: &'static str,
         reason: String,
-    ) -> (f32, String, String, &'static str) {
+    ) -> (f32, String, String, Source) {
         if counted {
             crate::metrics::global().fallback(&self.name, why);
         }
         if let Some(f) = self.fallback {
-            return (f, "fallback".into(), reason, "fallback");
+            return (f, "fallback".into(), reason, Source::Fallback);
         }
         match ctx.evidence() {
             Some((p, models)) => {
@@ -262,9 +241,9 @@ impl Hotkey {
                     crate::metrics::global().partial(&self.name, &models);
                 }
                 let p = never_half(p.clamp(0.0, 1.0));
-                (p, "partial".into(), format!("{reason}; answered from {models}"), "partial")
+                (p, "partial".into(), format!("{reason}; answered from {models}"), Source::Partial)
             }
-            None => (f32::NAN, "failed".into(), reason, "none"),
+            None => (f32::NAN, "failed".into(), reason, Source::None),
         }
     }
 }

@@ -39,7 +39,7 @@ impl ArmStats {
     fn p99(&self) -> f64 {
         let mut v: Vec<f64> = self.latencies_ms.lock().iter().copied().collect();
         v.sort_by(f64::total_cmp);
-        crate::offline::scores::percentile(&v, 0.99)
+        cascade_common::scores::percentile(&v, 0.99)
     }
 
     fn rate(&self, c: &AtomicU64) -> f64 {

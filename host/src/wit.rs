@@ -7,7 +7,7 @@ wasmtime::component::bindgen!({
     path: "../wit/v1.2.0",
     world: "host",
     with: {
-        "cascade:policy/types.image": crate::runtime::request::ImageRef,
+        "cascade:policy/types.image": crate::runtime::image::ImageRef,
     },
     imports: { default: trappable },
 });

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use cascade_bench::repo;
-use cascade_host::axon::ss58;
+use cascade_host::ss58;
 use schnorrkel::Keypair;
 
 #[derive(Default)]
@@ -48,7 +48,7 @@ fn agent() -> ureq::Agent {
 /// augmentation levels `variants` times (seeded), so that most requests carry an image the
 /// server has not seen (the stage cache would otherwise answer nearly all of them).
 fn images(n: usize, variants: usize) -> Vec<Vec<u8>> {
-    use cascade_host::offline::augment::{challenge_jpeg, Params, Rng};
+    use cascade_offline::augment::{challenge_jpeg, Params, Rng};
     let data = repo().join("../shared/data/roadwork-more");
     let text = std::fs::read_to_string(data.join("manifest.csv")).expect("../shared/data/roadwork-more/manifest.csv");
     let frames: Vec<image::RgbImage> = text
@@ -83,7 +83,7 @@ fn now_ns() -> u64 {
 
 /// A synapse request for `miner` signed by `key` (as the Python dendrite signs it).
 fn synapse(key: &Keypair, miner: &str, uuid: &str, image_b64: &str) -> (Vec<(String, String)>, String) {
-    let hash = cascade_host::axon::EMPTY_BODY_HASH;
+    let hash = cascade_host::server::axon::EMPTY_BODY_HASH;
     let me = ss58::encode(&key.public.to_bytes());
     let nonce = now_ns();
     let msg = format!("{nonce}.{me}.{miner}.{uuid}.{hash}");

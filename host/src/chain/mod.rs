@@ -4,6 +4,7 @@
 //! each hotkey's `allow` and `deny` lists as overrides. The process-wide settings and default
 //! rule live in `policies/chain.toml`; both files reload live like every other file.
 
+pub(crate) mod metrics;
 pub mod snapshot;
 
 use std::path::{Path, PathBuf};
@@ -172,11 +173,10 @@ impl Chain {
     }
 }
 
-/// What a validator would get at a subnet hotkey, in one line for `cascade check`: who is
-/// admitted, where the hotkey is announced, and how old the snapshot is.
-pub fn describe(h: &crate::policy::Hotkey, chain: &Chain) -> Option<String> {
-    let ss58 = h.ss58.as_deref()?;
-    let a = &h.axon;
+/// What a validator would get at the subnet hotkey `ss58` with axon settings `a`, in one
+/// line for `cascade check` and the admin API: who is admitted, where the hotkey is
+/// announced, and how old the snapshot is.
+pub fn describe(ss58: &str, a: &AxonConfig, chain: &Chain) -> String {
     let mut who = Vec::new();
     if let Some(r) = chain.rule(a) {
         who.push(r.describe());
@@ -210,13 +210,13 @@ pub fn describe(h: &crate::policy::Hotkey, chain: &Chain) -> Option<String> {
         }
         None => ("announcement unknown".into(), "no metagraph snapshot loaded".into()),
     };
-    Some(format!("{} {ss58}: admits {who}{deny}; {announced}; {snapshot}", h.name))
+    format!("{ss58}: admits {who}{deny}; {announced}; {snapshot}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::axon::ss58;
+    use crate::ss58;
 
     fn chain(admit: Option<Rule>) -> Chain {
         let text = snapshot::tests_support::snapshot(

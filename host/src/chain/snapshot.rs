@@ -77,7 +77,7 @@ impl Metagraph {
         }
         let mut by_hotkey: BTreeMap<String, Vec<Neuron>> = BTreeMap::new();
         for n in &f.neurons {
-            crate::axon::ss58::decode(&n.hotkey)
+            crate::ss58::decode(&n.hotkey)
                 .map_err(|e| format!("uid {}: hotkey {:?} is not an SS58 address: {e}", n.uid, n.hotkey))?;
             if !n.stake.is_finite() || n.stake < 0.0 {
                 return Err(format!("uid {}: stake {} is not a stake", n.uid, n.stake));
@@ -133,7 +133,7 @@ impl Metagraph {
 /// Snapshot text for tests.
 #[cfg(test)]
 pub mod tests_support {
-    use crate::axon::ss58;
+    use crate::ss58;
 
     pub fn snapshot(netuid: u16, neurons: &[(u32, [u8; 32], f64, bool)]) -> String {
         let ns: Vec<String> = neurons
@@ -157,7 +157,7 @@ pub mod tests_support {
 mod tests {
     use super::tests_support::snapshot;
     use super::*;
-    use crate::axon::ss58;
+    use crate::ss58;
 
     #[test]
     fn parses_and_ranks_standing() {

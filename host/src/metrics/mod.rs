@@ -4,16 +4,13 @@
 //! names a component chooses (stages, models) are bounded per hotkey. Recording takes the
 //! family's shared lock on the hot path, never a global one.
 
-mod chain;
 mod gpu;
 mod label;
-mod models;
-mod predlog;
+pub(crate) mod models;
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cascade_engines::Models;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -323,20 +320,15 @@ impl Metrics {
         self.policies.model_seconds.get_or_create(&ModelTimeLabels { hotkey, model }).inc_by(t.as_secs_f64());
     }
 
-    /// The OpenMetrics text of every family, plus the loaded models' counters and the
-    /// metagraph snapshot's figures.
-    pub fn render(&self, models: Option<&Models>, chain: Option<&crate::chain::Chain>) -> String {
+    /// The OpenMetrics text of every family, then `scraped`: figures read at scrape time from
+    /// the parts that own them (the loaded models, the metagraph snapshot, the prediction
+    /// logs), then the GPUs'.
+    pub fn render(&self, scraped: impl IntoIterator<Item = Registry>) -> String {
         let mut o = String::new();
         // writing to a String cannot fail
         let _ = encode_registry(&mut o, &self.registry);
-        if let Some(models) = models {
-            let _ = encode_registry(&mut o, &models::registry(models));
-        }
-        if let Some(chain) = chain {
-            let _ = encode_registry(&mut o, &chain::registry(chain));
-        }
-        if let Some(logs) = predlog::registry() {
-            let _ = encode_registry(&mut o, &logs);
+        for r in scraped {
+            let _ = encode_registry(&mut o, &r);
         }
         if let Some(gpus) = gpu::registry() {
             let _ = encode_registry(&mut o, &gpus);
@@ -354,7 +346,7 @@ mod tests {
     fn guest_chosen_names_cannot_inject_lines() {
         let m = Metrics::new();
         m.request("h", "x\"} 1\ncascade_fake_total 9\n#", "ok", Duration::from_millis(3));
-        let text = m.render(None, None);
+        let text = m.render([]);
         assert!(!text.contains("\ncascade_fake_total"), "{text}");
         assert!(text
             .contains("cascade_requests_total{hotkey=\"h\",stage=\"x___1_cascade_fake_total_9__\",outcome=\"ok\"} 1"));
@@ -367,7 +359,7 @@ mod tests {
         for i in 0..(GUEST_NAMES_PER_HOTKEY + 10) {
             m.request("h", &format!("s{i}"), "ok", Duration::ZERO);
         }
-        let text = m.render(None, None);
+        let text = m.render([]);
         let series = text.lines().filter(|l| l.starts_with("cascade_requests_total{")).count();
         assert_eq!(series, GUEST_NAMES_PER_HOTKEY + 1, "{text}");
         assert!(text.contains("stage=\"other\",outcome=\"ok\"} 10"));

@@ -95,7 +95,7 @@ impl Collector for ModelSeries {
 }
 
 /// A registry holding the models' series as they are now.
-pub(super) fn registry(models: &Models) -> Registry {
+pub(crate) fn registry(models: &Models) -> Registry {
     let mut r = Registry::with_prefix("cascade");
     let rows = models.stats().map(|(name, s)| (Label::new(name), s.clone())).collect();
     r.register_collector(Box::new(ModelSeries(rows)));

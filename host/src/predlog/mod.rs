@@ -1,10 +1,11 @@
 //! The prediction log: what each hotkey answered, with every primitive result the request
 //! produced and, under a sampling rule, the image — the raw material of `cascade log` (hard
 //! cases), `cascade replay` and tuning. Recording hands a record to the folder's writer thread
-//! (`writer`) and returns; the format is in `format`, reading in `read`.
+//! (`writer`) and returns; the format is in `format`; its readers are the offline tools' (`cascade-offline`).
 
 pub mod format;
-pub mod read;
+pub(crate) mod metrics;
+
 mod writer;
 
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::config::{ImageRule, LogConfig};
-use crate::policy::Answer;
+use crate::answer::Answer;
 use crate::runtime::request::RequestCtx;
 use format::{hex, Logged, LoggedOutput, Record, VERSION};
 pub use writer::Counts;
@@ -136,7 +137,7 @@ impl Log {
             height,
             prediction: a.prediction.is_finite().then_some(a.prediction),
             stage: a.stage.clone(),
-            source: a.source.to_string(),
+            source: a.source.as_str().to_string(),
             model_ms: a.model_ms,
             ms,
             image_file: None,

@@ -6,7 +6,11 @@
 
 pub mod bind;
 pub mod cache;
+pub mod status;
 pub mod watch;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,8 @@ use wasmtime::error::Context;
 use wasmtime::format_err;
 
 use super::calls;
-use super::request::{ImageRef, RequestCtx};
+use super::image::ImageRef;
+use super::request::RequestCtx;
 use super::store::StoreState;
 use crate::wit::cascade::policy::{primitives, roles, types};
 use crate::wit::{Answer, Bbox, Call, Classification, Detection, Error, NamedScore, Outcome, TextLine};

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod calls;
 mod host;
+pub mod image;
 pub mod plugin;
 pub mod pool;
 pub mod request;
@@ -64,7 +65,7 @@ impl Runtime {
         // trap definitions below would invent a different resource for it.
         linker.instance(&format!("cascade:policy/primitives@{}", crate::wit::CONTRACT))?.resource(
             "image",
-            ResourceType::host::<request::ImageRef>(),
+            ResourceType::host::<image::ImageRef>(),
             |_, _| Ok(()),
         )?;
         // Plugins get no WASI: anything a std guest imports beyond the contract traps if called.

@@ -12,63 +12,13 @@ use serde::Serialize;
 
 use cascade_engines::Output;
 
+use super::image::ImageRef;
 use crate::wit::Error;
-
-/// A 128-bit content key: sha-256 of a domain and parts, truncated (collisions cannot be
-/// crafted, so one client's image can never be answered with another's cached result).
-pub fn key_of(domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(domain);
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    let d = h.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d[..16]);
-    out
-}
 
 /// Images a request's components may hold (the original counts as one).
 pub const MAX_DERIVED_IMAGES: u32 = 256;
 /// Pixels of crops and flips one request may derive in all (32 full-HD frames' worth).
 pub const MAX_DERIVED_PIXELS: u64 = 64 << 20;
-
-/// The host side of an `image` resource handle.
-pub struct ImageRef {
-    /// Unique within the request: the memo key for "this image".
-    pub id: u32,
-    pub pixels: Image,
-    /// The pixels' hash (the stage cache's key across requests), computed on first use.
-    hash: std::sync::OnceLock<[u8; 16]>,
-}
-
-impl ImageRef {
-    pub fn new(id: u32, pixels: Image) -> ImageRef {
-        ImageRef { id, pixels, hash: std::sync::OnceLock::new() }
-    }
-
-    /// An image whose content key is already known (the request's bytes, or a derivation).
-    pub fn with_key(id: u32, pixels: Image, key: [u8; 16]) -> ImageRef {
-        ImageRef { id, pixels, hash: std::sync::OnceLock::from(key) }
-    }
-
-    /// The key of an image derived from this one by `op` (a crop's box, a flip): the same
-    /// parent and operation give the same pixels, so no pixel needs hashing.
-    pub fn derived_key(&self, op: &[u8]) -> [u8; 16] {
-        key_of(b"derived", &[&self.content_hash(), op])
-    }
-
-    /// The content key: preset from the request's encoded bytes (hashing ~15 KB of JPEG
-    /// instead of ~150 KB of pixels), else sha-256 of the dimensions and pixels.
-    pub fn content_hash(&self) -> [u8; 16] {
-        *self.hash.get_or_init(|| {
-            let (w, h) = (self.pixels.width().to_le_bytes(), self.pixels.height().to_le_bytes());
-            key_of(b"pixels", &[&w, &h, self.pixels.as_raw()])
-        })
-    }
-}
 
 /// A memoised result with the content key of its image, where known.
 pub type KeyedResult = (Option<[u8; 16]>, CallKey, Result<Output, Error>);

@@ -7,7 +7,8 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
 use super::pool::RoleSet;
-use super::request::{ImageRef, RequestCtx};
+use super::image::ImageRef;
+use super::request::RequestCtx;
 
 pub struct StoreState {
     pub table: ResourceTable,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cascade_engines::Image;
 use parking_lot::Mutex;
 
-use super::ingress::{self, IngressLimits, Refusal};
+use cascade_common::image::{decode_image, within, DecodeError, IngressLimits};
 
 /// Memory for decoded images and how long one is kept (a challenge's copies arrive together).
 pub const DEFAULT_MB: usize = 32;
@@ -52,10 +52,10 @@ pub fn configure(mb: usize, ttl: Duration) {
 
 /// Decodes `bytes` (content key `key`) within `limits`, or takes the image another request
 /// decoded from the same bytes.
-pub fn decode(key: [u8; 16], bytes: &[u8], limits: &IngressLimits) -> Result<Image, Refusal> {
+pub fn decode(key: [u8; 16], bytes: &[u8], limits: &IngressLimits) -> Result<Image, DecodeError> {
     let shared = DECODED.get_or_init(|| Decoded::new(DEFAULT_MB << 20, DEFAULT_TTL));
     if shared.cap_bytes == 0 {
-        return ingress::decode_image(bytes, limits).map(Arc::new);
+        return decode_image(bytes, limits).map(Arc::new);
     }
     shared.get(key, bytes, limits)
 }
@@ -70,7 +70,7 @@ impl Decoded {
         Decoded { inner: Mutex::new(Inner { map: HashMap::new(), order: VecDeque::new(), bytes: 0 }), cap_bytes, ttl }
     }
 
-    pub fn get(&self, key: [u8; 16], bytes: &[u8], limits: &IngressLimits) -> Result<Image, Refusal> {
+    pub fn get(&self, key: [u8; 16], bytes: &[u8], limits: &IngressLimits) -> Result<Image, DecodeError> {
         let (cell, lead) = {
             let mut g = self.inner.lock();
             match g.map.get(&key) {
@@ -90,7 +90,7 @@ impl Decoded {
         let (mut ran, mut refusal) = (false, None);
         let got = cell.get_or_init(|| {
             ran = true;
-            match ingress::decode_image(bytes, limits) {
+            match decode_image(bytes, limits) {
                 Ok(img) => Some(Arc::new(img)),
                 Err(r) => {
                     refusal = Some(r);
@@ -105,11 +105,11 @@ impl Decoded {
         }
         let result = match got {
             // the same bytes passed every other check when they were decoded
-            Some(img) => ingress::within(img.width(), img.height(), limits).map(|()| img.clone()),
+            Some(img) => within(img.width(), img.height(), limits).map(|()| img.clone()),
             // a waiter on a refused decode has no refusal of its own: work it out
             None => match refusal {
                 Some(r) => Err(r),
-                None => ingress::decode_image(bytes, limits).map(Arc::new),
+                None => decode_image(bytes, limits).map(Arc::new),
             },
         };
         count(match (&result, ran) {
@@ -188,7 +188,7 @@ mod tests {
     }
 
     fn key(b: &[u8]) -> [u8; 16] {
-        crate::runtime::request::key_of(b"bytes", &[b])
+        crate::runtime::image::key_of(b"bytes", &[b])
     }
 
     #[test]
@@ -199,10 +199,10 @@ mod tests {
         let b = d.get(key(&j), &j, &IngressLimits::default()).unwrap();
         assert!(Arc::ptr_eq(&a, &b), "the second request takes the first one's pixels");
         let tight = IngressLimits { max_side: 40, ..IngressLimits::default() };
-        assert_eq!(d.get(key(&j), &j, &tight).unwrap_err().code, "image-too-large");
+        assert_eq!(d.get(key(&j), &j, &tight).unwrap_err().code(), "image-too-large");
         // a refusal is not kept: the same key decodes again (and is refused again)
         let bad = b"not an image at all".to_vec();
-        assert_eq!(d.get(key(&bad), &bad, &IngressLimits::default()).unwrap_err().code, "not-an-image");
+        assert_eq!(d.get(key(&bad), &bad, &IngressLimits::default()).unwrap_err().code(), "not-an-image");
         assert_eq!(d.usage().0, 1);
     }
 

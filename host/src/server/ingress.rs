@@ -1,47 +1,12 @@
 //! Turning a request body into a decoded image, within limits. Every refusal is a precise
 //! status and code; nothing here panics on hostile input.
 
-use std::io::Cursor;
-
 use base64::Engine as _;
 use hyper::StatusCode;
-use image::{ImageFormat, ImageReader, Limits};
 use serde::Deserialize;
 
-/// Limits on what a request may carry (from flags).
-#[derive(Debug, Clone, Copy)]
-pub struct IngressLimits {
-    pub max_body_bytes: usize,
-    /// Largest width or height.
-    pub max_side: u32,
-    /// Largest width × height.
-    pub max_pixels: u64,
-}
-
-impl Default for IngressLimits {
-    fn default() -> Self {
-        IngressLimits { max_body_bytes: 4 << 20, max_side: 8192, max_pixels: 40_000_000 }
-    }
-}
-
-impl IngressLimits {
-    /// The axon's limits: validators send 224×224 challenges, so anything past 1024 per side
-    /// or a megapixel is refused before a pixel is allocated (tighter than the HTTP API's).
-    pub fn axon(&self) -> IngressLimits {
-        IngressLimits {
-            max_body_bytes: self.max_body_bytes,
-            max_side: self.max_side.min(AXON_MAX_SIDE),
-            max_pixels: self.max_pixels.min(AXON_MAX_PIXELS),
-        }
-    }
-}
-
-pub const AXON_MAX_SIDE: u32 = 1024;
-pub const AXON_MAX_PIXELS: u64 = 1 << 20;
-/// No real JPEG or PNG packs more pixels than this into one byte of file (a flat black JPEG
-/// needs about one byte per 256 pixels, a flat PNG one per 340): a header that claims more is
-/// a tiny file forcing a huge decode, and is refused before decoding.
-pub const MAX_PIXELS_PER_BYTE: u64 = 4096;
+pub use cascade_common::image::{IngressLimits, AXON_MAX_PIXELS, AXON_MAX_SIDE, MAX_PIXELS_PER_BYTE};
+use cascade_common::image::DecodeError;
 
 /// A refused request: HTTP status, a stable code and a message for people.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,64 +76,25 @@ pub fn decode_base64(s: &str) -> Result<Vec<u8>, Refusal> {
 /// Decodes a JPEG or PNG to RGB. Dimensions are read from the header and checked before any
 /// pixel memory is allocated, so a decompression bomb costs nothing.
 pub fn decode_image(bytes: &[u8], limits: &IngressLimits) -> Result<image::RgbImage, Refusal> {
-    let unprocessable = |m: String| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "undecodable-image", m);
-    let reader =
-        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| unprocessable(e.to_string()))?;
-    let format = reader.format();
-    if !matches!(format, Some(ImageFormat::Jpeg) | Some(ImageFormat::Png)) {
-        return Err(Refusal::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "not-an-image",
-            "the bytes are not a JPEG or PNG image",
-        ));
-    }
-    let (w, h) = reader.into_dimensions().map_err(|e| unprocessable(format!("cannot read the image header: {e}")))?;
-    if w == 0 || h == 0 {
-        return Err(unprocessable(format!("image has zero size ({w}×{h})")));
-    }
-    within(w, h, limits)?;
-    if w as u64 * h as u64 > (bytes.len() as u64).saturating_mul(MAX_PIXELS_PER_BYTE) {
-        return Err(unprocessable(format!(
-            "image claims {w}×{h} in {} bytes: no real JPEG or PNG is that dense",
-            bytes.len()
-        )));
-    }
-    if format == Some(ImageFormat::Jpeg) && !jpeg_complete(bytes) {
-        return Err(unprocessable("JPEG is truncated (no end-of-image marker)".into()));
-    }
-    let mut reader = ImageReader::new(Cursor::new(bytes));
-    reader.set_format(format.unwrap_or(ImageFormat::Jpeg));
-    let mut l = Limits::default();
-    l.max_image_width = Some(limits.max_side);
-    l.max_image_height = Some(limits.max_side);
-    l.max_alloc = Some(limits.max_pixels * 4 + (16 << 20));
-    reader.limits(l);
-    let img = reader.decode().map_err(|e| unprocessable(format!("cannot decode: {e}")))?;
-    Ok(img.into_rgb8())
+    Ok(cascade_common::image::decode_image(bytes, limits)?)
 }
 
-/// A `w`×`h` image against the size limits.
-pub fn within(w: u32, h: u32, limits: &IngressLimits) -> Result<(), Refusal> {
-    if w > limits.max_side || h > limits.max_side || w as u64 * h as u64 > limits.max_pixels {
-        return Err(Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "image-too-large",
-            format!("image is {w}×{h}; the limits are {} per side and {} pixels", limits.max_side, limits.max_pixels),
-        ));
+impl From<DecodeError> for Refusal {
+    fn from(e: DecodeError) -> Refusal {
+        let status = match e {
+            DecodeError::NotAnImage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            DecodeError::Undecodable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        };
+        Refusal::new(status, e.code(), e.to_string())
     }
-    Ok(())
-}
-
-/// The decoder fills a cut-off JPEG with grey instead of failing; a complete one ends with
-/// the EOI marker (possibly followed by padding).
-fn jpeg_complete(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(64)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::ImageFormat;
+    use std::io::Cursor;
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbImage::from_pixel(w, h, image::Rgb([200, 100, 0]));

@@ -1,0 +1,66 @@
+//! `cascade check`: one pass of the loading pipeline `serve` runs, printing what would run
+//! and every problem (non-zero exit when there is one).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cascade_host::load;
+use clap::Args;
+
+use super::SourceArgs;
+
+#[derive(Args)]
+pub struct CheckCommand {
+    #[command(flatten)]
+    src: SourceArgs,
+}
+
+impl CheckCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let (rt, src) = self.src.setup()?;
+        println!("policies:   {}", src.policies.display());
+        println!("components: {}", src.components.display());
+        // one pass of the same pipeline `serve` runs: every problem is printed once
+        let (state, problems) = load::load_all(&rt, &src);
+        for p in &state.plugins {
+            println!("component   {}", load::describe_plugin(p));
+        }
+        for m in &state.registry.models {
+            match (&m.vlm, &m.remote) {
+                (Some(v), _) => println!("model       {} {} {} ({})", m.name, m.kind.as_str(), v.url, v.model),
+                (_, Some(r)) => println!("model       {} {} {} (KServe v2)", m.name, m.kind.as_str(), r.url),
+                _ => println!("model       {} {} {}", m.name, m.kind.as_str(), m.file.display()),
+            }
+        }
+        for h in state.hotkeys.values() {
+            let role = |b: &Option<Arc<cascade_host::runtime::Bound>>| {
+                b.as_ref().map_or("-".to_string(), |b| format!("{}@{}", b.plugin.name, b.plugin.version))
+            };
+            println!(
+                "hotkey      {} router={}@{} text_scorer={} fuser={} fallback={} ({})",
+                h.name,
+                h.stable.router.plugin.name,
+                h.stable.router.plugin.version,
+                role(&h.stable.roles.text_scorer),
+                role(&h.stable.roles.fuser),
+                h.fallback.map_or("none".to_string(), |f| f.to_string()),
+                h.file.display()
+            );
+            if let Some(line) = h.describe_axon(&state.chain) {
+                println!("axon        {line}");
+            }
+        }
+        for w in &state.warnings {
+            println!("warning     {w}");
+        }
+        if problems.is_empty() {
+            println!("ok");
+            return Ok(ExitCode::SUCCESS);
+        }
+        for p in &problems {
+            println!("problem     {p}");
+        }
+        println!("{} problem(s)", problems.len());
+        Ok(ExitCode::FAILURE)
+    }
+}

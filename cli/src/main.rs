@@ -1,0 +1,75 @@
+//! The `cascade` command. Serving: `serve` (every hotkey over HTTP and the subnet's axon),
+//! `check` (validate what `serve` would run), `infer` (one model on image files). The offline
+//! loop: `eval`, `train-head`, `tune`, `challenges`, `log`, `replay`. Each subcommand is a file
+//! under `commands/` that owns its arguments; this file parses them and sets up logging.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use commands::{challenges, check, eval, infer, log, replay, serve, train_head, tune};
+
+#[derive(Parser)]
+#[command(name = "cascade", version, about = "Roadwork inference server with policies as WebAssembly components")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Log lines as `text` or as JSON objects (`json`, one per line, for log collectors).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve every hotkey of the policies folder over HTTP.
+    Serve(serve::ServeCommand),
+    /// Validate configs, models and components; print what would run and every problem.
+    Check(check::CheckCommand),
+    /// Run one registry model on image files and print what it returns (JSON lines).
+    Infer(infer::InferCommand),
+    /// Run a hotkey's live policy over a labelled manifest and report accuracy, MCC, reward.
+    Eval(eval::EvalCommand),
+    /// Train a classifier head on frozen-backbone embeddings (k-fold report, JSON head out).
+    TrainHead(train_head::TrainHeadCommand),
+    /// The prediction log: list what hotkeys answered, export hard cases for labelling.
+    Log(log::LogCommand),
+    /// Run a candidate hotkey over logged requests (answering from the log's results) and
+    /// report what would change; with labels, accuracy, MCC and reward for both.
+    Replay(replay::ReplayCommand),
+    /// Sweep a hotkey's exit thresholds and fusion weights over labelled images: the
+    /// cost/accuracy frontier, grouped cross-validation, a candidate hotkey file, an SVG.
+    Tune(tune::TuneCommand),
+    /// Write the JPEGs a validator would send of labelled images (the offline loop's draws) and
+    /// a manifest of them, for tools outside this binary.
+    Challenges(challenges::ChallengesCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
+    let r = match cli.cmd {
+        Cmd::Serve(c) => c.execute(),
+        Cmd::Check(c) => c.execute(),
+        Cmd::Infer(c) => c.execute(),
+        Cmd::Eval(c) => c.execute(),
+        Cmd::TrainHead(c) => c.execute(),
+        Cmd::Log(c) => c.execute(),
+        Cmd::Replay(c) => c.execute(),
+        Cmd::Tune(c) => c.execute(),
+        Cmd::Challenges(c) => c.execute(),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Decoding an untrusted JPEG or PNG to RGB within size limits. Dimensions are read from the
+//! header and checked before any pixel memory is allocated, so a decompression bomb costs
+//! nothing; every failure is a typed error with a stable code. The HTTP ingress maps these
+//! onto statuses; the offline tools read their labelled images through the same checks.
+
+use std::io::Cursor;
+
+use image::{ImageFormat, ImageReader, Limits};
+
+/// Limits on what a request may carry (from flags).
+#[derive(Debug, Clone, Copy)]
+pub struct IngressLimits {
+    pub max_body_bytes: usize,
+    /// Largest width or height.
+    pub max_side: u32,
+    /// Largest width × height.
+    pub max_pixels: u64,
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        IngressLimits { max_body_bytes: 4 << 20, max_side: 8192, max_pixels: 40_000_000 }
+    }
+}
+
+impl IngressLimits {
+    /// The axon's limits: validators send 224×224 challenges, so anything past 1024 per side
+    /// or a megapixel is refused before a pixel is allocated (tighter than the HTTP API's).
+    pub fn axon(&self) -> IngressLimits {
+        IngressLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_side: self.max_side.min(AXON_MAX_SIDE),
+            max_pixels: self.max_pixels.min(AXON_MAX_PIXELS),
+        }
+    }
+}
+
+pub const AXON_MAX_SIDE: u32 = 1024;
+pub const AXON_MAX_PIXELS: u64 = 1 << 20;
+/// No real JPEG or PNG packs more pixels than this into one byte of file (a flat black JPEG
+/// needs about one byte per 256 pixels, a flat PNG one per 340): a header that claims more is
+/// a tiny file forcing a huge decode, and is refused before decoding.
+pub const MAX_PIXELS_PER_BYTE: u64 = 4096;
+
+/// Why bytes did not become an image.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the bytes are not a JPEG or PNG image")]
+    NotAnImage,
+    /// A header or body that does not decode, or claims what no real image is.
+    #[error("{0}")]
+    Undecodable(String),
+    /// Past the limits (per side or in pixels).
+    #[error("image is {w}×{h}; the limits are {max_side} per side and {max_pixels} pixels")]
+    TooLarge { w: u32, h: u32, max_side: u32, max_pixels: u64 },
+}
+
+impl DecodeError {
+    /// The stable code clients and metrics see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::NotAnImage => "not-an-image",
+            DecodeError::Undecodable(_) => "undecodable-image",
+            DecodeError::TooLarge { .. } => "image-too-large",
+        }
+    }
+}
+
+/// Decodes a JPEG or PNG to RGB, refusing anything past `limits` before decoding it.
+pub fn decode_image(bytes: &[u8], limits: &IngressLimits) -> Result<image::RgbImage, DecodeError> {
+    let undecodable = DecodeError::Undecodable;
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| undecodable(e.to_string()))?;
+    let format = reader.format();
+    if !matches!(format, Some(ImageFormat::Jpeg) | Some(ImageFormat::Png)) {
+        return Err(DecodeError::NotAnImage);
+    }
+    let (w, h) = reader.into_dimensions().map_err(|e| undecodable(format!("cannot read the image header: {e}")))?;
+    if w == 0 || h == 0 {
+        return Err(undecodable(format!("image has zero size ({w}×{h})")));
+    }
+    within(w, h, limits)?;
+    if w as u64 * h as u64 > (bytes.len() as u64).saturating_mul(MAX_PIXELS_PER_BYTE) {
+        return Err(undecodable(format!(
+            "image claims {w}×{h} in {} bytes: no real JPEG or PNG is that dense",
+            bytes.len()
+        )));
+    }
+    if format == Some(ImageFormat::Jpeg) && !jpeg_complete(bytes) {
+        return Err(undecodable("JPEG is truncated (no end-of-image marker)".into()));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes));
+    reader.set_format(format.unwrap_or(ImageFormat::Jpeg));
+    let mut l = Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    l.max_alloc = Some(limits.max_pixels * 4 + (16 << 20));
+    reader.limits(l);
+    let img = reader.decode().map_err(|e| undecodable(format!("cannot decode: {e}")))?;
+    Ok(img.into_rgb8())
+}
+
+/// A `w`×`h` image against the size limits.
+pub fn within(w: u32, h: u32, limits: &IngressLimits) -> Result<(), DecodeError> {
+    if w > limits.max_side || h > limits.max_side || w as u64 * h as u64 > limits.max_pixels {
+        return Err(DecodeError::TooLarge { w, h, max_side: limits.max_side, max_pixels: limits.max_pixels });
+    }
+    Ok(())
+}
+
+/// The decoder fills a cut-off JPEG with grey instead of failing; a complete one ends with
+/// the EOI marker (possibly followed by padding).
+fn jpeg_complete(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(64)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(w, h, image::Rgb([200, 100, 0]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Jpeg).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn decodes_and_refuses() {
+        let l = IngressLimits::default();
+        assert_eq!(decode_image(&jpeg(32, 16), &l).unwrap().dimensions(), (32, 16));
+        let j = jpeg(64, 64);
+        assert_eq!(decode_image(&j[..j.len() / 2], &l).unwrap_err().code(), "undecodable-image");
+        assert_eq!(decode_image(b"hello world", &l).unwrap_err(), DecodeError::NotAnImage);
+        let small = IngressLimits { max_side: 16, ..l };
+        assert_eq!(decode_image(&jpeg(32, 16), &small).unwrap_err().code(), "image-too-large");
+        // the axon's limits are tight
+        assert_eq!(decode_image(&jpeg(1100, 8), &l.axon()).unwrap_err().code(), "image-too-large");
+    }
+
+    #[test]
+    fn a_tiny_file_claiming_a_huge_image_is_refused_before_decoding() {
+        // a real JPEG header whose frame claims 8192×4882, then almost nothing
+        let mut j = jpeg(16, 16);
+        let sof = j.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline frame header");
+        j[sof + 5..sof + 9].copy_from_slice(&[0x13, 0x12, 0x20, 0x00]); // height 4882, width 8192
+        let r = decode_image(&j, &IngressLimits::default()).unwrap_err();
+        assert_eq!(r.code(), "undecodable-image", "{r:?}");
+        assert!(r.to_string().contains("8192×4882"), "{r:?}");
+    }
+}

@@ -1,0 +1,66 @@
+//! The metagraph snapshot's figures at scrape time: its age (alert when it grows), size, block
+//! and whether it is past its stale limit.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::Chain;
+
+#[derive(Debug)]
+struct Figures {
+    loaded: bool,
+    age_s: f64,
+    neurons: i64,
+    block: i64,
+    stale: bool,
+}
+
+impl Collector for Figures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let loaded = ConstGauge::new(i64::from(self.loaded));
+        loaded.encode(encoder.encode_descriptor(
+            "metagraph_loaded",
+            "1 when a metagraph snapshot is loaded",
+            None,
+            loaded.metric_type(),
+        )?)?;
+        if !self.loaded {
+            return Ok(());
+        }
+        let age = ConstGauge::new(self.age_s);
+        age.encode(encoder.encode_descriptor(
+            "metagraph_age_seconds",
+            "Seconds since the loaded metagraph snapshot was taken",
+            None,
+            age.metric_type(),
+        )?)?;
+        for (name, help, v) in [
+            ("metagraph_neurons", "Neurons in the loaded metagraph snapshot", self.neurons),
+            ("metagraph_block", "Block of the loaded metagraph snapshot", self.block),
+            ("metagraph_stale", "1 when the snapshot is older than stale_after_s", i64::from(self.stale)),
+        ] {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn registry(chain: &Chain) -> Registry {
+    let mut r = Registry::with_prefix("cascade");
+    let now = crate::chain::now_unix_s();
+    let f = match &chain.metagraph {
+        Some(m) => Figures {
+            loaded: true,
+            age_s: m.age_s(now),
+            neurons: m.neurons as i64,
+            block: m.block.min(i64::MAX as u64) as i64,
+            stale: m.age_s(now) > chain.config.stale_after_s,
+        },
+        None => Figures { loaded: false, age_s: 0.0, neurons: 0, block: 0, stale: false },
+    };
+    r.register_collector(Box::new(f));
+    r
+}

@@ -1,0 +1,201 @@
+//! The admin API: `GET /admin/status` (what serves each hotkey, counters, refusals). Bound to
+//! loopback callers unless `--admin-token` is set, in which case the token is required from
+//! anyone else.
+
+use std::net::SocketAddr;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use serde_json::json;
+
+use super::http::json_response;
+use super::ingress::Refusal;
+use super::state::Server;
+
+/// Loopback callers, or any caller with the token. A browser on the operator's machine is a
+/// loopback caller too, so a request that names a web origin or a host name other than a
+/// loopback one (what a page's script, or DNS rebinding, sends) is not taken as local.
+fn authorised(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> bool {
+    let h = req.headers();
+    let bearer =
+        h.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // an empty token (an unset variable passed through) never admits anyone
+    if let (Some(t), Some(b)) = (server.admin_token.as_ref().filter(|t| !t.is_empty()), bearer) {
+        if same_secret(t.as_bytes(), b.as_bytes()) {
+            return true;
+        }
+    }
+    let origin_ok = match h.get(hyper::header::ORIGIN) {
+        None => true,
+        Some(o) => o.to_str().ok().and_then(|o| o.split_once("://")).is_some_and(|(_, rest)| loopback_host(rest)),
+    };
+    let host_ok = h.get(hyper::header::HOST).is_none_or(|v| v.to_str().is_ok_and(loopback_host));
+    peer.ip().is_loopback() && origin_ok && host_ok
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn loopback_host(host_port: &str) -> bool {
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn handle(
+    server: &Server,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, Refusal> {
+    if !authorised(server, req, peer) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "admin-forbidden",
+            "the admin API answers loopback callers, or callers with the admin token",
+        ));
+    }
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/admin" | "/admin/") => {
+            let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(PAGE.as_bytes())));
+            let h = r.headers_mut();
+            h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/html; charset=utf-8"));
+            // the page loads nothing from elsewhere and runs only its own inline script
+            h.insert(
+                hyper::header::CONTENT_SECURITY_POLICY,
+                hyper::header::HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                ),
+            );
+            h.insert(hyper::header::X_FRAME_OPTIONS, hyper::header::HeaderValue::from_static("DENY"));
+            Ok(r)
+        }
+        (&Method::GET, "/admin/status") => Ok(json_response(StatusCode::OK, &status(server))),
+        (&Method::POST, p) if p.starts_with("/admin/hotkeys/") => {
+            let rest = &p["/admin/hotkeys/".len()..];
+            let (hotkey, action) = rest.split_once('/').unwrap_or((rest, ""));
+            let s = server.serving.load();
+            let h = s.hotkeys.get(hotkey).ok_or_else(|| {
+                Refusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}"))
+            })?;
+            let ro = h.rollout.as_ref().ok_or_else(|| {
+                Refusal::new(StatusCode::CONFLICT, "no-rollout", format!("hotkey {hotkey} has no rollout"))
+            })?;
+            match action {
+                "promote" => ro.promote("admin API"),
+                "rollback" => ro.rollback("admin API"),
+                _ => {
+                    return Err(Refusal::new(
+                        StatusCode::NOT_FOUND,
+                        "not-found",
+                        format!("no admin action {action:?} (promote, rollback)"),
+                    ))
+                }
+            }
+            Ok(json_response(StatusCode::OK, &json!({"hotkey": hotkey, "rollout": ro.json()})))
+        }
+        _ => Err(Refusal::new(StatusCode::NOT_FOUND, "not-found", format!("no admin route {path}"))),
+    }
+}
+
+fn status(server: &Server) -> serde_json::Value {
+    let s = server.serving.load();
+    let st = server.status.lock();
+    let hotkeys: serde_json::Map<String, serde_json::Value> = s
+        .hotkeys
+        .iter()
+        .map(|(name, h)| {
+            let role = |b: &crate::runtime::Bound| json!({"component": b.plugin.name, "version": b.plugin.version.to_string(), "contract": b.plugin.contract.to_string(), "file": b.plugin.file, "warm_instances": b.warm_instances()});
+            let refusal = st.outstanding.get(&h.file);
+            (
+                name.clone(),
+                json!({
+                    "file": h.file,
+                    "ss58": h.ss58,
+                    "fallback": h.fallback,
+                    "router": role(&h.stable.router),
+                    "text_scorer": h.stable.roles.text_scorer.as_deref().map(role),
+                    "fuser": h.stable.roles.fuser.as_deref().map(role),
+                    "candidate": h.candidate.as_ref().map(|c| json!({
+                        "router": role(&c.router),
+                        "text_scorer": c.roles.text_scorer.as_deref().map(role),
+                        "fuser": c.roles.fuser.as_deref().map(role),
+                    })),
+                    "rollout": h.rollout.as_ref().map(|r| r.json()),
+                    "axon": h.describe_axon(&s.chain),
+                    "last_refusal": refusal,
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "generation": s.generation,
+        "hotkeys": hotkeys,
+        "models": s.models.names().collect::<Vec<_>>(),
+        "chain": chain_status(&s.chain),
+        "model_stats": model_stats(&s.models),
+        "recent": server.recent.lock().iter().rev().collect::<Vec<_>>(),
+        "reloads": {"total": st.reloads, "applied": st.applied, "refused": st.refused, "last_ms": st.last_reload_ms},
+        "refusals": st.outstanding.values().collect::<Vec<_>>(),
+    })
+}
+
+/// The status page (`GET /admin`): no external assets, the same data as `/admin/status`.
+const PAGE: &str = include_str!("page.html");
+
+fn model_stats(models: &cascade_engines::Models) -> Vec<serde_json::Value> {
+    use std::sync::atomic::Ordering::Relaxed;
+    models
+        .stats()
+        .map(|(name, s)| {
+            json!({
+                "name": name,
+                "loaded": s.loaded.load(Relaxed),
+                "loads": s.loads.load(Relaxed),
+                "runs": s.runs.load(Relaxed),
+                "items": s.items.load(Relaxed),
+                "busy_s": s.busy_ns.load(Relaxed) as f64 / 1e9,
+                "gpu_bytes": s.gpu_bytes.load(Relaxed),
+                "queued": s.queued.load(Relaxed),
+            })
+        })
+        .collect()
+}
+
+fn chain_status(c: &crate::chain::Chain) -> serde_json::Value {
+    let now = crate::chain::now_unix_s();
+    json!({
+        "netuid": c.config.netuid,
+        "default_rule": c.config.admit.as_ref().map(|r| r.describe()),
+        "snapshot": c.metagraph.as_ref().map(|m| json!({
+            "network": m.network,
+            "block": m.block,
+            "neurons": m.neurons,
+            "taken_at": m.taken_at,
+            "age_s": m.age_s(now),
+            "stale": m.age_s(now) > c.config.stale_after_s,
+        })),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_and_secrets() {
+        for ok in ["localhost", "localhost:8091", "127.0.0.1:8091", "127.3.4.5", "[::1]:80", "[::1]"] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in ["evil.example:8091", "10.0.0.1", "localhost.evil.example", "[2001:db8::1]:80"] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,61 @@
+//! The front door: the one path every image request takes once a door (the HTTP API or the
+//! axon) has read and checked it. A decoding turn within the hotkey's budget, the decode
+//! (shared by requests with the same bytes), the hotkey's policy, then the request metrics and
+//! the status page's list of recent answers. The doors differ only in how they read a request
+//! and how they write the answer or the refusal.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cascade_common::image::{DecodeError, IngressLimits};
+
+use super::ingress::Refusal;
+use super::state::{Server, Serving};
+use crate::answer::Answer;
+use crate::policy::Hotkey;
+
+/// One image request, as a door hands it over.
+pub(crate) struct Job {
+    pub serving: Arc<Serving>,
+    pub hotkey: Arc<Hotkey>,
+    /// The encoded image.
+    pub bytes: Vec<u8>,
+    pub limits: IngressLimits,
+    /// The client's rollout key; without one the image's content keys the arm.
+    pub sticky: Option<u64>,
+    /// When the request arrived: the hotkey's budget counts from here.
+    pub arrived: Instant,
+    /// `http` or `axon`, for the prediction log.
+    pub via: &'static str,
+    /// The validator's hotkey (axon requests), for the prediction log.
+    pub caller: Option<String>,
+    /// How this door refuses an image that does not decode.
+    pub refuse_image: fn(DecodeError) -> Refusal,
+}
+
+/// Decodes, serves and counts: the answer (which may be a failed one: `Source::None`) and
+/// the time since the request arrived.
+pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Duration), Refusal> {
+    let Job { serving, hotkey: hk, bytes, limits, sticky, arrived, via, caller, refuse_image } = job;
+    let turn = server.decode_turn(arrived, hk.budget).await?;
+    // Decoding and the policy block (component calls wait on model queues): run them here,
+    // telling tokio to move this worker's other tasks away, which saves the two thread
+    // hand-offs of `spawn_blocking` on every request.
+    let answer = tokio::task::block_in_place(|| -> Result<Answer, Refusal> {
+        let origin = crate::runtime::image::key_of(b"bytes", &[&bytes]);
+        let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
+        let img = super::decoded::decode(origin, &bytes, &limits).map_err(refuse_image)?;
+        drop(turn);
+        let prov = crate::predlog::Provenance {
+            via,
+            caller,
+            bytes: if hk.log.is_some() { Bytes::from(bytes) } else { Bytes::new() },
+        };
+        Ok(hk.serve(&serving.models, img, sticky, arrived, origin, prov))
+    })?;
+    let took = arrived.elapsed();
+    crate::metrics::global().request(&hk.name, &answer.stage, answer.source.outcome(), took);
+    server.note_answer(&hk.name, &answer, took);
+    Ok((answer, took))
+}

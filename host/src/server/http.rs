@@ -1,0 +1,152 @@
+//! The HTTP API's door: `/v1/predict/{hotkey}` (a JSON body with a base64 image, or the image
+//! itself), `/healthz` and `/metrics`, with every refusal a JSON error of a stable code.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::front::{self, Job};
+use super::ingress::{self, Refusal};
+use super::state::{Server, Serving};
+use crate::answer::Source;
+
+pub(crate) type Resp = Response<Full<Bytes>>;
+
+/// Oversized bodies up to this size are read and dropped before the 413 is sent.
+const DRAIN_CAP: u64 = 32 << 20;
+
+pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A refusal as the HTTP API answers it (counted by code and status).
+pub(crate) fn refusal(r: Refusal) -> Resp {
+    crate::metrics::global().rejected(r.code, r.status.as_u16());
+    let mut resp = json_response(r.status, &json!({"error": {"code": r.code, "message": r.message}}));
+    // a refusal may leave the body unread: close rather than read it as the next request
+    resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    resp
+}
+
+/// Every route of the HTTP API (the listener has sent synapse and admin paths elsewhere).
+pub(crate) async fn handle(server: &Server, req: Request<Incoming>, path: &str) -> Resp {
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => {
+            let s = server.serving.load();
+            let hotkeys: Vec<&String> = s.hotkeys.keys().collect();
+            json_response(StatusCode::OK, &json!({"status": "ok", "hotkeys": hotkeys}))
+        }
+        (&Method::GET, "/metrics") => {
+            let s = server.serving.load();
+            let mut r = Response::new(Full::new(Bytes::from(
+                render_metrics(&s),
+            )));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            r
+        }
+        (m, p) if p.starts_with("/v1/predict/") => {
+            if m != Method::POST {
+                return refusal(Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "use POST"));
+            }
+            let hotkey = p["/v1/predict/".len()..].to_string();
+            match predict(server, &hotkey, req).await {
+                Ok(r) => r,
+                Err(r) => refusal(r),
+            }
+        }
+        _ => refusal(Refusal::new(StatusCode::NOT_FOUND, "not-found", format!("no route {path}"))),
+    }
+}
+
+/// The OpenMetrics text: the recorded families, then the figures read now from the serving
+/// state's parts (models, metagraph snapshot, prediction logs).
+fn render_metrics(s: &Serving) -> String {
+    let scraped = [
+        Some(crate::metrics::models::registry(&s.models)),
+        Some(crate::chain::metrics::registry(&s.chain)),
+        crate::predlog::metrics::registry(),
+    ];
+    crate::metrics::global().render(scraped.into_iter().flatten())
+}
+
+async fn predict(server: &Server, hotkey: &str, req: Request<Incoming>) -> Result<Resp, Refusal> {
+    let started = Instant::now();
+    let serving = server.serving.load_full();
+    let generation = serving.generation;
+    let hk = serving.hotkeys.get(hotkey).cloned().ok_or_else(|| {
+        Refusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}"))
+    })?;
+    let limit = server.limits.max_body_bytes;
+    let too_large =
+        || Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("body exceeds {limit} bytes"));
+    let declared =
+        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        // Read (and drop) a moderately oversized body so that the client, still sending,
+        // gets the 413 instead of a broken pipe; a huge one just gets the connection closed.
+        // A client that waits for `100 Continue` gets the 413 at once (reading would
+        // invite it to send).
+        let expects_continue = req
+            .headers()
+            .get(hyper::header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        if n <= DRAIN_CAP && !expects_continue {
+            let _ = tokio::time::timeout(
+                server.read_timeout,
+                Limited::new(req.into_body(), DRAIN_CAP as usize).collect(),
+            )
+            .await;
+        }
+        return Err(too_large());
+    }
+    let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    // an explicit request key keeps a client on one rollout arm; else the image decides
+    let sticky = req.headers().get("x-request-key").map(|v| crate::rollout::sticky_key(v.as_bytes()));
+    let body = server.read_body(req.into_body()).await?;
+    let bytes = ingress::image_bytes(ct.as_deref(), &body)?;
+    let job = Job {
+        serving,
+        hotkey: hk,
+        bytes,
+        limits: server.limits,
+        sticky,
+        arrived: started,
+        via: "http",
+        caller: None,
+        refuse_image: Refusal::from,
+    };
+    let (answer, took) = front::answer(server, job).await?;
+    if answer.source == Source::None {
+        // no fixed fallback and no model scored the image: an error, never a made-up answer
+        return Ok(json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": {"code": "policy-failed", "message": answer.reason}, "hotkey": hotkey, "trace": answer.trace}),
+        ));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "prediction": answer.prediction,
+            "stage": answer.stage,
+            "reason": answer.reason,
+            "fallback": answer.fallback,
+            "source": answer.source,
+            "arm": answer.arm,
+            "hotkey": hotkey,
+            "generation": generation,
+            "model_ms": answer.model_ms,
+            "ms": took.as_secs_f64() * 1e3,
+            "trace": answer.trace,
+        }),
+    ))
+}

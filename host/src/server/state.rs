@@ -1,0 +1,201 @@
+//! What the server is: the serving state (`Serving`, swapped whole on every reload and read
+//! through one atomic load per request) and the process-wide parts around it (limits, nonces,
+//! the decoding slots, the status page's recent answers, the shutdown signal).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use cascade_engines::Models;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::StatusCode;
+
+use super::ingress::{IngressLimits, Refusal};
+use crate::answer::Answer;
+use crate::policy::Hotkey;
+
+/// What requests are served by: swapped whole, never edited in place.
+pub struct Serving {
+    pub models: Arc<Models>,
+    /// Admission settings and the metagraph snapshot.
+    pub chain: Arc<crate::chain::Chain>,
+    pub hotkeys: BTreeMap<String, Arc<Hotkey>>,
+    /// Counts the swaps; each answer says which generation served it.
+    pub generation: u64,
+}
+
+pub struct Server {
+    pub serving: ArcSwap<Serving>,
+    /// Reload history for `/admin/status`.
+    pub status: parking_lot::Mutex<crate::reload::status::ReloadStatus>,
+    /// Admin requests from other than loopback need `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
+    /// Dendrite nonces seen (subnet requests).
+    pub nonces: super::axon::verify::Nonces,
+    pub limits: IngressLimits,
+    /// How long a client may take to send its headers and its body.
+    pub read_timeout: Duration,
+    /// The last answers (for the status page), newest last.
+    pub recent: parking_lot::Mutex<std::collections::VecDeque<Recent>>,
+    /// Set once to stop accepting (graceful shutdown).
+    pub(super) stopping: tokio::sync::watch::Sender<bool>,
+    /// How long a shutdown waits for requests in flight.
+    pub drain: Duration,
+    /// Hotkeys served on listeners of their own, with the address bound (at start).
+    pub pinned: parking_lot::RwLock<BTreeMap<String, SocketAddr>>,
+    /// Open connections allowed at once (see `run`).
+    pub connections: Arc<tokio::sync::Semaphore>,
+    /// Image decodes running at once (each may hold a large buffer): requests queue here,
+    /// inside their own time budget.
+    pub decodes: tokio::sync::Semaphore,
+}
+
+/// Answers kept for the status page.
+pub const RECENT: usize = 50;
+
+/// One answer, as the status page lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Recent {
+    pub at_unix_ms: u128,
+    pub hotkey: String,
+    pub arm: &'static str,
+    pub stage: String,
+    pub outcome: &'static str,
+    pub ms: f64,
+}
+
+/// Connections served at once unless `set_max_connections` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+impl Server {
+    pub fn new(serving: Serving, limits: IngressLimits, read_timeout: Duration, admin_token: Option<String>) -> Server {
+        Server {
+            serving: ArcSwap::from_pointee(serving),
+            status: parking_lot::Mutex::new(Default::default()),
+            admin_token,
+            nonces: super::axon::verify::Nonces::new(100_000, 4096),
+            limits,
+            read_timeout,
+            recent: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(RECENT)),
+            stopping: tokio::sync::watch::Sender::new(false),
+            drain: Duration::from_secs(20),
+            pinned: parking_lot::RwLock::new(BTreeMap::new()),
+            connections: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
+            decodes: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
+            ),
+        }
+    }
+
+    /// Records an answer for the status page (the oldest one goes).
+    pub fn note_answer(&self, hotkey: &str, answer: &Answer, took: Duration) {
+        let r = Recent {
+            at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0),
+            hotkey: hotkey.to_string(),
+            arm: answer.arm,
+            stage: answer.stage.chars().take(64).collect(),
+            outcome: answer.source.outcome(),
+            ms: took.as_secs_f64() * 1e3,
+        };
+        let mut q = self.recent.lock();
+        if q.len() >= RECENT {
+            q.pop_front();
+        }
+        q.push_back(r);
+    }
+
+    /// Caps open connections (before serving starts).
+    pub fn set_max_connections(&mut self, n: usize) {
+        self.connections = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+    }
+
+    /// A turn to decode, waited for no longer than the request's budget allows.
+    pub(crate) async fn decode_turn(
+        &self,
+        arrived: Instant,
+        budget: Duration,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
+        let left = budget.saturating_sub(arrived.elapsed());
+        match tokio::time::timeout(left, self.decodes.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "no decoding slot came free within the request's budget",
+            )),
+        }
+    }
+
+    /// Swaps in the result of a reload (when anything changed) and records it.
+    pub fn apply(&self, snap: crate::reload::Snapshot) {
+        let changed = !snap.applied.is_empty();
+        if changed {
+            let generation = self.serving.load().generation + 1;
+            self.serving.store(Arc::new(Serving {
+                models: snap.models.clone(),
+                chain: snap.chain.clone(),
+                hotkeys: snap.hotkeys.clone(),
+                generation,
+            }));
+            tracing::info!(generation, files = ?snap.applied, took_ms = snap.took.as_millis() as u64, "reload applied");
+        }
+        for w in &snap.warnings {
+            tracing::debug!("{w}");
+        }
+        // listeners are bound at start: a listen address that a reload adds or moves waits for
+        // a restart (the hotkey stays reachable on the shared port meanwhile)
+        let pinned = self.pinned.read();
+        for h in snap.hotkeys.values() {
+            if let Some(want) = h.axon.listen.filter(|a| pinned.get(&h.name) != Some(a)) {
+                tracing::warn!(
+                    hotkey = %h.name,
+                    listen = %want,
+                    "axon.listen takes effect at the next restart; until then the hotkey is served on the shared port"
+                );
+            }
+        }
+        drop(pinned);
+        self.status.lock().record(&snap);
+    }
+
+    /// Serves nothing from now on: the models and hotkeys are let go (at shutdown, so the last
+    /// reference to the models can be dropped before the process exits).
+    pub fn stop_serving(&self) {
+        let generation = self.serving.load().generation + 1;
+        self.serving.store(Arc::new(Serving {
+            models: Arc::new(Models::default()),
+            chain: Arc::default(),
+            hotkeys: BTreeMap::new(),
+            generation,
+        }));
+    }
+
+    /// Stops every listener: no new connections; requests in flight finish within the drain
+    /// limit (SIGTERM, Ctrl-C).
+    pub fn begin_shutdown(&self) {
+        let _ = self.stopping.send(true);
+    }
+
+    /// The whole body, within the size limit and the read timeout (408, 413, 400 otherwise).
+    pub(crate) async fn read_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
+        let limit = self.limits.max_body_bytes;
+        match tokio::time::timeout(self.read_timeout, Limited::new(body, limit).collect()).await {
+            Err(_) => Err(Refusal::new(StatusCode::REQUEST_TIMEOUT, "read-timeout", "the body did not arrive in time")),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                format!("body exceeds {limit} bytes"),
+            )),
+            Ok(Err(e)) => Err(Refusal::new(StatusCode::BAD_REQUEST, "bad-body", format!("cannot read the body: {e}"))),
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+        }
+    }
+
+}
