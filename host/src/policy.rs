@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_engines::{Image, Models};
 use crate::answer::{never_half, Answer, Source};
 use crate::config::{ComponentRef, Side};
 use crate::rollout::Rollout;
 use crate::runtime::request::RequestCtx;
 use crate::runtime::{Bound, Plugin, Role, RoleSet};
 use crate::wit::Error;
+use cascade_engines::{Image, Models};
 
 /// One set of bound components: a router and the roles it reaches.
 pub struct Arm {

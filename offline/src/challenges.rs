@@ -122,9 +122,9 @@ impl Folders {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::augment::Levels;
     use crate::train::challenge_view;
-    use super::*;
 
     #[test]
     fn writes_the_draws_train_head_makes_grouped_by_source() {
@@ -135,8 +135,8 @@ mod tests {
         img.save(data.join("street/a.png")).unwrap();
         // a logged challenge (already what a validator sent) beside the data set
         std::fs::create_dir_all(data.join("logged")).unwrap();
-        let sent = crate::jpeg::encode_rgb(&image::RgbImage::from_pixel(224, 224, image::Rgb([9, 99, 199])), 75)
-            .unwrap();
+        let sent =
+            crate::jpeg::encode_rgb(&image::RgbImage::from_pixel(224, 224, image::Rgb([9, 99, 199])), 75).unwrap();
         std::fs::write(data.join("logged/b.jpg"), &sent).unwrap();
         let m = data.join("manifest.csv");
         std::fs::write(

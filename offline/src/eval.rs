@@ -10,9 +10,9 @@ use serde_json::json;
 
 use super::augment::{Levels, Style};
 use super::manifest;
-use cascade_common::scores::{percentile, Confusion};
 use super::train::load_example;
 use super::Progress;
+use cascade_common::scores::{percentile, Confusion};
 use cascade_host::load::{self, Sources};
 use cascade_host::runtime::Runtime;
 

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cascade_host::predlog::format::Record;
 use crate::log_read;
+use cascade_host::predlog::format::Record;
 
 /// Which logged records to take.
 #[derive(clap::Args, Clone)]

@@ -13,8 +13,8 @@ use serde_json::json;
 
 use super::logcmd::{self, FilterArgs};
 use super::manifest;
-use cascade_common::scores::Confusion;
 use super::Progress;
+use cascade_common::scores::Confusion;
 use cascade_host::load::{self, Sources};
 use cascade_host::predlog::format::{unhex16, Record};
 use cascade_host::runtime::cache::Preset;

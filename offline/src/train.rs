@@ -29,10 +29,10 @@ use serde_json::json;
 use super::augment::{self, Levels, Params, Style};
 use super::embed_cache::{self, EmbedCache};
 use super::manifest::{self, Example};
-use cascade_common::scores::{Confusion, Figures};
 use super::Progress;
-use cascade_host::config::MODELS_FILE;
 use cascade_common::image::{decode_image, IngressLimits};
+use cascade_common::scores::{Confusion, Figures};
+use cascade_host::config::MODELS_FILE;
 
 /// How the training rows are split for the out-of-fold report (and calibration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +57,7 @@ impl std::str::FromStr for Cv {
     }
 }
 
-#[derive(Debug, Clone)]
-#[derive(clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
     #[arg(long, default_value = "policies")]
     pub policies: PathBuf,
@@ -155,8 +154,8 @@ pub struct SourceImage {
 
 pub fn read_source(path: &Path) -> anyhow::Result<SourceImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let img = decode_image(&bytes, &IngressLimits::default())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let img =
+        decode_image(&bytes, &IngressLimits::default()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(SourceImage { sha: embed_cache::sha256_hex(&bytes), img })
 }
 

@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 
 use super::augment::{Levels, Style};
 use super::manifest::{self, Example};
-use cascade_common::scores::{Confusion, Figures};
 use super::train::load_example;
 use super::tune_space::{self, Setting, Space, SpaceFile, MAX_SETTINGS};
 use super::Progress;
+use cascade_common::scores::{Confusion, Figures};
 use cascade_host::load::{self, Sources};
 use cascade_host::runtime::request::RequestCtx;
 use cascade_host::runtime::{Bound, Runtime};

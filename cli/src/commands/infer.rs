@@ -88,7 +88,10 @@ impl InferCommand {
                     .collect::<Vec<_>>()),
                 Output::Answer(a) => json!({"text": a.text, "p_yes": a.p_yes, "source": a.source.as_str()}),
             };
-            println!("{}", json!({"image": path, "ms": ms, "model_ms": model_ms, "runs": repeat.max(1), "result": result}));
+            println!(
+                "{}",
+                json!({"image": path, "ms": ms, "model_ms": model_ms, "runs": repeat.max(1), "result": result})
+            );
         }
         Ok(ExitCode::SUCCESS)
     }

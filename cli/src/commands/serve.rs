@@ -146,14 +146,16 @@ impl ServeCommand {
             // hotkeys pinned to listeners of their own (one port per miner)
             let mut pinned_listeners = Vec::new();
             for (name, h) in &pinned {
-                let l = tokio::net::TcpListener::bind(h).await.with_context(|| format!("binding {h} for hotkey {name}"))?;
+                let l =
+                    tokio::net::TcpListener::bind(h).await.with_context(|| format!("binding {h} for hotkey {name}"))?;
                 tracing::info!(listen = %h, hotkey = %name, "serving a pinned hotkey");
                 server.pinned.write().insert(name.clone(), *h);
                 println!("hotkey {name} listening on http://{}", l.local_addr()?);
                 pinned_listeners.push((name.clone(), l));
             }
             let mut serving = vec![tokio::spawn(server.clone().run(listener, None))];
-            serving.extend(pinned_listeners.into_iter().map(|(name, l)| tokio::spawn(server.clone().run(l, Some(name)))));
+            serving
+                .extend(pinned_listeners.into_iter().map(|(name, l)| tokio::spawn(server.clone().run(l, Some(name)))));
             use tokio::signal::unix::{signal, SignalKind};
             let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
             loop {

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::config::{ImageRule, LogConfig};
 use crate::answer::Answer;
+use crate::config::{ImageRule, LogConfig};
 use crate::runtime::request::RequestCtx;
 use format::{hex, Logged, LoggedOutput, Record, VERSION};
 pub use writer::Counts;

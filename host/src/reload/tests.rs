@@ -46,11 +46,7 @@ fn reloader(tag: &str) -> (Reloader, Folder) {
     std::fs::write(dir.join("models.toml"), registry).expect("registry");
     std::fs::write(dir.join("live.toml"), hotkey("one", "0.3")).expect("hotkey");
     let rt = Arc::new(Runtime::new(RuntimeConfig { max_instances: 16, max_memory: 64 << 20 }).expect("runtime"));
-    let src = Sources {
-        policies: dir.clone(),
-        components,
-        ort_library: repo().join("target/ort/libonnxruntime.so"),
-    };
+    let src = Sources { policies: dir.clone(), components, ort_library: repo().join("target/ort/libonnxruntime.so") };
     (Reloader::new(rt, src, None), Folder(dir))
 }
 

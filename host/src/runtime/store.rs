@@ -6,8 +6,8 @@ use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
-use super::pool::RoleSet;
 use super::image::ImageRef;
+use super::pool::RoleSet;
 use super::request::RequestCtx;
 
 pub struct StoreState {

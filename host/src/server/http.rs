@@ -46,11 +46,8 @@ pub(crate) async fn handle(server: &Server, req: Request<Incoming>, path: &str) 
         }
         (&Method::GET, "/metrics") => {
             let s = server.serving.load();
-            let mut r = Response::new(Full::new(Bytes::from(
-                render_metrics(&s),
-            )));
-            r.headers_mut()
-                .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            let mut r = Response::new(Full::new(Bytes::from(render_metrics(&s))));
+            r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
             r
         }
         (m, p) if p.starts_with("/v1/predict/") => {
@@ -82,14 +79,14 @@ async fn predict(server: &Server, hotkey: &str, req: Request<Incoming>) -> Resul
     let started = Instant::now();
     let serving = server.serving.load_full();
     let generation = serving.generation;
-    let hk = serving.hotkeys.get(hotkey).cloned().ok_or_else(|| {
-        Refusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}"))
-    })?;
+    let hk =
+        serving.hotkeys.get(hotkey).cloned().ok_or_else(|| {
+            Refusal::new(StatusCode::NOT_FOUND, "unknown-hotkey", format!("no hotkey named {hotkey:?}"))
+        })?;
     let limit = server.limits.max_body_bytes;
     let too_large =
         || Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("body exceeds {limit} bytes"));
-    let declared =
-        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > limit as u64) {
         // Read (and drop) a moderately oversized body so that the client, still sending,
         // gets the 413 instead of a broken pipe; a huge one just gets the connection closed.
@@ -101,11 +98,9 @@ async fn predict(server: &Server, hotkey: &str, req: Request<Incoming>) -> Resul
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
         if n <= DRAIN_CAP && !expects_continue {
-            let _ = tokio::time::timeout(
-                server.read_timeout,
-                Limited::new(req.into_body(), DRAIN_CAP as usize).collect(),
-            )
-            .await;
+            let _ =
+                tokio::time::timeout(server.read_timeout, Limited::new(req.into_body(), DRAIN_CAP as usize).collect())
+                    .await;
         }
         return Err(too_large());
     }

@@ -5,8 +5,8 @@ use base64::Engine as _;
 use hyper::StatusCode;
 use serde::Deserialize;
 
-pub use cascade_common::image::{IngressLimits, AXON_MAX_PIXELS, AXON_MAX_SIDE, MAX_PIXELS_PER_BYTE};
 use cascade_common::image::DecodeError;
+pub use cascade_common::image::{IngressLimits, AXON_MAX_PIXELS, AXON_MAX_SIDE, MAX_PIXELS_PER_BYTE};
 
 /// A refused request: HTTP status, a stable code and a message for people.
 #[derive(Debug, Clone, PartialEq)]

@@ -197,5 +197,4 @@ impl Server {
             Ok(Ok(b)) => Ok(b.to_bytes()),
         }
     }
-
 }
