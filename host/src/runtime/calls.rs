@@ -8,8 +8,8 @@ use cascade_engines::{EngineError, JobInput, ModelKind, Output, Reply, ScoreSour
 use crossbeam_channel::Receiver;
 
 use super::cache::{Flight, Lead, Lookup, StageKey};
-use super::image::ImageRef;
 use super::request::{CallKey, RequestCtx, TraceEntry};
+use crate::wit::image::ImageRef;
 use crate::wit::{self, Bbox, Call, Classification, Detection, Error, LabelScore, Outcome, TextLine};
 
 /// A call in flight, or already answered (from the memo, the stage cache or by an immediate

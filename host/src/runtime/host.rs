@@ -8,10 +8,10 @@ use wasmtime::error::Context;
 use wasmtime::format_err;
 
 use super::calls;
-use super::image::ImageRef;
 use super::request::RequestCtx;
 use super::store::StoreState;
 use crate::wit::cascade::policy::{primitives, roles, types};
+use crate::wit::image::ImageRef;
 use crate::wit::{Answer, Bbox, Call, Classification, Detection, Error, NamedScore, Outcome, TextLine};
 use cascade_engines::Output;
 
@@ -176,17 +176,13 @@ impl primitives::Host for StoreState {
 impl roles::Host for StoreState {
     fn score_text(&mut self, lines: Vec<TextLine>) -> Host<Result<Option<f32>, Error>> {
         let ctx = self.ctx()?;
-        let Some(bound) = self.roles.as_ref().and_then(|r| r.text_scorer.as_ref()) else {
-            return Ok(Err(Error::UnboundRole("text-scorer".into())));
-        };
-        Ok(bound.score_text(ctx, lines))
+        let scored = self.roles.as_ref().and_then(|r| r.score_text(ctx, lines));
+        Ok(scored.unwrap_or_else(|| Err(Error::UnboundRole("text-scorer".into()))))
     }
 
     fn fuse(&mut self, scores: Vec<NamedScore>) -> Host<Result<f32, Error>> {
         let ctx = self.ctx()?;
-        let Some(bound) = self.roles.as_ref().and_then(|r| r.fuser.as_ref()) else {
-            return Ok(Err(Error::UnboundRole("fuser".into())));
-        };
-        Ok(bound.fuse(ctx, &scores))
+        let fused = self.roles.as_ref().and_then(|r| r.fuse(ctx, &scores));
+        Ok(fused.unwrap_or_else(|| Err(Error::UnboundRole("fuser".into()))))
     }
 }

@@ -7,8 +7,8 @@ use semver::Version;
 use wasmtime::component::{Component, InstancePre};
 use wasmtime::Store;
 
+use super::engine::{Runtime, SETUP_FUEL, SETUP_TICKS};
 use super::store::StoreState;
-use super::Runtime;
 use crate::wit::exports::cascade::policy::{fuser, meta, router, text_scorer};
 use crate::wit::CONTRACT;
 
@@ -144,8 +144,8 @@ impl Plugin {
         let info_err = |reason: String| PluginError::Info { file: file.into(), reason };
         let mut store = Store::new(&rt.engine, rt.new_store_state());
         store.limiter(|s| &mut s.limits);
-        store.set_fuel(super::pool::SETUP_FUEL).map_err(|e| info_err(e.to_string()))?;
-        store.set_epoch_deadline(super::pool::SETUP_TICKS);
+        store.set_fuel(SETUP_FUEL).map_err(|e| info_err(e.to_string()))?;
+        store.set_epoch_deadline(SETUP_TICKS);
         let instance = pre.instantiate(&mut store).map_err(|e| info_err(format!("{e:#}")))?;
         let info = meta
             .load(&mut store, &instance)

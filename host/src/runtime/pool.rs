@@ -9,16 +9,13 @@ use cascade_engines::Image;
 use parking_lot::Mutex;
 use wasmtime::{Store, Trap};
 
+use super::engine::{Runtime, EPOCH_TICK, SETUP_FUEL, SETUP_TICKS};
 use super::plugin::{Plugin, RoleIndices};
 use super::request::RequestCtx;
-use super::store::StoreState;
-use super::{Runtime, EPOCH_TICK};
+use super::store::{Roles, StoreState};
 use crate::wit::exports::cascade::policy::{fuser, router, text_scorer};
 use crate::wit::{Decision, Error, NamedScore, RequestMeta, TextLine};
 
-/// Fuel and wall-clock deadline for `info` and `configure`.
-pub const SETUP_FUEL: u64 = 500_000_000;
-pub const SETUP_TICKS: u64 = 2_000 / EPOCH_TICK.as_millis() as u64;
 /// Instances are replaced after this many calls, which bounds any slow leak inside a guest.
 const MAX_USES: u32 = 10_000;
 /// Warm instances kept per bound component.
@@ -38,6 +35,16 @@ pub struct Limits {
 pub struct RoleSet {
     pub text_scorer: Option<Arc<Bound>>,
     pub fuser: Option<Arc<Bound>>,
+}
+
+impl Roles for RoleSet {
+    fn score_text(&self, ctx: &Arc<RequestCtx>, lines: Vec<TextLine>) -> Option<Result<Option<f32>, Error>> {
+        self.text_scorer.as_ref().map(|b| b.score_text(ctx, lines))
+    }
+
+    fn fuse(&self, ctx: &Arc<RequestCtx>, scores: &[NamedScore]) -> Option<Result<f32, Error>> {
+        self.fuser.as_ref().map(|b| b.fuse(ctx, scores))
+    }
 }
 
 /// Why a call into a component produced no answer. Each is a counted event.
@@ -161,7 +168,7 @@ impl Bound {
         let state = w.store.data_mut();
         state.limits.reset();
         state.ctx = Some(ctx.clone());
-        state.roles = roles;
+        state.roles = roles.map(|r| r as Arc<dyn Roles>);
         let r = f(&mut w.store, &w.exports);
         w.store.data_mut().end_call();
         match r {

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use cascade_engines::Output;
 
-use super::image::ImageRef;
+use crate::wit::image::ImageRef;
 use crate::wit::Error;
 
 /// Images a request's components may hold (the original counts as one).

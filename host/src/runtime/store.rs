@@ -6,15 +6,23 @@ use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
-use super::image::ImageRef;
-use super::pool::RoleSet;
 use super::request::RequestCtx;
+use crate::wit::image::ImageRef;
+use crate::wit::{Error, NamedScore, TextLine};
+
+/// The other roles a router reaches through the host while its call runs. The pool's
+/// `RoleSet` implements it; a store only carries one, so that it does not depend on the pool
+/// that keeps it. `None`: no such role is bound for the hotkey.
+pub trait Roles: Send + Sync {
+    fn score_text(&self, ctx: &Arc<RequestCtx>, lines: Vec<TextLine>) -> Option<Result<Option<f32>, Error>>;
+    fn fuse(&self, ctx: &Arc<RequestCtx>, scores: &[NamedScore]) -> Option<Result<f32, Error>>;
+}
 
 pub struct StoreState {
     pub table: ResourceTable,
     pub limits: MemoryCap,
     pub ctx: Option<Arc<RequestCtx>>,
-    pub roles: Option<Arc<RoleSet>>,
+    pub roles: Option<Arc<dyn Roles>>,
     /// Handles made during the current call; whatever the guest leaks is freed after it.
     pub created: Vec<u32>,
 }

@@ -188,7 +188,7 @@ mod tests {
     }
 
     fn key(b: &[u8]) -> [u8; 16] {
-        crate::runtime::image::key_of(b"bytes", &[b])
+        crate::wit::image::key_of(b"bytes", &[b])
     }
 
     #[test]

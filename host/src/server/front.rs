@@ -43,7 +43,7 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Duratio
     // telling tokio to move this worker's other tasks away, which saves the two thread
     // hand-offs of `spawn_blocking` on every request.
     let answer = tokio::task::block_in_place(|| -> Result<Answer, Refusal> {
-        let origin = crate::runtime::image::key_of(b"bytes", &[&bytes]);
+        let origin = crate::wit::image::key_of(b"bytes", &[&bytes]);
         let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
         let img = super::decoded::decode(origin, &bytes, &limits).map_err(refuse_image)?;
         drop(turn);

@@ -3,11 +3,13 @@
 //! module imports from here. Host imports are trappable: the outer `wasmtime::Result` is a host
 //! bug (it traps the guest), the inner `Result<_, Error>` is the guest's answer.
 
+pub mod image;
+
 wasmtime::component::bindgen!({
     path: "../wit/v1.2.0",
     world: "host",
     with: {
-        "cascade:policy/types.image": crate::runtime::image::ImageRef,
+        "cascade:policy/types.image": crate::wit::image::ImageRef,
     },
     imports: { default: trappable },
 });

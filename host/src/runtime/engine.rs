@@ -1,0 +1,80 @@
+//! The one wasmtime engine of the process (pooling allocator, fuel, epoch interruption and
+//! the ticker that advances it) and the one linker with the host's imports; every component
+//! is compiled and instantiated against these.
+
+use std::time::Duration;
+
+use wasmtime::component::{Linker, ResourceTable, ResourceType};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::store::StoreState;
+use crate::wit::image::ImageRef;
+
+/// How often the epoch advances; per-call wall-clock deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Fuel and wall-clock ticks for a component's set-up calls (its info, a smoke request).
+pub const SETUP_FUEL: u64 = 500_000_000;
+pub const SETUP_TICKS: u64 = 2_000 / EPOCH_TICK.as_millis() as u64;
+
+/// Engine-wide settings (how the process runs, from flags).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Most component instances alive at once (warm pools included).
+    pub max_instances: u32,
+    /// Linear memory a single instance may grow to.
+    pub max_memory: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { max_instances: 512, max_memory: 64 << 20 }
+    }
+}
+
+pub struct Runtime {
+    pub engine: Engine,
+    pub linker: Linker<StoreState>,
+    pub config: RuntimeConfig,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 4)
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances * 2)
+            .max_memory_size(config.max_memory);
+        let mut c = Config::new();
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .wasm_component_model(true)
+            .parallel_compilation(true);
+        let engine = Engine::new(&c)?;
+        let mut linker = Linker::new(&engine);
+        crate::wit::Host_::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(&mut linker, |s| s)?;
+        // `primitives` re-exports `types.image`: give the alias the same host type, or the
+        // trap definitions below would invent a different resource for it.
+        linker.instance(&format!("cascade:policy/primitives@{}", crate::wit::CONTRACT))?.resource(
+            "image",
+            ResourceType::host::<ImageRef>(),
+            |_, _| Ok(()),
+        )?;
+        // Plugins get no WASI: anything a std guest imports beyond the contract traps if called.
+        let ticker = engine.weak();
+        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match ticker.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => return,
+            }
+        })?;
+        Ok(Runtime { engine, linker, config })
+    }
+
+    pub fn new_store_state(&self) -> StoreState {
+        StoreState::new(ResourceTable::new(), self.config.max_memory)
+    }
+}
