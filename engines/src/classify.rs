@@ -3,7 +3,7 @@
 use crate::spec::{Activation, ModelSpec};
 
 /// Probabilities for one image's logits.
-pub fn probabilities(logits: &[f32], act: Activation) -> Vec<f32> {
+pub(crate) fn probabilities(logits: &[f32], act: Activation) -> Vec<f32> {
     match act {
         Activation::None => logits.to_vec(),
         Activation::Sigmoid => logits.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect(),
@@ -18,7 +18,7 @@ pub fn probabilities(logits: &[f32], act: Activation) -> Vec<f32> {
 
 /// The model's score: the sum of its positive labels' probabilities. A single sigmoid output
 /// is itself the score.
-pub fn score(spec: &ModelSpec, probs: &[f32]) -> f32 {
+pub(crate) fn score(spec: &ModelSpec, probs: &[f32]) -> f32 {
     if probs.len() == 1 {
         return probs[0];
     }

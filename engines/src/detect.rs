@@ -6,11 +6,11 @@ use crate::preprocess::Prepared;
 use crate::spec::{Activation, DetectorFormat, DetectorSpec, InputSpec};
 
 /// A box before mapping back: class, confidence, x0, y0, x1, y1 in input pixels.
-pub type Raw = (u32, f32, [f32; 4]);
+pub(crate) type Raw = (u32, f32, [f32; 4]);
 
 /// One image's outputs: the primary output's values and per-image dimensions (the batch
 /// dimension dropped), and for a two-output DETR the class scores.
-pub struct ImageOutputs<'a> {
+pub(crate) struct ImageOutputs<'a> {
     pub out: &'a [f32],
     pub dims: &'a [i64],
     pub logits: Option<(&'a [f32], &'a [i64])>,
@@ -18,7 +18,13 @@ pub struct ImageOutputs<'a> {
 
 /// Decodes one image's outputs by the registry's format; boxes at or above `min_conf`, NMS
 /// applied where the format needs it.
-pub fn decode(o: &ImageOutputs, spec: &DetectorSpec, input: &InputSpec, classes: usize, min_conf: f32) -> Vec<Raw> {
+pub(crate) fn decode(
+    o: &ImageOutputs,
+    spec: &DetectorSpec,
+    input: &InputSpec,
+    classes: usize,
+    min_conf: f32,
+) -> Vec<Raw> {
     let last = o.dims.last().copied().unwrap_or(0).max(0) as usize;
     match spec.format {
         DetectorFormat::Yolox => {
@@ -99,7 +105,7 @@ fn class_probabilities(scores: &[f32], act: Activation) -> Vec<f32> {
 
 /// Ultralytics raw head: `dims` = (4 + classes, anchors); centre x, y, width, height and class
 /// probabilities per anchor, stored channel-major when `channels_first`.
-pub fn decode_yolov8(out: &[f32], dims: (usize, usize), channels_first: bool, min_conf: f32) -> Vec<Raw> {
+pub(crate) fn decode_yolov8(out: &[f32], dims: (usize, usize), channels_first: bool, min_conf: f32) -> Vec<Raw> {
     let (ch, anchors) = dims;
     if ch < 5 || out.len() < ch * anchors {
         return Vec::new();
@@ -125,7 +131,7 @@ pub fn decode_yolov8(out: &[f32], dims: (usize, usize), channels_first: bool, mi
 
 /// Checks at load that the file's outputs fit the registry's format: `outputs` are (name,
 /// shape) with -1 for dynamic dimensions; `primary` is the output boxes are read from.
-pub fn check_layout(
+pub(crate) fn check_layout(
     spec: &DetectorSpec,
     outputs: &[(String, Vec<i64>)],
     primary: &str,
@@ -190,7 +196,7 @@ pub fn check_layout(
 
 /// Class names from an Ultralytics export's `names` metadata, a Python dict literal such as
 /// `{0: 'person', 1: "men's"}`; `None` when it is not one.
-pub fn ultralytics_names(meta: &str) -> Option<Vec<String>> {
+pub(crate) fn ultralytics_names(meta: &str) -> Option<Vec<String>> {
     let body = meta.trim().strip_prefix('{')?.strip_suffix('}')?;
     let mut names: Vec<(usize, String)> = Vec::new();
     let mut rest = body.trim_start();
@@ -266,7 +272,7 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 }
 
 /// Class-wise NMS: keeps the best box of each overlapping group of the same class.
-pub fn nms(mut boxes: Vec<(u32, f32, [f32; 4])>, iou_threshold: f32, max: usize) -> Vec<(u32, f32, [f32; 4])> {
+pub(crate) fn nms(mut boxes: Vec<(u32, f32, [f32; 4])>, iou_threshold: f32, max: usize) -> Vec<(u32, f32, [f32; 4])> {
     boxes.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut kept: Vec<(u32, f32, [f32; 4])> = Vec::new();
     for b in boxes {
@@ -281,7 +287,7 @@ pub fn nms(mut boxes: Vec<(u32, f32, [f32; 4])>, iou_threshold: f32, max: usize)
 }
 
 /// Maps input-pixel boxes back to the original image and clamps them to it.
-pub fn to_original(b: [f32; 4], p: &Prepared, w: u32, h: u32) -> [f32; 4] {
+pub(crate) fn to_original(b: [f32; 4], p: &Prepared, w: u32, h: u32) -> [f32; 4] {
     let (x0, y0) = p.to_original(b[0], b[1]);
     let (x1, y1) = p.to_original(b[2], b[3]);
     let (w, h) = (w as f32, h as f32);

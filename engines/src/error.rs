@@ -1,3 +1,5 @@
+//! The crate's two error types: why a model could not be loaded, and why one call failed.
+
 use std::path::PathBuf;
 
 /// Why a model could not be loaded; names the model and the file.

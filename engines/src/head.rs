@@ -7,10 +7,12 @@
 //! name alone may differ (an fp16 conversion or a copy of the same backbone).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{InputSpec, ModelSpec};
+use crate::spec::{Activation, InputSpec, ModelSpec};
+use crate::LoadError;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +81,19 @@ impl Backbone {
 
 fn file_name(p: &Path) -> String {
     p.file_name().map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into_owned())
+}
+
+/// The head a model names, loaded and checked against the model; `None` when it names none.
+pub(crate) fn of_model(spec: &ModelSpec) -> Result<Option<Arc<Head>>, LoadError> {
+    let Some(p) = &spec.head else { return Ok(None) };
+    let h = Head::load_for(p, spec).map_err(|reason| LoadError::Spec { model: spec.name.clone(), reason })?;
+    if spec.activation != Activation::Sigmoid && h.outputs() == 1 {
+        return Err(LoadError::Spec {
+            model: spec.name.clone(),
+            reason: "a one-output head needs activation = \"sigmoid\"".into(),
+        });
+    }
+    Ok(Some(Arc::new(h)))
 }
 
 impl Head {

@@ -2,17 +2,26 @@
 //! session(s) on dedicated worker threads fed by a queue; the queue is where requests from all
 //! hotkeys meet and are batched. Callers hand in decoded images and get small results back
 //! (probabilities, boxes, vectors); tensors, sessions and threads stay inside this crate.
+//!
+//! `engine` is what every engine kind shares (the job, reply and output types, the `Engine`
+//! trait, the queue helpers); `kinds` is the one table of engine kinds (`onnx`, `ocr`,
+//! `remote::kserve`, `vlm`), which `models` starts; `spec` is the registry they are read from.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![warn(unreachable_pub)]
 
 mod classify;
+mod decode;
 mod detect;
 mod engine;
 mod error;
 mod gpu;
 pub mod head;
+mod kinds;
 mod lifecycle;
 mod models;
 mod ocr;
-mod pipeline;
+mod onnx;
 mod precision;
 mod preprocess;
 mod remote;
@@ -20,19 +29,12 @@ mod runtime;
 mod session;
 mod spec;
 mod vlm;
-mod worker;
 
-pub use engine::{Answer, Detection, JobInput, ModelStats, Output, Reply, ScoreSource, TextLine};
+pub use engine::{Answer, Detection, Image, JobInput, ModelStats, Output, Reply, ScoreSource, TextLine};
 pub use error::{EngineError, LoadError};
 pub use gpu::prepare_on_gpu;
 pub use models::Models;
 pub use preprocess::prepare;
-pub use remote::kserve::RemoteSpec;
-pub use remote::BreakerSpec;
 pub use runtime::runtime_library;
 pub use session::CPU_FALLBACKS;
-pub use spec::{Device, ModelKind, ModelSpec, Registry};
-pub use vlm::VlmSpec;
-
-/// A decoded image as the engines take it: 8-bit RGB, shared between calls of one request.
-pub type Image = std::sync::Arc<image::RgbImage>;
+pub use spec::{BreakerSpec, Device, ModelKind, ModelSpec, Registry, RemoteSpec, VlmSpec};

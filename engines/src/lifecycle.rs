@@ -2,29 +2,60 @@
 //! request), serving its queue, and for lazy models unloaded again after `idle_unload_s`
 //! without work. Opening happens on the worker's own thread, so sessions and device buffers
 //! never cross threads; the loader learns the outcome through a channel. Device memory taken
-//! by each open is measured and kept in the model's stats while it stays loaded.
+//! by each open is measured and kept in the model's stats while it stays loaded. [`Launch`]
+//! is what an engine kind starts its workers through.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use ort::environment::Environment;
 
+use crate::engine::queue::expire;
 use crate::engine::{Engine, Job, ModelStats, Reply};
 use crate::spec::{Device, ModelSpec};
 use crate::{EngineError, LoadError};
+
+/// What an engine kind starts a model's workers with: the runtime, the model, its counters
+/// and queue, and the model's thread list. Each worker joins the list as soon as it has
+/// started, so that a start failing part-way still closes and joins the ones already running.
+pub(crate) struct Launch<'a> {
+    pub env: &'a Environment,
+    /// The model as served; a kind may replace it (the ONNX kind adds the labels its file names).
+    pub spec: Arc<ModelSpec>,
+    pub stats: &'a Arc<ModelStats>,
+    pub rx: &'a Receiver<Job>,
+    pub threads: &'a mut Vec<JoinHandle<()>>,
+}
+
+impl Launch<'_> {
+    /// Starts the model's `workers` threads ([`spawn`]); `open` makes each worker's opener.
+    pub(crate) fn workers<E, F>(&mut self, mut open: impl FnMut() -> F) -> Result<(), LoadError>
+    where
+        E: Engine + 'static,
+        F: Fn() -> Result<E, LoadError> + Send + 'static,
+    {
+        for i in 0..self.spec.workers {
+            let thread = spawn(&self.spec, self.stats, self.rx.clone(), i, open())?;
+            self.threads.push(thread);
+        }
+        Ok(())
+    }
+}
 
 /// Starts worker `i` of a model. A model that is not lazy is opened before this returns and
 /// its error is returned; a lazy one is opened once here to check it (worker 0 only), then
 /// dropped until work arrives. The thread ends, its engine dropped, once every sender of `rx`
 /// is gone and the queue is drained; join it to know its sessions are released.
-pub(crate) fn spawn<E, F>(
+fn spawn<E, F>(
     spec: &Arc<ModelSpec>,
     stats: &Arc<ModelStats>,
     rx: Receiver<Job>,
     i: usize,
     open: F,
-) -> Result<std::thread::JoinHandle<()>, LoadError>
+) -> Result<JoinHandle<()>, LoadError>
 where
     E: Engine + 'static,
     F: Fn() -> Result<E, LoadError> + Send + 'static,
@@ -120,17 +151,11 @@ fn run<E: Engine>(
                 Err(_) => break,
             },
         };
-        if loaded.is_none() && job.deadline <= std::time::Instant::now() {
+        if loaded.is_none() && job.deadline <= Instant::now() {
             // a job that waited past its deadline is not worth a load (a closing queue may hold
             // many whose requests have gone)
             stats.queued.fetch_sub(1, Ordering::Relaxed);
-            stats.expired.fetch_add(1, Ordering::Relaxed);
-            let _ = job.reply.send(Reply {
-                output: Err(EngineError::DeadlineExceeded),
-                compute: Duration::ZERO,
-                queued: job.enqueued.elapsed(),
-                batch: 0,
-            });
+            expire(job, stats, Instant::now());
             continue;
         }
         if loaded.is_none() {

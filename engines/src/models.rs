@@ -1,4 +1,5 @@
-//! The loaded model set: one queue per model, served by its worker threads.
+//! The loaded model set: one queue per model, served by its worker threads, which the model's
+//! engine kind (`kinds`) starts.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -8,10 +9,9 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::engine::{Job, JobInput, ModelStats, Reply};
-use crate::lifecycle;
-use crate::ocr::{dictionary, OcrSessions, OcrWorker};
+use crate::kinds;
+use crate::lifecycle::Launch;
 use crate::runtime::init_runtime;
-use crate::session::{session, session_for};
 use crate::spec::{ModelKind, ModelSpec, Registry};
 use crate::{EngineError, LoadError};
 
@@ -161,106 +161,10 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     // already started are joined
     let mut handle =
         Handle { spec: spec.clone(), tx: Some(tx), stats: stats.clone(), threads: Vec::with_capacity(spec.workers) };
-    if let Some(v) = &spec.vlm {
-        let client = Arc::new(crate::vlm::Client::new(&spec.name, v, stats.clone()));
-        for i in 0..spec.workers {
-            let (client, stats2) = (client.clone(), stats.clone());
-            handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
-                Ok(crate::vlm::VlmWorker { client: client.clone(), stats: stats2.clone() })
-            })?);
-        }
-        return Ok(handle);
-    }
-    if spec.kind == ModelKind::Ocr {
-        for i in 0..spec.workers {
-            let (env, spec2, stats2) = (env.clone(), spec.clone(), stats.clone());
-            handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
-                let mut w = OcrWorker { s: ocr_sessions(&env, &spec2)?, spec: spec2.clone(), stats: stats2.clone() };
-                if matches!(spec2.device, crate::spec::Device::Cuda(_)) {
-                    w.warm_up()
-                        .map_err(|e| LoadError::Spec { model: spec2.name.clone(), reason: format!("warm-up: {e}") })?;
-                }
-                Ok(w)
-            })?);
-        }
-        return Ok(handle);
-    }
-    let head = match &spec.head {
-        Some(p) => {
-            let h = crate::head::Head::load_for(p, &spec)
-                .map_err(|reason| LoadError::Spec { model: spec.name.clone(), reason })?;
-            if spec.activation != crate::spec::Activation::Sigmoid && h.outputs() == 1 {
-                return Err(LoadError::Spec {
-                    model: spec.name.clone(),
-                    reason: "a one-output head needs activation = \"sigmoid\"".into(),
-                });
-            }
-            Some(Arc::new(h))
-        }
-        None => None,
-    };
-    if let Some(r) = &spec.remote {
-        let client = Arc::new(crate::remote::kserve::KServe::new(&spec.name, r, stats.clone()));
-        for i in 0..spec.workers {
-            let (client, spec2, stats2, head) = (client.clone(), spec.clone(), stats.clone(), head.clone());
-            handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
-                crate::remote::engine::RemoteWorker::open(client.clone(), &spec2, head.clone(), &stats2)
-            })?);
-        }
-        return Ok(handle);
-    }
-    let found: crate::worker::FoundLabels = Arc::default();
-    for i in 0..spec.workers {
-        let (env, spec2, stats2, head, found2) =
-            (env.clone(), spec.clone(), stats.clone(), head.clone(), found.clone());
-        handle.threads.push(lifecycle::spawn(&spec, &stats, rx.clone(), i, move || {
-            crate::pipeline::open(&env, &spec2, head.clone(), &stats2, &found2)
-        })?);
-    }
-    // labels the file named (every model opens once before this returns, lazy ones too)
-    if let Some(labels) = found.get() {
-        let mut s = (*handle.spec).clone();
-        s.labels = labels.clone();
-        handle.spec = Arc::new(s);
-    }
+    let kind = kinds::of(&spec);
+    tracing::debug!(model = %spec.name, engine = kind.name, "starting");
+    let mut launch = Launch { env, spec, stats: &stats, rx: &rx, threads: &mut handle.threads };
+    (kind.start)(&mut launch)?;
+    handle.spec = launch.spec;
     Ok(handle)
-}
-
-/// The three PP-OCR sessions and the recogniser's dictionary (its `character` metadata).
-fn ocr_sessions(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<OcrSessions, LoadError> {
-    let o = spec
-        .ocr
-        .as_ref()
-        .ok_or_else(|| LoadError::Spec { model: spec.name.clone(), reason: "no [ocr] table".into() })?;
-    let det = session(env, spec)?;
-    let rec = session_for(env, spec, &o.rec)?;
-    let cls = o.cls.as_ref().map(|c| session_for(env, spec, c)).transpose()?;
-    // the OCR pipeline feeds and reads f32 only (its inputs vary in shape per image and line)
-    for (s, file) in
-        [(Some(&det), &spec.file), (Some(&rec), &o.rec), (cls.as_ref(), o.cls.as_ref().unwrap_or(&spec.file))]
-    {
-        if let Some(s) = s {
-            if crate::precision::Precision::of_input(s, spec)? != crate::precision::Precision::F32 {
-                return Err(LoadError::Spec {
-                    model: spec.name.clone(),
-                    reason: format!("{}: OCR models must be fp32 (this one takes fp16 input)", file.display()),
-                });
-            }
-        }
-    }
-    let meta = rec.metadata().ok().and_then(|m| m.custom("character")).ok_or_else(|| LoadError::Spec {
-        model: spec.name.clone(),
-        reason: format!("{} has no `character` metadata (the dictionary)", o.rec.display()),
-    })?;
-    let dict = dictionary(&meta);
-    if let Some(classes) = rec.outputs().first().and_then(|o| o.dtype().tensor_shape()).and_then(|s| s.last().copied())
-    {
-        if classes > 0 && classes as usize != dict.len() {
-            return Err(LoadError::Spec {
-                model: spec.name.clone(),
-                reason: format!("recogniser outputs {classes} classes; its dictionary gives {}", dict.len()),
-            });
-        }
-    }
-    Ok(OcrSessions { det, rec, cls, dict })
 }

@@ -18,7 +18,7 @@ pub(crate) enum Precision {
 
 impl Precision {
     /// The precision of the model's (single) image input, or why it cannot be fed.
-    pub fn of_input(session: &Session, spec: &ModelSpec) -> Result<Precision, LoadError> {
+    pub(crate) fn of_input(session: &Session, spec: &ModelSpec) -> Result<Precision, LoadError> {
         let ty = session.inputs().first().and_then(|i| i.dtype().tensor_type());
         match ty {
             Some(TensorElementType::Float32) => Ok(Precision::F32),
@@ -33,14 +33,14 @@ impl Precision {
         }
     }
 
-    pub fn element(self) -> TensorElementType {
+    pub(crate) fn element(self) -> TensorElementType {
         match self {
             Precision::F32 => TensorElementType::Float32,
             Precision::F16 => TensorElementType::Float16,
         }
     }
 
-    pub fn bytes(self) -> usize {
+    pub(crate) fn bytes(self) -> usize {
         match self {
             Precision::F32 => 4,
             Precision::F16 => 2,

@@ -108,7 +108,7 @@ fn resized(img: &RgbImage, w: u32, h: u32) -> std::borrow::Cow<'_, RgbImage> {
 
 /// Bilinear (convolution) resize with SIMD; the `image` crate's generic resize costs ~10× more
 /// and showed up as the largest item of a request's host time.
-pub fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+pub(crate) fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     use fast_image_resize::{FilterType as F, ResizeAlg, ResizeOptions, Resizer};
     let mut dst = RgbImage::new(w.max(1), h.max(1));
     let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(F::Bilinear));

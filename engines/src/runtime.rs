@@ -21,7 +21,7 @@ pub fn runtime_library() -> PathBuf {
 }
 
 /// Loads the library once per process (ONNX Runtime allows one environment) and returns it.
-pub fn init_runtime(path: &Path) -> Result<Environment, LoadError> {
+pub(crate) fn init_runtime(path: &Path) -> Result<Environment, LoadError> {
     if let Some(env) = ENV.get() {
         return Ok(env.clone());
     }

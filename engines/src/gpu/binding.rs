@@ -43,7 +43,7 @@ pub(crate) enum GpuRunError {
 
 impl GpuRunError {
     /// What went wrong, whichever side it was.
-    pub fn reason(self) -> String {
+    pub(crate) fn reason(self) -> String {
         match self {
             GpuRunError::Prep(r) | GpuRunError::Run(r) => r,
         }
@@ -60,7 +60,7 @@ pub(crate) fn trace() -> bool {
 pub(crate) type GpuOutput = (Vec<i64>, Vec<f32>, Vec<Prepared>);
 
 impl GpuInput {
-    pub fn new(
+    pub(crate) fn new(
         session: &Session,
         device: u32,
         spec: &ModelSpec,
@@ -89,7 +89,7 @@ impl GpuInput {
 
     /// The device address of the `rows`-row input of `slot`, its tensor and binding made on
     /// first use (padding rows start at zero; this needs the pre-processing still here).
-    pub fn input_ptr(&mut self, session: &mut Session, rows: usize, slot: usize) -> Result<u64, GpuRunError> {
+    pub(crate) fn input_ptr(&mut self, session: &mut Session, rows: usize, slot: usize) -> Result<u64, GpuRunError> {
         let run = |e: ort::Error| GpuRunError::Run(e.to_string());
         let (h, w) = self.size;
         let (tensor, _) = match self.shapes.entry((rows, slot)) {
@@ -112,19 +112,24 @@ impl GpuInput {
     }
 
     /// Prepares `images` into the device input at `ptr` (from `input_ptr`).
-    pub fn prepare(&mut self, images: &[&RgbImage], ptr: u64) -> Result<Vec<Prepared>, GpuRunError> {
+    pub(crate) fn prepare(&mut self, images: &[&RgbImage], ptr: u64) -> Result<Vec<Prepared>, GpuRunError> {
         let prep = self.prep.as_mut().ok_or_else(|| GpuRunError::Prep("handed to the pipeline".into()))?;
         prep.run(images, ptr).map_err(GpuRunError::Prep)
     }
 
     /// Hands the pre-processing over (to a pipelined worker's staging side), once.
-    pub fn take_prep(&mut self) -> Option<GpuPrep> {
+    pub(crate) fn take_prep(&mut self) -> Option<GpuPrep> {
         self.prep.take()
     }
 
     /// Prepares `images` on the device into a `rows`-row input (rows ≥ images; extra rows are
     /// padding whose outputs the caller drops) and runs the session on it.
-    pub fn run(&mut self, session: &mut Session, images: &[&RgbImage], rows: usize) -> Result<GpuOutput, GpuRunError> {
+    pub(crate) fn run(
+        &mut self,
+        session: &mut Session,
+        images: &[&RgbImage],
+        rows: usize,
+    ) -> Result<GpuOutput, GpuRunError> {
         let ptr = self.input_ptr(session, rows, 0)?;
         let t0 = std::time::Instant::now();
         let prepared = self.prepare(images, ptr)?;
@@ -135,7 +140,7 @@ impl GpuInput {
 
     /// Runs the session on the input of `rows` rows in `slot`, already prepared (`n` images,
     /// `prep_us` to prepare them, for the trace): the output's shape and values.
-    pub fn run_prepared(
+    pub(crate) fn run_prepared(
         &mut self,
         session: &mut Session,
         rows: usize,

@@ -35,7 +35,7 @@ pub(crate) struct GpuPrep {
 impl GpuPrep {
     /// Compiles the kernel for the device (NVRTC), picks its entry for the model's input type, and
     /// allocates staging for `max_batch` images.
-    pub fn new(
+    pub(crate) fn new(
         ctx: Arc<CudaContext>,
         spec: &InputSpec,
         max_batch: usize,
@@ -68,7 +68,7 @@ impl GpuPrep {
     /// Writes the model input for `images` into the first `images.len()` rows of the device
     /// tensor at `out` ([rows, 3, H, W] in the precision given at `new`, at least `images.len()`
     /// rows), and waits until it is there. Returns how each image maps back, as the CPU path does.
-    pub fn run(&mut self, images: &[&RgbImage], out: u64) -> Result<Vec<Prepared>, String> {
+    pub(crate) fn run(&mut self, images: &[&RgbImage], out: u64) -> Result<Vec<Prepared>, String> {
         let n = images.len();
         if n * ITEM > self.header {
             return Err(format!("batch of {n} exceeds the staging table"));
@@ -146,7 +146,7 @@ impl GpuPrep {
     /// Sets `bytes` of device memory at `ptr` to zero, on the kernel's stream, and waits: the
     /// zeros are there before any kernel writes the tensor (a synchronous memset may return
     /// before it finishes, and the kernel's stream does not wait for the legacy stream).
-    pub fn zero(&self, ptr: u64, bytes: usize) -> Result<(), String> {
+    pub(crate) fn zero(&self, ptr: u64, bytes: usize) -> Result<(), String> {
         self.ctx.bind_to_thread().map_err(|e| e.to_string())?;
         // SAFETY: the caller passes a live device allocation of at least `bytes` bytes.
         unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }
@@ -160,10 +160,11 @@ fn alloc(
     stream: &Arc<CudaStream>,
     bytes: usize,
 ) -> Result<(PinnedHostSlice<u8>, CudaSlice<u8>), String> {
-    // SAFETY: both buffers are written (staging by `run`, the device copy by the upload) before
-    // anything reads them.
+    // SAFETY: uninitialised pinned memory: `run` writes the staging buffer before it is copied
+    // to the device, and nothing else reads it.
     let staging =
         unsafe { ctx.alloc_pinned::<u8>(bytes) }.map_err(|e| format!("pinned host memory ({bytes} B): {e}"))?;
+    // SAFETY: uninitialised device memory: the upload writes it before the kernel reads it.
     let device = unsafe { stream.alloc::<u8>(bytes) }.map_err(|e| format!("device memory ({bytes} B): {e}"))?;
     Ok((staging, device))
 }

@@ -2,7 +2,7 @@
 
 /// Argmax per step; repeats collapse and the blank (0) separates; confidence is the mean of
 /// the kept maxima.
-pub fn greedy(rows: &[f32], classes: usize, dict: &[String]) -> (String, f32) {
+pub(super) fn greedy(rows: &[f32], classes: usize, dict: &[String]) -> (String, f32) {
     let mut text = String::new();
     let (mut sum, mut n) = (0f32, 0usize);
     let mut prev = usize::MAX;

@@ -4,7 +4,7 @@
 use image::{Rgb, RgbImage};
 
 /// One connected region of the binarised probability map.
-pub struct Region {
+pub(crate) struct Region {
     /// Outline points (per row: the left edge and the right edge of the run, pixel-exact).
     pub points: Vec<(f32, f32)>,
     /// Mean probability over the region's pixels.
@@ -13,7 +13,7 @@ pub struct Region {
 }
 
 /// 8-connected regions of `prob >= threshold`, at most `max` of them (largest kept).
-pub fn regions(prob: &[f32], w: usize, h: usize, threshold: f32, max: usize) -> Vec<Region> {
+pub(crate) fn regions(prob: &[f32], w: usize, h: usize, threshold: f32, max: usize) -> Vec<Region> {
     let mut label = vec![0u32; w * h];
     let mut out = Vec::new();
     let mut stack = Vec::new();
@@ -62,7 +62,7 @@ pub fn regions(prob: &[f32], w: usize, h: usize, threshold: f32, max: usize) -> 
 }
 
 /// Convex hull (Andrew's monotone chain), counter-clockwise, no repeated end point.
-pub fn convex_hull(mut pts: Vec<(f32, f32)>) -> Vec<(f32, f32)> {
+pub(crate) fn convex_hull(mut pts: Vec<(f32, f32)>) -> Vec<(f32, f32)> {
     pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
     pts.dedup();
     if pts.len() < 3 {
@@ -87,7 +87,7 @@ pub fn convex_hull(mut pts: Vec<(f32, f32)>) -> Vec<(f32, f32)> {
 
 /// A rotated rectangle: centre, unit axis `u` (along `width`), and the perpendicular `v`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct RotatedRect {
+pub(crate) struct RotatedRect {
     pub cx: f32,
     pub cy: f32,
     pub ux: f32,
@@ -97,7 +97,7 @@ pub struct RotatedRect {
 }
 
 impl RotatedRect {
-    pub fn corners(&self) -> [(f32, f32); 4] {
+    pub(crate) fn corners(&self) -> [(f32, f32); 4] {
         let (hw, hh) = (self.width / 2.0, self.height / 2.0);
         let (vx, vy) = (-self.uy, self.ux);
         let p = |a: f32, b: f32| (self.cx + a * self.ux + b * vx, self.cy + a * self.uy + b * vy);
@@ -105,7 +105,7 @@ impl RotatedRect {
     }
 
     /// Axis-aligned bounds: x0, y0, x1, y1.
-    pub fn bounds(&self) -> [f32; 4] {
+    pub(crate) fn bounds(&self) -> [f32; 4] {
         let c = self.corners();
         let xs = c.iter().map(|p| p.0);
         let ys = c.iter().map(|p| p.1);
@@ -118,7 +118,7 @@ impl RotatedRect {
     }
 
     /// The same rectangle with its axis turned towards the horizontal (reading direction).
-    pub fn reading(self) -> RotatedRect {
+    pub(crate) fn reading(self) -> RotatedRect {
         let mut r = self;
         if r.ux.abs() < r.uy.abs() {
             // swap axes: the long horizontal-ish side becomes `u`
@@ -131,7 +131,7 @@ impl RotatedRect {
         r
     }
 
-    pub fn scaled(self, sx: f32, sy: f32) -> RotatedRect {
+    pub(crate) fn scaled(self, sx: f32, sy: f32) -> RotatedRect {
         // Axis-dependent scaling of a rotated rectangle: scale its corners and refit.
         let c = self.corners().map(|(x, y)| (x * sx, y * sy));
         let (e1, e2) = ((c[1].0 - c[0].0, c[1].1 - c[0].1), (c[3].0 - c[0].0, c[3].1 - c[0].1));
@@ -143,7 +143,7 @@ impl RotatedRect {
 }
 
 /// Minimum-area enclosing rectangle of a convex polygon (rotating calipers over its edges).
-pub fn min_area_rect(hull: &[(f32, f32)]) -> Option<RotatedRect> {
+pub(crate) fn min_area_rect(hull: &[(f32, f32)]) -> Option<RotatedRect> {
     if hull.len() < 3 {
         return None;
     }
@@ -177,7 +177,7 @@ pub fn min_area_rect(hull: &[(f32, f32)]) -> Option<RotatedRect> {
 }
 
 /// Samples the rectangle out of `img` (bilinear), `u` pointing right, `v` down.
-pub fn crop_rotated(img: &RgbImage, r: &RotatedRect) -> RgbImage {
+pub(crate) fn crop_rotated(img: &RgbImage, r: &RotatedRect) -> RgbImage {
     let w = r.width.round().max(1.0) as u32;
     let h = r.height.round().max(1.0) as u32;
     let (vx, vy) = (-r.uy, r.ux);

@@ -3,7 +3,7 @@
 //! in batches. PP-OCR conventions: BGR, (x/255 − 0.5)/0.5, recogniser height 48.
 
 mod ctc;
-pub mod geometry;
+pub(crate) mod geometry;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,10 +14,14 @@ use image::RgbImage;
 use ort::session::Session;
 use ort::value::TensorRef;
 
+use crate::engine::queue::{reply_all, take_one};
 use crate::engine::{Engine, Job, ModelStats, Output, TextLine};
+use crate::lifecycle::Launch;
+use crate::precision::Precision;
 use crate::preprocess::prepare;
-use crate::spec::{ColorOrder, InputSpec, ModelSpec, OcrSpec, ResizeMode};
-use crate::EngineError;
+use crate::session::{session, session_for};
+use crate::spec::{ColorOrder, Device, InputSpec, ModelSpec, OcrSpec, ResizeMode};
+use crate::{EngineError, LoadError};
 use geometry::{convex_hull, crop_rotated, min_area_rect, regions, RotatedRect};
 
 const REC_HEIGHT: u32 = 48;
@@ -55,12 +59,67 @@ pub(crate) fn dictionary(meta: &str) -> Vec<String> {
     d
 }
 
+/// Starts the model's workers, each with its own three sessions, warmed on CUDA.
+pub(crate) fn start(l: &mut Launch<'_>) -> Result<(), LoadError> {
+    let (env, spec, stats) = (l.env.clone(), l.spec.clone(), l.stats.clone());
+    l.workers(|| {
+        let (env, spec, stats) = (env.clone(), spec.clone(), stats.clone());
+        move || {
+            let mut w = OcrWorker { s: ocr_sessions(&env, &spec)?, spec: spec.clone(), stats: stats.clone() };
+            if matches!(spec.device, Device::Cuda(_)) {
+                w.warm_up()
+                    .map_err(|e| LoadError::Spec { model: spec.name.clone(), reason: format!("warm-up: {e}") })?;
+            }
+            Ok(w)
+        }
+    })
+}
+
+/// The three PP-OCR sessions and the recogniser's dictionary (its `character` metadata).
+fn ocr_sessions(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<OcrSessions, LoadError> {
+    let o = spec
+        .ocr
+        .as_ref()
+        .ok_or_else(|| LoadError::Spec { model: spec.name.clone(), reason: "no [ocr] table".into() })?;
+    let det = session(env, spec)?;
+    let rec = session_for(env, spec, &o.rec)?;
+    let cls = o.cls.as_ref().map(|c| session_for(env, spec, c)).transpose()?;
+    // the OCR pipeline feeds and reads f32 only (its inputs vary in shape per image and line)
+    for (s, file) in
+        [(Some(&det), &spec.file), (Some(&rec), &o.rec), (cls.as_ref(), o.cls.as_ref().unwrap_or(&spec.file))]
+    {
+        if let Some(s) = s {
+            if Precision::of_input(s, spec)? != Precision::F32 {
+                return Err(LoadError::Spec {
+                    model: spec.name.clone(),
+                    reason: format!("{}: OCR models must be fp32 (this one takes fp16 input)", file.display()),
+                });
+            }
+        }
+    }
+    let meta = rec.metadata().ok().and_then(|m| m.custom("character")).ok_or_else(|| LoadError::Spec {
+        model: spec.name.clone(),
+        reason: format!("{} has no `character` metadata (the dictionary)", o.rec.display()),
+    })?;
+    let dict = dictionary(&meta);
+    if let Some(classes) = rec.outputs().first().and_then(|o| o.dtype().tensor_shape()).and_then(|s| s.last().copied())
+    {
+        if classes > 0 && classes as usize != dict.len() {
+            return Err(LoadError::Spec {
+                model: spec.name.clone(),
+                reason: format!("recogniser outputs {classes} classes; its dictionary gives {}", dict.len()),
+            });
+        }
+    }
+    Ok(OcrSessions { det, rec, cls, dict })
+}
+
 impl Engine for OcrWorker {
     fn serve(&mut self, job: Job, _rx: &Receiver<Job>) {
-        let Some(job) = crate::worker::take_one(job, &self.stats) else { return };
+        let Some(job) = take_one(job, &self.stats) else { return };
         let started = Instant::now();
         let r = self.read(job.input.image()).map(|lines| vec![Output::TextLines(lines)]);
-        crate::worker::reply_all(vec![job], r, started, &self.stats);
+        reply_all(vec![job], r, started, &self.stats);
     }
 }
 
@@ -69,7 +128,7 @@ impl OcrWorker {
         self.spec.ocr.as_ref().expect("checked at load: an OCR model has its [ocr] table")
     }
 
-    pub fn read(&mut self, img: &RgbImage) -> Result<Vec<TextLine>, EngineError> {
+    pub(crate) fn read(&mut self, img: &RgbImage) -> Result<Vec<TextLine>, EngineError> {
         let t0 = Instant::now();
         let boxes = self.detect(img)?;
         let t_det = t0.elapsed();
@@ -177,12 +236,12 @@ impl OcrWorker {
     }
 
     fn on_cuda(&self) -> bool {
-        matches!(self.spec.device, crate::spec::Device::Cuda(_))
+        matches!(self.spec.device, Device::Cuda(_))
     }
 
     /// Runs each session once at its CUDA shapes (a 224×224 image's detection input, the fixed
     /// recognition and orientation inputs), so that the first requests pay no set-up.
-    pub fn warm_up(&mut self) -> Result<(), EngineError> {
+    pub(crate) fn warm_up(&mut self) -> Result<(), EngineError> {
         let grey = RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128]));
         self.detect(&grey)?;
         let mut line = vec![(RotatedRect::default(), RgbImage::from_pixel(200, 48, image::Rgb([128, 128, 128])))];

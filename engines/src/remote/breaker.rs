@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::BreakerSpec;
 use crate::engine::ModelStats;
+use crate::spec::BreakerSpec;
 
 #[derive(Debug)]
 enum State {
@@ -37,7 +37,7 @@ pub(crate) struct Ticket {
 }
 
 impl Breaker {
-    pub fn new(spec: BreakerSpec) -> Breaker {
+    pub(crate) fn new(spec: BreakerSpec) -> Breaker {
         Breaker { spec, state: Mutex::new(State::Closed { failures: 0 }) }
     }
 
@@ -46,7 +46,7 @@ impl Breaker {
     }
 
     /// Lets a call through, or says the circuit is open.
-    pub fn admit(&self) -> Result<Ticket, Open> {
+    pub(crate) fn admit(&self) -> Result<Ticket, Open> {
         let mut s = self.lock();
         match *s {
             State::Closed { .. } => Ok(Ticket { probe: false }),
@@ -59,7 +59,7 @@ impl Breaker {
         }
     }
 
-    pub fn success(&self, stats: &ModelStats) {
+    pub(crate) fn success(&self, stats: &ModelStats) {
         let mut s = self.lock();
         if !matches!(*s, State::Closed { .. }) {
             stats.breaker_open.store(0, Ordering::Relaxed);
@@ -69,7 +69,7 @@ impl Breaker {
     }
 
     /// Records a failed call; returns true when this failure opened the circuit.
-    pub fn failure(&self, stats: &ModelStats) -> bool {
+    pub(crate) fn failure(&self, stats: &ModelStats) -> bool {
         let mut s = self.lock();
         let open = match *s {
             State::Closed { failures } => failures + 1 >= self.spec.failures,
@@ -91,7 +91,7 @@ impl Breaker {
     /// A probe that ended without a verdict on the server (the request's budget ran out
     /// first) frees the probe slot without closing or reopening the circuit. Only the
     /// probe's own ticket may.
-    pub fn abandon(&self, t: Ticket) {
+    pub(crate) fn abandon(&self, t: Ticket) {
         let mut s = self.lock();
         if t.probe && matches!(*s, State::Probing) {
             *s = State::Open { until: Instant::now() };

@@ -3,13 +3,10 @@
 //! backoff only while the budget allows another try.
 
 mod breaker;
-pub(crate) mod engine;
 pub(crate) mod kserve;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-use serde::Deserialize;
 
 pub(crate) use breaker::Breaker;
 use breaker::Ticket;
@@ -19,35 +16,6 @@ use crate::EngineError;
 
 /// The least time worth starting an attempt with.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
-
-/// The circuit breaker: after `failures` failed calls in a row the endpoint is considered down
-/// for `open_ms`; calls fail at once (typed, counted) until one probe call succeeds.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct BreakerSpec {
-    pub failures: u32,
-    pub open_ms: u64,
-}
-
-impl Default for BreakerSpec {
-    fn default() -> Self {
-        BreakerSpec { failures: 5, open_ms: 5000 }
-    }
-}
-
-/// The checks every remote endpoint's settings share: an http(s) URL, and the API key's
-/// environment variable set (`what` names the table: `vlm`, `remote`).
-pub(crate) fn check_endpoint(what: &str, url: &str, api_key_env: Option<&str>) -> Result<(), String> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(format!("{what}.url {url:?} must start with http:// or https://"));
-    }
-    if let Some(v) = api_key_env {
-        if std::env::var_os(v).is_none() {
-            return Err(format!("{what}.api_key_env: environment variable {v} is not set"));
-        }
-    }
-    Ok(())
-}
 
 /// How one attempt failed, and whether another may help.
 pub(crate) struct Failure {
@@ -60,7 +28,7 @@ pub(crate) struct Failure {
 
 impl Failure {
     /// A transport failure (refused, lost, timed out): the server's side.
-    pub fn transport(e: &ureq::Error) -> Failure {
+    pub(crate) fn transport(e: &ureq::Error) -> Failure {
         let reason = match e {
             ureq::Error::Timeout(t) => format!("timed out ({t})"),
             ureq::Error::ConnectionFailed => "connection refused or failed".into(),
@@ -73,13 +41,13 @@ impl Failure {
     }
 
     /// A reply that will not get better by retrying (the wrong tensors, no answer text).
-    pub fn answered(reason: String) -> Failure {
+    pub(crate) fn answered(reason: String) -> Failure {
         Failure { reason, server: false, timed_out: false }
     }
 
     /// A non-200 status: 408, 429 and 5xx are the server's state; other 4xx are this request
     /// (or the configuration) and will not get better by retrying.
-    pub fn status(status: u16, body: &str) -> Failure {
+    pub(crate) fn status(status: u16, body: &str) -> Failure {
         let server = status == 408 || status == 429 || status >= 500;
         Failure { reason: format!("HTTP {status}: {}", snippet(body)), server, timed_out: false }
     }
@@ -104,7 +72,7 @@ impl Remote {
     /// circuit costs no encoding), then runs `attempt` (given the request and its timeout)
     /// until it succeeds, fails for good, or the budget (up to `deadline`) leaves no room for
     /// another try.
-    pub fn call<T, B>(
+    pub(crate) fn call<T, B>(
         &self,
         stats: &ModelStats,
         retry: &Retry,

@@ -9,10 +9,10 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::answer;
-use super::settings::VlmSpec;
-use crate::engine::{Answer, ModelStats};
+use crate::engine::{Answer, Image, ModelStats};
 use crate::remote::{agent, Breaker, Failure, Remote, Retry};
-use crate::{EngineError, Image};
+use crate::spec::VlmSpec;
+use crate::EngineError;
 
 pub(crate) struct Client {
     pub(crate) remote: Remote,
@@ -23,7 +23,7 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub fn new(name: &str, spec: &VlmSpec, stats: Arc<ModelStats>) -> Client {
+    pub(super) fn new(name: &str, spec: &VlmSpec, stats: Arc<ModelStats>) -> Client {
         Client {
             remote: Remote { model: name.to_string(), endpoint: spec.endpoint(), breaker: Breaker::new(spec.breaker) },
             key: spec.api_key_env.as_ref().and_then(|v| std::env::var(v).ok()),
@@ -33,12 +33,12 @@ impl Client {
         }
     }
 
-    pub fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         &self.remote.model
     }
 
     /// Asks `prompt` about `img`, answering before `deadline` less the reserve, or with an error.
-    pub fn ask(&self, img: &Image, prompt: &str, deadline: Instant) -> Result<Answer, EngineError> {
+    pub(super) fn ask(&self, img: &Image, prompt: &str, deadline: Instant) -> Result<Answer, EngineError> {
         let deadline = deadline.checked_sub(Duration::from_millis(self.spec.reserve_ms)).unwrap_or(deadline);
         let retry = Retry {
             timeout: Duration::from_millis(self.spec.timeout_ms),

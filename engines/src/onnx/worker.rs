@@ -1,4 +1,4 @@
-//! One model session on its own thread, fed by the model's queue, batching what waits there.
+//! The ONNX worker: one model session on its own thread, fed by the model's queue, batching what waits there.
 //! On CUDA its inputs are prepared on the device (`gpu`), elsewhere on the CPU.
 
 use std::sync::atomic::Ordering;
@@ -9,10 +9,12 @@ use crossbeam_channel::Receiver;
 use ort::environment::Environment;
 use ort::session::Session;
 
-use crate::classify::{probabilities, score};
-use crate::detect::{check_layout, decode, to_original, ultralytics_names, ImageOutputs};
-use crate::engine::{Detection, Engine, Job, JobInput, ModelStats, Output, Reply};
+use crate::decode::Decode;
+use crate::detect::{check_layout, ultralytics_names};
+use crate::engine::queue::{gather, reply_all};
+use crate::engine::{Engine, Job, ModelStats};
 use crate::gpu::{GpuInput, GpuRunError};
+use crate::head::Head;
 use crate::precision::{input_value, output_f32, Precision};
 use crate::preprocess::{prepare, Prepared};
 use crate::session::{check_io, output_dim, session_on};
@@ -32,7 +34,7 @@ pub(crate) struct Worker {
     /// before `session` so its bindings and tensors (the session's allocator's) drop first.
     gpu: Option<GpuInput>,
     session: Session,
-    head: Option<Arc<crate::head::Head>>,
+    head: Option<Arc<Head>>,
     spec: Arc<ModelSpec>,
     input_name: String,
     output_name: String,
@@ -53,7 +55,7 @@ pub(crate) struct ShapeRule {
 }
 
 impl ShapeRule {
-    pub fn new() -> ShapeRule {
+    pub(super) fn new() -> ShapeRule {
         ShapeRule { rows: 0, since: Instant::now() }
     }
 
@@ -61,7 +63,7 @@ impl ShapeRule {
     /// algorithm choice, arena growth), and a dynamic batcher makes every size from 1 to
     /// max_batch: round the batch up to a power of two (padding rows, outputs dropped) so only
     /// a handful of shapes ever run.
-    pub fn rows_for(&mut self, n: usize, spec: &ModelSpec) -> usize {
+    pub(super) fn rows_for(&mut self, n: usize, spec: &ModelSpec) -> usize {
         match spec.device {
             Device::Cuda(_) => {
                 let want = Self::padded(n, spec);
@@ -84,7 +86,7 @@ impl ShapeRule {
     }
 
     /// Every shape `rows_for` can give for `spec`.
-    pub fn all(spec: &ModelSpec) -> std::collections::BTreeSet<usize> {
+    pub(super) fn all(spec: &ModelSpec) -> std::collections::BTreeSet<usize> {
         (1..=spec.max_batch).map(|n| Self::padded(n, spec)).collect()
     }
 }
@@ -105,10 +107,10 @@ impl Worker {
     /// Opens the model's session, checks its inputs and outputs against the registry (and the
     /// head), sets up GPU pre-processing on CUDA, and on CUDA warms every batch shape it will
     /// run so the first requests pay no set-up.
-    pub fn open(
+    pub(super) fn open(
         env: &Environment,
         spec: &Arc<ModelSpec>,
-        head: Option<Arc<crate::head::Head>>,
+        head: Option<Arc<Head>>,
         stats: &Arc<ModelStats>,
         found_labels: &FoundLabels,
     ) -> Result<Worker, LoadError> {
@@ -318,166 +320,6 @@ impl Worker {
     }
 }
 
-/// Sends each job of a batch its result (or the batch's error) and counts the run.
-pub(crate) fn reply_all(
-    jobs: Vec<Job>,
-    result: Result<Vec<Output>, EngineError>,
-    started: Instant,
-    stats: &ModelStats,
-) {
-    let (n, compute) = (jobs.len(), started.elapsed());
-    stats.record(n, compute);
-    match result {
-        Ok(outputs) => {
-            for (j, o) in jobs.into_iter().zip(outputs) {
-                let queued = started - j.enqueued;
-                let _ = j.reply.send(Reply { output: Ok(o), compute, queued, batch: n });
-            }
-        }
-        Err(e) => {
-            stats.failures.fetch_add(n as u64, Ordering::Relaxed);
-            for j in jobs {
-                let queued = started - j.enqueued;
-                let _ = j.reply.send(Reply { output: Err(e.clone()), compute, queued, batch: n });
-            }
-        }
-    }
-}
-
-/// Takes `first` and gathers more from `rx` until the batch is full, `max_delay_us` has passed
-/// or the earliest deadline in hand would be missed; answers the jobs already late; returns
-/// the live ones.
-pub(crate) fn gather(first: Job, rx: &Receiver<Job>, spec: &ModelSpec, stats: &ModelStats) -> Vec<Job> {
-    let max_delay = Duration::from_micros(spec.max_delay_us);
-    let mut batch = vec![first];
-    let mut until = Instant::now() + max_delay;
-    while batch.len() < spec.max_batch {
-        until = until.min(batch.iter().map(|j| j.deadline).min().unwrap_or(until));
-        match rx.recv_deadline(until) {
-            Ok(j) => batch.push(j),
-            Err(_) => break,
-        }
-    }
-    settle(batch, stats)
-}
-
-/// A gathered batch counted off the queue: the jobs already late are answered, the live ones
-/// returned.
-pub(crate) fn settle(batch: Vec<Job>, stats: &ModelStats) -> Vec<Job> {
-    stats.queued.fetch_sub(batch.len() as i64, Ordering::Relaxed);
-    let now = Instant::now();
-    let (live, late): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline > now);
-    for j in late {
-        expire(j, stats, now);
-    }
-    live
-}
-
-/// `gather` for engines that serve jobs one at a time (OCR, a VLM): the job counted off the
-/// queue, or answered at once when its deadline has passed.
-pub(crate) fn take_one(job: Job, stats: &ModelStats) -> Option<Job> {
-    stats.queued.fetch_sub(1, Ordering::Relaxed);
-    let now = Instant::now();
-    if job.deadline > now {
-        return Some(job);
-    }
-    expire(job, stats, now);
-    None
-}
-
-/// Answers a job that waited past its deadline without running it.
-pub(crate) fn expire(j: Job, stats: &ModelStats, now: Instant) {
-    stats.expired.fetch_add(1, Ordering::Relaxed);
-    let _ = j.reply.send(Reply {
-        output: Err(EngineError::DeadlineExceeded),
-        compute: Duration::ZERO,
-        queued: now - j.enqueued,
-        batch: 0,
-    });
-}
-
-/// How a model's raw output becomes results: its spec, its head, the output read.
-pub(crate) struct Decode<'a> {
-    pub spec: &'a ModelSpec,
-    pub head: Option<&'a crate::head::Head>,
-    pub output_name: &'a str,
-}
-
-impl Decode<'_> {
-    /// Turns the batch's output rows into each job's result; padding rows are dropped.
-    pub(crate) fn outputs(
-        &self,
-        shape: &[i64],
-        data: &[f32],
-        jobs: &[Job],
-        prepared: &[Prepared],
-        logits: Option<&(Vec<i64>, Vec<f32>)>,
-    ) -> Result<Vec<Output>, EngineError> {
-        let spec = &self.spec;
-        let n = shape.first().copied().unwrap_or(0).max(0) as usize;
-        let per = data.len() / n.max(1);
-        if n < jobs.len() || per == 0 {
-            return Err(EngineError::Inference {
-                model: spec.name.clone(),
-                reason: format!("output {} has shape {shape:?} for a batch of {}", self.output_name, jobs.len()),
-            });
-        }
-        let rows = data.chunks_exact(per).take(jobs.len());
-        Ok(match spec.kind {
-            ModelKind::Classifier => match &self.head {
-                Some(h) => rows.map(|r| classification(spec, &h.forward(r))).collect(),
-                None => rows.map(|r| classification(spec, r)).collect(),
-            },
-            ModelKind::Embedder => rows.map(|r| Output::Embedding(r.to_vec())).collect(),
-            ModelKind::Ocr | ModelKind::Vlm => {
-                return Err(EngineError::Inference {
-                    model: spec.name.clone(),
-                    reason: format!("a {} runs on its own worker", spec.kind.as_str()),
-                })
-            }
-            ModelKind::Detector => {
-                let dims = &shape[1..];
-                let logit_rows: Vec<Option<(&[f32], &[i64])>> = match logits {
-                    Some((ld, ls)) => {
-                        let per = ld.iter().skip(1).product::<i64>().max(1) as usize;
-                        if ld.len() < 2 || ld[0] < jobs.len() as i64 || ls.len() < per * jobs.len() {
-                            return Err(EngineError::Inference {
-                                model: spec.name.clone(),
-                                reason: format!("logits output has shape {ld:?} for a batch of {}", jobs.len()),
-                            });
-                        }
-                        ls.chunks_exact(per).take(jobs.len()).map(|c| Some((c, &ld[1..]))).collect()
-                    }
-                    None => vec![None; jobs.len()],
-                };
-                rows.zip(jobs)
-                    .zip(prepared)
-                    .zip(logit_rows)
-                    .map(|(((r, j), p), l)| {
-                        let min_conf = match &j.input {
-                            JobInput::Detect(_, c) => *c,
-                            JobInput::Image(_) | JobInput::Ask(..) => 0.25,
-                        };
-                        let img = j.input.image();
-                        let o = ImageOutputs { out: r, dims, logits: l };
-                        let kept = decode(&o, &spec.detector, &spec.input, spec.labels.len(), min_conf);
-                        Output::Detections(
-                            kept.into_iter()
-                                .map(|(c, conf, b)| Detection {
-                                    class_id: c,
-                                    label: spec.label(c as usize),
-                                    confidence: conf,
-                                    bbox: to_original(b, p, img.width(), img.height()),
-                                })
-                                .collect(),
-                        )
-                    })
-                    .collect()
-            }
-        })
-    }
-}
-
 impl Engine for Worker {
     /// Takes `first` and what the queue holds with it (`gather`) and runs them as one batch.
     fn serve(&mut self, first: Job, rx: &Receiver<Job>) {
@@ -505,18 +347,4 @@ fn detector_labels(session: &Session, spec: &Arc<ModelSpec>, found: &FoundLabels
     let mut s = (**spec).clone();
     s.labels = names;
     Ok(Arc::new(s))
-}
-
-fn classification(spec: &ModelSpec, logits: &[f32]) -> Output {
-    let probs = probabilities(logits, spec.activation);
-    let s = score(spec, &probs);
-    if probs.len() == 1 {
-        // one sigmoid output is the probability of the last label (the positive one)
-        let label = spec.labels.last().cloned().unwrap_or_else(|| "positive".into());
-        return Output::Classification { score: s, top: vec![(label, probs[0])] };
-    }
-    let mut idx: Vec<usize> = (0..probs.len()).collect();
-    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    let top = idx.into_iter().take(5).map(|i| (spec.label(i), probs[i])).collect();
-    Output::Classification { score: s, top }
 }

@@ -1,14 +1,20 @@
 //! What every engine kind shares: the job a model's queue carries, the reply it sends back,
-//! the outputs, the counters the host reads, and the `Engine` trait a worker implements. A new
-//! engine kind (a remote server, a VLM) is one file that depends on this module and nothing
-//! else of the crate's internals.
+//! the outputs, the counters the host reads, and the `Engine` trait a worker implements, with
+//! the queue helpers beside it (`queue`). A new engine kind (a remote server, a VLM) is one
+//! module that implements `Engine` with this module's types and helpers, plus its row in
+//! `kinds`.
+
+pub(crate) mod queue;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::{EngineError, Image};
+use crate::EngineError;
+
+/// A decoded image as the engines take it: 8-bit RGB, shared between calls of one request.
+pub type Image = std::sync::Arc<image::RgbImage>;
 
 /// What a job asks of its model.
 #[derive(Debug, Clone)]
@@ -28,7 +34,7 @@ impl JobInput {
     }
 }
 
-pub struct Job {
+pub(crate) struct Job {
     pub input: JobInput,
     pub deadline: Instant,
     pub reply: Sender<Reply>,

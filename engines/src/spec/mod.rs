@@ -1,4 +1,5 @@
-//! The model registry: what each named model is and how its input is prepared.
+//! The model registry: what each named model is and how its input is prepared; the remote
+//! kinds' tables are in `remote` and `vlm`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -6,6 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::LoadError;
+
+mod remote;
+mod vlm;
+
+pub use remote::{BreakerSpec, RemoteSpec};
+pub use vlm::VlmSpec;
 
 /// `models.toml`: `[[model]]` entries. Relative files are relative to the registry file;
 /// `${VAR}` in a path is taken from the environment.
@@ -48,9 +55,9 @@ pub struct ModelSpec {
     /// OCR: `file` is the text detector; this names the recogniser and the settings.
     pub ocr: Option<OcrSpec>,
     /// VLM: the OpenAI-compatible endpoint and how to ask it (`workers` = requests in flight).
-    pub vlm: Option<crate::vlm::VlmSpec>,
+    pub vlm: Option<VlmSpec>,
     /// A classifier, embedder or detector served by a KServe v2 server instead of a file.
-    pub remote: Option<crate::remote::kserve::RemoteSpec>,
+    pub remote: Option<RemoteSpec>,
     /// ONNX Runtime intra-op threads per session.
     #[serde(default = "one")]
     pub threads: usize,

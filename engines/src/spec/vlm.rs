@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-pub use crate::remote::BreakerSpec;
+use super::remote::{check_endpoint, BreakerSpec};
 
 /// How to reach an OpenAI-compatible chat-completions endpoint (vLLM, SGLang, llama.cpp
 /// server, a hosted API) and how to ask it. The API key is read from the environment variable
@@ -92,7 +92,7 @@ fn max_response_kb() -> u64 {
 
 impl VlmSpec {
     pub(crate) fn check(&self) -> Result<(), String> {
-        crate::remote::check_endpoint("vlm", &self.url, self.api_key_env.as_deref())?;
+        check_endpoint("vlm", &self.url, self.api_key_env.as_deref())?;
         if self.model.is_empty() {
             return Err("vlm.model is empty".into());
         }

@@ -8,60 +8,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{agent, snippet, Breaker, BreakerSpec, Failure, Remote, Retry};
 use crate::engine::ModelStats;
+use crate::remote::{agent, snippet, Breaker, Failure, Remote, Retry};
+use crate::spec::RemoteSpec;
 use crate::EngineError;
-
-/// `remote = { url, ... }` on a classifier, embedder or detector: the model runs on a KServe
-/// v2 server; the image is prepared here (the entry's `input`) and the output is read here
-/// (head, activation, detector decoding) as for a local file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RemoteSpec {
-    /// The server's root, e.g. `http://triton:8000` (`${VAR}` is expanded).
-    pub url: String,
-    /// The model's name on the server (default: the registry name).
-    pub model: Option<String>,
-    pub version: Option<String>,
-    /// Environment variable holding a bearer token, if the server wants one.
-    pub api_key_env: Option<String>,
-    /// Longest wait for one attempt (cut to the request's remaining budget).
-    #[serde(default = "timeout_ms")]
-    pub timeout_ms: u64,
-    #[serde(default = "retries")]
-    pub retries: u32,
-    #[serde(default = "backoff_ms")]
-    pub backoff_ms: u64,
-    #[serde(default = "max_response_mb")]
-    pub max_response_mb: u64,
-    #[serde(default)]
-    pub breaker: BreakerSpec,
-}
-
-fn timeout_ms() -> u64 {
-    2000
-}
-fn retries() -> u32 {
-    1
-}
-fn backoff_ms() -> u64 {
-    50
-}
-fn max_response_mb() -> u64 {
-    64
-}
-
-impl RemoteSpec {
-    pub(crate) fn check(&self) -> Result<(), String> {
-        super::check_endpoint("remote", &self.url, self.api_key_env.as_deref())?;
-        if self.timeout_ms == 0 || self.breaker.failures == 0 || self.max_response_mb == 0 {
-            return Err(
-                "remote.timeout_ms, remote.max_response_mb and remote.breaker.failures must be at least 1".into()
-            );
-        }
-        Ok(())
-    }
-}
 
 /// One tensor of the model's metadata.
 #[derive(Debug, Clone, Deserialize)]
@@ -124,7 +74,7 @@ pub(crate) struct KServe {
 }
 
 impl KServe {
-    pub fn new(name: &str, spec: &RemoteSpec, stats: Arc<ModelStats>) -> KServe {
+    pub(super) fn new(name: &str, spec: &RemoteSpec, stats: Arc<ModelStats>) -> KServe {
         let model = spec.model.clone().unwrap_or_else(|| name.to_string());
         let mut base = format!("{}/v2/models/{model}", spec.url.trim_end_matches('/'));
         if let Some(v) = &spec.version {
@@ -157,7 +107,7 @@ impl KServe {
     }
 
     /// The model's metadata (one attempt, at load).
-    pub fn metadata(&self, timeout: Duration) -> Result<Metadata, String> {
+    pub(super) fn metadata(&self, timeout: Duration) -> Result<Metadata, String> {
         let req = self.authorised(self.agent.get(&self.base).config().timeout_global(Some(timeout)).build());
         let mut resp = req.call().map_err(|e| format!("{}: {}", self.base, Failure::transport(&e).reason))?;
         let status = resp.status().as_u16();
@@ -169,7 +119,7 @@ impl KServe {
     }
 
     /// Runs the model on one f32 input; returns the named outputs (shape, values) in order.
-    pub fn infer(
+    pub(super) fn infer(
         &self,
         input: &str,
         shape: [usize; 4],

@@ -1,22 +1,42 @@
 //! A classifier, embedder or detector served by a KServe v2 server: jobs are batched as for a
 //! local model, images are prepared here, the batch goes to the server as one request, and
-//! the outputs are read here (head, activation, detector decoding) as for a local file.
+//! the outputs are read here (head, activation, detector decoding) as for a local file. Its
+//! registry settings are `spec::RemoteSpec`; `client` speaks the protocol.
+
+mod client;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::kserve::{KServe, Metadata};
+use crate::decode::Decode;
 use crate::detect::check_layout;
+use crate::engine::queue::{gather, reply_all};
 use crate::engine::{Engine, Job, ModelStats};
 use crate::head::Head;
+use crate::lifecycle::Launch;
 use crate::preprocess::{prepare, Prepared};
 use crate::spec::{ModelKind, ModelSpec};
-use crate::worker::{gather, reply_all, Decode};
 use crate::{EngineError, LoadError};
+use client::{KServe, Metadata};
 
-pub(crate) struct RemoteWorker {
+/// Starts the model's workers, sharing one client (its breaker and connections); each reads
+/// and checks the server's metadata as it opens.
+pub(crate) fn start(l: &mut Launch<'_>) -> Result<(), LoadError> {
+    let head = crate::head::of_model(&l.spec)?;
+    let Some(r) = &l.spec.remote else {
+        return Err(LoadError::Spec { model: l.spec.name.clone(), reason: "no remote table".into() });
+    };
+    let client = Arc::new(KServe::new(&l.spec.name, r, l.stats.clone()));
+    let (spec, stats) = (l.spec.clone(), l.stats.clone());
+    l.workers(|| {
+        let (client, spec, stats, head) = (client.clone(), spec.clone(), stats.clone(), head.clone());
+        move || RemoteWorker::open(client.clone(), &spec, head.clone(), &stats)
+    })
+}
+
+struct RemoteWorker {
     client: Arc<KServe>,
     spec: Arc<ModelSpec>,
     head: Option<Arc<Head>>,
@@ -34,7 +54,7 @@ impl RemoteWorker {
     /// Reads the model's metadata from the server and checks it against the registry (one
     /// image input of the configured size, the output to read, the head's dimension, a
     /// detector's layout): a mismatch, or a server that cannot be reached, refuses the load.
-    pub fn open(
+    pub(crate) fn open(
         client: Arc<KServe>,
         spec: &Arc<ModelSpec>,
         head: Option<Arc<Head>>,

@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::engine::{Engine, Job, ModelStats};
+use super::worker::{FoundLabels, ShapeRule, Worker};
+use crate::engine::queue::{expire, reply_all, settle};
+use crate::engine::{Engine, Job, ModelStats, Reply};
 use crate::gpu::GpuPrep;
+use crate::head::Head;
 use crate::preprocess::Prepared;
-use crate::spec::ModelSpec;
-use crate::worker::{reply_all, settle, ShapeRule, Worker};
+use crate::spec::{Device, ModelSpec};
 use crate::{EngineError, LoadError};
 
 /// Input buffers per batch shape: one being run, one being filled.
@@ -47,13 +49,13 @@ impl Engine for Opened {
 pub(crate) fn open(
     env: &ort::environment::Environment,
     spec: &Arc<ModelSpec>,
-    head: Option<Arc<crate::head::Head>>,
+    head: Option<Arc<Head>>,
     stats: &Arc<ModelStats>,
-    found: &crate::worker::FoundLabels,
+    found: &FoundLabels,
 ) -> Result<Opened, LoadError> {
     let mut w = Worker::open(env, spec, head, stats, found)?;
     if !spec.cuda.pipeline || w.gpu_mut().is_none() {
-        if spec.cuda.pipeline && matches!(spec.device, crate::spec::Device::Cuda(_)) {
+        if spec.cuda.pipeline && matches!(spec.device, Device::Cuda(_)) {
             tracing::info!(model = %spec.name, "inputs prepared on the CPU: the worker runs unpipelined");
         }
         return Ok(Opened::Plain(Box::new(w)));
@@ -246,7 +248,7 @@ fn gather_while_busy(first: Job, rx: &Receiver<Job>, spec: &ModelSpec, free: &Re
 fn runner(mut w: Worker, staged: Receiver<Staged>, slot_back: Sender<usize>, stats: Arc<ModelStats>) {
     for s in staged {
         let (slot, n) = (s.slot, s.jobs.len());
-        let replies: Vec<Sender<crate::engine::Reply>> = s.jobs.iter().map(|j| j.reply.clone()).collect();
+        let replies: Vec<Sender<Reply>> = s.jobs.iter().map(|j| j.reply.clone()).collect();
         let mut returned = false;
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut w, s, &slot_back, &mut returned)));
         if ran.is_err() {
@@ -257,7 +259,7 @@ fn runner(mut w: Worker, staged: Receiver<Staged>, slot_back: Sender<usize>, sta
             stats.failures.fetch_add(n as u64, Ordering::Relaxed);
             for r in replies {
                 // a reply the batch already sent stays; try_send never blocks on a full channel
-                let _ = r.try_send(crate::engine::Reply {
+                let _ = r.try_send(Reply {
                     output: Err(EngineError::Inference {
                         model: w.spec_name().to_string(),
                         reason: "the batch's run panicked".into(),
@@ -281,7 +283,7 @@ fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>, returned: &mut bool
     if jobs.iter().all(|j| j.deadline <= now) {
         *returned = slot_back.send(slot).is_ok();
         for j in jobs {
-            crate::worker::expire(j, w.stats(), now);
+            expire(j, w.stats(), now);
         }
         return;
     }

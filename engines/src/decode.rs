@@ -1,0 +1,108 @@
+//! How a model's raw output becomes results: a classifier's probabilities and top labels
+//! (through its head, if any), an embedder's vector, a detector's boxes in the original
+//! image's pixels. Shared by every engine that runs a model's graph somewhere and reads its
+//! output tensors back: the ONNX worker and the KServe remote.
+
+use crate::classify::{probabilities, score};
+use crate::detect::{decode, to_original, ImageOutputs};
+use crate::engine::{Detection, Job, JobInput, Output};
+use crate::head::Head;
+use crate::preprocess::Prepared;
+use crate::spec::{ModelKind, ModelSpec};
+use crate::EngineError;
+
+/// How a model's raw output becomes results: its spec, its head, the output read.
+pub(crate) struct Decode<'a> {
+    pub spec: &'a ModelSpec,
+    pub head: Option<&'a Head>,
+    pub output_name: &'a str,
+}
+
+impl Decode<'_> {
+    /// Turns the batch's output rows into each job's result; padding rows are dropped.
+    pub(crate) fn outputs(
+        &self,
+        shape: &[i64],
+        data: &[f32],
+        jobs: &[Job],
+        prepared: &[Prepared],
+        logits: Option<&(Vec<i64>, Vec<f32>)>,
+    ) -> Result<Vec<Output>, EngineError> {
+        let spec = &self.spec;
+        let n = shape.first().copied().unwrap_or(0).max(0) as usize;
+        let per = data.len() / n.max(1);
+        if n < jobs.len() || per == 0 {
+            return Err(EngineError::Inference {
+                model: spec.name.clone(),
+                reason: format!("output {} has shape {shape:?} for a batch of {}", self.output_name, jobs.len()),
+            });
+        }
+        let rows = data.chunks_exact(per).take(jobs.len());
+        Ok(match spec.kind {
+            ModelKind::Classifier => match &self.head {
+                Some(h) => rows.map(|r| classification(spec, &h.forward(r))).collect(),
+                None => rows.map(|r| classification(spec, r)).collect(),
+            },
+            ModelKind::Embedder => rows.map(|r| Output::Embedding(r.to_vec())).collect(),
+            ModelKind::Ocr | ModelKind::Vlm => {
+                return Err(EngineError::Inference {
+                    model: spec.name.clone(),
+                    reason: format!("a {} runs on its own worker", spec.kind.as_str()),
+                })
+            }
+            ModelKind::Detector => {
+                let dims = &shape[1..];
+                let logit_rows: Vec<Option<(&[f32], &[i64])>> = match logits {
+                    Some((ld, ls)) => {
+                        let per = ld.iter().skip(1).product::<i64>().max(1) as usize;
+                        if ld.len() < 2 || ld[0] < jobs.len() as i64 || ls.len() < per * jobs.len() {
+                            return Err(EngineError::Inference {
+                                model: spec.name.clone(),
+                                reason: format!("logits output has shape {ld:?} for a batch of {}", jobs.len()),
+                            });
+                        }
+                        ls.chunks_exact(per).take(jobs.len()).map(|c| Some((c, &ld[1..]))).collect()
+                    }
+                    None => vec![None; jobs.len()],
+                };
+                rows.zip(jobs)
+                    .zip(prepared)
+                    .zip(logit_rows)
+                    .map(|(((r, j), p), l)| {
+                        let min_conf = match &j.input {
+                            JobInput::Detect(_, c) => *c,
+                            JobInput::Image(_) | JobInput::Ask(..) => 0.25,
+                        };
+                        let img = j.input.image();
+                        let o = ImageOutputs { out: r, dims, logits: l };
+                        let kept = decode(&o, &spec.detector, &spec.input, spec.labels.len(), min_conf);
+                        Output::Detections(
+                            kept.into_iter()
+                                .map(|(c, conf, b)| Detection {
+                                    class_id: c,
+                                    label: spec.label(c as usize),
+                                    confidence: conf,
+                                    bbox: to_original(b, p, img.width(), img.height()),
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect()
+            }
+        })
+    }
+}
+
+fn classification(spec: &ModelSpec, logits: &[f32]) -> Output {
+    let probs = probabilities(logits, spec.activation);
+    let s = score(spec, &probs);
+    if probs.len() == 1 {
+        // one sigmoid output is the probability of the last label (the positive one)
+        let label = spec.labels.last().cloned().unwrap_or_else(|| "positive".into());
+        return Output::Classification { score: s, top: vec![(label, probs[0])] };
+    }
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let top = idx.into_iter().take(5).map(|i| (spec.label(i), probs[i])).collect();
+    Output::Classification { score: s, top }
+}
