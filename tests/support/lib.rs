@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Cursor};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -62,9 +63,15 @@ pub fn test_models() -> PathBuf {
 /// A scratch folder, removed on drop.
 pub struct TempDir(pub PathBuf);
 
+/// Scratch folders made by this process so far: every test runs in one process (`tests/it`),
+/// so the process id alone does not keep two tests' folders apart.
+static TEMP_DIRS: AtomicU64 = AtomicU64::new(0);
+
 impl TempDir {
+    /// A new, empty folder of its own, even for two tests that ask with the same tag at once.
     pub fn new(tag: &str) -> TempDir {
-        let d = std::env::temp_dir().join(format!("cascade-test-{tag}-{}-{}", std::process::id(), nanos()));
+        let n = TEMP_DIRS.fetch_add(1, Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("cascade-test-{tag}-{}-{n}-{}", std::process::id(), nanos()));
         std::fs::create_dir_all(&d).expect("temp dir");
         TempDir(d)
     }

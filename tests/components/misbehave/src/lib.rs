@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 
 wit_bindgen::generate!({
-    path: "../../wit/v1.0.0",
+    path: "../../../wit/v1.0.0",
     world: "router-component",
 });
 
