@@ -56,7 +56,7 @@ pub struct Answer {
 }
 
 /// The validator reads exactly 0.5 as "no roadwork"; an answer is never exactly 0.5.
-pub fn never_half(p: f32) -> f32 {
+pub(crate) fn never_half(p: f32) -> f32 {
     if p == 0.5 {
         0.499
     } else {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 /// The model registry's file name inside the policies folder.
 pub const MODELS_FILE: &str = "models.toml";
 /// The chain settings' file name inside the policies folder (`crate::chain`).
-pub const CHAIN_FILE: &str = "chain.toml";
+pub(crate) const CHAIN_FILE: &str = "chain.toml";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,7 +327,7 @@ impl std::fmt::Display for ComponentRef {
 
 impl AxonConfig {
     /// Keys on both `allow` and `deny` (deny wins).
-    pub fn contradictions(&self) -> Vec<&str> {
+    pub(crate) fn contradictions(&self) -> Vec<&str> {
         self.allow.iter().filter(|a| self.deny.contains(a)).map(String::as_str).collect()
     }
 }
@@ -407,7 +407,7 @@ impl HotkeyFile {
 
 /// The hotkey files of a policies folder: every `*.toml` but the model registry and the chain
 /// settings, sorted.
-pub fn hotkey_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub(crate) fn hotkey_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -420,7 +420,7 @@ pub fn hotkey_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// TOML parameters as the JSON the component and its schema see.
-pub fn params_json(t: &toml::Table) -> serde_json::Value {
+pub(crate) fn params_json(t: &toml::Table) -> serde_json::Value {
     serde_json::to_value(t).unwrap_or(serde_json::Value::Null)
 }
 

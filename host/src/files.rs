@@ -7,9 +7,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Largest component file read.
-pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 /// Largest configuration file (hotkey, registry, chain settings, metagraph snapshot) read.
-pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 /// Lower-case hex sha-256 of `bytes` (content keys: compiled components, configs, snapshots).
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -29,13 +29,13 @@ pub enum ReadError {
 }
 
 impl ReadError {
-    pub fn not_found(&self) -> bool {
+    pub(crate) fn not_found(&self) -> bool {
         matches!(self, ReadError::Io(e) if e.kind() == std::io::ErrorKind::NotFound)
     }
 }
 
 /// The whole of a regular file of at most `cap` bytes (links are followed).
-pub fn read_regular(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
+pub(crate) fn read_regular(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
     // refuse before opening: opening a FIFO for reading blocks until a writer comes
     if !std::fs::metadata(path)?.is_file() {
         return Err(ReadError::NotRegular);

@@ -80,7 +80,7 @@ impl Hotkey {
     }
 
     /// An answer that leaves no trace in the metrics (smoke requests of a reload).
-    pub fn answer_quietly(&self, models: &Arc<Models>, image: Image) -> Answer {
+    pub(crate) fn answer_quietly(&self, models: &Arc<Models>, image: Image) -> Answer {
         let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);
         self.decide(Side::Stable, &ctx, image, false)
     }
@@ -89,7 +89,7 @@ impl Hotkey {
     /// configuration error (a class its detector lacks, a model of the wrong kind) is found at
     /// load. A policy that cannot answer without real evidence is not an error here; a
     /// configuration error the router returns, or a trap, is.
-    pub fn dry_run(&self, models: &Arc<Models>, candidate: bool) -> Option<Result<(), String>> {
+    pub(crate) fn dry_run(&self, models: &Arc<Models>, candidate: bool) -> Option<Result<(), String>> {
         let side = if candidate {
             self.candidate.as_ref()?;
             Side::Candidate
@@ -107,7 +107,7 @@ impl Hotkey {
     }
 
     /// The candidate's smoke request.
-    pub fn candidate_quietly(&self, models: &Arc<Models>, image: Image) -> Option<Answer> {
+    pub(crate) fn candidate_quietly(&self, models: &Arc<Models>, image: Image) -> Option<Answer> {
         self.candidate.as_ref()?;
         let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);
         Some(self.decide(Side::Candidate, &ctx, image, false))

@@ -388,11 +388,11 @@ impl Rollout {
 
 /// The sticky key of a request's image: the first bytes of its content key (already a
 /// sha-256 of the image's bytes, so no second pass over them).
-pub fn image_sticky_key(origin: &[u8; 16]) -> u64 {
+pub(crate) fn image_sticky_key(origin: &[u8; 16]) -> u64 {
     u64::from_le_bytes(origin[..8].try_into().expect("8 bytes"))
 }
 
 /// FNV-1a: the sticky key of a request key a client sends.
-pub fn sticky_key(bytes: &[u8]) -> u64 {
+pub(crate) fn sticky_key(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
 }

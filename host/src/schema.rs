@@ -39,7 +39,7 @@ const KEYWORDS: &[&str] = &[
 
 /// Refuses schemas that use keywords this validator does not implement (they would be
 /// silently ignored otherwise).
-pub fn check_schema(schema: &Value) -> Result<(), String> {
+pub(crate) fn check_schema(schema: &Value) -> Result<(), String> {
     let Value::Object(m) = schema else {
         return match schema {
             Value::Bool(_) => Ok(()),

@@ -8,7 +8,7 @@
 #   cp .gpucheck/dino/p2/* /tmp/dino/ && bash /tmp/dino/join          (second call)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --quiet --release --bin cascade -p cascade-host
+cargo build --quiet --release --bin cascade -p cascade-cli
 cargo build --quiet --release --bin gpu-bench -p cascade-bench
 w=$(mktemp -d)
 trap 'rm -rf "$w"' EXIT

@@ -6,8 +6,8 @@ runs the reference `apply_augmentation_by_level` (from ../shared/reference/stree
 imported, not copied), then what `natix.protocol.prepare_synapse` does with the result
 (`ToPILImage`, JPEG at PIL's defaults), decodes that JPEG and records the draws and pixel
 statistics. No image goes into the fixture: file names relative to the shared data folder, the
-params the reference drew, and statistics. `host/src/offline/augment.rs` replays each case
-through the port and compares (`cargo test --release -p cascade-host --lib augment`).
+params the reference drew, and statistics. `offline/src/augment/` replays each case
+through the port and compares (`cargo test --release -p cascade-offline --lib augment`).
 
 Needs torch, torchvision, opencv-python-headless, numpy and pillow, in a throw-away venv:
 

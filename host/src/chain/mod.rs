@@ -16,9 +16,10 @@ pub use snapshot::{Metagraph, Standing};
 
 use crate::config::AxonConfig;
 
-pub use crate::config::{Rule, CHAIN_FILE};
+pub use crate::config::Rule;
+pub(crate) use crate::config::CHAIN_FILE;
 /// The subnet this product serves.
-pub const NETUID: u16 = 72;
+pub(crate) const NETUID: u16 = 72;
 
 /// `policies/chain.toml`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -82,7 +83,7 @@ impl ChainConfig {
 }
 
 /// Now, in unix seconds.
-pub fn now_unix_s() -> f64 {
+pub(crate) fn now_unix_s() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 

@@ -104,7 +104,7 @@ impl Metagraph {
     }
 
     /// The caller's best standing over all its uids; `None` when it is not registered.
-    pub fn standing(&self, hotkey: &str) -> Option<Standing> {
+    pub(crate) fn standing(&self, hotkey: &str) -> Option<Standing> {
         let uids = self.by_hotkey.get(hotkey)?;
         Some(Standing {
             validator_permit: uids.iter().any(|n| n.validator_permit),
@@ -125,7 +125,7 @@ impl Metagraph {
     }
 
     /// Seconds since the snapshot was taken.
-    pub fn age_s(&self, now_unix_s: f64) -> f64 {
+    pub(crate) fn age_s(&self, now_unix_s: f64) -> f64 {
         (now_unix_s - self.taken_at).max(0.0)
     }
 }

@@ -11,7 +11,7 @@ use parking_lot::RwLock;
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 
 /// Longest label value kept; longer ones are cut.
-pub const MAX_LABEL_LEN: usize = 64;
+pub(crate) const MAX_LABEL_LEN: usize = 64;
 
 /// A label value made only of `[A-Za-z0-9_.:@/+-]`; anything else becomes `_`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

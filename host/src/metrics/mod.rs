@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 pub use label::{Bounded, Label};
 
 /// The content type of `render`'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Latency buckets in seconds.
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 9.0];
@@ -245,12 +245,12 @@ impl Metrics {
     }
 
     /// A request refused before any policy ran.
-    pub fn rejected(&self, code: &'static str, status: u16) {
+    pub(crate) fn rejected(&self, code: &'static str, status: u16) {
         self.ingress.rejected.get_or_create(&RejectedLabels { code, status }).inc();
     }
 
     /// A component trapped, ran out of fuel or time, or could not be instantiated.
-    pub fn component_event(&self, hotkey: &str, role: &'static str, kind: &'static str) {
+    pub(crate) fn component_event(&self, hotkey: &str, role: &'static str, kind: &'static str) {
         self.policies.events.get_or_create(&EventLabels { hotkey: Label::new(hotkey), role, kind }).inc();
     }
 
@@ -266,7 +266,7 @@ impl Metrics {
     }
 
     /// A stage cache lookup (`hit`, `miss`, `wait`) or eviction (`evicted`).
-    pub fn stage_cache(&self, model: &str, result: &'static str) {
+    pub(crate) fn stage_cache(&self, model: &str, result: &'static str) {
         // model names come from the registry (or a component's call of a configured model)
         self.policies.cache.get_or_create(&CacheLabels { model: Label::new(model), result }).inc();
     }
@@ -294,7 +294,7 @@ impl Metrics {
     }
 
     /// `promote`, `rollback`, `step`.
-    pub fn rollout_event(&self, hotkey: &str, event: &'static str) {
+    pub(crate) fn rollout_event(&self, hotkey: &str, event: &'static str) {
         self.rollouts.events.get_or_create(&RolloutLabels { hotkey: Label::new(hotkey), event }).inc();
     }
 

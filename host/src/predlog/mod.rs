@@ -167,7 +167,7 @@ impl Log {
 }
 
 /// A request id: unique in the process and ordered by time.
-pub fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     format!("{ms:x}-{:x}", N.fetch_add(1, Ordering::Relaxed))

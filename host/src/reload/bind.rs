@@ -16,7 +16,7 @@ use crate::rollout::Rollout;
 use crate::runtime::{Bound, Limits, Plugin, Role, RoleSet, Runtime};
 
 /// The highest version of `name` that meets the requirement and serves the role.
-pub fn resolve(plugins: &[Arc<Plugin>], r: &ComponentRef, role: Role) -> Result<Arc<Plugin>, String> {
+pub(crate) fn resolve(plugins: &[Arc<Plugin>], r: &ComponentRef, role: Role) -> Result<Arc<Plugin>, String> {
     let named: Vec<&Arc<Plugin>> = plugins.iter().filter(|p| p.name == r.name).collect();
     if named.is_empty() {
         return Err(format!("no component named {}", r.name));

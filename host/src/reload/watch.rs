@@ -11,7 +11,7 @@ use std::time::Duration;
 use notify_debouncer_mini::notify::{self, EventKind, RecursiveMode, Watcher};
 
 /// How long the folders must be quiet before a reload starts.
-pub const QUIET: Duration = Duration::from_millis(50);
+pub(crate) const QUIET: Duration = Duration::from_millis(50);
 
 fn relevant(e: &notify::Event) -> bool {
     if matches!(e.kind, EventKind::Access(_) | EventKind::Other) {

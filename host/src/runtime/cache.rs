@@ -85,7 +85,7 @@ pub struct Lead {
 }
 
 impl Lead {
-    pub fn resolve(mut self, r: &Result<Output, Error>) {
+    pub(crate) fn resolve(mut self, r: &Result<Output, Error>) {
         if let Some(key) = self.key.take() {
             self.cache.finish(key, &self.flight, r.clone());
         }

@@ -191,7 +191,7 @@ pub fn run(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Result<Output, Erro
 }
 
 /// Calls one `run-all` may make; later ones answer `invalid-argument`.
-pub const MAX_RUN_ALL: usize = 32;
+pub(crate) const MAX_RUN_ALL: usize = 32;
 
 /// Starts every call before waiting for any, so the models work concurrently.
 pub fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Result<Outcome, Error>> {
@@ -261,7 +261,7 @@ pub fn to_outcome(o: Output) -> Outcome {
 }
 
 /// The contract's form of a VLM answer.
-pub fn to_answer(a: cascade_engines::Answer) -> wit::Answer {
+pub(crate) fn to_answer(a: cascade_engines::Answer) -> wit::Answer {
     wit::Answer {
         text: a.text,
         p_yes: a.p_yes,

@@ -11,11 +11,11 @@ use super::store::StoreState;
 use crate::wit::image::ImageRef;
 
 /// How often the epoch advances; per-call wall-clock deadlines are counted in these ticks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Fuel and wall-clock ticks for a component's set-up calls (its info, a smoke request).
-pub const SETUP_FUEL: u64 = 500_000_000;
-pub const SETUP_TICKS: u64 = 2_000 / EPOCH_TICK.as_millis() as u64;
+pub(crate) const SETUP_FUEL: u64 = 500_000_000;
+pub(crate) const SETUP_TICKS: u64 = 2_000 / EPOCH_TICK.as_millis() as u64;
 
 /// Engine-wide settings (how the process runs, from flags).
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ pub mod pool;
 pub mod request;
 mod store;
 
-pub use engine::{Runtime, RuntimeConfig, EPOCH_TICK};
+pub use engine::{Runtime, RuntimeConfig};
 pub use plugin::{Plugin, PluginError, Role};
 pub use pool::{Bound, CallError, Limits, RoleSet};
 pub use store::StoreState;

@@ -204,7 +204,7 @@ impl Bound {
     }
 
     /// The text scorer, as a router sees it: a failure becomes the `component` error.
-    pub fn score_text(&self, ctx: &Arc<RequestCtx>, lines: Vec<TextLine>) -> Result<Option<f32>, Error> {
+    pub(crate) fn score_text(&self, ctx: &Arc<RequestCtx>, lines: Vec<TextLine>) -> Result<Option<f32>, Error> {
         let r = self.with(ctx, None, |store, exports| {
             let Exports::TextScorer(g) = exports else { wasmtime::bail!("{} is not a text scorer", self.plugin.name) };
             g.call_score_text(&mut *store, &lines)
@@ -233,7 +233,7 @@ impl Bound {
     }
 
     /// Warm instances right now (for status and tests).
-    pub fn warm_instances(&self) -> usize {
+    pub(crate) fn warm_instances(&self) -> usize {
         self.warm.lock().len()
     }
 }

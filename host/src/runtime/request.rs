@@ -16,9 +16,9 @@ use crate::wit::image::ImageRef;
 use crate::wit::Error;
 
 /// Images a request's components may hold (the original counts as one).
-pub const MAX_DERIVED_IMAGES: u32 = 256;
+pub(crate) const MAX_DERIVED_IMAGES: u32 = 256;
 /// Pixels of crops and flips one request may derive in all (32 full-HD frames' worth).
-pub const MAX_DERIVED_PIXELS: u64 = 64 << 20;
+pub(crate) const MAX_DERIVED_PIXELS: u64 = 64 << 20;
 
 /// A memoised result with the content key of its image, where known.
 pub type KeyedResult = (Option<[u8; 16]>, CallKey, Result<Output, Error>);
@@ -100,7 +100,7 @@ impl RequestCtx {
     }
 
     /// A handle on an image derived from the request's.
-    pub fn derived(&self, pixels: Image, key: [u8; 16]) -> ImageRef {
+    pub(crate) fn derived(&self, pixels: Image, key: [u8; 16]) -> ImageRef {
         let id = self.next_image.fetch_add(1, Ordering::Relaxed);
         self.keys.lock().insert(id, key);
         ImageRef::with_key(id, pixels, key)
@@ -112,7 +112,7 @@ impl RequestCtx {
     }
 
     /// The request's image's width and height.
-    pub fn original_size(&self) -> (u32, u32) {
+    pub(crate) fn original_size(&self) -> (u32, u32) {
         *self.size.lock()
     }
 
@@ -134,7 +134,7 @@ impl RequestCtx {
     }
 
     /// Makes this a dry run (see `dry`).
-    pub fn dry_run(mut self: Arc<Self>) -> Arc<Self> {
+    pub(crate) fn dry_run(mut self: Arc<Self>) -> Arc<Self> {
         if let Some(me) = Arc::get_mut(&mut self) {
             me.dry = true;
         }

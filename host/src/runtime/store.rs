@@ -38,12 +38,12 @@ impl StoreState {
 
     /// Whether a memory or table grow was refused since the last call began: a trap that
     /// follows is the memory cap's, told by the limiter itself rather than by an error text.
-    pub fn hit_memory_cap(&self) -> bool {
+    pub(crate) fn hit_memory_cap(&self) -> bool {
         self.limits.denied
     }
 
     /// Frees the handles made during a call and forgets the request.
-    pub fn end_call(&mut self) {
+    pub(crate) fn end_call(&mut self) {
         for rep in self.created.drain(..) {
             let _ = self.table.delete(Resource::<ImageRef>::new_own(rep));
         }
@@ -60,7 +60,7 @@ pub struct MemoryCap {
 
 impl MemoryCap {
     /// Clears the record before a call.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.denied = false;
     }
 }

@@ -33,7 +33,7 @@ fn invalid_json(detail: impl std::fmt::Display) -> Refusal {
 }
 
 /// The image bytes of a `/v1/predict` body, by content type.
-pub fn image_bytes(content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, Refusal> {
+pub(crate) fn image_bytes(content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, Refusal> {
     let ct = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     match ct.as_deref() {
         Some("application/json") => {
@@ -55,7 +55,7 @@ pub fn image_bytes(content_type: Option<&str>, body: &[u8]) -> Result<Vec<u8>, R
 }
 
 /// Standard base64, with or without padding, optionally as a `data:` URL.
-pub fn decode_base64(s: &str) -> Result<Vec<u8>, Refusal> {
+pub(crate) fn decode_base64(s: &str) -> Result<Vec<u8>, Refusal> {
     let s = s.trim();
     let s = match s.strip_prefix("data:") {
         Some(rest) => rest.split_once(',').map(|(_, d)| d).unwrap_or(""),

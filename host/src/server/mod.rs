@@ -15,4 +15,4 @@ mod listen;
 pub mod state;
 
 pub use ingress::{IngressLimits, Refusal};
-pub use state::{Recent, Server, Serving, DEFAULT_MAX_CONNECTIONS, RECENT};
+pub use state::{Recent, Server, Serving, DEFAULT_MAX_CONNECTIONS};

@@ -55,7 +55,7 @@ pub struct Server {
 }
 
 /// Answers kept for the status page.
-pub const RECENT: usize = 50;
+pub(crate) const RECENT: usize = 50;
 
 /// One answer, as the status page lists it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -92,7 +92,7 @@ impl Server {
     }
 
     /// Records an answer for the status page (the oldest one goes).
-    pub fn note_answer(&self, hotkey: &str, answer: &Answer, took: Duration) {
+    pub(crate) fn note_answer(&self, hotkey: &str, answer: &Answer, took: Duration) {
         let r = Recent {
             at_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

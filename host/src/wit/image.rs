@@ -6,7 +6,7 @@ use cascade_engines::Image;
 
 /// A 128-bit content key: sha-256 of a domain and parts, truncated (collisions cannot be
 /// crafted, so one client's image can never be answered with another's cached result).
-pub fn key_of(domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
+pub(crate) fn key_of(domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     h.update(domain);
@@ -35,19 +35,19 @@ impl ImageRef {
     }
 
     /// An image whose content key is already known (the request's bytes, or a derivation).
-    pub fn with_key(id: u32, pixels: Image, key: [u8; 16]) -> ImageRef {
+    pub(crate) fn with_key(id: u32, pixels: Image, key: [u8; 16]) -> ImageRef {
         ImageRef { id, pixels, hash: std::sync::OnceLock::from(key) }
     }
 
     /// The key of an image derived from this one by `op` (a crop's box, a flip): the same
     /// parent and operation give the same pixels, so no pixel needs hashing.
-    pub fn derived_key(&self, op: &[u8]) -> [u8; 16] {
+    pub(crate) fn derived_key(&self, op: &[u8]) -> [u8; 16] {
         key_of(b"derived", &[&self.content_hash(), op])
     }
 
     /// The content key: preset from the request's encoded bytes (hashing ~15 KB of JPEG
     /// instead of ~150 KB of pixels), else sha-256 of the dimensions and pixels.
-    pub fn content_hash(&self) -> [u8; 16] {
+    pub(crate) fn content_hash(&self) -> [u8; 16] {
         *self.hash.get_or_init(|| {
             let (w, h) = (self.pixels.width().to_le_bytes(), self.pixels.height().to_le_bytes());
             key_of(b"pixels", &[&w, &h, self.pixels.as_raw()])

@@ -23,7 +23,7 @@ pub use exports::cascade::policy::router::{Decision, RequestMeta};
 /// The contract version this host implements. Components built for any earlier 1.x work
 /// unchanged: released versions only ever add imports, and the linker resolves a 1.0.0
 /// import name to the 1.2.0 definition (semver-compatible names).
-pub const CONTRACT: &str = "1.2.0";
+pub(crate) const CONTRACT: &str = "1.2.0";
 
 /// How a primitive's error reads in traces, logs and fallback reasons. `bindgen!` already
 /// derives `Display` for a WIT error type (as its `Debug` form), so the prose lives here; the

@@ -25,7 +25,7 @@ use crate::policy::Hotkey;
 use verify::{now_ns, Signed};
 
 /// The longest dendrite uuid kept (the SDK sends a 36-character UUID).
-pub const MAX_UUID_LEN: usize = 64;
+pub(crate) const MAX_UUID_LEN: usize = 64;
 
 pub const SYNAPSES: [&str; 2] = ["ImageSynapse", "ExtendedImageSynapse"];
 
@@ -36,7 +36,7 @@ pub const EMPTY_BODY_HASH: &str = "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b4
 type Resp = Response<Full<Bytes>>;
 
 /// Whether a path is an axon route (a synapse name, known or not).
-pub fn is_synapse_path(path: &str) -> bool {
+pub(crate) fn is_synapse_path(path: &str) -> bool {
     let name = path.trim_start_matches('/');
     !name.is_empty() && !name.contains('/') && name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
 }
@@ -86,7 +86,7 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, Refusal> {
 }
 
 /// The answer of an axon port to anything but a synapse route.
-pub fn not_found(path: &str) -> Resp {
+pub(crate) fn not_found(path: &str) -> Resp {
     let mut r = error(StatusCode::NOT_FOUND, format!("no route {path} on an axon port"));
     r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     r
@@ -107,7 +107,7 @@ pub struct SynapseHeaders {
 }
 
 /// Reads and checks the headers (400 for anything malformed or the wrong body hash).
-pub fn parse_headers(h: &HeaderMap) -> Result<SynapseHeaders, Refusal> {
+pub(crate) fn parse_headers(h: &HeaderMap) -> Result<SynapseHeaders, Refusal> {
     let axon_hotkey = header(h, "bt_header_axon_hotkey")?.to_string();
     let dendrite = header(h, "bt_header_dendrite_hotkey")?.to_string();
     let uuid = header(h, "bt_header_dendrite_uuid")?.to_string();

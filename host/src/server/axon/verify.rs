@@ -46,7 +46,7 @@ impl Signed<'_> {
 
     /// sr25519 (signing context "substrate") over the message, or over `<Bytes>message</Bytes>`
     /// as the SDK also accepts.
-    pub fn verify_signature(&self) -> Result<(), VerifyError> {
+    pub(crate) fn verify_signature(&self) -> Result<(), VerifyError> {
         let sig = self.signature.trim();
         if sig.is_empty() {
             return Err(VerifyError::MissingSignature);
@@ -90,9 +90,9 @@ struct Table {
 
 pub const ALLOWED_DELTA_NS: u64 = 4_000_000_000;
 /// How far ahead of this host's clock a nonce may be (clock skew between validator and miner).
-pub const MAX_FUTURE_NS: u64 = 3_600_000_000_000;
+pub(crate) const MAX_FUTURE_NS: u64 = 3_600_000_000_000;
 /// The longest timeout a caller may claim when the window is computed (validators send 9–12 s).
-pub const MAX_TIMEOUT_S: f64 = 60.0;
+pub(crate) const MAX_TIMEOUT_S: f64 = 60.0;
 
 pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
