@@ -1,5 +1,6 @@
 //! Binary classification figures: confusion matrix, accuracy, MCC, F1, and the validator's
-//! reward `(0.5·MCC + 0.5·accuracy)³`.
+//! reward `(0.5·MCC + 0.5·accuracy)³`; and 95 % bootstrap intervals for accuracy and MCC, so a
+//! figure of a few dozen images is read as the range it is.
 
 use serde::Serialize;
 
@@ -49,6 +50,81 @@ impl Confusion {
     }
 }
 
+/// Groups smaller than this are reported as too small to read.
+pub const MIN_READABLE: u64 = 30;
+/// Bootstrap resamples behind an interval.
+pub const BOOTSTRAP_REPS: usize = 2000;
+
+/// Each answer as (said roadwork, is roadwork): what intervals are drawn from.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub answers: Vec<(bool, bool)>,
+}
+
+/// 95 % percentile-bootstrap intervals.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Intervals {
+    pub accuracy: [f64; 2],
+    pub mcc: [f64; 2],
+}
+
+impl Sample {
+    /// `pred` is P(roadwork), read as the validator reads it (> 0.5).
+    pub fn add(&mut self, pred: f32, label: bool) {
+        self.answers.push((pred > 0.5, label));
+    }
+
+    pub fn confusion(&self) -> Confusion {
+        let mut c = Confusion::default();
+        for &(said, is) in &self.answers {
+            c.add(if said { 1.0 } else { 0.0 }, is);
+        }
+        c
+    }
+
+    /// Whether the group is large enough to read a figure from.
+    pub fn readable(&self) -> bool {
+        self.answers.len() as u64 >= MIN_READABLE
+    }
+
+    /// 95 % intervals from `reps` resamples with replacement (deterministic for a seed).
+    pub fn intervals(&self, reps: usize, seed: u64) -> Option<Intervals> {
+        let n = self.answers.len();
+        if n == 0 || reps == 0 {
+            return None;
+        }
+        let mut rng = SplitMix(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let (mut acc, mut mcc) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+        for _ in 0..reps {
+            let mut c = Confusion::default();
+            for _ in 0..n {
+                let (said, is) = self.answers[(rng.next() % n as u64) as usize];
+                c.add(if said { 1.0 } else { 0.0 }, is);
+            }
+            let f = c.figures();
+            acc.push(f.accuracy);
+            mcc.push(f.mcc);
+        }
+        acc.sort_by(f64::total_cmp);
+        mcc.sort_by(f64::total_cmp);
+        let ci = |v: &[f64]| [percentile(v, 0.025), percentile(v, 0.975)];
+        Some(Intervals { accuracy: ci(&acc), mcc: ci(&mcc) })
+    }
+}
+
+/// A small, fast generator for resampling (splitmix64).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -75,5 +151,30 @@ mod tests {
         let mut half = Confusion::default();
         half.add(0.5, true);
         assert_eq!(half.fn_, 1, "0.5 is read as no roadwork");
+    }
+
+    #[test]
+    fn bootstrap_intervals_hold_the_figure_and_narrow_with_more_images() {
+        // 80 % right, both classes even
+        let sample = |n: usize| {
+            let mut s = Sample::default();
+            for i in 0..n {
+                let label = i % 2 == 0;
+                let right = i % 10 < 8;
+                s.add(if label == right { 0.9 } else { 0.1 }, label);
+            }
+            s
+        };
+        let (small, large) = (sample(40), sample(1000));
+        let f = large.confusion().figures();
+        let (a, b) = (small.intervals(BOOTSTRAP_REPS, 1).unwrap(), large.intervals(BOOTSTRAP_REPS, 1).unwrap());
+        assert!(b.accuracy[0] <= f.accuracy && f.accuracy <= b.accuracy[1], "{b:?}");
+        assert!(b.mcc[0] <= f.mcc && f.mcc <= b.mcc[1], "{b:?} {}", f.mcc);
+        assert!(a.mcc[1] - a.mcc[0] > 2.0 * (b.mcc[1] - b.mcc[0]), "{a:?} vs {b:?}");
+        // about ±0.025 for accuracy 0.8 over 1000 images
+        assert!((b.accuracy[1] - b.accuracy[0] - 0.05).abs() < 0.015, "{b:?}");
+        assert_eq!(small.intervals(100, 7), small.intervals(100, 7), "a seed gives the same interval");
+        assert!(!sample(29).readable() && sample(30).readable());
+        assert_eq!(Sample::default().intervals(10, 1), None);
     }
 }

@@ -65,6 +65,15 @@ impl Hotkey {
         Some(format!("{} {}", self.name, crate::chain::describe(ss58, &self.axon, chain)))
     }
 
+    /// What keeps validators from answers at this hotkey's axon (`chain::health`), when the
+    /// hotkey serves the subnet.
+    pub fn alarms(&self, chain: &crate::chain::Chain) -> Vec<crate::chain::health::Alarm> {
+        self.ss58
+            .as_deref()
+            .map(|ss58| crate::chain::health::alarms(&self.name, ss58, &self.axon, chain))
+            .unwrap_or_default()
+    }
+
     /// The decision without rollout routing (offline tools): the winner or the stable arm.
     pub fn answer(&self, models: &Arc<Models>, image: Image) -> Answer {
         let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);

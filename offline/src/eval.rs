@@ -12,7 +12,7 @@ use super::augment::{Levels, Style};
 use super::manifest;
 use super::train::load_example;
 use super::Progress;
-use cascade_common::scores::{percentile, Confusion};
+use cascade_common::scores::{percentile, Intervals, Sample, BOOTSTRAP_REPS, MIN_READABLE};
 use cascade_host::load::{self, Sources};
 use cascade_host::runtime::Runtime;
 
@@ -46,10 +46,10 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
     let loaded = manifest::load_all(std::slice::from_ref(&a.manifest))?;
     let examples = loaded.examples;
     let style = Style::from_flags(a.validator_style, a.levels.clone(), a.seed);
-    let mut conf = Confusion::default();
-    let mut per_level: BTreeMap<u8, Confusion> = BTreeMap::new();
+    let mut conf = Sample::default();
+    let mut per_level: BTreeMap<u8, Sample> = BTreeMap::new();
     // images that already are challenges (the manifest's `challenge` column), used as read
-    let mut as_sent = Confusion::default();
+    let mut as_sent = Sample::default();
     let mut stages: BTreeMap<String, u64> = BTreeMap::new();
     let mut latency = Vec::with_capacity(examples.len());
     let (mut model_ms, mut fallbacks, mut failed) = (0f64, 0u64, 0u64);
@@ -105,11 +105,17 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         w.flush()?;
     }
     latency.sort_by(f64::total_cmp);
-    let fig = conf.figures();
+    let fig = conf.confusion().figures();
+    let ci = conf.intervals(BOOTSTRAP_REPS, a.seed);
     let n = (fig.n as f64).max(1.0);
     let stage_share: BTreeMap<&String, f64> = stages.iter().map(|(k, v)| (k, *v as f64 / n)).collect();
-    let levels: BTreeMap<String, _> = per_level.iter().map(|(l, c)| (l.to_string(), c.figures())).collect();
-    let as_sent = as_sent.figures();
+    let group = |s: &Sample| {
+        let f = s.confusion().figures();
+        let ci = s.intervals(BOOTSTRAP_REPS, a.seed);
+        json!({"n": f.n, "accuracy": f.accuracy, "mcc": f.mcc, "reward": f.reward, "f1": f.f1,
+            "ci95": ci, "too_small": !s.readable()})
+    };
+    let levels: BTreeMap<String, _> = per_level.iter().map(|(l, s)| (l.to_string(), group(s))).collect();
     let report = json!({
         "hotkey": a.hotkey,
         "manifest": a.manifest,
@@ -117,10 +123,13 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         "levels": style.as_ref().map(|s| s.levels.to_string()),
         "seed": style.as_ref().map(|s| s.seed),
         "per_level": levels,
-        "as_sent": (as_sent.n > 0).then_some(&as_sent),
+        "as_sent": (!as_sent.answers.is_empty()).then(|| group(&as_sent)),
         "n": fig.n,
         "accuracy": fig.accuracy,
         "mcc": fig.mcc,
+        "ci95": ci,
+        "bootstrap_reps": BOOTSTRAP_REPS,
+        "too_small": !conf.readable(),
         "f1": fig.f1,
         "precision": fig.precision,
         "recall": fig.recall,
@@ -147,20 +156,40 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
                 None => String::new(),
             }
         );
-        println!("  accuracy  {:.4}    MCC {:.4}    F1 {:.4}", fig.accuracy, fig.mcc, fig.f1);
+        println!(
+            "  accuracy  {:.4} {}   MCC {:.4} {}   F1 {:.4}{}",
+            fig.accuracy,
+            bracket(ci.map(|c| c.accuracy)),
+            fig.mcc,
+            bracket(ci.map(|c| c.mcc)),
+            fig.f1,
+            small(&conf)
+        );
         println!("  precision {:.4}    recall {:.4}", fig.precision, fig.recall);
         println!("  reward (0.5·MCC + 0.5·acc)³ = {:.4}", fig.reward);
         let c = fig.confusion;
         println!("  confusion  TP {}  FP {}  TN {}  FN {}", c.tp, c.fp, c.tn, c.fn_);
-        for (l, f) in &levels {
-            println!("  level {l}  n {:>5}  accuracy {:.4}  MCC {:.4}  reward {:.4}", f.n, f.accuracy, f.mcc, f.reward);
-        }
-        if as_sent.n > 0 {
-            let f = &as_sent;
+        println!("  [ ]: 95 % bootstrap intervals ({BOOTSTRAP_REPS} resamples of the images)");
+        let line = |name: String, s: &Sample| {
+            let f = s.confusion().figures();
+            let ci: Option<Intervals> = s.intervals(BOOTSTRAP_REPS, a.seed);
             println!(
-                "  as sent  n {:>5}  accuracy {:.4}  MCC {:.4}  reward {:.4}  (challenges, used as read)",
-                f.n, f.accuracy, f.mcc, f.reward
+                "  {name:<8} n {:>5}  accuracy {:.4} {}  MCC {:.4} {}  reward {:.4}{}",
+                f.n,
+                f.accuracy,
+                bracket(ci.map(|c| c.accuracy)),
+                f.mcc,
+                bracket(ci.map(|c| c.mcc)),
+                f.reward,
+                small(s)
             );
+        };
+        for (l, s) in &per_level {
+            line(format!("level {l}"), s);
+        }
+        if !as_sent.answers.is_empty() {
+            line("as sent".into(), &as_sent);
+            println!("           (as sent: challenges, used as read)");
         }
         for (s, share) in &stage_share {
             println!("  stage {s:<16} {:>5.1}%", share * 100.0);
@@ -170,4 +199,18 @@ pub fn eval(rt: &Arc<Runtime>, src: &Sources, a: &EvalArgs) -> anyhow::Result<Ex
         println!("  latency ms  p50 {:.1}  p99 {:.1}", percentile(&latency, 0.5), percentile(&latency, 0.99));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `[0.712, 0.841]`.
+fn bracket(ci: Option<[f64; 2]>) -> String {
+    ci.map_or("[–]".into(), |[lo, hi]| format!("[{lo:.3}, {hi:.3}]"))
+}
+
+/// The mark of a group too small to read a figure from.
+fn small(s: &Sample) -> String {
+    if s.readable() {
+        String::new()
+    } else {
+        format!("  (n < {MIN_READABLE}: too small to read)")
+    }
 }

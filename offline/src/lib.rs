@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod replay;
 pub mod train;
 pub mod tune;
+pub mod tune_candidate;
 pub mod tune_space;
 pub mod tune_svg;
 

@@ -253,6 +253,7 @@ pub fn tune(rt: &Arc<Runtime>, src: &Sources, a: &TuneArgs) -> anyhow::Result<Ex
     }
 
     let frontier = pareto(&outcomes);
+    let sweeps = sweeps(&all, chosen, &names, has_fuser);
     println!(
         "tune {}: {} images ({} groups), evidence in {probe_s:.1} s, {} settings in {sweep_s:.2} s",
         a.hotkey,
@@ -260,6 +261,20 @@ pub fn tune(rt: &Arc<Runtime>, src: &Sources, a: &TuneArgs) -> anyhow::Result<Ex
         groups.len(),
         settings.len()
     );
+    let flat = frontier.len() == 1;
+    if flat {
+        let (o, f) = (&outcomes[frontier[0]].1, outcomes[frontier[0]].1.figures());
+        println!(
+            "the frontier is one point: no setting is both cheaper and better than {:.2} ms/request at MCC {:.3}{}",
+            o.ms(),
+            f.mcc,
+            if outcomes.iter().all(|(_, x)| (x.ms() - o.ms()).abs() < 1e-9 && x.figures().mcc == f.mcc) {
+                " (every setting answers these images the same: the space changes nothing here)"
+            } else {
+                ""
+            }
+        );
+    }
     println!("cost/accuracy frontier (model ms per request → {}):", a.objective);
     println!("  {:>8} {:>7} {:>7} {:>8}  setting", "ms", "MCC", "reward", "accuracy");
     for &j in frontier.iter().take(15) {
@@ -300,6 +315,10 @@ pub fn tune(rt: &Arc<Runtime>, src: &Sources, a: &TuneArgs) -> anyhow::Result<Ex
         );
     }
     println!("chosen: {}", describe(chosen, &names));
+    let chosen_mcc = outcomes[best].1.figures().mcc;
+    for note in sweep_notes(&sweeps, chosen_mcc, &space, &names, &a.objective, a.max_ms, &all, chosen, has_fuser) {
+        println!("  note: {note}");
+    }
     // the simulation checked: the chosen setting through the real components
     let (agree, checked) = check_chosen(
         rt,
@@ -314,27 +333,40 @@ pub fn tune(rt: &Arc<Runtime>, src: &Sources, a: &TuneArgs) -> anyhow::Result<Ex
         has_fuser,
     )?;
     println!("checked through the components: {agree} of {checked} answers as simulated");
-    write_candidate(
+    super::tune_candidate::write(
         &hk.file,
         &a.out,
-        &params,
-        chosen,
-        fuser.as_ref().map(|f| (f.plugin.name.clone(), fuser_params.clone())),
+        &with_exits(&params, chosen),
+        fuser.as_ref().map(|_| with_weights(&fuser_params, chosen)).as_ref(),
     )?;
     println!("candidate hotkey file (canary rollout): {}", a.out.display());
     if let Some(svg) = &a.svg {
         let points: Vec<(f64, f64)> = outcomes.iter().map(|(_, o)| (o.ms(), o.figures().mcc)).collect();
         let front: Vec<(f64, f64)> =
             frontier.iter().map(|&j| (outcomes[j].1.ms(), outcomes[j].1.figures().mcc)).collect();
-        let sweeps = sweeps(&all, chosen, &names, has_fuser);
-        let pic = super::tune_svg::draw(
-            &format!("cascade tune {} — {} images, {} settings", a.hotkey, probes.len(), settings.len()),
-            &points,
-            &front,
-            (current.ms(), current.figures().mcc),
-            (outcomes[best].1.ms(), outcomes[best].1.figures().mcc),
-            &sweeps,
-        );
+        let mut notes = vec![format!(
+            "chosen: in-sample MCC {:.3} (current {:.3}){}",
+            chosen_mcc,
+            current.figures().mcc,
+            if flat { "; the frontier is one point" } else { "" }
+        )];
+        if groups.len() > 1 {
+            notes.push(format!(
+                "the choice remade without each of {} groups, scored on it (leave-one-group-out): MCC {:.3} (current {:.3})",
+                groups.len(),
+                cv.figures().mcc,
+                cv_current.figures().mcc
+            ));
+        }
+        let pic = super::tune_svg::draw(&super::tune_svg::Picture {
+            title: format!("cascade tune {} — {} images, {} settings", a.hotkey, probes.len(), settings.len()),
+            points: &points,
+            front: &front,
+            current: (current.ms(), current.figures().mcc),
+            chosen: (outcomes[best].1.ms(), chosen_mcc),
+            sweeps: &sweeps,
+            notes,
+        });
         std::fs::write(svg, pic).map_err(|e| anyhow::anyhow!("{}: {e}", svg.display()))?;
         println!("frontier and threshold sweep: {}", svg.display());
     }
@@ -451,30 +483,87 @@ fn pareto(outcomes: &[(usize, Outcome)]) -> Vec<usize> {
 }
 
 /// MCC against each threshold of the first stage that has them, the rest as chosen.
-fn sweeps(probes: &[&Probe], chosen: &Setting, names: &[String], has_fuser: bool) -> Vec<(String, Vec<(f64, f64)>)> {
+fn sweeps(probes: &[&Probe], chosen: &Setting, names: &[String], has_fuser: bool) -> Vec<super::tune_svg::Sweep> {
     let Some(i) = chosen.exits.iter().position(|(l, h)| l.is_some() || h.is_some()) else { return Vec::new() };
     let grid: Vec<f32> = (1..20).map(|k| k as f32 * 0.05).collect();
     let mut out = Vec::new();
     for high in [false, true] {
-        let pts = grid
+        let points = grid
             .iter()
             .filter_map(|&v| {
-                let mut s = chosen.clone();
-                if high {
-                    s.exits[i].1 = Some(v);
-                } else {
-                    s.exits[i].0 = Some(v);
-                }
-                let (lo, hi) = s.exits[i];
-                if lo.zip(hi).is_some_and(|(l, h)| l >= h) {
-                    return None;
-                }
+                let s = with_threshold(chosen, i, high, v)?;
                 Some((v as f64, simulate(probes, &s, has_fuser).figures().mcc))
             })
             .collect();
-        out.push((format!("{}.{}", names[i], if high { "exit_high" } else { "exit_low" }), pts));
+        let at = if high { chosen.exits[i].1 } else { chosen.exits[i].0 };
+        out.push(super::tune_svg::Sweep {
+            name: format!("{}.{}", names[i], if high { "exit_high" } else { "exit_low" }),
+            points,
+            chosen_at: at.map(f64::from),
+        });
     }
     out
+}
+
+/// The setting with one threshold moved (`None` when it would cross the other).
+fn with_threshold(s: &Setting, stage: usize, high: bool, v: f32) -> Option<Setting> {
+    let mut s = s.clone();
+    if high {
+        s.exits[stage].1 = Some(v);
+    } else {
+        s.exits[stage].0 = Some(v);
+    }
+    let (lo, hi) = s.exits[stage];
+    (!lo.zip(hi).is_some_and(|(l, h)| l >= h)).then_some(s)
+}
+
+/// Why the sweep's best point is not the chosen setting, when the sweep shows a better MCC.
+#[allow(clippy::too_many_arguments)]
+fn sweep_notes(
+    sweeps: &[super::tune_svg::Sweep],
+    chosen_mcc: f64,
+    space: &Space,
+    names: &[String],
+    objective: &str,
+    max_ms: Option<f64>,
+    probes: &[&Probe],
+    chosen: &Setting,
+    has_fuser: bool,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let Some(stage) = chosen.exits.iter().position(|(l, h)| l.is_some() || h.is_some()) else { return notes };
+    for (w, high) in sweeps.iter().zip([false, true]) {
+        let Some(&(v, m)) = w.points.iter().max_by(|a, b| a.1.total_cmp(&b.1)) else { continue };
+        if m <= chosen_mcc + 1e-9 {
+            continue;
+        }
+        let why = if objective != "mcc" {
+            format!("the objective is {objective}, not MCC")
+        } else if let Some(o) = with_threshold(chosen, stage, high, v as f32)
+            .map(|s| simulate(probes, &s, has_fuser))
+            .filter(|o| max_ms.is_some_and(|cap| o.ms() > cap))
+        {
+            format!("it costs {:.2} ms/request, above --max-ms", o.ms())
+        } else {
+            let values: Vec<String> = space
+                .exits
+                .iter()
+                .filter(|(i, h, _)| *i == stage && *h == high)
+                .flat_map(|(_, _, vs)| vs.iter().map(|v| v.map_or("none".into(), |v| format!("{v:.2}"))))
+                .collect();
+            format!(
+                "{v:.2} is not among the tune space's values for {}.{} ({}); add it to a --space file to try it",
+                names[stage],
+                if high { "exit_high" } else { "exit_low" },
+                if values.is_empty() { "the space does not vary it".to_string() } else { values.join(", ") }
+            )
+        };
+        notes.push(format!(
+            "the sweep of {} reaches MCC {m:.3} at {v:.2}, above the chosen setting's {chosen_mcc:.3} in-sample; not chosen because {why}",
+            w.name
+        ));
+    }
+    notes
 }
 
 fn describe(s: &Setting, names: &[String]) -> String {
@@ -499,7 +588,7 @@ fn describe(s: &Setting, names: &[String]) -> String {
 }
 
 /// The router's parameters with the setting's exit thresholds (to four decimals).
-fn with_exits(params: &Value, s: &Setting) -> Value {
+pub(crate) fn with_exits(params: &Value, s: &Setting) -> Value {
     let mut p = params.clone();
     if let Some(stages) = p["stages"].as_array_mut() {
         for (st, (lo, hi)) in stages.iter_mut().zip(&s.exits) {
@@ -516,50 +605,11 @@ fn with_exits(params: &Value, s: &Setting) -> Value {
 }
 
 /// The fuser's parameters with the setting's weights and boosts.
-fn with_weights(params: &Value, s: &Setting) -> Value {
+pub(crate) fn with_weights(params: &Value, s: &Setting) -> Value {
     let mut p = params.clone();
     p["weights"] = json!(s.weights);
     p["boost"] = json!(s.boost);
     p
-}
-
-/// The hotkey file with the chosen setting as its candidate and a canary rollout.
-fn write_candidate(
-    hotkey_file: &std::path::Path,
-    out: &std::path::Path,
-    router_params: &Value,
-    s: &Setting,
-    fuser: Option<(String, Value)>,
-) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(hotkey_file)?;
-    let mut doc: toml::Table = toml::from_str(&text)?;
-    // a role of the candidate: the stable arm's component with these parameters
-    let role = |name: &str, default: &str, params: &Value| -> anyhow::Result<toml::Value> {
-        let component = doc.get(name).and_then(|r| r.get("component")).cloned();
-        let mut t = toml::Table::new();
-        t.insert("component".into(), component.unwrap_or_else(|| toml::Value::String(default.into())));
-        t.insert("params".into(), toml::Value::try_from(params)?);
-        Ok(toml::Value::Table(t))
-    };
-    let mut cand = toml::Table::new();
-    cand.insert("router".into(), role("router", "cascade-router@^1", &with_exits(router_params, s))?);
-    if let Some((_, fp)) = fuser {
-        cand.insert("fuser".into(), role("fuser", "weighted@^1", &with_weights(&fp, s))?);
-    }
-    doc.insert("candidate".into(), toml::Value::Table(cand));
-    doc.entry("rollout").or_insert_with(|| {
-        let mut r = toml::Table::new();
-        r.insert("mode".into(), toml::Value::String("canary".into()));
-        r.insert("steps".into(), toml::Value::Array(vec![5.0.into(), 25.0.into(), 50.0.into()]));
-        r.insert("min_requests".into(), toml::Value::Integer(100));
-        toml::Value::Table(r)
-    });
-    let header = format!(
-        "# Written by `cascade tune` from {}: the stable policy as it was, the tuned setting as the\n# candidate, rolled out as a canary.\n",
-        hotkey_file.display()
-    );
-    std::fs::write(out, header + &toml::to_string(&doc)?).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -306,6 +306,31 @@ params.weights = { tint = 1.0 }
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["n"], 4, "{v}");
     assert_eq!(v["errors"], 2, "a bad label and a missing file: {v}");
+    // every figure with its 95 % interval; four images are too few to read
+    let (lo, hi) = (num(&v["ci95"]["mcc"][0]), num(&v["ci95"]["mcc"][1]));
+    assert!(lo <= num(&v["mcc"]) && num(&v["mcc"]) <= hi && lo < hi, "{v}");
+    assert!(num(&v["ci95"]["accuracy"][0]) <= num(&v["accuracy"]), "{v}");
+    assert_eq!(v["too_small"], true, "{v}");
+    for (_, l) in v["per_level"].as_object().expect("levels") {
+        assert_eq!(l["too_small"], true, "{l}");
+        assert!(l["ci95"]["accuracy"].is_array(), "{l}");
+    }
+    let text = cascade()
+        .args(["eval", "--hotkey", "speed", "--levels", "0-3", "--seed", "3", "--policies"])
+        .arg(&pol.0)
+        .arg("--components")
+        .arg(&comps.0)
+        .arg("--manifest")
+        .arg(&m)
+        .output()
+        .expect("eval");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("[ ]: 95 % bootstrap intervals (2000 resamples of the images)"), "{text}");
+    assert!(text.lines().filter(|l| l.contains("(n < 30: too small to read)")).count() >= 2, "{text}");
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("level ") && l.contains("accuracy") && l.contains("[")),
+        "{text}"
+    );
     let lines: Vec<Value> = std::fs::read_to_string(&rows)
         .expect("rows")
         .lines()

@@ -233,3 +233,79 @@ fn two_hotkeys_answer_every_concurrent_validator_batch() {
     assert_eq!(r["answers"], 400, "{r}");
     assert_eq!(r["statuses"]["200"], 400, "every answer 200: {r}");
 }
+
+/// A hotkey that admits by the metagraph with no snapshot loaded refuses every validator. That
+/// is loud everywhere: `check` fails naming the hotkey and the fix, the log warns, `/healthz`
+/// says `degraded` (still 200), `/metrics` carries the alarm the alert rules page on, and the
+/// status page shows a red banner and the refused validator by name; all of it clears when a
+/// snapshot arrives. A chain announcement that differs from `[axon.announce]` fails `check` too.
+#[test]
+fn a_validator_refused_for_want_of_a_snapshot_is_loud_everywhere() {
+    let _one = serial();
+    let wallets = TempDir::new("wallets-loud");
+    let w = dendrite(&["wallets", wallets.0.to_str().expect("path")]);
+    let s = ss58s(&w);
+    let dir = policies("loud", &[("a", &hotkey("a", &s("miner-a"), ""))]);
+    dir.write("chain.toml", "netuid = 72\n[admit]\nvalidator_permit = true\n");
+    let comps = components(false);
+    let (code, out) = run(&["check"], &dir.0, &comps.0);
+    assert_eq!(code, 1, "check fails: {out}");
+    let problem = out.lines().find(|l| l.starts_with("problem")).unwrap_or_else(|| panic!("{out}"));
+    assert!(problem.contains(&format!("hotkey a ({}) refuses every validator", s("miner-a"))), "{out}");
+    assert!(problem.contains("metagraph.json does not exist") && problem.contains("metagraph_sync.py --once"), "{out}");
+    assert!(out.contains("\n1 problem(s)\n"), "{out}");
+
+    let server = Server::start(&dir.0, false, PATIENT);
+    let port: u16 = server.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    use base64::Engine as _;
+    let img = base64::engine::general_purpose::STANDARD.encode(sign("road_closed"));
+    let spec = json!({"port": port, "miner": "miner-a", "image": img, "callers": ["validator"]}).to_string();
+    let r = dendrite(&["admission", wallets.0.to_str().expect("path"), &spec]);
+    assert_eq!(r["validator"]["dendrite_status"], 403, "{r}");
+    assert!(r["validator"]["message"].as_str().unwrap_or("").contains("no metagraph snapshot is loaded"), "{r}");
+
+    let (code, health) = get(&server.url("/healthz"));
+    let health: Value = serde_json::from_str(&health).expect("json");
+    assert_eq!((code, health["status"].as_str()), (200, Some("degraded")), "{health}");
+    assert_eq!(health["alarms"][0]["kind"], "no-snapshot", "{health}");
+    assert_eq!(health["alarms"][0]["hotkey"], "a", "{health}");
+    let (_, m) = get(&server.url("/metrics"));
+    assert!(m.contains("cascade_axon_alarm{hotkey=\"a\",kind=\"no-snapshot\",severity=\"refusing\"} 1"), "{m}");
+    let (_, page) = get(&server.url("/admin"));
+    assert!(page.contains("id=\"alarms\"") && page.contains("refuses every validator"), "a banner: {page}");
+    assert!(page.contains(&s("validator")) && page.contains("403 × 1"), "the refused caller by name: {page}");
+    let log = eventually(10, "the log warns", || {
+        let l = server.log();
+        (l.contains("refuses every validator") && l.contains("refused a caller with 403")).then_some(l)
+    });
+    assert!(!log.contains("\u{1b}["), "no colour codes in a log that is not a terminal: {log}");
+
+    // a snapshot arrives: every sign clears, and the validator is answered
+    dir.write("metagraph.json", &snapshot(&[(&s("validator"), true)], unix_now()));
+    eventually(10, "healthy again", || {
+        let (_, h) = get(&server.url("/healthz"));
+        h.contains("\"status\":\"ok\"").then_some(())
+    });
+    assert_eq!(dendrite(&["admission", wallets.0.to_str().expect("path"), &spec])["validator"]["dendrite_status"], 200);
+    let (_, page) = get(&server.url("/admin"));
+    assert!(!page.contains("id=\"alarms\""), "{page}");
+    eventually(10, "the log says it cleared", || server.log().contains("no-snapshot cleared").then_some(()));
+    let (code, out) = run(&["check"], &dir.0, &comps.0);
+    assert_eq!(code, 0, "{out}");
+
+    // the chain announces miner-a somewhere else than [axon.announce] says
+    let mut neurons =
+        serde_json::from_str::<Value>(&snapshot(&[(&s("validator"), true), (&s("miner-a"), false)], unix_now()))
+            .expect("json");
+    neurons["neurons"][1]["ip"] = json!("203.0.113.7");
+    neurons["neurons"][1]["port"] = json!(8091);
+    dir.write("metagraph.json", &neurons.to_string());
+    let announce = "[axon.announce]\nwallet = \"w\"\nhotkey = \"h\"\nip = \"203.0.113.9\"\nport = 8091\n";
+    dir.write("a.toml", &hotkey("a", &s("miner-a"), announce));
+    let (code, out) = run(&["check"], &dir.0, &comps.0);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("is announced at 203.0.113.7:8091 but configured for another address: ip 203.0.113.7 on chain, 203.0.113.9 configured"),
+        "{out}"
+    );
+}

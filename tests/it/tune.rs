@@ -6,7 +6,8 @@
 use cascade_tests::*;
 
 fn hotkey() -> &'static str {
-    r#"name = "two"
+    r#"# two looks at the image; `cascade tune` keeps this comment
+name = "two"  # and this one
 [router]
 component = "cascade-router@^1"
 [[router.params.stages]]
@@ -76,9 +77,16 @@ fn a_sweep_reports_the_frontier_and_writes_a_candidate_that_loads() {
     assert!(text.contains("checked through the components: 40 of 40"), "{text}");
     let pic = std::fs::read_to_string(&svg).expect("test data");
     assert!(pic.starts_with("<svg") && pic.contains("polyline") && pic.contains("chosen"), "{pic}");
+    assert!(pic.contains("class=\"chosen-value\""), "the chosen threshold is marked on the sweep: {pic}");
+    assert!(pic.contains("chosen: in-sample MCC") && pic.contains("(leave-one-group-out): MCC"), "{pic}");
     // the candidate file: the stable policy, the tuned candidate, a canary; it loads
     let cand = std::fs::read_to_string(&out).expect("test data");
     assert!(cand.contains("[candidate.router]") && cand.contains("mode = \"canary\""), "{cand}");
+    assert!(cand.starts_with(hotkey()), "the operator's file as written, comments and order kept:\n{cand}");
+    assert!(
+        !cand.contains("[candidate]\n") && !cand.contains("[candidate.router.params]\n"),
+        "no empty tables: {cand}"
+    );
     let check = policies("tune-check", &[("two", &cand)]);
     let comps = components(false);
     let (code, text) = run(&["check"], &check.0, &comps.0);
@@ -109,6 +117,11 @@ fn empty_and_huge_spaces_are_refused_with_their_size() {
     );
     assert_ne!(code, 0);
     assert!(text.contains("the tune space has 8000000 settings, more than 2000000"), "{text}");
+    // a candidate that cannot be written: said, and nothing half-written
+    let nowhere = d.0.join("no-such-folder/out.toml");
+    let (code, text) = tune(&pol.0, &["--manifest", m.to_str().unwrap(), "--out", nowhere.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(text.contains("cannot write the candidate") && text.contains("no-such-folder/out.toml"), "{text}");
     let wrong = d.write("wrong.toml", "[stages.nope]\nexit_low = [0.1]\n");
     let (_, text) = tune(
         &pol.0,

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use cascade_host::chain::health::Severity;
 use cascade_host::load;
 use clap::Args;
 
@@ -52,6 +53,15 @@ impl CheckCommand {
         }
         for w in &state.warnings {
             println!("warning     {w}");
+        }
+        // what keeps validators from answers fails the check like a broken file: a miner that
+        // refuses every validator earns nothing and nothing else looks wrong
+        let mut problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        for a in state.hotkeys.values().flat_map(|h| h.alarms(&state.chain)) {
+            match a.severity {
+                Severity::Refusing => problems.push(a.to_string()),
+                Severity::Degraded => println!("warning     {a}"),
+            }
         }
         if problems.is_empty() {
             println!("ok");

@@ -153,6 +153,9 @@ impl ServeCommand {
                 println!("hotkey {name} listening on http://{}", l.local_addr()?);
                 pinned_listeners.push((name.clone(), l));
             }
+            // the alarms (validators refused, a stale snapshot, a wrong announced address) in
+            // the log at once and whenever they change
+            tokio::spawn(server.clone().watch_health());
             let mut serving = vec![tokio::spawn(server.clone().run(listener, None))];
             serving
                 .extend(pinned_listeners.into_iter().map(|(name, l)| tokio::spawn(server.clone().run(l, Some(name)))));

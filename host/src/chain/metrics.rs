@@ -1,11 +1,13 @@
 //! The metagraph snapshot's figures at scrape time: its age (alert when it grows), size, block
-//! and whether it is past its stale limit.
+//! and whether it is past its stale limit; and each hotkey's standing alarms (`health`), which
+//! the alert rules page on.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use super::health::Alarm;
 use super::Chain;
 
 #[derive(Debug)]
@@ -15,10 +17,22 @@ struct Figures {
     neurons: i64,
     block: i64,
     stale: bool,
+    /// (hotkey, kind, severity) of each standing alarm.
+    alarms: Vec<(String, &'static str, &'static str)>,
 }
 
 impl Collector for Figures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "axon_alarm",
+            "1 for each standing reason validators are refused or cannot reach a hotkey (kind: no-snapshot, admits-nobody, address-differs, stale-snapshot)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (hotkey, kind, severity) in &self.alarms {
+            let labels = [("hotkey", hotkey.as_str()), ("kind", *kind), ("severity", *severity)];
+            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
         let loaded = ConstGauge::new(i64::from(self.loaded));
         loaded.encode(encoder.encode_descriptor(
             "metagraph_loaded",
@@ -48,7 +62,7 @@ impl Collector for Figures {
     }
 }
 
-pub(crate) fn registry(chain: &Chain) -> Registry {
+pub(crate) fn registry(chain: &Chain, alarms: &[Alarm]) -> Registry {
     let mut r = Registry::with_prefix("cascade");
     let now = crate::chain::now_unix_s();
     let f = match &chain.metagraph {
@@ -58,8 +72,22 @@ pub(crate) fn registry(chain: &Chain) -> Registry {
             neurons: m.neurons as i64,
             block: m.block.min(i64::MAX as u64) as i64,
             stale: m.age_s(now) > chain.config.stale_after_s,
+            alarms: Vec::new(),
         },
-        None => Figures { loaded: false, age_s: 0.0, neurons: 0, block: 0, stale: false },
+        None => Figures { loaded: false, age_s: 0.0, neurons: 0, block: 0, stale: false, alarms: Vec::new() },
+    };
+    let f = Figures {
+        alarms: alarms
+            .iter()
+            .map(|a| {
+                let severity = match a.severity {
+                    super::health::Severity::Refusing => "refusing",
+                    super::health::Severity::Degraded => "degraded",
+                };
+                (a.hotkey.clone(), a.kind.as_str(), severity)
+            })
+            .collect(),
+        ..f
     };
     r.register_collector(Box::new(f));
     r

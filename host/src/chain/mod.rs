@@ -4,6 +4,7 @@
 //! each hotkey's `allow` and `deny` lists as overrides. The process-wide settings and default
 //! rule live in `policies/chain.toml`; both files reload live like every other file.
 
+pub mod health;
 pub(crate) mod metrics;
 pub mod snapshot;
 
@@ -92,6 +93,8 @@ pub(crate) fn now_unix_s() -> f64 {
 pub struct Chain {
     pub config: ChainConfig,
     pub metagraph: Option<Arc<Metagraph>>,
+    /// Why no snapshot is loaded (the file is missing, unreadable or refused), when none is.
+    pub absent_because: Option<String>,
 }
 
 /// Why a caller was refused, in the words the 403 carries.
@@ -225,7 +228,11 @@ mod tests {
             &[(0, [1; 32], 500.0, true), (1, [2; 32], 3.0, false), (2, [4; 32], 10.0, true)],
         );
         let m = Metagraph::parse(text.as_bytes(), 72).unwrap();
-        Chain { config: ChainConfig { admit, ..ChainConfig::default() }, metagraph: Some(Arc::new(m)) }
+        Chain {
+            config: ChainConfig { admit, ..ChainConfig::default() },
+            metagraph: Some(Arc::new(m)),
+            absent_because: None,
+        }
     }
 
     #[test]
@@ -254,6 +261,7 @@ mod tests {
                 ..ChainConfig::default()
             },
             metagraph: None,
+            absent_because: None,
         };
         assert_eq!(bare.admit(&axon, &v), Err(Denied::NoSnapshot(v.clone())));
     }

@@ -115,19 +115,38 @@ impl Metagraph {
     /// Where a miner hotkey's axon is announced (`None`: not registered; `Some(None)`: not serving).
     pub fn announced(&self, hotkey: &str) -> Option<Option<String>> {
         let uids = self.by_hotkey.get(hotkey)?;
-        Some(uids.iter().find(|n| n.ip != "0.0.0.0" && !n.ip.is_empty() && n.port != 0).map(|n| {
-            if n.ip.contains(':') {
-                format!("[{}]:{} (uid {})", n.ip, n.port, n.uid)
-            } else {
-                format!("{}:{} (uid {})", n.ip, n.port, n.uid)
-            }
-        }))
+        Some(serving(uids).map(|n| format!("{} (uid {})", addr_text(&n.ip, n.port), n.uid)))
+    }
+
+    /// The announced address of a miner hotkey, when it is registered, serving, and its ip is
+    /// an IP address.
+    pub fn announced_at(&self, hotkey: &str) -> Option<(std::net::IpAddr, u16)> {
+        let n = serving(self.by_hotkey.get(hotkey)?)?;
+        Some((n.ip.parse().ok()?, n.port))
     }
 
     /// Seconds since the snapshot was taken.
     pub(crate) fn age_s(&self, now_unix_s: f64) -> f64 {
         (now_unix_s - self.taken_at).max(0.0)
     }
+}
+
+/// The first uid of a key that announces an address.
+fn serving(uids: &[Neuron]) -> Option<&Neuron> {
+    uids.iter().find(|n| n.ip != "0.0.0.0" && !n.ip.is_empty() && n.port != 0)
+}
+
+fn addr_text(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// `ip:port`, with brackets around an IPv6 address.
+pub(crate) fn addr(ip: std::net::IpAddr, port: u16) -> String {
+    addr_text(&ip.to_string(), port)
 }
 
 /// Snapshot text for tests.

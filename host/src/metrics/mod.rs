@@ -155,6 +155,8 @@ pub struct Metrics {
     reloads: Reloads,
     rollouts: Rollouts,
     guest_names: Bounded,
+    /// Stage cache lookups since start: hits, waits (joined a running call), misses.
+    cache_counts: [std::sync::atomic::AtomicU64; 3],
 }
 
 pub fn global() -> &'static Metrics {
@@ -233,7 +235,15 @@ impl Metrics {
         r.register("arm_requests", "Requests per rollout arm and outcome", rollouts.arms.clone());
         r.register("shadow", "Shadow copies by result (agree, disagree, skipped, failed)", rollouts.shadow.clone());
         r.register("rollout_events", "Promotions, rollbacks and canary steps", rollouts.events.clone());
-        Metrics { registry, ingress, policies, reloads, rollouts, guest_names: Bounded::new(GUEST_NAMES_PER_HOTKEY) }
+        Metrics {
+            registry,
+            ingress,
+            policies,
+            reloads,
+            rollouts,
+            guest_names: Bounded::new(GUEST_NAMES_PER_HOTKEY),
+            cache_counts: Default::default(),
+        }
     }
 
     /// A request answered (outcome `ok`, or `fallback` when the policy could not answer).
@@ -269,6 +279,20 @@ impl Metrics {
     pub(crate) fn stage_cache(&self, model: &str, result: &'static str) {
         // model names come from the registry (or a component's call of a configured model)
         self.policies.cache.get_or_create(&CacheLabels { model: Label::new(model), result }).inc();
+        let slot = match result {
+            "hit" => 0,
+            "wait" => 1,
+            "miss" => 2,
+            _ => return,
+        };
+        self.cache_counts[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stage cache lookups since start: (hits, waits, misses), for the status page.
+    pub(crate) fn stage_cache_counts(&self) -> (u64, u64, u64) {
+        let [h, w, m] = &self.cache_counts;
+        let r = std::sync::atomic::Ordering::Relaxed;
+        (h.load(r), w.load(r), m.load(r))
     }
 
     /// A request image decoded, shared from another request's decode, refused, or evicted.

@@ -86,6 +86,13 @@ pub struct Reloader {
     chain_config: Option<Loaded<ChainConfig>>,
     /// Keyed by the snapshot's hash together with the settings' (a new netuid re-reads it).
     metagraph: Option<Loaded<Arc<Metagraph>>>,
+    /// Why the snapshot file did not load at the last reload (missing, unreadable, refused).
+    snapshot_problem: Option<String>,
+    /// What each hotkey's latest smoke request tolerated (a stage's model missing), reported
+    /// at every reload until the hotkey or the registry changes it.
+    smoke_notes: BTreeMap<PathBuf, Vec<String>>,
+    /// Whether a reload has run (the first one's refusals are reported by the caller).
+    loaded_once: bool,
     /// The reason each file was last refused: the same refusal is reported once, not again
     /// at every later reload while the file stays broken.
     refusing: BTreeMap<PathBuf, String>,
@@ -129,6 +136,9 @@ impl Reloader {
             hotkeys: BTreeMap::new(),
             chain_config: None,
             metagraph: None,
+            snapshot_problem: None,
+            smoke_notes: BTreeMap::new(),
+            loaded_once: false,
             refusing: BTreeMap::new(),
         }
     }
@@ -137,7 +147,11 @@ impl Reloader {
     pub fn reload(&mut self) -> Snapshot {
         let started = Instant::now();
         let mut applied: Vec<PathBuf> = Vec::new();
-        let mut rf = Refusals { new: Vec::new(), standing: std::mem::take(&mut self.refusing) };
+        // the first reload's refusals are the caller's to print (`check`, `serve`'s start):
+        // nothing serves yet, so nothing "keeps serving"
+        let mut rf =
+            Refusals { new: Vec::new(), standing: std::mem::take(&mut self.refusing), first: !self.loaded_once };
+        self.loaded_once = true;
 
         // 1. components
         let files = files_with(&self.src.components, "wasm").unwrap_or_else(|e| {
@@ -204,14 +218,18 @@ impl Reloader {
                         .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
                 })
                 .and_then(|(reg, m)| {
-                    for l in self.hotkeys.values() {
-                        smoke(&l.value, &m)
+                    let mut notes = BTreeMap::new();
+                    for (f, l) in &self.hotkeys {
+                        let n = smoke(&l.value, &m)
                             .map_err(|e| format!("hotkey {} fails with the new models: {e}", l.value.name))?;
+                        notes.insert(f.clone(), n);
                     }
-                    Ok((reg, m))
+                    Ok((reg, m, notes))
                 });
             match checked {
-                Ok(v) => {
+                Ok((reg, m, notes)) => {
+                    self.smoke_notes.extend(notes);
+                    let v = (reg, m);
                     if self.registry.is_some() {
                         applied.push(reg_file.clone());
                     }
@@ -275,11 +293,12 @@ impl Reloader {
                 next.insert(f.clone(), Loaded { hash, value: p.value.clone() });
                 continue;
             }
-            let bound = bind_hotkey(&self.rt, &plugins, f).map_err(|errs| errs.join("; ")).and_then(|h| {
-                smoke(&h, &models).map(|w| {
-                    warnings.extend(w.into_iter().map(|message| Problem { file: f.clone(), message }));
-                    h
-                })
+            let bound = bind_hotkey(&self.rt, &plugins, f)
+                .map_err(|errs| errs.join("; "))
+                .and_then(|h| smoke(&h, &models).map(|notes| (h, notes)));
+            let bound = bound.map(|(h, notes)| {
+                self.smoke_notes.insert(f.clone(), notes);
+                h
             });
             let clash = bound.as_ref().ok().and_then(|h| {
                 owners
@@ -326,12 +345,13 @@ impl Reloader {
             file: reg_file.clone(),
             message: format!("optional model {name} left out: {} is absent", file.display()),
         }));
-        let chain = self.chain();
+        self.smoke_notes.retain(|f, _| self.hotkeys.contains_key(f));
+        for (f, notes) in &self.smoke_notes {
+            warnings.extend(notes.iter().map(|message| Problem { file: f.clone(), message: message.clone() }));
+        }
         for l in self.hotkeys.values() {
             warnings.extend(
-                admission_notes(&l.value, &chain)
-                    .into_iter()
-                    .map(|message| Problem { file: l.value.file.clone(), message }),
+                admission_notes(&l.value).into_iter().map(|message| Problem { file: l.value.file.clone(), message }),
             );
         }
         self.snapshot(models, registry, plugins, warnings, refused, applied, started)
@@ -360,6 +380,7 @@ impl Reloader {
         Chain {
             config: self.chain_config.as_ref().map(|l| l.value.clone()).unwrap_or_default(),
             metagraph: self.metagraph.as_ref().map(|l| l.value.clone()),
+            absent_because: self.snapshot_problem.clone(),
         }
     }
 
@@ -389,9 +410,11 @@ impl Reloader {
         let cfg = self.chain_config.as_ref().map(|l| l.value.clone()).unwrap_or_default();
         let cfg_hash = self.chain_config.as_ref().map(|l| l.hash.clone()).unwrap_or_default();
         let path = cfg.snapshot_path(&self.src.policies);
+        self.snapshot_problem = None;
         let bytes = match crate::files::read_regular(&path, crate::files::MAX_CONFIG_BYTES) {
             Ok(b) => b,
             Err(e) if e.not_found() => {
+                self.snapshot_problem = Some(format!("{} does not exist", path.display()));
                 if self.metagraph.is_some() {
                     warnings.push(Problem {
                         file: path,
@@ -401,6 +424,7 @@ impl Reloader {
                 return;
             }
             Err(e) => {
+                self.snapshot_problem = Some(format!("{} cannot be read: {e}", path.display()));
                 rf.refuse(&path, e.to_string());
                 return;
             }
@@ -442,39 +466,23 @@ impl Reloader {
                     applied.push(path.clone());
                     self.metagraph = Some(Loaded { hash, value: Arc::new(m) });
                 }
-                Err(reason) => rf.refuse(&path, reason),
+                Err(reason) => {
+                    self.snapshot_problem = Some(format!("{} was refused: {reason}", path.display()));
+                    rf.refuse(&path, reason);
+                }
             }
         }
-        if let Some(m) = self.metagraph.as_ref().map(|l| &l.value) {
-            let age = m.age_s(crate::chain::now_unix_s());
-            if age > cfg.stale_after_s {
-                warnings.push(Problem {
-                    file: path,
-                    message: format!(
-                        "the metagraph snapshot is {:.0} min old (stale_after_s = {}): is metagraph_sync running?",
-                        age / 60.0,
-                        cfg.stale_after_s
-                    ),
-                });
-            }
-        }
+        // a stale snapshot is an alarm of each hotkey it admits for (`chain::health`)
     }
 }
 
-/// What a validator would meet at a hotkey: no way in at all, or keys on both lists.
-fn admission_notes(h: &Hotkey, chain: &Chain) -> Vec<String> {
-    let mut notes = Vec::new();
-    let Some(ss58) = &h.ss58 else { return notes };
-    if chain.rule(&h.axon).is_none() && h.axon.allow.is_empty() && !h.axon.allow_any_signed {
-        notes.push(format!(
-            "hotkey {} ({ss58}) admits no validator: every one gets 403. Give it [axon.admit], a default [admit] in {CHAIN_FILE}, or an allow list",
-            h.name
-        ));
-    }
-    for k in h.axon.contradictions() {
-        notes.push(format!("hotkey {}: {k} is on both axon.allow and axon.deny; deny wins", h.name));
-    }
-    notes
+/// Keys on both of a hotkey's lists (what keeps validators out is `chain::health`'s alarms).
+fn admission_notes(h: &Hotkey) -> Vec<String> {
+    h.axon
+        .contradictions()
+        .into_iter()
+        .map(|k| format!("hotkey {}: {k} is on both axon.allow and axon.deny; deny wins", h.name))
+        .collect()
 }
 
 /// Refusals of one reload, and the reason each file stands refused since an earlier one: the
@@ -482,6 +490,7 @@ fn admission_notes(h: &Hotkey, chain: &Chain) -> Vec<String> {
 struct Refusals {
     new: Vec<RefusedChange>,
     standing: BTreeMap<PathBuf, String>,
+    first: bool,
 }
 
 impl Refusals {
@@ -489,7 +498,11 @@ impl Refusals {
         if self.standing.get(file) == Some(&reason) {
             return;
         }
-        tracing::warn!(file = %file.display(), %reason, "change refused; the previous version keeps serving");
+        if self.first {
+            tracing::debug!(file = %file.display(), %reason, "refused at the first load");
+        } else {
+            tracing::warn!(file = %file.display(), %reason, "change refused; the last good version keeps serving");
+        }
         self.standing.insert(file.into(), reason.clone());
         self.new.push(RefusedChange { file: file.into(), reason, at_unix_ms: now_ms() });
     }

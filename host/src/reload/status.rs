@@ -14,12 +14,16 @@ pub struct ReloadStatus {
     pub refused: u64,
     pub outstanding: BTreeMap<PathBuf, RefusedChange>,
     pub last_reload_ms: f64,
+    /// The latest reload's notes that do not stop serving (a stage's model missing from the
+    /// registry, an optional model left out, keys on both lists).
+    pub notes: Vec<super::Problem>,
 }
 
 impl ReloadStatus {
     pub fn record(&mut self, snap: &Snapshot) {
         self.reloads += 1;
         self.last_reload_ms = snap.took.as_secs_f64() * 1e3;
+        self.notes = snap.warnings.clone();
         if !snap.applied.is_empty() {
             self.applied += 1;
         }

@@ -42,7 +42,11 @@ pub(crate) async fn handle(server: &Server, req: Request<Incoming>, path: &str) 
         (&Method::GET, "/healthz") => {
             let s = server.serving.load();
             let hotkeys: Vec<&String> = s.hotkeys.keys().collect();
-            json_response(StatusCode::OK, &json!({"status": "ok", "hotkeys": hotkeys}))
+            // still 200 when degraded: a supervisor that restarts on failure would only loop,
+            // since a restart fixes none of these
+            let alarms = s.alarms();
+            let status = if alarms.is_empty() { "ok" } else { "degraded" };
+            json_response(StatusCode::OK, &json!({"status": status, "hotkeys": hotkeys, "alarms": alarms}))
         }
         (&Method::GET, "/metrics") => {
             let s = server.serving.load();
@@ -57,10 +61,18 @@ pub(crate) async fn handle(server: &Server, req: Request<Incoming>, path: &str) 
             let hotkey = p["/v1/predict/".len()..].to_string();
             match predict(server, &hotkey, req).await {
                 Ok(r) => r,
-                Err(r) => refusal(r),
+                Err(r) => {
+                    let known = server.serving.load().hotkeys.contains_key(&hotkey);
+                    server.activity.refused(known.then_some(hotkey.as_str()), r.status.as_u16(), r.code, &r.message);
+                    refusal(r)
+                }
             }
         }
-        _ => refusal(Refusal::new(StatusCode::NOT_FOUND, "not-found", format!("no route {path}"))),
+        _ => {
+            let r = Refusal::new(StatusCode::NOT_FOUND, "not-found", format!("no route {path}"));
+            server.activity.refused(None, r.status.as_u16(), r.code, &r.message);
+            refusal(r)
+        }
     }
 }
 
@@ -69,7 +81,7 @@ pub(crate) async fn handle(server: &Server, req: Request<Incoming>, path: &str) 
 fn render_metrics(s: &Serving) -> String {
     let scraped = [
         Some(crate::metrics::models::registry(&s.models)),
-        Some(crate::chain::metrics::registry(&s.chain)),
+        Some(crate::chain::metrics::registry(&s.chain, &s.alarms())),
         crate::predlog::metrics::registry(),
     ];
     crate::metrics::global().render(scraped.into_iter().flatten())

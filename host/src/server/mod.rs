@@ -5,10 +5,12 @@
 //! serving state, swapped whole on reload and read through one atomic load per request.
 //! Policies run on blocking threads because component calls wait on model queues.
 
+pub mod activity;
 pub mod admin;
 pub mod axon;
 pub mod decoded;
 mod front;
+pub mod health;
 mod http;
 pub mod ingress;
 mod listen;

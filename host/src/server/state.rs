@@ -28,6 +28,13 @@ pub struct Serving {
     pub generation: u64,
 }
 
+impl Serving {
+    /// What keeps validators from answers, over every hotkey (`chain::health`).
+    pub fn alarms(&self) -> Vec<crate::chain::health::Alarm> {
+        self.hotkeys.values().flat_map(|h| h.alarms(&self.chain)).collect()
+    }
+}
+
 pub struct Server {
     pub serving: ArcSwap<Serving>,
     /// Reload history for `/admin/status`.
@@ -41,6 +48,12 @@ pub struct Server {
     pub read_timeout: Duration,
     /// The last answers (for the status page), newest last.
     pub recent: parking_lot::Mutex<std::collections::VecDeque<Recent>>,
+    /// Each hotkey's last hour: answers, refusals, callers (the status page).
+    pub activity: super::activity::Activity,
+    /// What the log last said of the alarms, for its rate limit (`health`).
+    pub(super) alarm_log: parking_lot::Mutex<super::health::AlarmLog>,
+    /// When this server started (uptime on the status page).
+    pub started: Instant,
     /// Set once to stop accepting (graceful shutdown).
     pub(super) stopping: tokio::sync::watch::Sender<bool>,
     /// How long a shutdown waits for requests in flight.
@@ -81,6 +94,9 @@ impl Server {
             limits,
             read_timeout,
             recent: parking_lot::Mutex::new(std::collections::VecDeque::with_capacity(RECENT)),
+            activity: Default::default(),
+            alarm_log: Default::default(),
+            started: Instant::now(),
             stopping: tokio::sync::watch::Sender::new(false),
             drain: Duration::from_secs(20),
             pinned: parking_lot::RwLock::new(BTreeMap::new()),
@@ -104,6 +120,7 @@ impl Server {
             outcome: answer.source.outcome(),
             ms: took.as_secs_f64() * 1e3,
         };
+        self.activity.answer(hotkey, &answer.stage, answer.source.outcome(), answer.prediction, took);
         let mut q = self.recent.lock();
         if q.len() >= RECENT {
             q.pop_front();

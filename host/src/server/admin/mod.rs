@@ -1,6 +1,9 @@
-//! The admin API: `GET /admin/status` (what serves each hotkey, counters, refusals). Bound to
-//! loopback callers unless `--admin-token` is set, in which case the token is required from
-//! anyone else.
+//! The admin API: `GET /admin` (the status page, rendered on the server by `render`),
+//! `GET /admin/fragment` (its content alone, which the page's script fetches to refresh),
+//! `GET /admin/status` (the same as JSON) and the rollout actions. Bound to loopback callers
+//! unless `--admin-token` is set, in which case the token is required from anyone else.
+
+mod render;
 
 use std::net::SocketAddr;
 
@@ -62,19 +65,10 @@ pub fn handle(
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/admin" | "/admin/") => {
-            let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(PAGE.as_bytes())));
-            let h = r.headers_mut();
-            h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/html; charset=utf-8"));
-            // the page loads nothing from elsewhere and runs only its own inline script
-            h.insert(
-                hyper::header::CONTENT_SECURITY_POLICY,
-                hyper::header::HeaderValue::from_static(
-                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
-                ),
-            );
-            h.insert(hyper::header::X_FRAME_OPTIONS, hyper::header::HeaderValue::from_static("DENY"));
-            Ok(r)
+            let page = PAGE.replace("<!--content-->", &render::content(server));
+            Ok(html(page))
         }
+        (&Method::GET, "/admin/fragment") => Ok(html(render::content(server))),
         (&Method::GET, "/admin/status") => Ok(json_response(StatusCode::OK, &status(server))),
         (&Method::POST, p) if p.starts_with("/admin/hotkeys/") => {
             let rest = &p["/admin/hotkeys/".len()..];
@@ -101,6 +95,23 @@ pub fn handle(
         }
         _ => Err(Refusal::new(StatusCode::NOT_FOUND, "not-found", format!("no admin route {path}"))),
     }
+}
+
+/// An HTML response that loads nothing from elsewhere and runs only its own inline script.
+fn html(body: String) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use hyper::header::{HeaderValue, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_FRAME_OPTIONS};
+    let mut r = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+        ),
+    );
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 fn status(server: &Server) -> serde_json::Value {
@@ -133,7 +144,13 @@ fn status(server: &Server) -> serde_json::Value {
             )
         })
         .collect();
+    let names: Vec<&str> = s.hotkeys.keys().map(String::as_str).collect();
     json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": server.started.elapsed().as_secs_f64(),
+        "alarms": s.alarms(),
+        "last_hour": server.activity.summary(names),
+        "notes": st.notes.iter().map(|p| json!({"file": p.file, "message": p.message})).collect::<Vec<_>>(),
         "generation": s.generation,
         "hotkeys": hotkeys,
         "models": s.models.names().collect::<Vec<_>>(),
@@ -153,8 +170,11 @@ fn model_stats(models: &cascade_engines::Models) -> Vec<serde_json::Value> {
     models
         .stats()
         .map(|(name, s)| {
+            let spec = models.spec(name);
             json!({
                 "name": name,
+                "kind": spec.map(|m| m.kind.as_str()),
+                "device": spec.map(|m| if m.remote.is_some() || m.vlm.is_some() { "remote".to_string() } else { m.device.to_string() }),
                 "loaded": s.loaded.load(Relaxed),
                 "loads": s.loads.load(Relaxed),
                 "runs": s.runs.load(Relaxed),

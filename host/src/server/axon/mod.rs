@@ -134,7 +134,17 @@ pub(crate) fn parse_headers(h: &HeaderMap) -> Result<SynapseHeaders, Refusal> {
 
 /// Serves one axon request; `pinned` is the hotkey of a listener of its own.
 pub async fn handle(server: &Server, req: Request<Incoming>, pinned: Option<&str>) -> Resp {
-    match serve(server, req, pinned).await {
+    let mut seen = Seen::default();
+    let result = serve(server, req, pinned, &mut seen).await;
+    // the status page's last hour: refusals by code, and who called which hotkey
+    let status = result.as_ref().map_or_else(|r| r.status, |r| r.status());
+    if let Err(r) = &result {
+        server.activity.refused(seen.hotkey.as_deref(), r.status.as_u16(), r.code, &r.message);
+    }
+    if let (Some(h), Some(c)) = (&seen.hotkey, &seen.caller) {
+        server.activity.caller(h, c, status.as_u16());
+    }
+    match result {
         Ok(r) => r,
         Err(r) => {
             // most refusals come before the body is read: close, so the unread body cannot be
@@ -146,7 +156,19 @@ pub async fn handle(server: &Server, req: Request<Incoming>, pinned: Option<&str
     }
 }
 
-async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) -> Result<Resp, Refusal> {
+/// What a request named, as far as it was read: the served hotkey and the caller.
+#[derive(Default)]
+struct Seen {
+    hotkey: Option<String>,
+    caller: Option<String>,
+}
+
+async fn serve(
+    server: &Server,
+    req: Request<Incoming>,
+    pinned: Option<&str>,
+    seen: &mut Seen,
+) -> Result<Resp, Refusal> {
     let started = Instant::now();
     let name = req.uri().path().trim_start_matches('/').to_string();
     if !SYNAPSES.contains(&name.as_str()) {
@@ -173,6 +195,8 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
             .ok_or_else(|| refuse(StatusCode::FORBIDDEN, format!("hotkey {axon_hotkey} is not served here")))?,
     };
     let own = hk.ss58.clone().unwrap_or_default();
+    seen.hotkey = Some(hk.name.clone());
+    seen.caller = Some(dendrite.clone());
 
     // admission first (as the Python axon checks its blacklist first): a caller that is not
     // admitted costs a lookup and leaves no state behind
@@ -181,6 +205,9 @@ async fn serve(server: &Server, req: Request<Incoming>, pinned: Option<&str>) ->
         Ok(a) => a.as_str(),
         Err(d) => d.kind(),
     });
+    if let Err(crate::chain::Denied::NoSnapshot(_)) = &admitted {
+        server.refused_for_no_snapshot(&hk.name, &dendrite);
+    }
     admitted.map_err(|d| refuse(StatusCode::FORBIDDEN, d.to_string()))?;
 
     // then the signature, then the nonce (per miner hotkey), all before the body is read
