@@ -8,6 +8,7 @@ mod commands;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
 use commands::{challenges, check, eval, infer, log, replay, serve, train_head, tune};
 
 #[derive(Parser)]
@@ -45,8 +46,18 @@ enum Cmd {
     Challenges(challenges::ChallengesCommand),
 }
 
+/// The command line with one help layout everywhere: each option on its line, its sentence
+/// below it (clap otherwise switches layout per command by the width of its descriptions).
+fn command() -> clap::Command {
+    fn layout(c: clap::Command) -> clap::Command {
+        c.next_line_help(true).mut_subcommands(layout)
+    }
+    layout(<Cli as clap::CommandFactory>::command())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::FromArgMatches;
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into());
     // colour only on a terminal, and never with NO_COLOR set (https://no-color.org)
     use std::io::IsTerminal;
@@ -74,5 +85,37 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every option of every command says what it is for.
+    #[test]
+    fn every_option_has_a_sentence() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments().filter(|a| !a.is_hide_set()) {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", a.get_long().unwrap_or(id)));
+                }
+            }
+            for s in c.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::command(), "cascade", &mut missing);
+        assert!(missing.is_empty(), "options without help: {missing:#?}");
+    }
+
+    #[test]
+    fn one_help_layout() {
+        let mut c = super::command();
+        let serve = c.find_subcommand_mut("serve").expect("serve").render_long_help().to_string();
+        assert!(serve.contains("--listen <LISTEN>\n"), "the sentence below the option: {serve}");
     }
 }

@@ -55,6 +55,16 @@ pub struct Answer {
     pub model_ms: f64,
 }
 
+/// Milliseconds as answers state them: to 0.1 ms (finer digits are noise, not information).
+pub(crate) fn tenth_ms(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
+}
+
+/// `serialize_with` for a duration in milliseconds: to 0.1 ms.
+pub(crate) fn ser_tenth_ms<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(tenth_ms(*ms))
+}
+
 /// The validator reads exactly 0.5 as "no roadwork"; an answer is never exactly 0.5.
 pub(crate) fn never_half(p: f32) -> f32 {
     if p == 0.5 {

@@ -177,10 +177,22 @@ pub struct Announce {
     pub wallet: String,
     /// Hotkey name inside that wallet.
     pub hotkey: String,
-    /// The public address validators reach.
+    /// The public address validators reach (an IP: the chain stores no host names).
+    #[serde(deserialize_with = "ip_address")]
     pub ip: std::net::IpAddr,
     /// Default: the `listen` port.
     pub port: Option<u16>,
+}
+
+/// An IP address, with a message that says what to do with a host name.
+fn ip_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::net::IpAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.trim().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "axon.announce.ip {s:?} is not an IP address: the chain stores an IP for each axon, not a host name \
+             (put the address the name resolves to, e.g. from `dig +short {s}`)"
+        ))
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -444,5 +456,24 @@ mod tests {
         assert!(h.check().unwrap_err().contains("not 0.5"));
         let e = toml::from_str::<HotkeyFile>(&format!("{base}bogus = 1\n")).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn an_announced_host_name_is_refused_with_what_to_do() {
+        let file = |ip: &str| {
+            format!(
+                "name = \"a\"\nss58 = \"5FyFVRsgwBT89gGsyif1ZayCDAthzrZxS7fzxCafhwwzkft7\"\n[router]\ncomponent = \"r\"\n[axon]\nlisten = \"0.0.0.0:8091\"\n[axon.announce]\nwallet = \"w\"\nhotkey = \"h\"\nip = \"{ip}\"\n"
+            )
+        };
+        let e = HotkeyFile::parse(&file("miner.example.com")).unwrap_err();
+        assert!(
+            e.contains("\"miner.example.com\" is not an IP address") && e.contains("dig +short miner.example.com"),
+            "{e}"
+        );
+        assert!(e.contains("axon.announce"), "the key is named: {e}");
+        assert_eq!(
+            HotkeyFile::parse(&file("203.0.113.7")).unwrap().axon.announce.unwrap().ip.to_string(),
+            "203.0.113.7"
+        );
     }
 }

@@ -24,6 +24,22 @@ pub mod wit;
 
 use std::path::{Path, PathBuf};
 
+/// The policies folder when `--policies` is not given: `./policies` when the current folder
+/// has one, else the one of the tree the binary was built in (`<exe>/../../policies`, beside
+/// `target/`), so that `target/release/cascade check` finds the same folders from anywhere, as
+/// it finds the components beside the binary. `CASCADE_POLICIES` overrides both.
+pub fn default_policies() -> PathBuf {
+    let here = PathBuf::from("policies");
+    if here.is_dir() {
+        return here;
+    }
+    let tree = beside_exe("../policies");
+    if tree.is_dir() {
+        return tree.canonicalize().unwrap_or(tree);
+    }
+    here
+}
+
 /// `<dir of the executable>/../<name>`: where `make setup` puts components and the ONNX
 /// Runtime library, beside `target/release/`.
 pub fn beside_exe(name: &str) -> PathBuf {

@@ -18,6 +18,7 @@ use cascade_host::runtime::Runtime;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
+    /// The hotkey (its `name`) whose policy answers, as `serve` would run it.
     #[arg(long)]
     pub hotkey: String,
     /// CSV with `path,label` columns (paths relative to it).

@@ -23,11 +23,13 @@ pub struct FilterArgs {
     /// Unix seconds, or -30m / -24h / -7d.
     #[arg(long)]
     pub since: Option<String>,
+    /// Records up to this time: unix seconds, or -30m / -24h / -7d.
     #[arg(long)]
     pub until: Option<String>,
     /// Predictions in LO-HI (e.g. 0.3-0.7); `export` defaults to 0.3-0.7.
     #[arg(long)]
     pub band: Option<String>,
+    /// Records answered at this stage (the router's exit) only.
     #[arg(long)]
     pub stage: Option<String>,
     /// `stable` or `candidate`.

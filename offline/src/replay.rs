@@ -33,6 +33,7 @@ pub struct ReplayArgs {
     // images are matched to records by content
     #[arg(long)]
     pub labels: Option<std::path::PathBuf>,
+    /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
 }

@@ -26,6 +26,7 @@ use cascade_host::runtime::{Bound, Runtime};
 
 #[derive(clap::Args)]
 pub struct TuneArgs {
+    /// The hotkey (its `name`) whose thresholds and weights are swept.
     #[arg(long)]
     pub hotkey: String,
     /// Labelled manifests (`path,label`); folds leave out one source (first folder) at a time.
@@ -37,6 +38,7 @@ pub struct TuneArgs {
     /// Validator augmentation levels, one drawn per image (`0-3`).
     #[arg(long, value_parser = Levels::parse)]
     pub levels: Option<Levels>,
+    /// Seed of the per-image level and augmentation draws.
     #[arg(long, default_value_t = 72)]
     pub seed: u64,
     /// A TOML file of values per threshold and weight (default: every non-final stage's

@@ -77,6 +77,9 @@ def policy_files(policies_dir):
     ]
 
 
+DOCUMENTATION_NETWORKS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+
+
 def check_ip(ip, force):
     """(normalized ip, warning or ""); AnnounceError when it is not usable."""
     if not isinstance(ip, str) or not ip.strip():
@@ -87,6 +90,14 @@ def check_ip(ip, force):
         raise AnnounceError(f"[axon.announce] ip {ip!r} is not an IPv4 or IPv6 address") from None
     if addr.is_global:
         return str(addr), ""
+    # the ranges RFC 5737 / RFC 3849 set aside for examples: Python counts them as private,
+    # but they are not a LAN address, and saying so sends the operator looking at the wrong thing
+    if any(addr in ipaddress.ip_network(n) for n in DOCUMENTATION_NETWORKS if ipaddress.ip_network(n).version == addr.version):
+        msg = (f"ip {addr} is a documentation address (RFC 5737/3849, for examples only): "
+               "validators on the internet cannot reach it; put your public IP in [axon.announce]")
+        if not force:
+            raise AnnounceError(msg + " (refused; --force publishes it anyway)")
+        return str(addr), "WARNING " + msg + " (--force: publishing anyway)"
     kinds = [
         k
         for k in ("unspecified", "loopback", "private", "link_local", "multicast", "reserved")

@@ -481,19 +481,21 @@ class AnnounceTest(Tmp):
 
     def test_private_ip_refused_without_force(self):
         for ip, kind in (("192.168.1.20", "private"), ("127.0.0.1", "loopback/private"),
-                         ("203.0.113.7", "private")):
+                         ("203.0.113.7", "a documentation address (RFC 5737/3849, for examples only)"),
+                         ("198.51.100.20", "a documentation address (RFC 5737/3849, for examples only)")):
             with self.subTest(ip=ip):
                 write_policy(self.pol, "speed.toml", policy(self.ss58, ip=ip))
                 code, out = self.run_announce("--dry-run")
                 self.assertEqual(code, 1, out)
                 self.assertIn(f"FAIL {os.path.join(self.pol, 'speed.toml')}: ip {ip} is {kind}: "
-                              "validators on the internet cannot reach it (refused; --force publishes it anyway)",
-                              out)
+                              "validators on the internet cannot reach it", out)
+                self.assertIn("(refused; --force publishes it anyway)", out)
+                self.assertNotIn(f"{ip} is private" if "documentation" in kind else "documentation address", out)
                 self.assertNotIn("dry-run speed", out)
         code, out = self.run_announce("--dry-run", "--force")
         self.assertEqual(code, 0, out)
-        self.assertIn("WARNING ip 203.0.113.7 is private", out)
-        self.assertIn("ip=203.0.113.7 port=8101", out)
+        self.assertIn("WARNING ip 198.51.100.20 is a documentation address", out)
+        self.assertIn("ip=198.51.100.20 port=8101", out)
 
     def test_bad_ip(self):
         write_policy(self.pol, "speed.toml", policy(self.ss58, ip="1.2.3.4:8101"))

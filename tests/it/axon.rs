@@ -201,6 +201,19 @@ fn validators_are_admitted_from_the_metagraph_snapshot_live() {
         let (_, st) = get(&server.url("/admin/status"));
         st.contains("days ago").then_some(())
     });
+    dir.write("metagraph.json", &snapshot(&[(&s("validator"), true)], unix_now() + 86400.0));
+    eventually(10, "the snapshot from tomorrow is refused", || {
+        let (_, st) = get(&server.url("/admin/status"));
+        st.contains("s in the future").then_some(())
+    });
+    dir.write(
+        "metagraph.json",
+        &snapshot(&[(&s("validator"), true)], unix_now()).replace("\"netuid\":72", "\"netuid\":71"),
+    );
+    eventually(10, "another subnet's snapshot is refused", || {
+        let (_, st) = get(&server.url("/admin/status"));
+        st.contains("snapshot of netuid 71 (this host serves netuid 72)").then_some(())
+    });
     assert_eq!(probe()["validator"]["dendrite_status"], 200, "the last good snapshot still admits");
 
     // a new snapshot takes effect without restart: the stranger gained a permit

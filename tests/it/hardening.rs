@@ -104,6 +104,9 @@ fn the_admin_api_trusts_loopback_only_without_a_foreign_origin_or_host() {
     for req in [
         &b"POST /admin/hotkeys/speed/promote HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..],
         &b"GET /admin/status HTTP/1.1\r\nHost: evil.example:8091\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /admin HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /admin/fragment HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /admin HTTP/1.1\r\nHost: <script>\r\nConnection: close\r\n\r\n"[..],
     ] {
         let r = exchange(&a, req, 10);
         assert!(r.starts_with("HTTP/1.1 403"), "{r}");

@@ -13,6 +13,7 @@ mod defaults;
 mod detectors;
 mod failure;
 mod hardening;
+mod hf;
 mod kserve;
 mod lifecycle;
 mod predlog;

@@ -84,6 +84,19 @@ fn config_errors_name_file_and_key() {
     assert!(out.contains("top.toml:") && out.contains("surprise"), "{out}");
     // a policy whose only model is missing cannot answer its smoke request
     assert!(out.contains("ghost.toml: smoke request failed") && out.contains("unknown model ghost-model"), "{out}");
+    // with the stage that names it and what the registry has
+    let line = out.lines().find(|l| l.contains("ghost-model")).unwrap_or_default();
+    assert!(
+        line.contains("; named by stage ")
+            && line.contains("; the registry (models.toml) has: ")
+            && line.contains("tint"),
+        "{line}"
+    );
+    // each problem once, and counted right: no log line repeats a refusal of the first load
+    let problems = out.lines().filter(|l| l.starts_with("problem")).count();
+    assert_eq!(problems, 3, "{out}");
+    assert!(out.contains("\n3 problem(s)\n"), "{out}");
+    assert!(!out.contains("keeps serving"), "nothing serves yet: {out}");
 }
 
 #[test]

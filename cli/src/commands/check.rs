@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use cascade_host::chain::health::Severity;
 use cascade_host::load;
+use cascade_host::reload::one_line;
 use clap::Args;
 
 use super::SourceArgs;
@@ -52,7 +53,7 @@ impl CheckCommand {
             }
         }
         for w in &state.warnings {
-            println!("warning     {w}");
+            println!("warning     {}", one_line(&w.to_string()));
         }
         // what keeps validators from answers fails the check like a broken file: a miner that
         // refuses every validator earns nothing and nothing else looks wrong
@@ -68,7 +69,7 @@ impl CheckCommand {
             return Ok(ExitCode::SUCCESS);
         }
         for p in &problems {
-            println!("problem     {p}");
+            println!("problem     {}", one_line(p));
         }
         println!("{} problem(s)", problems.len());
         Ok(ExitCode::FAILURE)

@@ -15,7 +15,9 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct InferCommand {
-    #[arg(long, default_value = "policies")]
+    /// Hotkey files (`*.toml`) and the model registry (`models.toml`); default: `./policies`, else
+    /// the one beside the binary's `target/` folder.
+    #[arg(long, env = "CASCADE_POLICIES", default_value_os_t = cascade_host::default_policies())]
     policies: PathBuf,
     /// Model name in the registry.
     #[arg(long)]

@@ -19,6 +19,7 @@ pub enum LogCmd {
     List {
         #[command(flatten)]
         filter: FilterArgs,
+        /// One JSON object per record instead of the table.
         #[arg(long)]
         json: bool,
     },

@@ -22,8 +22,9 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct SourceArgs {
-    /// Hotkey files (`*.toml`) and the model registry (`models.toml`).
-    #[arg(long, default_value = "policies")]
+    /// Hotkey files (`*.toml`) and the model registry (`models.toml`); default: `./policies`, else
+    /// the one beside the binary's `target/` folder.
+    #[arg(long, env = "CASCADE_POLICIES", default_value_os_t = cascade_host::default_policies())]
     pub policies: PathBuf,
     /// Compiled components (`*.wasm`); default: `target/components` beside the binary.
     #[arg(long, env = "CASCADE_COMPONENTS")]

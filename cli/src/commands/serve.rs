@@ -19,6 +19,8 @@ use super::SourceArgs;
 
 #[derive(Args)]
 pub struct ServeCommand {
+    /// Address of the HTTP API, the status page and the shared axon port (0.0.0.0:PORT to serve
+    /// validators; a hotkey's own `axon.listen` opens a port of its own).
     #[arg(long, default_value = "127.0.0.1:8091")]
     listen: SocketAddr,
     #[command(flatten)]

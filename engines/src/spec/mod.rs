@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::LoadError;
 
+mod hf;
 mod remote;
 mod vlm;
 
@@ -33,6 +34,9 @@ pub struct ModelSpec {
     /// The ONNX file (every kind but `vlm`, which lives behind an HTTP endpoint).
     #[serde(default)]
     pub file: PathBuf,
+    /// A classifier exported from a Hugging Face checkpoint: the folder holding `model.onnx`,
+    /// `config.json` and `preprocessor_config.json`, which give the file, labels and input.
+    pub hf: Option<PathBuf>,
     pub kind: ModelKind,
     #[serde(default)]
     pub input: InputSpec,
@@ -422,6 +426,11 @@ impl Registry {
             }
             if let Some(r) = &mut m.remote {
                 r.url = expand(&r.url).map_err(|e| err(format!("model {}: remote.url: {e}", m.name)))?;
+            }
+            if let Some(dir) = m.hf.clone() {
+                let dir = resolve(base, &dir).map_err(|r| err(format!("model {}: {r}", m.name)))?;
+                hf::apply(m, &dir).map_err(|r| err(format!("model {}: {r}", m.name)))?;
+                m.hf = Some(dir);
             }
             if !m.is_remote() {
                 if m.file.as_os_str().is_empty() {

@@ -118,25 +118,64 @@ pub fn smoke(h: &Hotkey, models: &Arc<Models>) -> Result<Vec<String>, String> {
     let img = Arc::new(image::RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128])));
     let a = h.answer_quietly(models, img.clone());
     if a.fallback {
-        return Err(format!("smoke request failed: {}", a.reason));
+        return Err(explain(h, models, format!("smoke request failed: {}", a.reason)));
     }
     if let Some(c) = h.candidate_quietly(models, img) {
         if c.fallback {
-            return Err(format!("smoke request of the candidate failed: {}", c.reason));
+            return Err(explain(h, models, format!("smoke request of the candidate failed: {}", c.reason)));
         }
     }
     // a dry run reaches the stages the smoke image exited before
     for candidate in [false, true] {
         if let Some(Err(reason)) = h.dry_run(models, candidate) {
             let arm = if candidate { "the candidate's" } else { "the policy's" };
-            return Err(format!("dry run through every stage of {arm} failed: {reason}"));
+            return Err(explain(h, models, format!("dry run through every stage of {arm} failed: {reason}")));
         }
     }
     Ok(a.trace
         .iter()
         .filter(|t| t.result.starts_with("error"))
-        .map(|t| format!("{}({}): {}", t.primitive, t.model, t.result))
+        .map(|t| explain(h, models, format!("{}({}): {}", t.primitive, t.model, t.result)))
         .collect())
+}
+
+/// A message about an unknown model, completed with the stages that name it and the models
+/// the registry has (a typo is then plain to see).
+fn explain(h: &Hotkey, models: &Models, message: String) -> String {
+    let Some(model) = message.split("unknown model ").nth(1).map(|m| m.split_whitespace().next().unwrap_or("")) else {
+        return message;
+    };
+    let model = model.trim_matches(|c: char| !(c.is_alphanumeric() || "-_.:".contains(c)));
+    let mut stages: Vec<String> = Vec::new();
+    for arm in std::iter::once(&h.stable).chain(h.candidate.as_ref()) {
+        let params: serde_json::Value = serde_json::from_str(&arm.router.params).unwrap_or_default();
+        for st in params["stages"].as_array().into_iter().flatten() {
+            if names_string(st, model) {
+                let name = st["name"].as_str().unwrap_or("?").to_string();
+                if !stages.contains(&name) {
+                    stages.push(name);
+                }
+            }
+        }
+    }
+    let mut have: Vec<&str> = models.names().collect();
+    have.sort_unstable();
+    let stages = if stages.is_empty() { String::new() } else { format!("; named by stage {}", stages.join(", ")) };
+    format!(
+        "{message}{stages}; the registry ({}) has: {}",
+        crate::config::MODELS_FILE,
+        if have.is_empty() { "no models".to_string() } else { have.join(", ") }
+    )
+}
+
+/// Whether `v` holds the string `s` anywhere.
+fn names_string(v: &serde_json::Value, s: &str) -> bool {
+    match v {
+        serde_json::Value::String(x) => x == s,
+        serde_json::Value::Array(a) => a.iter().any(|x| names_string(x, s)),
+        serde_json::Value::Object(o) => o.values().any(|x| names_string(x, s)),
+        _ => false,
+    }
 }
 
 /// One line per plugin for `check` and the log.

@@ -438,6 +438,14 @@ impl Reloader {
             let now = crate::chain::now_unix_s();
             let current = self.metagraph.as_ref().filter(|l| l.value.netuid == cfg.netuid).map(|l| l.value.taken_at);
             let parsed = Metagraph::parse(&bytes, cfg.netuid).and_then(|m| {
+                // a snapshot from the future would never age into "stale": one clock is wrong
+                if m.taken_at > now + FUTURE_SLACK_S {
+                    return Err(format!(
+                        "snapshot taken {:.0} s in the future (taken_at {}): this machine's clock or the sync's is wrong",
+                        m.taken_at - now,
+                        m.taken_at
+                    ));
+                }
                 if m.age_s(now) > cfg.refuse_after_s {
                     return Err(format!(
                         "snapshot taken {:.1} days ago (refuse_after_s = {}): run scripts/chain/metagraph_sync.py",
@@ -476,6 +484,18 @@ impl Reloader {
     }
 }
 
+/// A reason on one line (a Wasm error's cause chain and backtrace come on many): lines joined
+/// with " | ", runs of blanks squeezed, so a refusal reads whole in a log line, a table cell and
+/// `check`'s output.
+pub fn one_line(reason: &str) -> String {
+    let lines: Vec<String> =
+        reason.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|l| !l.is_empty()).collect();
+    lines.join(" | ")
+}
+
+/// How far ahead of this machine's clock a snapshot's `taken_at` may be (clock skew).
+const FUTURE_SLACK_S: f64 = 300.0;
+
 /// Keys on both of a hotkey's lists (what keeps validators out is `chain::health`'s alarms).
 fn admission_notes(h: &Hotkey) -> Vec<String> {
     h.axon
@@ -495,6 +515,7 @@ struct Refusals {
 
 impl Refusals {
     fn refuse(&mut self, file: &Path, reason: String) {
+        let reason = one_line(&reason);
         if self.standing.get(file) == Some(&reason) {
             return;
         }
@@ -527,8 +548,9 @@ fn registry_fingerprint(reg_file: &Path) -> String {
     let mut all = text.clone();
     if let Ok(reg) = Registry::load(reg_file) {
         for m in &reg.models {
-            for p in m.head.iter().chain(m.labels_file.iter()) {
-                all.extend(crate::files::read_regular(p, crate::files::MAX_CONFIG_BYTES).unwrap_or_default());
+            let exported = m.hf.iter().flat_map(|d| [d.join("config.json"), d.join("preprocessor_config.json")]);
+            for p in m.head.iter().chain(m.labels_file.iter()).cloned().chain(exported) {
+                all.extend(crate::files::read_regular(&p, crate::files::MAX_CONFIG_BYTES).unwrap_or_default());
             }
             all.extend(format!("{:?}", std::fs::metadata(&m.file).and_then(|md| md.modified()).ok()).bytes());
         }

@@ -123,3 +123,14 @@ fn a_deleted_hotkey_stops_serving_and_a_new_one_starts() {
     assert!(snap.hotkeys.contains_key("other"), "a new file serves");
     assert!(snap.applied.contains(&dir.0.join("live.toml")) && snap.applied.contains(&dir.0.join("other.toml")));
 }
+
+#[test]
+fn reasons_are_one_line() {
+    let wasm = "failed to compile component\n\nCaused by:\n    0: wasm backtrace:\n           0:  0x1a2 - <unknown>!f\n    1: unreachable";
+    let r = super::one_line(wasm);
+    assert!(!r.contains('\n'), "{r}");
+    assert_eq!(
+        r,
+        "failed to compile component | Caused by: | 0: wasm backtrace: | 0: 0x1a2 - <unknown>!f | 1: unreachable"
+    );
+}

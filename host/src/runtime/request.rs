@@ -28,6 +28,7 @@ pub type KeyedResult = (Option<[u8; 16]>, CallKey, Result<Output, Error>);
 pub struct TraceEntry {
     pub primitive: &'static str,
     pub model: String,
+    #[serde(serialize_with = "crate::answer::ser_tenth_ms")]
     pub ms: f64,
     pub result: String,
     pub cached: bool,

@@ -151,8 +151,8 @@ async fn predict(server: &Server, hotkey: &str, req: Request<Incoming>) -> Resul
             "arm": answer.arm,
             "hotkey": hotkey,
             "generation": generation,
-            "model_ms": answer.model_ms,
-            "ms": took.as_secs_f64() * 1e3,
+            "model_ms": crate::answer::tenth_ms(answer.model_ms),
+            "ms": crate::answer::tenth_ms(took.as_secs_f64() * 1e3),
             "trace": answer.trace,
         }),
     ))

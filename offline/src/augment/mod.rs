@@ -107,6 +107,7 @@ pub struct Style {
     /// Validator augmentation levels to draw from, one per view (`0-3`, `0,2`).
     #[arg(long, default_value = "0-3", value_parser = Levels::parse)]
     pub levels: Levels,
+    /// Seed of the per-image level and augmentation draws (the same seed, the same challenges).
     #[arg(long, default_value_t = 72)]
     pub seed: u64,
 }

@@ -64,7 +64,9 @@ impl std::str::FromStr for Cv {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
-    #[arg(long, default_value = "policies")]
+    /// Hotkey files (`*.toml`) and the model registry (`models.toml`); default: `./policies`, else
+    /// the one beside the binary's `target/` folder.
+    #[arg(long, env = "CASCADE_POLICIES", default_value_os_t = cascade_host::default_policies())]
     pub policies: PathBuf,
     /// An embedder in the registry.
     #[arg(long)]
@@ -75,6 +77,7 @@ pub struct TrainArgs {
     /// Where the head (JSON) goes.
     #[arg(long)]
     pub out: PathBuf,
+    /// Turn each image into what validators send (centre crop, 224×224, JPEG quality 75).
     #[arg(long)]
     pub validator_style: bool,
     /// Validator augmentation levels to draw from, one per image (`0-3`, `0,2`), seeded by `--seed`.
@@ -108,10 +111,13 @@ pub struct TrainArgs {
     /// Hidden units of a one-hidden-layer head (0: logistic regression).
     #[arg(long, default_value_t = 0)]
     pub hidden: usize,
+    /// L2 penalty on the head's weights (larger: a smoother head that fits the data less).
     #[arg(long, default_value_t = 0.01)]
     pub l2: f32,
+    /// Full passes of gradient descent over the training embeddings.
     #[arg(long, default_value_t = 300)]
     pub epochs: usize,
+    /// Seed of the folds, the views' augmentation draws and the initial weights.
     #[arg(long, default_value_t = 72)]
     pub seed: u64,
     /// Also write out-of-fold scores (path,label,score,fold) here.
