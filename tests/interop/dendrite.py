@@ -142,6 +142,25 @@ async def scenarios(d, spec):
         codes[str(code)] = codes.get(str(code), 0) + 1
     res["stranger_flood"] = {"codes": codes, "validator_after": (await call(a, port, ImageSynapse(image=img)))["dendrite_status"]}
 
+    # a signed request whose body is refused spends no nonce: the same headers with a good
+    # body are then answered (the body is not covered by the signature)
+    syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=""), 9.0)
+    refused = raw(port, syn)[0]
+    syn.image = img
+    res["nonce_after_bad_body"] = {"bad_body": refused, "same_nonce_good_body": raw(port, syn)[0]}
+
+    # a hotkey that admits any signature takes nonces at most two minutes ahead
+    far = bt.Dendrite(wallet=stranger)
+    ahead = {}
+    for label, minutes in (("58_min", 58), ("1_min", 1)):
+        syn = far.preprocess_synapse_for_request(axon_info(c, pinned), ImageSynapse(image=img), 9.0)
+        syn.dendrite.nonce = time.time_ns() + minutes * 60 * 10**9
+        msg = f"{syn.dendrite.nonce}.{syn.dendrite.hotkey}.{syn.axon.hotkey}.{syn.dendrite.uuid}.{syn.body_hash}"
+        syn.dendrite.signature = f"0x{stranger.hotkey.sign(msg).hex()}"
+        s, body = raw(pinned, syn)
+        ahead[label] = {"status": s, "message": body.get("message")}
+    res["open_hotkey_future_nonce"] = ahead
+
     # replay: the same signed request twice
     syn = den.preprocess_synapse_for_request(axon_info(a, port), ImageSynapse(image=img), 9.0)
     first = raw(port, syn)

@@ -85,6 +85,13 @@ fn the_real_dendrite_gets_python_axon_answers() {
     assert_eq!(code("not_an_image", "status"), 400, "{r}");
     assert_eq!(code("get", "status"), 200, "{r}");
     assert!(r["replay"]["message"].as_str().unwrap_or("").contains("nonce"), "{r}");
+    // a refused body spends no nonce; an open hotkey refuses nonces an hour ahead
+    assert_eq!(code("nonce_after_bad_body", "bad_body"), 400, "{r}");
+    assert_eq!(code("nonce_after_bad_body", "same_nonce_good_body"), 200, "{r}");
+    let ahead = &r["open_hotkey_future_nonce"];
+    assert_eq!(ahead["58_min"]["status"], 401, "{r}");
+    assert!(ahead["58_min"]["message"].as_str().unwrap_or("").contains("too far in the future"), "{r}");
+    assert_eq!(ahead["1_min"]["status"], 200, "{r}");
 
     // honest requests kept being served throughout
     let again = dendrite(&["call", wallets.0.to_str().expect("path"), &spec]);

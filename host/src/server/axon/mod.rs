@@ -22,7 +22,7 @@ use super::ingress::{self, Refusal};
 use super::state::Server;
 use crate::answer::Source;
 use crate::policy::Hotkey;
-use verify::{now_ns, Signed};
+use verify::{now_ns, NonceCheck, Signed};
 
 /// The longest dendrite uuid kept (the SDK sends a 36-character UUID).
 pub(crate) const MAX_UUID_LEN: usize = 64;
@@ -222,12 +222,24 @@ async fn serve(
     let unauthorised =
         |e: verify::VerifyError| refuse(StatusCode::UNAUTHORIZED, format!("Not Verified with error: {e}"));
     signed.verify_signature().map_err(unauthorised)?;
-    server.nonces.accept(&own, &dendrite, &uuid, nonce, timeout, now_ns()).map_err(|e| match e {
-        verify::VerifyError::Full => {
-            refuse(StatusCode::SERVICE_UNAVAILABLE, "too many requests from this caller; try again")
+    // checked now, recorded only once the synapse is accepted (below): a request refused for
+    // its body leaves no nonce behind
+    let nonce_check = NonceCheck {
+        axon: &own,
+        dendrite: &dendrite,
+        uuid: &uuid,
+        nonce,
+        timeout_s: timeout,
+        now: now_ns(),
+        max_future_ns: if hk.axon.allow_any_signed { verify::OPEN_MAX_FUTURE_NS } else { verify::MAX_FUTURE_NS },
+    };
+    let nonce_refused = |e: verify::VerifyError| match e {
+        verify::VerifyError::Full(_) => {
+            refuse(StatusCode::SERVICE_UNAVAILABLE, format!("Not Verified with error: {e}"))
         }
         e => unauthorised(e),
-    })?;
+    };
+    server.nonces.check(&nonce_check).map_err(nonce_refused)?;
 
     // the body: the synapse as JSON
     let body = server.read_body(req.into_body()).await?;
@@ -248,6 +260,11 @@ async fn serve(
         }
     }
     let bytes = ingress::decode_base64(&image_b64).map_err(|r| refuse(StatusCode::BAD_REQUEST, r.message))?;
+    if bytes.is_empty() {
+        return Err(refuse(StatusCode::BAD_REQUEST, "image is empty"));
+    }
+    // the synapse is well formed: its nonce is spent (checked again: a copy may have won)
+    server.nonces.accept(&NonceCheck { now: now_ns(), ..nonce_check }).map_err(nonce_refused)?;
     let job = Job {
         serving,
         hotkey: hk,

@@ -35,8 +35,8 @@ pub enum VerifyError {
     StaleNonce,
     #[error("nonce is too far in the future")]
     FutureNonce,
-    #[error("too many requests in the nonce window")]
-    Full,
+    #[error("this caller holds {0} nonces for this hotkey (its quota; distinct dendrite uuids within the nonce window): retry once older ones leave the window")]
+    Full(usize),
 }
 
 impl Signed<'_> {
@@ -71,26 +71,36 @@ impl Signed<'_> {
 
 /// Nonces per (miner hotkey, dendrite hotkey, uuid), as the Python SDK keeps one table per
 /// axon: the first nonce must be newer than now − 4 s − timeout, each later one strictly
-/// greater, none more than `MAX_FUTURE_NS` ahead. Only admitted callers reach the table (the
-/// axon checks admission and the signature first). Memory is bounded twice: each caller holds
-/// at most `per_caller` entries, and the table `cap`; entries that fell out of the window are
-/// dropped when either is reached (a replay of their nonce fails the window check anyway), so
-/// one caller can only ever exhaust its own quota, never another's.
+/// greater, none further ahead than the hotkey allows (an hour of clock skew for hotkeys that
+/// admit by list or metagraph; [`OPEN_MAX_FUTURE_NS`] for those that admit any signature,
+/// whose callers' keys cost nothing).
+///
+/// The axon checks a nonce before reading the body ([`Nonces::check`]) and records it only
+/// once the synapse is accepted ([`Nonces::accept`], which checks again: two copies in flight
+/// cannot both pass). Memory is bounded twice: a caller holds at most `per_caller` entries at
+/// one miner hotkey (refused beyond, and only it), and the whole table `cap`. When the table is
+/// full of fresh entries, the caller holding the most loses its most-future entries, so a
+/// stranger filling one hotkey's table cannot refuse a validator at another (or at the same).
 pub struct Nonces {
     table: Mutex<Table>,
     cap: usize,
     per_caller: usize,
 }
 
+/// (miner hotkey, dendrite hotkey): whose entries are counted together.
+type Holder = (String, String);
+
 #[derive(Default)]
 struct Table {
-    last: HashMap<(String, String, String), u64>,
-    entries_of: HashMap<String, usize>,
+    last: HashMap<(Holder, String), u64>,
+    entries_of: HashMap<Holder, usize>,
 }
 
 pub const ALLOWED_DELTA_NS: u64 = 4_000_000_000;
 /// How far ahead of this host's clock a nonce may be (clock skew between validator and miner).
 pub(crate) const MAX_FUTURE_NS: u64 = 3_600_000_000_000;
+/// The same for hotkeys that admit any signed caller: two minutes.
+pub(crate) const OPEN_MAX_FUTURE_NS: u64 = 120_000_000_000;
 /// The longest timeout a caller may claim when the window is computed (validators send 9–12 s).
 pub(crate) const MAX_TIMEOUT_S: f64 = 60.0;
 
@@ -104,50 +114,74 @@ fn window(now: u64, timeout_s: f64) -> u64 {
     now.saturating_sub(ALLOWED_DELTA_NS + (t * 1e9) as u64)
 }
 
+/// One request's nonce and what it is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct NonceCheck<'a> {
+    pub axon: &'a str,
+    pub dendrite: &'a str,
+    pub uuid: &'a str,
+    pub nonce: u64,
+    pub timeout_s: f64,
+    pub now: u64,
+    /// How far ahead of `now` the nonce may be.
+    pub max_future_ns: u64,
+}
+
+impl NonceCheck<'_> {
+    fn key(&self) -> (Holder, String) {
+        ((self.axon.to_string(), self.dendrite.to_string()), self.uuid.to_string())
+    }
+}
+
 impl Nonces {
     pub fn new(cap: usize, per_caller: usize) -> Nonces {
-        Nonces { table: Mutex::new(Table::default()), cap, per_caller }
+        Nonces { table: Mutex::new(Table::default()), cap: cap.max(1), per_caller: per_caller.max(1) }
     }
 
-    /// Checks the nonce of a verified request and records it, in one step.
-    pub fn accept(
-        &self,
-        axon: &str,
-        dendrite: &str,
-        uuid: &str,
-        nonce: u64,
-        timeout_s: f64,
-        now: u64,
-    ) -> Result<(), VerifyError> {
-        if nonce > now.saturating_add(MAX_FUTURE_NS) {
+    /// Whether the nonce would be accepted now; records nothing.
+    pub fn check(&self, c: &NonceCheck) -> Result<(), VerifyError> {
+        if c.nonce > c.now.saturating_add(c.max_future_ns) {
             return Err(VerifyError::FutureNonce);
         }
-        let window = window(now, timeout_s);
+        let t = self.table.lock();
+        match t.last.get(&c.key()) {
+            Some(prev) if c.nonce <= *prev => Err(VerifyError::StaleNonce),
+            None if c.nonce <= window(c.now, c.timeout_s) => Err(VerifyError::StaleNonce),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the nonce of an accepted request and records it, in one step.
+    pub fn accept(&self, c: &NonceCheck) -> Result<(), VerifyError> {
+        self.check(c)?;
+        let window = window(c.now, c.timeout_s);
         let mut t = self.table.lock();
-        let key = (axon.to_string(), dendrite.to_string(), uuid.to_string());
+        let key = c.key();
         match t.last.get(&key) {
-            Some(prev) if nonce <= *prev => return Err(VerifyError::StaleNonce),
-            None if nonce <= window => return Err(VerifyError::StaleNonce),
+            // checked again under the lock: another copy may have been recorded meanwhile
+            Some(prev) if c.nonce <= *prev => return Err(VerifyError::StaleNonce),
+            None if c.nonce <= window => return Err(VerifyError::StaleNonce),
             Some(_) => {
-                t.last.insert(key, nonce);
+                t.last.insert(key, c.nonce);
                 return Ok(());
             }
             None => {}
         }
-        if t.entries_of.get(dendrite).copied().unwrap_or(0) >= self.per_caller {
-            t.purge(window, Some(dendrite));
-            if t.entries_of.get(dendrite).copied().unwrap_or(0) >= self.per_caller {
-                return Err(VerifyError::Full);
+        let holder = key.0.clone();
+        if t.entries_of.get(&holder).copied().unwrap_or(0) >= self.per_caller {
+            t.purge(window, Some(&holder));
+            if t.entries_of.get(&holder).copied().unwrap_or(0) >= self.per_caller {
+                return Err(VerifyError::Full(self.per_caller));
             }
         }
         if t.last.len() >= self.cap {
             t.purge(window, None);
-            if t.last.len() >= self.cap {
-                return Err(VerifyError::Full);
-            }
         }
-        t.last.insert(key, nonce);
-        *t.entries_of.entry(dendrite.to_string()).or_default() += 1;
+        if t.last.len() >= self.cap && !t.evict_heaviest(&holder, self.cap) {
+            return Err(VerifyError::Full(self.per_caller));
+        }
+        t.last.insert(key, c.nonce);
+        *t.entries_of.entry(holder).or_default() += 1;
         Ok(())
     }
 
@@ -161,19 +195,53 @@ impl Nonces {
 }
 
 impl Table {
-    /// Drops entries whose last nonce fell out of the window (of one caller, or of all).
-    fn purge(&mut self, window: u64, of: Option<&str>) {
+    /// Drops entries whose last nonce fell out of the window (of one holder, or of all).
+    fn purge(&mut self, window: u64, of: Option<&Holder>) {
         let entries_of = &mut self.entries_of;
-        self.last.retain(|(_, d, _), n| {
-            let keep = *n > window || of.is_some_and(|o| o != d);
+        self.last.retain(|(h, _), n| {
+            let keep = *n > window || of.is_some_and(|o| o != h);
             if !keep {
-                if let Some(c) = entries_of.get_mut(d) {
+                if let Some(c) = entries_of.get_mut(h) {
                     *c -= 1;
                 }
             }
             keep
         });
         entries_of.retain(|_, c| *c > 0);
+    }
+
+    /// Makes room below `cap` by dropping the most-future entries of the holder with the most
+    /// (a sixteenth of them at a time); `false` when that holder is `asking` itself.
+    fn evict_heaviest(&mut self, asking: &Holder, cap: usize) -> bool {
+        while self.last.len() >= cap {
+            let Some((heaviest, count)) = self.entries_of.iter().max_by_key(|(_, c)| **c).map(|(h, c)| (h.clone(), *c))
+            else {
+                return false;
+            };
+            if &heaviest == asking {
+                return false;
+            }
+            let mut theirs: Vec<(u64, String)> =
+                self.last.iter().filter(|((h, _), _)| *h == heaviest).map(|((_, u), n)| (*n, u.clone())).collect();
+            theirs.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            let drop = (count / 16).max(1).max(self.last.len() + 1 - cap).min(theirs.len());
+            for (_, uuid) in theirs.into_iter().take(drop) {
+                self.last.remove(&(heaviest.clone(), uuid));
+            }
+            let left = count - drop;
+            if left == 0 {
+                self.entries_of.remove(&heaviest);
+            } else {
+                self.entries_of.insert(heaviest.clone(), left);
+            }
+            tracing::warn!(
+                miner = %heaviest.0,
+                caller = %heaviest.1,
+                dropped = drop,
+                "the nonce table is full: dropped the most-future nonces of the caller holding the most"
+            );
+        }
+        true
     }
 }
 
@@ -220,17 +288,37 @@ mod tests {
         assert_eq!(Signed { signature: "", ..signed.clone() }.verify_signature(), Err(VerifyError::MissingSignature));
     }
 
+    fn at<'a>(axon: &'a str, dendrite: &'a str, uuid: &'a str, nonce: u64, now: u64) -> NonceCheck<'a> {
+        NonceCheck { axon, dendrite, uuid, nonce, timeout_s: 9.0, now, max_future_ns: MAX_FUTURE_NS }
+    }
+
     #[test]
     fn nonce_window_and_monotonicity() {
         let n = Nonces::new(3, 2);
         let now = 100_000_000_000_000u64;
-        assert_eq!(n.accept("a", "d", "u", now - 20_000_000_000, 9.0, now), Err(VerifyError::StaleNonce));
-        n.accept("a", "d", "u", now, 9.0, now).unwrap();
-        assert_eq!(n.accept("a", "d", "u", now, 9.0, now), Err(VerifyError::StaleNonce));
-        n.accept("a", "d", "u", now + 1, 9.0, now).unwrap();
-        assert_eq!(n.accept("a", "d", "u", now + MAX_FUTURE_NS + 1, 9.0, now), Err(VerifyError::FutureNonce));
+        assert_eq!(n.accept(&at("a", "d", "u", now - 20_000_000_000, now)), Err(VerifyError::StaleNonce));
+        n.accept(&at("a", "d", "u", now, now)).unwrap();
+        assert_eq!(n.accept(&at("a", "d", "u", now, now)), Err(VerifyError::StaleNonce));
+        n.accept(&at("a", "d", "u", now + 1, now)).unwrap();
+        assert_eq!(n.accept(&at("a", "d", "u", now + MAX_FUTURE_NS + 1, now)), Err(VerifyError::FutureNonce));
         // an infinite timeout is bounded, not an overflow
-        assert_eq!(n.accept("a", "d", "v", now - 120_000_000_000, f64::INFINITY, now), Err(VerifyError::StaleNonce));
+        let inf = NonceCheck { timeout_s: f64::INFINITY, ..at("a", "d", "v", now - 120_000_000_000, now) };
+        assert_eq!(n.accept(&inf), Err(VerifyError::StaleNonce));
+        // a hotkey that admits any signature allows two minutes ahead, not an hour
+        let open = |nonce| NonceCheck { max_future_ns: OPEN_MAX_FUTURE_NS, ..at("open", "d", "w", nonce, now) };
+        assert_eq!(n.accept(&open(now + 58 * 60_000_000_000)), Err(VerifyError::FutureNonce));
+        n.accept(&open(now + 60_000_000_000)).unwrap();
+    }
+
+    #[test]
+    fn a_checked_nonce_is_not_recorded_until_accepted() {
+        let n = Nonces::new(10, 10);
+        let now = 100_000_000_000_000u64;
+        // checked, then the body is refused: the same nonce with a good body still passes
+        n.check(&at("a", "d", "u", now, now)).unwrap();
+        assert!(n.is_empty());
+        n.accept(&at("a", "d", "u", now, now)).unwrap();
+        assert_eq!(n.check(&at("a", "d", "u", now, now)), Err(VerifyError::StaleNonce));
     }
 
     #[test]
@@ -239,23 +327,76 @@ mod tests {
         // one arrives first: both are accepted (the SDK keeps one table per axon)
         let n = Nonces::new(100, 100);
         let now = 100_000_000_000_000u64;
-        n.accept("miner-b", "v", "u", now + 2, 9.0, now).unwrap();
-        n.accept("miner-a", "v", "u", now + 1, 9.0, now).unwrap();
-        assert_eq!(n.accept("miner-a", "v", "u", now + 1, 9.0, now), Err(VerifyError::StaleNonce));
+        n.accept(&at("miner-b", "v", "u", now + 2, now)).unwrap();
+        n.accept(&at("miner-a", "v", "u", now + 1, now)).unwrap();
+        assert_eq!(n.accept(&at("miner-a", "v", "u", now + 1, now)), Err(VerifyError::StaleNonce));
     }
 
     #[test]
     fn one_caller_cannot_exhaust_another() {
         let n = Nonces::new(3, 2);
         let now = 100_000_000_000_000u64;
-        n.accept("a", "greedy", "u1", now, 9.0, now).unwrap();
-        n.accept("a", "greedy", "u2", now, 9.0, now).unwrap();
-        // its quota is full of fresh entries: only it is refused
-        assert_eq!(n.accept("a", "greedy", "u3", now, 9.0, now), Err(VerifyError::Full));
-        n.accept("a", "validator", "u", now, 9.0, now).unwrap();
+        n.accept(&at("a", "greedy", "u1", now, now)).unwrap();
+        n.accept(&at("a", "greedy", "u2", now, now)).unwrap();
+        // its quota is full of fresh entries: only it is refused, and told why
+        let e = n.accept(&at("a", "greedy", "u3", now, now)).unwrap_err();
+        assert_eq!(e, VerifyError::Full(2));
+        assert!(e.to_string().contains("this caller holds 2 nonces for this hotkey"), "{e}");
+        n.accept(&at("a", "validator", "u", now, now)).unwrap();
         // later its old entries leave the window and make room again
         let later = now + 60_000_000_000;
-        n.accept("a", "greedy", "u3", later, 9.0, later).unwrap();
+        n.accept(&at("a", "greedy", "u3", later, later)).unwrap();
         assert_eq!(n.len(), 2);
+    }
+
+    /// The attack of the outside suite, at its scale: 25 throw-away keys × 4,096 nonces dated
+    /// 58 minutes ahead through a hotkey that admits any signature filled the shared table of
+    /// 100,000 and refused an admitted validator at another hotkey with 503 for an hour.
+    #[test]
+    fn strangers_filling_one_hotkey_cannot_refuse_a_validator_at_another() {
+        let n = Nonces::new(100_000, 4096);
+        let now = 100_000_000_000_000u64;
+        let ahead = now + 58 * 60_000_000_000;
+        let mut stored = 0;
+        for k in 0..25 {
+            let key = format!("stranger-{k}");
+            for i in 0..4096 {
+                let uuid = format!("{i}");
+                // as a hotkey that admits any signature sees them: an hour ahead is refused ...
+                let c = NonceCheck { max_future_ns: OPEN_MAX_FUTURE_NS, ..at("open", &key, &uuid, ahead, now) };
+                assert_eq!(n.accept(&c), Err(VerifyError::FutureNonce));
+                // ... and within two minutes they still cannot crowd out anyone else
+                let c = NonceCheck {
+                    max_future_ns: OPEN_MAX_FUTURE_NS,
+                    ..at("open", &key, &uuid, now + 100_000_000_000, now)
+                };
+                stored += usize::from(n.accept(&c).is_ok());
+            }
+        }
+        assert_eq!(stored, 25 * 4096, "each stranger within its own quota");
+        assert!(n.len() <= 100_000);
+        for v in 0..50 {
+            let key = format!("validator-{v}");
+            n.accept(&at("miner", &key, "u", now, now)).unwrap();
+            n.accept(&at("open", &key, "u", now, now)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_full_table_sheds_the_heaviest_holders_most_future_nonces() {
+        let n = Nonces::new(10, 8);
+        let now = 100_000_000_000_000u64;
+        for i in 0..8 {
+            n.accept(&at("open", "flood", &format!("{i}"), now + i, now)).unwrap();
+        }
+        n.accept(&at("miner", "v1", "u", now, now)).unwrap();
+        n.accept(&at("miner", "v2", "u", now, now)).unwrap();
+        // full: the next validator's nonce pushes out the flood's most-future entry
+        n.accept(&at("miner", "v3", "u", now, now)).unwrap();
+        assert_eq!(n.len(), 10);
+        assert_eq!(n.check(&at("open", "flood", "7", now + 7, now)), Ok(()), "its last entry was dropped");
+        assert_eq!(n.check(&at("open", "flood", "0", now, now)), Err(VerifyError::StaleNonce), "its oldest kept");
+        // the heaviest holder asking for more is refused rather than evicting others
+        assert_eq!(n.accept(&at("open", "flood", "x", now, now)), Err(VerifyError::Full(8)));
     }
 }
