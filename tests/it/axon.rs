@@ -154,12 +154,16 @@ fn ss58s(w: &Value) -> impl Fn(&str) -> String + '_ {
 
 /// A metagraph snapshot as `scripts/chain/metagraph_sync.py` writes it.
 fn snapshot(neurons: &[(&str, bool)], taken_at: f64) -> String {
+    snapshot_at(neurons, taken_at, 1000)
+}
+
+fn snapshot_at(neurons: &[(&str, bool)], taken_at: f64, block: u64) -> String {
     let ns: Vec<Value> = neurons
         .iter()
         .enumerate()
         .map(|(uid, (key, permit))| json!({"uid": uid, "hotkey": key, "coldkey": key, "stake": 100.0, "validator_permit": permit, "ip": "0.0.0.0", "port": 0}))
         .collect();
-    json!({"version": 1, "network": "test", "netuid": 72, "block": 1000, "taken_at": taken_at, "neurons": ns})
+    json!({"version": 1, "network": "test", "netuid": 72, "block": block, "taken_at": taken_at, "neurons": ns})
         .to_string()
 }
 
@@ -229,6 +233,34 @@ fn validators_are_admitted_from_the_metagraph_snapshot_live() {
     let (_, m) = get(&server.url("/metrics"));
     assert!(m.contains("cascade_axon_admission_total{result=\"not-registered\"}"), "{m}");
     assert!(m.contains("cascade_metagraph_neurons 2"), "{m}");
+
+    // snapshots are ordered by block: a later block taken by a clock a minute behind is newer,
+    // and it revokes the stranger's permit at once
+    let status_url = server.url("/admin/status");
+    let block = |b: u64| {
+        let url = status_url.clone();
+        move || {
+            let (_, st) = get(&url);
+            let st: Value = serde_json::from_str(&st).ok()?;
+            (st["chain"]["snapshot"]["block"] == b).then_some(())
+        }
+    };
+    dir.write(
+        "metagraph.json",
+        &snapshot_at(&[(&s("validator"), true), (&s("stranger"), false)], unix_now() - 60.0, 1001),
+    );
+    eventually(10, "block 1001 loaded", block(1001));
+    assert_eq!(probe()["stranger"]["dendrite_status"], 403, "the permit is revoked");
+    // a reorganisation: block 990 is refused as older, until the operator accepts it
+    dir.write("metagraph.json", &snapshot_at(&[(&s("validator"), true), (&s("stranger"), true)], unix_now(), 990));
+    eventually(10, "block 990 refused", || {
+        let (_, st) = get(&server.url("/admin/status"));
+        st.contains("snapshot of block 990").then_some(())
+    });
+    let (status, body) = post(&server.url("/admin/metagraph/accept"), "application/json", b"");
+    assert_eq!(status, 202, "{body}");
+    eventually(10, "block 990 accepted", block(990));
+    assert_eq!(probe()["stranger"]["dendrite_status"], 200);
 
     let (code, out) = run(&["check"], &dir.0, &components(false).0);
     assert_eq!(code, 0, "{out}");

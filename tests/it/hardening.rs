@@ -107,10 +107,32 @@ fn the_admin_api_trusts_loopback_only_without_a_foreign_origin_or_host() {
         &b"GET /admin HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"[..],
         &b"GET /admin/fragment HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n"[..],
         &b"GET /admin HTTP/1.1\r\nHost: <script>\r\nConnection: close\r\n\r\n"[..],
+        // two Host headers; another local web app's origin on a state change
+        &b"GET /admin/status HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"[..],
+        &b"POST /admin/hotkeys/speed/promote HTTP/1.1\r\nHost: 127.0.0.1:8091\r\nOrigin: http://localhost:3000\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..],
     ] {
         let r = exchange(&a, req, 10);
         assert!(r.starts_with("HTTP/1.1 403"), "{r}");
         assert!(r.contains("admin-forbidden"), "{r}");
+    }
+    assert!(ok.to_ascii_lowercase().contains("x-content-type-options: nosniff"), "{ok}");
+    // the server's own page may change state (no rollout here: 409, not 403)
+    let own = exchange(&a, b"POST /admin/hotkeys/speed/promote HTTP/1.1\r\nHost: 127.0.0.1:8091\r\nOrigin: http://127.0.0.1:8091\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 10);
+    assert!(own.starts_with("HTTP/1.1 409"), "{own}");
+    // /metrics and /healthz to a rebinding name from this machine: refused; by address: served
+    for path in ["/metrics", "/healthz"] {
+        let r = exchange(
+            &a,
+            format!("GET {path} HTTP/1.1\r\nHost: evil.example:8091\r\nConnection: close\r\n\r\n").as_bytes(),
+            10,
+        );
+        assert!(r.starts_with("HTTP/1.1 403") && r.contains("foreign-host"), "{r}");
+        let r = exchange(
+            &a,
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:8091\r\nConnection: close\r\n\r\n").as_bytes(),
+            10,
+        );
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     }
 }
 

@@ -117,6 +117,7 @@ impl ServeCommand {
         server.drain = Duration::from_secs(a.drain_s);
         let server = Arc::new(server);
         server.status.lock().record(&first);
+        let force_snapshot = reloader.force_snapshot_switch();
         let reloader = Arc::new(Mutex::new(Some(reloader)));
         // one reload at a time, from the watcher or from SIGHUP; `None` once serving has stopped
         let reload: Arc<dyn Fn() + Send + Sync> = {
@@ -128,6 +129,7 @@ impl ServeCommand {
                 }
             })
         };
+        let _ = server.reload_hook.set((reload.clone(), force_snapshot));
         if !a.no_watch {
             cascade_host::reload::watch::spawn(&src.components, &src.policies, reload.clone())
                 .context("watching the components and policies folders")?;

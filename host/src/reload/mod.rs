@@ -93,6 +93,8 @@ pub struct Reloader {
     smoke_notes: BTreeMap<PathBuf, Vec<String>>,
     /// Whether a reload has run (the first one's refusals are reported by the caller).
     loaded_once: bool,
+    /// Set by the admin API: the next reload takes the snapshot file whatever its order.
+    force_snapshot: Arc<std::sync::atomic::AtomicBool>,
     /// The reason each file was last refused: the same refusal is reported once, not again
     /// at every later reload while the file stays broken.
     refusing: BTreeMap<PathBuf, String>,
@@ -139,11 +141,17 @@ impl Reloader {
             snapshot_problem: None,
             smoke_notes: BTreeMap::new(),
             loaded_once: false,
+            force_snapshot: Arc::default(),
             refusing: BTreeMap::new(),
         }
     }
 
     /// Rebuilds everything that changed; keeps the last good version of what fails.
+    /// The switch that makes the next reload take the snapshot file whatever its order.
+    pub fn force_snapshot_switch(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.force_snapshot.clone()
+    }
+
     pub fn reload(&mut self) -> Snapshot {
         let started = Instant::now();
         let mut applied: Vec<PathBuf> = Vec::new();
@@ -385,6 +393,9 @@ impl Reloader {
     }
 
     fn reload_chain(&mut self, rf: &mut Refusals, applied: &mut Vec<PathBuf>, warnings: &mut Vec<Problem>) {
+        // an operator's `POST /admin/metagraph/accept` (a chain reorganisation, a sync moved to
+        // another endpoint): this reload takes the file on disk whatever its order
+        let forced = self.force_snapshot.swap(false, std::sync::atomic::Ordering::SeqCst);
         let file = self.src.policies.join(CHAIN_FILE);
         let (text, hash) = match crate::files::read_regular(&file, crate::files::MAX_CONFIG_BYTES) {
             Ok(b) => (String::from_utf8_lossy(&b).into_owned(), sha256_hex(&b)),
@@ -436,7 +447,12 @@ impl Reloader {
             }
         } else {
             let now = crate::chain::now_unix_s();
-            let current = self.metagraph.as_ref().filter(|l| l.value.netuid == cfg.netuid).map(|l| l.value.taken_at);
+            let current = self
+                .metagraph
+                .as_ref()
+                .filter(|l| l.value.netuid == cfg.netuid)
+                .map(|l| (l.value.block, l.value.taken_at));
+
             let parsed = Metagraph::parse(&bytes, cfg.netuid).and_then(|m| {
                 // a snapshot from the future would never age into "stale": one clock is wrong
                 if m.taken_at > now + FUTURE_SLACK_S {
@@ -453,10 +469,12 @@ impl Reloader {
                         cfg.refuse_after_s
                     ));
                 }
+                // ordered by block, then by when it was taken: the chain's order, not a clock's
                 match current {
-                    Some(t) if m.taken_at < t => Err(format!(
-                        "snapshot taken at {} is older than the one in use ({t}); kept the newer",
-                        m.taken_at
+                    Some((block, taken)) if !forced && (m.block, m.taken_at) < (block, taken) => Err(format!(
+                        "snapshot of block {} (taken at {}) is older than the one in use (block {block}, taken at \
+                         {taken}); kept the newer (POST /admin/metagraph/accept takes it anyway)",
+                        m.block, m.taken_at
                     )),
                     _ => Ok(m),
                 }

@@ -115,6 +115,13 @@ impl Server {
                 Err(r) => http::refusal(r),
             };
         }
+        if (path == "/metrics" || path == "/healthz") && admin::rebinding(&req, peer) {
+            return http::refusal(super::ingress::Refusal::new(
+                hyper::StatusCode::FORBIDDEN,
+                "foreign-host",
+                "a local request naming another host (DNS rebinding?): use localhost or an IP address",
+            ));
+        }
         http::handle(self, req, &path).await
     }
 }

@@ -54,6 +54,9 @@ pub struct Server {
     pub(super) alarm_log: parking_lot::Mutex<super::health::AlarmLog>,
     /// When this server started (uptime on the status page).
     pub started: Instant,
+    /// How the admin API runs a reload that takes the snapshot file whatever its order (set by
+    /// `serve`: the reload, and the reloader's switch).
+    pub reload_hook: std::sync::OnceLock<ReloadHook>,
     /// Set once to stop accepting (graceful shutdown).
     pub(super) stopping: tokio::sync::watch::Sender<bool>,
     /// How long a shutdown waits for requests in flight.
@@ -66,6 +69,9 @@ pub struct Server {
     /// inside their own time budget.
     pub decodes: tokio::sync::Semaphore,
 }
+
+/// A reload to run, and the switch that makes it take the snapshot file whatever its order.
+pub type ReloadHook = (Arc<dyn Fn() + Send + Sync>, Arc<std::sync::atomic::AtomicBool>);
 
 /// Answers kept for the status page.
 pub(crate) const RECENT: usize = 50;
@@ -97,6 +103,7 @@ impl Server {
             activity: Default::default(),
             alarm_log: Default::default(),
             started: Instant::now(),
+            reload_hook: std::sync::OnceLock::new(),
             stopping: tokio::sync::watch::Sender::new(false),
             drain: Duration::from_secs(20),
             pinned: parking_lot::RwLock::new(BTreeMap::new()),

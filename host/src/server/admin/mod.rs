@@ -20,6 +20,10 @@ use super::state::Server;
 /// loopback one (what a page's script, or DNS rebinding, sends) is not taken as local.
 fn authorised(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> bool {
     let h = req.headers();
+    // two Host or Origin headers: which one a proxy or a browser meant is anyone's guess
+    if h.get_all(hyper::header::HOST).iter().count() > 1 || h.get_all(hyper::header::ORIGIN).iter().count() > 1 {
+        return false;
+    }
     let bearer =
         h.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // an empty token (an unset variable passed through) never admits anyone
@@ -28,8 +32,16 @@ fn authorised(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> boo
             return true;
         }
     }
+    let host = h.get(hyper::header::HOST).and_then(|v| v.to_str().ok());
     let origin_ok = match h.get(hyper::header::ORIGIN) {
         None => true,
+        // a state change only from this server's own page (its origin is the Host it was
+        // loaded from), not from any other local web app on another port
+        Some(o) if req.method() != Method::GET => o
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(_, rest)| Some(rest) == host && loopback_host(rest)),
         Some(o) => o.to_str().ok().and_then(|o| o.split_once("://")).is_some_and(|(_, rest)| loopback_host(rest)),
     };
     let host_ok = h.get(hyper::header::HOST).is_none_or(|v| v.to_str().is_ok_and(loopback_host));
@@ -37,7 +49,7 @@ fn authorised(server: &Server, req: &Request<Incoming>, peer: SocketAddr) -> boo
 }
 
 /// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
-fn loopback_host(host_port: &str) -> bool {
+pub(super) fn loopback_host(host_port: &str) -> bool {
     let host = match host_port.strip_prefix('[') {
         Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
         None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
@@ -70,6 +82,23 @@ pub fn handle(
         }
         (&Method::GET, "/admin/fragment") => Ok(html(render::content(server))),
         (&Method::GET, "/admin/status") => Ok(json_response(StatusCode::OK, &status(server))),
+        (&Method::POST, "/admin/metagraph/accept") => {
+            let (reload, force) = server.reload_hook.get().ok_or_else(|| {
+                Refusal::new(StatusCode::CONFLICT, "no-reloader", "this server does not reload (started without one)")
+            })?;
+            force.store(true, std::sync::atomic::Ordering::SeqCst);
+            let reload = reload.clone();
+            // a reload can take seconds: off the request path; its result shows in /admin/status
+            std::thread::Builder::new()
+                .name("accept-snapshot".into())
+                .spawn(move || reload())
+                .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()))?;
+            tracing::warn!("the next snapshot is taken whatever its order (POST /admin/metagraph/accept)");
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &json!({"accepted": "the snapshot file on disk is being loaded whatever its block; GET /admin/status for the result"}),
+            ))
+        }
         (&Method::POST, p) if p.starts_with("/admin/hotkeys/") => {
             let rest = &p["/admin/hotkeys/".len()..];
             let (hotkey, action) = rest.split_once('/').unwrap_or((rest, ""));
@@ -111,6 +140,7 @@ fn html(body: String) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
     );
     h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(hyper::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     r
 }
 
@@ -218,4 +248,23 @@ mod tests {
         assert!(same_secret(b"abc", b"abc"));
         assert!(!same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
     }
+}
+
+/// Whether a request to `/metrics` or `/healthz` is DNS rebinding: it comes from this machine
+/// but names a host that is neither a loopback name nor an IP address (a web page's script in
+/// the operator's browser, its name pointed at 127.0.0.1). Other machines' scrapes name this
+/// one however they like.
+pub(super) fn rebinding(req: &Request<Incoming>, peer: SocketAddr) -> bool {
+    if !peer.ip().is_loopback() {
+        return false;
+    }
+    let hosts: Vec<&str> = req.headers().get_all(hyper::header::HOST).iter().filter_map(|v| v.to_str().ok()).collect();
+    let literal = |h: &str| {
+        let bare = h
+            .strip_prefix('[')
+            .and_then(|v| v.split_once(']'))
+            .map_or_else(|| h.rsplit_once(':').map_or(h, |(a, _)| a), |(a, _)| a);
+        bare.parse::<std::net::IpAddr>().is_ok()
+    };
+    hosts.len() > 1 || hosts.iter().any(|h| !(loopback_host(h) || literal(h)))
 }

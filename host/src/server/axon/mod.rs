@@ -41,8 +41,14 @@ pub(crate) fn is_synapse_path(path: &str) -> bool {
     !name.is_empty() && !name.contains('/') && name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
 }
 
+/// The longest error message sent back (a message may quote what the caller sent).
+const MAX_MESSAGE_CHARS: usize = 512;
+
 fn error(status: StatusCode, message: impl Into<String>) -> Resp {
-    let message = message.into();
+    let mut message: String = message.into();
+    if message.chars().count() > MAX_MESSAGE_CHARS {
+        message = message.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + "…";
+    }
     crate::metrics::global().axon(status.as_u16());
     let mut r = Response::new(Full::new(Bytes::from(json!({"message": message}).to_string())));
     *r.status_mut() = status;
@@ -305,4 +311,14 @@ async fn serve(
         hs.insert("bt_header_axon_process_time", v);
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_messages_are_bounded() {
+        let r = super::error(hyper::StatusCode::BAD_REQUEST, "x".repeat(100_000));
+        let h = r.headers().get("bt_header_axon_status_message").expect("header").len();
+        assert!(h <= super::MAX_MESSAGE_CHARS + 3, "{h}");
+    }
 }
