@@ -233,23 +233,6 @@ fn chain_status(c: &crate::chain::Chain) -> serde_json::Value {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_hosts_and_secrets() {
-        for ok in ["localhost", "localhost:8091", "127.0.0.1:8091", "127.3.4.5", "[::1]:80", "[::1]"] {
-            assert!(loopback_host(ok), "{ok}");
-        }
-        for bad in ["evil.example:8091", "10.0.0.1", "localhost.evil.example", "[2001:db8::1]:80"] {
-            assert!(!loopback_host(bad), "{bad}");
-        }
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
-    }
-}
-
 /// Whether a request to `/metrics` or `/healthz` is DNS rebinding: it comes from this machine
 /// but names a host that is neither a loopback name nor an IP address (a web page's script in
 /// the operator's browser, its name pointed at 127.0.0.1). Other machines' scrapes name this
@@ -267,4 +250,21 @@ pub(super) fn rebinding(req: &Request<Incoming>, peer: SocketAddr) -> bool {
         bare.parse::<std::net::IpAddr>().is_ok()
     };
     hosts.len() > 1 || hosts.iter().any(|h| !(loopback_host(h) || literal(h)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_and_secrets() {
+        for ok in ["localhost", "localhost:8091", "127.0.0.1:8091", "127.3.4.5", "[::1]:80", "[::1]"] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in ["evil.example:8091", "10.0.0.1", "localhost.evil.example", "[2001:db8::1]:80"] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
+    }
 }

@@ -223,7 +223,7 @@ impl Table {
             }
             let mut theirs: Vec<(u64, String)> =
                 self.last.iter().filter(|((h, _), _)| *h == heaviest).map(|((_, u), n)| (*n, u.clone())).collect();
-            theirs.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            theirs.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));
             let drop = (count / 16).max(1).max(self.last.len() + 1 - cap).min(theirs.len());
             for (_, uuid) in theirs.into_iter().take(drop) {
                 self.last.remove(&(heaviest.clone(), uuid));
