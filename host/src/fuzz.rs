@@ -14,8 +14,24 @@ use crate::server::ingress::{self, IngressLimits};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/fuzz_targets/*.rs` and the corpus folders name them.
-pub const TARGETS: [(&str, Target); 4] =
-    [("request_body", request_body), ("image", image), ("axon_headers", axon_headers), ("config", config)];
+pub const TARGETS: [(&str, Target); 5] = [
+    ("request_body", request_body),
+    ("image", image),
+    ("axon_headers", axon_headers),
+    ("config", config),
+    ("log_line", log_line),
+];
+
+/// One line of a prediction log segment, as `cascade log` and `replay` read logs from
+/// anywhere: parsed as a record, and where it points its kept image resolved inside the folder.
+pub fn log_line(data: &[u8]) {
+    if let Ok(r) = crate::predlog::format::parse_line(data) {
+        if let Some(p) = r.image_path(std::path::Path::new("/log")) {
+            assert!(p.starts_with("/log"), "{} leaves the log folder", p.display());
+        }
+        let _ = r.image.chars().take(12).count();
+    }
+}
 
 /// A `/v1/predict` body: the first byte picks the content type, the rest is the body; what
 /// it yields is decoded under the HTTP API's limits.

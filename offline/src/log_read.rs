@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use cascade_host::predlog::format::{Record, VERSION};
+use cascade_host::predlog::format::{parse_line, Record};
 
 #[derive(Default)]
 pub struct Scan {
@@ -46,31 +46,26 @@ pub fn scan(dir: &Path) -> Result<Scan, String> {
     }
     for f in files {
         s.segments += 1;
+        // a FIFO or a device named like a segment would block the read or never end
+        if !std::fs::symlink_metadata(&f).is_ok_and(|m| m.file_type().is_file()) {
+            s.skipped += 1;
+            s.problems.push(format!("{}: not a regular file, skipped", f.display()));
+            continue;
+        }
         let file = std::fs::File::open(&f).map_err(|e| format!("{}: {e}", f.display()))?;
         for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
             let Ok(line) = line else { break };
             if line.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
-            let why = match serde_json::from_slice::<serde_json::Value>(&line) {
-                Err(e) => format!("not a JSON record ({e})"),
-                Ok(v) => match v.get("v").and_then(|x| x.as_u64()) {
-                    None => "no format version `v` (not a cascade prediction log record)".to_string(),
-                    Some(n) if n != VERSION as u64 => {
-                        format!("format version {n}; this build reads version {VERSION}")
+            match parse_line(&line) {
+                Ok(r) => s.records.push(r),
+                Err(why) => {
+                    s.skipped += 1;
+                    if s.problems.len() < 20 {
+                        s.problems.push(format!("{}:{}: {why}", f.display(), i + 1));
                     }
-                    Some(_) => match serde_json::from_value::<Record>(v) {
-                        Ok(r) => {
-                            s.records.push(r);
-                            continue;
-                        }
-                        Err(e) => format!("record does not fit version {VERSION}: {e}"),
-                    },
-                },
-            };
-            s.skipped += 1;
-            if s.problems.len() < 20 {
-                s.problems.push(format!("{}:{}: {why}", f.display(), i + 1));
+                }
             }
         }
     }

@@ -156,7 +156,7 @@ pub fn list(dir: &Path, f: &Filter, json: bool) -> anyhow::Result<ExitCode> {
                 p,
                 r.stage,
                 r.ms,
-                &r.image[..12.min(r.image.len())],
+                r.image.chars().take(12).collect::<String>(),
                 r.caller.as_ref().map(|c| format!(" from {c}")).unwrap_or_default()
             )?;
         }
@@ -192,39 +192,57 @@ pub fn export(dir: &Path, out: &Path, f: &Filter, disagreements: bool) -> anyhow
         picked = all.iter().filter(|r| f.keeps(r)).map(|r| (r, None)).collect();
     }
     std::fs::create_dir_all(out.join("images"))?;
-    let mut csv = std::io::BufWriter::new(std::fs::File::create(out.join("manifest.csv"))?);
+    let mut csv = csv::Writer::from_path(out.join("manifest.csv"))?;
     // `challenge` = 1: the images are what the validators sent; the offline tools use them as read
-    writeln!(csv, "path,label,prediction,other_prediction,hotkey,arm,stage,time,image,challenge")?;
+    csv.write_record([
+        "path",
+        "label",
+        "prediction",
+        "other_prediction",
+        "hotkey",
+        "arm",
+        "stage",
+        "time",
+        "image",
+        "challenge",
+    ])?;
     let (mut rows, mut no_image) = (0usize, 0usize);
     let mut seen = std::collections::HashSet::new();
     for (r, other) in picked {
         if !seen.insert(r.image.clone()) {
             continue;
         }
-        let Some(file) = &r.image_file else {
+        if r.image_file.is_none() {
+            no_image += 1;
+            continue;
+        }
+        // the log is untrusted input: only a regular file inside the log folder is copied
+        let Some(src) = r.image_path(dir) else {
+            eprintln!("record at {}: image_file {:?} leaves the log folder; skipped", r.t, r.image_file);
             no_image += 1;
             continue;
         };
-        let src = dir.join(file);
-        let name = PathBuf::from(file).file_name().map(|n| n.to_owned()).unwrap_or_default();
-        if std::fs::copy(&src, out.join("images").join(&name)).is_err() {
-            eprintln!("{}: missing (the record at {} names it)", src.display(), r.t);
+        let name = src.file_name().map(|n| n.to_owned()).unwrap_or_default();
+        let regular = std::fs::symlink_metadata(&src).is_ok_and(|m| m.file_type().is_file());
+        if !regular || std::fs::copy(&src, out.join("images").join(&name)).is_err() {
+            eprintln!("{}: missing or not a regular file (the record at {} names it)", src.display(), r.t);
             no_image += 1;
             continue;
         }
         let p = |x: Option<f32>| x.map_or(String::new(), |v| format!("{v:.4}"));
-        writeln!(
-            csv,
-            "images/{},,{},{},{},{},{},{},{},1",
-            name.to_string_lossy(),
+        let row = [
+            format!("images/{}", name.to_string_lossy()),
+            String::new(),
             p(r.prediction),
             p(other),
-            r.hotkey,
-            r.arm,
-            r.stage,
-            r.t / 1000,
-            r.image
-        )?;
+            r.hotkey.clone(),
+            r.arm.clone(),
+            r.stage.clone(),
+            (r.t / 1000).to_string(),
+            r.image.clone(),
+            "1".into(),
+        ];
+        csv.write_record(row.iter().map(|c| cell(c).into_owned()))?;
         rows += 1;
     }
     csv.flush()?;
@@ -234,4 +252,62 @@ pub fn export(dir: &Path, out: &Path, f: &Filter, disagreements: bool) -> anyhow
         if no_image > 0 { format!("; {no_image} record(s) had no kept image (see log.images)") } else { String::new() }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A cell a spreadsheet shows as text: one that starts like a formula (`=`, `+`, `-`, `@`, a
+/// tab or a carriage return) gets a leading `'` (OWASP's rule for CSV injection). Quoting of
+/// commas, quotes and newlines is the `csv` writer's.
+fn cell(v: &str) -> std::borrow::Cow<'_, str> {
+    match v.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') if v.parse::<f64>().is_err() => format!("'{v}").into(),
+        _ => v.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(image: &str, image_file: &str, stage: &str, t: u64) -> String {
+        serde_json::json!({
+            "v": 1, "t": t, "id": "r", "hotkey": "speed", "arm": "stable", "via": "axon", "caller": null,
+            "image": image, "key": "00", "width": 224, "height": 224, "prediction": 0.5, "stage": stage,
+            "source": "policy", "model_ms": 1.0, "ms": 2.0, "image_file": image_file, "results": []
+        })
+        .to_string()
+    }
+
+    /// The outside suite's findings on untrusted logs: a multibyte character at byte 12 of
+    /// `image` panicked `list`; `image_file` escaped the folder (`/etc/passwd` became an image
+    /// to label); a stage with a comma, a newline or a formula broke the manifest or reached a
+    /// spreadsheet as a formula; a FIFO named like a segment hung `list`.
+    #[test]
+    fn a_hostile_log_is_read_without_harm() {
+        let root = std::env::temp_dir().join(format!("logcmd-hostile-{}", std::process::id()));
+        let (dir, out) = (root.join("log"), root.join("out"));
+        std::fs::create_dir_all(dir.join("images")).unwrap();
+        std::fs::write(root.join("secret.jpg"), b"outside the log").unwrap();
+        std::fs::write(dir.join("images/ok.jpg"), b"kept image").unwrap();
+        let lines = [
+            record("abcdefghijkéé-multibyte-at-12", "images/ok.jpg", "=HYPERLINK(\"http://x\"),\nboom", 1_000),
+            record("b2", "../secret.jpg", "classifier", 2_000),
+            record("b3", "/etc/passwd", "classifier", 3_000),
+        ];
+        std::fs::write(dir.join("predictions-1000-0.jsonl"), lines.join("\n") + "\n").unwrap();
+        let fifo = dir.join("predictions-2000-0.jsonl");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success(), "mkfifo");
+
+        let all = Filter { band: Some((0.0, 1.0)), ..Filter::default() };
+        list(&dir, &all, false).unwrap();
+        export(&dir, &out, &all, false).unwrap();
+        let manifest = std::fs::read_to_string(out.join("manifest.csv")).unwrap();
+        let mut rd = csv::Reader::from_reader(manifest.as_bytes());
+        let rows: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
+        assert_eq!(rows.len(), 1, "only the image inside the folder: {manifest}");
+        assert_eq!(&rows[0][6], "'=HYPERLINK(\"http://x\"),\nboom", "quoted whole, formula neutralised");
+        let copied: Vec<_> = std::fs::read_dir(out.join("images")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(copied, vec![std::ffi::OsString::from("ok.jpg")]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

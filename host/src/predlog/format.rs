@@ -172,3 +172,41 @@ pub fn unhex16(s: &str) -> Option<[u8; 16]> {
     hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
+
+/// One line of a segment as a record, or why it is not one (not JSON, another format version,
+/// fields that do not fit). Untrusted input: the offline tools read logs from anywhere.
+pub fn parse_line(line: &[u8]) -> Result<Record, String> {
+    let v = serde_json::from_slice::<serde_json::Value>(line).map_err(|e| format!("not a JSON record ({e})"))?;
+    match v.get("v").and_then(|x| x.as_u64()) {
+        None => Err("no format version `v` (not a cascade prediction log record)".to_string()),
+        Some(n) if n != u64::from(VERSION) => Err(format!("format version {n}; this build reads version {VERSION}")),
+        Some(_) => {
+            serde_json::from_value::<Record>(v).map_err(|e| format!("record does not fit version {VERSION}: {e}"))
+        }
+    }
+}
+
+impl Record {
+    /// The kept image's path inside the log folder `dir`, when the record names one that stays
+    /// inside it (a plain relative path: no `..`, no root, no drive).
+    pub fn image_path(&self, dir: &std::path::Path) -> Option<std::path::PathBuf> {
+        let f = std::path::Path::new(self.image_file.as_deref()?);
+        f.components().all(|c| matches!(c, std::path::Component::Normal(_))).then(|| dir.join(f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_fuzz_seeds_are_records_and_a_hostile_path_stays_inside() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/log_line");
+        let ok = super::parse_line(&std::fs::read(dir.join("record.json")).unwrap()).unwrap();
+        assert_eq!(
+            ok.image_path(std::path::Path::new("/log")).unwrap(),
+            std::path::Path::new("/log/images/9f86d081884c7d65.jpg")
+        );
+        let hostile = super::parse_line(&std::fs::read(dir.join("hostile.json")).unwrap()).unwrap();
+        assert_eq!(hostile.image_path(std::path::Path::new("/log")), None);
+        assert!(super::parse_line(b"{\"v\": 2}").unwrap_err().contains("format version 2"));
+    }
+}
