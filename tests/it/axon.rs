@@ -33,7 +33,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-const PATIENT: &[&str] = &["--read-timeout-s", "60"];
+const PATIENT: &[&str] = &["--read-timeout-s", "60", "--first-byte-timeout-s", "30"];
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()

@@ -49,6 +49,14 @@ pub struct ServeCommand {
     /// Open connections served at once (default: 4096, or less if the open-file limit is lower).
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Open connections one peer address may hold; more are closed at once (one stranger's idle
+    /// sockets cannot take every slot).
+    #[arg(long, default_value_t = cascade_host::server::conns::DEFAULT_PER_IP)]
+    max_connections_per_ip: usize,
+    /// Seconds a new connection may stay silent before it is closed (a request's headers then
+    /// have --read-timeout-s).
+    #[arg(long, default_value_t = cascade_host::server::conns::DEFAULT_FIRST_BYTE.as_secs_f64())]
+    first_byte_timeout_s: f64,
     /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting.
     #[arg(long, default_value_t = 20)]
     drain_s: u64,
@@ -114,6 +122,12 @@ impl ServeCommand {
         }
         let mut server = Server::new(serving, limits, Duration::from_secs(a.read_timeout_s), a.admin_token.clone());
         server.set_max_connections(max_connections);
+        server.set_max_connections_per_ip(a.max_connections_per_ip);
+        if !(a.first_byte_timeout_s.is_finite() && a.first_byte_timeout_s > 0.0) {
+            anyhow::bail!("--first-byte-timeout-s {}: a positive number of seconds", a.first_byte_timeout_s);
+        }
+        server.first_byte_timeout = Duration::from_secs_f64(a.first_byte_timeout_s);
+        server.listeners.store(1 + pinned.len(), std::sync::atomic::Ordering::SeqCst);
         server.drain = Duration::from_secs(a.drain_s);
         let server = Arc::new(server);
         server.status.lock().record(&first);

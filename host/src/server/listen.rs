@@ -44,12 +44,19 @@ impl Server {
     /// process runs out of file descriptors.
     pub async fn run(self: Arc<Self>, listener: TcpListener, pinned: Option<String>) -> std::io::Result<()> {
         let mut failures = AcceptFailures::default();
+        // this listener's own cap: a flood of it leaves slots to the others
+        let listeners = self.listeners.load(std::sync::atomic::Ordering::SeqCst);
+        let mine = Arc::new(tokio::sync::Semaphore::new(super::conns::listener_cap(self.max_connections, listeners)));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut stop = self.stopping.subscribe();
         loop {
             if *stop.borrow() {
                 break;
             }
+            let own_slot = tokio::select! {
+                s = mine.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+                _ = stop.changed() => break,
+            };
             let slot = tokio::select! {
                 s = self.connections.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
                 _ = stop.changed() => break,
@@ -65,7 +72,13 @@ impl Server {
                 },
                 _ = stop.changed() => break,
             };
+            // one address holding its cap: closed at once, its slots stay with the others
+            let Some(ip_slot) = self.per_ip.take(peer.ip()) else {
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
+            let first_byte = self.first_byte_timeout;
             let me = self.clone();
             let timeout = self.read_timeout;
             let pinned = pinned.clone();
@@ -73,16 +86,23 @@ impl Server {
                 let (me, pinned) = (me.clone(), pinned.clone());
                 async move { Ok::<_, Infallible>(me.handle(req, peer, pinned.as_deref()).await) }
             });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
-                .serve_connection(TokioIo::new(stream), svc);
-            let conn = graceful.watch(conn);
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                // a connection that sends nothing is closed well before the header timeout
+                // that protects one mid-request
+                let mut one = [0u8; 1];
+                if !matches!(tokio::time::timeout(first_byte, stream.peek(&mut one)).await, Ok(Ok(1..))) {
+                    drop((slot, own_slot, ip_slot));
+                    return;
+                }
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(timeout)
+                    .serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(error = %e, "connection ended");
                 }
-                drop(slot);
+                drop((slot, own_slot, ip_slot));
             });
         }
         // stop accepting, let the requests in flight finish (idle keep-alive connections are

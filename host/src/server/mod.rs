@@ -8,6 +8,7 @@
 pub mod activity;
 pub mod admin;
 pub mod axon;
+pub mod conns;
 pub mod decoded;
 mod front;
 pub mod health;

@@ -65,6 +65,14 @@ pub struct Server {
     pub pinned: parking_lot::RwLock<BTreeMap<String, SocketAddr>>,
     /// Open connections allowed at once (see `run`).
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// `connections`' size, for the listeners' own caps.
+    pub max_connections: usize,
+    /// Listeners this server runs (their caps leave room for each other).
+    pub listeners: std::sync::atomic::AtomicUsize,
+    /// Open connections per peer address.
+    pub per_ip: Arc<super::conns::PerIp>,
+    /// How long a new connection may stay silent before it is closed.
+    pub first_byte_timeout: Duration,
     /// Image decodes running at once (each may hold a large buffer): requests queue here,
     /// inside their own time budget.
     pub decodes: tokio::sync::Semaphore,
@@ -108,6 +116,10 @@ impl Server {
             drain: Duration::from_secs(20),
             pinned: parking_lot::RwLock::new(BTreeMap::new()),
             connections: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_CONNECTIONS)),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            listeners: std::sync::atomic::AtomicUsize::new(1),
+            per_ip: super::conns::PerIp::new(super::conns::DEFAULT_PER_IP),
+            first_byte_timeout: super::conns::DEFAULT_FIRST_BYTE,
             decodes: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
             ),
@@ -138,6 +150,12 @@ impl Server {
     /// Caps open connections (before serving starts).
     pub fn set_max_connections(&mut self, n: usize) {
         self.connections = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self.max_connections = n.max(1);
+    }
+
+    /// Caps the connections one peer address may hold open (before serving starts).
+    pub fn set_max_connections_per_ip(&mut self, n: usize) {
+        self.per_ip = super::conns::PerIp::new(n);
     }
 
     /// A turn to decode, waited for no longer than the request's budget allows.
