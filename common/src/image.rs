@@ -66,6 +66,22 @@ impl DecodeError {
     }
 }
 
+/// The width and height a JPEG or PNG header claims, read without decoding (`None` for
+/// anything else or a header that does not read: the decode then says why).
+pub fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok()?;
+    if !matches!(reader.format(), Some(ImageFormat::Jpeg) | Some(ImageFormat::Png)) {
+        return None;
+    }
+    reader.into_dimensions().ok()
+}
+
+/// Memory a decode of a `w`×`h` image may hold at its peak: the decoder's RGBA buffer and the
+/// RGB copy (7 bytes a pixel).
+pub fn decode_cost_bytes(w: u32, h: u32) -> u64 {
+    u64::from(w) * u64::from(h) * 7
+}
+
 /// Decodes a JPEG or PNG to RGB, refusing anything past `limits` before decoding it.
 pub fn decode_image(bytes: &[u8], limits: &IngressLimits) -> Result<image::RgbImage, DecodeError> {
     let undecodable = DecodeError::Undecodable;

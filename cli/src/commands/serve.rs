@@ -57,6 +57,11 @@ pub struct ServeCommand {
     /// have --read-timeout-s).
     #[arg(long, default_value_t = cascade_host::server::conns::DEFAULT_FIRST_BYTE.as_secs_f64())]
     first_byte_timeout_s: f64,
+    /// Memory decodes of images over 1 MP may hold until their answers, in MiB (a 40 MP photo
+    /// takes 267); past it they wait, then get 503 `busy`. Validators' small images have a
+    /// pool of their own and never wait behind them.
+    #[arg(long, default_value_t = cascade_host::server::state::DEFAULT_DECODE_MEMORY_MB)]
+    decode_memory_mb: u32,
     /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting.
     #[arg(long, default_value_t = 20)]
     drain_s: u64,
@@ -123,6 +128,7 @@ impl ServeCommand {
         let mut server = Server::new(serving, limits, Duration::from_secs(a.read_timeout_s), a.admin_token.clone());
         server.set_max_connections(max_connections);
         server.set_max_connections_per_ip(a.max_connections_per_ip);
+        server.set_decode_memory_mb(a.decode_memory_mb);
         if !(a.first_byte_timeout_s.is_finite() && a.first_byte_timeout_s > 0.0) {
             anyhow::bail!("--first-byte-timeout-s {}: a positive number of seconds", a.first_byte_timeout_s);
         }

@@ -38,7 +38,8 @@ pub(crate) struct Job {
 /// the time since the request arrived.
 pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Duration), Refusal> {
     let Job { serving, hotkey: hk, bytes, limits, sticky, arrived, via, caller, refuse_image } = job;
-    let turn = server.decode_turn(arrived, hk.budget).await?;
+    let dims = cascade_common::image::dimensions(&bytes);
+    let turn = server.decode_turn(arrived, hk.budget, dims).await?;
     // Decoding and the policy block (component calls wait on model queues): run them here,
     // telling tokio to move this worker's other tasks away, which saves the two thread
     // hand-offs of `spawn_blocking` on every request.
@@ -46,13 +47,17 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Duratio
         let origin = crate::wit::image::key_of(b"bytes", &[&bytes]);
         let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
         let img = super::decoded::decode(origin, &bytes, &limits).map_err(refuse_image)?;
-        drop(turn);
+        // a large image's memory stays reserved until its answer (the policy holds the image)
+        let (slot, memory) = turn.split();
+        drop(slot);
         let prov = crate::predlog::Provenance {
             via,
             caller,
             bytes: if hk.log.is_some() { Bytes::from(bytes) } else { Bytes::new() },
         };
-        Ok(hk.serve(&serving.models, img, sticky, arrived, origin, prov))
+        let answer = hk.serve(&serving.models, img, sticky, arrived, origin, prov);
+        drop(memory);
+        Ok(answer)
     })?;
     let took = arrived.elapsed();
     crate::metrics::global().request(&hk.name, &answer.stage, answer.source.outcome(), took);

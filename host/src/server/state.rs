@@ -73,9 +73,14 @@ pub struct Server {
     pub per_ip: Arc<super::conns::PerIp>,
     /// How long a new connection may stay silent before it is closed.
     pub first_byte_timeout: Duration,
-    /// Image decodes running at once (each may hold a large buffer): requests queue here,
-    /// inside their own time budget.
+    /// Decodes of small images (validators' 224² challenges; up to `SMALL_PIXELS`) running at
+    /// once: a pool of their own, so they never queue behind large photos.
     pub decodes: tokio::sync::Semaphore,
+    /// Decodes of larger images running at once, ...
+    pub large_decodes: tokio::sync::Semaphore,
+    /// ... and the memory they may hold until their answer, in MiB (`--decode-memory-mb`).
+    pub decode_memory: tokio::sync::Semaphore,
+    pub decode_memory_mb: u32,
 }
 
 /// A reload to run, and the switch that makes it take the snapshot file whatever its order.
@@ -93,6 +98,29 @@ pub struct Recent {
     pub stage: String,
     pub outcome: &'static str,
     pub ms: f64,
+}
+
+/// Images up to this many pixels (1 MP: validators send 224²) decode in the small pool.
+pub const SMALL_PIXELS: u64 = 1 << 20;
+/// Memory decodes of large images may hold unless `--decode-memory-mb` says otherwise.
+pub const DEFAULT_DECODE_MEMORY_MB: u32 = 1024;
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2)
+}
+
+/// A request's turn to decode: its slot, and for a large image the memory it holds until the
+/// answer (the decoded image lives through the policy).
+pub(crate) struct DecodeTurn<'a> {
+    slot: tokio::sync::SemaphorePermit<'a>,
+    memory: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl<'a> DecodeTurn<'a> {
+    /// The slot (given back after the decode) and the memory (after the answer).
+    pub(crate) fn split(self) -> (tokio::sync::SemaphorePermit<'a>, Option<tokio::sync::SemaphorePermit<'a>>) {
+        (self.slot, self.memory)
+    }
 }
 
 /// Connections served at once unless `set_max_connections` says otherwise.
@@ -120,9 +148,10 @@ impl Server {
             listeners: std::sync::atomic::AtomicUsize::new(1),
             per_ip: super::conns::PerIp::new(super::conns::DEFAULT_PER_IP),
             first_byte_timeout: super::conns::DEFAULT_FIRST_BYTE,
-            decodes: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
-            ),
+            decodes: tokio::sync::Semaphore::new(cores()),
+            large_decodes: tokio::sync::Semaphore::new(cores()),
+            decode_memory: tokio::sync::Semaphore::new(DEFAULT_DECODE_MEMORY_MB as usize),
+            decode_memory_mb: DEFAULT_DECODE_MEMORY_MB,
         }
     }
 
@@ -158,21 +187,63 @@ impl Server {
         self.per_ip = super::conns::PerIp::new(n);
     }
 
-    /// A turn to decode, waited for no longer than the request's budget allows.
+    /// Caps the memory decodes of large images may hold (before serving starts).
+    pub fn set_decode_memory_mb(&mut self, mb: u32) {
+        self.decode_memory = tokio::sync::Semaphore::new(mb.max(1) as usize);
+        self.decode_memory_mb = mb.max(1);
+    }
+
+    /// A turn to decode an image of `dims` (from its header): a slot of the small images' pool,
+    /// or one of the large images' with the memory the decode may hold. Waited for at most half
+    /// the request's budget, so that the policy keeps the rest: past it, a 503 `busy` while the
+    /// caller can still use it, not a late failure.
     pub(crate) async fn decode_turn(
         &self,
         arrived: Instant,
         budget: Duration,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, Refusal> {
-        let left = budget.saturating_sub(arrived.elapsed());
-        match tokio::time::timeout(left, self.decodes.acquire()).await {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(Refusal::new(
+        dims: Option<(u32, u32)>,
+    ) -> Result<DecodeTurn<'_>, Refusal> {
+        let wait = (budget / 2).saturating_sub(arrived.elapsed());
+        let busy = |what: &str| {
+            Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
-                "no decoding slot came free within the request's budget",
-            )),
+                format!("no {what} came free within half the request's budget"),
+            )
+        };
+        let (w, h) = dims.unwrap_or((1, 1));
+        if u64::from(w) * u64::from(h) <= SMALL_PIXELS {
+            return match tokio::time::timeout(wait, self.decodes.acquire()).await {
+                Ok(Ok(p)) => Ok(DecodeTurn { slot: p, memory: None }),
+                _ => Err(busy("decoding slot")),
+            };
         }
+        let mb = cascade_common::image::decode_cost_bytes(w, h).div_ceil(1 << 20).max(1);
+        if mb > u64::from(self.decode_memory_mb) {
+            return Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "image-too-large",
+                format!(
+                    "a {w}×{h} image needs {mb} MiB to decode, more than --decode-memory-mb {}",
+                    self.decode_memory_mb
+                ),
+            ));
+        }
+        let started = Instant::now();
+        let slot = match tokio::time::timeout(wait, self.large_decodes.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err(busy("decoding slot")),
+        };
+        let memory = match tokio::time::timeout(
+            wait.saturating_sub(started.elapsed()),
+            self.decode_memory.acquire_many(mb as u32),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            _ => return Err(busy(&format!("decoding memory ({mb} MiB of {})", self.decode_memory_mb))),
+        };
+        Ok(DecodeTurn { slot, memory: Some(memory) })
     }
 
     /// Swaps in the result of a reload (when anything changed) and records it.
