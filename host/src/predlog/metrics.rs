@@ -29,6 +29,17 @@ impl Collector for LogSeries {
                 c.errors.load(Relaxed)
             }),
         ];
+        let mut failing = encoder.encode_descriptor(
+            "log_failing",
+            "1 while a prediction log cannot write (full or read-only disk): records are dropped and the writer retries",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (dir, c) in &logs {
+            let log = Label::new(&dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            let v = i64::from(c.failing.lock().is_some());
+            prometheus_client::metrics::gauge::ConstGauge::new(v).encode(failing.encode_family(&LogLabels { log })?)?;
+        }
         for (name, help, read) in series {
             let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
             for (dir, c) in &logs {

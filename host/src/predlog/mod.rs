@@ -49,16 +49,18 @@ pub struct Log {
     seen: AtomicU64,
 }
 
-/// One writer per folder in the process, shared by the hotkeys (and reloads) that log there.
-fn writers() -> &'static Mutex<HashMap<PathBuf, Arc<Writer>>> {
-    static W: OnceLock<Mutex<HashMap<PathBuf, Arc<Writer>>>> = OnceLock::new();
+/// One writer per folder in the process, shared by the hotkeys (and reloads) that log there;
+/// held weakly, so a folder no hotkey logs to any more lets its writer thread end.
+fn writers() -> &'static Mutex<HashMap<PathBuf, std::sync::Weak<Writer>>> {
+    static W: OnceLock<Mutex<HashMap<PathBuf, std::sync::Weak<Writer>>>> = OnceLock::new();
     W.get_or_init(Default::default)
 }
 
-/// Every log folder's counters (for the metrics).
+/// Every live log folder's counters (for the metrics and the status page).
 pub fn counts() -> Vec<(PathBuf, Arc<Counts>)> {
-    let w = writers().lock().unwrap_or_else(|p| p.into_inner());
-    w.iter().map(|(d, w)| (d.clone(), w.counts.clone())).collect()
+    let mut w = writers().lock().unwrap_or_else(|p| p.into_inner());
+    w.retain(|_, x| x.strong_count() > 0);
+    w.iter().filter_map(|(d, x)| Some((d.clone(), x.upgrade()?.counts.clone()))).collect()
 }
 
 impl Log {
@@ -71,11 +73,11 @@ impl Log {
         let dir = dir.canonicalize().map_err(|e| format!("log.dir {}: {e}", dir.display()))?;
         let writer = {
             let mut w = writers().lock().unwrap_or_else(|p| p.into_inner());
-            match w.get(&dir) {
-                Some(x) => x.clone(),
+            match w.get(&dir).and_then(std::sync::Weak::upgrade) {
+                Some(x) => x,
                 None => {
                     let x = Arc::new(Writer::start(&dir).map_err(|e| format!("log.dir {}: {e}", dir.display()))?);
-                    w.insert(dir.clone(), x.clone());
+                    w.insert(dir.clone(), Arc::downgrade(&x));
                     x
                 }
             }

@@ -175,7 +175,30 @@ pub(crate) fn content(server: &Server) -> String {
     );
     drop(st);
 
-    // 6. models
+    // 6. prediction logs: what reached the disk, and whether a log is failing now
+    let logs = crate::predlog::counts();
+    if !logs.is_empty() {
+        out.push_str("<h2>Prediction logs</h2>");
+        let rows: Vec<Vec<String>> = logs
+            .iter()
+            .map(|(dir, c)| {
+                let state = match c.failing.lock().as_deref() {
+                    Some(e) => format!("<span class=\"bad\">failing: {} (records dropped; retrying)</span>", esc(e)),
+                    None => "<span class=\"ok\">writing</span>".into(),
+                };
+                vec![
+                    esc(&dir.display().to_string()),
+                    c.written.load(Relaxed).to_string(),
+                    c.dropped.load(Relaxed).to_string(),
+                    c.errors.load(Relaxed).to_string(),
+                    state,
+                ]
+            })
+            .collect();
+        table(&mut out, "logs", &["folder", "on disk", "dropped (queue full)", "lost (write errors)", "state"], &rows);
+    }
+
+    // 7. models
     out.push_str("<h2>Models</h2>");
     let rows: Vec<Vec<String>> = s
         .models
@@ -208,7 +231,7 @@ pub(crate) fn content(server: &Server) -> String {
         &rows,
     );
 
-    // 7. the last answers
+    // 8. the last answers
     out.push_str("<h2>Recent answers</h2>");
     let rows: Vec<Vec<String>> = server
         .recent
