@@ -263,3 +263,64 @@ fn shadow_disagreements_are_exported() {
     let (served, shadow): (f64, f64) = (cols[2].parse().expect("prediction"), cols[3].parse().expect("other"));
     assert!(served < 0.5 && shadow > 0.5, "{manifest}");
 }
+
+/// `kill -9` in the middle of heavy logging: every segment reads back up to its last whole
+/// line (a cut-off last line is skipped, nothing else), every record the server counted as
+/// written (`cascade_log_records_total`: flushed) is there, and a restart on the same folder
+/// goes on logging in a segment of its own.
+#[test]
+fn a_killed_server_leaves_every_acknowledged_record_readable() {
+    let d = policies("predlog-kill", &[("watched", &logged("watched", "all"))]);
+    let mut server = Server::start(&d.0, false, &[]);
+    let url = server.url("/v1/predict/watched");
+    let senders: Vec<_> = (0..4u32)
+        .map(|t| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                for i in 0..400u32 {
+                    let img = jpeg(&solid(40 + (i % 50), 30 + t, [(i % 250) as u8, 90, 200]));
+                    if post(&url, "image/jpeg", &img).0 == 0 {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    let written = |server: &Server| -> f64 {
+        let (_, m) = get(&server.url("/metrics"));
+        m.lines()
+            .find_map(|l| l.strip_prefix("cascade_log_records_total{log=\"log\"} ")?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    eventually(60, "records being written", || (written(&server) >= 150.0).then_some(()));
+    let acknowledged = written(&server);
+    server.signal("KILL");
+    assert!(server.wait_exit(10).is_some(), "killed");
+    for s in senders {
+        let _ = s.join();
+    }
+    let log = d.0.join("log");
+    let (code, out) = cascade_out(&["log", "list", "--log", log.to_str().expect("path"), "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let records = out.lines().filter(|l| l.starts_with('{') && l.contains("\"hotkey\"")).count();
+    eprintln!("killed with {acknowledged} records acknowledged; {records} read back");
+    assert!(records as f64 >= acknowledged, "{records} records read, {acknowledged} acknowledged as written");
+    // only a segment's cut-off last line may be skipped
+    for skipped in out.lines().filter(|l| l.starts_with("skipped: ")) {
+        let (file, line) =
+            skipped["skipped: ".len()..].split(": ").next().and_then(|fl| fl.rsplit_once(':')).expect("file:line");
+        let total = std::fs::read_to_string(file).expect("segment").split_inclusive('\n').count();
+        assert_eq!(line.parse::<usize>().ok(), Some(total), "only the last line is cut off: {skipped}");
+    }
+    // a restart goes on in a new segment
+    let segments = |log: &std::path::Path| {
+        std::fs::read_dir(log)
+            .expect("log")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".jsonl")))
+            .count()
+    };
+    let before = segments(&log);
+    let server = Server::start(&d.0, false, &[]);
+    assert_eq!(predict(&server, "watched", &jpeg(&solid(33, 33, ORANGE))).0, 200);
+    eventually(10, "a new segment", || (segments(&log) > before).then_some(()));
+}

@@ -68,6 +68,11 @@ impl Log {
     pub fn open(cfg: &LogConfig, base: &Path) -> Result<Arc<Log>, String> {
         let rule = cfg.rule()?;
         let dir = if cfg.dir.is_absolute() { cfg.dir.clone() } else { base.join(&cfg.dir) };
+        // a symbolic link is followed; one to nothing is said as such, not as "File exists"
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) && !dir.exists() {
+            let to = std::fs::read_link(&dir).map(|t| t.display().to_string()).unwrap_or_default();
+            return Err(format!("log.dir {} is a symbolic link to {to}, which does not exist", dir.display()));
+        }
         // one writer per folder, however the path is spelt
         std::fs::create_dir_all(&dir).map_err(|e| format!("log.dir {}: {e}", dir.display()))?;
         let dir = dir.canonicalize().map_err(|e| format!("log.dir {}: {e}", dir.display()))?;
@@ -173,4 +178,23 @@ pub(crate) fn request_id() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     format!("{ms:x}-{:x}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_dangling_symlink_as_the_log_folder_is_named() {
+        let base = std::env::temp_dir().join(format!("predlog-link-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        std::os::unix::fs::symlink(base.join("nowhere"), base.join("logs")).unwrap();
+        let cfg: crate::config::LogConfig = toml::from_str("dir = \"logs\"").unwrap();
+        let e = super::Log::open(&cfg, &base).err().expect("refused");
+        assert!(e.contains("is a symbolic link to") && e.contains("nowhere, which does not exist"), "{e}");
+        // a link to a folder is followed
+        std::fs::create_dir_all(base.join("real")).unwrap();
+        std::os::unix::fs::symlink(base.join("real"), base.join("good")).unwrap();
+        let cfg: crate::config::LogConfig = toml::from_str("dir = \"good\"").unwrap();
+        assert!(super::Log::open(&cfg, &base).is_ok());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }
