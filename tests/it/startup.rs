@@ -55,10 +55,21 @@ fn check_reports_every_problem_and_serve_refuses_to_start() {
     assert!(out.contains("; fuser.component: no version of weighted matches ^7"), "{out}");
     assert!(out.contains("3 problem(s)"), "{out}");
 
-    let (code, out) = run(&["serve", "--listen", "127.0.0.1:0"], &dir.0, &comps.0);
+    let (code, out) = run(&["serve", "--listen", "127.0.0.1:0", "--strict-start"], &dir.0, &comps.0);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("typo.toml: router.params.stages[0].exit_lo: unknown key"), "{out}");
     assert!(!out.contains("listening on"), "{out}");
+
+    // by default the good hotkey is served and the refused files are listed until fixed
+    let server = Server::start(&dir.0, false, &[]);
+    assert_eq!(predict(&server, "good", &jpeg(&solid(32, 32, [200, 90, 10]))).0, 200);
+    let refused = refusals(&server);
+    assert!(
+        refused.iter().any(|r| r.contains("exit_lo")) && refused.iter().any(|r| r.contains("weighted")),
+        "{refused:?}"
+    );
+    assert!(server.log().contains("starting with the files above refused"), "{}", server.log());
+    assert_eq!(predict(&server, "typo", &jpeg(&solid(32, 32, [200, 90, 10]))).0, 404);
 }
 
 #[test]

@@ -62,6 +62,10 @@ pub struct ServeCommand {
     /// pool of their own and never wait behind them.
     #[arg(long, default_value_t = cascade_host::server::state::DEFAULT_DECODE_MEMORY_MB)]
     decode_memory_mb: u32,
+    /// Refuse to start when any file is refused (default: serve the hotkeys that load, and list
+    /// the refused files on /admin until they are fixed).
+    #[arg(long)]
+    strict_start: bool,
     /// On SIGTERM or Ctrl-C, seconds to let requests in flight finish before exiting.
     #[arg(long, default_value_t = 20)]
     drain_s: u64,
@@ -90,11 +94,20 @@ impl ServeCommand {
             for p in &first.refused {
                 eprintln!("problem: {}: {}", p.file.display(), p.reason);
             }
-            anyhow::bail!(
-                "{} problem(s) in {} / {}; nothing served",
-                first.refused.len(),
-                src.policies.display(),
-                src.components.display()
+            // a broken file keeps out what it defines, not every other hotkey: the rest are
+            // served (the refusals stay listed on /admin until fixed), unless asked otherwise
+            if a.strict_start || first.hotkeys.is_empty() {
+                anyhow::bail!(
+                    "{} problem(s) in {} / {}; nothing served",
+                    first.refused.len(),
+                    src.policies.display(),
+                    src.components.display()
+                );
+            }
+            tracing::warn!(
+                refused = first.refused.len(),
+                serving = ?first.hotkeys.keys().collect::<Vec<_>>(),
+                "starting with the files above refused: what they define is not served until they are fixed (--strict-start refuses to start instead)"
             );
         }
         for p in &first.plugins {
