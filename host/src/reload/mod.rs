@@ -93,6 +93,8 @@ pub struct Reloader {
     smoke_notes: BTreeMap<PathBuf, Vec<String>>,
     /// Whether a reload has run (the first one's refusals are reported by the caller).
     loaded_once: bool,
+    /// Whether the registry stood refused after the last reload (a deleted file included).
+    registry_refused: bool,
     /// Set by the admin API: the next reload takes the snapshot file whatever its order.
     force_snapshot: Arc<std::sync::atomic::AtomicBool>,
     /// The reason each file was last refused: the same refusal is reported once, not again
@@ -141,6 +143,7 @@ impl Reloader {
             snapshot_problem: None,
             smoke_notes: BTreeMap::new(),
             loaded_once: false,
+            registry_refused: false,
             force_snapshot: Arc::default(),
             refusing: BTreeMap::new(),
         }
@@ -245,10 +248,12 @@ impl Reloader {
                 }
                 Err(reason) => rf.refuse(&reg_file, reason),
             }
-        } else if rf.stands(&reg_file) {
-            // back to the version that serves: its refusal is over
+        } else if rf.stands(&reg_file) || self.registry_refused {
+            // back to the version that serves (also after a deletion, whose refusal the
+            // standing list forgets with the file): its refusal is over
             applied.push(reg_file.clone());
         }
+        self.registry_refused = rf.standing.contains_key(&reg_file) || rf.new.iter().any(|r| r.file == reg_file);
         let Some(models) = self.registry.as_ref().map(|l| l.value.1.clone()) else {
             // no models at all (the first load failed): nothing can be smoke-tested
             self.refusing = rf.standing;

@@ -134,3 +134,23 @@ fn reasons_are_one_line() {
         "failed to compile component | Caused by: | 0: wasm backtrace: | 0: 0x1a2 - <unknown>!f | 1: unreachable"
     );
 }
+
+/// The outside suite's finding: `models.toml` deleted, then restored to the same bytes, stayed
+/// listed as refused.
+#[test]
+fn a_registry_deleted_and_restored_is_no_longer_refused() {
+    let (mut r, dir) = reloader("registry-restored");
+    let mut status = ReloadStatus::default();
+    let first = r.reload();
+    status.record(&first);
+    let reg = dir.0.join("models.toml");
+    let text = std::fs::read_to_string(&reg).expect("registry");
+    std::fs::remove_file(&reg).expect("delete");
+    let gone = r.reload();
+    status.record(&gone);
+    assert!(status.outstanding.contains_key(&reg), "the deletion is refused: {:?}", gone.refused);
+    std::fs::write(&reg, text).expect("restore");
+    let back = r.reload();
+    status.record(&back);
+    assert!(status.outstanding.is_empty(), "{:?}", status.outstanding);
+}
