@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{challenges, check, eval, infer, log, replay, serve, train_head, tune};
+use commands::{calibrate, challenges, check, eval, infer, log, replay, serve, train_head, tune};
 
 #[derive(Parser)]
 #[command(name = "cascade", version, about = "Roadwork inference server with policies as WebAssembly components")]
@@ -44,6 +44,9 @@ enum Cmd {
     /// Write the JPEGs a validator would send of labelled images (the offline loop's draws) and
     /// a manifest of them, for tools outside this binary.
     Challenges(challenges::ChallengesCommand),
+    /// Fit a hotkey's calibration (its fused score to the probability it answers) on held-out
+    /// scores and labels; print the reliability before and after.
+    Calibrate(calibrate::CalibrateCommand),
 }
 
 /// The command line with one help layout everywhere: each option on its line, its sentence
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Replay(c) => c.execute(),
         Cmd::Tune(c) => c.execute(),
         Cmd::Challenges(c) => c.execute(),
+        Cmd::Calibrate(c) => c.execute(),
     };
     match r {
         Ok(code) => code,

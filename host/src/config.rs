@@ -40,6 +40,9 @@ pub struct HotkeyFile {
     pub axon: AxonConfig,
     /// The prediction log: what this hotkey answered (`cascade log`, `cascade replay`).
     pub log: Option<LogConfig>,
+    /// A calibration file (`cascade calibrate`, relative to this file): the fused score is
+    /// mapped through it before it is answered (`crate::calibration`).
+    pub calibration: Option<PathBuf>,
 }
 
 /// `[log]`: every answered request (HTTP and axon) appended to segments in `dir`, off the
@@ -419,7 +422,7 @@ impl HotkeyFile {
 
 /// The hotkey files of a policies folder: every `*.toml` but the model registry and the chain
 /// settings, sorted.
-pub(crate) fn hotkey_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn hotkey_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {

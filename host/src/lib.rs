@@ -6,6 +6,7 @@
 //! (`cascade-cli`) and the offline tools (`cascade-offline`) build on it; it imports neither.
 
 pub mod answer;
+pub mod calibration;
 pub mod chain;
 pub mod config;
 pub mod files;

@@ -36,6 +36,8 @@ pub struct Hotkey {
     pub bindings: Vec<(ComponentRef, Role, Arc<Plugin>)>,
     /// The prediction log, when the hotkey keeps one.
     pub log: Option<Arc<crate::predlog::Log>>,
+    /// The calibration file as the hotkey file names it, and what it holds.
+    pub calibration: Option<(PathBuf, crate::calibration::Calibration)>,
 }
 
 fn side_name(s: Side) -> &'static str {
@@ -201,7 +203,8 @@ impl Hotkey {
         let r = arm.router.decide(ctx, arm.roles.clone(), image, self.budget);
         let decided = match r {
             Ok(Ok(d)) if d.prediction.is_finite() && (0.0..=1.0).contains(&d.prediction) => {
-                Ok((never_half(d.prediction), d.stage, d.reason))
+                let p = self.calibration.as_ref().map_or(d.prediction, |(_, c)| c.apply(d.prediction));
+                Ok((never_half(p), d.stage, d.reason))
             }
             Ok(Ok(d)) => Err(("invalid-prediction", format!("router answered {} (outside [0, 1])", d.prediction))),
             Ok(Err(e)) => Err(("policy-error", format!("router error: {}", e.message()))),

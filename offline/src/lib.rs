@@ -9,6 +9,7 @@
 //! engines; the host never imports it.
 
 pub mod augment;
+pub mod calibrate;
 pub mod challenges;
 pub mod embed_cache;
 pub mod eval;

@@ -28,7 +28,7 @@ experiments/exit-replay/tune_policies.py).
 
 Usage: .venv/bin/python scripts/tune/grouped_cv.py [--schemes source,city,random] [--backbone dino-embed]
        [--seeds 1] [--hotkeys speed,accuracy] [--probe] [--policies DIR] [--train-args "..."]
-       [--cascade PATH] [--components DIR] [--work DIR] [--json FILE] [--set hotkey:key.path=value ...]
+       [--cascade PATH] [--components DIR] [--work DIR] [--json FILE] [--oof FILE.csv] [--set hotkey:key.path=value ...]
 """
 
 import argparse
@@ -402,6 +402,8 @@ def main():
     ap.add_argument("--components", default=COMPONENTS)
     ap.add_argument("--work", default=os.path.join(ROOT, "target", "grouped"))
     ap.add_argument("--json", help="write every table and row here")
+    ap.add_argument("--oof", help="write every held-out answer as CSV (hotkey, scheme, seed, fold, source, city, "
+                                  "path, level, label, prediction) for `cascade calibrate --scores`")
     a = ap.parse_args()
     a.policies = os.path.abspath(a.policies)
     a.probe_version = 1
@@ -424,6 +426,24 @@ def main():
             everything[f"{scheme}/seed{seed}"] = {"tables": tables, "rows": res}
     if a.json:
         json.dump(everything, open(a.json, "w"))
+    if a.oof:
+        write_oof(a.oof, everything)
+
+
+def write_oof(path, everything):
+    """The held-out street-level answers of every scheme and seed, one CSV row each."""
+    cols = ["hotkey", "scheme", "seed", "fold", "source", "city", "path", "level", "label", "prediction"]
+    with open(path + ".tmp", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for key, v in everything.items():
+            scheme, seed = key.split("/seed")
+            for hotkey, items in v["rows"].items():
+                for r in items:
+                    if r.get("street"):
+                        w.writerow([hotkey, scheme, seed, r["fold"], r["source"], r["city"], r["rel"], r.get("level", ""),
+                                    r["label"], r["prediction"]])
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ mod accuracy;
 mod axon;
 mod bad_input;
 mod cache;
+mod calibration;
 mod defaults;
 mod detectors;
 mod failure;

@@ -2,6 +2,7 @@
 //! arguments every command that loads the policies shares (`SourceArgs`) and the runtime they
 //! start are here.
 
+pub mod calibrate;
 pub mod challenges;
 pub mod check;
 pub mod eval;

@@ -32,8 +32,20 @@ pub(crate) fn resolve(plugins: &[Arc<Plugin>], r: &ComponentRef, role: Role) -> 
     }
 }
 
-pub fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> Result<Hotkey, Vec<String>> {
+pub fn bind_hotkey(
+    rt: &Arc<Runtime>,
+    plugins: &[Arc<Plugin>],
+    file: &Path,
+    models: &Models,
+) -> Result<Hotkey, Vec<String>> {
     let cfg = HotkeyFile::load(file).map_err(|e| vec![e])?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let calibration = cfg
+        .calibration
+        .as_ref()
+        .map(|c| crate::calibration::Calibration::load(c, base, &cfg.name, models).map(|k| (c.clone(), k)))
+        .transpose()
+        .map_err(|e| vec![e])?;
     let limits = Limits { fuel: cfg.limits.fuel, time: Duration::from_millis(cfg.limits.call_ms.min(cfg.budget_ms)) };
     let mut errors = Vec::new();
     let mut bindings = Vec::new();
@@ -71,7 +83,6 @@ pub fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> R
         .unwrap_or_default();
     let rollout =
         cfg.rollout.clone().map(|ro| Arc::new(Rollout::new(&cfg.name, ro, file.with_extension("state.json"), key)));
-    let base = file.parent().unwrap_or(Path::new("."));
     let log = cfg.log.as_ref().map(|l| crate::predlog::Log::open(l, base)).transpose().map_err(|e| vec![e])?;
     Ok(Hotkey {
         name: cfg.name,
@@ -85,6 +96,7 @@ pub fn bind_hotkey(rt: &Arc<Runtime>, plugins: &[Arc<Plugin>], file: &Path) -> R
         axon: cfg.axon,
         bindings,
         log,
+        calibration,
     })
 }
 

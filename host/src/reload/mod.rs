@@ -231,6 +231,9 @@ impl Reloader {
                 .and_then(|(reg, m)| {
                     let mut notes = BTreeMap::new();
                     for (f, l) in &self.hotkeys {
+                        // a calibration fitted on the old head's scores would mislead: refuse
+                        // the new heads until the calibration is refitted with them
+                        calibration_check(&l.value, &m).map_err(|e| format!("hotkey {}: {e}", l.value.name))?;
                         let n = smoke(&l.value, &m)
                             .map_err(|e| format!("hotkey {} fails with the new models: {e}", l.value.name))?;
                         notes.insert(f.clone(), n);
@@ -299,14 +302,16 @@ impl Reloader {
                     continue;
                 }
             };
-            if let Some(p) = prev.as_ref().filter(|l| l.hash == hash && bindings_current(&l.value, &plugins)) {
+            if let Some(p) = prev.as_ref().filter(|l| {
+                l.hash == hash && bindings_current(&l.value, &plugins) && calibration_current(&l.value, &models)
+            }) {
                 if rf.stands(f) {
                     applied.push(f.clone());
                 }
                 next.insert(f.clone(), Loaded { hash, value: p.value.clone() });
                 continue;
             }
-            let bound = bind_hotkey(&self.rt, &plugins, f)
+            let bound = bind_hotkey(&self.rt, &plugins, f, &models)
                 .map_err(|errs| errs.join("; "))
                 .and_then(|h| smoke(&h, &models).map(|notes| (h, notes)));
             let bound = bound.map(|(h, notes)| {
@@ -558,6 +563,19 @@ impl Refusals {
 
 /// Whether every component the hotkey is bound to is still the one its config resolves to
 /// (a deleted, replaced or newly matching higher version means it is not).
+/// The hotkey's calibration file as it is now, checked against `models`' heads.
+fn calibration_check(h: &Hotkey, models: &Models) -> Result<Option<crate::calibration::Calibration>, String> {
+    let Some((file, _)) = &h.calibration else { return Ok(None) };
+    let base = h.file.parent().unwrap_or(Path::new("."));
+    crate::calibration::Calibration::load(file, base, &h.name, models).map(Some)
+}
+
+/// Whether the hotkey's calibration file still holds what the hotkey applies (a refitted file
+/// rebinds the hotkey, which reads it again and refuses it if it does not fit).
+fn calibration_current(h: &Hotkey, models: &Models) -> bool {
+    matches!((calibration_check(h, models), &h.calibration), (Ok(now), held) if now.as_ref() == held.as_ref().map(|(_, c)| c))
+}
+
 fn bindings_current(h: &Hotkey, plugins: &[Arc<Plugin>]) -> bool {
     h.bindings.iter().all(|(r, role, p)| bind::resolve(plugins, r, *role).is_ok_and(|q| Arc::ptr_eq(&q, p)))
 }

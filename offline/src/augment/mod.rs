@@ -56,17 +56,44 @@ pub fn challenge_jpeg(img: &RgbImage, p: &Params) -> Vec<u8> {
     jpeg::encode_rgb(&apply(img, p), QUALITY).expect("a 224×224 image always encodes")
 }
 
-/// A set of augmentation levels, as `--levels` takes it: `0-3`, `0,2`, `1`, `0-1,3`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Levels(Vec<u8>);
+/// A set of augmentation levels, as `--levels` takes it: `0-3`, `0,2`, `1`, `0-1,3` (each drawn
+/// alike), or with a weight per level, `0:1,1:2,2:3.5,3:3.5` (drawn in proportion: the subnet's
+/// `level_probs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Levels {
+    levels: Vec<u8>,
+    /// One per level when weighted; empty when every level is drawn alike.
+    weights: Vec<f64>,
+}
 
 impl Levels {
     pub fn parse(s: &str) -> Result<Levels, String> {
-        let mut set = std::collections::BTreeSet::new();
         let level = |t: &str| match t.trim().parse::<u8>() {
             Ok(l) if l <= 3 => Ok(l),
             _ => Err(format!("{t:?} is not a level (0, 1, 2 or 3)")),
         };
+        if s.contains(':') {
+            let mut map = std::collections::BTreeMap::new();
+            for part in s.split(',') {
+                let (l, w) = part.split_once(':').ok_or_else(|| {
+                    format!("{part:?}: give every level a weight (`0:1,1:2,2:3.5,3:3.5`) or none (`0-3`)")
+                })?;
+                let l = level(l)?;
+                let w: f64 = w.trim().parse().map_err(|_| format!("{part:?}: {w:?} is not a weight"))?;
+                if !(w.is_finite() && w >= 0.0) {
+                    return Err(format!("{part:?}: a weight is a number of 0 or more"));
+                }
+                if map.insert(l, w).is_some() {
+                    return Err(format!("level {l} is weighted twice"));
+                }
+            }
+            map.retain(|_, w| *w > 0.0);
+            if map.is_empty() {
+                return Err("every weight is 0: no level to draw".into());
+            }
+            return Ok(Levels { levels: map.keys().copied().collect(), weights: map.into_values().collect() });
+        }
+        let mut set = std::collections::BTreeSet::new();
         for part in s.split(',') {
             match part.split_once('-') {
                 Some((a, b)) => {
@@ -81,21 +108,42 @@ impl Levels {
                 }
             }
         }
-        Ok(Levels(set.into_iter().collect()))
+        Ok(Levels { levels: set.into_iter().collect(), weights: Vec::new() })
     }
 
     pub fn only(level: u8) -> Levels {
-        Levels(vec![level.min(3)])
+        Levels { levels: vec![level.min(3)], weights: Vec::new() }
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        &self.0
+        &self.levels
+    }
+
+    /// One level, drawn from `rng`: alike (one `below` draw, so unweighted sets draw exactly as
+    /// before weights existed) or in proportion to the weights.
+    pub fn draw(&self, rng: &mut Rng) -> u8 {
+        if self.weights.is_empty() {
+            return self.levels[rng.below(self.levels.len() as u64) as usize];
+        }
+        let total: f64 = self.weights.iter().sum();
+        let mut u = rng.uniform() * total;
+        for (l, w) in self.levels.iter().zip(&self.weights) {
+            if u < *w {
+                return *l;
+            }
+            u -= w;
+        }
+        *self.levels.last().expect("parse keeps at least one level")
     }
 }
 
 impl std::fmt::Display for Levels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s: Vec<String> = self.0.iter().map(u8::to_string).collect();
+        let s: Vec<String> = if self.weights.is_empty() {
+            self.levels.iter().map(u8::to_string).collect()
+        } else {
+            self.levels.iter().zip(&self.weights).map(|(l, w)| format!("{l}:{w}")).collect()
+        };
         f.write_str(&s.join(","))
     }
 }
@@ -104,7 +152,8 @@ impl std::fmt::Display for Levels {
 /// from `levels` and its augmentation from a generator keyed by `(seed, file)`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Style {
-    /// Validator augmentation levels to draw from, one per view (`0-3`, `0,2`).
+    /// Validator augmentation levels to draw from, one per view (`0-3`, `0,2`), or weighted
+    /// (`0:1,1:2,2:3.5,3:3.5`: drawn in proportion, as the subnet's `level_probs`).
     #[arg(long, default_value = "0-3", value_parser = Levels::parse)]
     pub levels: Levels,
     /// Seed of the per-image level and augmentation draws (the same seed, the same challenges).
@@ -125,8 +174,7 @@ impl Style {
     /// The draws for the file `key` of a `width`×`height` image.
     pub fn params(&self, key: &str, width: u32, height: u32) -> Params {
         let mut rng = Rng::keyed(self.seed, key);
-        let levels = self.levels.as_slice();
-        let level = levels[rng.below(levels.len() as u64) as usize];
+        let level = self.levels.draw(&mut rng);
         Params::sample_level(&mut rng, level, width, height)
     }
 }

@@ -137,11 +137,36 @@ fn keyed_draws_depend_on_seed_and_file_only() {
 }
 
 #[test]
+fn weighted_levels_are_drawn_in_proportion_and_unweighted_ones_as_before() {
+    let w = Style { levels: Levels::parse("0:1,1:2,2:3.5,3:3.5").unwrap(), seed: 72 };
+    let mut n = [0usize; 4];
+    for i in 0..4000 {
+        n[w.params(&format!("f{i}"), 640, 480).level as usize] += 1;
+    }
+    for (l, want) in [0.1, 0.2, 0.35, 0.35].into_iter().enumerate() {
+        let got = n[l] as f64 / 4000.0;
+        assert!((got - want).abs() < 0.03, "level {l}: {got} drawn, {want} wanted");
+    }
+    // an unweighted set spends one `below` draw, as it did before weights existed: the views
+    // (and the embedding cache's keys) of existing runs stay what they were
+    let u = Style { levels: Levels::parse("0-3").unwrap(), seed: 72 };
+    let mut rng = Rng::keyed(72, "a.jpg");
+    let level = [0u8, 1, 2, 3][rng.below(4) as usize];
+    assert_eq!(u.params("a.jpg", 640, 480), Params::sample_level(&mut rng, level, 640, 480));
+}
+
+#[test]
 fn levels_parse() {
     assert_eq!(Levels::parse("0-3").unwrap().as_slice(), &[0, 1, 2, 3]);
     assert_eq!(Levels::parse("2,0").unwrap().as_slice(), &[0, 2]);
     assert_eq!(Levels::parse("0-1,3").unwrap().to_string(), "0,1,3");
     for bad in ["4", "3-1", "", "a", "0-"] {
+        assert!(Levels::parse(bad).is_err(), "{bad:?}");
+    }
+    let w = Levels::parse("0:1, 1:2,2:3.5,3:3.5").unwrap();
+    assert_eq!((w.as_slice(), w.to_string().as_str()), (&[0u8, 1, 2, 3][..], "0:1,1:2,2:3.5,3:3.5"));
+    assert_eq!(Levels::parse("0:0,2:1").unwrap().as_slice(), &[2], "a level weighted 0 is never drawn");
+    for bad in ["0:1,1", "0:-1", "0:x", "0:0", "1:1,1:2", "5:1"] {
         assert!(Levels::parse(bad).is_err(), "{bad:?}");
     }
     assert!(Style::from_flags(false, None, 1).is_none());

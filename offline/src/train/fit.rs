@@ -278,7 +278,7 @@ pub(super) fn random_folds(examples: &[Example], folds: usize, seed: u64) -> Vec
 /// Platt scaling: `a, b` minimising the weighted log-loss of `sigmoid(a·z + b)`: Newton's
 /// method on two parameters, each step halved until the loss falls (saturated scores make
 /// the plain step overshoot).
-pub(super) fn platt(z: &[f32], y: &[bool], w: &[f32]) -> (f32, f32) {
+pub(crate) fn platt(z: &[f32], y: &[bool], w: &[f32]) -> (f32, f32) {
     let loss = |a: f64, b: f64| -> f64 {
         z.iter()
             .zip(y)

@@ -34,7 +34,8 @@ use cascade_host::config::MODELS_FILE;
 mod fit;
 mod views;
 
-use fit::{fit, platt, random_folds, sigmoid, weights, Shape};
+pub(crate) use fit::platt;
+use fit::{fit, random_folds, sigmoid, weights, Shape};
 use views::embed_all;
 pub(crate) use views::view_key;
 pub use views::{challenge_view, load_example, read_source, style_for, SourceImage};
