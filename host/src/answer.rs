@@ -43,6 +43,10 @@ impl Source {
 #[derive(Debug, Clone, Serialize)]
 pub struct Answer {
     pub prediction: f32,
+    /// The fused score before the hotkey's calibration, when one was applied (what
+    /// `cascade calibrate` fits on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<f32>,
     pub stage: String,
     pub reason: String,
     /// True when the policy could not decide (the answer is then `source`'s).

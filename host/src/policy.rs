@@ -203,8 +203,9 @@ impl Hotkey {
         let r = arm.router.decide(ctx, arm.roles.clone(), image, self.budget);
         let decided = match r {
             Ok(Ok(d)) if d.prediction.is_finite() && (0.0..=1.0).contains(&d.prediction) => {
+                let raw = self.calibration.as_ref().map(|_| d.prediction);
                 let p = self.calibration.as_ref().map_or(d.prediction, |(_, c)| c.apply(d.prediction));
-                Ok((never_half(p), d.stage, d.reason))
+                Ok((never_half(p), raw, d.stage, d.reason))
             }
             Ok(Ok(d)) => Err(("invalid-prediction", format!("router answered {} (outside [0, 1])", d.prediction))),
             Ok(Err(e)) => Err(("policy-error", format!("router error: {}", e.message()))),
@@ -216,12 +217,16 @@ impl Hotkey {
                 Err((e.kind(), format!("router {} {e}", arm.router.plugin.name)))
             }
         };
-        let (prediction, stage, reason, source) = match decided {
-            Ok((p, stage, reason)) => (p, stage, reason, Source::Policy),
-            Err((why, reason)) => self.fall_back(ctx, counted, why, reason),
+        let (prediction, raw, stage, reason, source) = match decided {
+            Ok((p, raw, stage, reason)) => (p, raw, stage, reason, Source::Policy),
+            Err((why, reason)) => {
+                let (p, stage, reason, source) = self.fall_back(ctx, counted, why, reason);
+                (p, None, stage, reason, source)
+            }
         };
         Answer {
             prediction,
+            raw,
             stage,
             reason,
             fallback: source != Source::Policy,

@@ -22,9 +22,10 @@ pub struct CalibrateArgs {
     /// The hotkey whose fused scores these are (its file in `--policies`).
     #[arg(long)]
     pub hotkey: String,
-    /// CSV files with a `prediction` and a `label` column (1 = roadwork, 0 = none); rows of
-    /// other hotkeys are skipped where a `hotkey` column names them; a `level` column adds a
-    /// per-level report.
+    /// CSV files with a `prediction` and a `label` column (1 = roadwork, 0 = none); where a
+    /// `raw` column has a value (the fused score before a calibration, as `cascade log export`
+    /// writes it) it is used instead; rows of other hotkeys are skipped where a `hotkey` column
+    /// names them; a `level` column adds a per-level report.
     #[arg(long = "scores", required = true)]
     pub scores: Vec<PathBuf>,
     /// Registry models whose heads the scores went through (default: the classifiers the
@@ -123,15 +124,17 @@ fn read_scores(files: &[PathBuf], hotkey: &str) -> anyhow::Result<(Vec<Row>, usi
                 head.iter().collect::<Vec<_>>()
             );
         };
-        let (hc, vc) = (col("hotkey"), col("level"));
+        let (hc, vc, rc) = (col("hotkey"), col("level"), col("raw"));
         for (i, rec) in r.records().enumerate() {
             let rec = rec.with_context(|| format!("{} row {}", f.display(), i + 2))?;
             if hc.and_then(|c| rec.get(c)).is_some_and(|h| !h.is_empty() && h != hotkey) {
                 continue;
             }
             let label = rec.get(lc).unwrap_or("").trim();
-            let p: Option<f64> =
-                rec.get(pc).and_then(|v| v.trim().parse().ok()).filter(|p: &f64| (0.0..=1.0).contains(p));
+            // the score before any calibration where the file has it: a calibration is fitted on
+            // raw fused scores, never on calibrated ones
+            let cell = rc.and_then(|c| rec.get(c)).filter(|v| !v.trim().is_empty()).or_else(|| rec.get(pc));
+            let p: Option<f64> = cell.and_then(|v| v.trim().parse().ok()).filter(|p: &f64| (0.0..=1.0).contains(p));
             let (y, Some(p)) = (
                 match label {
                     "1" => true,
@@ -143,12 +146,7 @@ fn read_scores(files: &[PathBuf], hotkey: &str) -> anyhow::Result<(Vec<Row>, usi
                 },
                 p,
             ) else {
-                bail!(
-                    "{} row {}: prediction {:?} is not a number in [0, 1]",
-                    f.display(),
-                    i + 2,
-                    rec.get(pc).unwrap_or("")
-                );
+                bail!("{} row {}: score {:?} is not a number in [0, 1]", f.display(), i + 2, cell.unwrap_or(""));
             };
             rows.push(Row { p, y, level: vc.and_then(|c| rec.get(c)).map(|v| v.trim().to_string()) });
         }

@@ -184,6 +184,11 @@ def policies_for(src, dst, head, backbone, overrides, probe):
         p = os.path.join(src, name)
         if name.endswith(".toml") or name.endswith(".txt"):
             shutil.copyfile(p, os.path.join(dst, name))
+        if name.endswith(".toml") and name != "models.toml":
+            # the held-out answers are the raw fused scores (what `cascade calibrate` fits); a
+            # calibration names the shipped head, not this fold's
+            text = open(p).read()
+            open(os.path.join(dst, name), "w").write(re.sub(r'^calibration\s*=.*$', "", text, flags=re.M))
     reg_path = os.path.join(src, "models.toml")
     reg = tomllib.load(open(reg_path, "rb"))
     emb = next(m for m in reg["model"] if m["name"] == backbone)
@@ -259,8 +264,8 @@ def evaluate(a, rows, scheme, backbone, seed, hotkeys, overrides):
     work = os.path.join(a.work, backbone)
     os.makedirs(work, exist_ok=True)
     out = {h: [] for h in hotkeys}
-    policy_hash = digest(*[open(os.path.join(a.policies, f), "rb").read() for f in sorted(os.listdir(a.policies))
-                           if f.endswith(".toml")], repr(overrides), repr(a.probe_version))
+    policy_hash = digest(*[re.sub(rb"(?m)^calibration\s*=.*$", b"", open(os.path.join(a.policies, f), "rb").read())
+                           for f in sorted(os.listdir(a.policies)) if f.endswith(".toml")], repr(overrides), repr(a.probe_version))
     for name, train, test in folds:
         if a.only_folds and name not in a.only_folds.split(","):
             continue

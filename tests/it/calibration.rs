@@ -141,6 +141,25 @@ fn calibrate_fits_the_served_answer_and_refuses_another_hotkey_or_head() {
     assert!(sigmoid_logit(a, b, 0.62) < 0.5 && sigmoid_logit(a, b, 0.9) > 0.5, "a {a} b {b}");
     assert!(num(&cal["report"]["after"]["mcc"]) > num(&cal["report"]["before"]["mcc"]));
 
+    // a `raw` column (the score before a calibration, as `log export` writes it) is what is
+    // fitted where it has a value: the same raw scores behind other served answers, same fit
+    let text = std::fs::read_to_string(&scores).expect("scores");
+    let mut lines = text.lines();
+    let mut with_raw = format!("{},raw\n", lines.next().expect("header"));
+    for l in lines {
+        let (head, p) = l.rsplit_once(',').expect("a row");
+        with_raw.push_str(&format!("{head},0.990,{p}\n"));
+    }
+    let raw_file = dir.write("raw.csv", &with_raw);
+    let again = dir.0.join("again.json");
+    let (ok, text) = calibrate(
+        &dir.0,
+        &["--hotkey", "cal", "--scores", &raw_file.display().to_string(), "--out", &again.display().to_string()],
+    );
+    assert!(ok, "{text}");
+    let again: Value = serde_json::from_slice(&std::fs::read(&again).expect("file")).expect("json");
+    assert!((num(&again["a"]) - a).abs() < 1e-9 && (num(&again["b"]) - b).abs() < 1e-9, "{again}");
+
     // the served answer is the calibrated classifier score
     dir.write("cal.toml", &hotkey("cal", "calibration = \"calibration/cal.json\""));
     let (ok, text) = check(&dir.0);
@@ -161,6 +180,7 @@ fn calibrate_fits_the_served_answer_and_refuses_another_hotkey_or_head() {
     assert_eq!(s, 200, "{v}");
     let want = sigmoid_logit(a, b, raw.clamp(1e-6, 1.0 - 1e-6));
     assert!((num(&v["prediction"]) - want).abs() < 1e-3, "served {} for raw {raw}, calibrated {want}", v["prediction"]);
+    assert!((num(&v["raw"]) - raw).abs() < 1e-3, "the answer carries the score before calibration: {v}");
 
     // a retrained head while the server runs: the registry change is refused naming the
     // calibration and both heads; the last good state keeps answering the same

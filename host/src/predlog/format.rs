@@ -35,6 +35,9 @@ pub struct Record {
     pub height: u32,
     /// None when nothing could be answered.
     pub prediction: Option<f32>,
+    /// The fused score before the hotkey's calibration, when one was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<f32>,
     pub stage: String,
     /// `policy`, `fallback`, `partial` or `none`.
     pub source: String,

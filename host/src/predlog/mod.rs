@@ -143,6 +143,7 @@ impl Log {
             width,
             height,
             prediction: a.prediction.is_finite().then_some(a.prediction),
+            raw: a.raw,
             stage: a.stage.clone(),
             source: a.source.as_str().to_string(),
             model_ms: a.model_ms,

@@ -141,9 +141,7 @@ async fn predict(server: &Server, hotkey: &str, req: Request<Incoming>) -> Resul
             &json!({"error": {"code": "policy-failed", "message": answer.reason}, "hotkey": hotkey, "trace": answer.trace}),
         ));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
+    let mut body = json!({
             "prediction": answer.prediction,
             "stage": answer.stage,
             "reason": answer.reason,
@@ -155,6 +153,10 @@ async fn predict(server: &Server, hotkey: &str, req: Request<Incoming>) -> Resul
             "model_ms": crate::answer::tenth_ms(answer.model_ms),
             "ms": crate::answer::tenth_ms(took.as_secs_f64() * 1e3),
             "trace": answer.trace,
-        }),
-    ))
+    });
+    if let Some(raw) = answer.raw {
+        // the fused score before the hotkey's calibration
+        body["raw"] = json!(raw);
+    }
+    Ok(json_response(StatusCode::OK, &body))
 }
