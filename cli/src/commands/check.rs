@@ -49,13 +49,7 @@ impl CheckCommand {
                 h.file.display()
             );
             if let Some((file, c)) = &h.calibration {
-                println!(
-                    "calibration {} {}: p = sigmoid({:.3}·logit(score) {:+.3})",
-                    h.name,
-                    file.display(),
-                    c.a,
-                    c.b
-                );
+                println!("calibration {} {}: p = sigmoid({:.3}·logit(score) {:+.3})", h.name, file.display(), c.a, c.b);
             }
             if let Some(line) = h.describe_axon(&state.chain) {
                 println!("axon        {line}");
