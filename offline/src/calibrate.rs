@@ -243,7 +243,7 @@ pub fn calibrate(policies: &Path, args: &CalibrateArgs) -> anyhow::Result<ExitCo
         heads,
         report: serde_json::Value::Null,
     };
-    if !(cal.a > 0.0) {
+    if cal.a.is_nan() || cal.a <= 0.0 {
         bail!("the fitted slope is {a}: these scores do not rank roadwork above none; nothing to calibrate");
     }
     let raw: Vec<f64> = rows.iter().map(|r| r.p).collect();

@@ -94,6 +94,27 @@ fn early_refusals_close_the_connection_and_expect_continue_is_not_invited() {
 }
 
 #[test]
+fn a_dendrite_still_sending_a_large_body_gets_the_axons_refusal_not_a_broken_pipe() {
+    let dir = policies("axon-drain", &[("speed", HOTKEY)]);
+    let server = Server::start(&dir.0, false, &[]);
+    // 12 MiB (past the 4 MiB body limit and any socket buffer), written whole before reading,
+    // as aiohttp does, refused for its headers: the client reads the 400; before, the server
+    // closed while it was still sending (the same drain serves the 413 of a declared size past
+    // the limit)
+    let body = vec![b'a'; 12 << 20];
+    let mut s = TcpStream::connect(addr(&server)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let head = format!("POST /ImageSynapse HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).expect("headers");
+    s.write_all(&body).expect("the whole body is read, not refused mid-way (broken pipe)");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let r = String::from_utf8_lossy(&out);
+    assert!(r.starts_with("HTTP/1.1 400") && r.contains("missing header"), "{r}");
+    honest(&server);
+}
+
+#[test]
 fn the_admin_api_trusts_loopback_only_without_a_foreign_origin_or_host() {
     let dir = policies("admin-origin", &[("speed", HOTKEY)]);
     let server = Server::start(&dir.0, false, &[]);

@@ -20,6 +20,22 @@ pub(crate) type Resp = Response<Full<Bytes>>;
 /// Oversized bodies up to this size are read and dropped before the 413 is sent.
 const DRAIN_CAP: u64 = 32 << 20;
 
+/// Reads (and drops) the body of a request about to be refused, so that a client still sending
+/// gets the refusal instead of a broken pipe: only a body that declares at most `DRAIN_CAP`
+/// bytes, within the read timeout; a huge or undeclared one just gets the connection closed. A
+/// client that waits for `100 Continue` gets the refusal at once (reading would invite it to
+/// send).
+pub(crate) async fn drain(server: &Server, headers: &hyper::HeaderMap, body: Incoming) {
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let expects_continue = headers
+        .get(hyper::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if declared.is_some_and(|n| n <= DRAIN_CAP) && !expects_continue {
+        let _ = tokio::time::timeout(server.read_timeout, Limited::new(body, DRAIN_CAP as usize).collect()).await;
+    }
+}
+
 pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
@@ -100,21 +116,9 @@ async fn predict(server: &Server, hotkey: &str, req: Request<Incoming>) -> Resul
     let too_large =
         || Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("body exceeds {limit} bytes"));
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if let Some(n) = declared.filter(|n| *n > limit as u64) {
-        // Read (and drop) a moderately oversized body so that the client, still sending,
-        // gets the 413 instead of a broken pipe; a huge one just gets the connection closed.
-        // A client that waits for `100 Continue` gets the 413 at once (reading would
-        // invite it to send).
-        let expects_continue = req
-            .headers()
-            .get(hyper::header::EXPECT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-        if n <= DRAIN_CAP && !expects_continue {
-            let _ =
-                tokio::time::timeout(server.read_timeout, Limited::new(req.into_body(), DRAIN_CAP as usize).collect())
-                    .await;
-        }
+    if declared.is_some_and(|n| n > limit as u64) {
+        let (parts, body) = req.into_parts();
+        drain(server, &parts.headers, body).await;
         return Err(too_large());
     }
     let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);

@@ -141,7 +141,14 @@ pub(crate) fn parse_headers(h: &HeaderMap) -> Result<SynapseHeaders, Refusal> {
 /// Serves one axon request; `pinned` is the hotkey of a listener of its own.
 pub async fn handle(server: &Server, req: Request<Incoming>, pinned: Option<&str>) -> Resp {
     let mut seen = Seen::default();
-    let result = serve(server, req, pinned, &mut seen).await;
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let result = serve(server, &parts, &mut body, pinned, &mut seen).await;
+    if let (Err(_), Some(rest)) = (&result, body) {
+        // a refusal before the body was read: read (and drop) a moderately sized one first,
+        // so a dendrite still sending gets the status instead of a broken pipe
+        crate::server::http::drain(server, &parts.headers, rest).await;
+    }
     // the status page's last hour: refusals by code, and who called which hotkey
     let status = result.as_ref().map_or_else(|r| r.status, |r| r.status());
     if let Err(r) = &result {
@@ -171,12 +178,13 @@ struct Seen {
 
 async fn serve(
     server: &Server,
-    req: Request<Incoming>,
+    req: &hyper::http::request::Parts,
+    body: &mut Option<Incoming>,
     pinned: Option<&str>,
     seen: &mut Seen,
 ) -> Result<Resp, Refusal> {
     let started = Instant::now();
-    let name = req.uri().path().trim_start_matches('/').to_string();
+    let name = req.uri.path().trim_start_matches('/').to_string();
     if !SYNAPSES.contains(&name.as_str()) {
         return Err(refuse(
             StatusCode::NOT_FOUND,
@@ -184,7 +192,7 @@ async fn serve(
         ));
     }
     let SynapseHeaders { axon_hotkey, dendrite, uuid, signature, nonce, timeout, body_hash } =
-        parse_headers(req.headers())?;
+        parse_headers(&req.headers)?;
 
     let serving = server.serving.load_full();
     let hk: Arc<Hotkey> = match pinned {
@@ -248,7 +256,16 @@ async fn serve(
     server.nonces.check(&nonce_check).map_err(nonce_refused)?;
 
     // the body: the synapse as JSON
-    let body = server.read_body(req.into_body()).await?;
+    let limit = server.limits.max_body_bytes;
+    let declared = req.headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!("body exceeds {limit} bytes"),
+        ));
+    }
+    let body = server.read_body(body.take().expect("the body is read once")).await?;
     let mut synapse: Value =
         serde_json::from_slice(&body).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
     let image_b64 = match synapse.get("image") {
