@@ -305,9 +305,10 @@ mod tests {
         export(&dir, &out, &all, false).unwrap();
         let manifest = std::fs::read_to_string(out.join("manifest.csv")).unwrap();
         let mut rd = csv::Reader::from_reader(manifest.as_bytes());
+        let stage = rd.headers().unwrap().iter().position(|h| h == "stage").expect("a stage column");
         let rows: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
         assert_eq!(rows.len(), 1, "only the image inside the folder: {manifest}");
-        assert_eq!(&rows[0][6], "'=HYPERLINK(\"http://x\"),\nboom", "quoted whole, formula neutralised");
+        assert_eq!(&rows[0][stage], "'=HYPERLINK(\"http://x\"),\nboom", "quoted whole, formula neutralised");
         let copied: Vec<_> = std::fs::read_dir(out.join("images")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(copied, vec![std::ffi::OsString::from("ok.jpg")]);
         std::fs::remove_dir_all(&root).unwrap();

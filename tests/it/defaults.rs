@@ -36,11 +36,11 @@ fn default_policies_serve_real_images() {
     let (s, v) = predict(&server, "accuracy", &sign("end_road_work"));
     assert_eq!(s, 200, "{v}");
     let trace = v["trace"].as_array().unwrap();
-    if v["stage"] == "evidence" {
-        let ocr = trace.iter().find(|t| t["primitive"] == "read-text").expect("OCR ran");
-        assert!(ocr["result"].as_str().unwrap().contains("END"), "{v}");
-        assert!(num(&v["prediction"]) < 0.5, "END ROAD WORK must not read as roadwork: {v}");
-    }
+    // the classifier alone is unsure of it: the check below always runs, not only when it is
+    assert_eq!(v["stage"], "evidence", "the sign reaches the evidence stage: {v}");
+    let ocr = trace.iter().find(|t| t["primitive"] == "read-text").expect("OCR ran");
+    assert!(ocr["result"].as_str().unwrap().contains("END"), "{v}");
+    assert!(num(&v["prediction"]) < 0.5, "END ROAD WORK must not read as roadwork: {v}");
     // Ctrl-C: the server lets its models go (workers joined, the watcher's copy included) and exits cleanly
     let status = server.interrupt(30).unwrap_or_else(|| panic!("serve did not stop on SIGINT:\n{}", server.log()));
     assert!(status.success(), "{status:?}\n{}", server.log());
