@@ -257,10 +257,13 @@ fn shadow_disagreements_are_exported() {
     ]);
     assert_eq!(code, 0, "{out}");
     let manifest = std::fs::read_to_string(ex.0.join("manifest.csv")).expect("manifest");
+    let header: Vec<&str> = manifest.lines().next().expect("a header").split(',').collect();
+    let at = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name} column: {manifest}"));
     let rows: Vec<&str> = manifest.lines().skip(1).collect();
     assert_eq!(rows.len(), 1, "only the image the arms disagree on: {manifest}");
     let cols: Vec<&str> = rows[0].split(',').collect();
-    let (served, shadow): (f64, f64) = (cols[2].parse().expect("prediction"), cols[3].parse().expect("other"));
+    let (served, shadow): (f64, f64) =
+        (cols[at("prediction")].parse().expect("prediction"), cols[at("other_prediction")].parse().expect("other"));
     assert!(served < 0.5 && shadow > 0.5, "{manifest}");
 }
 

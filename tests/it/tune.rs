@@ -79,6 +79,18 @@ fn a_sweep_reports_the_frontier_and_writes_a_candidate_that_loads() {
     assert!(pic.starts_with("<svg") && pic.contains("polyline") && pic.contains("chosen"), "{pic}");
     assert!(pic.contains("class=\"chosen-value\""), "the chosen threshold is marked on the sweep: {pic}");
     assert!(pic.contains("chosen: in-sample MCC") && pic.contains("(leave-one-group-out): MCC"), "{pic}");
+    // the chosen setting is no worse than the current one on the same images
+    let mcc_after = |text: &str, label: &str| -> f64 {
+        let rest = &text[text.find(label).unwrap_or_else(|| panic!("{label:?} in {text}")) + label.len()..];
+        rest.trim_start()
+            .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+            .next()
+            .unwrap()
+            .parse()
+            .expect("a number")
+    };
+    let (chosen, current) = (mcc_after(&pic, "chosen: in-sample MCC"), mcc_after(&pic, "(current"));
+    assert!(chosen >= current, "chosen MCC {chosen} < current {current}: {pic}");
     // the candidate file: the stable policy, the tuned candidate, a canary; it loads
     let cand = std::fs::read_to_string(&out).expect("test data");
     assert!(cand.contains("[candidate.router]") && cand.contains("mode = \"canary\""), "{cand}");
