@@ -342,7 +342,23 @@ params.weights = { tint = 1.0 }
         assert!(l["level"].as_u64().is_some_and(|lv| lv <= 3), "{l}");
         assert!(l["prediction"].is_number() && l["reason"].as_str().is_some_and(|r| r.contains("tint=")), "{l}");
     }
-    // the draws are keyed by the file's content, not by how the manifest spells its path
+    // the draws are keyed by the file's content, not by how the manifest spells its path: the
+    // same files under other spellings (absolute, `./`, through a folder of copies) draw alike
+    std::fs::create_dir_all(dir.0.join("copies")).expect("mkdir");
+    let mut spelled = String::from("path,label\n");
+    for k in 0..4u32 {
+        let path = match k {
+            0 => dir.0.join("a/0.jpg").display().to_string(),
+            1 => "./a/1.jpg".to_string(),
+            2 => "a/../a/2.jpg".to_string(),
+            _ => {
+                std::fs::copy(dir.0.join("a/3.jpg"), dir.0.join("copies/other-name.jpg")).expect("copy");
+                "copies/other-name.jpg".to_string()
+            }
+        };
+        spelled.push_str(&format!("{path},{}\n", u8::from(k % 2 == 0)));
+    }
+    let m = dir.write("spelled.csv", &spelled);
     let again = cascade()
         .args(["eval", "--hotkey", "speed", "--levels", "0-3", "--seed", "3", "--json", "--policies"])
         .arg(&pol.0)

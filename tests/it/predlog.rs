@@ -258,7 +258,8 @@ fn shadow_disagreements_are_exported() {
     assert_eq!(code, 0, "{out}");
     let manifest = std::fs::read_to_string(ex.0.join("manifest.csv")).expect("manifest");
     let header: Vec<&str> = manifest.lines().next().expect("a header").split(',').collect();
-    let at = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name} column: {manifest}"));
+    let at =
+        |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name} column: {manifest}"));
     let rows: Vec<&str> = manifest.lines().skip(1).collect();
     assert_eq!(rows.len(), 1, "only the image the arms disagree on: {manifest}");
     let cols: Vec<&str> = rows[0].split(',').collect();
