@@ -51,6 +51,8 @@ fn tiny_files_claiming_huge_images_are_refused_before_decoding_even_many_at_once
     let dir = policies("bombs", &[("speed", HOTKEY)]);
     let server = Server::start(&dir.0, false, &[]);
     let bomb = jpeg_claiming_8192x4882();
+    honest(&server);
+    let peak_before = server.memory_kib("VmHWM");
     let started = Instant::now();
     let threads: Vec<_> = (0..32)
         .map(|_| {
@@ -64,6 +66,10 @@ fn tiny_files_claiming_huge_images_are_refused_before_decoding_even_many_at_once
         assert!(v["error"]["message"].as_str().unwrap_or("").contains("8192×4882"), "{v}");
     }
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    // refused before decoding: one decode of 8192×4882 holds 160 MiB of pixels at least; the
+    // peak grew by less than one such decode over 32 bombs
+    let grown = server.memory_kib("VmHWM").saturating_sub(peak_before);
+    assert!(peak_before > 0 && grown < 100 * 1024, "peak RSS grew {grown} KiB over 32 bombs");
     honest(&server);
 }
 
