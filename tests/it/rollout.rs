@@ -156,8 +156,10 @@ fn a_canary_waits_for_its_time_and_for_labelled_evidence() {
             ("worse", &hotkey("worse", &rule("worse.json"), CANDIDATE)),
         ],
     );
-    let started = std::time::Instant::now();
     let server = Server::start(&dir.0, false, &[]);
+    // timed from readiness (the step began at load, moments before): without min_step_s the
+    // two requests it needs take milliseconds
+    let started = std::time::Instant::now();
     let rollout = |hk: &str| status(&server)["hotkeys"][hk]["rollout"].clone();
     let mut i = 0;
     // enough requests and time, but no evidence yet: the canary holds at its last step
@@ -167,7 +169,11 @@ fn a_canary_waits_for_its_time_and_for_labelled_evidence() {
         let r = rollout("proven");
         r["history"].to_string().contains("waiting for labelled evidence").then_some(r)
     });
-    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "min_step_s holds the step for three seconds");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(2500),
+        "min_step_s holds the step for three seconds: {:?}",
+        started.elapsed()
+    );
     assert!(ro["winner"].is_null(), "{ro}");
     // a labelled replay in which the candidate does better: promoted
     let report = |cand: f64| {
