@@ -208,12 +208,18 @@ mod tests {
 
     #[test]
     fn concurrent_requests_share_one_decode() {
-        let d = Arc::new(Decoded::new(8 << 20, Duration::from_secs(60)));
-        let j = Arc::new(jpeg(640, 480, 20));
+        // released together on an image whose decode takes milliseconds, the four overlap: a
+        // cache without single-flight would decode it several times (distinct pixels)
+        let d = Arc::new(Decoded::new(64 << 20, Duration::from_secs(60)));
+        let j = Arc::new(jpeg(1600, 1000, 20));
+        let start = Arc::new(std::sync::Barrier::new(4));
         let got: Vec<Image> = (0..4)
             .map(|_| {
-                let (d, j) = (d.clone(), j.clone());
-                std::thread::spawn(move || d.get(key(&j), &j, &IngressLimits::default()).unwrap())
+                let (d, j, start) = (d.clone(), j.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    d.get(key(&j), &j, &IngressLimits::default()).unwrap()
+                })
             })
             .collect::<Vec<_>>()
             .into_iter()
