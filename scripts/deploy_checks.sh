@@ -18,7 +18,11 @@
 # target/ (after `make setup`) with a running Docker daemon, starts it until healthy, and
 # starts it without models (expects exit 78). Minutes; off by default.
 #
-# Ends with one line `deploy_checks: N passed, N failed, N skipped`; exit 1 if any failed.
+# DEPLOY_CHECKS_STRICT=1 (set by .ci/run) counts every SKIP as a failure: under CI a check
+# that cannot run has not passed.
+#
+# Ends with one line `deploy_checks: N passed, N failed, N skipped`; exit 1 if any failed (or,
+# strict, any was skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
@@ -403,7 +407,13 @@ if [ "${DEPLOY_CHECKS_CONTAINER:-0}" = 1 ]; then
       fail "docker build deploy/Dockerfile"
     fi
   fi
+else
+  echo "OFF   container build and run (DEPLOY_CHECKS_CONTAINER=1 turns them on; needs Docker)"
 fi
 
 echo "deploy_checks: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+if [ "${DEPLOY_CHECKS_STRICT:-0}" = 1 ] && [ "$SKIPPED" != 0 ]; then
+  echo "deploy_checks: $SKIPPED skipped under DEPLOY_CHECKS_STRICT=1: a check that cannot run has not passed"
+  exit 1
+fi
 [ "$FAILED" = 0 ]
