@@ -34,5 +34,17 @@ mod tests {
         let p = probabilities(&[1.0, 2.0, 3.0], Activation::Softmax);
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(p[2] > p[1] && p[1] > p[0]);
+        // values worked out by hand: e^k / (1 + e + e^2)
+        let d = 1.0 + 1f32.exp() + 2f32.exp();
+        assert!((p[0] - 1.0 / d).abs() < 1e-6 && (p[2] - 2f32.exp() / d).abs() < 1e-6, "{p:?}");
+    }
+
+    #[test]
+    fn sigmoid_gives_the_known_values() {
+        // 1 / (1 + e^-x): 0.5 at 0, 3/4 at ln 3, 1/4 at -ln 3
+        let p = probabilities(&[0.0, 3f32.ln(), -(3f32.ln())], Activation::Sigmoid);
+        for (got, want) in p.iter().zip([0.5, 0.75, 0.25]) {
+            assert!((got - want).abs() < 1e-6, "{p:?}");
+        }
     }
 }
