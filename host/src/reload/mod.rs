@@ -561,8 +561,6 @@ impl Refusals {
     }
 }
 
-/// Whether every component the hotkey is bound to is still the one its config resolves to
-/// (a deleted, replaced or newly matching higher version means it is not).
 /// The hotkey's calibration file as it is now, checked against `models`' heads.
 fn calibration_check(h: &Hotkey, models: &Models) -> Result<Option<crate::calibration::Calibration>, String> {
     let Some((file, _)) = &h.calibration else { return Ok(None) };
@@ -576,6 +574,8 @@ fn calibration_current(h: &Hotkey, models: &Models) -> bool {
     matches!((calibration_check(h, models), &h.calibration), (Ok(now), held) if now.as_ref() == held.as_ref().map(|(_, c)| c))
 }
 
+/// Whether every component the hotkey is bound to is still the one its config resolves to
+/// (a deleted, replaced or newly matching higher version means it is not).
 fn bindings_current(h: &Hotkey, plugins: &[Arc<Plugin>]) -> bool {
     h.bindings.iter().all(|(r, role, p)| bind::resolve(plugins, r, *role).is_ok_and(|q| Arc::ptr_eq(&q, p)))
 }
