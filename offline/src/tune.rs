@@ -93,11 +93,20 @@ impl Outcome {
     }
 }
 
-pub fn simulate(probes: &[&Probe], s: &Setting, has_fuser: bool) -> Outcome {
+/// How a setting's answers are simulated: whether the hotkey fuses, and the calibration its
+/// answers go through before the 0.5 cut (as served).
+#[derive(Clone, Copy)]
+pub struct Sim<'a> {
+    pub has_fuser: bool,
+    pub calibration: Option<&'a cascade_host::calibration::Calibration>,
+}
+
+pub fn simulate(probes: &[&Probe], s: &Setting, sim: Sim) -> Outcome {
     let mut o = Outcome::default();
     for p in probes {
-        match tune_space::decide(&p.evidence, s, has_fuser) {
+        match tune_space::decide(&p.evidence, s, sim.has_fuser) {
             Some((pred, stages)) => {
+                let pred = sim.calibration.map_or(pred, |c| c.apply(pred));
                 o.confusion.add(pred, p.label);
                 o.cost_ms += p.cost_ms[..stages].iter().sum::<f64>();
             }
@@ -215,7 +224,7 @@ pub fn tune(rt: &Arc<Runtime>, src: &Sources, a: &TuneArgs) -> anyhow::Result<Ex
     // every setting over every image
     let started = Instant::now();
     let all: Vec<&Probe> = probes.iter().collect();
-    let has_fuser = fuser.is_some();
+    let sim = Sim { has_fuser: fuser.is_some(), calibration: hk.calibration.as_ref().map(|(_, c)| c) };
     let settings: Vec<(usize, Setting)> = (0..size).filter_map(|k| space.nth(k).map(|s| (k as usize, s))).collect();
     let mut progress = Progress::new("tune: settings", settings.len());
     let outcomes: Vec<(usize, Outcome)> = settings
@@ -223,11 +232,11 @@ pub fn tune(rt: &Arc<Runtime>, src: &Sources, a: &TuneArgs) -> anyhow::Result<Ex
         .enumerate()
         .map(|(j, (_, s))| {
             progress.tick();
-            (j, simulate(&all, s, has_fuser))
+            (j, simulate(&all, s, sim))
         })
         .collect();
     let sweep_s = started.elapsed().as_secs_f64();
-    let current = simulate(&all, &base, has_fuser);
+    let current = simulate(&all, &base, sim);
     let best =
         choose(&outcomes, &a.objective, a.max_ms).ok_or_else(|| anyhow::anyhow!("no setting within --max-ms"))?;
     let chosen = &settings[best].1;
@@ -245,17 +254,17 @@ pub fn tune(rt: &Arc<Runtime>, src: &Sources, a: &TuneArgs) -> anyhow::Result<Ex
             progress.tick();
             let train: Vec<&Probe> = probes.iter().filter(|p| p.group != *g).collect();
             let outs: Vec<(usize, Outcome)> =
-                settings.iter().enumerate().map(|(j, (_, s))| (j, simulate(&train, s, has_fuser))).collect();
+                settings.iter().enumerate().map(|(j, (_, s))| (j, simulate(&train, s, sim))).collect();
             let Some(b) = choose(&outs, &a.objective, a.max_ms) else { continue };
-            let o = simulate(held, &settings[b].1, has_fuser);
+            let o = simulate(held, &settings[b].1, sim);
             add(&mut cv, &o.confusion);
             cv_ms += o.cost_ms;
-            add(&mut cv_current, &simulate(held, &base, has_fuser).confusion);
+            add(&mut cv_current, &simulate(held, &base, sim).confusion);
         }
     }
 
     let frontier = pareto(&outcomes);
-    let sweeps = sweeps(&all, chosen, &names, has_fuser);
+    let sweeps = sweeps(&all, chosen, &names, sim);
     println!(
         "tune {}: {} images ({} groups), evidence in {probe_s:.1} s, {} settings in {sweep_s:.2} s",
         a.hotkey,
@@ -318,7 +327,7 @@ pub fn tune(rt: &Arc<Runtime>, src: &Sources, a: &TuneArgs) -> anyhow::Result<Ex
     }
     println!("chosen: {}", describe(chosen, &names));
     let chosen_mcc = outcomes[best].1.figures().mcc;
-    for note in sweep_notes(&sweeps, chosen_mcc, &space, &names, &a.objective, a.max_ms, &all, chosen, has_fuser) {
+    for note in sweep_notes(&sweeps, chosen_mcc, &space, &names, &a.objective, a.max_ms, &all, chosen, sim) {
         println!("  note: {note}");
     }
     // the simulation checked: the chosen setting through the real components
@@ -332,7 +341,7 @@ pub fn tune(rt: &Arc<Runtime>, src: &Sources, a: &TuneArgs) -> anyhow::Result<Ex
         &loaded.examples,
         style.as_ref(),
         &probes,
-        has_fuser,
+        sim,
     )?;
     println!("checked through the components: {agree} of {checked} answers as simulated");
     super::tune_candidate::write(
@@ -422,7 +431,7 @@ fn check_chosen(
     examples: &[Example],
     style: Option<&Style>,
     probes: &[Probe],
-    has_fuser: bool,
+    sim: Sim,
 ) -> anyhow::Result<(usize, usize)> {
     let p = with_exits(params, chosen);
     let router =
@@ -451,9 +460,9 @@ fn check_chosen(
             Ok(Ok(d)) => Some(d.prediction),
             _ => None,
         };
-        let sim = tune_space::decide(&pr.evidence, chosen, has_fuser).map(|(p, _)| p);
+        let simulated = tune_space::decide(&pr.evidence, chosen, sim.has_fuser).map(|(p, _)| p);
         n += 1;
-        if match (real, sim) {
+        if match (real, simulated) {
             // the router reports evidence to three decimals
             (Some(a), Some(b)) => (a - b).abs() < 2e-3,
             (None, None) => true,
@@ -485,7 +494,7 @@ fn pareto(outcomes: &[(usize, Outcome)]) -> Vec<usize> {
 }
 
 /// MCC against each threshold of the first stage that has them, the rest as chosen.
-fn sweeps(probes: &[&Probe], chosen: &Setting, names: &[String], has_fuser: bool) -> Vec<super::tune_svg::Sweep> {
+fn sweeps(probes: &[&Probe], chosen: &Setting, names: &[String], sim: Sim) -> Vec<super::tune_svg::Sweep> {
     let Some(i) = chosen.exits.iter().position(|(l, h)| l.is_some() || h.is_some()) else { return Vec::new() };
     let grid: Vec<f32> = (1..20).map(|k| k as f32 * 0.05).collect();
     let mut out = Vec::new();
@@ -494,7 +503,7 @@ fn sweeps(probes: &[&Probe], chosen: &Setting, names: &[String], has_fuser: bool
             .iter()
             .filter_map(|&v| {
                 let s = with_threshold(chosen, i, high, v)?;
-                Some((v as f64, simulate(probes, &s, has_fuser).figures().mcc))
+                Some((v as f64, simulate(probes, &s, sim).figures().mcc))
             })
             .collect();
         let at = if high { chosen.exits[i].1 } else { chosen.exits[i].0 };
@@ -530,7 +539,7 @@ fn sweep_notes(
     max_ms: Option<f64>,
     probes: &[&Probe],
     chosen: &Setting,
-    has_fuser: bool,
+    sim: Sim,
 ) -> Vec<String> {
     let mut notes = Vec::new();
     let Some(stage) = chosen.exits.iter().position(|(l, h)| l.is_some() || h.is_some()) else { return notes };
@@ -542,7 +551,7 @@ fn sweep_notes(
         let why = if objective != "mcc" {
             format!("the objective is {objective}, not MCC")
         } else if let Some(o) = with_threshold(chosen, stage, high, v as f32)
-            .map(|s| simulate(probes, &s, has_fuser))
+            .map(|s| simulate(probes, &s, sim))
             .filter(|o| max_ms.is_some_and(|cap| o.ms() > cap))
         {
             format!("it costs {:.2} ms/request, above --max-ms", o.ms())
