@@ -229,3 +229,49 @@ fn only_regular_files_are_read_and_a_hotkey_name_keeps_its_file() {
     // and Ctrl-C still stops the server, FIFO and all
     assert!(server.interrupt(15).is_some(), "the server stopped");
 }
+
+/// A component file with the same component inside but other bytes (a custom section appended),
+/// so that a reload must compile it again.
+fn recompiled(bytes: &[u8], n: u8) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    // custom section: id 0, size, name "k" + one byte of payload
+    b.extend_from_slice(&[0x00, 0x03, 0x01, b'k', n]);
+    b
+}
+
+/// `kill -9` while a reload is in flight (a component compiling, a hotkey file changing),
+/// at several points of it: every restart on the same folders and compile cache serves,
+/// takes no partial cache entry for a whole one, and ends on the files as they are on disk.
+#[test]
+fn a_kill_during_a_reload_leaves_folders_a_restart_serves() {
+    let dir = policies("reload-kill", &[("live", &policy("start", "0.3"))]);
+    let cache = TempDir::new("reload-kill-cache");
+    let flag = cache.0.display().to_string();
+    let router = std::fs::read(repo().join("target/components/cascade_router.wasm")).expect("router component");
+    for (round, delay_ms) in [0u64, 30, 80, 150, 300].into_iter().enumerate() {
+        let mut server = Server::start(&dir.0, false, &["--compile-cache", &flag]);
+        assert!(stage_of(&server, "live").is_some(), "round {round}: serves after the restart:\n{}", server.log());
+        let comp = server.components.0.join("cascade_router.wasm");
+        replace(&comp, &recompiled(&router, round as u8));
+        replace(&dir.0.join("live.toml"), policy(&format!("round{round}"), "0.3").as_bytes());
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        server.signal("KILL");
+        assert!(server.wait_exit(10).is_some(), "round {round}: killed");
+    }
+    let server = Server::start(&dir.0, false, &["--compile-cache", &flag]);
+    assert_eq!(stage_of(&server, "live").as_deref(), Some("round4"), "the hotkey file on disk serves");
+    assert!(refusals(&server).is_empty(), "{:?}", refusals(&server));
+    // the cache holds whole entries only: temporary files of killed writers are never read as
+    // entries (they do not end in .cwasm) and every entry loads
+    let entries: Vec<std::path::PathBuf> = std::fs::read_dir(&cache.0)
+        .expect("cache folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|e| e.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    for e in &entries {
+        assert!(std::fs::metadata(e).expect("entry").len() > 0, "{}", e.display());
+    }
+    // the router's variants were compiled (each is an entry of its own), not served from one
+    assert!(entries.len() >= 5, "{} entries: {entries:?}", entries.len());
+    assert!(!server.log().contains("unusable"), "{}", server.log());
+}
