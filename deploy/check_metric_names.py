@@ -7,7 +7,10 @@ $hotkey and $arm variables present and used).
     python3 deploy/check_metric_names.py [--metrics FILE]
 
 --metrics FILE: a /metrics scrape of a running server; families listed as exported (not
-`pending`) that it lacks are reported as notes (a family appears once it has a sample).
+`pending`) that it lacks are reported as notes (a family appears once it has a sample), and
+a family it exports that the list lacks fails. With --strict, every family a dashboard or rule
+names must be in the scrape unless the list marks it `pending` or `conditional` (the scrape
+of tests/it/metrics.rs, taken after traffic that creates the others).
 Exit 0 when clean, 1 with one line per problem.
 """
 
@@ -29,7 +32,7 @@ NAME = re.compile(r"(?<![\w.:$])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?")
 
 
 def families():
-    listed, pending = {}, set()
+    listed, pending, conditional = {}, set(), set()
     for line in (DEPLOY / "metric_families.txt").read_text().splitlines():
         line = line.split("#", 1)[0].split()
         if not line:
@@ -37,7 +40,9 @@ def families():
         listed[line[0]] = line[1] if len(line) > 1 else "untyped"
         if "pending" in line[2:]:
             pending.add(line[0])
-    return listed, pending
+        if "conditional" in line[2:]:
+            conditional.add(line[0])
+    return listed, pending, conditional
 
 
 def metric_names(expr):
@@ -143,8 +148,10 @@ def check_rules(path, listed, problems, used):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--metrics", type=Path, help="a /metrics scrape to compare with")
+    ap.add_argument("--strict", action="store_true",
+                    help="with --metrics: fail on a family the dashboards or rules name that the scrape lacks")
     args = ap.parse_args()
-    listed, pending = families()
+    listed, pending, conditional = families()
     problems, used = [], set()
     dashboards = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
     if not dashboards:
@@ -165,6 +172,9 @@ def main():
         unknown = sorted(f for f in scraped if f.startswith("cascade_") and f not in listed)
         for f in unknown:
             problems.append(f"{args.metrics}: exports {f}, which deploy/metric_families.txt does not list")
+        if args.strict:
+            for f in sorted(used - scraped - pending - conditional - {"up"}):
+                problems.append(f"{args.metrics}: a dashboard or rule names {f}, which the server did not export")
     for p in problems:
         print(f"FAIL {p}")
     print(

@@ -17,6 +17,7 @@ mod hardening;
 mod hf;
 mod kserve;
 mod lifecycle;
+mod metrics;
 mod predlog;
 mod reload;
 mod rollout;
