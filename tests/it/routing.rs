@@ -130,7 +130,27 @@ on_error = "fail"
     assert_eq!(s, 200, "{v}");
     let result = v["trace"][0]["result"].as_str().unwrap();
     assert!(["car", "truck", "person", "bus"].iter().any(|c| result.contains(c)), "{frame}: {result}");
-    assert!(num(&v["prediction"]) > 0.0);
+    // the evidence worked out from the boxes the trace lists ("N boxes: car 0.87, ..."): the
+    // noisy-OR of the class weights over boxes at or above min_confidence
+    let (count, boxes) = result.split_once(" boxes: ").expect("a detection trace");
+    let count: usize = count.parse().expect("a box count");
+    assert!(count <= 8, "every box is listed (the trace lists eight): {result}");
+    let weights = [("car", 0.2), ("truck", 0.5), ("person", 0.5), ("bus", 0.3)];
+    let mut none = 1.0;
+    for b in boxes.split(", ") {
+        let (label, conf) = b.rsplit_once(' ').expect("label and confidence");
+        let conf: f64 = conf.parse().expect("a confidence");
+        assert!((conf - 0.3).abs() > 0.005, "a box at the cut, rounded in the trace: {result}");
+        if let Some((_, w)) = weights.iter().find(|(c, _)| *c == label).filter(|_| conf >= 0.3) {
+            none *= 1.0 - w;
+        }
+    }
+    let want = 1.0 - none;
+    assert!(
+        (num(&v["prediction"]) - want).abs() < 1e-3,
+        "{frame}: {} for {result}, worked out {want}",
+        v["prediction"]
+    );
 }
 
 #[test]
