@@ -124,3 +124,33 @@ fn a_client_that_trickles_its_body_gets_408_and_others_are_served() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("read-timeout"), "{answer}");
 }
+
+/// The shipped components' parameter schemas refuse wrong types, values out of bounds and
+/// values outside an enum, through the same check `serve` runs at load: each named by its key
+/// path and the rule, with the component's name and version.
+#[test]
+fn component_parameters_of_the_wrong_type_or_out_of_bounds_are_refused_by_their_schema() {
+    let stage = |extra: &str| {
+        format!(
+            "name = \"p\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"s\"\nclassify = [\"tint\"]\n{extra}\n[fuser]\ncomponent = \"weighted@^1\"\nparams.weights = {{ tint = 1.0 }}\n"
+        )
+    };
+    let cases: [(String, &str); 6] = [
+        (stage("exit_low = 1.5"), "router.params.stages[0].exit_low: 1.5 is above the maximum 1"),
+        (stage("exit_high = \"high\""), "router.params.stages[0].exit_high: expected number, found string"),
+        (stage("zoom = { grid = 9 }"), "router.params.stages[0].zoom.grid: 9 is above the maximum 4"),
+        (stage("zoom = { grid = 2, reduce = \"median\" }"), "router.params.stages[0].zoom.reduce"),
+        (stage("flip = 1"), "router.params.stages[0].flip: expected boolean, found"),
+        (
+            stage("").replace("{ tint = 1.0 }", "{ tint = 1.0 }\nparams.boost = { objects = 1.5 }"),
+            "fuser.params.boost.objects: 1.5 is above the maximum 1",
+        ),
+    ];
+    let comps = components(false);
+    for (text, needle) in cases {
+        let dir = policies("schema-bounds", &[("p", &text)]);
+        let (code, out) = run(&["check"], &dir.0, &comps.0);
+        assert_ne!(code, 0, "{needle}: accepted\n{text}");
+        assert!(out.contains(needle) && out.contains("(schema of "), "{needle}:\n{out}");
+    }
+}
