@@ -148,6 +148,15 @@ mod tests {
         assert!((f.accuracy - 0.6).abs() < 1e-12);
         assert!((f.mcc - 1.0 / 6.0).abs() < 1e-9, "{}", f.mcc);
         assert!((f.reward - (0.5 * f.mcc + 0.3).powi(3)).abs() < 1e-12);
+        // worked out by hand: (0.5 · 1/6 + 0.5 · 0.6)³ = (23/60)³ = 12167/216000
+        assert!((f.reward - 12167.0 / 216000.0).abs() < 1e-12, "{}", f.reward);
+        // and a case with no errors: MCC 1, accuracy 1, reward 1
+        let mut perfect = Confusion::default();
+        for (p, l) in [(0.9, true), (0.1, false), (0.7, true), (0.3, false)] {
+            perfect.add(p, l);
+        }
+        let pf = perfect.figures();
+        assert_eq!((pf.mcc, pf.accuracy, pf.reward), (1.0, 1.0, 1.0));
         let mut half = Confusion::default();
         half.add(0.5, true);
         assert_eq!(half.fn_, 1, "0.5 is read as no roadwork");

@@ -188,6 +188,10 @@ mod tests {
         assert_eq!(a.source, ScoreSource::Logprobs);
         assert!((a.p_yes.unwrap() as f64 - y / (y + n)).abs() < 1e-6, "{a:?}");
         assert_eq!(a.text, "**Yes**");
+        // worked out by hand: P(Yes) 0.6 and P(No) 0.2 among the alternatives -> 0.6 / 0.8 = 0.75
+        let lp = json!({"content": [tok("Yes", 0.6f64.ln(), &[("Yes", 0.6f64.ln()), ("No", 0.2f64.ln())])]});
+        let a = read(&reply(json!("Yes"), lp)).unwrap();
+        assert!((a.p_yes.unwrap() - 0.75).abs() < 1e-6, "{a:?}");
     }
 
     #[test]
