@@ -61,9 +61,10 @@ registry() {
 policies() {  # DIR DEVICE PIPELINE [OCR_DEVICE]
   mkdir -p "$1"
   registry "$2" "$3" "${4:-}" > "$1/models.toml"
-  cp policies/accuracy.toml "$1/"
+  # (the shipped calibration names the shipped head and hotkey: left out here)
+  sed '/^calibration = /d' policies/accuracy.toml > "$1/accuracy.toml"
   # the same policy with no early exit: every request reaches zoom, OCR and the detector
-  sed -e 's/^name = "accuracy"/name = "accuracy-all"/' -e '/^exit_low/d' -e '/^exit_high/d' policies/accuracy.toml > "$1/accuracy-all.toml"
+  sed -e 's/^name = "accuracy"/name = "accuracy-all"/' -e '/^exit_low/d' -e '/^exit_high/d' -e '/^calibration = /d' policies/accuracy.toml > "$1/accuracy-all.toml"
 }
 policies "$P/pol-before" cuda:0 absent
 policies "$P/pol-cuda" cuda:0 true

@@ -104,7 +104,8 @@ for dev in cpu cuda:0; do
   d="$P/pol-${dev%%:*}"
   mkdir -p "$d"
   registry "$dev" > "$d/models.toml"
-  for hk in speed accuracy; do cp "policies/$hk.toml" "$d/"; done
+  # the shipped calibrations name the shipped head; these registries run others
+  for hk in speed accuracy; do sed '/^calibration = /d' "policies/$hk.toml" > "$d/$hk.toml"; done
   rw_policy rw roadwork > "$d/rw.toml"
 done
 mkdir -p "$P/pol-cuda16" "$P/pol-http"

@@ -215,7 +215,8 @@ def policies_for(src, dst, head, backbone, overrides, probe):
         with open(path, "a") as f:
             f.write("\n# override from grouped_cv.py\n" + toml_override(key, value))
     if probe:
-        open(os.path.join(dst, "probe.toml"), "w").write(probe_toml(open(os.path.join(src, "accuracy.toml")).read()))
+        acc = re.sub(r'^calibration\s*=.*$', "", open(os.path.join(src, "accuracy.toml")).read(), flags=re.M)
+        open(os.path.join(dst, "probe.toml"), "w").write(probe_toml(acc))
     return dst
 
 
