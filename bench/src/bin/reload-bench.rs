@@ -15,6 +15,18 @@ fn config(stage: &str) -> String {
     format!("name = \"live\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"{stage}\"\nclassify = [\"tint\"]\non_error = \"fail\"\n")
 }
 
+/// A 64×64 JPEG no other (client, k) pair sends: its corner pixels spell the pair.
+fn distinct(client: u64, k: u64) -> Vec<u8> {
+    let mut i = image::RgbImage::from_pixel(64, 64, image::Rgb([200, 120, 40]));
+    for (bit, x) in (0..48).enumerate() {
+        let on = ((client << 40 | k) >> bit) & 1 == 1;
+        i.put_pixel(x, 0, if on { image::Rgb([255, 255, 255]) } else { image::Rgb([0, 0, 0]) });
+    }
+    let mut out = std::io::Cursor::new(Vec::new());
+    i.write_to(&mut out, image::ImageFormat::Jpeg).expect("a JPEG");
+    out.into_inner()
+}
+
 fn replace(path: &std::path::Path, bytes: &[u8]) {
     let tmp = path.with_extension("partial");
     std::fs::write(&tmp, bytes).expect("write");
@@ -84,6 +96,7 @@ fn main() -> anyhow::Result<()> {
     };
     let probe_img = img.clone();
 
+    let next_client = Arc::new(AtomicU64::new(0));
     let run_load = move |dur: Option<Duration>, stop: Arc<AtomicBool>| -> Arc<Load> {
         let load = Arc::new(Load {
             sent: AtomicU64::new(0),
@@ -94,8 +107,10 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let handles: Vec<_> = (0..clients)
             .map(|_| {
-                let (load, stop, url, img) = (load.clone(), stop.clone(), url.clone(), img.clone());
+                let (load, stop, url) = (load.clone(), stop.clone(), url.clone());
+                let client = next_client.fetch_add(1, Ordering::Relaxed);
                 std::thread::spawn(move || {
+                    let mut k: u64 = 0;
                     let agent: ureq::Agent = ureq::Agent::config_builder()
                         .http_status_as_error(false)
                         .timeout_global(Some(Duration::from_secs(20)))
@@ -104,6 +119,10 @@ fn main() -> anyhow::Result<()> {
                     while !stop.load(Ordering::Relaxed) && dur.is_none_or(|d| started.elapsed() < d) {
                         let t = Instant::now();
                         load.sent.fetch_add(1, Ordering::Relaxed);
+                        // a distinct image every request: the stage cache must not answer for the
+                        // models while versions swap
+                        k += 1;
+                        let img = distinct(client, k);
                         match agent.post(&url).header("Content-Type", "image/jpeg").send(&img[..]) {
                             Ok(mut r) if r.status() == 200 => {
                                 let v: serde_json::Value =
@@ -184,5 +203,12 @@ fn main() -> anyhow::Result<()> {
     println!("| p50 / p99 ms, during swaps               | {:.2} / {:.2} |", b.p50 / 1e3, b.p99 / 1e3);
     println!("| write → serving ms p50 / p99 (cache warm)| {:.1} / {:.1} |", w.p50 / 1e3, w.p99 / 1e3);
     println!("| RSS after 10 swaps / after {swaps}           | {} MB / {} MB |", rss10 / 1024, rss_end / 1024);
+    // a swap that fails a request or answers from a refused version fails the bench
+    let (failed, refused) = (busy.failed.load(Ordering::Relaxed), busy.refused_answers.load(Ordering::Relaxed));
+    if failed > 0 || refused > 0 {
+        println!("FAIL: {failed} failed requests and {refused} answers from refused versions during swaps");
+        std::process::exit(1);
+    }
+    println!("PASS: no request failed or was answered by a refused version during {swaps} swaps");
     Ok(())
 }
