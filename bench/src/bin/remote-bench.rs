@@ -68,18 +68,40 @@ fn mlserver(dir: &std::path::Path) -> anyhow::Result<(Proc, String)> {
 }
 
 /// Median and 99th percentile of `f`'s wall time over `n` calls, in ms.
-fn time(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<(f64, f64)> {
+/// Times `a` (the peer) and `b` (the engine) interleaved, call for call, so that a drift of
+/// the machine or the server over the run weighs on both alike: (p50, p99) of each, in ms.
+#[allow(clippy::type_complexity)]
+fn time_pair(
+    n: usize,
+    mut a: impl FnMut() -> anyhow::Result<()>,
+    mut b: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<((f64, f64), (f64, f64))> {
     for _ in 0..5 {
-        f()?;
+        a()?;
+        b()?;
     }
-    let mut t: Vec<f64> = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = Instant::now();
-        f()?;
-        t.push(s.elapsed().as_secs_f64() * 1e3);
+    let (mut ta, mut tb): (Vec<f64>, Vec<f64>) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        // alternate which goes first
+        let mut one = |peer: bool| -> anyhow::Result<()> {
+            let s = Instant::now();
+            if peer {
+                a()?;
+                ta.push(s.elapsed().as_secs_f64() * 1e3);
+            } else {
+                b()?;
+                tb.push(s.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok(())
+        };
+        one(i % 2 == 0)?;
+        one(i % 2 == 1)?;
     }
-    t.sort_by(f64::total_cmp);
-    Ok((t[n / 2], t[(n * 99 / 100).min(n - 1)]))
+    let q = |mut t: Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        (t[t.len() / 2], t[(t.len() * 99 / 100).min(t.len() - 1)])
+    };
+    Ok((q(ta), q(tb)))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,34 +140,40 @@ remote = {{ url = "{mls_url}", model = "tint", retries = 0, breaker = {{ failure
     use base64::Engine as _;
     let url = format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(jpeg.get_ref()));
     let body = json!({"model": "standin-vl", "messages": [{"role": "user", "content": [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]}], "max_tokens": 16, "temperature": 0.0, "stream": false, "logprobs": true, "top_logprobs": 5}).to_string();
-    let vlm_direct = time(calls, || {
-        let mut r = agent
-            .post(&format!("{vlm_url}/chat/completions"))
-            .header("Content-Type", "application/json")
-            .send(&body)?;
-        r.body_mut().read_to_string()?;
-        Ok(())
-    })?;
-    let vlm_engine = time(calls, || {
-        models.run("vl", ModelKind::Vlm, JobInput::Ask(img.clone(), prompt.into()), deadline())?.output?;
-        Ok(())
-    })?;
+    let (vlm_direct, vlm_engine) = time_pair(
+        calls,
+        || {
+            let mut r = agent
+                .post(&format!("{vlm_url}/chat/completions"))
+                .header("Content-Type", "application/json")
+                .send(&body)?;
+            r.body_mut().read_to_string()?;
+            Ok(())
+        },
+        || {
+            models.run("vl", ModelKind::Vlm, JobInput::Ask(img.clone(), prompt.into()), deadline())?.output?;
+            Ok(())
+        },
+    )?;
 
     // KServe: engine (prepare 32×32, one FP32 tensor, parse) vs a direct POST of that tensor
     let tensor: Vec<f32> = (0..3 * 32 * 32).map(|i| [0.94, 0.47, 0.08][i / 1024]).collect();
     let kbody = json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": tensor}], "outputs": [{"name": "logits"}]}).to_string();
-    let ks_direct = time(calls, || {
-        let mut r = agent
-            .post(&format!("{mls_url}/v2/models/tint/infer"))
-            .header("Content-Type", "application/json")
-            .send(&kbody)?;
-        r.body_mut().read_to_string()?;
-        Ok(())
-    })?;
-    let ks_engine = time(calls, || {
-        models.run("remote-tint", ModelKind::Classifier, JobInput::Image(img.clone()), deadline())?.output?;
-        Ok(())
-    })?;
+    let (ks_direct, ks_engine) = time_pair(
+        calls,
+        || {
+            let mut r = agent
+                .post(&format!("{mls_url}/v2/models/tint/infer"))
+                .header("Content-Type", "application/json")
+                .send(&kbody)?;
+            r.body_mut().read_to_string()?;
+            Ok(())
+        },
+        || {
+            models.run("remote-tint", ModelKind::Classifier, JobInput::Image(img.clone()), deadline())?.output?;
+            Ok(())
+        },
+    )?;
 
     // the servers gone: refused connections until the breaker opens, then fast failures
     drop(_vlm);
@@ -162,8 +190,21 @@ remote = {{ url = "{mls_url}", model = "tint", retries = 0, breaker = {{ failure
             ModelKind::Vlm => JobInput::Ask(img.clone(), prompt.into()),
             _ => JobInput::Image(img.clone()),
         };
-        let refused: Vec<f64> = (0..3).map(|_| fail(model, kind, input()).0).collect();
-        let mut open: Vec<f64> = (0..calls).map(|_| fail(model, kind, input()).0).collect();
+        let refused: Vec<(f64, bool)> = (0..3).map(|_| fail(model, kind, input())).collect();
+        let open_calls: Vec<(f64, bool)> = (0..calls).map(|_| fail(model, kind, input())).collect();
+        // the verdicts: every call failed, and the breaker opened (the model says so)
+        anyhow::ensure!(
+            refused.iter().chain(&open_calls).all(|c| c.1),
+            "{name}: a call succeeded with the server gone"
+        );
+        let breaker_open = models
+            .stats()
+            .find(|(m, _)| *m == model)
+            .map(|(_, s)| s.breaker_open.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(0);
+        anyhow::ensure!(breaker_open == 1, "{name}: the breaker did not open after 3 refused calls");
+        let refused: Vec<f64> = refused.iter().map(|c| c.0).collect();
+        let mut open: Vec<f64> = open_calls.iter().map(|c| c.0).collect();
         open.sort_by(f64::total_cmp);
         rows.push((name, refused.iter().sum::<f64>() / 3.0, open[calls / 2], open[calls * 99 / 100]));
     }
