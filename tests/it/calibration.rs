@@ -181,6 +181,9 @@ fn calibrate_fits_the_served_answer_and_refuses_another_hotkey_or_head() {
     let want = sigmoid_logit(a, b, raw.clamp(1e-6, 1.0 - 1e-6));
     assert!((num(&v["prediction"]) - want).abs() < 1e-3, "served {} for raw {raw}, calibrated {want}", v["prediction"]);
     assert!((num(&v["raw"]) - raw).abs() < 1e-3, "the answer carries the score before calibration: {v}");
+    let st = status(&server);
+    let shown = &st["hotkeys"]["cal"]["calibration"];
+    assert_eq!((shown["file"].as_str(), num(&shown["a"])), (Some("calibration/cal.json"), a), "status: {shown}");
 
     // a retrained head while the server runs: the registry change is refused naming the
     // calibration and both heads; the last good state keeps answering the same

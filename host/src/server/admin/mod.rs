@@ -159,6 +159,9 @@ fn status(server: &Server) -> serde_json::Value {
                     "file": h.file,
                     "ss58": h.ss58,
                     "fallback": h.fallback,
+                    "calibration": h.calibration.as_ref().map(|(file, c)| json!({
+                        "file": file, "a": c.a, "b": c.b, "heads": c.heads,
+                    })),
                     "router": role(&h.stable.router),
                     "text_scorer": h.stable.roles.text_scorer.as_deref().map(role),
                     "fuser": h.stable.roles.fuser.as_deref().map(role),
