@@ -43,8 +43,7 @@ const EPS: f64 = 1e-6;
 impl Calibration {
     /// The calibrated probability of a fused score in [0, 1].
     pub fn apply(&self, score: f32) -> f32 {
-        let s = f64::from(score).clamp(EPS, 1.0 - EPS);
-        let z = self.a * (s / (1.0 - s)).ln() + self.b;
+        let z = self.a * logit(f64::from(score)) + self.b;
         (1.0 / (1.0 + (-z).exp())) as f32
     }
 
@@ -89,13 +88,25 @@ impl Calibration {
     }
 }
 
+/// The logit a calibration is applied to (and fitted on, `cascade calibrate`), the score
+/// clamped [`EPS`] away from 0 and 1.
+pub fn logit(score: f64) -> f64 {
+    let s = score.clamp(EPS, 1.0 - EPS);
+    (s / (1.0 - s)).ln()
+}
+
 fn short(sha: &str) -> String {
     format!("sha256 {}…", &sha[..sha.len().min(12)])
 }
 
 /// SHA-256 of the head file of registry model `model`.
 pub fn head_sha(models: &Models, model: &str) -> Result<String, String> {
-    let spec = models.spec(model).ok_or_else(|| format!("no model {model} in the registry"))?;
+    spec_head_sha(models.spec(model).ok_or_else(|| format!("no model {model} in the registry"))?)
+}
+
+/// SHA-256 of the head file of a registry entry (what a calibration records).
+pub fn spec_head_sha(spec: &cascade_engines::ModelSpec) -> Result<String, String> {
+    let model = &spec.name;
     let head = spec.head.as_ref().ok_or_else(|| format!("model {model} has no head"))?;
     let bytes = crate::files::read_regular(head, crate::files::MAX_CONFIG_BYTES * 16)
         .map_err(|e| format!("{model}'s head {}: {e}", head.display()))?;

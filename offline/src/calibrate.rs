@@ -56,16 +56,12 @@ pub struct Fit {
 
 fn fit_report(p: &[f64], y: &[bool]) -> Fit {
     let n = p.len().max(1) as f64;
-    let (mut tp, mut tn, mut fp, mut fneg) = (0f64, 0f64, 0f64, 0f64);
+    // the validator's cut, as every other report here counts it
+    let mut c = cascade_common::scores::Confusion::default();
     for (&pi, &yi) in p.iter().zip(y) {
-        match (pi >= 0.5, yi) {
-            (true, true) => tp += 1.0,
-            (false, false) => tn += 1.0,
-            (true, false) => fp += 1.0,
-            (false, true) => fneg += 1.0,
-        }
+        c.add(pi as f32, yi);
     }
-    let den = ((tp + fp) * (tp + fneg) * (tn + fp) * (tn + fneg)).sqrt();
+    let f = c.figures();
     let mean = |want: bool| {
         let v: Vec<f64> = p.iter().zip(y).filter(|(_, &yi)| yi == want).map(|(&pi, _)| pi).collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
@@ -90,9 +86,9 @@ fn fit_report(p: &[f64], y: &[bool]) -> Fit {
         bins.push((lo, inside.len(), round3(conf), round3(frac)));
     }
     Fit {
-        mcc: round3(if den > 0.0 { (tp * tn - fp * fneg) / den } else { 0.0 }),
-        accuracy: round3((tp + tn) / n),
-        says_roadwork: round3((tp + fp) / n),
+        mcc: round3(f.mcc),
+        accuracy: round3(f.accuracy),
+        says_roadwork: round3((c.tp + c.fp) as f64 / n),
         mean_roadwork: round3(mean(true)),
         mean_none: round3(mean(false)),
         ece: round3(ece),
@@ -175,9 +171,7 @@ fn heads_of(policies: &Path, hotkey_file: &Path, named: &[String]) -> anyhow::Re
     let mut out = BTreeMap::new();
     for m in names {
         let spec = reg.models.iter().find(|s| s.name == m).with_context(|| format!("no model {m} in the registry"))?;
-        let head = spec.head.as_ref().with_context(|| format!("model {m} has no head"))?;
-        let bytes = std::fs::read(head).with_context(|| format!("reading {m}'s head {}", head.display()))?;
-        out.insert(m, cascade_host::files::sha256_hex(&bytes));
+        out.insert(m, cascade_host::calibration::spec_head_sha(spec).map_err(|e| anyhow::anyhow!(e))?);
     }
     Ok(out)
 }
@@ -223,11 +217,7 @@ pub fn calibrate(policies: &Path, args: &CalibrateArgs) -> anyhow::Result<ExitCo
         );
     }
     let heads = heads_of(policies, &file, &args.heads)?;
-    let logit = |p: f64| {
-        let p = p.clamp(1e-6, 1.0 - 1e-6);
-        (p / (1.0 - p)).ln() as f32
-    };
-    let z: Vec<f32> = rows.iter().map(|r| logit(r.p)).collect();
+    let z: Vec<f32> = rows.iter().map(|r| cascade_host::calibration::logit(r.p) as f32).collect();
     let y: Vec<bool> = rows.iter().map(|r| r.y).collect();
     // each class weighs half, as on the validators' 50/50 mix
     let wpos = rows.len() as f32 / 2.0 / npos as f32;

@@ -175,6 +175,12 @@ params.weights = {{ roadwork = 1.0, "roadwork:flip" = 1.0, "roadwork:zoom" = 1.0
 """
 
 
+def without_calibration(text):
+    """A hotkey file's text without its `calibration` line: fold copies answer raw fused scores
+    (what `cascade calibrate` fits), and a calibration names the shipped head, not a fold's."""
+    return re.sub(r'^calibration\s*=.*$', "", text, flags=re.M)
+
+
 def policies_for(src, dst, head, backbone, overrides, probe):
     """A copy of `src` whose registry is absolute, whose `roadwork` classifier runs `backbone`
     (its file and input) with `head`, plus the probe hotkey when asked."""
@@ -185,10 +191,7 @@ def policies_for(src, dst, head, backbone, overrides, probe):
         if name.endswith(".toml") or name.endswith(".txt"):
             shutil.copyfile(p, os.path.join(dst, name))
         if name.endswith(".toml") and name != "models.toml":
-            # the held-out answers are the raw fused scores (what `cascade calibrate` fits); a
-            # calibration names the shipped head, not this fold's
-            text = open(p).read()
-            open(os.path.join(dst, name), "w").write(re.sub(r'^calibration\s*=.*$', "", text, flags=re.M))
+            open(os.path.join(dst, name), "w").write(without_calibration(open(p).read()))
     reg_path = os.path.join(src, "models.toml")
     reg = tomllib.load(open(reg_path, "rb"))
     emb = next(m for m in reg["model"] if m["name"] == backbone)
@@ -215,8 +218,7 @@ def policies_for(src, dst, head, backbone, overrides, probe):
         with open(path, "a") as f:
             f.write("\n# override from grouped_cv.py\n" + toml_override(key, value))
     if probe:
-        acc = re.sub(r'^calibration\s*=.*$', "", open(os.path.join(src, "accuracy.toml")).read(), flags=re.M)
-        open(os.path.join(dst, "probe.toml"), "w").write(probe_toml(acc))
+        open(os.path.join(dst, "probe.toml"), "w").write(probe_toml(without_calibration(open(os.path.join(src, "accuracy.toml")).read())))
     return dst
 
 
@@ -265,7 +267,7 @@ def evaluate(a, rows, scheme, backbone, seed, hotkeys, overrides):
     work = os.path.join(a.work, backbone)
     os.makedirs(work, exist_ok=True)
     out = {h: [] for h in hotkeys}
-    policy_hash = digest(*[re.sub(rb"(?m)^calibration\s*=.*$", b"", open(os.path.join(a.policies, f), "rb").read())
+    policy_hash = digest(*[without_calibration(open(os.path.join(a.policies, f)).read())
                            for f in sorted(os.listdir(a.policies)) if f.endswith(".toml")], repr(overrides), repr(a.probe_version))
     for name, train, test in folds:
         if a.only_folds and name not in a.only_folds.split(","):

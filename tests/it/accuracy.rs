@@ -6,60 +6,6 @@
 
 use cascade_tests::*;
 
-/// Registry: the tint embedder, and a classifier on the same file with the head in `head`.
-fn registry(dir: &TempDir, classifier_file: &std::path::Path, side: u32) -> std::path::PathBuf {
-    registry_with(dir, classifier_file, "embedding", side, "")
-}
-
-/// The same with the classifier's output and extra input settings chosen.
-fn registry_with(
-    dir: &TempDir,
-    classifier_file: &std::path::Path,
-    output: &str,
-    side: u32,
-    input_extra: &str,
-) -> std::path::PathBuf {
-    let m = test_models();
-    dir.write(
-        "models.toml",
-        &format!(
-            r#"
-[[model]]
-name = "tint-embed"
-file = "{embed}"
-kind = "embedder"
-input = {{ width = 32, height = 32 }}
-
-[[model]]
-name = "roadwork"
-file = "{classifier}"
-kind = "classifier"
-output = "{output}"
-head = "head.json"
-activation = "sigmoid"
-labels = ["other", "roadwork"]
-positive = ["roadwork"]
-input = {{ width = {side}, height = {side}{input_extra} }}
-"#,
-            embed = m.join("tint_embed.onnx").display(),
-            classifier = classifier_file.display(),
-        ),
-    );
-    dir.0.clone()
-}
-
-/// Orange-ish scenes are roadwork, blue-grey ones are not; a little texture so views differ.
-fn scene(roadwork: bool, k: u32) -> image::RgbImage {
-    image::RgbImage::from_fn(96 + 8 * k, 80, |x, y| {
-        let t = ((x * 7 + y * 13 + k * 5) % 23) as u8;
-        if roadwork {
-            image::Rgb([200 + t, 110 + t, 30])
-        } else {
-            image::Rgb([60 + t, 90 + t, 150 + t])
-        }
-    })
-}
-
 /// Two sources (folders `a` and `b`), `n` images of each class in each.
 fn dataset(dir: &TempDir, n: u32) -> (std::path::PathBuf, std::path::PathBuf) {
     let mut manifests = Vec::new();
@@ -96,7 +42,7 @@ fn train(args: &[&str], policies: &std::path::Path) -> (bool, String, String) {
 #[test]
 fn train_head_on_several_manifests_with_views_cache_balancing_and_calibration() {
     let dir = TempDir::new("acc-train");
-    let pol = registry(&dir, &test_models().join("tint_embed.onnx"), 32);
+    let pol = head_registry(&dir, &test_models().join("tint_embed.onnx"), 32);
     let (a, b) = dataset(&dir, 4);
     // bad rows: a label outside {0, 1} and a missing file, each reported, the rest used
     let mut text = std::fs::read_to_string(&b).expect("read");
@@ -179,7 +125,7 @@ fn train_head_on_several_manifests_with_views_cache_balancing_and_calibration() 
 #[test]
 fn a_head_for_another_backbone_or_input_is_refused_at_load_naming_both() {
     let dir = TempDir::new("acc-backbone");
-    let pol = registry(&dir, &test_models().join("tint_embed.onnx"), 32);
+    let pol = head_registry(&dir, &test_models().join("tint_embed.onnx"), 32);
     let (a, _) = dataset(&dir, 2);
     let head = dir.0.join("head.json");
     let (ok, _, stderr) = train(
@@ -210,19 +156,19 @@ fn a_head_for_another_backbone_or_input_is_refused_at_load_naming_both() {
     let file = copy.0.join("tint_embed_fp16.onnx");
     std::fs::copy(test_models().join("tint_embed.onnx"), &file).expect("copy");
     std::fs::copy(&head, copy.0.join("head.json")).expect("copy head");
-    let out = check(&registry(&copy, &file, 32));
+    let out = check(&head_registry(&copy, &file, 32));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // another input size: refused, naming both
     let bigger = TempDir::new("acc-backbone-size");
     std::fs::copy(&head, bigger.0.join("head.json")).expect("copy head");
-    let out = check(&registry(&bigger, &test_models().join("tint_embed.onnx"), 64));
+    let out = check(&head_registry(&bigger, &test_models().join("tint_embed.onnx"), 64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("32x32") && err.contains("64x64") && err.contains("tint_embed.onnx"), "{err}");
     // another normalisation: refused, naming both
     let norm = TempDir::new("acc-backbone-norm");
     std::fs::copy(&head, norm.0.join("head.json")).expect("copy head");
-    let out = check(&registry_with(
+    let out = check(&head_registry_with(
         &norm,
         &test_models().join("tint_embed.onnx"),
         "embedding",
@@ -235,7 +181,7 @@ fn a_head_for_another_backbone_or_input_is_refused_at_load_naming_both() {
     // another backbone with another dimension (the tint classifier's 2 logits): refused, naming both
     let other = TempDir::new("acc-backbone-dim");
     std::fs::copy(&head, other.0.join("head.json")).expect("copy head");
-    let out = check(&registry_with(&other, &test_models().join("tint.onnx"), "logits", 32, ""));
+    let out = check(&head_registry_with(&other, &test_models().join("tint.onnx"), "logits", 32, ""));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("3 features") && err.contains("has 2"), "{err}");
@@ -244,7 +190,7 @@ fn a_head_for_another_backbone_or_input_is_refused_at_load_naming_both() {
 #[test]
 fn training_on_one_class_is_refused_with_the_counts() {
     let dir = TempDir::new("acc-oneclass");
-    let pol = registry(&dir, &test_models().join("tint_embed.onnx"), 32);
+    let pol = head_registry(&dir, &test_models().join("tint_embed.onnx"), 32);
     std::fs::create_dir_all(dir.0.join("a")).expect("mkdir");
     let mut csv = String::from("path,label\n");
     for k in 0..3 {

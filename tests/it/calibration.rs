@@ -8,45 +8,6 @@ use std::path::{Path, PathBuf};
 
 use cascade_tests::*;
 
-fn registry(dir: &TempDir) {
-    dir.write(
-        "models.toml",
-        &format!(
-            r#"
-[[model]]
-name = "tint-embed"
-file = "{embed}"
-kind = "embedder"
-input = {{ width = 32, height = 32 }}
-
-[[model]]
-name = "roadwork"
-file = "{embed}"
-kind = "classifier"
-output = "embedding"
-head = "head.json"
-activation = "sigmoid"
-labels = ["other", "roadwork"]
-positive = ["roadwork"]
-input = {{ width = 32, height = 32 }}
-"#,
-            embed = test_models().join("tint_embed.onnx").display(),
-        ),
-    );
-}
-
-/// Orange scenes are roadwork, blue-grey ones are not.
-fn scene(roadwork: bool, k: u32) -> image::RgbImage {
-    image::RgbImage::from_fn(64 + 4 * k, 48, |x, y| {
-        let t = ((x * 7 + y * 13 + k * 5) % 23) as u8;
-        if roadwork {
-            image::Rgb([200 + t, 110 + t, 30])
-        } else {
-            image::Rgb([60 + t, 90 + t, 150 + t])
-        }
-    })
-}
-
 fn train_head(dir: &TempDir, epochs: &str) {
     let mut csv = String::from("path,label\n");
     for k in 0..4 {
@@ -111,7 +72,7 @@ fn sha256(file: &Path) -> String {
 #[test]
 fn calibrate_fits_the_served_answer_and_refuses_another_hotkey_or_head() {
     let dir = TempDir::new("calibration");
-    registry(&dir);
+    head_registry(&dir, &test_models().join("tint_embed.onnx"), 32);
     train_head(&dir, "40");
     dir.write("cal.toml", &hotkey("cal", ""));
     let scores = scores(&dir);

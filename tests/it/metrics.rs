@@ -40,18 +40,7 @@ fn every_family_the_dashboards_and_rules_name_is_exported() {
     dir.write("broken.toml", "name = \"broken\"\n[router]\n");
     eventually(10, "a refused change", || refusals(&server).into_iter().find(|r| r.contains("broken.toml")));
     // a validator's query, refused for want of a snapshot
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let r = agent
-        .post(&server.url("/ImageSynapse"))
-        .header("bt_header_axon_hotkey", ss58)
-        .header("bt_header_dendrite_hotkey", "5CVVhPmJGWpMdEmTpzZp8HVo5DKUCzmvm3BNbVS6YSSecmoN")
-        .header("bt_header_dendrite_uuid", "u")
-        .header("bt_header_dendrite_nonce", "1899999999999999999")
-        .header("bt_header_dendrite_signature", "0x00")
-        .header("computed_body_hash", "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a")
-        .send(&b"{}"[..])
-        .expect("send");
-    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(unsigned_synapse(&server, ss58, "5CVVhPmJGWpMdEmTpzZp8HVo5DKUCzmvm3BNbVS6YSSecmoN"), 403);
     // the shadow's comparisons and the log's writes happen off the request path
     eventually(10, "shadow compared and records written", || {
         let (_, m) = get(&server.url("/metrics"));

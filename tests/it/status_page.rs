@@ -102,18 +102,7 @@ fn the_status_page_answers_an_operators_questions_with_or_without_javascript() {
     assert_eq!(get(&server.url("/no-such-route")).0, 404, "counted under no hotkey");
     // a validator's query, refused for want of a snapshot: listed under its caller
     let validator = "5CVVhPmJGWpMdEmTpzZp8HVo5DKUCzmvm3BNbVS6YSSecmoN";
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let r = agent
-        .post(&server.url("/ImageSynapse"))
-        .header("bt_header_axon_hotkey", ss58)
-        .header("bt_header_dendrite_hotkey", validator)
-        .header("bt_header_dendrite_uuid", "u")
-        .header("bt_header_dendrite_nonce", "1899999999999999999")
-        .header("bt_header_dendrite_signature", "0x00")
-        .header("computed_body_hash", "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a")
-        .send(&b"{}"[..])
-        .expect("send");
-    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(unsigned_synapse(&server, ss58, validator), 403);
     // hostile markup in a file name and in a refusal reason
     dir.write("<img src=x onerror=alert(1)>.toml", "name = \"<script>alert(1)</script>\"\n");
     eventually(10, "the hostile file is refused", || refusals(&server).into_iter().find(|r| r.contains("script")));

@@ -382,3 +382,75 @@ pub fn tint_hotkey(name: &str) -> String {
         "name = \"{name}\"\nfallback = 0.3\n[router]\ncomponent = \"cascade-router@^1\"\n[[router.params.stages]]\nname = \"tint\"\nclassify = [\"tint\"]\n"
     )
 }
+
+/// A registry of the tint embedder and a `roadwork` classifier on `classifier_file` with the
+/// head `head.json` beside it (the accuracy and calibration tests train that head).
+pub fn head_registry(dir: &TempDir, classifier_file: &std::path::Path, side: u32) -> std::path::PathBuf {
+    head_registry_with(dir, classifier_file, "embedding", side, "")
+}
+
+/// The same with the classifier's output and extra input settings chosen.
+pub fn head_registry_with(
+    dir: &TempDir,
+    classifier_file: &std::path::Path,
+    output: &str,
+    side: u32,
+    input_extra: &str,
+) -> std::path::PathBuf {
+    let m = test_models();
+    dir.write(
+        "models.toml",
+        &format!(
+            r#"
+[[model]]
+name = "tint-embed"
+file = "{embed}"
+kind = "embedder"
+input = {{ width = 32, height = 32 }}
+
+[[model]]
+name = "roadwork"
+file = "{classifier}"
+kind = "classifier"
+output = "{output}"
+head = "head.json"
+activation = "sigmoid"
+labels = ["other", "roadwork"]
+positive = ["roadwork"]
+input = {{ width = {side}, height = {side}{input_extra} }}
+"#,
+            embed = m.join("tint_embed.onnx").display(),
+            classifier = classifier_file.display(),
+        ),
+    );
+    dir.0.clone()
+}
+
+/// Orange-ish scenes are roadwork, blue-grey ones are not; a little texture so views differ.
+pub fn scene(roadwork: bool, k: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(96 + 8 * k, 80, |x, y| {
+        let t = ((x * 7 + y * 13 + k * 5) % 23) as u8;
+        if roadwork {
+            image::Rgb([200 + t, 110 + t, 30])
+        } else {
+            image::Rgb([60 + t, 90 + t, 150 + t])
+        }
+    })
+}
+
+/// A validator's query at `miner`'s axon with a zero signature (refused for it, or earlier for
+/// want of a snapshot): its status.
+pub fn unsigned_synapse(server: &Server, miner: &str, validator: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let r = agent
+        .post(&server.url("/ImageSynapse"))
+        .header("bt_header_axon_hotkey", miner)
+        .header("bt_header_dendrite_hotkey", validator)
+        .header("bt_header_dendrite_uuid", "u")
+        .header("bt_header_dendrite_nonce", "1899999999999999999")
+        .header("bt_header_dendrite_signature", "0x00")
+        .header("computed_body_hash", "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a")
+        .send(&b"{}"[..])
+        .expect("send");
+    r.status().as_u16()
+}
