@@ -51,13 +51,17 @@ fn every_family_the_dashboards_and_rules_name_is_exported() {
     });
     let (_, scrape) = get(&server.url("/metrics"));
     let file = dir.write("scrape.txt", &scrape);
-    let out = std::process::Command::new("python3")
+    // python3 with PyYAML: the system's, or the venv scripts/deploy_checks.sh (run first by
+    // scripts/test.sh) makes when the system's lacks it
+    let venv = repo().join(".cache/deploy-tools/venv/bin/python");
+    let python = if venv.exists() { venv } else { "python3".into() };
+    let out = std::process::Command::new(python)
         .arg(repo().join("deploy/check_metric_names.py"))
         .arg("--metrics")
         .arg(&file)
         .arg("--strict")
         .output()
-        .expect("python3 with PyYAML (scripts/deploy_checks.sh needs it too)");
+        .expect("python3 (scripts/deploy_checks.sh needs it too)");
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}\n--- scrape ---\n{scrape}");
     assert!(text.contains("families used"), "{text}");
