@@ -40,8 +40,8 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 # 3. Python tools (tests build their ONNX models with `onnx`).
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import onnx, numpy, PIL, onnxruntime' 2>/dev/null; then
-  say "creating .venv (onnx, numpy, pillow, onnxruntime)"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import onnx, numpy, PIL, onnxruntime, pyarrow, pandas, huggingface_hub' 2>/dev/null; then
+  say "creating .venv (onnx, numpy, pillow, onnxruntime, pyarrow, pandas, huggingface_hub)"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi

@@ -25,6 +25,13 @@ fi
 # the deployment files (deploy/): promtool config/rules/unit tests, amtool, dashboard, compose
 # config, hadolint, shellcheck, systemd-analyze, PM2, the entrypoint's exit 78
 bash scripts/deploy_checks.sh
+# the validators' dataset command: parquet shards in their schema, a stand-in hub, and the
+# validator's own extract and sampler run on the same shards
+.venv/bin/python -m unittest discover -s scripts/data -p 'test_*.py'
+# the training tools (PyTorch, transformers): every backbone family exported from random
+# weights and read by the engine; the shipped DINOv2 converted and exported back
+bash scripts/train_venv.sh
+.cache/train-venv/bin/python -m unittest discover -s scripts/train -p 'test_*.py'
 # the converted backbone must reproduce the reference network's ImageNet answers
 .venv/bin/python scripts/models/verify_efficientnet.py target/models/efficientnet_lite0.onnx
 (cd plugins && cargo test --quiet --release --target x86_64-unknown-linux-gnu -p keywords -p cascade-router -p weighted)

@@ -65,8 +65,16 @@ pub struct Backbone {
 /// normalisation.
 pub fn describe_input(i: &InputSpec) -> String {
     let short = i.resize_short.map_or(String::new(), |s| format!(" short {s}"));
+    // the default filter is left unnamed: heads recorded before the filter could be chosen match
+    let mut filter = match i.resample {
+        crate::spec::Resample::Bilinear => String::new(),
+        r => format!(" resample {r:?}"),
+    };
+    if i.resize_floor {
+        filter.push_str(" floor");
+    }
     format!(
-        "{}x{} {:?}{short} {:?} scale {} mean {:?} std {:?}",
+        "{}x{} {:?}{short} {:?} scale {} mean {:?} std {:?}{filter}",
         i.width, i.height, i.resize, i.color, i.scale, i.mean, i.std
     )
     .to_lowercase()

@@ -4,7 +4,7 @@
 use image::imageops::{self, FilterType};
 use image::RgbImage;
 
-use crate::spec::{ColorOrder, InputSpec, ResizeMode};
+use crate::spec::{ColorOrder, InputSpec, Resample, ResizeMode};
 
 /// How model-input pixels map back to the original image: `orig = input / scale + offset`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,8 +64,18 @@ pub(crate) fn geometry(iw: u32, ih: u32, spec: &InputSpec) -> Geometry {
         ResizeMode::CenterCrop => {
             let short = spec.resize_short.unwrap_or(w.min(h)).max(w.min(h));
             let s = short as f32 / iw.min(ih) as f32;
-            let nw = ((iw as f32 * s).round() as u32).max(w);
-            let nh = ((ih as f32 * s).round() as u32).max(h);
+            // transformers: the short side is `short`, the long one int(short × long / short)
+            let side = |v: u32| {
+                if v == iw.min(ih) {
+                    short
+                } else if spec.resize_floor {
+                    (short as u64 * v as u64 / iw.min(ih) as u64) as u32
+                } else {
+                    (v as f32 * s).round() as u32
+                }
+            };
+            let nw = side(iw).max(w);
+            let nh = side(ih).max(h);
             let (x0, y0) = ((nw - w) / 2, (nh - h) / 2);
             Geometry {
                 nw,
@@ -93,25 +103,39 @@ pub fn prepare(img: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Prepared {
             out[c * (w * h) as usize..(c + 1) * (w * h) as usize].fill(v);
         }
     }
-    let r = resized(img, g.nw, g.nh);
+    let r = resized(img, g.nw, g.nh, spec.resample);
     write_chw(&r, spec, out, g.x0, g.y0);
     g.prepared
 }
 
-fn resized(img: &RgbImage, w: u32, h: u32) -> std::borrow::Cow<'_, RgbImage> {
+fn resized(img: &RgbImage, w: u32, h: u32, filter: Resample) -> std::borrow::Cow<'_, RgbImage> {
     if img.width() == w && img.height() == h {
         std::borrow::Cow::Borrowed(img)
     } else {
-        std::borrow::Cow::Owned(resize(img, w, h))
+        std::borrow::Cow::Owned(resize_with(img, w, h, filter))
     }
 }
 
 /// Bilinear (convolution) resize with SIMD; the `image` crate's generic resize costs ~10× more
 /// and showed up as the largest item of a request's host time.
 pub(crate) fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    resize_with(img, w, h, Resample::Bilinear)
+}
+
+/// [`resize`] with another of PIL's filters (PIL's bicubic is Catmull-Rom, a = −0.5; its
+/// nearest samples, every other filter is a convolution).
+pub(crate) fn resize_with(img: &RgbImage, w: u32, h: u32, filter: Resample) -> RgbImage {
     use fast_image_resize::{FilterType as F, ResizeAlg, ResizeOptions, Resizer};
     let mut dst = RgbImage::new(w.max(1), h.max(1));
-    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(F::Bilinear));
+    let alg = match filter {
+        Resample::Nearest => ResizeAlg::Nearest,
+        Resample::Lanczos => ResizeAlg::Convolution(F::Lanczos3),
+        Resample::Bilinear => ResizeAlg::Convolution(F::Bilinear),
+        Resample::Bicubic => ResizeAlg::Convolution(F::CatmullRom),
+        Resample::Box => ResizeAlg::Convolution(F::Box),
+        Resample::Hamming => ResizeAlg::Convolution(F::Hamming),
+    };
+    let opts = ResizeOptions::new().resize_alg(alg);
     match Resizer::new().resize(img, &mut dst, &opts) {
         Ok(()) => dst,
         // unreachable for RGB8 on both sides; the portable path is the fallback

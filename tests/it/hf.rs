@@ -61,6 +61,14 @@ kind = "classifier"
 file = "{tint}"
 labels = ["no_roadwork", "roadwork"]
 positive = ["roadwork"]
+input = {{ width = 32, height = 32, resize = "center_crop", resize_short = 37, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225], resample = "bicubic" }}
+
+[[model]]
+name = "bilinear"
+kind = "classifier"
+file = "{tint}"
+labels = ["no_roadwork", "roadwork"]
+positive = ["roadwork"]
 input = {{ width = 32, height = 32, resize = "center_crop", resize_short = 37, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }}
 "#,
         tint = test_models().join("tint.onnx").display()
@@ -78,6 +86,10 @@ input = {{ width = 32, height = 32, resize = "center_crop", resize_short = 37, m
     let hub = infer(&dir.0, "hub", &path);
     let hand = infer(&dir.0, "by-hand", &path);
     assert_eq!(hub["result"], hand["result"], "the same preprocessing and labels as typed by hand");
+    // the processor's `resample: 3` is PIL's bicubic: the entry reads it (a bilinear resize of
+    // the same crop scores differently)
+    let bilinear = infer(&dir.0, "bilinear", &path);
+    assert_ne!(hub["result"]["score"], bilinear["result"]["score"], "{hub} {bilinear}");
     assert_eq!(hub["result"]["top"][0][0], "roadwork", "{hub}");
 
     // the export script's check reads the folder the same way and prints the entry to paste

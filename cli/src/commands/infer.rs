@@ -28,6 +28,9 @@ pub struct InferCommand {
     /// Run each image this many times and report the median time.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Embedder: print every value of the embedding (default: its first eight).
+    #[arg(long)]
+    full: bool,
     /// VLM: the question to ask about each image.
     #[arg(long, default_value = "Is there active road construction in this image? Answer YES or NO.")]
     prompt: String,
@@ -79,6 +82,7 @@ impl InferCommand {
             let reply = last.expect("at least one run");
             let result = match reply.output? {
                 Output::Classification { score, top } => json!({"score": score, "top": top}),
+                Output::Embedding(v) if self.full => json!({"dim": v.len(), "values": v}),
                 Output::Embedding(v) => json!({"dim": v.len(), "head": &v[..v.len().min(8)]}),
                 Output::Detections(d) => json!(d
                     .iter()

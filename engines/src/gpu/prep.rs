@@ -41,6 +41,9 @@ impl GpuPrep {
         max_batch: usize,
         precision: Precision,
     ) -> Result<GpuPrep, String> {
+        if spec.resample != crate::spec::Resample::Bilinear {
+            return Err(format!("the kernel resizes bilinearly, not with resample = {:?}", spec.resample));
+        }
         let (major, minor) = ctx.compute_capability().map_err(|e| format!("compute capability: {e}"))?;
         // SAFETY: only probes whether the NVRTC library can be opened.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {

@@ -198,6 +198,7 @@ impl OcrWorker {
             resize: ResizeMode::Stretch,
             resize_short: None,
             pad: 0.0,
+            ..InputSpec::default()
         };
         let mut buf = vec![0f32; 3 * (dw * dh) as usize];
         let p = prepare(img, &spec, &mut buf);

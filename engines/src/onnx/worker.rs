@@ -145,6 +145,11 @@ impl Worker {
                 tracing::info!(model = %spec.name, "two-output detector: inputs are prepared on the CPU");
                 None
             }
+            // the kernel resizes bilinearly: another filter is prepared on the CPU, as asked
+            (Device::Cuda(_), Preprocess::Auto) if spec.input.resample != crate::spec::Resample::Bilinear => {
+                tracing::info!(model = %spec.name, resample = ?spec.input.resample, "inputs are prepared on the CPU (the GPU kernel resizes bilinearly)");
+                None
+            }
             (Device::Cuda(id), Preprocess::Auto | Preprocess::Gpu) => {
                 match GpuInput::new(&session, id, spec, precision, &input_name, &output_name) {
                     Ok(g) => Some(g),

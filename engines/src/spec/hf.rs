@@ -1,15 +1,17 @@
-//! A registry entry pointed at a model exported from a Hugging Face image-classification
-//! checkpoint (`hf = "folder"`): the ONNX file, the labels (`config.json`'s `id2label`) and
-//! the preprocessing (`preprocessor_config.json`: size, centre crop or `crop_pct`, rescale,
-//! mean and std) are read from the exported files, as `transformers`' image processors read
-//! them, instead of typed by hand. `scripts/models/hf_export.py` writes such a folder.
+//! A registry entry pointed at a model exported from a Hugging Face checkpoint (`hf =
+//! "folder"`): the ONNX file, the labels (`config.json`'s `id2label`) and the preprocessing
+//! (`preprocessor_config.json`: size, centre crop or `crop_pct`, rescale, mean and std, the
+//! resize filter) are read from the exported files, as `transformers`' image processors read
+//! them, instead of typed by hand. `scripts/models/hf_export.py` writes such a folder for an
+//! image classifier; `scripts/train/export_backbone.py` for a vision backbone (an `embedder`,
+//! or a `classifier` with a `head`, whose labels the entry names: the backbone has none).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Activation, InputSpec, ModelKind, ModelSpec, ResizeMode};
+use super::{Activation, InputSpec, ModelKind, ModelSpec, Resample, ResizeMode};
 
 /// The ONNX file of an exported folder: `model.onnx`, or `onnx/model.onnx` (the layout of
 /// `optimum` exports published on the Hub).
@@ -48,6 +50,8 @@ struct Preprocessor {
     do_normalize: bool,
     image_mean: Option<Channels>,
     image_std: Option<Channels>,
+    /// PIL's filter number; processors default to bilinear (2) when they do not say.
+    resample: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -85,12 +89,15 @@ fn read<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> Result<T, Strin
     serde_json::from_str(&text).map_err(|e| format!("hf: {}: {e}", f.display()))
 }
 
-/// Fills `m` from the exported folder `dir`: file, labels, input, activation.
+/// Fills `m` from the exported folder `dir`: file, input, and for a classifier without a head
+/// the labels and activation.
 pub(super) fn apply(m: &mut ModelSpec, dir: &Path) -> Result<(), String> {
-    if m.kind != ModelKind::Classifier {
-        return Err(format!("hf: a {} cannot be read from an image-classification export", m.kind.as_str()));
+    let headless_classifier = m.kind == ModelKind::Classifier && m.head.is_none();
+    match m.kind {
+        ModelKind::Classifier | ModelKind::Embedder => {}
+        k => return Err(format!("hf: a {} cannot be read from an exported image model", k.as_str())),
     }
-    if !m.labels.is_empty() || m.labels_file.is_some() {
+    if headless_classifier && (!m.labels.is_empty() || m.labels_file.is_some()) {
         return Err("hf: the labels come from the folder's config.json (id2label); remove labels / labels_file".into());
     }
     if m.input != InputSpec::default() {
@@ -100,19 +107,23 @@ pub(super) fn apply(m: &mut ModelSpec, dir: &Path) -> Result<(), String> {
         return Err("hf: the ONNX file is the folder's model.onnx; remove file".into());
     }
     m.file = model_file(dir);
-    let config: Config = read(dir, "config.json")?;
-    let mut ids: Vec<(usize, String)> = config
-        .id2label
-        .into_iter()
-        .map(|(k, v)| k.parse::<usize>().map(|i| (i, v)).map_err(|_| format!("hf: config.json: id2label key {k:?}")))
-        .collect::<Result<_, _>>()?;
-    ids.sort();
-    if ids.is_empty() || ids.iter().enumerate().any(|(i, (k, _))| i != *k) {
-        return Err("hf: config.json: id2label must number the classes 0, 1, … without gaps".into());
-    }
-    m.labels = ids.into_iter().map(|(_, v)| v).collect();
-    if config.problem_type.as_deref() == Some("multi_label_classification") {
-        m.activation = Activation::Sigmoid;
+    if headless_classifier {
+        let config: Config = read(dir, "config.json")?;
+        let mut ids: Vec<(usize, String)> = config
+            .id2label
+            .into_iter()
+            .map(|(k, v)| {
+                k.parse::<usize>().map(|i| (i, v)).map_err(|_| format!("hf: config.json: id2label key {k:?}"))
+            })
+            .collect::<Result<_, _>>()?;
+        ids.sort();
+        if ids.is_empty() || ids.iter().enumerate().any(|(i, (k, _))| i != *k) {
+            return Err("hf: config.json: id2label must number the classes 0, 1, … without gaps".into());
+        }
+        m.labels = ids.into_iter().map(|(_, v)| v).collect();
+        if config.problem_type.as_deref() == Some("multi_label_classification") {
+            m.activation = Activation::Sigmoid;
+        }
     }
     let p: Preprocessor = read(dir, "preprocessor_config.json")?;
     m.input = input(&p)?;
@@ -121,7 +132,14 @@ pub(super) fn apply(m: &mut ModelSpec, dir: &Path) -> Result<(), String> {
 
 fn input(p: &Preprocessor) -> Result<InputSpec, String> {
     let mut input = InputSpec {
+        resize_floor: true,
         scale: if p.do_rescale { p.rescale_factor.unwrap_or(1.0 / 255.0) } else { 1.0 },
+        resample: match p.resample {
+            None => Resample::Bilinear,
+            Some(n) => Resample::from_pil(n).ok_or_else(|| {
+                format!("hf: preprocessor_config.json: resample {n} is not one of PIL's filters (0-5)")
+            })?,
+        },
         ..InputSpec::default()
     };
     if p.do_normalize {
@@ -142,7 +160,7 @@ fn input(p: &Preprocessor) -> Result<InputSpec, String> {
             input.width = shortest_edge;
             input.height = shortest_edge;
             input.resize = ResizeMode::CenterCrop;
-            input.resize_short = Some((shortest_edge as f32 / pct).round() as u32);
+            input.resize_short = Some((shortest_edge as f32 / pct) as u32);
         }
         (Some(Size::Short { shortest_edge }), None, _) => {
             (input.width, input.height, input.resize) = (shortest_edge, shortest_edge, ResizeMode::Stretch);
@@ -182,17 +200,20 @@ mod tests {
                 "image_processor_type": "ViTImageProcessor", "image_std": [0.5, 0.5, 0.5], "resample": 2,
                 "rescale_factor": 0.00392156862745098, "size": {"height": 224, "width": 224}}"#);
         assert_eq!((vit.width, vit.height, vit.resize), (224, 224, ResizeMode::Stretch));
-        assert_eq!((vit.mean, vit.std), ([0.5; 3], [0.5; 3]));
+        assert_eq!((vit.mean, vit.std, vit.resample), ([0.5; 3], [0.5; 3], Resample::Bilinear));
         // ConvNextImageProcessor (facebook/convnext-tiny-224): crop_pct 0.875
         let cnx = pre(r#"{"crop_pct": 0.875, "do_normalize": true, "do_rescale": true, "do_resize": true,
                 "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 3,
                 "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 224}}"#);
         assert_eq!((cnx.width, cnx.resize, cnx.resize_short), (224, ResizeMode::CenterCrop, Some(256)));
-        assert_eq!(cnx.mean, [0.485, 0.456, 0.406]);
+        assert_eq!((cnx.mean, cnx.resample), ([0.485, 0.456, 0.406], Resample::Bicubic));
         // a resize then a centre crop (BiT, older DeiT)
         let crop = pre(r#"{"do_center_crop": true, "crop_size": {"height": 224, "width": 224}, "do_resize": true,
                 "size": {"shortest_edge": 256}, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}"#);
         assert_eq!((crop.width, crop.resize, crop.resize_short), (224, ResizeMode::CenterCrop, Some(256)));
+        assert_eq!(crop.resample, Resample::Bilinear, "a processor that names no filter resizes bilinearly");
+        let bad = input(&serde_json::from_str(r#"{"size": {"height": 8, "width": 8}, "resample": 7}"#).unwrap());
+        assert_eq!(bad.unwrap_err(), "hf: preprocessor_config.json: resample 7 is not one of PIL's filters (0-5)");
         assert!(input(&serde_json::from_str(r#"{"do_resize": false}"#).unwrap()).is_err());
         assert!(input(&serde_json::from_str(r#"{}"#).unwrap()).unwrap_err().contains("no size"));
     }

@@ -34,8 +34,9 @@ pub struct ModelSpec {
     /// The ONNX file (every kind but `vlm`, which lives behind an HTTP endpoint).
     #[serde(default)]
     pub file: PathBuf,
-    /// A classifier exported from a Hugging Face checkpoint: the folder holding `model.onnx`,
-    /// `config.json` and `preprocessor_config.json`, which give the file, labels and input.
+    /// A model exported from a Hugging Face checkpoint: the folder holding `model.onnx`,
+    /// `config.json` and `preprocessor_config.json`, which give the file and input (and a
+    /// classifier's labels, unless it has a `head`). An `embedder` or a `classifier`.
     pub hf: Option<PathBuf>,
     pub kind: ModelKind,
     #[serde(default)]
@@ -254,8 +255,14 @@ pub struct InputSpec {
     pub resize: ResizeMode,
     /// Centre-crop: the short side is first scaled to this (default: the crop size).
     pub resize_short: Option<u32>,
+    /// Centre-crop: the long side after scaling is truncated to whole pixels, as `transformers`'
+    /// image processors compute it (`hf` folders set it), instead of rounded.
+    pub resize_floor: bool,
     /// Letterbox: the value of padded pixels (before normalisation).
     pub pad: f32,
+    /// The resize filter (Hugging Face processors name theirs in `resample`: DINOv2, CLIP and
+    /// ConvNeXt resize bicubically).
+    pub resample: Resample,
 }
 
 impl Default for InputSpec {
@@ -269,7 +276,9 @@ impl Default for InputSpec {
             std: [1.0; 3],
             resize: ResizeMode::Stretch,
             resize_short: None,
+            resize_floor: false,
             pad: 114.0,
+            resample: Resample::Bilinear,
         }
     }
 }
@@ -279,6 +288,30 @@ impl Default for InputSpec {
 pub enum ColorOrder {
     Rgb,
     Bgr,
+}
+
+/// A resize filter, as PIL names them (PIL's numbering is `resample` in a processor config:
+/// 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming). Every one is a convolution
+/// over the source (antialiased when shrinking), as PIL resizes.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Resample {
+    Nearest,
+    Lanczos,
+    #[default]
+    Bilinear,
+    Bicubic,
+    Box,
+    Hamming,
+}
+
+impl Resample {
+    /// PIL's number for the filter, as processor configs write it.
+    pub fn from_pil(n: u32) -> Option<Resample> {
+        [Resample::Nearest, Resample::Lanczos, Resample::Bilinear, Resample::Bicubic, Resample::Box, Resample::Hamming]
+            .get(n as usize)
+            .copied()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -1,0 +1,203 @@
+"""The vision backbones the training path knows, and the embedding each one gives the engines.
+
+A backbone is a Hugging Face checkpoint (a Hub id or a local folder with config.json, the
+weights and preprocessor_config.json). `load(src)` returns it with its architecture; `Embedder`
+wraps it so that one forward pass gives the `embedding` the engines read: a concatenation of
+named features, as the shipped DINOv2 cut has them:
+
+- `cls`   the class token after the final norm (ViT, DINOv2/v3; CLIP's pooled output, which is
+          the layer-normalised class token);
+- `pool`  the model's own pooled output (SigLIP's attention-pooling head, ConvNeXt's normalised
+          global average);
+- `mean`  the mean of the patch tokens after the final norm (registers and class token left out);
+- `mid:K` the class token (or, without one, the mean token) after block K (1-based, as the
+          hidden states count them), layer-normalised without affine (eps 1e-6).
+"""
+
+import torch
+from torch import nn
+
+
+class BackboneError(Exception):
+    """An expected failure: the message is for the operator."""
+
+
+class Arch:
+    """How a family's outputs become features."""
+
+    def __init__(self, name, loader, family, default, fusion=None):
+        self.name, self.loader, self.family, self.default, self.fusion = name, loader, family, default, fusion
+
+    def prefix(self, config):
+        """Tokens before the patches: the class token and any registers."""
+        return 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+
+
+def _auto(src, **kw):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(src, **kw)
+
+
+def _vit(src, **kw):
+    from transformers import ViTModel
+
+    return ViTModel.from_pretrained(src, add_pooling_layer=False, **kw)
+
+
+def _clip(src, **kw):
+    from transformers import CLIPVisionModel
+
+    return CLIPVisionModel.from_pretrained(src, **kw)
+
+
+def _siglip(src, **kw):
+    from transformers import SiglipVisionModel
+
+    return SiglipVisionModel.from_pretrained(src, **kw)
+
+
+# model_type (config.json) -> how to load it and read its features; `fusion` names ONNX Runtime's
+# transformer optimiser model type for the family
+ARCHS = {
+    "dinov2": Arch("dinov2", _auto, "vit", ["cls", "mean"], "vit"),
+    "dinov2_with_registers": Arch("dinov2_with_registers", _auto, "vit", ["cls", "mean"], "vit"),
+    "dinov3_vit": Arch("dinov3_vit", _auto, "vit", ["cls", "mean"], None),
+    "vit": Arch("vit", _vit, "vit", ["cls", "mean"], "vit"),
+    "clip": Arch("clip", _clip, "clip", ["cls", "mean"], "clip"),
+    "clip_vision_model": Arch("clip_vision_model", _clip, "clip", ["cls", "mean"], "clip"),
+    "siglip": Arch("siglip", _siglip, "siglip", ["pool", "mean"], None),
+    "siglip_vision_model": Arch("siglip_vision_model", _siglip, "siglip", ["pool", "mean"], None),
+    "convnext": Arch("convnext", _auto, "convnet", ["pool"], None),
+    "convnextv2": Arch("convnextv2", _auto, "convnet", ["pool"], None),
+    "dinov3_convnext": Arch("dinov3_convnext", _auto, "convnet", ["pool"], None),
+}
+
+
+def supported():
+    return ", ".join(sorted(ARCHS))
+
+
+def config_of(src, revision=None):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(src, revision=revision)
+    except (OSError, ValueError) as e:
+        raise BackboneError(f"{src}: no readable config.json ({e})") from None
+
+
+def arch_of(config, src="the model"):
+    mt = getattr(config, "model_type", None)
+    if mt == "siglip2" or mt == "siglip2_vision_model":
+        raise BackboneError(
+            f"{src}: SigLIP 2 NaFlex (variable resolution) is not a fixed-size input; use a fixed-resolution "
+            f"SigLIP 2 checkpoint (model_type siglip, e.g. google/siglip2-base-patch16-224). Supported: {supported()}"
+        )
+    if mt not in ARCHS:
+        raise BackboneError(f"{src}: model_type {mt!r} is not a vision backbone this export knows. Supported: {supported()}")
+    return ARCHS[mt]
+
+
+def load(src, revision=None, eager=False):
+    """(model in eval mode, its config, its Arch). `eager` picks the plain attention (matmul,
+    softmax, matmul): the export ONNX Runtime's transformer optimiser fuses; SDPA traces to a
+    pattern it does not."""
+    config = config_of(src, revision)
+    arch = arch_of(config, src)
+    kw = {"attn_implementation": "eager"} if eager else {}
+    try:
+        model = arch.loader(src, revision=revision, **kw)
+    except (OSError, ValueError) as e:
+        raise BackboneError(f"{src}: the weights did not load ({e})") from None
+    return model.eval(), model.config, arch
+
+
+def parse_features(spec, arch, config):
+    names = [f.strip() for f in spec.split(",") if f.strip()] if spec else list(arch.default)
+    depth = depth_of(config, arch)
+    for f in names:
+        if f == "cls" and arch.family in ("vit", "clip"):
+            continue
+        if f == "pool" and arch.family in ("siglip", "convnet", "clip"):
+            continue
+        if f == "mean" and arch.family != "convnet":
+            continue
+        if f.startswith("mid:"):
+            try:
+                k = int(f[4:])
+            except ValueError:
+                raise BackboneError(f"feature {f!r}: mid:K takes a block number") from None
+            if not 1 <= k <= depth:
+                raise BackboneError(f"feature {f!r}: {arch.name} has blocks 1..{depth}")
+            continue
+        raise BackboneError(f"feature {f!r} is not one a {arch.name} gives (cls, pool, mean, mid:K as its family allows)")
+    if len(set(names)) != len(names):
+        raise BackboneError(f"features {spec!r} name one twice")
+    return names
+
+
+def depth_of(config, arch):
+    if arch.family == "convnet":
+        return len(getattr(config, "depths", []) or [])
+    return int(getattr(config, "num_hidden_layers", 0))
+
+
+def _ln(x):
+    # by hand (the shipped cut's nodes): F.layer_norm's shape argument does not trace
+    mu = x.mean(-1, keepdim=True)
+    xc = x - mu
+    return xc / torch.sqrt((xc * xc).mean(-1, keepdim=True) + 1e-6)
+
+
+class Embedder(nn.Module):
+    """Backbone -> `embedding` [N, D], the features in the order named."""
+
+    def __init__(self, model, config, arch, features):
+        super().__init__()
+        self.model, self.arch, self.features = model, arch, list(features)
+        self.prefix = arch.prefix(config)
+        self.hidden = any(f.startswith("mid:") for f in self.features)
+
+    def forward(self, pixel_values):
+        out = self.model(pixel_values=pixel_values, output_hidden_states=self.hidden)
+        parts = []
+        fam = self.arch.family
+        for f in self.features:
+            if f == "cls":
+                parts.append(out.pooler_output if fam == "clip" else out.last_hidden_state[:, 0])
+            elif f == "pool":
+                p = out.pooler_output
+                parts.append(p.flatten(1))
+            elif f == "mean":
+                if fam == "clip":
+                    toks = getattr(self.model, "vision_model", self.model).post_layernorm(out.last_hidden_state[:, 1:])
+                elif fam == "siglip":
+                    toks = out.last_hidden_state
+                else:
+                    toks = out.last_hidden_state[:, self.prefix:]
+                parts.append(toks.mean(1))
+            else:
+                h = out.hidden_states[int(f[4:])]
+                if fam == "convnet":
+                    parts.append(_ln(h.mean((2, 3))))
+                elif fam == "siglip":
+                    parts.append(_ln(h.mean(1)))
+                else:
+                    parts.append(_ln(h[:, 0]))
+        return torch.cat(parts, 1)
+
+
+def input_size(pre):
+    """(height, width) the processor hands the model, as transformers' processors compute it."""
+    crop = pre.get("crop_size") if pre.get("do_center_crop") else None
+    size = crop or pre.get("size")
+    if size is None:
+        raise BackboneError("preprocessor_config.json has no size")
+    if isinstance(size, int):
+        return size, size
+    if "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    if "shortest_edge" in size:
+        return int(size["shortest_edge"]), int(size["shortest_edge"])
+    raise BackboneError(f"preprocessor_config.json: size {size!r} is not one this export knows")
