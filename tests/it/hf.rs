@@ -64,11 +64,14 @@ positive = ["roadwork"]
 input = {{ width = 32, height = 32, resize = "center_crop", resize_short = 37, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225], resample = "bicubic" }}
 
 [[model]]
-name = "bilinear"
-kind = "classifier"
+name = "hub-raw"
+kind = "embedder"
+hf = "hub"
+
+[[model]]
+name = "bilinear-raw"
+kind = "embedder"
 file = "{tint}"
-labels = ["no_roadwork", "roadwork"]
-positive = ["roadwork"]
 input = {{ width = 32, height = 32, resize = "center_crop", resize_short = 37, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }}
 "#,
         tint = test_models().join("tint.onnx").display()
@@ -86,10 +89,19 @@ input = {{ width = 32, height = 32, resize = "center_crop", resize_short = 37, m
     let hub = infer(&dir.0, "hub", &path);
     let hand = infer(&dir.0, "by-hand", &path);
     assert_eq!(hub["result"], hand["result"], "the same preprocessing and labels as typed by hand");
-    // the processor's `resample: 3` is PIL's bicubic: the entry reads it (a bilinear resize of
-    // the same crop scores differently)
-    let bilinear = infer(&dir.0, "bilinear", &path);
-    assert_ne!(hub["result"]["score"], bilinear["result"]["score"], "{hub} {bilinear}");
+    // the processor's `resample: 3` is PIL's bicubic: the folder read as an embedder (the raw
+    // logits) differs from the same file resized bilinearly
+    let mut seed = 26u32;
+    let noise = image::RgbImage::from_fn(90, 40, |_, _| {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        image::Rgb([(seed >> 24) as u8, (seed >> 16) as u8, (seed >> 8) as u8])
+    });
+    let noisy = dir.0.join("noise.png");
+    std::fs::write(&noisy, png(&noise)).expect("write");
+    let raw = infer(&dir.0, "hub-raw", &noisy);
+    let bilinear = infer(&dir.0, "bilinear-raw", &noisy);
+    assert_eq!(raw["result"]["dim"], 2, "{raw}");
+    assert_ne!(raw["result"]["head"], bilinear["result"]["head"], "{raw} {bilinear}");
     assert_eq!(hub["result"]["top"][0][0], "roadwork", "{hub}");
 
     // the export script's check reads the folder the same way and prints the entry to paste
