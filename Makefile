@@ -1,5 +1,5 @@
 # cascade — set-up, run, test. Every target is idempotent.
-.PHONY: setup run test check bench clean-components
+.PHONY: setup run test check bench clean-components train-setup
 
 LISTEN ?= 127.0.0.1:8091
 
@@ -17,3 +17,7 @@ test: setup
 
 bench: setup
 	cargo run --release -p cascade-bench --bin router-bench
+
+# the training tools (PyTorch, transformers) in .cache/train-venv: README, "Train on the validators' data"
+train-setup: setup
+	bash scripts/train_venv.sh
