@@ -163,7 +163,8 @@ class ExportTest(unittest.TestCase):
             # the engine resizes with its own filters (PIL's, re-implemented): a fraction of an
             # 8-bit level per pixel, which a random backbone passes on, not more
             rel = np.abs(got - want).max() / max(1.0, np.abs(want).max())
-            self.assertLess(rel, 0.03, f"{name}: engine vs PyTorch {rel:.3g}")
+            print(f"{name}: engine vs PyTorch, largest difference {rel:.2e} of the output scale", file=sys.stderr)
+            self.assertLess(rel, 0.02, f"{name}: engine vs PyTorch {rel:.3g}")
             for g, w in zip(got, want):
                 self.assertGreater(np.corrcoef(g, w)[0, 1], 0.999, name)
 
