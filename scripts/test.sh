@@ -29,7 +29,9 @@ bash scripts/deploy_checks.sh
 # validator's own extract and sampler run on the same shards
 .venv/bin/python -m unittest discover -s scripts/data -p 'test_*.py'
 # the training tools (PyTorch, transformers): every backbone family exported from random
-# weights and read by the engine; the shipped DINOv2 converted and exported back
+# weights and read by the engine; the shipped DINOv2 converted and exported back; fine-tuning
+# (held-out early stopping, export checked through the engine, resume, leave-one-source-out,
+# two processes under torchrun)
 bash scripts/train_venv.sh
 .cache/train-venv/bin/python -m unittest discover -s scripts/train -p 'test_*.py'
 # the converted backbone must reproduce the reference network's ImageNet answers
