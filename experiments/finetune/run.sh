@@ -11,11 +11,12 @@ X=/tmp/ft
 if [ ! -d $X/views ]; then
   mkdir -p $X && cat /tmp/ftparts/part_* | tar xf - -C $X
 fi
-if [ ! -x /tmp/ftvenv/bin/python ]; then
-  python3 -m venv --system-site-packages /tmp/ftvenv
-  /tmp/ftvenv/bin/pip install -q --no-index --find-links $X/wheels transformers==5.25.0
+# transformers and its dependencies beside the machine's own PyTorch and numpy
+if [ ! -d /tmp/ftsite/transformers ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/ftsite $X/wheels/*.whl
 fi
-PY=/tmp/ftvenv/bin/python
+export PYTHONPATH=/tmp/ftsite
+PY=python3
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 $PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/gpu.txt"
 SETTINGS=${SETTINGS:-frozen:0 ft2:2 ft4:4}
