@@ -14,8 +14,15 @@ named features, as the shipped DINOv2 cut has them:
           hidden states count them), layer-normalised without affine (eps 1e-6).
 """
 
-import torch
-from torch import nn
+import os
+
+# no code fetched from the Hub at run time: transformers would swap in "hub kernels" (downloaded
+# CUDA code, refused without trust_remote_code on a machine without the network) for layers such
+# as GELU; training and export use the model's own PyTorch code
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 
 class BackboneError(Exception):
