@@ -20,6 +20,7 @@ mod lifecycle;
 mod metrics;
 mod predlog;
 mod reload;
+mod retrain;
 mod rollout;
 mod routing;
 mod startup;
