@@ -5,6 +5,7 @@
 # - the views: both labelled data sets drawn 4 times each through the validators' levels 0-3 by
 #   `cascade challenges` (seed 72), as JPEGs a validator sends: the machine has no cascade binary;
 # - the shipped DINOv2 ViT-S/14 as a checkpoint folder (scripts/train/dinov2_from_onnx.py);
+# - the TraCon images with their cone boxes (../box-head);
 # - transformers 5.25.0 and its pure-Python dependencies as wheels for the machine's Python 3.12
 #   (it has PyTorch, numpy, onnx and onnxruntime, and no network).
 # Needs `make setup` and `make train-setup` first.
@@ -21,7 +22,9 @@ cp -r "$ROOT/target/models/dinov2_vits14_hf" "$B/x/dinov2_vits14_hf"
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 transformers==5.25.0 safetensors==0.8.0 -d "$B/x/wheels"
 rm -f "$B/x/wheels"/numpy-*.whl
-tar cf - -C "$B/x" wheels views dinov2_vits14_hf | split -b 62000000 -d - "$B/part_"
+# the TraCon images and their cone boxes, for ../box-head/exp_box.py
+cp -r "$SHARED/data/roadwork-dev/tracon" "$B/x/tracon"
+tar cf - -C "$B/x" wheels views dinov2_vits14_hf tracon | split -b 62000000 -d - "$B/part_"
 n=0
 for part in "$B"/part_*; do
   n=$((n + 1))

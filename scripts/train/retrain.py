@@ -217,16 +217,24 @@ def confusion_table(c, arm):
             f'<tr><th>none</th><td>{c["fp"]}</td><td>{c["tn"]}</td></tr></table>')
 
 
+def fmt(v):
+    return "— (one class)" if v is None else f"{v:.3f}"
+
+
 def write_report(work, evals, rows, tune_text, frontier):
     groups = sorted({r["source"] for rs in rows.values() for r in rs})
-    per_group = {arm: {g: mcc_of([r for r in rs if r["source"] == g]) for g in groups} for arm, rs in rows.items()}
+    def group_mcc(rs):
+        # a group of one class has no MCC (its accuracy says how it went)
+        return mcc_of(rs)[0] if len({r["label"] for r in rs}) == 2 else None
+
+    per_group = {arm: {g: group_mcc([r for r in rs if r["source"] == g]) for g in groups} for arm, rs in rows.items()}
     acc = lambda rs: sum((r["prediction"] > 0.5) == (r["label"] == 1) for r in rs) / max(1, len(rs))
     report = {
         arm: {"mcc": e["mcc"], "ci95": e.get("ci95"), "accuracy": e["accuracy"], "confusion": e["confusion"],
               "per_level": {lv: {"n": g["n"], "mcc": g["mcc"], "ci95": g.get("ci95")} for lv, g in e["per_level"].items()},
               "per_group": {g: {"n": sum(1 for r in rows[arm] if r["source"] == g),
                                 "accuracy": acc([r for r in rows[arm] if r["source"] == g]),
-                                "mcc": per_group[arm][g][0]} for g in groups},
+                                "mcc": per_group[arm][g]} for g in groups},
               "model_ms_per_request": e["model_ms_per_request"]}
         for arm, e in evals.items()
     }
@@ -249,7 +257,7 @@ def write_report(work, evals, rows, tune_text, frontier):
              "".join(f"<th>{arm} accuracy</th><th>{arm} MCC</th>" for arm in evals) + "</tr>")
     for g in groups:
         h.append(f"<tr><th>{html.escape(g)}</th>" + "".join(
-            f"<td>{report[arm]['per_group'][g]['accuracy']:.3f}</td><td>{report[arm]['per_group'][g]['mcc']:.3f}</td>"
+            f"<td>{report[arm]['per_group'][g]['accuracy']:.3f}</td><td>{fmt(report[arm]['per_group'][g]['mcc'])}</td>"
             for arm in evals) + "</tr>")
     h.append("</table><h2>Reliability</h2>" + "".join(svg_reliability(rows[arm], arm) for arm in evals))
     h.append("<h2>Confusion</h2>" + "".join(confusion_table(e["confusion"], arm) for arm, e in evals.items()))
