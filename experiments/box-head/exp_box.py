@@ -184,7 +184,7 @@ def main():
     y = np.array([it["label"] for it in street])
     g = np.array([it["group"] for it in street])
     lv = np.array([it["views"][0][1] for it in street])
-    res = {k: np.zeros(len(street)) for k in ("head", "box_fin_max", "box_fin_top3", "box_mid_max", "box_mid_top3",
+    res = {k: np.zeros(len(street)) for k in ("head", "stack_head", "box_fin_max", "box_fin_top3", "box_mid_max", "box_mid_top3",
                                                "stack_fin_max", "stack_mid_max", "stack_fin_top3", "stack_mid_top3")}
     weights = {}
     for grp in sorted(set(g)):
@@ -197,6 +197,8 @@ def main():
         with torch.no_grad():
             hz = clf(f0).numpy()
         res["head"][te] = 1 / (1 + np.exp(-hz[te]))
+        # the control: the same logistic re-fit on the head's logit alone (a recalibration)
+        res["stack_head"][te], _ = stack(hz[tr][:, None], y[tr], hz[te][:, None])
         for name, (tt, s0, s1) in {"fin": (tfin, s0fin, s1fin), "mid": (tmid, s0mid, s1mid)}.items():
             neg = s1[torch.tensor(tr[y[tr] == 0])].reshape(-1, s1.shape[-1])
             P = torch.cat([tt.reshape(-1, tt.shape[-1]), neg])
