@@ -134,6 +134,20 @@ def rename_models(hotkey_text, old, new):
     return t
 
 
+def drop_table(text, name):
+    """`text` without the table `[name]` (and its sub-tables): from its header to the next
+    header that is not one of its own."""
+    out, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        head = re.match(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?", line)
+        if head:
+            key = head.group(1)
+            skipping = key == name or key.startswith(name + ".")
+        if not skipping:
+            out.append(line)
+    return "".join(out)
+
+
 def inline(v):
     if isinstance(v, dict):
         return "{ " + ", ".join(f"{json.dumps(k)} = {inline(x)}" for k, x in v.items()) + " }"
@@ -369,8 +383,8 @@ def retrain(a):
     cand_text = rename_models(live_text, a.model, nxt)
     # the calibration records the live heads; the candidate has none yet (see the docstring)
     cand_text = re.sub(r'^calibration\s*=.*\n', "", cand_text, flags=re.M)
-    cand_text = re.sub(r'^\[log\][^\[]*', "", cand_text, flags=re.M)
-    cand_text = cand_text.split("\n[candidate]")[0].split("\n[rollout]")[0]
+    for table in ("log", "candidate", "rollout"):
+        cand_text = drop_table(cand_text, table)
     parsed = tomllib.loads(cand_text)
     if f'"{a.model}"' in json.dumps(parsed):
         raise RetrainError(f"the candidate policy still names {a.model!r} after renaming: {a.hotkey}.toml is not one this tool edits")
@@ -418,7 +432,7 @@ def retrain(a):
     live_pol = os.path.join(work, "policies")
     with open(os.path.join(live_pol, "models.toml"), "w") as f:
         f.write(reg_next)
-    text = live_text.split("\n[candidate]")[0].split("\n[rollout]")[0].rstrip() + "\n"
+    text = drop_table(drop_table(live_text, "candidate"), "rollout").rstrip() + "\n"
     text += "\n# written by scripts/train/retrain.py: the retrained policy as a canary candidate\n[candidate]\n"
     text += "".join(f"{role} = {inline(cfg)}\n" for role, cfg in candidate.items())
     text += ('[rollout]\nmode = "canary"\nsteps = [5, 25, 50]\nmin_requests = 50\nmin_step_s = 600\n'

@@ -24,6 +24,9 @@ flip = true
 [fuser]
 component = "weighted@^1"
 params.weights = { roadwork = 1.0, "roadwork:flip" = 1.0 }
+[log]
+dir = "logs"
+uncertain = [0.3, 0.7]
 "#;
 
 /// `n` scenes per class in folder `group`, and their manifest.
@@ -105,6 +108,9 @@ fn a_retrain_writes_a_tuned_canary_candidate_and_its_report() {
     assert!(written.starts_with("# the live hotkey: two looks"), "{written}");
     let (stable, rest) = written.split_once("[candidate]").expect("a candidate");
     assert!(!stable.contains("roadwork-next") && rest.contains("\"roadwork-next\""), "{written}");
+    assert!(stable.contains("[log]\ndir = \"logs\"\nuncertain = [0.3, 0.7]"), "the live file keeps its log: {written}");
+    let cand = std::fs::read_to_string(work.join("candidate/two.toml")).expect("candidate");
+    assert!(!cand.contains("[log]") && !cand.contains("uncertain"), "the candidate copy logs nothing: {cand}");
     assert!(rest.contains("mode = \"canary\"") && rest.contains("evidence = { report = \"replay.json\""), "{written}");
     let registry = std::fs::read_to_string(work.join("policies/models.toml")).expect("registry");
     assert!(
