@@ -218,7 +218,9 @@ def policies_for(src, dst, head, backbone, overrides, probe):
         with open(path, "a") as f:
             f.write("\n# override from grouped_cv.py\n" + toml_override(key, value))
     if probe:
-        open(os.path.join(dst, "probe.toml"), "w").write(probe_toml(without_calibration(open(os.path.join(src, "accuracy.toml")).read())))
+        # every stage of the evidence design (the former `accuracy`, examples/hotkeys/evidence.toml)
+        with open(os.path.join(ROOT, "examples", "hotkeys", "evidence.toml")) as f:
+            open(os.path.join(dst, "probe.toml"), "w").write(probe_toml(without_calibration(f.read())))
     return dst
 
 

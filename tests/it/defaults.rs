@@ -32,8 +32,35 @@ fn default_policies_serve_real_images() {
         assert!(num(&v["prediction"]) < 0.5, "{path}: an empty freeway is not roadwork: {v}");
         assert_eq!(v["trace"][0]["model"], "roadwork");
     }
-    // a sign the classifier has never seen: the accuracy policy reads it
-    let (s, v) = predict(&server, "accuracy", &sign("end_road_work"));
+    // Ctrl-C: the server lets its models go (workers joined, the watcher's copy included) and exits cleanly
+    let status = server.interrupt(30).unwrap_or_else(|| panic!("serve did not stop on SIGINT:\n{}", server.log()));
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(server.log().contains("interrupted; draining"), "{}", server.log());
+}
+
+/// The shipped registry with its relative paths made absolute, in a folder of its own, beside
+/// `hotkeys` (file name, text).
+fn shipped_registry_with(tag: &str, hotkeys: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new(tag);
+    let pol = repo().join("policies");
+    let registry = std::fs::read_to_string(pol.join("models.toml")).expect("registry");
+    let registry = registry
+        .replace("\"../", &format!("\"{}/", repo().display()))
+        .replace("\"heads/", &format!("\"{}/heads/", pol.display()))
+        .replace("\"coco_labels.txt\"", &format!("\"{}/coco_labels.txt\"", pol.display()));
+    dir.write("models.toml", &registry);
+    for (name, text) in hotkeys {
+        dir.write(name, text);
+    }
+    dir
+}
+
+#[test]
+fn the_evidence_example_reads_a_sign_the_classifier_has_never_seen() {
+    let evidence = std::fs::read_to_string(repo().join("examples/hotkeys/evidence.toml")).expect("example");
+    let dir = shipped_registry_with("evidence", &[("evidence.toml", &evidence)]);
+    let server = Server::start(&dir.0, false, &[]);
+    let (s, v) = predict(&server, "evidence", &sign("end_road_work"));
     assert_eq!(s, 200, "{v}");
     let trace = v["trace"].as_array().unwrap();
     // the classifier alone is unsure of it: the check below always runs, not only when it is
@@ -41,10 +68,6 @@ fn default_policies_serve_real_images() {
     let ocr = trace.iter().find(|t| t["primitive"] == "read-text").expect("OCR ran");
     assert!(ocr["result"].as_str().unwrap().contains("END"), "{v}");
     assert!(num(&v["prediction"]) < 0.5, "END ROAD WORK must not read as roadwork: {v}");
-    // Ctrl-C: the server lets its models go (workers joined, the watcher's copy included) and exits cleanly
-    let status = server.interrupt(30).unwrap_or_else(|| panic!("serve did not stop on SIGINT:\n{}", server.log()));
-    assert!(status.success(), "{status:?}\n{}", server.log());
-    assert!(server.log().contains("interrupted; draining"), "{}", server.log());
 }
 
 #[test]
