@@ -11,6 +11,7 @@ want=$(sha256sum "$REQ" | cut -d' ' -f1)
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "[setup] creating $VENV ($REQ)"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
+  # no wheel cache: PyTorch's CUDA wheels would keep another 3 GB on disk
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir -r "$REQ"
   echo "$want" > "$STAMP"
 fi
