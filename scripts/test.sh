@@ -38,3 +38,5 @@ bash scripts/train_venv.sh
 .venv/bin/python scripts/models/verify_efficientnet.py target/models/efficientnet_lite0.onnx
 (cd plugins && cargo test --quiet --release --target x86_64-unknown-linux-gnu -p keywords -p cascade-router -p weighted)
 cargo test --release --workspace
+# the libFuzzer targets built by cargo-fuzz (stable, no sanitizer), 30 s each from the corpus
+bash scripts/fuzz.sh

@@ -177,21 +177,72 @@ impl Mutator {
     }
 }
 
-/// Runs `target` over `seeds` and `per_seed` mutations of each; the number of executions.
-pub fn run_mutations(target: Target, seeds: &[Vec<u8>], per_seed: usize, seed: u64) -> u64 {
+/// What one input may cost in the in-tree run.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Wall time of one call.
+    pub time: std::time::Duration,
+    /// Bytes the calling thread holds at once during the call, above what it held before
+    /// (`measure` in [`run_mutations`] says how they are counted).
+    pub bytes: usize,
+}
+
+/// The figures of a run: executions, and the costliest input's time and bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub executions: u64,
+    pub max_time: std::time::Duration,
+    pub max_bytes: usize,
+}
+
+/// An input that went over its bounds: which one (seed `seed`, mutation `mutation` of the
+/// deterministic sequence; `None` = the seed itself), and by how much.
+#[derive(Debug)]
+pub struct OverBound {
+    pub seed: usize,
+    pub mutation: Option<usize>,
+    pub input: Vec<u8>,
+    pub what: String,
+}
+
+/// Runs `target` over `seeds` and `per_seed` mutations of each, each call within `bounds`:
+/// `measure` runs a call and returns the bytes it held at once.
+pub fn run_mutations(
+    target: Target,
+    seeds: &[Vec<u8>],
+    per_seed: usize,
+    seed: u64,
+    bounds: Bounds,
+    measure: &dyn Fn(&mut dyn FnMut()) -> usize,
+) -> Result<Stats, OverBound> {
     let mut m = Mutator::new(seed);
     let mut buf = Vec::new();
-    let mut n = 0;
-    for s in seeds {
-        target(s);
-        n += 1;
-        for _ in 0..per_seed {
-            m.mutate(s, &mut buf);
-            target(&buf);
-            n += 1;
+    let mut stats = Stats::default();
+    for (i, s) in seeds.iter().enumerate() {
+        for j in 0..=per_seed {
+            let input: &[u8] = if j == 0 {
+                s
+            } else {
+                m.mutate(s, &mut buf);
+                &buf
+            };
+            let started = std::time::Instant::now();
+            let bytes = measure(&mut || target(input));
+            let took = started.elapsed();
+            stats.executions += 1;
+            stats.max_time = stats.max_time.max(took);
+            stats.max_bytes = stats.max_bytes.max(bytes);
+            if took > bounds.time || bytes > bounds.bytes {
+                return Err(OverBound {
+                    seed: i,
+                    mutation: j.checked_sub(1),
+                    input: input.to_vec(),
+                    what: format!("{took:?} and {bytes} bytes (bounds {:?}, {} bytes)", bounds.time, bounds.bytes),
+                });
+            }
         }
     }
-    n
+    Ok(stats)
 }
 
 /// The checked-in corpus of a target (`fuzz/corpus/<target>/`).
@@ -204,18 +255,130 @@ pub fn corpus(target: &str) -> Vec<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(unsafe_code)] // a global allocator is an unsafe trait: it forwards to the system's
+mod counting {
+    //! The test binary's allocator: the system's, counting the bytes each thread holds and the
+    //! most it held since its last reset, so that one input's memory can be bounded while other
+    //! tests run on other threads.
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static HELD: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn add(n: isize) {
+        // `try_with`: a thread being torn down frees without counting
+        let _ = HELD.try_with(|h| {
+            let v = h.get() + n;
+            h.set(v);
+            let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
+        });
+    }
+
+    pub struct Counting;
+
+    // SAFETY: every call is forwarded to the system allocator unchanged; the counters are
+    // thread-local cells with const initialisers, which never allocate.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            // SAFETY: as the caller's contract for `GlobalAlloc::alloc`.
+            let p = unsafe { System.alloc(l) };
+            if !p.is_null() {
+                add(l.size() as isize);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            // SAFETY: `p` came from `alloc` above with this layout.
+            unsafe { System.dealloc(p, l) };
+            add(-(l.size() as isize));
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+            // SAFETY: as the caller's contract for `GlobalAlloc::realloc`.
+            let q = unsafe { System.realloc(p, l, new) };
+            if !q.is_null() {
+                add(new as isize - l.size() as isize);
+            }
+            q
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// Runs `f` and returns the most bytes this thread held at once during it, above what it
+    /// held when `f` started.
+    pub fn peak_of(f: &mut dyn FnMut()) -> usize {
+        let base = HELD.with(Cell::get);
+        PEAK.with(|p| p.set(base));
+        f();
+        (PEAK.with(Cell::get) - base).max(0) as usize
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The fuzz smoke run of `make test`: every target over its corpus and mutations of it.
+    /// What one fuzz input may cost in `make test` (release build): well above what the
+    /// corpus and its mutations need (the run prints the costliest input of each target: 4 ms
+    /// and 255 KiB here), far below a hang or an unbounded allocation.
+    const BOUNDS: Bounds = Bounds { time: std::time::Duration::from_secs(1), bytes: 64 << 20 };
+
+    /// The fuzz smoke run of `make test`: every target over its corpus and mutations of it,
+    /// each input within `BOUNDS`.
     #[test]
     fn every_target_survives_its_corpus_and_mutations() {
         for (name, target) in TARGETS {
             let seeds = corpus(name);
             assert!(!seeds.is_empty(), "fuzz/corpus/{name} is empty");
             let started = std::time::Instant::now();
-            let n = run_mutations(target, &seeds, 3000, 7);
-            eprintln!("{name}: {n} executions in {:?}", started.elapsed());
+            match run_mutations(target, &seeds, 3000, 7, BOUNDS, &counting::peak_of) {
+                Ok(s) => eprintln!(
+                    "{name}: {} executions in {:?}; costliest input {:?}, {} KiB",
+                    s.executions,
+                    started.elapsed(),
+                    s.max_time,
+                    s.max_bytes >> 10
+                ),
+                Err(o) => panic!(
+                    "{name}: seed {} mutation {:?} ({} bytes, starting {:02x?}) took {}",
+                    o.seed,
+                    o.mutation,
+                    o.input.len(),
+                    &o.input[..o.input.len().min(32)],
+                    o.what
+                ),
+            }
         }
+    }
+
+    /// The bounds catch what they name: an input that allocates too much, or takes too long.
+    #[test]
+    fn an_input_over_its_bounds_is_reported_with_its_place() {
+        fn hog(data: &[u8]) {
+            if data == b"!big" {
+                let v = vec![1u8; 64 << 20];
+                std::hint::black_box(&v);
+            }
+        }
+        fn slow(data: &[u8]) {
+            if data == b"!big" {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        }
+        let seeds = vec![b"ok".to_vec(), b"!big".to_vec()];
+        let tight = Bounds { time: std::time::Duration::from_secs(10), bytes: 1 << 20 };
+        let o = run_mutations(hog, &seeds, 0, 1, tight, &counting::peak_of).expect_err("64 MiB over a 1 MiB bound");
+        assert_eq!((o.seed, o.mutation, o.input.as_slice()), (1, None, &b"!big"[..]));
+        assert!(o.what.contains("67108864 bytes"), "{}", o.what);
+        let quick = Bounds { time: std::time::Duration::from_millis(100), bytes: 1 << 30 };
+        let o = run_mutations(slow, &seeds, 0, 1, quick, &counting::peak_of).expect_err("300 ms over a 100 ms bound");
+        assert_eq!(o.seed, 1);
+        // within the bounds: the figures are reported
+        let s = run_mutations(hog, &seeds[..1], 10, 1, tight, &counting::peak_of).expect("within bounds");
+        assert_eq!(s.executions, 11);
     }
 }
