@@ -3,7 +3,8 @@
 # target/gpu-pack.tar.xz carried (scripts/gpu/pack.sh). Steps (STEPS=a,b,… runs a subset):
 #   torch   export ViT-B/16 and time the PyTorch peers (eager fp32/fp16, torch.compile fp16)
 #           (every run converts roadwork and ViT to fp16 with scripts/fp16.py: *16 models)
-#   agree   CUDA vs CPU agreement of the models; GPU vs CPU pre-processing agreement
+#   agree   CUDA vs CPU agreement of the models and the engine's ViT vs torchvision, within
+#           bounds (AGREE_FP32 2e-3, AGREE_FP16 2e-2, AGREE_PEER 2e-2); GPU vs CPU pre-processing
 #   engine  model-only throughput through the engine at batch 1/8/64
 #   e2e     JPEG bytes → score under load, cascade: in process (fp32/fp16, one or two sessions)
 #           and over HTTP
@@ -131,25 +132,65 @@ done
 step agree && for m in roadwork16 vit16; do
   "$P/bin/cascade" infer --policies "$P/pol-cuda16" --model "$m" --repeat 3 "$P"/test-images/*.jpg > "$OUT/infer-$m-cuda.jsonl" || true
 done
-step agree && python3 - "$OUT" <<'PY'
+# the verdicts: CUDA against the CPU, and the engine against PyTorch, within stated bounds
+# (AGREE_* override them; figures and bounds go to $OUT/agree.json). fp32 models run with TF32
+# on CUDA, fp16 conversions are compared with the fp32 model on the CPU.
+if step agree; then
+  python3 - "$OUT" <<'PY' || fail=1
 import json, os, sys
 out = sys.argv[1]
-# fp16 models on CUDA against the fp32 model on the CPU
+env = lambda k, d: float(os.environ.get(k, d))
+BOUND = {"fp32": env("AGREE_FP32", 2e-3), "fp16": env("AGREE_FP16", 2e-2), "peer": env("AGREE_PEER", 2e-2)}
+rows = lambda f: [json.loads(l) for l in open(f)] if os.path.exists(f) and os.path.getsize(f) else None
+report, bad = {"bounds": BOUND}, []
 for m, ref in (("roadwork", "roadwork"), ("vit", "vit"), ("detector", "detector"), ("ocr", "ocr"), ("roadwork16", "roadwork"), ("vit16", "vit")):
-    if not os.path.exists(f"{out}/infer-{m}-cuda.jsonl") or not os.path.getsize(f"{out}/infer-{m}-cuda.jsonl"):
-        print(f"{m}: no CUDA results"); continue
-    cpu = [json.loads(l) for l in open(f"{out}/infer-{ref}-cpu.jsonl")]
-    gpu = [json.loads(l) for l in open(f"{out}/infer-{m}-cuda.jsonl")]
+    cpu, gpu = rows(f"{out}/infer-{ref}-cpu.jsonl"), rows(f"{out}/infer-{m}-cuda.jsonl")
+    if gpu is None:
+        print(f"{m}: no CUDA results"); report[m] = None
+        if m in ("roadwork", "vit", "detector", "ocr"):
+            bad.append(f"{m}: no CUDA results")
+        continue
     if m == "detector":
         same = sum([d["label"] for d in a["result"]] == [d["label"] for d in b["result"]] for a, b in zip(cpu, gpu))
-        print(f"{m}: same labels on {same}/{len(cpu)}")
+        report[m] = {"same_labels": same, "of": len(cpu)}
+        if same < len(cpu): bad.append(f"{m}: labels differ on {len(cpu) - same} of {len(cpu)} images")
     elif m == "ocr":
         same = sum(" ".join(x["text"] for x in a["result"]) == " ".join(x["text"] for x in b["result"]) for a, b in zip(cpu, gpu))
-        print(f"{m}: same text on {same}/{len(cpu)}; median ms cpu {sorted(a['ms'] for a in cpu)[len(cpu)//2]:.1f} cuda {sorted(b['ms'] for b in gpu)[len(gpu)//2]:.1f}")
+        report[m] = {"same_text": same, "of": len(cpu)}
+        if same < len(cpu): bad.append(f"{m}: text differs on {len(cpu) - same} of {len(cpu)} images")
     else:
         d = max(abs(a["result"]["score"] - b["result"]["score"]) for a, b in zip(cpu, gpu))
-        print(f"{m} (cuda) vs {ref} (cpu): max |score cpu - score cuda| = {d:.2e}; median ms cpu {sorted(a['ms'] for a in cpu)[len(cpu)//2]:.2f} cuda {sorted(b['ms'] for b in gpu)[len(gpu)//2]:.2f}")
+        bound = BOUND["fp16" if m.endswith("16") else "fp32"]
+        report[m] = {"max_score_difference": d, "bound": bound}
+        if not d <= bound: bad.append(f"{m} (cuda) vs {ref} (cpu): |score difference| {d:.2e} over {bound:g}")
+    print(f"{m}: {report[m]}")
+# the engine's ViT on CUDA against torchvision's module (export_vit.reference) on the same
+# 224x224 JPEGs, prepared as the entry says (the stretch is the identity at that size)
+import numpy as np, torch
+from PIL import Image
+sys.path.insert(0, "scripts/gpu")
+from export_vit import reference
+net = reference().cuda()
+eng = rows(f"{out}/infer-vit-cuda.jsonl") or []
+mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+worst, same = 0.0, 0
+for r in eng:
+    im = Image.open(r["image"]).convert("RGB").resize((224, 224), Image.BILINEAR)
+    x = ((np.asarray(im, np.float32) / 255 - mean) / std).transpose(2, 0, 1)[None]
+    with torch.no_grad():
+        p = torch.softmax(net(torch.from_numpy(x).cuda()).float(), -1)[0].cpu().numpy()
+    top = r["result"]["top"]
+    same += int(top[0][0]) == int(p.argmax())
+    worst = max(worst, float(abs(r["result"]["score"] - p[-1])), *(float(abs(q - p[int(k)])) for k, q in top))
+report["vit_vs_pytorch"] = {"same_top1": same, "of": len(eng), "max_probability_difference": worst, "bound": BOUND["peer"]}
+print(f"vit (engine, cuda) vs torchvision (cuda): {report['vit_vs_pytorch']}")
+if not eng or same < len(eng) or not worst <= BOUND["peer"]:
+    bad.append(f"vit vs PyTorch: top-1 on {same}/{len(eng)}, |probability difference| {worst:.2e} (bound {BOUND['peer']:g})")
+json.dump(report, open(f"{out}/agree.json", "w"), indent=2)
+for b in bad: print("FAIL:", b)
+sys.exit(1 if bad else 0)
 PY
+fi
 
 echo "== GPU vs CPU pre-processing (the same images, each model's input spec)"
 if step agree; then
