@@ -16,7 +16,6 @@ the TraCon images and boxes (README.md here); X=/tmp/ft OUT=$OUT python3 exp_box
 """
 
 import json
-import math
 import os
 import sys
 import time
@@ -176,7 +175,6 @@ def main():
     ax = [x for x, _, _ in ft.loader(allv, processor, False, A)]
     with torch.no_grad():
         fall = torch.cat([emb(x.to(DEV)).float().cpu() for x in ax])
-    vorig = [it["original"] for it in items for _ in it["views"]]
     vlab = torch.tensor([float(it["label"]) for it in items for _ in it["views"]])
     vgroup = [it["group"] for it in items for _ in it["views"]]
     log(f"features ready in {time.time() - t0:.0f} s")

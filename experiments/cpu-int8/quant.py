@@ -15,10 +15,8 @@ a comparison of variants, not an accuracy figure).
 """
 
 import argparse
-import glob
 import json
 import os
-import sys
 import tempfile
 import time
 

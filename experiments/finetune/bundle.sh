@@ -12,6 +12,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SHARED=$(cd "$ROOT/../shared" && pwd)
+# shellcheck source=../../scripts/gpu/parts.sh
+source "$ROOT/scripts/gpu/parts.sh"
 B=$ROOT/target/finetune-bundle
 rm -rf "$B" && mkdir -p "$B/x/wheels"
 "$ROOT/target/release/cascade" challenges --manifest "$SHARED/data/roadwork-dev/manifest.csv" \
@@ -24,13 +26,8 @@ python3 -m pip download -q --only-binary=:all: --python-version 3.12 --platform 
 rm -f "$B/x/wheels"/numpy-*.whl
 # the TraCon images and their cone boxes, for ../box-head/exp_box.py
 cp -r "$SHARED/data/roadwork-dev/tracon" "$B/x/tracon"
-tar cf - -C "$B/x" wheels views dinov2_vits14_hf tracon | split -b 62000000 -d - "$B/part_"
-n=0
-for part in "$B"/part_*; do
-  n=$((n + 1))
-  mkdir -p "$B/c$n" && mv "$part" "$B/c$n/"
-done
-echo "$n" > "$B/parts"
+tar cf - -C "$B/x" wheels views dinov2_vits14_hf tracon | to_parts "$B"
+n=$(cat "$B/parts")
 rm -rf "$B/x"
 echo "$n parts: carry c1 .. c$n in order (experiments/finetune/README.md)"
 du -sh "$B"/c*

@@ -7,20 +7,16 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SHARED=$(cd "$ROOT/../shared" && pwd)
+# shellcheck source=../../scripts/gpu/parts.sh
+source "$ROOT/scripts/gpu/parts.sh"
 B=$ROOT/target/device-bundle
 rm -rf "$B" && mkdir -p "$B/x"
 "$ROOT/.venv/bin/python" "$ROOT/experiments/gpu-heads/export_weights.py" "$B/x"
 tar cf - -C "$SHARED" data/roadwork-dev \
   -C "$SHARED/reference/streetvision-subnet" natix/utils/image_transforms.py \
   -C "$B/x" verify.npz shapes.json -C "$SHARED" data/roadwork-more -C "$B/x" weights.npz |
-  split -b 62000000 -d - "$B/part_"
-# one folder per part (c1, c2, ...), each carried by a call of its own
-n=0
-for part in "$B"/part_*; do
-  n=$((n + 1))
-  mkdir -p "$B/c$n" && mv "$part" "$B/c$n/"
-done
-echo "$n" > "$B/parts"
+  to_parts "$B"  # one folder per part (c1, c2, ...), each carried by a call of its own
+n=$(cat "$B/parts")
 echo "$n parts: carry c1 .. c$n in order; the last call checks that /tmp/parts holds $n files"
 rm -rf "$B/x"
 # exp_tess.py also needs TesseraNet (TESS=1): from its PyPI wheel, hash pinned

@@ -20,20 +20,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "train"))
 
 
-def tokenizer(folder):
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "!": 1, "<|endoftext|>": 2}
-    for ch in "abcdefghijklmnopqrstuvwxyz,.:'":
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(folder, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-    return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=77)
-
-
 def main():
     from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
                            StableDiffusionXLPipeline, UNet2DConditionModel)
@@ -41,6 +27,7 @@ def main():
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     import synthetic
+    from testsupport import tiny_clip_tokenizer
 
     dev, dt = torch.device("cuda"), torch.float16
     t0 = time.time()
@@ -63,7 +50,7 @@ def main():
                                                          num_attention_heads=20, num_hidden_layers=32,
                                                          vocab_size=49408, projection_dim=1280, hidden_act="gelu")).to(dt)
     params = sum(p.numel() for m in (unet, vae, te1, te2) for p in m.parameters())
-    tok = tokenizer(tempfile.mkdtemp())
+    tok = tiny_clip_tokenizer(tempfile.mkdtemp())
     sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
                                    timestep_spacing="leading")
     t2i = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok,

@@ -386,7 +386,7 @@ class Extraction(Bounded):
             self.assertEqual(ours[name][0], theirs[name][0], name)
             self.assertEqual(ours[name][1], theirs[name][1], f"{name}: bytes differ from the validator's")
         # The JPEG really is re-encoded (what validators send), not the parquet's bytes.
-        self.assertNotEqual(ours[f"train-00000-of-00002__image_1.jpeg"][1], ROWS_A[1][0])
+        self.assertNotEqual(ours["train-00000-of-00002__image_1.jpeg"][1], ROWS_A[1][0])
 
     def test_per_shard_sample_matches_validator(self):
         only_a = self.tmp / "only_a"

@@ -15,6 +15,7 @@ named features, as the shipped DINOv2 cut has them:
 """
 
 import os
+import sys
 
 # no code fetched from the Hub at run time: transformers would swap in "hub kernels" (downloaded
 # CUDA code, refused without trust_remote_code on a machine without the network) for layers such
@@ -23,6 +24,9 @@ os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models"))
+from hf_export import ExportError, processor_size  # noqa: E402
 
 
 class BackboneError(Exception):
@@ -196,15 +200,9 @@ class Embedder(nn.Module):
 
 
 def input_size(pre):
-    """(height, width) the processor hands the model, as transformers' processors compute it."""
-    crop = pre.get("crop_size") if pre.get("do_center_crop") else None
-    size = crop or pre.get("size")
-    if size is None:
-        raise BackboneError("preprocessor_config.json has no size")
-    if isinstance(size, int):
-        return size, size
-    if "height" in size and "width" in size:
-        return int(size["height"]), int(size["width"])
-    if "shortest_edge" in size:
-        return int(size["shortest_edge"]), int(size["shortest_edge"])
-    raise BackboneError(f"preprocessor_config.json: size {size!r} is not one this export knows")
+    """(height, width) the processor hands the model (`hf_export.processor_size`, the
+    classifier export's reading of the same file)."""
+    try:
+        return processor_size(pre)
+    except ExportError as e:
+        raise BackboneError(str(e)) from None

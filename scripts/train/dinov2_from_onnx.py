@@ -17,13 +17,14 @@ embedding (the test says how closely).
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from staging import staged  # noqa: E402
 ROLES = {"attention/attention/query": "attention.q_proj", "attention/attention/key": "attention.k_proj",
          "attention/attention/value": "attention.v_proj", "attention/output/dense": "attention.o_proj",
          "mlp/fc1": "mlp.fc1", "mlp/fc2": "mlp.fc2"}
@@ -86,18 +87,10 @@ def main():
     if bad:
         raise SystemExit(f"{src}: shapes differ for {bad[:5]}")
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in w.items()})
-    parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".dinov2-", dir=parent)
-    try:
+    with staged(dst, ".dinov2-") as tmp:
         model.save_pretrained(tmp)
         with open(os.path.join(tmp, "preprocessor_config.json"), "w") as f:
             json.dump(PREPROCESSOR, f, indent=2)
-        if os.path.exists(dst):
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {dst}: Dinov2Model ViT-S/14 from {src} ({sum(v.size for v in w.values()):,} parameters)")
 
 

@@ -27,9 +27,7 @@ import argparse
 import glob
 import json
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from backbones import BackboneError, Embedder, input_size, load, parse_features  # noqa: E402
+from staging import staged  # noqa: E402
 
 
 def default_images(limit=8):
@@ -149,10 +148,7 @@ def run(a):
     embedder = Embedder(model, config, arch, features).eval()
     with torch.no_grad():
         dim = int(embedder(torch.zeros(1, 3, *size)).shape[1])
-    parent = os.path.dirname(out) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
+    with staged(out, ".export-") as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
         print(f"[export] {a.src}: {arch.name}, input {size[0]}x{size[1]}, features {','.join(features)} -> {dim}-d")
         export(embedder, size, onnx_path, a.opset)
@@ -180,16 +176,6 @@ def run(a):
         entry = registry_entry(name, out, dim)
         with open(os.path.join(tmp, "registry.toml"), "w") as f:
             f.write(entry)
-        if os.path.exists(out):
-            old = tmp + ".old"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     print(f"[export] wrote {out}; registry entry:\n{entry}")
     return 0
 

@@ -60,6 +60,8 @@ from torch import nn  # noqa: E402
 
 from backbones import BackboneError, Embedder, load, parse_features  # noqa: E402
 from engine_input import describe, engine_input  # noqa: E402
+from manifests import ManifestError, read as read_manifest, refuse_shared  # noqa: E402
+from staging import staged  # noqa: E402
 
 
 class TrainError(Exception):
@@ -76,46 +78,6 @@ def rank():
 def say(*a):
     if rank() == 0:
         print("[finetune]", *a, flush=True)
-
-
-def read_manifest(path):
-    """Rows of a project manifest: abs path, label, group (first folder, else source), challenge."""
-    base = os.path.dirname(os.path.abspath(path))
-    rows = []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            for n, r in enumerate(csv.DictReader(f), start=2):
-                if "path" not in r or "label" not in r:
-                    raise TrainError(f"{path}: needs path and label columns")
-                if r["label"] not in ("0", "1"):
-                    raise TrainError(f"{path}:{n}: label {r['label']!r} is not 0 or 1")
-                p = r["path"] if os.path.isabs(r["path"]) else os.path.join(base, r["path"])
-                parts = r["path"].split("/")
-                group = parts[0] if len(parts) > 1 and not os.path.isabs(r["path"]) else (r.get("source") or "-").split(" ")[0]
-                rows.append({"path": p, "label": int(r["label"]), "group": group,
-                             "challenge": r.get("challenge") == "1", "level": r.get("level") or "",
-                             "original": r.get("original") or p})
-    except FileNotFoundError:
-        raise TrainError(f"manifest {path} does not exist") from None
-    if not rows:
-        raise TrainError(f"{path}: no rows")
-    return rows
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def refuse_shared(train_rows, eval_rows):
-    seen = {sha256(r["original"]) for r in train_rows}
-    shared = sum(1 for r in eval_rows if sha256(r["original"]) in seen)
-    if shared:
-        raise TrainError(f"the evaluation manifest shares {shared} of its {len(eval_rows)} images with the training "
-                         "manifests (by content): refused")
 
 
 def render_views(manifests, out, views, levels, seed, cascade):
@@ -398,10 +360,7 @@ def fit(a, train_items, val_items, device, checkpoint=None):
 def export(a, clf, out, check_items):
     import export_backbone
 
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".finetune-", dir=parent)
-    try:
+    with staged(out, ".finetune-") as tmp:
         clf = clf.cpu().float().eval()
         bdir = os.path.join(tmp, "backbone")
         os.makedirs(bdir)
@@ -431,11 +390,6 @@ def export(a, clf, out, check_items):
             f"{diff:.2e} (bound {a.bound:g})")
         if not diff <= a.bound:
             raise TrainError(f"the exported classifier differs from PyTorch by {diff:.3g} (bound {a.bound:g}): refused, {out} untouched")
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     say(f"wrote {out}: backbone/, head.json, models.toml (paste the entry into your registry, paths relative to it)")
 
 
@@ -532,7 +486,7 @@ def main(argv=None):
     a.history = []
     try:
         return run(a)
-    except (TrainError, BackboneError) as e:
+    except (TrainError, BackboneError, ManifestError) as e:
         print(f"[finetune] error: {e}", file=sys.stderr)
         return 2
 
@@ -564,7 +518,7 @@ def run(a):
         raise TrainError("no data: pass --manifest (and/or --views-from a rendered folder)")
     rows = [r for m in a.manifest for r in read_manifest(m)]
     if a.eval_manifest:
-        refuse_shared(rows, read_manifest(a.eval_manifest))
+        refuse_shared([r["original"] for r in rows], [r["original"] for r in read_manifest(a.eval_manifest)])
     work = tempfile.mkdtemp(prefix="cascade-views-")
     try:
         vm = os.path.join(a.views_from, "manifest.csv") if a.views_from else render_views(

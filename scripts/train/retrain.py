@@ -36,8 +36,6 @@ labelled answers before promoting (README, "Under the validators' distortions").
 """
 
 import argparse
-import csv
-import hashlib
 import html
 import json
 import math
@@ -51,6 +49,9 @@ import tomllib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import manifests  # noqa: E402
 
 
 class RetrainError(Exception):
@@ -74,31 +75,6 @@ def run(cmd, what, capture=True):
 
 
 # ---------------------------------------------------------------- data
-
-
-def manifest_rows(path):
-    base = os.path.dirname(os.path.abspath(path))
-    with open(path, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            p = r.get("path", "")
-            yield os.path.join(base, p) if not os.path.isabs(p) else p
-
-
-def digest(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def refuse_shared(train, evaluation):
-    seen = {digest(p) for m in train for p in manifest_rows(m) if os.path.exists(p)}
-    rows = [p for p in manifest_rows(evaluation) if os.path.exists(p)]
-    shared = sum(1 for p in rows if digest(p) in seen)
-    if shared:
-        raise RetrainError(f"the evaluation manifest shares {shared} of its {len(rows)} images with the training data "
-                           "(by content): refused")
 
 
 # ---------------------------------------------------------------- registry and hotkey edits
@@ -314,7 +290,7 @@ def main(argv=None):
     try:
         retrain(a)
         return 0
-    except RetrainError as e:
+    except (RetrainError, manifests.ManifestError) as e:
         print(f"[retrain] error: {e}", file=sys.stderr)
         return 2
 
@@ -347,7 +323,8 @@ def retrain(a):
     train += a.logged
     if not train:
         raise RetrainError("no training data: pass --manifest, --dataset or --logged")
-    refuse_shared(train, a.eval_manifest)
+    manifests.refuse_shared([p for m in train for p in manifests.paths(m) if os.path.exists(p)],
+                            [p for p in manifests.paths(a.eval_manifest) if os.path.exists(p)], "the training data")
     say(f"training on {', '.join(train)}; evaluating on {a.eval_manifest}")
 
     step(2, "train")

@@ -40,6 +40,9 @@ import warnings
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import manifests  # noqa: E402
 
 # the validators' negative prompt in intent: no drawings or renders, no aerial, indoor or
 # surveillance views, no portraits, no exotic colour or optics, no blur
@@ -67,19 +70,7 @@ def template(label, caption=None):
 
 
 def read_rows(paths):
-    rows = []
-    for m in paths:
-        base = os.path.dirname(os.path.abspath(m))
-        try:
-            with open(m, newline="", encoding="utf-8") as f:
-                for n, r in enumerate(csv.DictReader(f), start=2):
-                    if r.get("label") not in ("0", "1"):
-                        raise SynthError(f"{m}:{n}: label {r.get('label')!r} is not 0 or 1")
-                    p = r["path"] if os.path.isabs(r["path"]) else os.path.join(base, r["path"])
-                    rows.append({"path": p, "label": int(r["label"]), "scene": (r.get("scene_description") or "").strip()})
-        except FileNotFoundError:
-            raise SynthError(f"manifest {m} does not exist") from None
-    return rows
+    return [r for m in paths for r in manifests.read(m)]
 
 
 def pipelines(model, revision, device, dtype):
@@ -226,7 +217,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         return run(a)
-    except SynthError as e:
+    except (SynthError, manifests.ManifestError) as e:
         print(f"[synthetic] error: {e}", file=sys.stderr)
         return 2
 

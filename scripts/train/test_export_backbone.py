@@ -8,8 +8,6 @@ Run from the repository root after `make setup` and scripts/train_venv.sh:
     .cache/train-venv/bin/python -m unittest discover -s scripts/train -p 'test_*.py'
 """
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -26,15 +24,8 @@ sys.path.insert(0, HERE)
 CASCADE = os.path.join(ROOT, "target", "release", "cascade")
 
 import export_backbone  # noqa: E402
+from testsupport import quiet  # noqa: E402
 from backbones import Embedder, load  # noqa: E402
-
-
-def quiet(fn, *a):
-    err, out = io.StringIO(), io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        warnings.simplefilter("ignore")
-        rc = fn(*a)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def read_json(path):

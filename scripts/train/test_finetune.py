@@ -6,8 +6,6 @@ processes under torchrun (DDP over gloo).
     .cache/train-venv/bin/python -m unittest discover -s scripts/train -p 'test_*.py'
 """
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -23,16 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import finetune  # noqa: E402
+from testsupport import quiet  # noqa: E402
 
 GROUPS = ["tracon", "g1", "g2", "g3"]
-
-
-def quiet(fn, *a):
-    err, out = io.StringIO(), io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        warnings.simplefilter("ignore")
-        rc = fn(*a)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def scenes(root, per_group=10):

@@ -19,20 +19,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import synthetic  # noqa: E402
-
-
-def quiet(fn, *a):
-    err, out = io.StringIO(), io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        warnings.simplefilter("ignore")
-        rc = fn(*a)
-    return rc, out.getvalue(), err.getvalue()
+from testsupport import quiet, tiny_clip_tokenizer  # noqa: E402
 
 
 def tiny_sdxl(folder):
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -48,16 +41,7 @@ def tiny_sdxl(folder):
                         norm_num_groups=1)
     tc = CLIPTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=37,
                         num_attention_heads=4, num_hidden_layers=2, vocab_size=1000, projection_dim=32)
-    os.makedirs(folder, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "!": 1, "<|endoftext|>": 2}
-    for ch in "abcdefghijklmnopqrstuvwxyz,.:'":
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    with open(os.path.join(folder, "vocab.json"), "w") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(folder, "merges.txt"), "w") as f:
-        f.write("#version: 0.2\n")
-    tok = CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=77)
+    tok = tiny_clip_tokenizer(folder)
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(tc), tokenizer=tok,
                                      text_encoder_2=CLIPTextModelWithProjection(tc), tokenizer_2=tok, unet=unet,
                                      scheduler=sched)

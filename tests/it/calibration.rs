@@ -18,16 +18,7 @@ fn train_head(dir: &TempDir, epochs: &str) {
         }
     }
     let manifest = dir.write("train.csv", &csv);
-    let out = cascade()
-        .args(["train-head", "--backbone", "tint-embed", "--cv", "none", "--epochs", epochs, "--policies"])
-        .arg(&dir.0)
-        .arg("--manifest")
-        .arg(&manifest)
-        .arg("--out")
-        .arg(dir.0.join("head.json"))
-        .output()
-        .expect("train-head");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    train_tint_head(dir, &manifest, epochs);
 }
 
 fn hotkey(name: &str, calibration: &str) -> String {

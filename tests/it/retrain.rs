@@ -77,16 +77,7 @@ fn a_retrain_writes_a_tuned_canary_candidate_and_its_report() {
     let west = images(&dir, "west", 6, 6);
     let north = images(&dir, "north", 12, 8);
     // the live head: trained on one group
-    let out = cascade()
-        .args(["train-head", "--backbone", "tint-embed", "--cv", "none", "--epochs", "20", "--policies"])
-        .arg(&dir.0)
-        .arg("--manifest")
-        .arg(&east)
-        .arg("--out")
-        .arg(dir.0.join("head.json"))
-        .output()
-        .expect("train-head");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    train_tint_head(&dir, &east, "20");
 
     let work = dir.0.join("work");
     let (code, text) = retrain(&dir.0, &work, &[&east, &west], &north);

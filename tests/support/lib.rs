@@ -426,6 +426,21 @@ input = {{ width = {side}, height = {side}{input_extra} }}
     dir.0.clone()
 }
 
+/// `cascade train-head` of [`head_registry`]'s head (`head.json` in `dir`) on the tint embedder,
+/// over `manifest`, without cross-validation; panics with train-head's error when it fails.
+pub fn train_tint_head(dir: &TempDir, manifest: &std::path::Path, epochs: &str) {
+    let out = cascade()
+        .args(["train-head", "--backbone", "tint-embed", "--cv", "none", "--epochs", epochs, "--policies"])
+        .arg(&dir.0)
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--out")
+        .arg(dir.0.join("head.json"))
+        .output()
+        .expect("train-head");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Orange-ish scenes are roadwork, blue-grey ones are not; a little texture so views differ.
 pub fn scene(roadwork: bool, k: u32) -> image::RgbImage {
     image::RgbImage::from_fn(96 + 8 * k, 80, |x, y| {
