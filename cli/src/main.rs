@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{calibrate, challenges, check, eval, infer, log, replay, serve, train_head, tune};
+use commands::{calibrate, challenges, check, eval, infer, log, policy, replay, serve, train_head, tune};
 
 #[derive(Parser)]
 #[command(name = "cascade", version, about = "Roadwork inference server with policies as WebAssembly components")]
@@ -47,6 +47,9 @@ enum Cmd {
     /// Fit a hotkey's calibration (its fused score to the probability it answers) on held-out
     /// scores and labels; print the reliability before and after.
     Calibrate(calibrate::CalibrateCommand),
+    /// Policies in Python or JavaScript: a template to start from, and the build that turns a
+    /// file into a component the server loads.
+    Policy(policy::PolicyCommand),
 }
 
 /// The command line with one help layout everywhere: each option on its line, its sentence
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Serve(c) => c.execute(),
         Cmd::Check(c) => c.execute(),
+        Cmd::Policy(c) => c.execute(),
         Cmd::Infer(c) => c.execute(),
         Cmd::Eval(c) => c.execute(),
         Cmd::TrainHead(c) => c.execute(),

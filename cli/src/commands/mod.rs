@@ -8,6 +8,7 @@ pub mod check;
 pub mod eval;
 pub mod infer;
 pub mod log;
+pub mod policy;
 pub mod replay;
 pub mod serve;
 pub mod train_head;

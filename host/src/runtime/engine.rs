@@ -62,7 +62,9 @@ impl Runtime {
             ResourceType::host::<ImageRef>(),
             |_, _| Ok(()),
         )?;
-        // Plugins get no WASI: anything a std guest imports beyond the contract traps if called.
+        // WASI without capabilities (runtime/wasi.rs); whatever else a guest imports beyond the
+        // contract, and the refused WASI calls, trap if called (plugin.rs, per component).
+        super::wasi::add_to_linker(&mut linker)?;
         let ticker = engine.weak();
         std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || loop {
             std::thread::sleep(EPOCH_TICK);

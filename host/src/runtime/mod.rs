@@ -10,6 +10,7 @@ pub mod plugin;
 pub mod pool;
 pub mod request;
 mod store;
+mod wasi;
 
 pub use engine::{Runtime, RuntimeConfig};
 pub use plugin::{Plugin, PluginError, Role};

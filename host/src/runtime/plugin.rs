@@ -171,10 +171,10 @@ impl Plugin {
     }
 }
 
-/// Every import outside `cascade:policy` (a std guest pulls in `wasi:cli`, `wasi:io`, ...) is
-/// defined as a function that traps when called: plugins get no WASI. `cascade:policy` imports
-/// are left to the linker, which resolves an older 1.x name to the host's definition;
-/// wasmtime's own `define_unknown_imports_as_traps` would shadow those with fresh stubs.
+/// Every import outside `cascade:policy` and the WASI the linker provides (runtime/wasi.rs) is
+/// defined as a function that traps when called. `cascade:policy` imports are left to the
+/// linker, which resolves an older 1.x name to the host's definition; wasmtime's own
+/// `define_unknown_imports_as_traps` would shadow those with fresh stubs.
 fn stub_foreign_imports(
     linker: &mut wasmtime::component::Linker<StoreState>,
     component: &Component,
@@ -183,7 +183,7 @@ fn stub_foreign_imports(
     use wasmtime::component::types::ComponentItem;
     use wasmtime::component::ResourceType;
     for (name, item) in component.component_type().imports(engine) {
-        if name.starts_with(PACKAGE) {
+        if name.starts_with(PACKAGE) || super::wasi::provided(name) {
             continue;
         }
         match item.ty {

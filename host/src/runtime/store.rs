@@ -7,6 +7,7 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
 use super::request::RequestCtx;
+use super::wasi::Captured;
 use crate::wit::image::ImageRef;
 use crate::wit::{Error, NamedScore, TextLine};
 
@@ -25,6 +26,16 @@ pub struct StoreState {
     pub roles: Option<Arc<dyn Roles>>,
     /// Handles made during the current call; whatever the guest leaks is freed after it.
     pub created: Vec<u32>,
+    /// WASI without capabilities, for guests that import it (runtime/wasi.rs).
+    wasi: wasmtime_wasi::WasiCtx,
+    /// What the guest printed (stdout and stderr), read after a failed call.
+    pub output: Captured,
+}
+
+impl wasmtime_wasi::WasiView for StoreState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
 }
 
 impl StoreState {
@@ -33,7 +44,9 @@ impl StoreState {
             inner: StoreLimitsBuilder::new().memory_size(max_memory).trap_on_grow_failure(true).build(),
             denied: false,
         };
-        StoreState { table, limits, ctx: None, roles: None, created: Vec::new() }
+        let output = Captured::default();
+        let wasi = super::wasi::context(&output);
+        StoreState { table, limits, ctx: None, roles: None, created: Vec::new(), wasi, output }
     }
 
     /// Whether a memory or table grow was refused since the last call began: a trap that
