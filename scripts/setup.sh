@@ -73,4 +73,17 @@ done
 # 6. The host.
 say "building the host (release)"
 cargo build --quiet --release --bin cascade
+# 7. Python policies (templates, the Python `accuracy`, the tests' misbehaving one) into
+# target/policy-components; not loaded by default. Rebuilt when a source, the SDK or the tools change.
+PY_POLICIES="plugins/python/template/router.py plugins/python/template/text_scorer.py plugins/python/template/fuser.py examples/python/accuracy/router.py examples/python/accuracy/fuser.py tests/components/python/misbehave.py"
+py_stamp=$(cat $PY_POLICIES plugins/python/build.py plugins/python/cascade_policy/*.py plugins/python/requirements.txt wit/*/*.wit | sha256sum | cut -c1-64)
+if [ "$(cat target/policy-components/STAMP 2>/dev/null)" != "$py_stamp" ]; then
+  say "building the Python policies"
+  rm -rf target/policy-components && mkdir -p target/policy-components
+  for f in $PY_POLICIES; do
+    name="py-$(basename "$(dirname "$f")")-$(basename "$f" .py | tr _ -).wasm"
+    ./target/release/cascade policy build "$f" -o "target/policy-components/$name" >/dev/null
+  done
+  echo "$py_stamp" > target/policy-components/STAMP
+fi
 say "ready: target/release/cascade"

@@ -38,23 +38,6 @@ fn default_policies_serve_real_images() {
     assert!(server.log().contains("interrupted; draining"), "{}", server.log());
 }
 
-/// The shipped registry with its relative paths made absolute, in a folder of its own, beside
-/// `hotkeys` (file name, text).
-fn shipped_registry_with(tag: &str, hotkeys: &[(&str, &str)]) -> TempDir {
-    let dir = TempDir::new(tag);
-    let pol = repo().join("policies");
-    let registry = std::fs::read_to_string(pol.join("models.toml")).expect("registry");
-    let registry = registry
-        .replace("\"../", &format!("\"{}/", repo().display()))
-        .replace("\"heads/", &format!("\"{}/heads/", pol.display()))
-        .replace("\"coco_labels.txt\"", &format!("\"{}/coco_labels.txt\"", pol.display()));
-    dir.write("models.toml", &registry);
-    for (name, text) in hotkeys {
-        dir.write(name, text);
-    }
-    dir
-}
-
 #[test]
 fn the_evidence_example_reads_a_sign_the_classifier_has_never_seen() {
     let evidence = std::fs::read_to_string(repo().join("examples/hotkeys/evidence.toml")).expect("example");

@@ -19,6 +19,7 @@ mod kserve;
 mod lifecycle;
 mod metrics;
 mod predlog;
+mod python;
 mod reload;
 mod retrain;
 mod rollout;

@@ -179,6 +179,30 @@ pub fn test_component(file: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run make setup)", p.display()))
 }
 
+/// A Python or JavaScript policy component built by set-up (`target/policy-components`).
+pub fn policy_component(file: &str) -> PathBuf {
+    let p = repo().join("target/policy-components").join(file);
+    assert!(p.is_file(), "{}: missing (run make setup)", p.display());
+    p
+}
+
+/// The shipped registry with its relative paths made absolute, in a folder of its own, beside
+/// `hotkeys` (file name, text).
+pub fn shipped_registry_with(tag: &str, hotkeys: &[(&str, &str)]) -> TempDir {
+    let dir = TempDir::new(tag);
+    let pol = repo().join("policies");
+    let registry = std::fs::read_to_string(pol.join("models.toml")).expect("registry");
+    let registry = registry
+        .replace("\"../", &format!("\"{}/", repo().display()))
+        .replace("\"heads/", &format!("\"{}/heads/", pol.display()))
+        .replace("\"coco_labels.txt\"", &format!("\"{}/coco_labels.txt\"", pol.display()));
+    dir.write("models.toml", &registry);
+    for (name, text) in hotkeys {
+        dir.write(name, text);
+    }
+    dir
+}
+
 /// A running `cascade serve`; killed on drop.
 pub struct Server {
     child: Child,
@@ -195,7 +219,26 @@ impl Server {
 
     /// `start` with environment variables for the server (API keys, say).
     pub fn start_env(policies: &Path, test_components: bool, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_full(policies, test_components, &[], extra, env)
+    }
+
+    /// `start` with policy components built by set-up (`target/policy-components`, by file
+    /// name) added to the server's components folder.
+    pub fn start_with(policies: &Path, test_components: bool, policy_components: &[&str], extra: &[&str]) -> Server {
+        Server::start_full(policies, test_components, policy_components, extra, &[])
+    }
+
+    fn start_full(
+        policies: &Path,
+        test_components: bool,
+        policy_components: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let comps = components(test_components);
+        for f in policy_components {
+            std::fs::copy(policy_component(f), comps.0.join(f)).expect("copy a policy component");
+        }
         let log = policies.join("server.log");
         let mut child = cascade()
             .envs(env.iter().copied())

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cascade_host::runtime::{Bound, Limits, Plugin, Runtime, RuntimeConfig};
+use cascade_host::reload::cache::{sha256_hex, CompileCache};
+use cascade_host::runtime::{Bound, Limits, Plugin, PluginError, Runtime, RuntimeConfig};
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Args)]
@@ -97,6 +98,10 @@ struct BuildArgs {
     /// Build against another contract version's WIT folder (default: the current one).
     #[arg(long)]
     wit: Option<PathBuf>,
+    /// Compiled components are cached here, as `serve` caches them (default:
+    /// `target/component-cache` beside the binary).
+    #[arg(long)]
+    compile_cache: Option<PathBuf>,
     /// Parameters (JSON) to configure one instance with, as a hotkey would.
     #[arg(long)]
     params: Option<String>,
@@ -168,7 +173,18 @@ fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
     let built = t0.elapsed();
     let rt = Arc::new(Runtime::new(RuntimeConfig::default()).context("starting the component runtime")?);
     let t1 = Instant::now();
-    let plugin = match Plugin::load(&rt, &part) {
+    // compiled through the server's cache, so that its first load of this component is quick
+    let cache = CompileCache::new(
+        &rt.engine,
+        Some(a.compile_cache.unwrap_or_else(|| cascade_host::beside_exe("component-cache"))),
+    );
+    let bytes = std::fs::read(&part)?;
+    let hash = sha256_hex(&bytes);
+    let loaded = cache
+        .component(&rt.engine, &bytes, &hash)
+        .map_err(|e| PluginError::Compile { file: part.clone(), reason: format!("{e:#}") })
+        .and_then(|(c, _)| Plugin::from_component(&rt, &part, c, hash));
+    let plugin = match loaded {
         Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("error: {} built, but the host refuses it: {e}", a.file.display());
@@ -223,7 +239,6 @@ fn configure(rt: Arc<Runtime>, plugin: Arc<Plugin>, params: &str) -> anyhow::Res
         bail!("parameters refused by the schema: {}", list.join("; "));
     }
     let limits = Limits { fuel: 50_000_000, time: Duration::from_secs(8) };
-    Bound::new(rt, plugin, "policy-build", params.to_string(), limits)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Bound::new(rt, plugin, "policy-build", params.to_string(), limits).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }

@@ -94,7 +94,7 @@ impl Plugin {
     }
 
     /// Checks a compiled component (contract, role, linking, `info`) and prepares it.
-    pub(crate) fn from_component(
+    pub fn from_component(
         rt: &Runtime,
         file: &Path,
         component: Component,

@@ -171,6 +171,15 @@ impl Bound {
         state.roles = roles.map(|r| r as Arc<dyn Roles>);
         let r = f(&mut w.store, &w.exports);
         w.store.data_mut().end_call();
+        // what the guest printed (a Python or JavaScript policy's print): logged, never kept
+        let printed = w.store.data().output.take();
+        if !printed.is_empty() {
+            let (hotkey, component) = (&self.hotkey, &self.plugin.name);
+            match &r {
+                Ok(_) => tracing::debug!(%hotkey, %component, output = %printed, "component printed"),
+                Err(_) => tracing::warn!(%hotkey, %component, output = %printed, "component printed before it failed"),
+            }
+        }
         match r {
             Ok(v) => {
                 w.uses += 1;

@@ -13,9 +13,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use wasmtime::component::Linker;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime::component::Linker;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 use super::store::StoreState;

@@ -30,13 +30,14 @@ except ImportError:  # pragma: no cover - depends on the world being built
 from componentize_py_types import Err as _Err
 from wit_world.imports import types as _types
 
-# The contract's records, as the host fills them in (fields in snake_case).
+# The contract's records, as the host fills them in (fields in snake_case). `Answer` is since 1.2.0:
+# None in a policy built against an older contract.
 Bbox = _types.Bbox
 TextLine = _types.TextLine
 Detection = _types.Detection
 Classification = _types.Classification
 LabelScore = _types.LabelScore
-Answer = _types.Answer
+Answer = getattr(_types, "Answer", None)
 Image = _types.Image
 
 __all__ = [
