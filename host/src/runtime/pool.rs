@@ -76,6 +76,16 @@ impl CallError {
         }
     }
 
+    /// Classifies a failed call in `state`'s store; a trap carries what the guest printed last
+    /// (a JavaScript engine prints the uncaught exception before it traps).
+    fn failed(e: wasmtime::Error, state: &StoreState) -> CallError {
+        let printed = state.output.take();
+        match CallError::from_wasm(e, state.hit_memory_cap()) {
+            CallError::Trap(t) if !printed.is_empty() => CallError::Trap(format!("{t} (it printed: {printed})")),
+            other => other,
+        }
+    }
+
     /// Classifies a failed call; `memory_capped` is the store's limiter's own record that it
     /// refused a grow during the call.
     fn from_wasm(e: wasmtime::Error, memory_capped: bool) -> CallError {
@@ -133,13 +143,14 @@ impl Bound {
         store.set_epoch_deadline(SETUP_TICKS);
         let instance = match self.plugin.pre.instantiate(&mut store) {
             Ok(i) => i,
-            Err(e) => return Err(CallError::from_wasm(e, store.data().hit_memory_cap())),
+            Err(e) => return Err(CallError::failed(e, store.data())),
         };
         let meta = self.plugin.meta.load(&mut store, &instance).map_err(inst)?;
         match meta.call_configure(&mut store, &self.params) {
             Ok(r) => r.map_err(CallError::Configure)?,
-            Err(e) => return Err(CallError::from_wasm(e, store.data().hit_memory_cap())),
+            Err(e) => return Err(CallError::failed(e, store.data())),
         }
+        let _ = store.data().output.take();
         let exports = match &self.plugin.indices {
             RoleIndices::Router(i) => Exports::Router(i.load(&mut store, &instance).map_err(inst)?),
             RoleIndices::TextScorer(i) => Exports::TextScorer(i.load(&mut store, &instance).map_err(inst)?),
@@ -171,13 +182,11 @@ impl Bound {
         state.roles = roles.map(|r| r as Arc<dyn Roles>);
         let r = f(&mut w.store, &w.exports);
         w.store.data_mut().end_call();
-        // what the guest printed (a Python or JavaScript policy's print): logged, never kept
-        let printed = w.store.data().output.take();
-        if !printed.is_empty() {
-            let (hotkey, component) = (&self.hotkey, &self.plugin.name);
-            match &r {
-                Ok(_) => tracing::debug!(%hotkey, %component, output = %printed, "component printed"),
-                Err(_) => tracing::warn!(%hotkey, %component, output = %printed, "component printed before it failed"),
+        if r.is_ok() {
+            // what the guest printed (a Python or JavaScript policy's print): logged, never kept
+            let printed = w.store.data().output.take();
+            if !printed.is_empty() {
+                tracing::debug!(hotkey = %self.hotkey, component = %self.plugin.name, output = %printed, "component printed");
             }
         }
         match r {
@@ -189,7 +198,7 @@ impl Bound {
                 }
                 Ok(v)
             }
-            Err(e) => Err(CallError::from_wasm(e, w.store.data().hit_memory_cap())),
+            Err(e) => Err(CallError::failed(e, w.store.data())),
         }
     }
 
