@@ -87,7 +87,8 @@ cargo build --quiet --release --bin cascade
 # Rebuilt when a source, an SDK or a tool changes.
 POLICIES="plugins/python/template/router.py plugins/python/template/text_scorer.py plugins/python/template/fuser.py
   examples/python/accuracy/router.py examples/python/accuracy/fuser.py tests/components/python/misbehave.py
-  plugins/js/template/router.js plugins/js/template/text_scorer.js plugins/js/template/fuser.js tests/components/js/misbehave.js"
+  plugins/js/template/router.js plugins/js/template/text_scorer.js plugins/js/template/fuser.js examples/js/accuracy/router.js
+  tests/components/js/misbehave.js"
 pol_stamp=$(cat $POLICIES plugins/python/build.py plugins/python/cascade_policy/*.py plugins/python/requirements.txt \
   plugins/js/build.mjs plugins/js/sdk.js plugins/js/package-lock.json wit/*/*.wit | sha256sum | cut -c1-64)
 if [ "$(cat target/policy-components/STAMP 2>/dev/null)" != "$pol_stamp" ]; then

@@ -1,6 +1,9 @@
 //! The shipped `cascade-router` component against the same routing logic compiled natively,
 //! on identical cached primitive results: what the Wasm boundary adds to one decision that
-//! makes three primitive calls.
+//! makes three primitive calls. The same decision by the router re-written in Python
+//! (componentize-py) and JavaScript (componentize-js), built by set-up into
+//! target/policy-components, with each language's costs: component size, compile time (first
+//! load and from the compile cache), linear memory and resident memory per instance.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use cascade_bench::{header, row, summarise};
 use cascade_engines::Models;
+use cascade_host::reload::cache::CompileCache;
 use cascade_host::runtime::calls;
 use cascade_host::runtime::request::{CallKey, RequestCtx};
 use cascade_host::runtime::{Bound, Limits, Plugin, RoleSet, Runtime, RuntimeConfig};
@@ -116,42 +120,120 @@ fn push_fixed3(out: &mut String, v: f32) {
     }
 }
 
+/// A component measured beside the native logic.
+struct Arm {
+    label: &'static str,
+    file: std::path::PathBuf,
+    bound: Bound,
+    costs: Costs,
+}
+
+/// What a component costs before its first decision.
+struct Costs {
+    bytes: u64,
+    compile: Duration,
+    from_cache: Duration,
+    linear: usize,
+    resident: usize,
+}
+
+fn resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<usize>().ok()).unwrap_or(0) * 4096
+}
+
+/// Compiles `file` (timed), round-trips it through the compile cache's format (timed), binds it
+/// with the bench parameters, then makes `extra` more configured instances to read the resident
+/// memory each adds.
+fn arm(rt: &Arc<Runtime>, label: &'static str, file: &Path, p: &serde_json::Value) -> anyhow::Result<Arm> {
+    let bytes = std::fs::read(file)?;
+    let hash = cascade_host::files::sha256_hex(&bytes);
+    // the server's own compile cache, in a folder of this run's: a miss compiles and stores, the
+    // next lookup deserialises
+    let dir = std::env::temp_dir().join(format!("router-bench-cache-{}", std::process::id()));
+    let cache = CompileCache::new(&rt.engine, Some(dir.clone()));
+    let t = Instant::now();
+    let (_, hit) = cache.component(&rt.engine, &bytes, &hash)?;
+    let compile = t.elapsed();
+    let t = Instant::now();
+    let (component, hit2) = cache.component(&rt.engine, &bytes, &hash)?;
+    let from_cache = t.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(!hit && hit2, "{label}: the first lookup compiles, the second reads the cache");
+    let plugin = Arc::new(Plugin::from_component(rt, file, component, hash).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let limits = Limits { fuel: 50_000_000, time: Duration::from_secs(5) };
+    let bind =
+        || Bound::new(rt.clone(), plugin.clone(), "bench", p.to_string(), limits).map_err(|e| anyhow::anyhow!("{e}"));
+    let bound = bind()?;
+    let extra = 8;
+    let before = resident_bytes();
+    let more: Vec<Bound> = (0..extra).map(|_| bind()).collect::<anyhow::Result<_>>()?;
+    let resident = resident_bytes().saturating_sub(before) / extra;
+    drop(more);
+    let costs = Costs { bytes: bytes.len() as u64, compile, from_cache, linear: bound.instance_memory().0, resident };
+    Ok(Arm { label, file: file.to_path_buf(), bound, costs })
+}
+
 fn main() -> anyhow::Result<()> {
     // for profiling the Wasm path alone
     let wasm_only = std::env::var_os("WASM_ONLY").is_some();
     let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let rt = Arc::new(Runtime::new(RuntimeConfig::default())?);
-    let comp = cascade_host::beside_exe("components").join("cascade_router.wasm");
-    let comp = if comp.exists() { comp } else { Path::new("target/components/cascade_router.wasm").to_path_buf() };
-    let plugin = Arc::new(Plugin::load(&rt, &comp)?);
+    let find = |dir: &str, name: &str| {
+        let p = cascade_host::beside_exe(dir).join(name);
+        if p.exists() {
+            p
+        } else {
+            Path::new("target").join(dir).join(name)
+        }
+    };
     let p = params();
     let plan = native_plan(&p);
-    let limits = Limits { fuel: 50_000_000, time: Duration::from_secs(5) };
-    let bound = Bound::new(rt.clone(), plugin, "bench", p.to_string(), limits).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut arms = vec![arm(&rt, "Rust: cascade-router.wasm", &find("components", "cascade_router.wasm"), &p)?];
+    for (label, file) in [
+        ("Python: py-accuracy-router.wasm", "py-accuracy-router.wasm"),
+        ("JavaScript: js-accuracy-router.wasm", "js-accuracy-router.wasm"),
+    ] {
+        let f = find("policy-components", file);
+        if f.exists() {
+            arms.push(arm(&rt, label, &f, &p)?);
+        } else {
+            println!("{} is missing (make setup builds it): {label} left out", f.display());
+        }
+    }
     let roles = Arc::new(RoleSet::default());
     let models = Arc::new(Models::default());
     let image: cascade_engines::Image = Arc::new(image::RgbImage::new(224, 224));
 
-    // same answer from both
-    let ctx = cached_ctx(&models);
-    let wasm = bound
-        .decide(&ctx, roles.clone(), image.clone(), Duration::from_secs(5))
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    // the same answer from every one
     let ctx = cached_ctx(&models);
     let native = native_decide(&ctx, image.clone(), &plan);
-    anyhow::ensure!((wasm.prediction - native.0).abs() < 1e-6, "wasm {} vs native {}", wasm.prediction, native.0);
-    anyhow::ensure!(wasm.reason == native.1, "reasons differ: {:?} vs {:?}", wasm.reason, native.1);
     anyhow::ensure!(ctx.trace().len() == 3 && ctx.trace().iter().all(|t| t.cached), "three cached calls");
-
-    let (mut w, mut n, mut base) = (Vec::with_capacity(iters), Vec::with_capacity(iters), Vec::with_capacity(iters));
-    for i in 0..iters * 2 {
-        // interleave so both see the same machine state; the first half warms up
+    for a in &arms {
         let ctx = cached_ctx(&models);
-        let t = Instant::now();
-        let r = bound.decide(&ctx, roles.clone(), image.clone(), Duration::from_secs(5));
-        let dw = t.elapsed();
-        std::hint::black_box(r.ok());
+        let d = a
+            .bound
+            .decide(&ctx, roles.clone(), image.clone(), Duration::from_secs(5))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", a.label))?
+            .map_err(|e| anyhow::anyhow!("{}: {e:?}", a.label))?;
+        anyhow::ensure!((d.prediction - native.0).abs() < 1e-6, "{}: {} vs native {}", a.label, d.prediction, native.0);
+        anyhow::ensure!(d.reason == native.1, "{}: reasons differ: {:?} vs {:?}", a.label, d.reason, native.1);
+    }
+
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(iters); arms.len()];
+    let (mut n, mut base) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    for i in 0..iters * 2 {
+        // interleave so all see the same machine state; the first half warms up
+        for (a, out) in arms.iter().zip(samples.iter_mut()) {
+            let ctx = cached_ctx(&models);
+            let t = Instant::now();
+            let r = a.bound.decide(&ctx, roles.clone(), image.clone(), Duration::from_secs(5));
+            let d = t.elapsed();
+            std::hint::black_box(r.ok());
+            if i >= iters {
+                out.push(d);
+            }
+        }
         let ctx = cached_ctx(&models);
         let t = Instant::now();
         if !wasm_only {
@@ -163,20 +245,39 @@ fn main() -> anyhow::Result<()> {
         std::hint::black_box(ctx.image(image.clone()));
         let db = t.elapsed();
         if i >= iters {
-            w.push(dw);
             n.push(dn);
             base.push(db);
         }
     }
-    let (sw, sn) = (summarise(w), summarise(n));
+    let sn = summarise(n);
+    let summaries: Vec<_> = samples.into_iter().map(summarise).collect();
     header(&format!("router decision, 3 cached classify calls ({iters} each, interleaved)"));
-    row("cascade-router.wasm (pooled instance)", &sw);
+    for (a, s) in arms.iter().zip(&summaries) {
+        row(&format!("{} (pooled instance)", a.label), s);
+    }
     row("same logic, native in the host", &sn);
     row("floor: request image handle only", &summarise(base));
     println!(
-        "\nWasm boundary adds {:.2} µs at p50 ({:.2} µs at p99); target ≤ 2 µs p50",
-        sw.p50 - sn.p50,
-        sw.p99 - sn.p99
+        "\nWasm boundary adds {:.2} µs at p50 ({:.2} µs at p99) for Rust; target ≤ 2 µs p50",
+        summaries[0].p50 - sn.p50,
+        summaries[0].p99 - sn.p99
     );
+    println!("\n| component | size MB | compile s | from cache ms | linear MB / instance | resident MB / instance | decision p50 µs | p99 µs | p50 vs Rust |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (a, s) in arms.iter().zip(&summaries) {
+        let c = &a.costs;
+        println!(
+            "| {} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}x |",
+            a.file.file_name().unwrap_or_default().to_string_lossy(),
+            c.bytes as f64 / 1e6,
+            c.compile.as_secs_f64(),
+            c.from_cache.as_secs_f64() * 1e3,
+            c.linear as f64 / 1048576.0,
+            c.resident as f64 / 1048576.0,
+            s.p50,
+            s.p99,
+            s.p50 / summaries[0].p50
+        );
+    }
     Ok(())
 }

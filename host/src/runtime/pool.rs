@@ -18,8 +18,13 @@ use crate::wit::{Decision, Error, NamedScore, RequestMeta, TextLine};
 
 /// Instances are replaced after this many calls, which bounds any slow leak inside a guest.
 const MAX_USES: u32 = 10_000;
-/// Warm instances kept per bound component.
+/// Warm instances kept per bound component, at most: small (Rust) instances up to `MAX_WARM`,
+/// large ones (a Python interpreter, a JavaScript engine: tens of MB each) as many as fit in
+/// `WARM_MEMORY`, but never fewer than `MIN_WARM`. More concurrent calls than that still run,
+/// on instances made for them and dropped after, within the engine's instance limit.
 const MAX_WARM: usize = 64;
+const MIN_WARM: usize = 2;
+const WARM_MEMORY: usize = 256 << 20;
 
 /// Per-call limits of a bound component.
 #[derive(Debug, Clone, Copy)]
@@ -117,6 +122,10 @@ pub struct Bound {
     pub limits: Limits,
     runtime: Arc<Runtime>,
     warm: Mutex<Vec<Warm>>,
+    /// Linear memory of one configured instance (the first one made), and the warm-pool size
+    /// it allows.
+    instance_bytes: usize,
+    max_warm: usize,
 }
 
 impl Bound {
@@ -129,8 +138,19 @@ impl Bound {
         params: String,
         limits: Limits,
     ) -> Result<Bound, CallError> {
-        let b = Bound { plugin, hotkey: hotkey.to_string(), params, limits, runtime, warm: Mutex::new(Vec::new()) };
+        let mut b = Bound {
+            plugin,
+            hotkey: hotkey.to_string(),
+            params,
+            limits,
+            runtime,
+            warm: Mutex::new(Vec::new()),
+            instance_bytes: 0,
+            max_warm: MAX_WARM,
+        };
         let w = b.instantiate()?;
+        b.instance_bytes = w.store.data().limits.bytes();
+        b.max_warm = warm_limit(b.instance_bytes);
         b.warm.lock().push(w);
         Ok(b)
     }
@@ -193,7 +213,7 @@ impl Bound {
             Ok(v) => {
                 w.uses += 1;
                 let mut pool = self.warm.lock();
-                if w.uses < MAX_USES && pool.len() < MAX_WARM {
+                if w.uses < MAX_USES && pool.len() < self.max_warm {
                     pool.push(w);
                 }
                 Ok(v)
@@ -253,5 +273,28 @@ impl Bound {
     /// Warm instances right now (for status and tests).
     pub(crate) fn warm_instances(&self) -> usize {
         self.warm.lock().len()
+    }
+
+    /// Linear memory of one instance, and how many are kept warm at most (for status).
+    pub fn instance_memory(&self) -> (usize, usize) {
+        (self.instance_bytes, self.max_warm)
+    }
+}
+
+/// How many warm instances of `bytes` each a bound component keeps.
+fn warm_limit(bytes: usize) -> usize {
+    (WARM_MEMORY / bytes.max(1)).clamp(MIN_WARM, MAX_WARM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_instances_keep_fewer_warm() {
+        assert_eq!(warm_limit(1 << 20), MAX_WARM, "a 1 MB Rust instance");
+        assert_eq!(warm_limit(32 << 20), 8, "a 32 MB interpreter");
+        assert_eq!(warm_limit(200 << 20), MIN_WARM);
+        assert_eq!(warm_limit(0), MAX_WARM);
     }
 }

@@ -43,6 +43,7 @@ impl StoreState {
         let limits = MemoryCap {
             inner: StoreLimitsBuilder::new().memory_size(max_memory).trap_on_grow_failure(true).build(),
             denied: false,
+            bytes: 0,
         };
         let output = Captured::default();
         let wasi = super::wasi::context(&output);
@@ -65,10 +66,12 @@ impl StoreState {
     }
 }
 
-/// wasmtime's own limits, plus a record of whether they refused a grow.
+/// wasmtime's own limits, plus a record of whether they refused a grow and of the linear
+/// memory the instance holds.
 pub struct MemoryCap {
     inner: StoreLimits,
     denied: bool,
+    bytes: usize,
 }
 
 impl MemoryCap {
@@ -76,12 +79,20 @@ impl MemoryCap {
     pub(crate) fn reset(&mut self) {
         self.denied = false;
     }
+
+    /// Linear memory granted to the store's instances so far (their creation included).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let r = self.inner.memory_growing(current, desired, maximum);
-        self.denied |= !matches!(r, Ok(true));
+        match r {
+            Ok(true) => self.bytes += desired.saturating_sub(current),
+            _ => self.denied = true,
+        }
         r
     }
 

@@ -151,7 +151,7 @@ fn status(server: &Server) -> serde_json::Value {
         .hotkeys
         .iter()
         .map(|(name, h)| {
-            let role = |b: &crate::runtime::Bound| json!({"component": b.plugin.name, "version": b.plugin.version.to_string(), "contract": b.plugin.contract.to_string(), "file": b.plugin.file, "warm_instances": b.warm_instances()});
+            let role = |b: &crate::runtime::Bound| json!({"component": b.plugin.name, "version": b.plugin.version.to_string(), "contract": b.plugin.contract.to_string(), "file": b.plugin.file, "warm_instances": b.warm_instances(), "max_warm": b.instance_memory().1, "instance_memory_mb": (b.instance_memory().0 as f64 / 1048576.0 * 10.0).round() / 10.0});
             let refusal = st.outstanding.get(&h.file);
             (
                 name.clone(),
