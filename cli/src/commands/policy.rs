@@ -135,9 +135,14 @@ fn new(a: NewArgs) -> anyhow::Result<ExitCode> {
         .filter(|p| p.is_file())
         .collect();
     files.sort();
+    // the copies get names of their own (`<folder>-router`, ...): two components may not share one
+    let folder = a.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "my-policy".into());
     for f in files {
         let to = a.dir.join(f.file_name().unwrap_or_default());
-        std::fs::copy(&f, &to)?;
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            text.replace("\"py-template-", &format!("\"{folder}-")).replace("\"js-template-", &format!("\"{folder}-"));
+        std::fs::write(&to, text)?;
         println!("{}", to.display());
     }
     Ok(ExitCode::SUCCESS)
