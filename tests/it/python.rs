@@ -365,3 +365,40 @@ fn a_python_candidate_is_promoted_under_load_and_a_broken_edit_rolled_back() {
     let (s, v) = predict(&server, "good", &low(8));
     assert_eq!((s, v["arm"].as_str(), v["source"].as_str()), (200, Some("candidate"), Some("policy")), "{v}");
 }
+
+#[test]
+fn the_readme_walkthrough_serves_a_new_python_policy_live() {
+    let rust = "name = \"rs\"\n[router]\ncomponent = \"template-router@^1\"\nparams = { model = \"tint\" }\n";
+    let dir = policies("python-walkthrough", &[("rs", rust)]);
+    let server = Server::start(&dir.0, false, &[]);
+    let work = TempDir::new("walkthrough");
+    let folder = work.0.join("my-policy");
+    let o = cascade().args(["policy", "new", "--lang", "python"]).arg(&folder).output().expect("policy new");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["router.py", "text_scorer.py", "fuser.py"] {
+        let text = std::fs::read_to_string(folder.join(f)).expect("a template file");
+        assert!(text.contains("NAME = \"my-policy-"), "{f}: named after its folder");
+    }
+    // built straight into the server's (watched) components folder
+    let o = cascade()
+        .args(["policy", "build"])
+        .arg(folder.join("router.py"))
+        .arg("--components")
+        .arg(&server.components.0)
+        .args(["--params", r#"{"model": "tint"}"#])
+        .output()
+        .expect("policy build");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("my-policy-router.wasm: my-policy-router@0.1.0 router (contract 1.2.0)"), "{text}");
+    dir.write(
+        "mine.toml",
+        "name = \"mine\"\n[router]\ncomponent = \"my-policy-router@^0\"\nparams = { model = \"tint\" }\n",
+    );
+    let v = eventually(60, "the new hotkey served", || {
+        let (s, v) = predict(&server, "mine", &low(3));
+        (s == 200).then_some(v)
+    });
+    assert_eq!(v["source"], "policy", "{v}");
+    assert!(v["stage"] == "classifier" || v["stage"] == "classifier-flip", "{v}");
+}
