@@ -57,6 +57,10 @@ fi
 
 # 3c. The JavaScript policy tools: componentize-js from npm, versions and integrity hashes pinned
 # by plugins/js/package-lock.json (`npm ci`), into plugins/js/node_modules.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "[setup] Node.js and npm are needed for JavaScript policies: install them (Debian: apt-get install nodejs npm)" >&2
+  exit 1
+fi
 js_stamp=$(sha256sum plugins/js/package-lock.json | cut -c1-64)
 if [ "$(cat plugins/js/node_modules/.cascade-stamp 2>/dev/null)" != "$js_stamp" ]; then
   say "installing the JavaScript policy tools (componentize-js, npm ci)"
