@@ -69,11 +69,7 @@ impl DecodeError {
 /// The width and height a JPEG or PNG header claims, read without decoding (`None` for
 /// anything else or a header that does not read: the decode then says why).
 pub fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
-    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok()?;
-    if !matches!(reader.format(), Some(ImageFormat::Jpeg) | Some(ImageFormat::Png)) {
-        return None;
-    }
-    reader.into_dimensions().ok()
+    header(bytes).ok().map(|h| (h.width, h.height))
 }
 
 /// Memory a decode of a `w`×`h` image may hold at its peak: the decoder's RGBA buffer and the
@@ -82,15 +78,36 @@ pub fn decode_cost_bytes(w: u32, h: u32) -> u64 {
     u64::from(w) * u64::from(h) * 7
 }
 
-/// Decodes a JPEG or PNG to RGB, refusing anything past `limits` before decoding it.
-pub fn decode_image(bytes: &[u8], limits: &IngressLimits) -> Result<image::RgbImage, DecodeError> {
+/// What a JPEG or PNG's header says: read once per request, for the decode budget and the decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Reads the format and the dimensions from the header (no pixel is decoded).
+pub fn header(bytes: &[u8]) -> Result<Header, DecodeError> {
     let undecodable = DecodeError::Undecodable;
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| undecodable(e.to_string()))?;
-    let format = reader.format();
-    if !matches!(format, Some(ImageFormat::Jpeg) | Some(ImageFormat::Png)) {
-        return Err(DecodeError::NotAnImage);
-    }
-    let (w, h) = reader.into_dimensions().map_err(|e| undecodable(format!("cannot read the image header: {e}")))?;
+    let format = match reader.format() {
+        Some(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
+        _ => return Err(DecodeError::NotAnImage),
+    };
+    let (width, height) =
+        reader.into_dimensions().map_err(|e| undecodable(format!("cannot read the image header: {e}")))?;
+    Ok(Header { format, width, height })
+}
+
+/// Decodes a JPEG or PNG to RGB, refusing anything past `limits` before decoding it.
+pub fn decode_image(bytes: &[u8], limits: &IngressLimits) -> Result<image::RgbImage, DecodeError> {
+    decode_with_header(bytes, header(bytes)?, limits)
+}
+
+/// `decode_image` with the header already read (by `header` on the same bytes).
+pub fn decode_with_header(bytes: &[u8], head: Header, limits: &IngressLimits) -> Result<image::RgbImage, DecodeError> {
+    let undecodable = DecodeError::Undecodable;
+    let Header { format, width: w, height: h } = head;
     if w == 0 || h == 0 {
         return Err(undecodable(format!("image has zero size ({w}×{h})")));
     }
@@ -101,11 +118,11 @@ pub fn decode_image(bytes: &[u8], limits: &IngressLimits) -> Result<image::RgbIm
             bytes.len()
         )));
     }
-    if format == Some(ImageFormat::Jpeg) && !jpeg_complete(bytes) {
+    if format == ImageFormat::Jpeg && !jpeg_complete(bytes) {
         return Err(undecodable("JPEG is truncated (no end-of-image marker)".into()));
     }
     let mut reader = ImageReader::new(Cursor::new(bytes));
-    reader.set_format(format.unwrap_or(ImageFormat::Jpeg));
+    reader.set_format(format);
     let mut l = Limits::default();
     l.max_image_width = Some(limits.max_side);
     l.max_image_height = Some(limits.max_side);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cascade_engines::Image;
 use parking_lot::Mutex;
 
-use cascade_common::image::{decode_image, within, DecodeError, IngressLimits};
+use cascade_common::image::{decode_with_header, header, within, DecodeError, Header, IngressLimits};
 
 /// Memory for decoded images and how long one is kept (a challenge's copies arrive together).
 pub const DEFAULT_MB: usize = 32;
@@ -50,14 +50,28 @@ pub fn configure(mb: usize, ttl: Duration) {
     let _ = DECODED.set(Decoded::new(mb << 20, ttl));
 }
 
-/// Decodes `bytes` (content key `key`) within `limits`, or takes the image another request
-/// decoded from the same bytes.
-pub fn decode(key: [u8; 16], bytes: &[u8], limits: &IngressLimits) -> Result<Image, DecodeError> {
+/// Decodes `bytes` (content key `key`, header `head` as `header` read it) within `limits`, or
+/// takes the image another request decoded from the same bytes.
+pub fn decode(
+    key: [u8; 16],
+    bytes: &[u8],
+    head: &Result<Header, DecodeError>,
+    limits: &IngressLimits,
+) -> Result<Image, DecodeError> {
     let shared = DECODED.get_or_init(|| Decoded::new(DEFAULT_MB << 20, DEFAULT_TTL));
     if shared.cap_bytes == 0 {
-        return decode_image(bytes, limits).map(Arc::new);
+        return decode_once(bytes, head, limits).map(Arc::new);
     }
-    shared.get(key, bytes, limits)
+    shared.get_with(key, bytes, head, limits)
+}
+
+/// The decode of bytes whose header was read already.
+fn decode_once(
+    bytes: &[u8],
+    head: &Result<Header, DecodeError>,
+    limits: &IngressLimits,
+) -> Result<image::RgbImage, DecodeError> {
+    decode_with_header(bytes, head.clone()?, limits)
 }
 
 /// What a decode is counted as in `cascade_decoded_images_total`.
@@ -71,6 +85,16 @@ impl Decoded {
     }
 
     pub fn get(&self, key: [u8; 16], bytes: &[u8], limits: &IngressLimits) -> Result<Image, DecodeError> {
+        self.get_with(key, bytes, &header(bytes), limits)
+    }
+
+    fn get_with(
+        &self,
+        key: [u8; 16],
+        bytes: &[u8],
+        head: &Result<Header, DecodeError>,
+        limits: &IngressLimits,
+    ) -> Result<Image, DecodeError> {
         let (cell, lead) = {
             let mut g = self.inner.lock();
             match g.map.get(&key) {
@@ -90,7 +114,7 @@ impl Decoded {
         let (mut ran, mut refusal) = (false, None);
         let got = cell.get_or_init(|| {
             ran = true;
-            match decode_image(bytes, limits) {
+            match decode_once(bytes, head, limits) {
                 Ok(img) => Some(Arc::new(img)),
                 Err(r) => {
                     refusal = Some(r);
@@ -109,7 +133,7 @@ impl Decoded {
             // a waiter on a refused decode has no refusal of its own: work it out
             None => match refusal {
                 Some(r) => Err(r),
-                None => decode_image(bytes, limits).map(Arc::new),
+                None => decode_once(bytes, head, limits).map(Arc::new),
             },
         };
         count(match (&result, ran) {

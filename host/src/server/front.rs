@@ -38,7 +38,9 @@ pub(crate) struct Job {
 /// the time since the request arrived.
 pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Duration), Refusal> {
     let Job { serving, hotkey: hk, bytes, limits, sticky, arrived, via, caller, refuse_image } = job;
-    let dims = cascade_common::image::dimensions(&bytes);
+    // the header is read once: for the decode budget here, for the decode below
+    let head = cascade_common::image::header(&bytes);
+    let dims = head.as_ref().ok().map(|h| (h.width, h.height));
     let turn = server.decode_turn(arrived, hk.budget, dims).await?;
     // Decoding and the policy block (component calls wait on model queues): run them here,
     // telling tokio to move this worker's other tasks away, which saves the two thread
@@ -46,7 +48,7 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Duratio
     let answer = tokio::task::block_in_place(|| -> Result<Answer, Refusal> {
         let origin = crate::wit::image::key_of(b"bytes", &[&bytes]);
         let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
-        let img = super::decoded::decode(origin, &bytes, &limits).map_err(refuse_image)?;
+        let img = super::decoded::decode(origin, &bytes, &head, &limits).map_err(refuse_image)?;
         // a large image's memory stays reserved until its answer (the policy holds the image)
         let (slot, memory) = turn.split();
         drop(slot);
