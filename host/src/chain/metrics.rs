@@ -3,9 +3,10 @@
 //! the alert rules page on.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
+
+use crate::metrics::scrape::{gauge, gauge_family};
 
 use super::health::Alarm;
 use super::Chain;
@@ -23,40 +24,31 @@ struct Figures {
 
 impl Collector for Figures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut family = encoder.encode_descriptor(
+        let alarms = self.alarms.iter().map(|(hotkey, kind, severity)| {
+            ([("hotkey", hotkey.as_str()), ("kind", *kind), ("severity", *severity)], 1i64)
+        });
+        gauge_family(
+            &mut encoder,
             "axon_alarm",
             "1 for each standing reason validators are refused or cannot reach a hotkey (kind: no-snapshot, admits-nobody, address-differs, stale-snapshot)",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
+            alarms,
         )?;
-        for (hotkey, kind, severity) in &self.alarms {
-            let labels = [("hotkey", hotkey.as_str()), ("kind", *kind), ("severity", *severity)];
-            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
-        }
-        let loaded = ConstGauge::new(i64::from(self.loaded));
-        loaded.encode(encoder.encode_descriptor(
-            "metagraph_loaded",
-            "1 when a metagraph snapshot is loaded",
-            None,
-            loaded.metric_type(),
-        )?)?;
+        gauge(&mut encoder, "metagraph_loaded", "1 when a metagraph snapshot is loaded", i64::from(self.loaded))?;
         if !self.loaded {
             return Ok(());
         }
-        let age = ConstGauge::new(self.age_s);
-        age.encode(encoder.encode_descriptor(
+        gauge(
+            &mut encoder,
             "metagraph_age_seconds",
             "Seconds since the loaded metagraph snapshot was taken",
-            None,
-            age.metric_type(),
-        )?)?;
+            self.age_s,
+        )?;
         for (name, help, v) in [
             ("metagraph_neurons", "Neurons in the loaded metagraph snapshot", self.neurons),
             ("metagraph_block", "Block of the loaded metagraph snapshot", self.block),
             ("metagraph_stale", "1 when the snapshot is older than stale_after_s", i64::from(self.stale)),
         ] {
-            let g = ConstGauge::new(v);
-            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+            gauge(&mut encoder, name, help, v)?;
         }
         Ok(())
     }

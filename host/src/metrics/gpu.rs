@@ -9,9 +9,10 @@ use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::Nvml;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::registry::Registry;
+
+use super::scrape::gauge_family;
 
 /// NVML, once: `None` when the library or a driver is absent.
 fn nvml() -> Option<&'static Nvml> {
@@ -60,16 +61,12 @@ struct Reading {
 #[derive(Debug)]
 struct Devices(Vec<Reading>);
 
+/// A per-device gauge, left out when no device reports it.
 fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, rows: Vec<(String, f64)>) -> std::fmt::Result {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut f = e.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
-    for (device, v) in rows {
-        let labels = DeviceLabels { device };
-        ConstGauge::new(v).encode(f.encode_family(&labels)?)?;
-    }
-    Ok(())
+    gauge_family(e, name, help, rows.into_iter().map(|(device, v)| (DeviceLabels { device }, v)))
 }
 
 impl Collector for Devices {
@@ -89,19 +86,12 @@ impl Collector for Devices {
         gauge(&mut e, "gpu_temperature_celsius", "GPU core temperature", rows(&|r| r.temperature.map(f64::from)))?;
         gauge(&mut e, "gpu_power_watts", "Board power draw", rows(&|r| r.power_w))?;
         if d.iter().any(|r| r.throttle.is_some()) {
-            let mut f = e.encode_descriptor(
-                "gpu_throttled",
-                "1 while the clocks are held down for this reason",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for r in d {
-                let Some(t) = r.throttle else { continue };
-                for (bit, reason) in REASONS {
-                    let labels = ThrottleLabels { device: r.device.clone(), reason };
-                    ConstGauge::new(i64::from(t.contains(bit))).encode(f.encode_family(&labels)?)?;
-                }
-            }
+            let rows = d.iter().filter_map(|r| r.throttle.map(|t| (r, t))).flat_map(|(r, t)| {
+                REASONS.iter().map(move |(bit, reason)| {
+                    (ThrottleLabels { device: r.device.clone(), reason }, i64::from(t.contains(*bit)))
+                })
+            });
+            gauge_family(&mut e, "gpu_throttled", "1 while the clocks are held down for this reason", rows)?;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 mod gpu;
 mod label;
 pub(crate) mod models;
+pub(crate) mod scrape;
 
 use std::sync::OnceLock;
 use std::time::Duration;

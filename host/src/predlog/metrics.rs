@@ -8,6 +8,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
 
+use crate::metrics::scrape::gauge_family;
 use crate::metrics::Label;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,22 +30,19 @@ impl Collector for LogSeries {
                 c.errors.load(Relaxed)
             }),
         ];
-        let mut failing = encoder.encode_descriptor(
+        let log_of = |dir: &std::path::Path| LogLabels {
+            log: Label::new(&dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+        };
+        gauge_family(
+            &mut encoder,
             "log_failing",
             "1 while a prediction log cannot write (full or read-only disk): records are dropped and the writer retries",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
+            logs.iter().map(|(dir, c)| (log_of(dir), i64::from(c.failing.lock().is_some()))),
         )?;
-        for (dir, c) in &logs {
-            let log = Label::new(&dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-            let v = i64::from(c.failing.lock().is_some());
-            prometheus_client::metrics::gauge::ConstGauge::new(v).encode(failing.encode_family(&LogLabels { log })?)?;
-        }
         for (name, help, read) in series {
             let mut family = encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
             for (dir, c) in &logs {
-                let log = Label::new(&dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-                ConstCounter::new(read(c)).encode(family.encode_family(&LogLabels { log })?)?;
+                ConstCounter::new(read(c)).encode(family.encode_family(&log_of(dir))?)?;
             }
         }
         Ok(())
