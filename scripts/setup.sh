@@ -57,8 +57,8 @@ fi
 
 # 3c. The JavaScript policy tools: componentize-js from npm, versions and integrity hashes pinned
 # by plugins/js/package-lock.json (`npm ci`), into plugins/js/node_modules.
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  echo "[setup] Node.js and npm are needed for JavaScript policies: install them (Debian: apt-get install nodejs npm)" >&2
+if ! command -v npm >/dev/null 2>&1 || ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null; then
+  echo "[setup] Node.js 20 or newer and npm are needed for JavaScript policies (https://nodejs.org, or NodeSource's Debian packages)" >&2
   exit 1
 fi
 js_stamp=$(sha256sum plugins/js/package-lock.json | cut -c1-64)
@@ -97,12 +97,14 @@ pol_stamp=$(cat $POLICIES plugins/python/build.py plugins/python/cascade_policy/
   plugins/js/build.mjs plugins/js/sdk.js plugins/js/package-lock.json wit/*/*.wit | sha256sum | cut -c1-64)
 if [ "$(cat target/policy-components/STAMP 2>/dev/null)" != "$pol_stamp" ]; then
   say "building the Python and JavaScript policies"
-  rm -rf target/policy-components && mkdir -p target/policy-components
+  # into a new folder, swapped in only when every build passed: a failure keeps the last good set
+  rm -rf target/policy-components.new && mkdir -p target/policy-components.new
   for f in $POLICIES; do
     case "$f" in *.py) lang=py ;; *) lang=js ;; esac
     name="$lang-$(basename "$(dirname "$f")")-$(basename "${f%.*}" | tr _ -).wasm"
-    ./target/release/cascade policy build "$f" -o "target/policy-components/$name" >/dev/null
+    ./target/release/cascade policy build "$f" -o "target/policy-components.new/$name" >/dev/null
   done
-  echo "$pol_stamp" > target/policy-components/STAMP
+  echo "$pol_stamp" > target/policy-components.new/STAMP
+  rm -rf target/policy-components && mv target/policy-components.new target/policy-components
 fi
 say "ready: target/release/cascade"

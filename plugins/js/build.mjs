@@ -47,26 +47,37 @@ function contractOf(wit) {
   throw new Refused(`${wit}: no \`package cascade:policy@...;\` line`);
 }
 
-function check(src, text) {
+function check(src, text, tmp) {
+  // Node's own parser, as a module whatever the folder's package.json says
+  const probe = join(tmp, "syntax-check.mjs");
+  writeFileSync(probe, text);
   try {
-    execFileSync(process.execPath, ["--check", src], { stdio: ["ignore", "ignore", "pipe"] });
+    execFileSync(process.execPath, ["--check", probe], { stdio: ["ignore", "ignore", "pipe"] });
   } catch (e) {
     const err = String(e.stderr || "");
-    const line = err.match(/:(\d+)\n/);
+    const line = err.match(/syntax-check\.mjs:(\d+)/);
     const kind = err.split("\n").find((l) => /Error/.test(l)) || "SyntaxError";
     throw new Refused(`${src}:${line ? line[1] : "?"}: ${kind.trim()}`);
   }
-  const lines = text.split("\n");
-  lines.forEach((l, i) => {
-    const m = l.match(/^\s*import\b[^"'`]*["'`]([^"'`]+)["'`]/) || l.match(/\bimport\s*\(\s*["'`]([^"'`]+)/);
-    if (m && m[1] !== "cascade_policy") {
-      throw new Refused(`${src}:${i + 1}: imports ${JSON.stringify(m[1])}; a policy imports only "cascade_policy" (no modules, files or network inside a component)`);
+  // every module specifier (import ... from, export ... from, import(), bare import), over lines
+  const lineOf = (i) => text.slice(0, i).split("\n").length;
+  const specifiers = /(?:\bimport\s*(?:[\w*{}\s,]+?\s*from\s*)?|\bexport\s*[\w*{}\s,]+?\s*from\s*|\bimport\s*\(\s*)["'`]([^"'`]+)["'`]/g;
+  for (const m of text.matchAll(specifiers)) {
+    if (m[1] !== "cascade_policy") {
+      throw new Refused(`${src}:${lineOf(m.index)}: imports ${JSON.stringify(m[1])}; a policy imports only "cascade_policy" (no modules, files or network inside a component)`);
     }
-    if (/\brequire\s*\(/.test(l)) throw new Refused(`${src}:${i + 1}: require() is not available; a policy imports only "cascade_policy"`);
-  });
-  const found = Object.keys(ROLES).filter((f) => new RegExp(`^export\\s+function\\s+${f}\\s*\\(`, "m").test(text));
+  }
+  const req = text.search(/\brequire\s*\(/);
+  if (req >= 0) throw new Refused(`${src}:${lineOf(req)}: require() is not available; a policy imports only "cascade_policy"`);
+  const exported = (f) =>
+    new RegExp(`^export\\s+(?:async\\s+)?(?:function\\*?|const|let|var)\\s+${f}\\b`, "m").test(text) ||
+    new RegExp(`^export\\s*\\{[^}]*\\b${f}\\b[^}]*\\}`, "m").test(text);
+  const found = Object.keys(ROLES).filter(exported);
   if (found.length === 0) throw new Refused(`${src}: exports none of decide (router), scoreText (text scorer), fuse (fuser)`);
   if (found.length > 1) throw new Refused(`${src}: exports ${found.join(", ")}; a component has one role, so one file per role`);
+  if (new RegExp(`^export\\s+async\\s+function\\s+${found[0]}\\b`, "m").test(text)) {
+    throw new Refused(`${src}: ${found[0]} is async; the host calls it synchronously, so it must return its answer, not a Promise`);
+  }
   return ROLES[found[0]];
 }
 
@@ -74,11 +85,11 @@ async function build(a) {
   const src = resolve(a.source);
   if (!/\.m?js$/.test(src)) throw new Refused(`${a.source}: not a JavaScript file`);
   const text = readFileSync(src, "utf8");
-  const role = check(a.source, text);
   const version = contractOf(a.wit);
   const file = basename(src);
   const tmp = mkdtempSync(join(tmpdir(), "cascade-js-"));
   try {
+    const role = check(a.source, text, tmp);
     const hostLines =
       role === "router"
         ? `import * as primitives from "cascade:policy/primitives@${version}";\nimport * as roles from "cascade:policy/roles@${version}";`

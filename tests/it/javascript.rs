@@ -10,14 +10,6 @@ const TEXT: &str = "js-template-text-scorer.wasm";
 const FUSER: &str = "js-template-fuser.wasm";
 const MISBEHAVE: &str = "js-js-misbehave.wasm";
 
-fn high() -> Vec<u8> {
-    png(&solid(16, 16, [255, 90, 0]))
-}
-
-fn low(i: u32) -> Vec<u8> {
-    png(&solid(16, 16, [0, (i * 7 % 60) as u8, 200]))
-}
-
 fn score(v: &Value, i: usize) -> f64 {
     v["trace"][i]["result"].as_str().unwrap_or("").trim_start_matches("score=").parse().expect("a score")
 }
@@ -55,7 +47,7 @@ params.weights = { tint = 0.01, text = 2.0 }
     let dir = policies("js-roles", &[("js", js), ("mixed", mixed)]);
     let server = Server::start_with(&dir.0, false, &[ROUTER, TEXT, FUSER, "py-template-fuser.wasm"], &[]);
     for i in 0..4 {
-        let (s, v) = predict(&server, "js", &low(i));
+        let (s, v) = predict(&server, "js", &tint_low(i));
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["stage"], "classifier-flip", "{v}");
         let want = (score(&v, 0) + 3.0 * score(&v, 1)) / 4.0;
@@ -104,10 +96,10 @@ fn whatever_javascript_throws_is_a_counted_error_and_the_instance_keeps_serving(
     ];
     for (hotkey, text) in expect {
         for _ in 0..2 {
-            let (s, v) = predict(&server, hotkey, &high());
+            let (s, v) = predict(&server, hotkey, &tint_high());
             assert_eq!((s, v["source"].as_str()), (200, Some("fallback")), "{hotkey}: {v}");
             assert!(v["reason"].as_str().unwrap_or("").contains(text), "{hotkey}: wanted {text:?} in {v}");
-            let (s, v) = predict(&server, hotkey, &low(1));
+            let (s, v) = predict(&server, hotkey, &tint_low(1));
             assert_eq!((s, v["source"].as_str()), (200, Some("policy")), "{hotkey}: {v}");
         }
     }
@@ -139,6 +131,19 @@ fn the_build_refuses_bad_javascript_before_it_reaches_a_components_folder() {
             "req.js:2: require()",
             "not available",
         ),
+        (
+            "multi.js",
+            "import {\n  readFileSync,\n} from \"node:fs\";\nexport function fuse(s) { return 0.5; }\n",
+            "multi.js:1: imports \"node:fs\"",
+            "only",
+        ),
+        (
+            "reexport.js",
+            "export { x } from \"./other.js\";\nexport function fuse(s) { return 0.5; }\n",
+            "reexport.js:1: imports \"./other.js\"",
+            "only",
+        ),
+        ("async.js", "export async function fuse(s) { return 0.5; }\n", "fuse is async", "not a Promise"),
         ("none.js", "export const X = 1;\n", "exports none of decide", "fuse"),
         (
             "two.js",
@@ -188,9 +193,9 @@ share = 50
     let server = Server::start_with(&dir.0, false, &[ROUTER, "py-template-router.wasm"], &[]);
     let mut arms = std::collections::BTreeMap::new();
     for i in 0..30 {
-        let (s, v) = predict(&server, "sh", &low(i));
+        let (s, v) = predict(&server, "sh", &tint_low(i));
         assert_eq!((s, v["arm"].as_str(), v["stage"].as_str()), (200, Some("stable"), Some("stable")), "{v}");
-        let (s, v) = predict(&server, "ab", &low(i));
+        let (s, v) = predict(&server, "ab", &tint_low(i));
         assert_eq!((s, v["stage"].as_str()), (200, Some("classifier")), "{v}");
         *arms.entry(v["arm"].as_str().unwrap_or("").to_string()).or_insert(0) += 1;
     }

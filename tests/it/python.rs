@@ -12,15 +12,6 @@ const TEXT: &str = "py-template-text-scorer.wasm";
 const FUSER: &str = "py-template-fuser.wasm";
 const MISBEHAVE: &str = "py-python-misbehave.wasm";
 
-/// A tint score above 0.5 (the rollout tests' orange), and one below.
-fn high() -> Vec<u8> {
-    png(&solid(16, 16, [255, 90, 0]))
-}
-
-fn low(i: u32) -> Vec<u8> {
-    png(&solid(16, 16, [0, (i * 7 % 60) as u8, 200]))
-}
-
 #[test]
 fn python_components_serve_every_role_beside_the_rust_ones() {
     let py = r#"
@@ -54,7 +45,7 @@ params.weights = { tint = 0.01, text = 2.0 }
     let dir = policies("python-roles", &[("py", py), ("pytext", text)]);
     let server = Server::start_with(&dir.0, false, &[ROUTER, TEXT, FUSER], &[]);
     for i in 0..4 {
-        let (s, v) = predict(&server, "py", &low(i));
+        let (s, v) = predict(&server, "py", &tint_low(i));
         assert_eq!(s, 200, "{v}");
         // unsure everywhere: both looks, fused by the Python fuser (1:3 weights)
         assert_eq!(v["stage"], "classifier-flip", "{v}");
@@ -99,7 +90,7 @@ fn dev_images(n: usize) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-fn the_python_accuracy_answers_as_the_rust_components_on_dev_images() {
+fn the_python_and_javascript_accuracy_answer_as_the_rust_components_on_dev_images() {
     let shipped = std::fs::read_to_string(repo().join("policies/accuracy.toml")).expect("accuracy.toml");
     // calibrations are fitted per hotkey name: both copies answer the fused score
     let uncalibrated: String = shipped.lines().filter(|l| !l.starts_with("calibration")).collect::<Vec<_>>().join("\n");
@@ -109,8 +100,20 @@ fn the_python_accuracy_answers_as_the_rust_components_on_dev_images() {
         .replace("cascade-router@^1", "py-accuracy-router@^0")
         .replace("weighted@^1", "py-weighted@^0");
     assert_ne!(rust.replace("acc-rust", ""), python.replace("acc-py", ""), "the Python copy names its components");
-    let dir = shipped_registry_with("python-accuracy", &[("acc-rust.toml", &rust), ("acc-py.toml", &python)]);
-    let server = Server::start_with(&dir.0, false, &["py-accuracy-router.wasm", "py-accuracy-fuser.wasm"], &[]);
+    // the JavaScript router with the Rust fuser
+    let js = uncalibrated
+        .replace("name = \"accuracy\"", "name = \"acc-js\"")
+        .replace("cascade-router@^1", "js-accuracy-router@^0");
+    let dir = shipped_registry_with(
+        "python-accuracy",
+        &[("acc-rust.toml", &rust), ("acc-py.toml", &python), ("acc-js.toml", &js)],
+    );
+    let server = Server::start_with(
+        &dir.0,
+        false,
+        &["py-accuracy-router.wasm", "py-accuracy-fuser.wasm", "js-accuracy-router.wasm"],
+        &[],
+    );
     let images = dev_images(3);
     assert!(images.len() >= 10, "{}", images.len());
     let mut stages = std::collections::BTreeSet::new();
@@ -163,24 +166,24 @@ fn python_failures_are_counted_errors_and_the_last_good_instance_keeps_serving()
         ("loop", "ran out of fuel"),
         ("grow", "memory limit"),
         ("open", "FileNotFoundError"),
-        ("sleep", "not available to plugins (no network, no timers)"),
+        ("sleep", "not available to plugins (no network, no timers) (it printed: about to sleep)"),
     ];
     for (hotkey, text) in expect {
-        let (s, v) = predict(&server, hotkey, &high());
+        let (s, v) = predict(&server, hotkey, &tint_high());
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["source"], "fallback", "{hotkey}: {v}");
         assert!((num(&v["prediction"]) - 0.3).abs() < 1e-6, "{hotkey}: {v}");
         let reason = v["reason"].as_str().unwrap_or("");
         assert!(reason.contains(text), "{hotkey}: wanted {text:?} in {v}");
         // the same hotkey answers the next request by policy (a new instance where one was lost)
-        let (s, v) = predict(&server, hotkey, &low(1));
+        let (s, v) = predict(&server, hotkey, &tint_low(1));
         assert_eq!((s, v["source"].as_str()), (200, Some("policy")), "{hotkey}: {v}");
     }
     // where the exception was raised, by file and line
-    let (_, v) = predict(&server, "raise", &high());
+    let (_, v) = predict(&server, "raise", &tint_high());
     assert!(v["reason"].as_str().unwrap_or("").contains("misbehave.py:"), "{v}");
     // printing never fails a call
-    let (s, v) = predict(&server, "print", &high());
+    let (s, v) = predict(&server, "print", &tint_high());
     assert_eq!((s, v["source"].as_str()), (200, Some("policy")), "{v}");
     // configure raised: the hotkey is refused with the exception, the others serve
     let refused = refusals(&server).join("\n");
@@ -320,7 +323,7 @@ fn a_python_candidate_is_promoted_under_load_and_a_broken_edit_rolled_back() {
                 let mut i = t * 1000;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     i += 1;
-                    for (h, img) in [("good", low(i)), ("bad", low(i)), ("bad", high())] {
+                    for (h, img) in [("good", tint_low(i)), ("bad", tint_low(i)), ("bad", tint_high())] {
                         let (code, v) = predict(server, h, &img);
                         assert_eq!(code, 200, "{h}: {v}");
                     }
@@ -340,7 +343,7 @@ fn a_python_candidate_is_promoted_under_load_and_a_broken_edit_rolled_back() {
     });
     assert!(good_ro["history"].to_string().contains("promote: canary: every step passed"), "{good_ro}");
     assert!(bad_ro["history"].to_string().contains("rollback: rule failed: error rate"), "{bad_ro}");
-    let (_, v) = predict(&server, "good", &low(7));
+    let (_, v) = predict(&server, "good", &tint_low(7));
     assert_eq!((v["arm"].as_str(), v["stage"].as_str()), (Some("candidate"), Some("classifier-flip")), "{v}");
 
     // a broken edit of the Python router: the build refuses it and the served file is untouched
@@ -362,7 +365,7 @@ fn a_python_candidate_is_promoted_under_load_and_a_broken_edit_rolled_back() {
         r.contains("unsure: 0.9 is above 0.1").then_some(r)
     });
     assert!(why.contains("router.py:"), "{why}");
-    let (s, v) = predict(&server, "good", &low(8));
+    let (s, v) = predict(&server, "good", &tint_low(8));
     assert_eq!((s, v["arm"].as_str(), v["source"].as_str()), (200, Some("candidate"), Some("policy")), "{v}");
 }
 
@@ -372,6 +375,8 @@ fn the_readme_walkthrough_serves_a_new_python_policy_live() {
     let dir = policies("python-walkthrough", &[("rs", rust)]);
     let server = Server::start(&dir.0, false, &[]);
     let work = TempDir::new("walkthrough");
+    let o = cascade().args(["policy", "new"]).arg(work.0.join("My Policy")).output().expect("policy new");
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("lower-case letters"), "{o:?}");
     let folder = work.0.join("my-policy");
     let o = cascade().args(["policy", "new", "--lang", "python"]).arg(&folder).output().expect("policy new");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -396,7 +401,7 @@ fn the_readme_walkthrough_serves_a_new_python_policy_live() {
         "name = \"mine\"\n[router]\ncomponent = \"my-policy-router@^0\"\nparams = { model = \"tint\" }\n",
     );
     let v = eventually(60, "the new hotkey served", || {
-        let (s, v) = predict(&server, "mine", &low(3));
+        let (s, v) = predict(&server, "mine", &tint_low(3));
         (s == 200).then_some(v)
     });
     assert_eq!(v["source"], "policy", "{v}");

@@ -179,6 +179,16 @@ pub fn test_component(file: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run make setup)", p.display()))
 }
 
+/// A small image the `tint` classifier scores above 0.5 (orange).
+pub fn tint_high() -> Vec<u8> {
+    png(&solid(16, 16, [255, 90, 0]))
+}
+
+/// Small images the `tint` classifier scores below 0.5 (blues), distinct for each `i`.
+pub fn tint_low(i: u32) -> Vec<u8> {
+    png(&solid(16, 16, [0, (i * 7 % 60) as u8, 200]))
+}
+
 /// A Python or JavaScript policy component built by set-up (`target/policy-components`).
 pub fn policy_component(file: &str) -> PathBuf {
     let p = repo().join("target/policy-components").join(file);

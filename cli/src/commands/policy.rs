@@ -1,6 +1,6 @@
 //! `cascade policy`: policies written in Python or JavaScript. `new` copies the language's
 //! template (a router, a text scorer and a fuser) into a folder; `build` turns one file into a
-//! component with the language's tool (componentize-py, jco), then loads it as the server would
+//! component with the language's tool (componentize-py, componentize-js), then loads it as the server would
 //! (contract, role, `info`, schema; with `--params`, a configured instance) before it moves it
 //! into place, so a file that would be refused never reaches a watched components folder.
 
@@ -86,7 +86,7 @@ struct NewArgs {
 
 #[derive(Args)]
 struct BuildArgs {
-    /// The policy file: `.py` (componentize-py) or `.js` (jco componentize).
+    /// The policy file: `.py` (componentize-py) or `.js` (componentize-js).
     file: PathBuf,
     /// Where the component goes (default: `<components>/<folder>-<file>.wasm`).
     #[arg(short, long)]
@@ -125,6 +125,12 @@ impl PolicyCommand {
 
 fn new(a: NewArgs) -> anyhow::Result<ExitCode> {
     let template = a.lang.template(&tools_dir(a.tools));
+    let folder = a.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let valid = folder.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && folder.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        bail!("{folder:?}: the folder names the components (`<folder>-router`, ...): lower-case letters, digits and '-', starting with a letter");
+    }
     if a.dir.exists() && std::fs::read_dir(&a.dir)?.next().is_some() {
         bail!("{} exists and is not empty", a.dir.display());
     }
@@ -136,7 +142,6 @@ fn new(a: NewArgs) -> anyhow::Result<ExitCode> {
         .collect();
     files.sort();
     // the copies get names of their own (`<folder>-router`, ...): two components may not share one
-    let folder = a.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "my-policy".into());
     for f in files {
         let to = a.dir.join(f.file_name().unwrap_or_default());
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
@@ -231,7 +236,7 @@ impl Drop for Scratch {
 fn lang_name(l: Lang) -> &'static str {
     match l {
         Lang::Python => "Python (componentize-py)",
-        Lang::Javascript => "JavaScript (jco)",
+        Lang::Javascript => "JavaScript (componentize-js)",
     }
 }
 
@@ -243,7 +248,8 @@ fn configure(rt: Arc<Runtime>, plugin: Arc<Plugin>, params: &str) -> anyhow::Res
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         bail!("parameters refused by the schema: {}", list.join("; "));
     }
-    let limits = Limits { fuel: 50_000_000, time: Duration::from_secs(8) };
+    let defaults = cascade_host::config::LimitsConfig::default();
+    let limits = Limits { fuel: defaults.fuel, time: Duration::from_millis(defaults.call_ms) };
     Bound::new(rt, plugin, "policy-build", params.to_string(), limits).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }

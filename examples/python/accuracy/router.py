@@ -7,6 +7,9 @@ file's `[router.params]` carries over unchanged. tests/it/python.rs checks that 
 Rust components do on the dev images.
 """
 
+import math
+import struct
+
 from cascade_policy import Decision, HostError, classify, fuse, remaining_ms
 
 NAME = "py-accuracy-router"
@@ -41,16 +44,31 @@ STAGES = []
 TIE = 0.499
 
 
+def _f32(x):
+    """The value as the Rust router holds it (a 32-bit float), so thresholds compare alike."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def _fixed3(v):
+    """Three decimals, half away from zero, as the Rust router writes them (not Python's
+    half-to-even)."""
+    m = math.floor(abs(v) * 1000 + 0.5)
+    return f"{'-' if v < 0 and m else ''}{m // 1000}.{m % 1000:03d}"
+
+
 def configure(params):
     global STAGES, TIE
-    STAGES = params["stages"]
+    STAGES = [dict(s) for s in params["stages"]]
     if not STAGES:
         raise ValueError("stages: at least one stage is needed")
-    for s in STAGES:
+    for i, s in enumerate(STAGES):
         if not s["classify"]:
-            raise ValueError(f"stage {s['name']}: nothing to classify")
-        if s.get("exit_low", 0.0) > s.get("exit_high", 1.0):
-            raise ValueError(f"stage {s['name']}: exit_low is above exit_high")
+            raise ValueError(f"stages[{i}] ({s['name']}): nothing to classify")
+        for k in ("exit_low", "exit_high"):
+            if k in s:
+                s[k] = _f32(s[k])
+        if "exit_low" in s and "exit_high" in s and s["exit_low"] >= s["exit_high"]:
+            raise ValueError(f"stages[{i}] ({s['name']}): exit_low {s['exit_low']} must be below exit_high {s['exit_high']}")
     TIE = 0.501 if params.get("tie_break") == "up" else 0.499
 
 
@@ -60,7 +78,7 @@ def _fuse(evidence):
     except HostError as e:
         if e.kind != "unbound-role":
             raise
-        return sum(evidence.values()) / len(evidence)  # no fuser bound: the mean
+        return _f32(_f32(sum(evidence.values())) / len(evidence))  # no fuser bound: the mean
 
 
 def decide(image, request):
@@ -68,9 +86,11 @@ def decide(image, request):
     last = len(STAGES) - 1
     for i, stage in enumerate(STAGES):
         need = stage.get("min_budget_ms")
-        if need is not None and i != last and remaining_ms() < need:
-            notes.append(f"{stage['name']} skipped: needs {need} ms")
-            continue
+        if need is not None:
+            left = remaining_ms()
+            if left < need and i != last:
+                notes.append(f"{stage['name']} skipped: {left} ms left, needs {need}")
+                continue
         target = image
         if stage.get("flip"):
             flipped = flipped or image.flip_horizontal()
@@ -82,10 +102,11 @@ def decide(image, request):
             except HostError as e:
                 if stage.get("on_error", "skip") == "fail":
                     raise
-                notes.append(f"classify({model}) skipped: {e}")
+                notes.append(f"classify({model}) skipped: {e.message or e.kind}")
         if not evidence:
             if i == last:
-                raise HostError("component", "no evidence after the last stage: " + "; ".join(notes))
+                why = "; ".join(notes) or "no primitive produced a score"
+                raise HostError("component", f"no evidence after the last stage: {why}")
             continue
         fused = _fuse(dict(sorted(evidence.items())))
         if i == last:
@@ -96,6 +117,9 @@ def decide(image, request):
             kind = "exit-high"
         else:
             continue
-        shown = ", ".join(f"{n}={s:.3f}" for n, s in sorted(evidence.items()))
+        shown = ", ".join(f"{n}={_fixed3(s)}" for n, s in sorted(evidence.items()))
+        reason = f"{kind} at {stage['name']}: fused {_fixed3(fused)} from {shown}"
+        if notes:
+            reason += f" [{'; '.join(notes)}]"
         p = min(1.0, max(0.0, fused))
-        return Decision(TIE if p == 0.5 else p, stage["name"], f"{kind} at {stage['name']}: fused {fused:.3f} from {shown}")
+        return Decision(TIE if p == 0.5 else p, stage["name"], reason)

@@ -17,6 +17,9 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub(crate) const SETUP_FUEL: u64 = 500_000_000;
 pub(crate) const SETUP_TICKS: u64 = 2_000 / EPOCH_TICK.as_millis() as u64;
 
+/// Core instances budgeted per component instance (a Python component has 14).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+
 /// Engine-wide settings (how the process runs, from flags).
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -41,8 +44,10 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let mut pool = PoolingAllocationConfig::default();
+        // a component instance is several core instances: 3 for a Rust one, 4 for JavaScript,
+        // 14 for Python (libc, libpython, the runtime, adapters); slots are counters, not memory
         pool.total_component_instances(config.max_instances)
-            .total_core_instances(config.max_instances * 4)
+            .total_core_instances(config.max_instances * CORE_INSTANCES_PER_COMPONENT)
             .total_memories(config.max_instances)
             .total_tables(config.max_instances * 2)
             .max_memory_size(config.max_memory);

@@ -183,6 +183,8 @@ fn stub_foreign_imports(
     use wasmtime::component::types::ComponentItem;
     use wasmtime::component::ResourceType;
     for (name, item) in component.component_type().imports(engine) {
+        // WASI the linker defines is left to it: `linker.instance` on an older 0.2 name would
+        // make a second, partial instance that hides the semver match
         if name.starts_with(PACKAGE) || super::wasi::provided(name) {
             continue;
         }

@@ -84,7 +84,7 @@ impl CallError {
     /// Classifies a failed call in `state`'s store; a trap carries what the guest printed last
     /// (a JavaScript engine prints the uncaught exception before it traps).
     fn failed(e: wasmtime::Error, state: &StoreState) -> CallError {
-        let printed = state.output.take();
+        let printed = state.output.take_line(300);
         match CallError::from_wasm(e, state.hit_memory_cap()) {
             CallError::Trap(t) if !printed.is_empty() => CallError::Trap(format!("{t} (it printed: {printed})")),
             other => other,
@@ -204,7 +204,7 @@ impl Bound {
         w.store.data_mut().end_call();
         if r.is_ok() {
             // what the guest printed (a Python or JavaScript policy's print): logged, never kept
-            let printed = w.store.data().output.take();
+            let printed = w.store.data().output.take_line(1000);
             if !printed.is_empty() {
                 tracing::debug!(hotkey = %self.hotkey, component = %self.plugin.name, output = %printed, "component printed");
             }

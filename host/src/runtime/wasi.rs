@@ -87,6 +87,18 @@ impl Captured {
         t.bytes.extend(data);
     }
 
+    /// The end of what was printed since the last take, on one line (control characters
+    /// shown as spaces, at most `chars` characters): for an error message or a log field.
+    pub fn take_line(&self, chars: usize) -> String {
+        let text: String = self.take().chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let n = text.chars().count();
+        if n <= chars {
+            return text;
+        }
+        let tail: String = text.chars().skip(n - chars).collect();
+        format!("…{tail}")
+    }
+
     /// What was printed since the last take (lossy UTF-8, trimmed), empty when nothing was.
     pub fn take(&self) -> String {
         let mut t = self.0.lock();
@@ -159,7 +171,8 @@ impl tokio::io::AsyncWrite for Captured {
 /// A context with nothing ambient: stdout and stderr into `out`, everything else the builder's
 /// empty default (no preopens, no environment, no arguments, no network lookups).
 pub(crate) fn context(out: &Captured) -> WasiCtx {
-    WasiCtxBuilder::new().stdout(out.clone()).stderr(out.clone()).build()
+    // random bytes are made on the host, outside the guest's memory cap: 64 KiB a call at most
+    WasiCtxBuilder::new().stdout(out.clone()).stderr(out.clone()).max_random_size(64 << 10).build()
 }
 
 #[cfg(test)]
@@ -179,6 +192,10 @@ mod tests {
         assert!(t.ends_with("aEND"));
         c.push(&vec![b'b'; OUTPUT_TAIL * 2]);
         assert!(c.take().starts_with(&format!("[{OUTPUT_TAIL} earlier bytes dropped]")));
+        c.push(b"one\n\x1b[31mtwo\tthree");
+        assert_eq!(c.take_line(100), "one  [31mtwo three");
+        c.push(b"0123456789");
+        assert_eq!(c.take_line(4), "…6789");
     }
 
     #[test]

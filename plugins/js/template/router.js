@@ -16,7 +16,7 @@ export const PARAMS_SCHEMA = {
   required: ["model"],
   properties: {
     model: { type: "string" },
-    unsure: { type: "array", items: { type: "number", minimum: 0, maximum: 1 } },
+    unsure: { type: "array", minItems: 2, maxItems: 2, items: { type: "number", minimum: 0, maximum: 1 } },
   },
 };
 

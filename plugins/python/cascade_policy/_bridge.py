@@ -17,21 +17,24 @@ import cascade_policy as _api
 _DEFAULT_SCHEMA = '{"type": "object"}'
 
 
-def _describe(e: BaseException) -> str:
-    """`ValueError: bad input (router.py:12 in decide)`: the exception and where it was raised."""
+def _describe(e: BaseException, module=None) -> str:
+    """`ValueError: bad input (router.py:12 in decide)`: the exception and the last line of the
+    policy's own file it passed through (else the innermost frame)."""
     where = ""
     frames = traceback.extract_tb(e.__traceback__)
+    own = getattr(module, "__file__", None)
+    mine = [f for f in frames if own and f.filename == own]
     if frames:
-        f = frames[-1]
+        f = (mine or frames)[-1]
         where = f" ({f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name})"
     text = str(e)
     return f"{type(e).__name__}: {text}{where}" if text else f"{type(e).__name__}{where}"
 
 
-def _wit_error(e: BaseException):
+def _wit_error(e: BaseException, module=None):
     if isinstance(e, _api.HostError):
         return e._to_wit()
-    return types.Error_Component(_describe(e))
+    return types.Error_Component(_describe(e, module))
 
 
 def _score(value, what: str) -> float:
@@ -68,7 +71,7 @@ def exports(module, role: str):
             try:
                 configure(json.loads(params))
             except BaseException as e:  # noqa: BLE001 - every failure is the host's refusal text
-                raise Err(_describe(e)) from None
+                raise Err(_describe(e, module)) from None
 
     if role == "router":
         from wit_world.exports import router as wit_router
@@ -84,7 +87,7 @@ def exports(module, role: str):
                         raise ValueError(f"the prediction {p} is outside [0, 1]")
                     return wit_router.Decision(p, str(d.stage), str(d.reason))
                 except BaseException as e:  # noqa: BLE001
-                    raise Err(_wit_error(e)) from None
+                    raise Err(_wit_error(e, module)) from None
 
         return Meta, Router
 
@@ -96,7 +99,7 @@ def exports(module, role: str):
                     s = module.score_text(list(lines))
                     return None if s is None else _score(s, "the text score")
                 except BaseException as e:  # noqa: BLE001
-                    raise Err(_wit_error(e)) from None
+                    raise Err(_wit_error(e, module)) from None
 
         return Meta, TextScorer
 
@@ -107,7 +110,7 @@ def exports(module, role: str):
                 try:
                     return _score(module.fuse({s.name: s.score for s in scores}), "the fused score")
                 except BaseException as e:  # noqa: BLE001
-                    raise Err(_wit_error(e)) from None
+                    raise Err(_wit_error(e, module)) from None
 
         return Meta, Fuser
 

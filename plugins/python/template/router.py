@@ -1,7 +1,7 @@
 """A router in Python: classify once, look again at the mirror image when unsure.
 
 Build: `cascade policy build plugins/python/template/router.py` (writes
-target/components/router.wasm unless -o says otherwise); bind it in a hotkey file:
+target/components/template-router.wasm unless -o says otherwise); bind it in a hotkey file:
 
     [router]
     component = "py-template-router@^0"
@@ -18,7 +18,7 @@ PARAMS_SCHEMA = {
     "required": ["model"],
     "properties": {
         "model": {"type": "string"},
-        "unsure": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}},
+        "unsure": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number", "minimum": 0, "maximum": 1}},
     },
 }
 

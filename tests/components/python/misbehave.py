@@ -48,6 +48,7 @@ def decide(image, request):
         with open("/etc/hostname") as f:
             return Decision(0.9, "open", f.read())
     if mode == "sleep":
+        print("about to sleep")
         time.sleep(5)
     if mode == "print":
         print("x" * 10_000)
