@@ -192,8 +192,7 @@ fn many_idle_sockets_do_not_starve_an_honest_request() {
     // connections capped below what this test opens: the rest wait in the kernel's queue
     let server = Server::start(&dir.0, false, &["--max-connections", "64", "--read-timeout-s", "2"]);
     let a = addr(&server);
-    let idle: Vec<TcpStream> = (0..200).filter_map(|_| TcpStream::connect(&a).ok()).collect();
-    assert!(idle.len() >= 100, "opened {}", idle.len());
+    let idle = idle_connections(&a, 200, 100);
     // idle ones are dropped at the header timeout; the honest request then gets a slot
     let started = Instant::now();
     honest(&server);
@@ -201,6 +200,25 @@ fn many_idle_sockets_do_not_starve_an_honest_request() {
     drop(idle);
     let log = server.log();
     assert!(log.matches("accept failed").count() < 20, "accept failures are rate-limited:\n{log}");
+}
+
+/// A server for `hotkey` with connection limits: in all, per address, and the seconds a
+/// connection may stay silent.
+fn connection_limited(tag: &str, hotkey: &str, max: u32, per_ip: u32, first_byte_s: u32) -> (TempDir, Server) {
+    let dir = policies(tag, &[("speed", hotkey)]);
+    let (max, per_ip, first_byte) = (max.to_string(), per_ip.to_string(), first_byte_s.to_string());
+    let flags = ["--max-connections", &max, "--max-connections-per-ip", &per_ip, "--first-byte-timeout-s", &first_byte];
+    let server = Server::start(&dir.0, false, &flags);
+    (dir, server)
+}
+
+/// `n` connections to `to` that never send a byte (at least `at_least` of them opened), held
+/// long enough for the server to have accepted or queued them.
+fn idle_connections(to: &str, n: usize, at_least: usize) -> Vec<TcpStream> {
+    let idle: Vec<TcpStream> = (0..n).filter_map(|_| TcpStream::connect(to).ok()).collect();
+    assert!(idle.len() >= at_least, "opened {}", idle.len());
+    std::thread::sleep(Duration::from_millis(300));
+    idle
 }
 
 /// A connection from `from` (any loopback address) to the server at `to`.
@@ -229,16 +247,9 @@ fn health_from(from: &str, to: &str) -> (Duration, String) {
 /// first-byte timeout (not the header timeout), and another address is answered at once.
 #[test]
 fn idle_connections_from_one_address_do_not_delay_another() {
-    let dir = policies("idle-flood", &[("speed", HOTKEY)]);
-    let server = Server::start(
-        &dir.0,
-        false,
-        &["--max-connections", "400", "--max-connections-per-ip", "100", "--first-byte-timeout-s", "2"],
-    );
+    let (_dir, server) = connection_limited("idle-flood", HOTKEY, 400, 100, 2);
     let a = addr(&server);
-    let idle: Vec<TcpStream> = (0..420).filter_map(|_| TcpStream::connect(&a).ok()).collect();
-    assert!(idle.len() >= 400, "opened {}", idle.len());
-    std::thread::sleep(Duration::from_millis(300));
+    let idle = idle_connections(&a, 420, 400);
     let (took, out) = health_from("127.0.0.2", &a);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(took < Duration::from_secs(1), "another address waited {took:?}");
@@ -257,16 +268,8 @@ fn a_flooded_port_leaves_slots_to_the_axon_port() {
     let hk = format!(
         "ss58 = \"5FyFVRsgwBT89gGsyif1ZayCDAthzrZxS7fzxCafhwwzkft7\"\n{HOTKEY}[axon]\nallow_any_signed = true\nlisten = \"127.0.0.1:{pinned}\"\n"
     );
-    let dir = policies("port-flood", &[("speed", &hk)]);
-    let server = Server::start(
-        &dir.0,
-        false,
-        &["--max-connections", "100", "--max-connections-per-ip", "1000", "--first-byte-timeout-s", "20"],
-    );
-    let shared = addr(&server);
-    let idle: Vec<TcpStream> = (0..150).filter_map(|_| TcpStream::connect(&shared).ok()).collect();
-    assert!(idle.len() >= 100, "opened {}", idle.len());
-    std::thread::sleep(Duration::from_millis(300));
+    let (_dir, server) = connection_limited("port-flood", &hk, 100, 1000, 20);
+    let idle = idle_connections(&addr(&server), 150, 100);
     let started = Instant::now();
     let out = exchange(
         &format!("127.0.0.1:{pinned}"),
