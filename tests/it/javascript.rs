@@ -10,58 +10,18 @@ const TEXT: &str = "js-template-text-scorer.wasm";
 const FUSER: &str = "js-template-fuser.wasm";
 const MISBEHAVE: &str = "js-js-misbehave.wasm";
 
-fn score(v: &Value, i: usize) -> f64 {
-    v["trace"][i]["result"].as_str().unwrap_or("").trim_start_matches("score=").parse().expect("a score")
-}
-
 #[test]
 fn javascript_components_serve_every_role_beside_rust_and_python_ones() {
-    let js = r#"
-name = "js"
-[router]
-component = "js-template-router@^0"
-params = { model = "tint", unsure = [0.0, 1.0] }
-[fuser]
-component = "js-template-fuser@^0"
-params.weights = { tint = 1.0, "tint:flip" = 3.0 }
-"#;
-    // a Rust router, a JavaScript text scorer and a Python fuser in one hotkey
-    let mixed = r#"
-name = "mixed"
-[router]
-component = "cascade-router@^1"
-[[router.params.stages]]
-name = "tint"
-classify = ["tint"]
-[[router.params.stages]]
-name = "text"
-read_text = "ocr"
-on_error = "fail"
-[text_scorer]
-component = "js-template-text-scorer@^0"
-params = { words = ["road work", "baustelle"] }
-[fuser]
-component = "py-template-fuser@^0"
-params.weights = { tint = 0.01, text = 2.0 }
-"#;
-    let dir = policies("js-roles", &[("js", js), ("mixed", mixed)]);
-    let server = Server::start_with(&dir.0, false, &[ROUTER, TEXT, FUSER, "py-template-fuser.wasm"], &[]);
-    for i in 0..4 {
-        let (s, v) = predict(&server, "js", &tint_low(i));
-        assert_eq!(s, 200, "{v}");
-        assert_eq!(v["stage"], "classifier-flip", "{v}");
-        let want = (score(&v, 0) + 3.0 * score(&v, 1)) / 4.0;
-        assert!((num(&v["prediction"]) - want).abs() < 2e-4, "{want} vs {v}");
-    }
-    let (s, v) = predict(&server, "mixed", &sign("road_work_ahead"));
-    assert_eq!(s, 200, "{v}");
-    assert!(v["reason"].as_str().unwrap_or("").contains("text=0.950") && num(&v["prediction"]) > 0.9, "{v}");
-    let (s, v) = predict(&server, "mixed", &sign("speed_limit"));
-    assert_eq!(s, 200, "{v}");
-    assert!(!v["reason"].as_str().unwrap_or("").contains("text="), "{v}");
-    let st = status(&server);
-    assert_eq!(st["hotkeys"]["mixed"]["text_scorer"]["component"], "js-template-text-scorer", "{st}");
-    assert_eq!(st["hotkeys"]["mixed"]["fuser"]["component"], "py-template-fuser", "{st}");
+    // a JavaScript router and fuser; a Rust router asking the JavaScript text scorer, fused by Python
+    let files = [ROUTER, TEXT, FUSER, "py-template-fuser.wasm"];
+    serve_every_role(
+        "js-roles",
+        &files,
+        "js-template-router",
+        "js-template-fuser",
+        "js-template-text-scorer",
+        "py-template-fuser",
+    );
 }
 
 fn misbehaving(name: &str, params: &str) -> String {

@@ -14,62 +14,16 @@ const MISBEHAVE: &str = "py-python-misbehave.wasm";
 
 #[test]
 fn python_components_serve_every_role_beside_the_rust_ones() {
-    let py = r#"
-name = "py"
-[router]
-component = "py-template-router@^0"
-params = { model = "tint", unsure = [0.0, 1.0] }
-[fuser]
-component = "py-template-fuser@^0"
-params.weights = { tint = 1.0, "tint:flip" = 3.0 }
-"#;
-    // a Rust router whose text stage asks the Python text scorer
-    let text = r#"
-name = "pytext"
-[router]
-component = "cascade-router@^1"
-[[router.params.stages]]
-name = "tint"
-classify = ["tint"]
-[[router.params.stages]]
-name = "text"
-read_text = "ocr"
-on_error = "fail"
-[text_scorer]
-component = "py-template-text-scorer@^0"
-params = { words = ["road work", "baustelle"] }
-[fuser]
-component = "py-template-fuser@^0"
-params.weights = { tint = 0.01, text = 2.0 }
-"#;
-    let dir = policies("python-roles", &[("py", py), ("pytext", text)]);
-    let server = Server::start_with(&dir.0, false, &[ROUTER, TEXT, FUSER], &[]);
-    for i in 0..4 {
-        let (s, v) = predict(&server, "py", &tint_low(i));
-        assert_eq!(s, 200, "{v}");
-        // unsure everywhere: both looks, fused by the Python fuser (1:3 weights)
-        assert_eq!(v["stage"], "classifier-flip", "{v}");
-        let first = v["trace"][0]["result"].as_str().unwrap_or("").trim_start_matches("score=").parse::<f64>().unwrap();
-        let second =
-            v["trace"][1]["result"].as_str().unwrap_or("").trim_start_matches("score=").parse::<f64>().unwrap();
-        let want = (first + 3.0 * second) / 4.0;
-        assert!((num(&v["prediction"]) - want).abs() < 2e-4, "{want} vs {v}");
-    }
-    // the Python scorer's 0.95 for the words, nothing for a speed limit
-    let (s, v) = predict(&server, "pytext", &sign("road_work_ahead"));
-    assert_eq!(s, 200, "{v}");
-    assert!(v["reason"].as_str().unwrap_or("").contains("text=0.950") && num(&v["prediction"]) > 0.9, "{v}");
-    let (s, v) = predict(&server, "pytext", &sign("speed_limit"));
-    assert_eq!(s, 200, "{v}");
-    assert!(!v["reason"].as_str().unwrap_or("").contains("text="), "{v}");
-    let st = status(&server);
-    for (hotkey, role, c) in [
-        ("py", "router", "py-template-router"),
-        ("py", "fuser", "py-template-fuser"),
-        ("pytext", "text_scorer", "py-template-text-scorer"),
-    ] {
-        assert_eq!(st["hotkeys"][hotkey][role]["component"], c, "{st}");
-    }
+    // a Python router and fuser; a Rust router asking the Python text scorer
+    let files = [ROUTER, TEXT, FUSER];
+    serve_every_role(
+        "python-roles",
+        &files,
+        "py-template-router",
+        "py-template-fuser",
+        "py-template-text-scorer",
+        "py-template-fuser",
+    );
 }
 
 /// `n` labelled dev images of each class from both data sets, in manifest order.

@@ -189,6 +189,66 @@ pub fn tint_low(i: u32) -> Vec<u8> {
     png(&solid(16, 16, [0, (i * 7 % 60) as u8, 200]))
 }
 
+/// Serves two hotkeys on policy components built by set-up and checks their answers: `looks`, a
+/// template router (`router`, always looking twice on `tint`) fused 1:3 by `fuser`; `text`, the
+/// Rust router's tint and OCR stages with `text_scorer` (0.95 for "road work") and `text_fuser`.
+/// Every role is served by the named components, whatever their language.
+pub fn serve_every_role(tag: &str, files: &[&str], router: &str, fuser: &str, text_scorer: &str, text_fuser: &str) {
+    let looks = format!(
+        "name = \"looks\"\n[router]\ncomponent = \"{router}@^0\"\nparams = {{ model = \"tint\", unsure = [0.0, 1.0] }}\n\
+         [fuser]\ncomponent = \"{fuser}@^0\"\nparams.weights = {{ tint = 1.0, \"tint:flip\" = 3.0 }}\n"
+    );
+    let text = format!(
+        r#"
+name = "text"
+[router]
+component = "cascade-router@^1"
+[[router.params.stages]]
+name = "tint"
+classify = ["tint"]
+[[router.params.stages]]
+name = "text"
+read_text = "ocr"
+on_error = "fail"
+[text_scorer]
+component = "{text_scorer}@^0"
+params = {{ words = ["road work", "baustelle"] }}
+[fuser]
+component = "{text_fuser}@^0"
+params.weights = {{ tint = 0.01, text = 2.0 }}
+"#
+    );
+    let dir = policies(tag, &[("looks", &looks), ("text", &text)]);
+    let server = Server::start_with(&dir.0, false, files, &[]);
+    let score = |v: &Value, i: usize| -> f64 {
+        v["trace"][i]["result"].as_str().unwrap_or("").trim_start_matches("score=").parse().expect("a score")
+    };
+    for i in 0..4 {
+        let (s, v) = predict(&server, "looks", &tint_low(i));
+        assert_eq!(s, 200, "{v}");
+        // unsure everywhere: both looks, fused 1:3
+        assert_eq!(v["stage"], "classifier-flip", "{v}");
+        let want = (score(&v, 0) + 3.0 * score(&v, 1)) / 4.0;
+        assert!((num(&v["prediction"]) - want).abs() < 2e-4, "{want} vs {v}");
+    }
+    // the scorer's 0.95 for the words, nothing for a speed limit
+    let (s, v) = predict(&server, "text", &sign("road_work_ahead"));
+    assert_eq!(s, 200, "{v}");
+    assert!(v["reason"].as_str().unwrap_or("").contains("text=0.950") && num(&v["prediction"]) > 0.9, "{v}");
+    let (s, v) = predict(&server, "text", &sign("speed_limit"));
+    assert_eq!(s, 200, "{v}");
+    assert!(!v["reason"].as_str().unwrap_or("").contains("text="), "{v}");
+    let st = status(&server);
+    for (hotkey, role, c) in [
+        ("looks", "router", router),
+        ("looks", "fuser", fuser),
+        ("text", "text_scorer", text_scorer),
+        ("text", "fuser", text_fuser),
+    ] {
+        assert_eq!(st["hotkeys"][hotkey][role]["component"], c, "{st}");
+    }
+}
+
 /// A Python or JavaScript policy component built by set-up (`target/policy-components`).
 pub fn policy_component(file: &str) -> PathBuf {
     let p = repo().join("target/policy-components").join(file);
