@@ -24,30 +24,20 @@ fn javascript_components_serve_every_role_beside_rust_and_python_ones() {
     );
 }
 
-fn misbehaving(name: &str, params: &str) -> String {
-    format!(
-        r#"
-name = "{name}"
-fallback = 0.3
-[router]
-component = "js-misbehave@^0"
-params = {{ model = "tint", above = 0.5, {params} }}
-"#
-    )
-}
-
 #[test]
 fn whatever_javascript_throws_is_a_counted_error_and_the_instance_keeps_serving() {
-    let hotkeys = [
-        ("error", misbehaving("error", "mode = \"error\"")),
-        ("value", misbehaving("value", "mode = \"value\"")),
-        ("loop", misbehaving("loop", "mode = \"loop\"")),
-        ("fetch", misbehaving("fetch", "mode = \"fetch\"")),
-        ("badconf", misbehaving("badconf", "fail_configure = true")),
-    ];
-    let refs: Vec<(&str, &str)> = hotkeys.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let dir = policies("js-failures", &refs);
-    let server = Server::start_with(&dir.0, false, &[MISBEHAVE], &[]);
+    let (_dir, server) = misbehaving_server(
+        "js-failures",
+        "js-misbehave",
+        MISBEHAVE,
+        &[
+            ("error", "mode = \"error\""),
+            ("value", "mode = \"value\""),
+            ("loop", "mode = \"loop\""),
+            ("fetch", "mode = \"fetch\""),
+            ("badconf", "fail_configure = true"),
+        ],
+    );
     let expect = [
         ("error", "TypeError: score 1.000 is too high for this policy (misbehave.js:"),
         ("value", "a non-Error value was thrown: {\"code\":7,\"why\":\"not an Error\"}"),

@@ -89,32 +89,22 @@ fn the_python_and_javascript_accuracy_answer_as_the_rust_components_on_dev_image
     assert!(stages.len() >= 2, "{stages:?}");
 }
 
-fn misbehaving(name: &str, params: &str) -> String {
-    format!(
-        r#"
-name = "{name}"
-fallback = 0.3
-[router]
-component = "py-misbehave@^0"
-params = {{ model = "tint", above = 0.5, {params} }}
-"#
-    )
-}
-
 #[test]
 fn python_failures_are_counted_errors_and_the_last_good_instance_keeps_serving() {
-    let hotkeys = [
-        ("raise", misbehaving("raise", "mode = \"raise\"")),
-        ("loop", misbehaving("loop", "mode = \"loop\"")),
-        ("grow", misbehaving("grow", "mode = \"grow\"")),
-        ("open", misbehaving("open", "mode = \"open\"")),
-        ("sleep", misbehaving("sleep", "mode = \"sleep\"")),
-        ("print", misbehaving("print", "mode = \"print\"")),
-        ("badconf", misbehaving("badconf", "fail_configure = true")),
-    ];
-    let refs: Vec<(&str, &str)> = hotkeys.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let dir = policies("python-failures", &refs);
-    let server = Server::start_with(&dir.0, false, &[MISBEHAVE], &[]);
+    let (_dir, server) = misbehaving_server(
+        "python-failures",
+        "py-misbehave",
+        MISBEHAVE,
+        &[
+            ("raise", "mode = \"raise\""),
+            ("loop", "mode = \"loop\""),
+            ("grow", "mode = \"grow\""),
+            ("open", "mode = \"open\""),
+            ("sleep", "mode = \"sleep\""),
+            ("print", "mode = \"print\""),
+            ("badconf", "fail_configure = true"),
+        ],
+    );
     let expect = [
         ("raise", "ValueError: score"),
         ("loop", "ran out of fuel"),

@@ -249,6 +249,26 @@ params.weights = {{ tint = 0.01, text = 2.0 }}
     }
 }
 
+/// A server whose hotkeys each bind the misbehaving test router `component` (built by set-up as
+/// `file`) on `tint` with `fallback = 0.3`, misbehaving above 0.5 as each hotkey's extra
+/// parameters (TOML inline-table entries) say.
+pub fn misbehaving_server(tag: &str, component: &str, file: &str, hotkeys: &[(&str, &str)]) -> (TempDir, Server) {
+    let texts: Vec<(&str, String)> = hotkeys
+        .iter()
+        .map(|(name, params)| {
+            let text = format!(
+                "name = \"{name}\"\nfallback = 0.3\n[router]\ncomponent = \"{component}@^0\"\n\
+                 params = {{ model = \"tint\", above = 0.5, {params} }}\n"
+            );
+            (*name, text)
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let dir = policies(tag, &refs);
+    let server = Server::start_with(&dir.0, false, &[file], &[]);
+    (dir, server)
+}
+
 /// A Python or JavaScript policy component built by set-up (`target/policy-components`).
 pub fn policy_component(file: &str) -> PathBuf {
     let p = repo().join("target/policy-components").join(file);
