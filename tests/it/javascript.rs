@@ -114,20 +114,8 @@ fn the_build_refuses_bad_javascript_before_it_reaches_a_components_folder() {
 
 #[test]
 fn a_javascript_arm_is_shadowed_under_rust_and_stable_under_a_python_candidate() {
-    let shadow = r#"
-name = "sh"
-[router]
-component = "cascade-router@^1"
-[[router.params.stages]]
-name = "stable"
-classify = ["tint"]
-on_error = "fail"
-[candidate]
-router = { component = "js-template-router@^0", params = { model = "tint", unsure = [0.0, 0.0] } }
-[rollout]
-mode = "shadow"
-max_inflight = 4
-"#;
+    let candidate = r#"{ component = "js-template-router@^0", params = { model = "tint", unsure = [0.0, 0.0] } }"#;
+    let shadow = rollout_hotkey("sh", "mode = \"shadow\"\nmax_inflight = 4", candidate);
     let ab = r#"
 name = "ab"
 [router]
@@ -139,7 +127,7 @@ router = { component = "py-template-router@^0", params = { model = "tint", unsur
 mode = "ab"
 share = 50
 "#;
-    let dir = policies("js-rollouts", &[("sh", shadow), ("ab", ab)]);
+    let dir = policies("js-rollouts", &[("sh", &shadow), ("ab", ab)]);
     let server = Server::start_with(&dir.0, false, &[ROUTER, "py-template-router.wasm"], &[]);
     let mut arms = std::collections::BTreeMap::new();
     for i in 0..30 {

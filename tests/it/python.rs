@@ -226,36 +226,22 @@ fn the_build_refuses_bad_python_before_it_reaches_a_components_folder() {
     assert!(!out2.exists());
 }
 
-fn canary(name: &str, candidate: &str) -> String {
-    format!(
-        r#"
-name = "{name}"
-fallback = 0.3
-[router]
-component = "cascade-router@^1"
-[[router.params.stages]]
-name = "stable"
-classify = ["tint"]
-on_error = "fail"
-[candidate]
-router = {candidate}
-[rollout]
-mode = "canary"
-steps = [50, 100]
-min_requests = 4
-max_error_rate = 0.0
-min_agreement = 0.9
-"#
-    )
-}
+const CANARY: &str =
+    "mode = \"canary\"\nsteps = [50, 100]\nmin_requests = 4\nmax_error_rate = 0.0\nmin_agreement = 0.9";
 
 #[test]
 fn a_python_candidate_is_promoted_under_load_and_a_broken_edit_rolled_back() {
-    let good =
-        canary("good", r#"{ component = "py-template-router@^0", params = { model = "tint", unsure = [0.0, 1.0] } }"#);
+    let good = rollout_hotkey(
+        "good",
+        CANARY,
+        r#"{ component = "py-template-router@^0", params = { model = "tint", unsure = [0.0, 1.0] } }"#,
+    );
     // raises on high scores only, so that it passes the smoke request and reaches the canary
-    let bad =
-        canary("bad", r#"{ component = "py-misbehave@^0", params = { model = "tint", mode = "raise", above = 0.5 } }"#);
+    let bad = rollout_hotkey(
+        "bad",
+        CANARY,
+        r#"{ component = "py-misbehave@^0", params = { model = "tint", mode = "raise", above = 0.5 } }"#,
+    );
     let dir = policies("python-canary", &[("good", &good), ("bad", &bad)]);
     let server = Server::start_with(&dir.0, false, &[ROUTER, MISBEHAVE], &[]);
     // load: four clients on both hotkeys while the rules are judged

@@ -4,27 +4,6 @@
 
 use cascade_tests::*;
 
-fn hotkey(name: &str, rollout: &str, candidate_router: &str) -> String {
-    format!(
-        r#"
-name = "{name}"
-fallback = 0.3
-[router]
-component = "cascade-router@^1"
-[[router.params.stages]]
-name = "stable"
-classify = ["tint"]
-on_error = "fail"
-
-[candidate]
-router = {candidate_router}
-
-[rollout]
-{rollout}
-"#
-    )
-}
-
 const CANDIDATE: &str = r#"{ component = "cascade-router@^1", params = { stages = [{ name = "cand", classify = ["tint"], on_error = "fail" }] } }"#;
 const TRAPPING: &str = r#"{ component = "misbehave@1", params = { model = "tint", trap_above = 0.5 } }"#;
 
@@ -44,7 +23,7 @@ fn admin(server: &Server, hotkey: &str, action: &str) -> (u16, Value) {
 
 #[test]
 fn ab_split_is_sticky_and_counted_per_arm() {
-    let dir = policies("ab", &[("ab", &hotkey("ab", "mode = \"ab\"\nshare = 50", CANDIDATE))]);
+    let dir = policies("ab", &[("ab", &rollout_hotkey("ab", "mode = \"ab\"\nshare = 50", CANDIDATE))]);
     let server = Server::start(&dir.0, false, &[]);
     let mut seen = std::collections::BTreeMap::new();
     for i in 0..40 {
@@ -66,7 +45,7 @@ fn ab_split_is_sticky_and_counted_per_arm() {
 
 #[test]
 fn shadow_answers_are_compared_but_never_returned() {
-    let dir = policies("shadow", &[("sh", &hotkey("sh", "mode = \"shadow\"\nmax_inflight = 4", CANDIDATE))]);
+    let dir = policies("shadow", &[("sh", &rollout_hotkey("sh", "mode = \"shadow\"\nmax_inflight = 4", CANDIDATE))]);
     let server = Server::start(&dir.0, false, &[]);
     for i in 0..20 {
         let (a, v) = arm(&server, "sh", &image(i));
@@ -83,12 +62,13 @@ fn shadow_answers_are_compared_but_never_returned() {
 
 #[test]
 fn canary_promotes_when_rules_hold_and_rolls_back_when_they_fail() {
-    let good = hotkey(
+    let good = rollout_hotkey(
         "good",
         "mode = \"canary\"\nsteps = [50, 100]\nmin_requests = 4\nmax_error_rate = 0.0\nmin_agreement = 0.9",
         CANDIDATE,
     );
-    let bad = hotkey("bad", "mode = \"canary\"\nsteps = [50, 100]\nmin_requests = 4\nmax_error_rate = 0.0", TRAPPING);
+    let bad =
+        rollout_hotkey("bad", "mode = \"canary\"\nsteps = [50, 100]\nmin_requests = 4\nmax_error_rate = 0.0", TRAPPING);
     let dir = policies("canary", &[("good", &good), ("bad", &bad)]);
     let server = Server::start(&dir.0, true, &[]);
     let mut i = 0;
@@ -120,7 +100,10 @@ fn canary_promotes_when_rules_hold_and_rolls_back_when_they_fail() {
 
 #[test]
 fn blue_green_switches_through_the_admin_api_and_survives_a_restart() {
-    let dir = policies("bluegreen", &[("bg", &hotkey("bg", "mode = \"blue-green\"\nactive = \"stable\"", CANDIDATE))]);
+    let dir = policies(
+        "bluegreen",
+        &[("bg", &rollout_hotkey("bg", "mode = \"blue-green\"\nactive = \"stable\"", CANDIDATE))],
+    );
     {
         let server = Server::start(&dir.0, false, &[]);
         assert_eq!(arm(&server, "bg", &image(1)).0, "stable");
@@ -152,8 +135,8 @@ fn a_canary_waits_for_its_time_and_for_labelled_evidence() {
     let dir = policies(
         "evidence",
         &[
-            ("proven", &hotkey("proven", &rule("proven.json"), CANDIDATE)),
-            ("worse", &hotkey("worse", &rule("worse.json"), CANDIDATE)),
+            ("proven", &rollout_hotkey("proven", &rule("proven.json"), CANDIDATE)),
+            ("worse", &rollout_hotkey("worse", &rule("worse.json"), CANDIDATE)),
         ],
     );
     let server = Server::start(&dir.0, false, &[]);

@@ -269,6 +269,29 @@ pub fn misbehaving_server(tag: &str, component: &str, file: &str, hotkeys: &[(&s
     (dir, server)
 }
 
+/// A hotkey whose stable arm is the Rust router's one `tint` stage (`fallback = 0.3`), with the
+/// `candidate_router` (a TOML inline table) under the `rollout` section's lines.
+pub fn rollout_hotkey(name: &str, rollout: &str, candidate_router: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+fallback = 0.3
+[router]
+component = "cascade-router@^1"
+[[router.params.stages]]
+name = "stable"
+classify = ["tint"]
+on_error = "fail"
+
+[candidate]
+router = {candidate_router}
+
+[rollout]
+{rollout}
+"#
+    )
+}
+
 /// A Python or JavaScript policy component built by set-up (`target/policy-components`).
 pub fn policy_component(file: &str) -> PathBuf {
     let p = repo().join("target/policy-components").join(file);
