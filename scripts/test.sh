@@ -28,6 +28,8 @@ bash scripts/deploy_checks.sh
 # the validators' dataset command: parquet shards in their schema, a stand-in hub, and the
 # validator's own extract and sampler run on the same shards
 .venv/bin/python -m unittest discover -s scripts/data -p 'test_*.py'
+# the int8 DINOv2 set-up product: refused past its drift bound, pinned bytes within it
+.venv/bin/python -m unittest discover -s scripts/models -p 'test_*.py'
 # the training tools (PyTorch, transformers): every backbone family exported from random
 # weights and read by the engine; the shipped DINOv2 converted and exported back; fine-tuning
 # (held-out early stopping, export checked through the engine, resume, leave-one-source-out,

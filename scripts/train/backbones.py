@@ -154,6 +154,54 @@ def depth_of(config, arch):
     return int(getattr(config, "num_hidden_layers", 0))
 
 
+class _FusableAttention(nn.Module):
+    """A Dinov2Attention written as the BERT-style graph ONNX Runtime's transformer optimiser fuses
+    into one Attention kernel: the same projections, scores divided by sqrt(head size), softmax,
+    weighted sum (transformers' own version multiplies by a scale on tensors reshaped with -1,
+    which the optimiser does not recognise)."""
+
+    def __init__(self, attn, heads):
+        super().__init__()
+        self.q, self.k, self.v, self.o = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+        self.heads, self.dh = heads, attn.q_proj.out_features // heads
+
+    def forward(self, hidden_states, attention_mask=None, **_):
+        b, n, d = hidden_states.shape
+        split = lambda t: t.view(b, n, self.heads, self.dh).permute(0, 2, 1, 3)  # noqa: E731
+        q, k, v = split(self.q(hidden_states)), split(self.k(hidden_states)), split(self.v(hidden_states))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / (self.dh ** 0.5)
+        ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return self.o(ctx.permute(0, 2, 1, 3).reshape(b, n, d)), None
+
+
+def fusable(model, arch, config, size):
+    """Rewrites a DINOv2 (a copy: the caller keeps the original to check against) into the graph
+    ONNX Runtime fuses for a fixed input size, with the same function: the position embeddings
+    interpolated once for `size` (transformers interpolates them in every traced forward: a
+    bicubic Resize and shape arithmetic that run on the CPU and keep CUDA graphs out), each
+    block's layer scales folded into the output projections that feed them, and the attention
+    written BERT-style. Other families are returned as they are. True when rewritten."""
+    if arch.name not in ("dinov2", "dinov2_with_registers"):
+        return False
+    emb = model.embeddings
+    h, w = size
+    with torch.no_grad():
+        probe = torch.zeros(1, (h // emb.patch_size) * (w // emb.patch_size) + 1, config.hidden_size)
+        fixed = emb.interpolate_pos_encoding(probe, h, w).detach().clone()
+    emb.interpolate_pos_encoding = lambda embeddings, height, width: fixed.to(embeddings.dtype)
+    heads = int(config.num_attention_heads)
+    for layer in model.encoder.layer:
+        with torch.no_grad():
+            for scale, lin in ((layer.layer_scale1, layer.attention.o_proj), (layer.layer_scale2, layer.mlp.fc2)):
+                lam = scale.lambda1.detach()
+                lin.weight.mul_(lam[:, None])
+                if lin.bias is not None:
+                    lin.bias.mul_(lam)
+        layer.layer_scale1, layer.layer_scale2 = nn.Identity(), nn.Identity()
+        layer.attention = _FusableAttention(layer.attention, heads)
+    return True
+
+
 def _ln(x):
     # by hand (the shipped cut's nodes): F.layer_norm's shape argument does not trace
     mu = x.mean(-1, keepdim=True)

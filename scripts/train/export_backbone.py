@@ -24,6 +24,7 @@ check: a refused export leaves nothing where the server would load it.
 """
 
 import argparse
+import copy
 import glob
 import json
 import os
@@ -34,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from backbones import BackboneError, Embedder, input_size, load, parse_features  # noqa: E402
+from backbones import BackboneError, Embedder, fusable, input_size, load, parse_features  # noqa: E402
 from staging import staged  # noqa: E402
 
 
@@ -151,7 +152,13 @@ def run(a):
     with staged(out, ".export-") as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
         print(f"[export] {a.src}: {arch.name}, input {size[0]}x{size[1]}, features {','.join(features)} -> {dim}-d")
-        export(embedder, size, onnx_path, a.opset)
+        exported = embedder
+        if a.fuse:
+            # the graph the fusion knows, on a copy: the check below compares with the original
+            twin = copy.deepcopy(model)
+            if fusable(twin, arch, config, size):
+                exported = Embedder(twin, config, arch, features).eval()
+        export(exported, size, onnx_path, a.opset)
         fused = fuse(onnx_path, arch, config) if a.fuse else False
         if a.fp16:
             to_fp16(onnx_path)

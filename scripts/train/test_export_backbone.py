@@ -167,6 +167,18 @@ class ExportTest(unittest.TestCase):
         record = read_json(os.path.join(out, "cascade-export.json"))
         self.assertTrue(record["fp16"] and record["fused"])
         self.assertLessEqual(record["check"]["max_difference"], 5e-2)
+        # DINOv2 rewritten for the fusion: one Attention kernel per block, and the position
+        # embeddings fixed for the size (no Resize left to run on the CPU)
+        import onnx
+
+        ops = [n.op_type for n in onnx.load(os.path.join(out, "model.onnx")).graph.node]
+        self.assertEqual(ops.count("Attention"), 3, sorted(set(ops)))
+        self.assertNotIn("Resize", ops)
+        # and the same function: in fp32 the fused export is within the fp32 bound of PyTorch
+        out32 = os.path.join(self.dir, "fused32")
+        rc, text, err = self.export("dinov2", out32, "--fuse")
+        self.assertEqual(rc, 0, text + err)
+        self.assertLessEqual(read_json(os.path.join(out32, "cascade-export.json"))["check"]["max_difference"], 1e-3)
 
     def test_refusals_leave_nothing_behind(self):
         from transformers import BertConfig

@@ -29,6 +29,7 @@ experiments/exit-replay/tune_policies.py).
 Usage: .venv/bin/python scripts/tune/grouped_cv.py [--schemes source,city,random] [--backbone dino-embed]
        [--seeds 1] [--hotkeys speed,accuracy] [--probe] [--policies DIR] [--train-args "..."]
        [--cascade PATH] [--components DIR] [--work DIR] [--json FILE] [--oof FILE.csv] [--set hotkey:key.path=value ...]
+       [--serve-file ONNX]   (heads trained on the backbone, the classifier served from another file: a quantised copy)
 """
 
 import argparse
@@ -181,9 +182,10 @@ def without_calibration(text):
     return re.sub(r'^calibration\s*=.*$', "", text, flags=re.M)
 
 
-def policies_for(src, dst, head, backbone, overrides, probe):
+def policies_for(src, dst, head, backbone, overrides, probe, serve_file=None):
     """A copy of `src` whose registry is absolute, whose `roadwork` classifier runs `backbone`
-    (its file and input) with `head`, plus the probe hotkey when asked."""
+    (its file and input; `serve_file` instead of the file when given) with `head`, plus the probe
+    hotkey when asked."""
     shutil.rmtree(dst, ignore_errors=True)
     os.makedirs(dst)
     for name in os.listdir(src):
@@ -203,7 +205,8 @@ def policies_for(src, dst, head, backbone, overrides, probe):
     end = text.find("[[model]]", start + 1)
     end = len(text) if end < 0 else end
     block = text[start:end]
-    block = re.sub(r'^file = .*$', "file = " + json.dumps(os.path.normpath(os.path.join(srcdir, emb["file"]))), block, flags=re.M)
+    served = os.path.abspath(serve_file) if serve_file else os.path.normpath(os.path.join(srcdir, emb["file"]))
+    block = re.sub(r'^file = .*$', "file = " + json.dumps(served), block, flags=re.M)
     block = re.sub(r'^head = .*$', "head = " + json.dumps(os.path.abspath(head)), block, flags=re.M)
     inp = ", ".join(f"{k} = {json.dumps(v)}" for k, v in emb["input"].items())
     block = re.sub(r'^input = .*$', "input = { " + inp + " }", block, flags=re.M)
@@ -270,14 +273,20 @@ def evaluate(a, rows, scheme, backbone, seed, hotkeys, overrides):
     os.makedirs(work, exist_ok=True)
     out = {h: [] for h in hotkeys}
     policy_hash = digest(*[without_calibration(open(os.path.join(a.policies, f)).read())
-                           for f in sorted(os.listdir(a.policies)) if f.endswith(".toml")], repr(overrides), repr(a.probe_version))
+                           for f in sorted(os.listdir(a.policies)) if f.endswith(".toml")], repr(overrides), repr(a.probe_version),
+                         *([open(a.serve_file, "rb").read()] if a.serve_file else []))
+    # the backbone's bytes key its heads: another file under the same registry name is another backbone
+    reg = tomllib.load(open(os.path.join(a.policies, "models.toml"), "rb"))
+    emb_file = os.path.join(a.policies, next(m for m in reg["model"] if m["name"] == backbone)["file"])
+    with open(emb_file, "rb") as f:
+        backbone_bytes = hashlib.sha256(f.read()).hexdigest()
     for name, train, test in folds:
         if a.only_folds and name not in a.only_folds.split(","):
             continue
         test = [i for i in test if rows[i]["street"] or a.test_all]
         if not test:
             continue
-        tkey = digest(*sorted(rows[i]["path"] + rows[i]["label"] for i in train), a.train_args, backbone)
+        tkey = digest(*sorted(rows[i]["path"] + rows[i]["label"] for i in train), a.train_args, backbone, backbone_bytes)
         d = os.path.join(work, "heads", tkey)
         os.makedirs(d, exist_ok=True)
         head = os.path.join(d, "head.json")
@@ -298,7 +307,8 @@ def evaluate(a, rows, scheme, backbone, seed, hotkeys, overrides):
             if not os.path.exists(done):
                 if pol is None:
                     write_manifest(os.path.join(e, "test.csv"), rows, test)
-                    pol = policies_for(a.policies, os.path.join(e, "policies"), head, backbone, overrides, "probe" in hotkeys)
+                    pol = policies_for(a.policies, os.path.join(e, "policies"), head, backbone, overrides, "probe" in hotkeys,
+                                       a.serve_file)
                 t0 = time.time()
                 run([a.cascade, "eval", "--policies", pol, "--components", a.components, "--hotkey", h,
                      "--manifest", os.path.join(e, "test.csv"), "--levels", "0-3", "--seed", str(seed), "--json",
@@ -398,6 +408,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--schemes", default="source,city,random")
     ap.add_argument("--backbone", default="dino-embed")
+    ap.add_argument("--serve-file", help="the ONNX file the roadwork classifier runs at eval (default: the backbone's own); "
+                    "heads are still trained on the backbone's features: e.g. target/models/dinov2_vits14_int8.onnx")
     ap.add_argument("--seeds", default="1", help="eval seeds (augmentation draws of the test images)")
     ap.add_argument("--hotkeys", default="speed,accuracy")
     ap.add_argument("--probe", action="store_true", help="also run the probe hotkey (all evidence, no exits)")

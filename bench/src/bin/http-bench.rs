@@ -6,9 +6,8 @@
 //! distinct image every time (bytes differ by a JPEG comment, so nothing is shared: it is
 //! decoded and the model runs; its reported time is subtracted).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -107,21 +106,6 @@ fn bare_server() -> SocketAddr {
     addr
 }
 
-/// Starts `cascade serve` on a policies folder; its base URL.
-fn serve(root: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<(std::process::Child, String)> {
-    let mut child = Command::new(root.join("target/release/cascade"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-    let base =
-        line.trim().strip_prefix("listening on ").ok_or_else(|| anyhow::anyhow!("server said {line:?}"))?.to_string();
-    Ok((child, base))
-}
-
 fn main() -> anyhow::Result<()> {
     let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
     let root = repo();
@@ -143,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
     std::fs::write(dir.join("bench.toml"), POLICY)?;
-    let (mut child, base) = serve(&root, &dir)?;
+    let (mut child, base) = cascade_bench::serve([std::ffi::OsStr::new("--policies"), dir.as_os_str()])?;
     // the same policy with the prediction log on (images off): its cost, measured in the same run
     // beside the first server's folder, not inside it: its log files would wake that server's
     // file watcher on every record
@@ -151,7 +135,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&logged)?;
     std::fs::copy(dir.join("models.toml"), logged.join("models.toml"))?;
     std::fs::write(logged.join("bench.toml"), format!("{POLICY}\n[log]\ndir = \"log\"\nimages = \"none\"\n"))?;
-    let (mut child_log, base_log) = serve(&root, &logged)?;
+    let (mut child_log, base_log) = cascade_bench::serve([std::ffi::OsStr::new("--policies"), logged.as_os_str()])?;
 
     let jpeg = validator_jpeg();
     let body = serde_json::json!({"image": base64::engine::general_purpose::STANDARD.encode(&jpeg)}).to_string();

@@ -33,18 +33,6 @@ fn replace(path: &std::path::Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 struct Load {
     sent: AtomicU64,
     failed: AtomicU64,
@@ -182,9 +170,9 @@ fn main() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(5));
         }
         if n == 10 {
-            rss10 = rss_kb(pid);
+            rss10 = cascade_bench::rss_kib(pid);
         }
-        rss_end = rss_kb(pid);
+        rss_end = cascade_bench::rss_kib(pid);
     }
     stop.store(true, Ordering::Relaxed);
     let busy = loader.join().map_err(|_| anyhow::anyhow!("load thread"))?;

@@ -69,14 +69,6 @@ fn images(n: usize, variants: usize) -> Vec<Vec<u8>> {
     out
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
@@ -299,7 +291,7 @@ fn main() -> anyhow::Result<()> {
         failed_total += w.failed.len() as u64;
         fallback_total += w.counts.get("good-fallback").copied().unwrap_or(0);
         all_failures.extend(w.failed.iter().take(5).cloned());
-        let r = rss_kib(pid);
+        let r = cascade_bench::rss_kib(pid);
         rss.push(r);
         println!(
             "| {:>5} | {:>7} | {:>16} | {:>11} | {:>6.1} | {:>6.1} | {:>9} | {:>7} | {:>8} | {:>5} | {:>7.1} |",

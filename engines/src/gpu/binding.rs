@@ -6,24 +6,48 @@
 //! the next run, so each batch size has its own binding). One slot serves a worker that
 //! prepares and runs in turn; a pipelined worker (`crate::pipeline`) prepares the next batch
 //! into the second slot while the session runs the first.
+//!
+//! With CUDA graphs (`cuda = { graph = true }`) each (batch size, slot) is one graph, named by
+//! the run option `gpu_graph_id`: ONNX Runtime captures it on an early run and replays it after,
+//! so the input and the output must stay where they were at capture. The output is then bound
+//! to a device tensor of its own too, and read back here with one copy.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use cudarc::driver::CudaContext;
+use half::f16;
 use image::RgbImage;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::IoBinding;
-use ort::session::Session;
-use ort::value::DynTensor;
+use ort::session::{IoBinding, RunOptions, Session};
+use ort::value::{DynTensor, TensorElementType};
 
 use super::GpuPrep;
 use crate::precision::{output_f32, Precision};
 use crate::preprocess::Prepared;
 use crate::spec::ModelSpec;
 
+/// One CUDA graph: the device tensor its output is written to, and the run options naming it.
+struct Graphed {
+    out: DynTensor,
+    opts: RunOptions,
+    shape: Vec<i64>,
+}
+
+/// What the CUDA graphs of a session share: the output's type and shape (batch first) and the
+/// context to read outputs back in; the next graph's id.
+struct Graphs {
+    ctx: Arc<CudaContext>,
+    elem: TensorElementType,
+    dims: Vec<i64>,
+    next_id: u32,
+}
+
 pub(crate) struct GpuInput {
-    /// Per batch size (rows) and slot: the device input tensor and its binding. Declared first:
-    /// fields drop in order, and the tensors must go before the allocator that made them.
-    shapes: BTreeMap<(usize, usize), (DynTensor, IoBinding)>,
+    /// Per batch size (rows) and slot: the device input tensor, its binding and, with CUDA
+    /// graphs, the graph's output. Declared first: fields drop in order, and the tensors must go
+    /// before the allocator that made them.
+    shapes: BTreeMap<(usize, usize), (DynTensor, IoBinding, Option<Graphed>)>,
     /// The pre-processing, until a pipelined worker hands it to its staging side.
     prep: Option<GpuPrep>,
     alloc: Allocator,
@@ -32,6 +56,7 @@ pub(crate) struct GpuInput {
     input: String,
     output: String,
     size: (usize, usize),
+    graphs: Option<Graphs>,
 }
 
 /// Why a GPU run failed: the pre-processing (the batch can still run through the CPU path) or
@@ -67,8 +92,10 @@ impl GpuInput {
         precision: Precision,
         input: &str,
         output: &str,
+        graph: bool,
     ) -> Result<GpuInput, String> {
         let ctx = super::context(device)?;
+        let graphs = if graph { Some(graphs_for(session, output, ctx.clone())?) } else { None };
         let prep = GpuPrep::new(ctx, &spec.input, spec.max_batch, precision)?;
         let e = |e: ort::Error| e.to_string();
         let mem = MemoryInfo::new(AllocationDevice::CUDA, device as i32, AllocatorType::Device, MemoryType::Default)
@@ -84,6 +111,7 @@ impl GpuInput {
             input: input.to_string(),
             output: output.to_string(),
             size: (spec.input.height as usize, spec.input.width as usize),
+            graphs,
         })
     }
 
@@ -92,7 +120,7 @@ impl GpuInput {
     pub(crate) fn input_ptr(&mut self, session: &mut Session, rows: usize, slot: usize) -> Result<u64, GpuRunError> {
         let run = |e: ort::Error| GpuRunError::Run(e.to_string());
         let (h, w) = self.size;
-        let (tensor, _) = match self.shapes.entry((rows, slot)) {
+        let (tensor, _, _) = match self.shapes.entry((rows, slot)) {
             std::collections::btree_map::Entry::Occupied(t) => t.into_mut(),
             std::collections::btree_map::Entry::Vacant(v) => {
                 let prep = self.prep.as_ref().ok_or_else(|| {
@@ -104,8 +132,23 @@ impl GpuInput {
                     .map_err(GpuRunError::Run)?;
                 let mut b = session.create_binding().map_err(run)?;
                 b.bind_input(self.input.as_str(), &t).map_err(run)?;
-                b.bind_output_to_device(self.output.as_str(), &self.host).map_err(run)?;
-                v.insert((t, b))
+                let graphed = match &mut self.graphs {
+                    Some(g) => {
+                        let mut shape = g.dims.clone();
+                        shape[0] = rows as i64;
+                        let mut out = DynTensor::new(&self.alloc, g.elem, shape.clone()).map_err(run)?;
+                        b.bind_output(self.output.as_str(), &mut out).map_err(run)?;
+                        let mut opts = RunOptions::new().map_err(run)?;
+                        opts.set("gpu_graph_id", g.next_id.to_string()).map_err(run)?;
+                        g.next_id += 1;
+                        Some(Graphed { out, opts, shape })
+                    }
+                    None => {
+                        b.bind_output_to_device(self.output.as_str(), &self.host).map_err(run)?;
+                        None
+                    }
+                };
+                v.insert((t, b, graphed))
             }
         };
         Ok(tensor.data_ptr_mut() as u64)
@@ -149,14 +192,24 @@ impl GpuInput {
         prep_us: u64,
     ) -> Result<(Vec<i64>, Vec<f32>), GpuRunError> {
         let run = |e: ort::Error| GpuRunError::Run(e.to_string());
-        let (_, binding) = self
+        let (_, binding, graphed) = self
             .shapes
             .get(&(rows, slot))
             .ok_or_else(|| GpuRunError::Run(format!("no input of {rows} rows in slot {slot}")))?;
         let t1 = std::time::Instant::now();
-        let outputs = session.run_binding(binding).map_err(run)?;
-        let t2 = std::time::Instant::now();
-        let (shape, data) = output_f32(&outputs[self.output.as_str()]).map_err(run)?;
+        let (shape, data, t2) = match (graphed, &self.graphs) {
+            (Some(g), Some(gs)) => {
+                session.run_binding_with_options(binding, &g.opts).map_err(run)?;
+                let t2 = std::time::Instant::now();
+                (g.shape.clone(), read_back(gs, &g.out).map_err(GpuRunError::Run)?, t2)
+            }
+            _ => {
+                let outputs = session.run_binding(binding).map_err(run)?;
+                let t2 = std::time::Instant::now();
+                let (shape, data) = output_f32(&outputs[self.output.as_str()]).map_err(run)?;
+                (shape, data, t2)
+            }
+        };
         if trace() {
             // CASCADE_GPU_TRACE=1: where a batch's time goes, one line per batch
             tracing::info!(
@@ -170,5 +223,42 @@ impl GpuInput {
             );
         }
         Ok((shape, data))
+    }
+}
+
+/// The output's type and shape for CUDA graphs: f32 or f16, every dimension but the batch fixed.
+fn graphs_for(session: &Session, output: &str, ctx: Arc<CudaContext>) -> Result<Graphs, String> {
+    let o = session
+        .outputs()
+        .iter()
+        .find(|o| o.name() == output)
+        .ok_or_else(|| format!("CUDA graphs: no output {output}"))?;
+    let elem = o.dtype().tensor_type().ok_or_else(|| format!("CUDA graphs: output {output} is not a tensor"))?;
+    if !matches!(elem, TensorElementType::Float32 | TensorElementType::Float16) {
+        return Err(format!("CUDA graphs: output {output} is {elem:?}, not float32 or float16"));
+    }
+    let dims = o.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+    if dims.is_empty() || dims[1..].iter().any(|d| *d <= 0) {
+        return Err(format!("CUDA graphs need an output of fixed shape but the batch; {output} is {dims:?}"));
+    }
+    Ok(Graphs { ctx, elem, dims, next_id: 1 })
+}
+
+/// A graph's output, copied from the device (the run has finished: ONNX Runtime waits for its
+/// stream before `run` returns) and widened to f32.
+fn read_back(g: &Graphs, out: &DynTensor) -> Result<Vec<f32>, String> {
+    let n: usize = out.shape().iter().map(|d| *d as usize).product();
+    let ptr = out.data_ptr() as u64;
+    g.ctx.bind_to_thread().map_err(|e| e.to_string())?;
+    if g.elem == TensorElementType::Float16 {
+        let mut h = vec![0u16; n];
+        // SAFETY: `out` is a live device tensor of `n` f16 values, owned by this input.
+        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut h, ptr) }.map_err(|e| format!("read back: {e}"))?;
+        Ok(h.into_iter().map(|b| f16::from_bits(b).to_f32()).collect())
+    } else {
+        let mut v = vec![0f32; n];
+        // SAFETY: `out` is a live device tensor of `n` f32 values, owned by this input.
+        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut v, ptr) }.map_err(|e| format!("read back: {e}"))?;
+        Ok(v)
     }
 }

@@ -17,7 +17,7 @@ use crate::gpu::{GpuInput, GpuRunError};
 use crate::head::Head;
 use crate::precision::{input_value, output_f32, Precision};
 use crate::preprocess::{prepare, Prepared};
-use crate::session::{check_io, output_dim, session_on};
+use crate::session::{check_io, output_dim, session_on, session_with_graphs};
 use crate::spec::{Device, ModelKind, ModelSpec, Preprocess};
 use crate::{EngineError, LoadError};
 
@@ -114,7 +114,33 @@ impl Worker {
         stats: &Arc<ModelStats>,
         found_labels: &FoundLabels,
     ) -> Result<Worker, LoadError> {
-        let (session, on) = session_on(env, spec, &spec.file)?;
+        if !spec.cuda.graph {
+            return Self::open_with(env, spec, head, stats, found_labels, false);
+        }
+        match Self::open_with(env, spec, head.clone(), stats, found_labels, true) {
+            Err(e) if !matches!(e, LoadError::Missing { .. }) => {
+                // a capture that fails, or no GPU pre-processing to bind: normal runs
+                tracing::warn!(model = %spec.name, error = %e, "CUDA graphs did not work for this model; it runs without them");
+                Self::open_with(env, spec, head, stats, found_labels, false)
+            }
+            r => r,
+        }
+    }
+
+    fn open_with(
+        env: &Environment,
+        spec: &Arc<ModelSpec>,
+        head: Option<Arc<Head>>,
+        stats: &Arc<ModelStats>,
+        found_labels: &FoundLabels,
+        graphs: bool,
+    ) -> Result<Worker, LoadError> {
+        let (session, on, graph) = if graphs {
+            session_with_graphs(env, spec, &spec.file)?
+        } else {
+            let (s, on) = session_on(env, spec, &spec.file)?;
+            (s, on, false)
+        };
         let (input_name, output_name) = check_io(&session, spec)?;
         let spec = &detector_labels(&session, spec, found_labels)?;
         if spec.kind == ModelKind::Detector {
@@ -151,7 +177,7 @@ impl Worker {
                 None
             }
             (Device::Cuda(id), Preprocess::Auto | Preprocess::Gpu) => {
-                match GpuInput::new(&session, id, spec, precision, &input_name, &output_name) {
+                match GpuInput::new(&session, id, spec, precision, &input_name, &output_name, graph) {
                     Ok(g) => Some(g),
                     Err(reason) if spec.preprocess == Preprocess::Gpu => {
                         return Err(LoadError::Spec {
@@ -168,6 +194,15 @@ impl Worker {
             }
             _ => None,
         };
+        if graph && gpu.is_none() {
+            return Err(LoadError::Spec {
+                model: spec.name.clone(),
+                reason: "CUDA graphs need the GPU pre-processing (bound device inputs)".into(),
+            });
+        }
+        if graph {
+            tracing::info!(model = %spec.name, "CUDA graphs: one per batch shape and input slot, captured at warm-up");
+        }
         let mut w = Worker {
             session,
             head,

@@ -129,6 +129,39 @@ pub struct CudaOptions {
     /// pre-processing). Measured on an H200: +16 % (DINOv2) to +31 % (fp16 EfficientNet)
     /// images/s at 256 in flight, level at 8 and 64.
     pub pipeline: bool,
+    /// The kernels ONNX Runtime may pick for fused attention nodes (its `sdpa_kernel`; a graph
+    /// fused by `scripts/fp16.py --transformer` or `export_backbone.py --fuse` has them): any of
+    /// `flash`, `efficient`, `trt_fused`, `cudnn_flash`, `math`. Unset: ONNX Runtime's choice.
+    pub attention: Option<Vec<AttentionKernel>>,
+    /// How cuDNN picks convolution algorithms: `heuristic` (default: nothing benchmarked, so
+    /// a new input shape costs no search) or `exhaustive` (each shape benchmarked once, when
+    /// it is warmed at load; fits models whose batch shapes are all warmed).
+    pub conv_search: ConvSearch,
+    /// CUDA graphs: each warmed batch shape (and input slot) is captured once and replayed on
+    /// every later run, which saves the kernel launches (most of a small batch's time for a
+    /// transformer). Needs GPU pre-processing and every node of the model on the CUDA provider
+    /// (ONNX Runtime refuses otherwise, and the model then runs without graphs, logged).
+    pub graph: bool,
+}
+
+/// A family of attention kernels in ONNX Runtime's CUDA provider.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionKernel {
+    Flash,
+    Efficient,
+    TrtFused,
+    CudnnFlash,
+    Math,
+}
+
+/// cuDNN's convolution algorithm search.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvSearch {
+    #[default]
+    Heuristic,
+    Exhaustive,
 }
 
 impl Default for CudaOptions {
@@ -139,6 +172,9 @@ impl Default for CudaOptions {
             conv_max_workspace: None,
             prefer_nhwc: false,
             pipeline: true,
+            attention: None,
+            conv_search: ConvSearch::Heuristic,
+            graph: false,
         }
     }
 }
@@ -615,7 +651,7 @@ mod tests {
 
     #[test]
     fn gpu_settings_parse_and_typos_are_refused() {
-        let r = registry("device = \"cuda:1\"\nlazy = true\nidle_unload_s = 60\npreprocess = \"gpu\"\ncuda = { arena_extend = \"same_as_requested\", memory_limit_mb = 512, prefer_nhwc = true, pipeline = false }").expect("valid");
+        let r = registry("device = \"cuda:1\"\nlazy = true\nidle_unload_s = 60\npreprocess = \"gpu\"\ncuda = { arena_extend = \"same_as_requested\", memory_limit_mb = 512, prefer_nhwc = true, pipeline = false, attention = [\"flash\", \"efficient\"], conv_search = \"exhaustive\", graph = true }").expect("valid");
         let m = &r.models[0];
         assert_eq!(m.device, Device::Cuda(1));
         assert!(m.lazy && m.idle_unload_s == 60 && m.preprocess == Preprocess::Gpu);
@@ -624,6 +660,12 @@ mod tests {
         assert!(CudaOptions::default().pipeline, "pipelined unless turned off");
         assert_eq!(m.cuda.memory_limit_mb, Some(512));
         assert!(m.cuda.prefer_nhwc);
+        assert_eq!(m.cuda.attention, Some(vec![AttentionKernel::Flash, AttentionKernel::Efficient]));
+        assert_eq!(m.cuda.conv_search, ConvSearch::Exhaustive);
+        assert!(m.cuda.graph && !CudaOptions::default().graph);
+        assert_eq!(CudaOptions::default().conv_search, ConvSearch::Heuristic);
+        let kernel = registry("device = \"cuda:0\"\ncuda = { attention = [\"fast\"] }").expect_err("unknown kernel");
+        assert!(kernel.to_string().contains("unknown variant `fast`"), "{kernel}");
         let typo = registry("device = \"cuda:0\"\ncuda = { arena = \"same_as_requested\" }").expect_err("unknown key");
         assert!(typo.to_string().contains("unknown field `arena`"), "{typo}");
         let cpu_gpu = registry("preprocess = \"gpu\"").expect_err("gpu pre-processing on the CPU");
