@@ -24,8 +24,8 @@ fn arg(name: &str, default: &str) -> String {
     a.iter().position(|x| x == name).and_then(|i| a.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
 }
 
-/// The shipped registry (paths made absolute), heads and calibrations, and `n` copies of the
-/// `speed` hotkey named `hk-000`, `hk-001`, ….
+/// The shipped registry (paths made absolute) and heads, and `n` copies of the `speed` hotkey
+/// named `hk-000`, `hk-001`, … (without its calibration, which names the hotkey it was fitted for).
 fn policies(dir: &Path, n: usize) -> anyhow::Result<()> {
     let root = repo();
     let src = root.join("policies");
@@ -41,7 +41,12 @@ fn policies(dir: &Path, n: usize) -> anyhow::Result<()> {
     let registry =
         std::fs::read_to_string(src.join("models.toml"))?.replace("\"../target/", &format!("\"{}/", target.display()));
     std::fs::write(dir.join("models.toml"), registry)?;
-    let speed = std::fs::read_to_string(src.join("speed.toml"))?;
+    // a calibration is fitted for one hotkey name: the copies go without (a table lookup less)
+    let speed: String = std::fs::read_to_string(src.join("speed.toml"))?
+        .lines()
+        .filter(|l| !l.starts_with("calibration = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
     anyhow::ensure!(speed.contains("name = \"speed\""), "policies/speed.toml does not name itself `speed`");
     for i in 0..n {
         let name = format!("hk-{i:03}");
