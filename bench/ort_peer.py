@@ -7,26 +7,15 @@ mean/std; not timed) and prints the milliseconds of `session.run` alone.
     .venv/bin/python bench/ort_peer.py MODEL.onnx THREADS
 """
 
+import os
 import sys
 import time
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
-MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def prepare(path):
-    im = Image.open(path).convert("RGB")
-    w, h = im.size
-    s = 224 / min(w, h)
-    nw, nh = max(224, round(w * s)), max(224, round(h * s))
-    im = im.resize((nw, nh), Image.BILINEAR)
-    x0, y0 = (nw - 224) // 2, (nh - 224) // 2
-    a = (np.asarray(im.crop((x0, y0, x0 + 224, y0 + 224)), np.float32) / 255 - MEAN) / STD
-    return np.ascontiguousarray(a.transpose(2, 0, 1)[None])
-
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "models"))
+from dinov2_int8 import prepare  # noqa: E402  (the registry's dino-embed preparation)
 
 def main():
     so = ort.SessionOptions()
@@ -35,7 +24,7 @@ def main():
     name = s.get_inputs()[0].name
     print("ready", flush=True)
     for line in sys.stdin:
-        x = prepare(line.strip())
+        x = np.ascontiguousarray(prepare(line.strip())[None])
         t = time.perf_counter()
         s.run(None, {name: x})
         print(f"{(time.perf_counter() - t) * 1e3:.3f}", flush=True)

@@ -17,15 +17,17 @@ a comparison of variants, not an accuracy figure).
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "scripts", "models"))
+from dinov2_int8 import prepare  # noqa: E402  (the registry's dino-embed preparation)
 SHARED = os.environ.get("CASCADE_SHARED") or os.path.join(os.path.dirname(ROOT), "shared")
 SRC = os.path.join(ROOT, "target", "models", "dinov2_vits14.onnx")
 
@@ -45,18 +47,6 @@ def variants(work):
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         out[name] = dst
     return out
-
-
-def prepare(path):
-    im = Image.open(path).convert("RGB")
-    w, h = im.size
-    s = 224 / min(w, h)
-    nw, nh = max(224, round(w * s)), max(224, round(h * s))
-    im = im.resize((nw, nh), Image.BILINEAR)
-    x0, y0 = (nw - 224) // 2, (nh - 224) // 2
-    a = np.asarray(im.crop((x0, y0, x0 + 224, y0 + 224)), np.float32) / 255
-    a = (a - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    return a.transpose(2, 0, 1).astype(np.float32)
 
 
 def head_scores(emb, head):
