@@ -30,6 +30,10 @@ Usage: .venv/bin/python scripts/tune/grouped_cv.py [--schemes source,city,random
        [--seeds 1] [--hotkeys speed,accuracy] [--probe] [--policies DIR] [--train-args "..."]
        [--cascade PATH] [--components DIR] [--work DIR] [--json FILE] [--oof FILE.csv] [--set hotkey:key.path=value ...]
        [--serve-file ONNX]   (heads trained on the backbone, the classifier served from another file: a quantised copy)
+
+The classifier runs the backbone's own file unless --serve-file names another: the shipped
+`roadwork` runs the int8 copy of dino-embed's file, so evaluating it as shipped takes
+`--serve-file target/models/dinov2_vits14_int8.onnx`.
 """
 
 import argparse
