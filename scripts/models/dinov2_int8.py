@@ -29,6 +29,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.environ.get("CASCADE_SHARED") or os.path.join(os.path.dirname(ROOT), "shared")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_export import image_files  # noqa: E402
+
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
 
 
@@ -53,17 +56,6 @@ def default_images(work):
     street = sorted(glob.glob(os.path.join(SHARED, "data", "roadwork-more", "*", "*.jpg")))
     street += sorted(glob.glob(os.path.join(SHARED, "data", "roadwork-dev", "dashcam_*", "*.jpg")))
     return files + street[:: max(1, len(street) // 64)][:64]
-
-
-def image_files(paths):
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            out += sorted(f for f in glob.glob(os.path.join(p, "**", "*"), recursive=True)
-                          if f.lower().endswith((".jpg", ".jpeg", ".png")))
-        else:
-            out.append(p)
-    return out
 
 
 def prepare(path):

@@ -17,9 +17,22 @@ entry to paste.
 """
 
 import argparse
+import glob
 import json
 import os
 import sys
+
+
+def image_files(paths):
+    """Image files named by `paths`: files as given, folders searched for JPEG and PNG files."""
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            out += sorted(f for f in glob.glob(os.path.join(p, "**", "*"), recursive=True)
+                          if f.lower().endswith((".jpg", ".jpeg", ".png")))
+        else:
+            out.append(p)
+    return out
 
 
 class ExportError(Exception):

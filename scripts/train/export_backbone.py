@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from backbones import BackboneError, Embedder, fusable, input_size, load, parse_features  # noqa: E402
+from hf_export import image_files  # noqa: E402  (backbones put scripts/models on the path)
 from staging import staged  # noqa: E402
 
 
@@ -44,17 +45,6 @@ def default_images(limit=8):
     files = sorted(glob.glob(os.path.join(shared, "data", "roadwork-more", "*", "*.jpg")))
     # spread over the sources rather than the first folder's frames
     return files[:: max(1, len(files) // limit)][:limit]
-
-
-def image_files(paths):
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            out += sorted(f for f in glob.glob(os.path.join(p, "**", "*"), recursive=True)
-                          if f.lower().endswith((".jpg", ".jpeg", ".png")))
-        else:
-            out.append(p)
-    return out
 
 
 def processor_of(src, revision):
