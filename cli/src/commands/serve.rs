@@ -62,6 +62,11 @@ pub struct ServeCommand {
     /// pool of their own and never wait behind them.
     #[arg(long, default_value_t = cascade_host::server::state::DEFAULT_DECODE_MEMORY_MB)]
     decode_memory_mb: u32,
+    /// Big JPEGs (over 1 MP) are decoded at 1/2, 1/4 or 1/8 of their size in the DCT, keeping
+    /// the short side at this or more (default: twice the largest input of the loaded models,
+    /// 960 for the shipped registry); 0 decodes every image in full.
+    #[arg(long)]
+    decode_min_side: Option<u32>,
     /// Refuse to start when any file is refused (default: serve the hotkeys that load, and list
     /// the refused files on /admin until they are fixed).
     #[arg(long)]
@@ -142,6 +147,7 @@ impl ServeCommand {
         server.set_max_connections(max_connections);
         server.set_max_connections_per_ip(a.max_connections_per_ip);
         server.set_decode_memory_mb(a.decode_memory_mb);
+        server.decode_min_side = a.decode_min_side;
         if !(a.first_byte_timeout_s.is_finite() && a.first_byte_timeout_s > 0.0) {
             anyhow::bail!("--first-byte-timeout-s {}: a positive number of seconds", a.first_byte_timeout_s);
         }

@@ -541,6 +541,17 @@ impl Registry {
 }
 
 impl ModelSpec {
+    /// The short side, in pixels, an image needs for this model to see it as well as at full
+    /// size: its input (or the short side it resizes to first), OCR's detection size, a VLM's
+    /// image side. The host decodes big JPEGs no smaller than twice the largest of these.
+    pub fn input_side(&self) -> u32 {
+        match self.kind {
+            ModelKind::Ocr => self.ocr.as_ref().map_or(0, |o| o.det_short),
+            ModelKind::Vlm => self.vlm.as_ref().map_or(0, |v| v.image_side),
+            _ => self.input.width.max(self.input.height).max(self.input.resize_short.unwrap_or(0)),
+        }
+    }
+
     fn check(&self) -> Result<(), String> {
         if self.input.width == 0 || self.input.height == 0 {
             return Err("input width and height must be positive".into());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cascade_engines::Image;
 use parking_lot::Mutex;
 
-use cascade_common::image::{decode_with_header, header, within, DecodeError, Header, IngressLimits};
+use cascade_common::image::{decode_for, planned_scale, within, DecodeError, Header, IngressLimits};
 
 /// Memory for decoded images and how long one is kept (a challenge's copies arrive together).
 pub const DEFAULT_MB: usize = 32;
@@ -50,19 +50,24 @@ pub fn configure(mb: usize, ttl: Duration) {
     let _ = DECODED.set(Decoded::new(mb << 20, ttl));
 }
 
-/// Decodes `bytes` (content key `key`, header `head` as `header` read it) within `limits`, or
-/// takes the image another request decoded from the same bytes.
+/// Decodes `bytes` (content key `key`, header `head` as `header` read it) within `limits`, a
+/// big JPEG scaled in the DCT down to a short side of `min_side` or more (`decode_for`), or
+/// takes the image another request decoded from the same bytes at the same scale.
 pub fn decode(
     key: [u8; 16],
     bytes: &[u8],
     head: &Result<Header, DecodeError>,
     limits: &IngressLimits,
+    min_side: u32,
 ) -> Result<Image, DecodeError> {
     let shared = DECODED.get_or_init(|| Decoded::new(DEFAULT_MB << 20, DEFAULT_TTL));
+    let scale = head.as_ref().map_or(1, |h| planned_scale(*h, min_side));
     if shared.cap_bytes == 0 {
-        return decode_once(bytes, head, limits).map(Arc::new);
+        return decode_once(bytes, head, limits, min_side).map(Arc::new);
     }
-    shared.get_with(key, bytes, head, limits)
+    // the same bytes at another scale (the models changed since) are another image
+    let key = if scale == 1 { key } else { crate::wit::image::key_of(b"scaled", &[&key, &scale.to_le_bytes()]) };
+    shared.get_with(key, bytes, head, limits, min_side)
 }
 
 /// The decode of bytes whose header was read already.
@@ -70,8 +75,23 @@ fn decode_once(
     bytes: &[u8],
     head: &Result<Header, DecodeError>,
     limits: &IngressLimits,
+    min_side: u32,
 ) -> Result<image::RgbImage, DecodeError> {
-    decode_with_header(bytes, head.clone()?, limits)
+    let d = decode_for(bytes, head.clone()?, limits, min_side)?;
+    let m = crate::metrics::global();
+    match &d.fell_back {
+        Some(why) => {
+            m.decoded("fell-back");
+            tracing::info!(reason = %why, "libjpeg-turbo refused a JPEG; decoded in full by zune-jpeg");
+        }
+        None if d.scale > 1 => m.decoded(match d.scale {
+            2 => "scaled-1/2",
+            4 => "scaled-1/4",
+            _ => "scaled-1/8",
+        }),
+        None => {}
+    }
+    Ok(d.image)
 }
 
 /// What a decode is counted as in `cascade_decoded_images_total`.
@@ -84,8 +104,9 @@ impl Decoded {
         Decoded { inner: Mutex::new(Inner { map: HashMap::new(), order: VecDeque::new(), bytes: 0 }), cap_bytes, ttl }
     }
 
-    pub fn get(&self, key: [u8; 16], bytes: &[u8], limits: &IngressLimits) -> Result<Image, DecodeError> {
-        self.get_with(key, bytes, &header(bytes), limits)
+    #[cfg(test)]
+    fn get(&self, key: [u8; 16], bytes: &[u8], limits: &IngressLimits) -> Result<Image, DecodeError> {
+        self.get_with(key, bytes, &cascade_common::image::header(bytes), limits, 0)
     }
 
     fn get_with(
@@ -94,6 +115,7 @@ impl Decoded {
         bytes: &[u8],
         head: &Result<Header, DecodeError>,
         limits: &IngressLimits,
+        min_side: u32,
     ) -> Result<Image, DecodeError> {
         let (cell, lead) = {
             let mut g = self.inner.lock();
@@ -114,7 +136,7 @@ impl Decoded {
         let (mut ran, mut refusal) = (false, None);
         let got = cell.get_or_init(|| {
             ran = true;
-            match decode_once(bytes, head, limits) {
+            match decode_once(bytes, head, limits, min_side) {
                 Ok(img) => Some(Arc::new(img)),
                 Err(r) => {
                     refusal = Some(r);
@@ -133,7 +155,7 @@ impl Decoded {
             // a waiter on a refused decode has no refusal of its own: work it out
             None => match refusal {
                 Some(r) => Err(r),
-                None => decode_once(bytes, head, limits).map(Arc::new),
+                None => decode_once(bytes, head, limits, min_side).map(Arc::new),
             },
         };
         count(match (&result, ran) {

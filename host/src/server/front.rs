@@ -48,7 +48,8 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Duratio
     let answer = tokio::task::block_in_place(|| -> Result<Answer, Refusal> {
         let origin = crate::wit::image::key_of(b"bytes", &[&bytes]);
         let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
-        let img = super::decoded::decode(origin, &bytes, &head, &limits).map_err(refuse_image)?;
+        let min_side = server.min_side(&serving.models);
+        let img = super::decoded::decode(origin, &bytes, &head, &limits, min_side).map_err(refuse_image)?;
         // a large image's memory stays reserved until its answer (the policy holds the image)
         let (slot, memory) = turn.split();
         drop(slot);

@@ -81,6 +81,9 @@ pub struct Server {
     /// ... and the memory they may hold until their answer, in MiB (`--decode-memory-mb`).
     pub decode_memory: tokio::sync::Semaphore,
     pub decode_memory_mb: u32,
+    /// The short side big JPEGs are decoded down to, no smaller (`--decode-min-side`): `None`
+    /// for twice the largest input of the loaded models, `Some(0)` to always decode in full.
+    pub decode_min_side: Option<u32>,
 }
 
 /// A reload to run, and the switch that makes it take the snapshot file whatever its order.
@@ -152,7 +155,13 @@ impl Server {
             large_decodes: tokio::sync::Semaphore::new(cores()),
             decode_memory: tokio::sync::Semaphore::new(DEFAULT_DECODE_MEMORY_MB as usize),
             decode_memory_mb: DEFAULT_DECODE_MEMORY_MB,
+            decode_min_side: None,
         }
+    }
+
+    /// The short side a big JPEG is decoded down to for `models` (see `decode_min_side`).
+    pub(crate) fn min_side(&self, models: &cascade_engines::Models) -> u32 {
+        self.decode_min_side.unwrap_or_else(|| 2 * models.input_side())
     }
 
     /// Records an answer for the status page (the oldest one goes).

@@ -7,6 +7,8 @@ use std::io::Cursor;
 
 use image::{ImageFormat, ImageReader, Limits};
 
+mod turbo;
+
 /// Limits on what a request may carry (from flags).
 #[derive(Debug, Clone, Copy)]
 pub struct IngressLimits {
@@ -106,6 +108,62 @@ pub fn decode_image(bytes: &[u8], limits: &IngressLimits) -> Result<image::RgbIm
 
 /// `decode_image` with the header already read (by `header` on the same bytes).
 pub fn decode_with_header(bytes: &[u8], head: Header, limits: &IngressLimits) -> Result<image::RgbImage, DecodeError> {
+    decode_for(bytes, head, limits, 0).map(|d| d.image)
+}
+
+/// `decode_with_header` for an image that only needs to keep a short side of `min_side`: a
+/// JPEG over `SCALE_FROM_PIXELS` and at least twice that is decoded at 1/2, 1/4 or 1/8 of its
+/// size in the DCT (far less work and memory than decoding 12 MP to resize it afterwards).
+/// JPEGs decode with libjpeg-turbo; one it refuses is decoded in full by zune-jpeg (and
+/// `fell_back` says why), PNGs by `image`. `min_side` 0 decodes at full size.
+pub fn decode_for(bytes: &[u8], head: Header, limits: &IngressLimits, min_side: u32) -> Result<Decoded, DecodeError> {
+    check(bytes, head, limits)?;
+    if head.format != ImageFormat::Jpeg {
+        return Ok(Decoded { image: full(bytes, head.format, limits)?, scale: 1, fell_back: None });
+    }
+    let scale = planned_scale(head, min_side);
+    match turbo::decode(bytes, head, scale) {
+        Ok(image) => Ok(Decoded { image, scale, fell_back: None }),
+        Err(why) => Ok(Decoded { image: full(bytes, head.format, limits)?, scale: 1, fell_back: Some(why) }),
+    }
+}
+
+/// An image as `decode_for` made it.
+#[derive(Debug)]
+pub struct Decoded {
+    pub image: image::RgbImage,
+    /// 1 (full size), 2, 4 or 8: the image is the file's size divided by this (rounded up).
+    pub scale: u32,
+    /// Why libjpeg-turbo refused a JPEG that zune-jpeg then decoded in full.
+    pub fell_back: Option<String>,
+}
+
+/// Images up to this many pixels (validators' 224² challenges among them, any image the axon
+/// admits) are always decoded at full size.
+pub const SCALE_FROM_PIXELS: u64 = 1 << 20;
+
+/// The scale `decode_for` decodes an image of header `head` at for `min_side`.
+pub fn planned_scale(head: Header, min_side: u32) -> u32 {
+    let big = u64::from(head.width) * u64::from(head.height) > SCALE_FROM_PIXELS;
+    if head.format == ImageFormat::Jpeg && big {
+        dct_scale(head.width, head.height, min_side)
+    } else {
+        1
+    }
+}
+
+/// The largest DCT scale (2, 4 or 8; else 1) that keeps the short side of a `w`×`h` JPEG at
+/// `min_side` or more (1 when `min_side` is 0).
+pub fn dct_scale(w: u32, h: u32, min_side: u32) -> u32 {
+    if min_side == 0 {
+        return 1;
+    }
+    let short = w.min(h);
+    [8, 4, 2].into_iter().find(|d| short.div_ceil(*d) >= min_side).unwrap_or(1)
+}
+
+/// The checks every decode passes first: size limits, density, a complete JPEG.
+fn check(bytes: &[u8], head: Header, limits: &IngressLimits) -> Result<(), DecodeError> {
     let undecodable = DecodeError::Undecodable;
     let Header { format, width: w, height: h } = head;
     if w == 0 || h == 0 {
@@ -121,6 +179,12 @@ pub fn decode_with_header(bytes: &[u8], head: Header, limits: &IngressLimits) ->
     if format == ImageFormat::Jpeg && !jpeg_complete(bytes) {
         return Err(undecodable("JPEG is truncated (no end-of-image marker)".into()));
     }
+    Ok(())
+}
+
+/// The full-size decode through `image` (zune-jpeg for JPEG): PNGs, and JPEGs libjpeg-turbo
+/// refuses.
+fn full(bytes: &[u8], format: ImageFormat, limits: &IngressLimits) -> Result<image::RgbImage, DecodeError> {
     let mut reader = ImageReader::new(Cursor::new(bytes));
     reader.set_format(format);
     let mut l = Limits::default();
@@ -128,7 +192,7 @@ pub fn decode_with_header(bytes: &[u8], head: Header, limits: &IngressLimits) ->
     l.max_image_height = Some(limits.max_side);
     l.max_alloc = Some(limits.max_pixels * 4 + (16 << 20));
     reader.limits(l);
-    let img = reader.decode().map_err(|e| undecodable(format!("cannot decode: {e}")))?;
+    let img = reader.decode().map_err(|e| DecodeError::Undecodable(format!("cannot decode: {e}")))?;
     Ok(img.into_rgb8())
 }
 
@@ -180,5 +244,64 @@ mod tests {
         let r = decode_image(&j, &IngressLimits::default()).unwrap_err();
         assert_eq!(r.code(), "undecodable-image", "{r:?}");
         assert!(r.to_string().contains("8192×4882"), "{r:?}");
+    }
+
+    /// A street-like pattern (edges in both directions, colour), at `w`×`h`.
+    fn scene(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let stripe = if (x / 40 + y / 60) % 2 == 0 { 60 } else { 0 };
+            image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 120 + stripe as u8])
+        });
+        let mut out = Cursor::new(Vec::new());
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&img).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn a_big_jpeg_is_decoded_scaled_to_what_the_models_need() {
+        let j = scene(2400, 1800);
+        let l = IngressLimits::default();
+        let full = decode_for(&j, header(&j).unwrap(), &l, 0).unwrap();
+        assert_eq!((full.scale, full.image.dimensions(), &full.fell_back), (1, (2400, 1800), &None));
+        // short side 1800: 1/2 keeps 900 ≥ 500, 1/4 would give 450
+        let half = decode_for(&j, header(&j).unwrap(), &l, 500).unwrap();
+        assert_eq!((half.scale, half.image.dimensions(), &half.fell_back), (2, (1200, 900), &None));
+        assert_eq!(decode_for(&j, header(&j).unwrap(), &l, 200).unwrap().image.dimensions(), (300, 225));
+        // the scaled image is the full one averaged 2×2, within JPEG's rounding
+        let (mut diff, mut n) = (0u64, 0u64);
+        for (x, y, p) in half.image.enumerate_pixels() {
+            for c in 0..3 {
+                let avg: u32 =
+                    (0..4).map(|k| u32::from(full.image.get_pixel(2 * x + k % 2, 2 * y + k / 2)[c])).sum::<u32>() / 4;
+                diff += u64::from(avg.abs_diff(u32::from(p[c])));
+                n += 1;
+            }
+        }
+        let mean = diff as f64 / n as f64;
+        assert!(mean < 2.0, "mean difference {mean}");
+        // validators' small images are never scaled, whatever the need
+        let small = jpeg(224, 224);
+        assert_eq!(decode_for(&small, header(&small).unwrap(), &l, 16).unwrap().scale, 1);
+    }
+
+    #[test]
+    fn a_jpeg_libjpeg_turbo_refuses_is_decoded_by_zune_jpeg() {
+        // CMYK: libjpeg-turbo cannot turn it into RGB, zune-jpeg can
+        let (w, h) = (64usize, 48usize);
+        let px = vec![40u8; w * h * 4];
+        let img = turbojpeg::Image {
+            pixels: px.as_slice(),
+            width: w,
+            pitch: w * 4,
+            height: h,
+            format: turbojpeg::PixelFormat::CMYK,
+        };
+        let j = turbojpeg::compress(img, 90, turbojpeg::Subsamp::None).unwrap().to_vec();
+        let d = decode_for(&j, header(&j).unwrap(), &IngressLimits::default(), 0).unwrap();
+        assert_eq!(d.image.dimensions(), (64, 48));
+        assert!(d.fell_back.as_deref().is_some_and(|w| w.contains("decode")), "{:?}", d.fell_back);
+        // and the next image decodes with libjpeg-turbo again
+        let ok = jpeg(32, 16);
+        assert!(decode_for(&ok, header(&ok).unwrap(), &IngressLimits::default(), 0).unwrap().fell_back.is_none());
     }
 }
