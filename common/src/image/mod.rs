@@ -90,6 +90,12 @@ pub struct Header {
 
 /// Reads the format and the dimensions from the header (no pixel is decoded).
 pub fn header(bytes: &[u8]) -> Result<Header, DecodeError> {
+    if image::guess_format(bytes).ok() == Some(ImageFormat::Jpeg) {
+        if let Some((width, height)) = turbo::dimensions(bytes) {
+            return Ok(Header { format: ImageFormat::Jpeg, width, height });
+        }
+        // not readable by libjpeg-turbo: `image` reads it, or says why not
+    }
     let undecodable = DecodeError::Undecodable;
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| undecodable(e.to_string()))?;
     let format = match reader.format() {

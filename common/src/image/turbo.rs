@@ -17,9 +17,22 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<turbojpeg::Decompressor>> = const { RefCell::new(None) };
 }
 
+/// A JPEG's width and height from its header, read by libjpeg-turbo (cheaper than zune-jpeg's
+/// header read, which builds the Huffman tables), or `None` when it cannot read it.
+pub(super) fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    with_decompressor(|d| d.read_header(bytes).map_err(|e| e.to_string()))
+        .ok()
+        .and_then(|h| Some((u32::try_from(h.width).ok()?, u32::try_from(h.height).ok()?)))
+}
+
 /// The image at `1/scale` of `head`'s size (rounded up; `scale` 1, 2, 4 or 8), or why not
 /// (the caller then decodes with zune-jpeg).
 pub(super) fn decode(bytes: &[u8], head: Header, scale: u32) -> Result<image::RgbImage, String> {
+    with_decompressor(|d| run(d, bytes, head, scale))
+}
+
+/// `f` on this thread's decompressor (made on first use, and again after a failure).
+fn with_decompressor<T>(f: impl FnOnce(&mut turbojpeg::Decompressor) -> Result<T, String>) -> Result<T, String> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         let d = match slot.as_mut() {
@@ -30,7 +43,7 @@ pub(super) fn decode(bytes: &[u8], head: Header, scale: u32) -> Result<image::Rg
                 slot.insert(d)
             }
         };
-        let out = run(d, bytes, head, scale);
+        let out = f(d);
         if out.is_err() {
             // a fresh decompressor for the next image, whatever state the failure left
             *slot = None;

@@ -34,9 +34,17 @@ pub(crate) struct Job {
     pub refuse_image: fn(DecodeError) -> Refusal,
 }
 
+/// How long a request took: in all since it arrived, and decoding its image (zero when another
+/// request's decode of the same bytes was taken).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Took {
+    pub total: Duration,
+    pub decode: Duration,
+}
+
 /// Decodes, serves and counts: the answer (which may be a failed one: `Source::None`) and
-/// the time since the request arrived.
-pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Duration), Refusal> {
+/// how long it took.
+pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Took), Refusal> {
     let Job { serving, hotkey: hk, bytes, limits, sticky, arrived, via, caller, refuse_image } = job;
     // the header is read once: for the decode budget here, for the decode below
     let head = cascade_common::image::header(&bytes);
@@ -45,11 +53,14 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Duratio
     // Decoding and the policy block (component calls wait on model queues): run them here,
     // telling tokio to move this worker's other tasks away, which saves the two thread
     // hand-offs of `spawn_blocking` on every request.
+    let mut decode = Duration::ZERO;
     let answer = tokio::task::block_in_place(|| -> Result<Answer, Refusal> {
         let origin = crate::wit::image::key_of(b"bytes", &[&bytes]);
         let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
         let min_side = server.min_side(&serving.models);
+        let t = Instant::now();
         let img = super::decoded::decode(origin, &bytes, &head, &limits, min_side).map_err(refuse_image)?;
+        decode = t.elapsed();
         // a large image's memory stays reserved until its answer (the policy holds the image)
         let (slot, memory) = turn.split();
         drop(slot);
@@ -65,5 +76,5 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Duratio
     let took = arrived.elapsed();
     crate::metrics::global().request(&hk.name, &answer.stage, answer.source.outcome(), took);
     server.note_answer(&hk.name, &answer, took);
-    Ok((answer, took))
+    Ok((answer, Took { total: took, decode }))
 }

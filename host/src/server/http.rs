@@ -155,12 +155,24 @@ async fn predict(server: &Server, hotkey: &str, req: Request<Incoming>) -> Resul
             "hotkey": hotkey,
             "generation": generation,
             "model_ms": crate::answer::tenth_ms(answer.model_ms),
-            "ms": crate::answer::tenth_ms(took.as_secs_f64() * 1e3),
+            "ms": crate::answer::tenth_ms(took.total.as_secs_f64() * 1e3),
             "trace": answer.trace,
     });
     if let Some(raw) = answer.raw {
         // the fused score before the hotkey's calibration
         body["raw"] = json!(raw);
     }
-    Ok(json_response(StatusCode::OK, &body))
+    let mut resp = json_response(StatusCode::OK, &body);
+    // the same figures to the microsecond, as the W3C Server-Timing header (browsers' network
+    // panels show it; `http-bench` reads it): decoding, the models' compute, the whole request
+    let timing = format!(
+        "decode;dur={:.3}, model;dur={:.3}, total;dur={:.3}",
+        took.decode.as_secs_f64() * 1e3,
+        answer.model_ms,
+        took.total.as_secs_f64() * 1e3
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&timing) {
+        resp.headers_mut().insert("server-timing", v);
+    }
+    Ok(resp)
 }

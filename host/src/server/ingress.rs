@@ -24,8 +24,10 @@ impl Refusal {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PredictBody {
-    image: String,
+struct PredictBody<'a> {
+    /// Borrowed from the body when it holds no escapes (base64 never does): no copy.
+    #[serde(borrow)]
+    image: std::borrow::Cow<'a, str>,
 }
 
 fn invalid_json(detail: impl std::fmt::Display) -> Refusal {
@@ -38,11 +40,10 @@ pub(crate) fn image_bytes(content_type: Option<&str>, body: &[u8]) -> Result<Vec
     match ct.as_deref() {
         Some("application/json") => {
             // an object, not any JSON serde would map onto the struct (a `["…"]` array would be)
-            let v: serde_json::Value = serde_json::from_slice(body).map_err(invalid_json)?;
-            if !v.is_object() {
+            if body.trim_ascii_start().first().is_some_and(|b| *b != b'{') {
                 return Err(invalid_json("found a JSON value that is not an object"));
             }
-            let b: PredictBody = serde_json::from_value(v).map_err(invalid_json)?;
+            let b: PredictBody = serde_json::from_slice(body).map_err(invalid_json)?;
             decode_base64(&b.image)
         }
         Some("image/jpeg") | Some("image/png") => Ok(body.to_vec()),
@@ -125,6 +126,10 @@ mod tests {
         assert_eq!(image_bytes(ct, br#"["aGk="]"#).unwrap_err().code, "invalid-json");
         assert_eq!(image_bytes(ct, br#"{"image": "aGk="}"#).unwrap(), b"hi");
         assert_eq!(image_bytes(ct, br#"{"image": "aGk=", "x": 1}"#).unwrap_err().code, "invalid-json");
+        assert_eq!(image_bytes(ct, b" \n [\"aGk=\"]").unwrap_err().code, "invalid-json");
+        assert_eq!(image_bytes(ct, b"").unwrap_err().code, "invalid-json");
+        // an escaped string is unescaped into its own copy
+        assert_eq!(image_bytes(ct, br#" {"image": "aGk\u003d"}"#).unwrap(), b"hi");
     }
 
     #[test]

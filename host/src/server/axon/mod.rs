@@ -316,7 +316,7 @@ async fn serve(
         if let Some(ax) = axon.as_object_mut() {
             ax.insert("status_code".into(), json!(200));
             ax.insert("status_message".into(), json!("Success"));
-            ax.insert("process_time".into(), json!(took.as_secs_f64()));
+            ax.insert("process_time".into(), json!(took.total.as_secs_f64()));
         }
     }
     let mut r = Response::new(Full::new(Bytes::from(synapse.to_string())));
@@ -324,7 +324,7 @@ async fn serve(
     hs.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     hs.insert("bt_header_axon_status_code", HeaderValue::from_static("200"));
     hs.insert("bt_header_axon_status_message", HeaderValue::from_static("Success"));
-    if let Ok(v) = HeaderValue::from_str(&format!("{}", took.as_secs_f64())) {
+    if let Ok(v) = HeaderValue::from_str(&format!("{}", took.total.as_secs_f64())) {
         hs.insert("bt_header_axon_process_time", v);
     }
     Ok(r)
