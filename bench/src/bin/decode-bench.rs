@@ -1,10 +1,10 @@
 //! JPEG decoding at the size the models need, in one run.
 //!
 //! 1. In-process, every side interleaved image by image. Validators' challenges (224², PIL
-//!    quality 75): the server's decoder (libjpeg-turbo) against zune-jpeg (through `image`, the
-//!    server's before) and jpeg-decoder. 12 MP photos: decoded in full (zune-jpeg, as before;
-//!    libjpeg-turbo), against decoded at 1/2, 1/4 and 1/8 in the DCT (what `serve` does for the
-//!    registry's need; jpeg-decoder's 1/2 beside it), each then prepared for the `roadwork`
+//!    quality 75): the server's decoder for them (zune-jpeg, through `image`) against
+//!    libjpeg-turbo and jpeg-decoder. 12 MP photos: decoded in full (zune-jpeg; libjpeg-turbo),
+//!    against decoded at 1/2, 1/4 and 1/8 in the DCT by libjpeg-turbo (what `serve` does for
+//!    the registry's need; jpeg-decoder's 1/2 beside it), each then prepared for the `roadwork`
 //!    classifier as the engine does.
 //! 2. End to end: the real server's `speed` hotkey answering the same photos over HTTP with
 //!    `--decode-min-side 0` (every image in full: the peer) and with the default (twice the
@@ -77,9 +77,9 @@ fn jpeg_decoder(bytes: &[u8], scale: u16) -> anyhow::Result<Vec<u8>> {
     Ok(d.decode()?)
 }
 
-/// zune-jpeg through `image`: the server's decoder before libjpeg-turbo.
-fn zune(bytes: &[u8]) -> anyhow::Result<RgbImage> {
-    Ok(image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)?.into_rgb8())
+/// libjpeg-turbo at `1/scale`.
+fn turbo(bytes: &[u8], scale: u32) -> anyhow::Result<RgbImage> {
+    cascade_common::image::libjpeg_turbo(bytes, read_header(bytes)?, scale).map_err(anyhow::Error::msg)
 }
 
 /// One in-process side: a name and how it turns bytes into something of the image's size.
@@ -124,8 +124,8 @@ fn main() -> anyhow::Result<()> {
     let small: Vec<Vec<u8>> =
         cascade_bench::challenges(&work, 200)?.iter().map(std::fs::read).collect::<Result<_, _>>()?;
     let sides: Vec<Side> = vec![
-        ("libjpeg-turbo (the server's)".into(), Box::new(|b: &[u8]| Ok(decode_image(b, &limits)?.len()))),
-        ("zune-jpeg via image (the server's before)".into(), Box::new(|b: &[u8]| Ok(zune(b)?.len()))),
+        ("zune-jpeg via image (the server's)".into(), Box::new(|b: &[u8]| Ok(decode_image(b, &limits)?.len()))),
+        ("libjpeg-turbo".into(), Box::new(|b: &[u8]| Ok(turbo(b, 1)?.len()))),
         ("jpeg-decoder".into(), Box::new(|b: &[u8]| Ok(jpeg_decoder(b, 1)?.len()))),
     ];
     run_sides(
@@ -160,11 +160,11 @@ fn main() -> anyhow::Result<()> {
         out.len()
     };
     let mut sides: Vec<Side> = vec![
-        ("full, zune-jpeg (before), then the input".into(), Box::new(|b: &[u8]| Ok(prepared(&zune(b)?)))),
         (
-            "full, libjpeg-turbo, then the input".into(),
+            "full, zune-jpeg (min side 0), then the input".into(),
             Box::new(|b: &[u8]| Ok(prepared(&decode_for(b, read_header(b)?, &limits, 0)?.image))),
         ),
+        ("full, libjpeg-turbo, then the input".into(), Box::new(|b: &[u8]| Ok(prepared(&turbo(b, 1)?)))),
         (
             "1/2, jpeg-decoder, then the input".into(),
             Box::new(|b: &[u8]| {

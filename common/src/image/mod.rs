@@ -118,20 +118,31 @@ pub fn decode_with_header(bytes: &[u8], head: Header, limits: &IngressLimits) ->
 }
 
 /// `decode_with_header` for an image that only needs to keep a short side of `min_side`: a
-/// JPEG over `SCALE_FROM_PIXELS` and at least twice that is decoded at 1/2, 1/4 or 1/8 of its
-/// size in the DCT (far less work and memory than decoding 12 MP to resize it afterwards).
-/// JPEGs decode with libjpeg-turbo; one it refuses is decoded in full by zune-jpeg (and
-/// `fell_back` says why), PNGs by `image`. `min_side` 0 decodes at full size.
+/// JPEG over `SCALE_FROM_PIXELS` and at least twice that is decoded by libjpeg-turbo at 1/2,
+/// 1/4 or 1/8 of its size in the DCT (far less work and memory than decoding 12 MP to resize it
+/// afterwards); one it refuses is decoded in full (and `fell_back` says why). Everything else,
+/// validators' challenges among them, is decoded in full by `image` (zune-jpeg, png): on the
+/// grouped held-out evaluation libjpeg-turbo's pixels cost MCC (README, "decode-bench").
+/// `min_side` 0 decodes at full size.
 pub fn decode_for(bytes: &[u8], head: Header, limits: &IngressLimits, min_side: u32) -> Result<Decoded, DecodeError> {
     check(bytes, head, limits)?;
     if head.format != ImageFormat::Jpeg {
         return Ok(Decoded { image: full(bytes, head.format, limits)?, scale: 1, fell_back: None });
     }
     let scale = planned_scale(head, min_side);
+    if scale == 1 {
+        return Ok(Decoded { image: full(bytes, head.format, limits)?, scale: 1, fell_back: None });
+    }
     match turbo::decode(bytes, head, scale) {
         Ok(image) => Ok(Decoded { image, scale, fell_back: None }),
         Err(why) => Ok(Decoded { image: full(bytes, head.format, limits)?, scale: 1, fell_back: Some(why) }),
     }
+}
+
+/// libjpeg-turbo's decode of a JPEG at `1/scale` (1, 2, 4 or 8), checks not included: for
+/// benchmarks that compare it with the full decode (`decode-bench`).
+pub fn libjpeg_turbo(bytes: &[u8], head: Header, scale: u32) -> Result<image::RgbImage, String> {
+    turbo::decode(bytes, head, scale)
 }
 
 /// An image as `decode_for` made it.
@@ -140,7 +151,7 @@ pub struct Decoded {
     pub image: image::RgbImage,
     /// 1 (full size), 2, 4 or 8: the image is the file's size divided by this (rounded up).
     pub scale: u32,
-    /// Why libjpeg-turbo refused a JPEG that zune-jpeg then decoded in full.
+    /// Why libjpeg-turbo refused a scaled decode, when zune-jpeg then decoded in full.
     pub fell_back: Option<String>,
 }
 
@@ -188,8 +199,7 @@ fn check(bytes: &[u8], head: Header, limits: &IngressLimits) -> Result<(), Decod
     Ok(())
 }
 
-/// The full-size decode through `image` (zune-jpeg for JPEG): PNGs, and JPEGs libjpeg-turbo
-/// refuses.
+/// The full-size decode through `image` (zune-jpeg for JPEG, png).
 fn full(bytes: &[u8], format: ImageFormat, limits: &IngressLimits) -> Result<image::RgbImage, DecodeError> {
     let mut reader = ImageReader::new(Cursor::new(bytes));
     reader.set_format(format);
@@ -292,8 +302,8 @@ mod tests {
 
     #[test]
     fn a_jpeg_libjpeg_turbo_refuses_is_decoded_by_zune_jpeg() {
-        // CMYK: libjpeg-turbo cannot turn it into RGB, zune-jpeg can
-        let (w, h) = (64usize, 48usize);
+        // CMYK: libjpeg-turbo cannot turn it into RGB, zune-jpeg can (big enough to be scaled)
+        let (w, h) = (1280usize, 960usize);
         let px = vec![40u8; w * h * 4];
         let img = turbojpeg::Image {
             pixels: px.as_slice(),
@@ -303,11 +313,12 @@ mod tests {
             format: turbojpeg::PixelFormat::CMYK,
         };
         let j = turbojpeg::compress(img, 90, turbojpeg::Subsamp::None).unwrap().to_vec();
-        let d = decode_for(&j, header(&j).unwrap(), &IngressLimits::default(), 0).unwrap();
-        assert_eq!(d.image.dimensions(), (64, 48));
+        let d = decode_for(&j, header(&j).unwrap(), &IngressLimits::default(), 400).unwrap();
+        assert_eq!((d.scale, d.image.dimensions()), (1, (1280, 960)));
         assert!(d.fell_back.as_deref().is_some_and(|w| w.contains("decode")), "{:?}", d.fell_back);
         // and the next image decodes with libjpeg-turbo again
-        let ok = jpeg(32, 16);
-        assert!(decode_for(&ok, header(&ok).unwrap(), &IngressLimits::default(), 0).unwrap().fell_back.is_none());
+        let ok = scene(1280, 960);
+        let d = decode_for(&ok, header(&ok).unwrap(), &IngressLimits::default(), 400).unwrap();
+        assert_eq!((d.scale, d.image.dimensions(), d.fell_back), (2, (640, 480), None));
     }
 }

@@ -1,8 +1,7 @@
-//! JPEG decoding with libjpeg-turbo (the `turbojpeg` crate, which builds it from source): the
-//! library PIL decodes with, so the server sees the pixels the validators and the training
-//! scripts see; faster than zune-jpeg on validators' 224² challenges (`decode-bench`); and able
-//! to decode at 1/2, 1/4 or 1/8 of the size in the DCT (its scaled inverse transforms), so a
-//! 12 MP photo never exists at full size. The caller has run the size checks on the header.
+//! Big JPEGs decoded by libjpeg-turbo (the `turbojpeg` crate, which builds it from source) at
+//! 1/2, 1/4 or 1/8 of their size in the DCT (its scaled inverse transforms), so a 12 MP photo
+//! never exists at full size; and JPEG headers read without building Huffman tables. The
+//! caller has run the size checks on the header.
 
 use std::cell::RefCell;
 
@@ -26,7 +25,7 @@ pub(super) fn dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
 }
 
 /// The image at `1/scale` of `head`'s size (rounded up; `scale` 1, 2, 4 or 8), or why not
-/// (the caller then decodes with zune-jpeg).
+/// (the caller then decodes in full with zune-jpeg).
 pub(super) fn decode(bytes: &[u8], head: Header, scale: u32) -> Result<image::RgbImage, String> {
     with_decompressor(|d| run(d, bytes, head, scale))
 }

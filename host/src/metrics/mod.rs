@@ -198,7 +198,7 @@ impl Metrics {
         );
         r.register(
             "decoded_images",
-            "Request images by how they were obtained (decoded, shared: another request's decode of the same bytes, refused; evicted); big JPEGs decoded scaled in the DCT are also counted as scaled-1/2, -1/4, -1/8; fell-back: a JPEG libjpeg-turbo refused, decoded in full by zune-jpeg",
+            "Request images by how they were obtained (decoded, shared: another request's decode of the same bytes, refused; evicted); big JPEGs decoded scaled in the DCT are also counted as scaled-1/2, -1/4, -1/8; fell-back: a big JPEG whose scaled decode libjpeg-turbo refused, decoded in full by zune-jpeg",
             ingress.decoded.clone(),
         );
         let policies = Policies {

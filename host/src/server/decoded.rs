@@ -82,7 +82,7 @@ fn decode_once(
     match &d.fell_back {
         Some(why) => {
             m.decoded("fell-back");
-            tracing::info!(reason = %why, "libjpeg-turbo refused a JPEG; decoded in full by zune-jpeg");
+            tracing::info!(reason = %why, "libjpeg-turbo refused a scaled decode; decoded in full by zune-jpeg");
         }
         None if d.scale > 1 => m.decoded(match d.scale {
             2 => "scaled-1/2",
