@@ -63,3 +63,25 @@ fn three_hotkeys_on_one_image_run_the_model_once_and_a_reload_recomputes() {
     burst(&server, &jpeg(&solid(48, 48, [10, 130, 250])));
     assert_eq!(metric(&server, items) - before, 3.0, "no sharing without the cache");
 }
+
+#[test]
+fn a_big_photo_is_decoded_at_the_size_the_models_need_and_counted() {
+    // the test registry's largest input is OCR's 480, so the need is a short side of 960: a
+    // 2560×1920 JPEG decodes at 1/2 (1/4 would give 480); with --decode-min-side 0 in full; the
+    // answers agree within the resize's noise
+    let dir = policies("scaled", &[("a", &tint_hotkey("a"))]);
+    let img = jpeg(&image::RgbImage::from_fn(2560, 1920, |x, y| image::Rgb([(x / 11) as u8, (y / 8) as u8, 200])));
+    let half = "cascade_decoded_images_total{result=\"scaled-1/2\"}";
+    let mut answers = Vec::new();
+    for extra in [&[][..], &["--decode-min-side", "0"][..]] {
+        let server = Server::start(&dir.0, false, extra);
+        let before = metric(&server, half);
+        let (status, v, timing) = post_timed(&server.url("/v1/predict/a"), "image/jpeg", &img);
+        assert_eq!(status, 200, "{v}");
+        assert!(timing.starts_with("decode;dur=") && timing.contains("total;dur="), "{timing:?}");
+        answers.push(v["prediction"].as_f64().expect("a prediction"));
+        let scaled = metric(&server, half) - before;
+        assert_eq!(scaled, if extra.is_empty() { 1.0 } else { 0.0 }, "{extra:?}");
+    }
+    assert!((answers[0] - answers[1]).abs() < 0.02, "{answers:?}");
+}

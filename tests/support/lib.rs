@@ -478,11 +478,18 @@ pub fn refusals(server: &Server) -> Vec<String> {
 
 /// POST with a content type; returns the status and the body as JSON (or a string).
 pub fn post(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    let (status, v, _) = post_timed(url, content_type, body);
+    (status, v)
+}
+
+/// `post`, with the answer's `Server-Timing` header (empty when there is none).
+pub fn post_timed(url: &str, content_type: &str, body: &[u8]) -> (u16, Value, String) {
     let mut r =
         agent().post(url).header("Content-Type", content_type).send(body).unwrap_or_else(|e| panic!("POST {url}: {e}"));
     let status = r.status().as_u16();
+    let timing = r.headers().get("server-timing").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let text = r.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), timing)
 }
 
 pub fn get(url: &str) -> (u16, String) {

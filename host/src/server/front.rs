@@ -34,8 +34,8 @@ pub(crate) struct Job {
     pub refuse_image: fn(DecodeError) -> Refusal,
 }
 
-/// How long a request took: in all since it arrived, and decoding its image (zero when another
-/// request's decode of the same bytes was taken).
+/// How long a request took: in all since it arrived, and getting its decoded image (a decode,
+/// a wait for another request's decode of the same bytes, or a lookup of one already made).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Took {
     pub total: Duration,
