@@ -684,4 +684,15 @@ mod tests {
         let idle = registry("lazy = true\nidle_unload_s = 0").expect_err("zero idle");
         assert!(idle.to_string().contains("idle_unload_s must be at least 1"), "{idle}");
     }
+
+    #[test]
+    fn the_side_each_model_needs() {
+        let side = |extra: &str| registry(extra).expect("valid").models[0].input_side();
+        assert_eq!(side("input = { width = 224, height = 224, resize = \"center_crop\", resize_short = 256 }"), 256);
+        assert_eq!(side("input = { width = 416, height = 320 }"), 416);
+        let ocr =
+            "[[model]]\nname = \"o\"\nfile = \"d.onnx\"\nkind = \"ocr\"\nocr = { rec = \"r.onnx\", det_short = 480 }";
+        let m = toml::from_str::<Registry>(ocr).expect("ocr").models[0].clone();
+        assert_eq!(m.input_side(), 480);
+    }
 }
