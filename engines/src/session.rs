@@ -30,24 +30,17 @@ pub(crate) fn session_on(
     build(env, spec, file, false)
 }
 
-/// `session_on`, with CUDA graphs when the entry asks for them (`cuda = { graph = true }`) and
-/// ONNX Runtime accepts them for this model (every node on the CUDA provider): whether they are
-/// on comes back too. A refusal is logged once and the model opens without them.
+/// `session_on` with CUDA graphs on, for an entry that asks for them (`cuda = { graph = true }`):
+/// whether they are on comes back too (not on the CPU, nor after a CPU fallback). A session
+/// ONNX Runtime refuses them for is an error here; the worker then opens the model without them
+/// and logs why (`Worker::open`).
 pub(crate) fn session_with_graphs(
     env: &ort::environment::Environment,
     spec: &ModelSpec,
     file: &std::path::Path,
 ) -> Result<(Session, Device, bool), LoadError> {
-    if !(spec.cuda.graph && matches!(spec.device, Device::Cuda(_))) {
-        return build(env, spec, file, false).map(|(s, d)| (s, d, false));
-    }
-    match build(env, spec, file, true) {
-        Ok((s, d)) => Ok((s, d, matches!(d, Device::Cuda(_)))),
-        Err(e) => {
-            tracing::warn!(model = %spec.name, error = %e, "CUDA graphs refused for this model; it runs without them");
-            build(env, spec, file, false).map(|(s, d)| (s, d, false))
-        }
-    }
+    let cuda = matches!(spec.device, Device::Cuda(_));
+    build(env, spec, file, cuda).map(|(s, d)| (s, d, cuda && matches!(d, Device::Cuda(_))))
 }
 
 fn build(

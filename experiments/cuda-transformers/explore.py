@@ -174,25 +174,12 @@ def sweep(work):
 def torch_peers(work):
     import torch
     import torchvision
+    from cuda_timing import median_s
     from export_vit import reference
     import backbones
 
     torch.backends.cuda.matmul.allow_tf32 = True
     modes = os.environ.get("MODES", "default").split(",")
-
-    def timeit(fn, x, n=50):
-        with torch.inference_mode():
-            for _ in range(10):
-                fn(x)
-            torch.cuda.synchronize()
-            ts = []
-            for _ in range(n):
-                t = time.perf_counter()
-                fn(x)
-                torch.cuda.synchronize()
-                ts.append(time.perf_counter() - t)
-        ts.sort()
-        return ts[len(ts) // 2]
 
     vit = reference().cuda().half()
     model, config, arch = backbones.load(os.environ.get("DINO_HF", f"{work}/dinohf"))  # SDPA attention: PyTorch's best
@@ -204,7 +191,7 @@ def torch_peers(work):
             continue
         for bsz in BATCHES:
             x = torch.randn(bsz, 3, 224, 224, device="cuda").half()
-            t = timeit(net, x)
+            t = median_s(net, x)
             say(side="torch", model=name, mode="eager fp16", batch=bsz, ms=t * 1e3, images_per_s=bsz / t)
             for mode in modes:
                 torch._dynamo.reset()
@@ -213,7 +200,7 @@ def torch_peers(work):
                 with torch.inference_mode():
                     c(x)
                 torch.cuda.synchronize()
-                t = timeit(c, x)
+                t = median_s(c, x)
                 say(side="torch", model=name, mode=f"torch.compile {mode}", batch=bsz, ms=t * 1e3, images_per_s=bsz / t,
                     compile_s=time.perf_counter() - t0)
 

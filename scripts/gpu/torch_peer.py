@@ -4,31 +4,20 @@ device-resident inputs at batch 1, 8, 64. Prints JSON lines."""
 
 import json
 import sys
-import time
 
 import torch
 import torchvision
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from cuda_timing import median_s  # noqa: E402
 from export_vit import export, reference  # noqa: E402
 
 export(sys.argv[1])
 m = reference().cuda()
 
 
-def timeit(fn, x, n=30):
-    with torch.inference_mode():
-        for _ in range(5):
-            fn(x)
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn(x)
-            torch.cuda.synchronize()
-            ts.append(time.perf_counter() - t)
-    ts.sort()
-    return ts[len(ts) // 2]
+def timeit(fn, x):
+    return median_s(fn, x, warm=5, n=30)
 
 
 half = torchvision.models.vit_b_16(weights=None).eval().cuda().half()

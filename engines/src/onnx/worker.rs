@@ -119,7 +119,8 @@ impl Worker {
         }
         match Self::open_with(env, spec, head.clone(), stats, found_labels, true) {
             Err(e) if !matches!(e, LoadError::Missing { .. }) => {
-                // a capture that fails, or no GPU pre-processing to bind: normal runs
+                // refused by ONNX Runtime, a capture that fails, or no GPU pre-processing to bind:
+                // normal runs
                 tracing::warn!(model = %spec.name, error = %e, "CUDA graphs did not work for this model; it runs without them");
                 Self::open_with(env, spec, head, stats, found_labels, false)
             }

@@ -61,10 +61,10 @@ pub fn decode(
     min_side: u32,
 ) -> Result<Image, DecodeError> {
     let shared = DECODED.get_or_init(|| Decoded::new(DEFAULT_MB << 20, DEFAULT_TTL));
-    let scale = head.as_ref().map_or(1, |h| planned_scale(*h, min_side));
     if shared.cap_bytes == 0 {
         return decode_once(bytes, head, limits, min_side).map(Arc::new);
     }
+    let scale = head.as_ref().map_or(1, |h| planned_scale(*h, min_side));
     // the same bytes at another scale (the models changed since) are another image
     let key = if scale == 1 { key } else { crate::wit::image::key_of(b"scaled", &[&key, &scale.to_le_bytes()]) };
     shared.get_with(key, bytes, head, limits, min_side)
