@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/ct-out}
 W=/tmp/ct
 mkdir -p "$W" "$OUT"
-STEPS=${STEPS:-vit,torch,sweep,patch,engine,profile}
+STEPS=${STEPS:-vit,torch,sweep,patch,engine,profile,nvjpeg}
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
 if [ ! -d /tmp/pylib/transformers ] && [ -d .gpucheck/whl ]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/pylib .gpucheck/whl/*.whl
@@ -21,6 +21,7 @@ fi
 # carried files do not outlive their call: the engine's bench and the DINOv2 export move to /tmp
 if [ -f .gpucheck/bin/gpu-bench ]; then cp .gpucheck/bin/gpu-bench /tmp/gpu-bench; fi
 if [ -f .gpucheck/dino16/dino16f2.onnx ]; then cp .gpucheck/dino16/dino16f2.onnx "$W/dino16f2.onnx"; fi
+if [ -d .gpucheck/jpegs ]; then rm -rf /tmp/jpegs && cp -r .gpucheck/jpegs /tmp/jpegs; fi
 if [ -d .gpucheck/hf16 ]; then rm -rf /tmp/hf16 && cp -r .gpucheck/hf16 /tmp/hf16; fi
 export PYTHONPATH=/tmp/ortgpu:/tmp/pylib LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1 HF_HUB_OFFLINE=1 DINO_HF=/tmp/hf16
@@ -35,6 +36,21 @@ if step patch; then
   py patch
   MODELS=vit16fp,dino16f2p SWEEP_OPTIONS="default,nhwc" py sweep
 fi
+# the engine's option sets: label|file suffix|registry `cuda = { … }`; ENGINE_OPTS=short keeps
+# the defaults, CUDA graphs and the patch-MatMul files
+ALL_OPTS=$(cat <<'OPTS'
+engine defaults (heuristic conv search)||
+exhaustive conv search||conv_search = "exhaustive"
+exhaustive + NHWC||conv_search = "exhaustive", prefer_nhwc = true
+exhaustive + flash attention||conv_search = "exhaustive", attention = ["flash"]
+exhaustive + efficient attention||conv_search = "exhaustive", attention = ["efficient"]
+exhaustive + cuDNN flash attention||conv_search = "exhaustive", attention = ["cudnn_flash"]
+CUDA graphs||graph = true
+exhaustive + CUDA graphs||graph = true, conv_search = "exhaustive"
+patch Conv as MatMul, engine defaults|p|
+patch Conv as MatMul, CUDA graphs|p|graph = true
+OPTS
+)
 if step engine; then
   # the engine: one registry per option set, each model alone (gpu-bench model loads only it)
   entry() {  # NAME FILE INPUT EXTRA -> a [[model]] entry
@@ -58,18 +74,18 @@ positive = [\"roadwork\"]"
       echo "## engine: $m, $label" | tee -a "$OUT/engine.md"
       timeout 120 /tmp/gpu-bench model "$d" "$m" 1,8,64 2 2>> "$OUT/engine.err" | tee -a "$OUT/engine.md" || echo "(failed: see engine.err)" | tee -a "$OUT/engine.md"
     done
-  done <<'OPTS'
-engine defaults (heuristic conv search)||
-exhaustive conv search||conv_search = "exhaustive"
-exhaustive + NHWC||conv_search = "exhaustive", prefer_nhwc = true
-exhaustive + flash attention||conv_search = "exhaustive", attention = ["flash"]
-exhaustive + efficient attention||conv_search = "exhaustive", attention = ["efficient"]
-exhaustive + cuDNN flash attention||conv_search = "exhaustive", attention = ["cudnn_flash"]
-CUDA graphs||graph = true
-exhaustive + CUDA graphs||graph = true, conv_search = "exhaustive"
-patch Conv as MatMul, engine defaults|p|
-patch Conv as MatMul, CUDA graphs|p|graph = true
-OPTS
+  done < <(if [ "${ENGINE_OPTS:-all}" = short ]; then grep -E '^(engine defaults|CUDA graphs|patch)' <<<"$ALL_OPTS"; else echo "$ALL_OPTS"; fi)
 fi
 step profile && py profile
+# issue 28 part 3: nvJPEG (the toolkit's, else the first on the machine) against the server's CPU
+# decoder at 256 in flight, and torchvision's batched GPU decode of the same files as a peer
+if step nvjpeg; then
+  { echo "## nvJPEG libraries on the machine"; find / -xdev -name 'libnvjpeg*.so*' 2>/dev/null | head -20; } | tee "$OUT/nvjpeg.md"
+  lib=$(find /usr/local/cuda/ -name 'libnvjpeg.so*' 2>/dev/null | head -1)
+  [ -n "$lib" ] || lib=$(find / -xdev -name 'libnvjpeg*.so*' 2>/dev/null | head -1)
+  echo "## gpu-bench nvjpeg (CASCADE_NVJPEG=$lib)" | tee -a "$OUT/nvjpeg.md"
+  CASCADE_NVJPEG=$lib timeout 300 /tmp/gpu-bench nvjpeg /tmp/jpegs 256 40 2>&1 | tee -a "$OUT/nvjpeg.md"
+  echo "## torchvision" | tee -a "$OUT/nvjpeg.md"
+  timeout 200 python3 experiments/cuda-transformers/tv_decode.py /tmp/jpegs 256 40 2>&1 | tee -a "$OUT/nvjpeg.md"
+fi
 echo "done"

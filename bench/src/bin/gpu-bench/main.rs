@@ -3,13 +3,15 @@
 //! - `model POLICIES MODEL [BATCHES] [SECONDS]`: model-only throughput through the engine;
 //! - `prep POLICIES MODEL IMAGES…`: GPU vs CPU pre-processing, values and time;
 //! - `e2e POLICIES MODEL JPEG_DIR CONCURRENCY SECONDS [RATE]`: JPEG bytes → score in process;
-//! - `http URL JPEG_DIR CONCURRENCY SECONDS [RATE]`: the same against a running `cascade serve`.
+//! - `http URL JPEG_DIR CONCURRENCY SECONDS [RATE]`: the same against a running `cascade serve`;
+//! - `nvjpeg JPEG_DIR [IN_FLIGHT] [ROUNDS]`: nvJPEG on the GPU against the server's CPU decoder.
 //!
 //! Load figures are printed as one JSON object per line (see `load::Figures`), for the table
 //! scripts/gpu/run.sh prints beside the Python peer's.
 
 mod load;
 mod model;
+mod nvjpeg;
 mod prep;
 
 use cascade_engines::{ModelSpec, Models, Registry};
@@ -26,7 +28,8 @@ fn main() -> anyhow::Result<()> {
         Some("prep") => prep::main(rest),
         Some("e2e") => load::e2e(rest),
         Some("http") => load::http(rest),
-        _ => anyhow::bail!("usage: gpu-bench model|prep|e2e|http … (see the source's header)"),
+        Some("nvjpeg") => nvjpeg::main(rest),
+        _ => anyhow::bail!("usage: gpu-bench model|prep|e2e|http|nvjpeg … (see the source's header)"),
     }
 }
 

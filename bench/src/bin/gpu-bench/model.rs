@@ -1,6 +1,9 @@
 //! Model-only throughput of a registry model through the engine (its worker queue, batching,
 //! pre-processing of already-sized inputs, the session on its device): batches of 1, 8 and 64
-//! submitted at once, images/s from the model time the engine reports.
+//! submitted at once, images/s from the model time the engine reports (a batch's upload,
+//! pre-processing, run and read-back, one batch at a time). Then, at the largest batch, the
+//! sustained rate: three batches' worth of images kept in flight, so that the pipelined worker
+//! stages one batch while the session runs another, as under load; images/s from the wall clock.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,5 +65,64 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             p50
         );
     }
+    if let Some(&b) = batches.iter().max() {
+        sustained(&models, model, &spec, &img, b, seconds)?;
+    }
+    Ok(())
+}
+
+/// Keeps `3 × b` images in flight for `seconds` (each finished group of `b` replaced at once)
+/// and prints images/s over the wall clock, with the batch sizes the engine formed.
+fn sustained(
+    models: &cascade_engines::Models,
+    model: &str,
+    spec: &cascade_engines::ModelSpec,
+    img: &Arc<image::RgbImage>,
+    b: usize,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    const DEPTH: usize = 3;
+    let submit = || -> anyhow::Result<Vec<_>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        (0..b).map(|_| Ok(models.submit(model, spec.kind, JobInput::Image(img.clone()), deadline)?)).collect()
+    };
+    let mut flight: std::collections::VecDeque<_> = (0..DEPTH).map(|_| submit()).collect::<Result<_, _>>()?;
+    // the first DEPTH groups warm the pipeline up; the clock starts when they are back
+    let (mut done, mut batches, mut warm) = (0usize, Vec::new(), DEPTH);
+    let mut started = Instant::now();
+    let mut until = started + Duration::from_secs(3600);
+    while let Some(group) = flight.pop_front() {
+        for rx in group {
+            let r = rx.recv_deadline(Instant::now() + Duration::from_secs(30))?;
+            r.output?;
+            if warm == 0 {
+                batches.push(r.batch);
+            }
+        }
+        if warm > 0 {
+            warm -= 1;
+            if warm == 0 {
+                started = Instant::now();
+                until = started + Duration::from_secs_f64(seconds);
+            }
+        } else {
+            done += b;
+        }
+        if Instant::now() < until {
+            flight.push_back(submit()?);
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let mean_batch = batches.iter().sum::<usize>() as f64 / batches.len().max(1) as f64;
+    println!();
+    println!("| model | device | in flight | images | sustained images/s | ms per {b} images | mean batch |");
+    println!("|-------|--------|-----------|--------|--------------------|-------------|------------|");
+    println!(
+        "| {model} | {} | {} | {done} | {:.1} | {:.3} | {mean_batch:.1} |",
+        spec.device,
+        DEPTH * b,
+        done as f64 / wall,
+        wall * 1e3 / (done as f64 / b as f64)
+    );
     Ok(())
 }
