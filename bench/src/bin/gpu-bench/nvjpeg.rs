@@ -121,7 +121,15 @@ impl<'a> Decoder<'a> {
         let (mut w, mut h) = ([0 as c_int; 4], [0 as c_int; 4]);
         // SAFETY: `jpeg` is readable for its length; the four outputs have room for 4 components.
         check("nvjpegGetImageInfo", unsafe {
-            (self.api.info)(self.handle, jpeg.as_ptr(), jpeg.len(), &mut comps, &mut sub, w.as_mut_ptr(), h.as_mut_ptr())
+            (self.api.info)(
+                self.handle,
+                jpeg.as_ptr(),
+                jpeg.len(),
+                &mut comps,
+                &mut sub,
+                w.as_mut_ptr(),
+                h.as_mut_ptr(),
+            )
         })?;
         Ok((w[0] as usize, h[0] as usize))
     }
@@ -141,7 +149,12 @@ impl<'a> Decoder<'a> {
             .iter()
             .zip(offsets)
             .map(|(&(w, _), &o)| NvImage {
-                channel: [(out + o as u64) as *mut u8, std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()],
+                channel: [
+                    (out + o as u64) as *mut u8,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                ],
                 pitch: [w * 3, 0, 0, 0],
             })
             .collect();
