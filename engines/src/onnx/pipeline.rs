@@ -1,9 +1,10 @@
 //! One CUDA session, pipelined: while the session runs a batch, the next one is gathered from
 //! the queue, packed, uploaded and pre-processed on the device into a second input buffer, so a
 //! single session gets the overlap that two sessions (`workers = 2`) get without splitting the
-//! batches between them. Two threads per worker: the model's own thread stages (queue, batch
+//! batches between them. Three threads per worker: the model's own thread stages (queue, batch
 //! shape, GPU pre-processing into a free slot); a runner thread owns the session and runs each
-//! staged batch, frees its slot as soon as the run has read it, then decodes and replies.
+//! staged batch and frees its slot as soon as the run has read it; a third thread turns the
+//! outputs into replies (top labels, heads, boxes) while the session runs the next batch.
 //! On by default for CUDA models with GPU pre-processing; `cuda = { pipeline = false }` in the
 //! registry turns it off.
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::worker::{FoundLabels, ShapeRule, Worker};
+use super::worker::{Finisher, Forward, FoundLabels, ShapeRule, Worker};
 use crate::engine::queue::{expire, reply_all, settle};
 use crate::engine::{Engine, Job, ModelStats, Reply};
 use crate::gpu::GpuPrep;
@@ -74,9 +75,16 @@ pub(crate) fn open(
     }
     let give_back = slot_back.clone();
     let stats2 = stats.clone();
+    // the session's thread only runs: a batch's outputs become replies on a thread of their own
+    let (to_finisher, finishing) = crossbeam_channel::bounded::<Finishing>(SLOTS);
+    let finisher = w.finisher();
+    std::thread::Builder::new()
+        .name(format!("finish-{}", spec.name))
+        .spawn(move || finish_loop(&finisher, finishing))
+        .map_err(|e| refused(format!("finishing thread: {e}")))?;
     let runner = std::thread::Builder::new()
         .name(format!("run-{}", spec.name))
-        .spawn(move || runner(w, staged, slot_back, stats2))
+        .spawn(move || runner(w, staged, slot_back, stats2, to_finisher))
         .map_err(|e| refused(format!("runner thread: {e}")))?;
     tracing::info!(model = %spec.name, slots = SLOTS, "pipelined: the next batch is prepared while one runs");
     Ok(Opened::Pipelined(Box::new(Stager {
@@ -245,39 +253,71 @@ fn gather_while_busy(first: Job, rx: &Receiver<Job>, spec: &ModelSpec, free: &Re
 /// The runner thread's loop: each staged batch runs; a panic in one (decoding, a head) fails
 /// that batch with an error and gives its slot back if it was still out, and the runner goes
 /// on, so that the stager never writes into a dead worker's buffers.
-fn runner(mut w: Worker, staged: Receiver<Staged>, slot_back: Sender<usize>, stats: Arc<ModelStats>) {
+fn runner(
+    mut w: Worker,
+    staged: Receiver<Staged>,
+    slot_back: Sender<usize>,
+    stats: Arc<ModelStats>,
+    to_finisher: Sender<Finishing>,
+) {
     for s in staged {
         let (slot, n) = (s.slot, s.jobs.len());
         let replies: Vec<Sender<Reply>> = s.jobs.iter().map(|j| j.reply.clone()).collect();
         let mut returned = false;
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut w, s, &slot_back, &mut returned)));
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(&mut w, s, &slot_back, &mut returned, &to_finisher)
+        }));
         if ran.is_err() {
             tracing::error!(model = %w.spec_name(), "a pipelined batch panicked; its requests get an error");
             if !returned {
                 let _ = slot_back.send(slot);
             }
             stats.failures.fetch_add(n as u64, Ordering::Relaxed);
-            for r in replies {
-                // a reply the batch already sent stays; try_send never blocks on a full channel
-                let _ = r.try_send(Reply {
-                    output: Err(EngineError::Inference {
-                        model: w.spec_name().to_string(),
-                        reason: "the batch's run panicked".into(),
-                    }),
-                    compute: Duration::ZERO,
-                    queued: Duration::ZERO,
-                    batch: n,
-                });
-            }
+            fail_all(&replies, w.spec_name(), "the batch's run panicked");
         }
     }
 }
 
+/// A batch the session has run, for the finishing thread: its jobs, the outputs (or the run's
+/// error), and when its preparation began.
+struct Finishing {
+    jobs: Vec<Job>,
+    forward: Result<Forward, EngineError>,
+    started: Instant,
+}
+
+/// The finishing thread's loop: each run batch's outputs become its replies (a classifier's
+/// top labels, a head, a detector's boxes), while the session already runs the next batch. A
+/// panic there fails that batch's requests, and the loop goes on.
+fn finish_loop(f: &Finisher, finishing: Receiver<Finishing>) {
+    for b in finishing {
+        let replies: Vec<Sender<Reply>> = b.jobs.iter().map(|j| j.reply.clone()).collect();
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.finish(b.jobs, b.forward, b.started)));
+        if done.is_err() {
+            tracing::error!(model = %f.model(), "a pipelined batch's outputs panicked; its requests get an error");
+            fail_all(&replies, f.model(), "reading the batch's outputs panicked");
+        }
+    }
+}
+
+/// Answers every request of a failed batch with an error; a reply already sent stays (the
+/// channel holds one, and `try_send` never blocks on a full one).
+fn fail_all(replies: &[Sender<Reply>], model: &str, reason: &str) {
+    for r in replies {
+        let _ = r.try_send(Reply {
+            output: Err(EngineError::Inference { model: model.to_string(), reason: reason.into() }),
+            compute: Duration::ZERO,
+            queued: Duration::ZERO,
+            batch: replies.len(),
+        });
+    }
+}
+
 /// Runs one staged batch on the runner thread; its slot is free again as soon as the session
-/// has read the input (`returned` says so). A batch whose every job has expired while it
-/// waited is answered without running. Model time counts the batch's preparation and its run,
-/// not its wait for the previous batch.
-fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>, returned: &mut bool) {
+/// has read the input (`returned` says so), and its outputs go to the finishing thread. A batch
+/// whose every job has expired while it waited is answered without running. Model time counts
+/// the batch's preparation, its run and its finishing, not its wait for the previous batch.
+fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>, returned: &mut bool, to_finisher: &Sender<Finishing>) {
     let Staged { jobs, rows, slot, prepared, prep_us } = s;
     let now = Instant::now();
     if jobs.iter().all(|j| j.deadline <= now) {
@@ -302,13 +342,18 @@ fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>, returned: &mut bool
             out
         }
     };
-    w.finish(jobs, forward, started);
+    // the finishing thread gone (it never ends while the runner lives): finish here
+    if let Err(e) = to_finisher.send(Finishing { jobs, forward, started }) {
+        let Finishing { jobs, forward, started } = e.0;
+        w.finish(jobs, forward, started);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::JobInput;
+    use crate::preprocess::Prepared;
 
     fn job() -> Job {
         let (reply, _) = crossbeam_channel::bounded(1);
@@ -327,6 +372,57 @@ mod tests {
         );
         let reg: crate::Registry = toml::from_str(&toml).expect("registry");
         reg.models.into_iter().next().expect("one model")
+    }
+
+    /// The finishing thread answers each run batch, in order, with the classifier's results,
+    /// and a failed run's requests with its error; it ends when the runner's side closes.
+    #[test]
+    fn run_batches_are_answered_by_the_finishing_thread() {
+        let mut spec = spec(8, 1_000);
+        spec.labels = vec!["other".into(), "roadwork".into()];
+        spec.positive = vec!["roadwork".into()];
+        spec.activation = crate::spec::Activation::None;
+        let stats = Arc::new(ModelStats::default());
+        let f = Finisher::new(Arc::new(spec), None, "out".into(), stats.clone());
+        let (tx, rx) = crossbeam_channel::bounded::<Finishing>(SLOTS);
+        let thread = std::thread::spawn(move || finish_loop(&f, rx));
+        let batch = |n: usize| -> (Vec<Job>, Vec<Receiver<Reply>>) {
+            (0..n)
+                .map(|_| {
+                    let (reply, got) = crossbeam_channel::bounded(1);
+                    let j = Job {
+                        input: JobInput::Image(Arc::new(image::RgbImage::new(4, 4))),
+                        deadline: Instant::now() + Duration::from_secs(5),
+                        reply,
+                        enqueued: Instant::now(),
+                    };
+                    (j, got)
+                })
+                .unzip()
+        };
+        let identity = Prepared { scale_x: 1.0, scale_y: 1.0, offset_x: 0.0, offset_y: 0.0 };
+        // two images' probabilities (the spec's activation: none), roadwork at 0.9 and 0.2
+        let (jobs, got) = batch(2);
+        let forward = Ok((vec![2, 2], vec![0.1, 0.9, 0.8, 0.2], vec![identity; 2], None));
+        tx.send(Finishing { jobs, forward, started: Instant::now() }).expect("send");
+        let (failed, lost) = batch(3);
+        let err = EngineError::Inference { model: "m".into(), reason: "the run failed".into() };
+        tx.send(Finishing { jobs: failed, forward: Err(err), started: Instant::now() }).expect("send");
+        drop(tx);
+        thread.join().expect("the finishing thread ends with its channel");
+        let scores: Vec<f32> = got
+            .iter()
+            .map(|r| match r.try_recv().expect("answered").output {
+                Ok(crate::Output::Classification { score, .. }) => score,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(scores, vec![0.9, 0.2]);
+        for r in lost {
+            let e = r.try_recv().expect("answered").output.expect_err("the run's error");
+            assert!(e.to_string().contains("the run failed"), "{e}");
+        }
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 3);
     }
 
     #[test]

@@ -48,6 +48,39 @@ pub(crate) struct Worker {
     shape: ShapeRule,
 }
 
+/// Turns a batch's raw outputs into each job's result and replies (a classifier's
+/// probabilities and top labels through its head, a detector's boxes…): the worker's own last
+/// step, or a pipelined worker's finishing thread's.
+pub(crate) struct Finisher {
+    spec: Arc<ModelSpec>,
+    head: Option<Arc<Head>>,
+    output_name: String,
+    stats: Arc<ModelStats>,
+}
+
+impl Finisher {
+    pub(crate) fn new(
+        spec: Arc<ModelSpec>,
+        head: Option<Arc<Head>>,
+        output_name: String,
+        stats: Arc<ModelStats>,
+    ) -> Finisher {
+        Finisher { spec, head, output_name, stats }
+    }
+
+    pub(crate) fn finish(&self, jobs: Vec<Job>, forward: Result<Forward, EngineError>, started: Instant) {
+        let result = forward.and_then(|(shape, data, prepared, logits)| {
+            let how = Decode { spec: &self.spec, head: self.head.as_deref(), output_name: &self.output_name };
+            how.outputs(&shape, &data, &jobs, &prepared, logits.as_ref())
+        });
+        reply_all(jobs, result, started, &self.stats);
+    }
+
+    pub(crate) fn model(&self) -> &str {
+        &self.spec.name
+    }
+}
+
 /// On CUDA: the batch shape in use and when a batch last needed it (see `rows_for`).
 pub(crate) struct ShapeRule {
     rows: usize,
@@ -283,11 +316,12 @@ impl Worker {
 
     /// Decodes a run's output into each job's result and replies.
     pub(crate) fn finish(&self, jobs: Vec<Job>, forward: Result<Forward, EngineError>, started: Instant) {
-        let result = forward.and_then(|(shape, data, prepared, logits)| {
-            let how = Decode { spec: &self.spec, head: self.head.as_deref(), output_name: &self.output_name };
-            how.outputs(&shape, &data, &jobs, &prepared, logits.as_ref())
-        });
-        reply_all(jobs, result, started, &self.stats);
+        self.finisher().finish(jobs, forward, started);
+    }
+
+    /// What turns this worker's outputs into replies, for another thread to do it.
+    pub(crate) fn finisher(&self) -> Finisher {
+        Finisher::new(self.spec.clone(), self.head.clone(), self.output_name.clone(), self.stats.clone())
     }
 
     /// Runs the session on the input already prepared in `slot` (a pipelined worker's staging

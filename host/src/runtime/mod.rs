@@ -2,6 +2,7 @@
 //! one linker with the host's imports, components compiled once and instantiated from
 //! `InstancePre`, warm instances pooled per bound role.
 
+mod blocking;
 pub mod cache;
 pub mod calls;
 pub mod engine;
@@ -11,6 +12,7 @@ pub mod pool;
 pub mod request;
 mod store;
 mod wasi;
+mod wasi_io;
 
 pub use engine::{Runtime, RuntimeConfig};
 pub use plugin::{Plugin, PluginError, Role};
