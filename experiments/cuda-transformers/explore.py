@@ -146,6 +146,7 @@ SWEEP = {
 def patch(work):
     """The fused graphs with their patch Conv as a MatMul (patch_matmul.py): *p.onnx."""
     import onnx
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../scripts/train"))
     from patch_matmul import rewrite
 
     for name in os.environ.get("MODELS", "vit16f,dino16f2").split(","):

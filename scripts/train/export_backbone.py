@@ -1,7 +1,8 @@
 """Export a Hugging Face vision backbone to a folder the engines load as an embedder.
 
     .cache/train-venv/bin/python scripts/train/export_backbone.py SRC OUT [--features cls,mean,mid:8]
-        [--revision REV] [--fp16] [--fuse] [--images PATH ...] [--bound 1e-3] [--name NAME] [--force]
+        [--revision REV] [--fp16] [--fuse] [--patch-matmul] [--images PATH ...] [--bound 1e-3]
+        [--name NAME] [--force]
 
 SRC is a Hub id (facebook/dinov2-base, openai/clip-vit-base-patch16, google/siglip-base-patch16-224,
 facebook/convnext-tiny-224, facebook/dinov3-vits16-pretrain-lvd1689m, google/vit-base-patch16-224)
@@ -15,7 +16,9 @@ or a local folder with config.json, the weights and preprocessor_config.json. OU
 - registry.toml: the `[[model]]` entry to paste into models.toml.
 
 `--fuse` runs ONNX Runtime's transformer optimiser (fused attention, LayerNorm, GELU) where the
-family has one; `--fp16` converts weights and activations to float16 (for CUDA). The exported
+family has one; `--patch-matmul` turns the patch embedding's Conv into one MatMul (GEMM kernels
+instead of cuDNN's convolutions on CUDA: patch_matmul.py); `--fp16` converts weights and
+activations to float16 (for CUDA). The exported
 model is then run by ONNX Runtime on real images prepared by the checkpoint's own image
 processor and compared with PyTorch: the largest difference (relative to the largest output,
 at least 1) is printed, and an export beyond `--bound` (default 1e-3 fp32, 5e-2 fp16) is refused.
@@ -84,6 +87,18 @@ def fuse(path, arch, config):
     return True
 
 
+def patch_matmul(path, size):
+    import onnx
+    from patch_matmul import rewrite
+
+    try:
+        model, shape = rewrite(onnx.load(path), size[0], size[1])
+    except ValueError as e:
+        raise BackboneError(f"--patch-matmul: {e}") from None
+    onnx.save(model, path)
+    print(f"[export] patch Conv {list(shape)} as a MatMul")
+
+
 def to_fp16(path):
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -150,6 +165,8 @@ def run(a):
                 exported = Embedder(twin, config, arch, features).eval()
         export(exported, size, onnx_path, a.opset)
         fused = fuse(onnx_path, arch, config) if a.fuse else False
+        if a.patch_matmul:
+            patch_matmul(onnx_path, size)
         if a.fp16:
             to_fp16(onnx_path)
         bound = a.bound if a.bound is not None else (5e-2 if a.fp16 else 1e-3)
@@ -164,6 +181,7 @@ def run(a):
         record = {
             "format": "cascade-export/1", "source": a.src, "revision": a.revision, "model_type": arch.name,
             "features": features, "dim": dim, "input": list(size), "fp16": a.fp16, "fused": fused,
+            "patch_matmul": a.patch_matmul,
             "check": {"images": n, "max_difference": diff, "scale": scale, "bound": bound},
             "torch": torch.__version__, "transformers": transformers.__version__,
         }
@@ -185,6 +203,8 @@ def main(argv=None):
     p.add_argument("--features", help="comma-separated: cls, pool, mean, mid:K (default: the family's)")
     p.add_argument("--fp16", action="store_true", help="float16 weights and activations (CUDA)")
     p.add_argument("--fuse", action="store_true", help="ONNX Runtime's transformer fusion")
+    p.add_argument("--patch-matmul", action="store_true",
+                   help="the patch embedding's Conv as one MatMul (GEMM kernels on CUDA; patch_matmul.py)")
     p.add_argument("--images", nargs="+", help="images (files or folders) for the PyTorch check")
     p.add_argument("--bound", type=float, help="largest relative difference accepted")
     p.add_argument("--opset", type=int, default=17)

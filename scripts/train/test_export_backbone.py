@@ -179,6 +179,16 @@ class ExportTest(unittest.TestCase):
         rc, text, err = self.export("dinov2", out32, "--fuse")
         self.assertEqual(rc, 0, text + err)
         self.assertLessEqual(read_json(os.path.join(out32, "cascade-export.json"))["check"]["max_difference"], 1e-3)
+        # the patch Conv as a MatMul: no Conv left, and still within the fp32 bound of PyTorch
+        outmm = os.path.join(self.dir, "patchmm")
+        rc, text, err = self.export("dinov2", outmm, "--fuse", "--patch-matmul")
+        self.assertEqual(rc, 0, text + err)
+        self.assertIn("as a MatMul", text)
+        record = read_json(os.path.join(outmm, "cascade-export.json"))
+        self.assertTrue(record["patch_matmul"])
+        self.assertLessEqual(record["check"]["max_difference"], 1e-3)
+        ops = [n.op_type for n in onnx.load(os.path.join(outmm, "model.onnx")).graph.node]
+        self.assertNotIn("Conv", ops)
 
     def test_refusals_leave_nothing_behind(self):
         from transformers import BertConfig

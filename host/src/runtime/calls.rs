@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use cascade_engines::{EngineError, JobInput, ModelKind, Output, Reply, ScoreSource};
 use crossbeam_channel::Receiver;
 
-use super::blocking::blocking;
 use super::cache::{Flight, Lead, Lookup, StageKey};
 use super::request::{CallKey, RequestCtx, TraceEntry};
 use crate::wit::image::ImageRef;
@@ -158,7 +157,7 @@ pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
         Pending::Done(r) => return r,
         Pending::Waiting { key, rx, started, lead } => (key, rx, started, lead),
         Pending::Shared { key, flight, started, input, kind } => {
-            return match blocking(|| flight.wait(ctx.deadline)) {
+            return match flight.wait(ctx.deadline) {
                 // the other request's deadline passed before ours: run it for ourselves
                 Some(Err(Error::DeadlineExceeded)) if !ctx.remaining().is_zero() => {
                     finish(ctx, submit(ctx, key, kind, input, None))
@@ -172,7 +171,7 @@ pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
             };
         }
     };
-    let (r, compute) = match blocking(|| rx.recv_deadline(ctx.deadline)) {
+    let (r, compute) = match rx.recv_deadline(ctx.deadline) {
         Ok(reply) => (reply.output.map_err(to_wit), reply.compute),
         Err(_) => (Err(Error::DeadlineExceeded), Duration::ZERO),
     };

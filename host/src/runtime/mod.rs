@@ -2,7 +2,6 @@
 //! one linker with the host's imports, components compiled once and instantiated from
 //! `InstancePre`, warm instances pooled per bound role.
 
-mod blocking;
 pub mod cache;
 pub mod calls;
 pub mod engine;
@@ -12,7 +11,6 @@ pub mod pool;
 pub mod request;
 mod store;
 mod wasi;
-mod wasi_io;
 
 pub use engine::{Runtime, RuntimeConfig};
 pub use plugin::{Plugin, PluginError, Role};

@@ -2,15 +2,13 @@
 //! are pooled and reused; each call gets fresh fuel and an epoch deadline. A trapped instance
 //! is never entered again: it is dropped and the pool makes a new one when needed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cascade_engines::Image;
 use parking_lot::Mutex;
 use wasmtime::{Store, Trap};
 
-use super::blocking::{blocking, HEAVY_CALL};
 use super::engine::{Runtime, EPOCH_TICK, SETUP_FUEL, SETUP_TICKS};
 use super::plugin::{Plugin, RoleIndices};
 use super::request::RequestCtx;
@@ -128,9 +126,6 @@ pub struct Bound {
     /// it allows.
     instance_bytes: usize,
     max_warm: usize,
-    /// What a call computes (waits for models not counted), a moving average in µs: past
-    /// `HEAVY_CALL`, calls leave the worker thread first.
-    cost_us: AtomicU64,
 }
 
 impl Bound {
@@ -152,7 +147,6 @@ impl Bound {
             warm: Mutex::new(Vec::new()),
             instance_bytes: 0,
             max_warm: MAX_WARM,
-            cost_us: AtomicU64::new(0),
         };
         let w = b.instantiate()?;
         b.instance_bytes = w.store.data().limits.bytes();
@@ -186,31 +180,8 @@ impl Bound {
     }
 
     /// Runs `f` on a warm instance with fresh fuel and a deadline; returns the instance to the
-    /// pool unless the call trapped. A heavy component's call (its average past `HEAVY_CALL`)
-    /// leaves the worker thread first (blocking.rs).
+    /// pool unless the call trapped.
     fn with<R>(
-        &self,
-        ctx: &Arc<RequestCtx>,
-        roles: Option<Arc<RoleSet>>,
-        f: impl FnOnce(&mut Store<StoreState>, &Exports) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
-        let measured = || {
-            let (started, waited) = (Instant::now(), super::blocking::waited());
-            let r = self.call(ctx, roles, f);
-            let computed = started.elapsed().saturating_sub(super::blocking::waited().saturating_sub(waited));
-            // a moving average (1/8 weight), so that one cold call does not make a component heavy
-            let us = computed.as_micros().min(u64::MAX as u128) as u64;
-            let _ = self.cost_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| Some(avg - avg / 8 + us / 8));
-            r
-        };
-        if self.cost_us.load(Ordering::Relaxed) > HEAVY_CALL.as_micros() as u64 {
-            blocking(measured)
-        } else {
-            measured()
-        }
-    }
-
-    fn call<R>(
         &self,
         ctx: &Arc<RequestCtx>,
         roles: Option<Arc<RoleSet>>,
@@ -219,7 +190,7 @@ impl Bound {
         let popped = self.warm.lock().pop();
         let mut w = match popped {
             Some(w) => w,
-            None => blocking(|| self.instantiate())?,
+            None => self.instantiate()?,
         };
         let time = self.limits.time.min(ctx.remaining());
         let ticks = (time.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;

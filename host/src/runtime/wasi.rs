@@ -38,13 +38,11 @@ const REFUSED: &[(&str, &str)] = &[
     ("wasi:clocks/monotonic-clock", "subscribe-instant"),
 ];
 
-/// Adds WASI 0.2 to the linker, then replaces `wasi:io` with calls that never enter tokio
-/// (wasi_io.rs) and the refused calls with ones that trap naming themselves.
+/// Adds WASI 0.2 to the linker, then replaces the refused calls with ones that trap naming
+/// themselves.
 pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     linker.allow_shadowing(true);
-    // wasi:io without tokio: plugins are called from request tasks (wasi_io.rs)
-    super::wasi_io::shadow(linker)?;
     for (iface, func) in REFUSED {
         let full = format!("{iface}#{func}");
         linker.instance(&format!("{iface}@{WASI_P2}"))?.func_new(func, move |_, _, _, _| {

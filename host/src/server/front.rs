@@ -50,12 +50,11 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Took), 
     let head = cascade_common::image::header(&bytes);
     let dims = head.as_ref().ok().map(|h| (h.width, h.height));
     let turn = server.decode_turn(arrived, hk.budget, dims).await?;
-    // Decoding and the policy run on this task's thread: a policy blocks only where it waits for
-    // a model (calls.rs hands this worker's other tasks over then), so an answer from the caches
-    // costs no thread hand-off. A large image's decode (tens of ms) is handed over up front.
+    // Decoding and the policy block (component calls wait on model queues): run them here,
+    // telling tokio to move this worker's other tasks away, which saves the two thread
+    // hand-offs of `spawn_blocking` on every request.
     let mut decode = Duration::ZERO;
-    let large = turn.is_large();
-    let work = || -> Result<Answer, Refusal> {
+    let answer = tokio::task::block_in_place(|| -> Result<Answer, Refusal> {
         let origin = crate::wit::image::key_of(b"bytes", &[&bytes]);
         let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
         let min_side = server.min_side(&serving.models);
@@ -73,8 +72,7 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Took), 
         let answer = hk.serve(&serving.models, img, sticky, arrived, origin, prov);
         drop(memory);
         Ok(answer)
-    };
-    let answer = if large { tokio::task::block_in_place(work) } else { work() }?;
+    })?;
     let took = arrived.elapsed();
     crate::metrics::global().request(&hk.name, &answer.stage, answer.source.outcome(), took);
     server.note_answer(&hk.name, &answer, took);

@@ -120,11 +120,6 @@ pub(crate) struct DecodeTurn<'a> {
 }
 
 impl<'a> DecodeTurn<'a> {
-    /// Whether the image is large (it holds decoding memory): its decode takes milliseconds.
-    pub(crate) fn is_large(&self) -> bool {
-        self.memory.is_some()
-    }
-
     /// The slot (given back after the decode) and the memory (after the answer).
     pub(crate) fn split(self) -> (tokio::sync::SemaphorePermit<'a>, Option<tokio::sync::SemaphorePermit<'a>>) {
         (self.slot, self.memory)

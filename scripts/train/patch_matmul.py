@@ -1,7 +1,9 @@
 """Rewrites a vision transformer's patch embedding — a Conv whose kernel equals its stride, on
 the image input — as reshape, transpose and one MatMul (the same arithmetic: non-overlapping
 patches are a matrix product), so that it runs on the GEMM kernels instead of cuDNN's
-convolutions. For an input of fixed height and width.
+convolutions. For an input of fixed height and width. On an H200 it took ViT-B/16 fp16 with
+CUDA graphs from 6.47 to 6.01 ms a batch of 64 in ONNX Runtime (the DINOv2 classifier 3.76 ->
+3.50; experiments/cuda-transformers). `export_backbone.py --patch-matmul` applies it.
 
     python patch_matmul.py IN.onnx OUT.onnx HEIGHT WIDTH
 """
@@ -51,12 +53,15 @@ def rewrite(model, height, width):
         if not any(n.input[1] in m.input for m in g.node):
             g.initializer.remove(inits[n.input[1]])
         return model, (c_out, c_in, p, q)
-    raise SystemExit("no patch Conv (kernel = stride, no padding) on the image input")
+    raise ValueError("no patch Conv (kernel = stride, no padding) on the image input")
 
 
 def main():
     src, dst, height, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    model, shape = rewrite(onnx.load(src), height, width)
+    try:
+        model, shape = rewrite(onnx.load(src), height, width)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     onnx.save(model, dst)
     print(f"patch Conv {shape} -> MatMul: {dst}", file=sys.stderr)
 
