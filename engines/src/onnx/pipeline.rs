@@ -295,6 +295,7 @@ fn finish_loop(f: &Finisher, finishing: Receiver<Finishing>) {
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.finish(b.jobs, b.forward, b.started)));
         if done.is_err() {
             tracing::error!(model = %f.model(), "a pipelined batch's outputs panicked; its requests get an error");
+            f.count_failures(replies.len());
             fail_all(&replies, f.model(), "reading the batch's outputs panicked");
         }
     }

@@ -79,6 +79,11 @@ impl Finisher {
     pub(crate) fn model(&self) -> &str {
         &self.spec.name
     }
+
+    /// Counts `n` requests whose batch failed outside `finish` (it panicked).
+    pub(crate) fn count_failures(&self, n: usize) {
+        self.stats.failures.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// On CUDA: the batch shape in use and when a batch last needed it (see `rows_for`).
