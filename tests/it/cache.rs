@@ -85,3 +85,47 @@ fn a_big_photo_is_decoded_at_the_size_the_models_need_and_counted() {
     }
     assert!((answers[0] - answers[1]).abs() < 0.02, "{answers:?}");
 }
+
+#[test]
+fn a_big_photos_decode_memory_is_reserved_at_its_scaled_size() {
+    // 2560×1920 costs 33 MiB to decode in full, 9 MiB at 1/2 (the test registry's need): a
+    // 20 MiB budget admits it scaled, refuses it in full, and a JPEG libjpeg-turbo will not
+    // scale (CMYK) is refused by name rather than decoded past the budget; with room it is
+    // decoded in full and counted
+    let dir = policies("scaled-memory", &[("a", &tint_hotkey("a"))]);
+    let photo = jpeg(&image::RgbImage::from_fn(2560, 1920, |x, y| image::Rgb([(x / 11) as u8, (y / 8) as u8, 200])));
+    let (w, h) = (2560usize, 1920usize);
+    let cmyk = turbojpeg::compress(
+        turbojpeg::Image {
+            pixels: vec![40u8; w * h * 4].as_slice(),
+            width: w,
+            pitch: w * 4,
+            height: h,
+            format: turbojpeg::PixelFormat::CMYK,
+        },
+        90,
+        turbojpeg::Subsamp::None,
+    )
+    .expect("a CMYK JPEG")
+    .to_vec();
+    let url = |s: &Server| s.url("/v1/predict/a");
+    let tight = Server::start(&dir.0, false, &["--decode-memory-mb", "20"]);
+    let (status, v) = post(&url(&tight), "image/jpeg", &photo);
+    assert_eq!(status, 200, "scaled, it fits: {v}");
+    let (status, v) = post(&url(&tight), "image/jpeg", &cmyk);
+    assert_eq!((status, v["error"]["code"].as_str()), (413, Some("image-too-large")), "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("could not decode this 2560×1920 JPEG scaled") && msg.contains("--decode-memory-mb 20"),
+        "{v}"
+    );
+    let full = Server::start(&dir.0, false, &["--decode-memory-mb", "20", "--decode-min-side", "0"]);
+    let (status, v) = post(&url(&full), "image/jpeg", &photo);
+    assert_eq!((status, v["error"]["code"].as_str()), (413, Some("image-too-large")), "in full it does not: {v}");
+    let roomy = Server::start(&dir.0, false, &["--decode-memory-mb", "64"]);
+    let fell_back = "cascade_decoded_images_total{result=\"fell-back\"}";
+    let before = metric(&roomy, fell_back);
+    let (status, v) = post(&url(&roomy), "image/jpeg", &cmyk);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(metric(&roomy, fell_back) - before, 1.0);
+}

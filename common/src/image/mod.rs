@@ -55,6 +55,10 @@ pub enum DecodeError {
     /// Past the limits (per side or in pixels).
     #[error("image is {w}×{h}; the limits are {max_side} per side and {max_pixels} pixels")]
     TooLarge { w: u32, h: u32, max_side: u32, max_pixels: u64 },
+    /// A big JPEG whose scaled decode was refused needs the memory of a full decode, which is
+    /// not free now (`busy`) or more than the whole decode budget.
+    #[error("{message}")]
+    Memory { busy: bool, message: String },
 }
 
 impl DecodeError {
@@ -63,7 +67,8 @@ impl DecodeError {
         match self {
             DecodeError::NotAnImage => "not-an-image",
             DecodeError::Undecodable(_) => "undecodable-image",
-            DecodeError::TooLarge { .. } => "image-too-large",
+            DecodeError::TooLarge { .. } | DecodeError::Memory { busy: false, .. } => "image-too-large",
+            DecodeError::Memory { busy: true, .. } => "busy",
         }
     }
 }
@@ -125,6 +130,19 @@ pub fn decode_with_header(bytes: &[u8], head: Header, limits: &IngressLimits) ->
 /// grouped held-out evaluation libjpeg-turbo's pixels cost MCC (README, "decode-bench").
 /// `min_side` 0 decodes at full size.
 pub fn decode_for(bytes: &[u8], head: Header, limits: &IngressLimits, min_side: u32) -> Result<Decoded, DecodeError> {
+    decode_for_within(bytes, head, limits, min_side, &mut |_| Ok(()))
+}
+
+/// `decode_for`, asking `before_full` (with libjpeg-turbo's reason) before a refused scaled
+/// decode falls back to a full one: a server that reserved memory for the scaled size takes
+/// the rest there, or refuses the image with the error `before_full` returns.
+pub fn decode_for_within(
+    bytes: &[u8],
+    head: Header,
+    limits: &IngressLimits,
+    min_side: u32,
+    before_full: &mut dyn FnMut(&str) -> Result<(), DecodeError>,
+) -> Result<Decoded, DecodeError> {
     check(bytes, head, limits)?;
     if head.format != ImageFormat::Jpeg {
         return Ok(Decoded { image: full(bytes, head.format, limits)?, scale: 1, fell_back: None });
@@ -135,7 +153,10 @@ pub fn decode_for(bytes: &[u8], head: Header, limits: &IngressLimits, min_side: 
     }
     match turbo::decode(bytes, head, scale) {
         Ok(image) => Ok(Decoded { image, scale, fell_back: None }),
-        Err(why) => Ok(Decoded { image: full(bytes, head.format, limits)?, scale: 1, fell_back: Some(why) }),
+        Err(why) => {
+            before_full(&why)?;
+            Ok(Decoded { image: full(bytes, head.format, limits)?, scale: 1, fell_back: Some(why) })
+        }
     }
 }
 
@@ -316,6 +337,14 @@ mod tests {
         let d = decode_for(&j, header(&j).unwrap(), &IngressLimits::default(), 400).unwrap();
         assert_eq!((d.scale, d.image.dimensions()), (1, (1280, 960)));
         assert!(d.fell_back.as_deref().is_some_and(|w| w.contains("decode")), "{:?}", d.fell_back);
+        // a caller that cannot afford the full decode refuses it, with its own error
+        let mut asked = Vec::new();
+        let mut refuse = |why: &str| {
+            asked.push(why.to_string());
+            Err(DecodeError::Memory { busy: true, message: "no memory for the full decode".into() })
+        };
+        let e = decode_for_within(&j, header(&j).unwrap(), &IngressLimits::default(), 400, &mut refuse).unwrap_err();
+        assert_eq!((e.code(), asked.len()), ("busy", 1), "{e}");
         // and the next image decodes with libjpeg-turbo again
         let ok = scene(1280, 960);
         let d = decode_for(&ok, header(&ok).unwrap(), &IngressLimits::default(), 400).unwrap();

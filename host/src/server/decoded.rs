@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cascade_engines::Image;
 use parking_lot::Mutex;
 
-use cascade_common::image::{decode_for, planned_scale, within, DecodeError, Header, IngressLimits};
+use cascade_common::image::{decode_for_within, planned_scale, within, DecodeError, Header, IngressLimits};
 
 /// Memory for decoded images and how long one is kept (a challenge's copies arrive together).
 pub const DEFAULT_MB: usize = 32;
@@ -50,24 +50,29 @@ pub fn configure(mb: usize, ttl: Duration) {
     let _ = DECODED.set(Decoded::new(mb << 20, ttl));
 }
 
+/// A hook asked before a refused scaled decode falls back to a full one (`decode_for_within`).
+pub type BeforeFull<'a> = &'a mut dyn FnMut(&str) -> Result<(), DecodeError>;
+
 /// Decodes `bytes` (content key `key`, header `head` as `header` read it) within `limits`, a
-/// big JPEG scaled in the DCT down to a short side of `min_side` or more (`decode_for`), or
-/// takes the image another request decoded from the same bytes at the same scale.
+/// big JPEG scaled in the DCT down to a short side of `min_side` or more (`decode_for_within`,
+/// asking `before_full` before a full decode in its place), or takes the image another request
+/// decoded from the same bytes at the same scale.
 pub fn decode(
     key: [u8; 16],
     bytes: &[u8],
     head: &Result<Header, DecodeError>,
     limits: &IngressLimits,
     min_side: u32,
+    before_full: BeforeFull<'_>,
 ) -> Result<Image, DecodeError> {
     let shared = DECODED.get_or_init(|| Decoded::new(DEFAULT_MB << 20, DEFAULT_TTL));
     if shared.cap_bytes == 0 {
-        return decode_once(bytes, head, limits, min_side).map(Arc::new);
+        return decode_once(bytes, head, limits, min_side, before_full).map(Arc::new);
     }
     let scale = head.as_ref().map_or(1, |h| planned_scale(*h, min_side));
     // the same bytes at another scale (the models changed since) are another image
     let key = if scale == 1 { key } else { crate::wit::image::key_of(b"scaled", &[&key, &scale.to_le_bytes()]) };
-    shared.get_with(key, bytes, head, limits, min_side)
+    shared.get_with(key, bytes, head, limits, min_side, before_full)
 }
 
 /// The decode of bytes whose header was read already.
@@ -76,8 +81,9 @@ fn decode_once(
     head: &Result<Header, DecodeError>,
     limits: &IngressLimits,
     min_side: u32,
+    before_full: BeforeFull<'_>,
 ) -> Result<image::RgbImage, DecodeError> {
-    let d = decode_for(bytes, head.clone()?, limits, min_side)?;
+    let d = decode_for_within(bytes, head.clone()?, limits, min_side, before_full)?;
     let m = crate::metrics::global();
     match &d.fell_back {
         Some(why) => {
@@ -106,7 +112,7 @@ impl Decoded {
 
     #[cfg(test)]
     fn get(&self, key: [u8; 16], bytes: &[u8], limits: &IngressLimits) -> Result<Image, DecodeError> {
-        self.get_with(key, bytes, &cascade_common::image::header(bytes), limits, 0)
+        self.get_with(key, bytes, &cascade_common::image::header(bytes), limits, 0, &mut |_| Ok(()))
     }
 
     fn get_with(
@@ -116,6 +122,7 @@ impl Decoded {
         head: &Result<Header, DecodeError>,
         limits: &IngressLimits,
         min_side: u32,
+        before_full: BeforeFull<'_>,
     ) -> Result<Image, DecodeError> {
         let (cell, lead) = {
             let mut g = self.inner.lock();
@@ -136,7 +143,7 @@ impl Decoded {
         let (mut ran, mut refusal) = (false, None);
         let got = cell.get_or_init(|| {
             ran = true;
-            match decode_once(bytes, head, limits, min_side) {
+            match decode_once(bytes, head, limits, min_side, &mut *before_full) {
                 Ok(img) => Some(Arc::new(img)),
                 Err(r) => {
                     refusal = Some(r);
@@ -155,7 +162,7 @@ impl Decoded {
             // a waiter on a refused decode has no refusal of its own: work it out
             None => match refusal {
                 Some(r) => Err(r),
-                None => decode_once(bytes, head, limits, min_side).map(Arc::new),
+                None => decode_once(bytes, head, limits, min_side, before_full).map(Arc::new),
             },
         };
         count(match (&result, ran) {

@@ -49,7 +49,10 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Took), 
     // the header is read once: for the decode budget here, for the decode below
     let head = cascade_common::image::header(&bytes);
     let dims = head.as_ref().ok().map(|h| (h.width, h.height));
-    let turn = server.decode_turn(arrived, hk.budget, dims).await?;
+    // a big JPEG is decoded at the size the models need: its memory is reserved at that size
+    let min_side = server.min_side(&serving.models);
+    let scale = head.as_ref().map_or(1, |h| cascade_common::image::planned_scale(*h, min_side));
+    let turn = server.decode_turn(arrived, hk.budget, dims, scale).await?;
     // Decoding and the policy block (component calls wait on model queues): run them here,
     // telling tokio to move this worker's other tasks away, which saves the two thread
     // hand-offs of `spawn_blocking` on every request.
@@ -57,9 +60,15 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Took), 
     let answer = tokio::task::block_in_place(|| -> Result<Answer, Refusal> {
         let origin = crate::wit::image::key_of(b"bytes", &[&bytes]);
         let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
-        let min_side = server.min_side(&serving.models);
         let t = Instant::now();
-        let img = super::decoded::decode(origin, &bytes, &head, &limits, min_side).map_err(refuse_image)?;
+        // a refused scaled decode done in full takes the rest of its memory first, or is refused
+        let mut full_memory = None;
+        let mut before_full = |_: &str| {
+            full_memory = turn.for_full_decode()?;
+            Ok(())
+        };
+        let img =
+            super::decoded::decode(origin, &bytes, &head, &limits, min_side, &mut before_full).map_err(refuse_image)?;
         decode = t.elapsed();
         // a large image's memory stays reserved until its answer (the policy holds the image)
         let (slot, memory) = turn.split();
@@ -70,7 +79,7 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Took), 
             bytes: if hk.log.is_some() { Bytes::from(bytes) } else { Bytes::new() },
         };
         let answer = hk.serve(&serving.models, img, sticky, arrived, origin, prov);
-        drop(memory);
+        drop((memory, full_memory));
         Ok(answer)
     })?;
     let took = arrived.elapsed();

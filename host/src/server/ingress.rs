@@ -85,7 +85,8 @@ impl From<DecodeError> for Refusal {
         let status = match e {
             DecodeError::NotAnImage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             DecodeError::Undecodable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            DecodeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            DecodeError::TooLarge { .. } | DecodeError::Memory { busy: false, .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            DecodeError::Memory { busy: true, .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
         Refusal::new(status, e.code(), e.to_string())
     }
@@ -118,6 +119,13 @@ mod tests {
         let large = decode_image(&jpeg(1100, 8), &l.axon()).unwrap_err();
         assert_eq!((large.status, large.code), (StatusCode::PAYLOAD_TOO_LARGE, "image-too-large"));
         assert_eq!(large.message, "image is 1100×8; the limits are 1024 per side and 1048576 pixels");
+        // a full decode after a refused scaled one, without the memory for it
+        for (busy, status, code) in
+            [(true, StatusCode::SERVICE_UNAVAILABLE, "busy"), (false, StatusCode::PAYLOAD_TOO_LARGE, "image-too-large")]
+        {
+            let r = Refusal::from(DecodeError::Memory { busy, message: "needs 84 MiB".into() });
+            assert_eq!((r.status, r.code, r.message.as_str()), (status, code, "needs 84 MiB"));
+        }
     }
 
     #[test]

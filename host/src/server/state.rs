@@ -14,6 +14,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::StatusCode;
 
+use cascade_common::image::DecodeError;
+
 use super::ingress::{IngressLimits, Refusal};
 use crate::answer::Answer;
 use crate::policy::Hotkey;
@@ -117,9 +119,44 @@ fn cores() -> usize {
 pub(crate) struct DecodeTurn<'a> {
     slot: tokio::sync::SemaphorePermit<'a>,
     memory: Option<tokio::sync::SemaphorePermit<'a>>,
+    /// For a big JPEG reserved at its scaled size: what a full decode would need besides.
+    full: Option<FullDecode<'a>>,
+}
+
+/// The rest of a full decode's memory, for a big JPEG reserved at its scaled size.
+struct FullDecode<'a> {
+    pool: &'a tokio::sync::Semaphore,
+    extra_mb: u32,
+    full_mb: u64,
+    budget_mb: u32,
+    dims: (u32, u32),
 }
 
 impl<'a> DecodeTurn<'a> {
+    /// Before a refused scaled decode is done in full: the rest of the full decode's memory
+    /// if it is free now (held, like the rest, until the answer), else why not — 503 while it
+    /// is taken, 413 when the whole budget is smaller.
+    pub(crate) fn for_full_decode(&self) -> Result<Option<tokio::sync::SemaphorePermit<'a>>, DecodeError> {
+        let Some(f) = &self.full else { return Ok(None) };
+        let (w, h) = f.dims;
+        if f.full_mb > u64::from(f.budget_mb) {
+            return Err(DecodeError::Memory {
+                busy: false,
+                message: format!(
+                    "libjpeg-turbo could not decode this {w}×{h} JPEG scaled, and a full decode needs {} MiB, more than --decode-memory-mb {}",
+                    f.full_mb, f.budget_mb
+                ),
+            });
+        }
+        f.pool.try_acquire_many(f.extra_mb).map(Some).map_err(|_| DecodeError::Memory {
+            busy: true,
+            message: format!(
+                "libjpeg-turbo could not decode this {w}×{h} JPEG scaled, and the {} MiB more a full decode needs are not free now",
+                f.extra_mb
+            ),
+        })
+    }
+
     /// The slot (given back after the decode) and the memory (after the answer).
     pub(crate) fn split(self) -> (tokio::sync::SemaphorePermit<'a>, Option<tokio::sync::SemaphorePermit<'a>>) {
         (self.slot, self.memory)
@@ -203,7 +240,9 @@ impl Server {
     }
 
     /// A turn to decode an image of `dims` (from its header): a slot of the small images' pool,
-    /// or one of the large images' with the memory the decode may hold. Waited for at most half
+    /// or one of the large images' with the memory the decode may hold — at the size it will be
+    /// decoded at (`scale`: a big JPEG's DCT scaling; the rest of a full decode is taken only if
+    /// libjpeg-turbo refuses the scaled one, `DecodeTurn::for_full_decode`). Waited for at most half
     /// the request's budget, so that the policy keeps the rest: past it, a 503 `busy` while the
     /// caller can still use it, not a late failure.
     pub(crate) async fn decode_turn(
@@ -211,6 +250,7 @@ impl Server {
         arrived: Instant,
         budget: Duration,
         dims: Option<(u32, u32)>,
+        scale: u32,
     ) -> Result<DecodeTurn<'_>, Refusal> {
         let wait = (budget / 2).saturating_sub(arrived.elapsed());
         let busy = |what: &str| {
@@ -223,17 +263,22 @@ impl Server {
         let (w, h) = dims.unwrap_or((1, 1));
         if u64::from(w) * u64::from(h) <= SMALL_PIXELS {
             return match tokio::time::timeout(wait, self.decodes.acquire()).await {
-                Ok(Ok(p)) => Ok(DecodeTurn { slot: p, memory: None }),
+                Ok(Ok(p)) => Ok(DecodeTurn { slot: p, memory: None, full: None }),
                 _ => Err(busy("decoding slot")),
             };
         }
-        let mb = cascade_common::image::decode_cost_bytes(w, h).div_ceil(1 << 20).max(1);
+        // a big JPEG decoded scaled in the DCT needs the memory of its scaled size
+        let scale = scale.max(1);
+        let (sw, sh) = (w.div_ceil(scale), h.div_ceil(scale));
+        let cost_mb = |w: u32, h: u32| cascade_common::image::decode_cost_bytes(w, h).div_ceil(1 << 20).max(1);
+        let (mb, full_mb) = (cost_mb(sw, sh), cost_mb(w, h));
         if mb > u64::from(self.decode_memory_mb) {
+            let at = if scale > 1 { format!(" (decoded at 1/{scale}: {sw}×{sh})") } else { String::new() };
             return Err(Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "image-too-large",
                 format!(
-                    "a {w}×{h} image needs {mb} MiB to decode, more than --decode-memory-mb {}",
+                    "a {w}×{h} image{at} needs {mb} MiB to decode, more than --decode-memory-mb {}",
                     self.decode_memory_mb
                 ),
             ));
@@ -252,7 +297,14 @@ impl Server {
             Ok(Ok(p)) => p,
             _ => return Err(busy(&format!("decoding memory ({mb} MiB of {})", self.decode_memory_mb))),
         };
-        Ok(DecodeTurn { slot, memory: Some(memory) })
+        let full = (full_mb > mb).then(|| FullDecode {
+            pool: &self.decode_memory,
+            extra_mb: (full_mb - mb).min(u64::from(u32::MAX)) as u32,
+            full_mb,
+            budget_mb: self.decode_memory_mb,
+            dims: (w, h),
+        });
+        Ok(DecodeTurn { slot, memory: Some(memory), full })
     }
 
     /// Swaps in the result of a reload (when anything changed) and records it.

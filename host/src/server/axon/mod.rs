@@ -76,10 +76,10 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
 }
 
 /// An image that does not decode is a bad synapse (400), as the Python axon answers a body it
-/// cannot read; one past the size limits stays a 413.
+/// cannot read; one past the size limits stays a 413 (and one waiting for decode memory a 503).
 fn refuse_image(e: DecodeError) -> Refusal {
     match e {
-        DecodeError::TooLarge { .. } => Refusal::from(e),
+        DecodeError::TooLarge { .. } | DecodeError::Memory { .. } => Refusal::from(e),
         e => refuse(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
