@@ -69,11 +69,8 @@ impl Finisher {
     }
 
     pub(crate) fn finish(&self, jobs: Vec<Job>, forward: Result<Forward, EngineError>, started: Instant) {
-        let result = forward.and_then(|(shape, data, prepared, logits)| {
-            let how = Decode { spec: &self.spec, head: self.head.as_deref(), output_name: &self.output_name };
-            how.outputs(&shape, &data, &jobs, &prepared, logits.as_ref())
-        });
-        reply_all(jobs, result, started, &self.stats);
+        let how = Decode { spec: &self.spec, head: self.head.as_deref(), output_name: &self.output_name };
+        reply(&how, &self.stats, jobs, forward, started);
     }
 
     pub(crate) fn model(&self) -> &str {
@@ -84,6 +81,14 @@ impl Finisher {
     pub(crate) fn count_failures(&self, n: usize) {
         self.stats.failures.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// Decodes a run's output (`how`) into each job's result and replies: the one last step of the
+/// worker and of a pipelined worker's finishing thread.
+fn reply(how: &Decode, stats: &ModelStats, jobs: Vec<Job>, forward: Result<Forward, EngineError>, started: Instant) {
+    let result = forward
+        .and_then(|(shape, data, prepared, logits)| how.outputs(&shape, &data, &jobs, &prepared, logits.as_ref()));
+    reply_all(jobs, result, started, stats);
 }
 
 /// On CUDA: the batch shape in use and when a batch last needed it (see `rows_for`).
@@ -321,7 +326,8 @@ impl Worker {
 
     /// Decodes a run's output into each job's result and replies.
     pub(crate) fn finish(&self, jobs: Vec<Job>, forward: Result<Forward, EngineError>, started: Instant) {
-        self.finisher().finish(jobs, forward, started);
+        let how = Decode { spec: &self.spec, head: self.head.as_deref(), output_name: &self.output_name };
+        reply(&how, &self.stats, jobs, forward, started);
     }
 
     /// What turns this worker's outputs into replies, for another thread to do it.

@@ -212,11 +212,10 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn row(side: &str, n: usize, mut times: Vec<Duration>, diff: &str) {
-    times.sort();
-    let p = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
-    let mean = times.iter().sum::<Duration>().as_secs_f64() / times.len() as f64;
-    println!("| {side} | {:.0} | {:.2} | {:.2} | {diff} |", n as f64 / mean, p(0.5), p(0.99));
+/// One side's row: images/s from the mean round, p50 and p99 of a round in ms.
+fn row(side: &str, n: usize, times: Vec<Duration>, diff: &str) {
+    let s = cascade_bench::summarise(times);
+    println!("| {side} | {:.0} | {:.2} | {:.2} | {diff} |", n as f64 / (s.mean / 1e6), s.p50 / 1e3, s.p99 / 1e3);
 }
 
 /// The server's decoder on `threads` threads fed from a queue; returns the decoded images.
