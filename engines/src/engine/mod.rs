@@ -5,11 +5,15 @@
 //! `kinds`.
 
 pub(crate) mod queue;
+pub(crate) mod reply;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
+
+pub use reply::{RecvError, ReplyReceiver};
+pub(crate) use reply::ReplySender;
 
 use crate::EngineError;
 
@@ -37,7 +41,7 @@ impl JobInput {
 pub(crate) struct Job {
     pub input: JobInput,
     pub deadline: Instant,
-    pub reply: Sender<Reply>,
+    pub reply: ReplySender,
     pub enqueued: Instant,
 }
 

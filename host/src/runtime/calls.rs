@@ -1,11 +1,11 @@
 //! Primitive calls from components to engines: memoised per request, traced, and run
-//! concurrently when a component issues several at once.
+//! concurrently when a component issues several at once. Starting a call is immediate (a
+//! queue's `try_send`); waiting for it is async, so the component's caller yields its thread.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_engines::{EngineError, JobInput, ModelKind, Output, Reply, ScoreSource};
-use crossbeam_channel::Receiver;
+use cascade_engines::{EngineError, JobInput, ModelKind, Output, ReplyReceiver, ScoreSource};
 
 use super::cache::{Flight, Lead, Lookup, StageKey};
 use super::request::{CallKey, RequestCtx, TraceEntry};
@@ -19,7 +19,7 @@ pub enum Pending {
     /// Queued on the model; `lead` is set when other requests may wait for this result.
     Waiting {
         key: CallKey,
-        rx: Receiver<Reply>,
+        rx: ReplyReceiver,
         started: Instant,
         lead: Option<Lead>,
     },
@@ -152,15 +152,15 @@ fn finish_now(ctx: &RequestCtx, key: CallKey, r: Result<Output, Error>) -> Pendi
 }
 
 /// Waits for a started call (never past the request's deadline) and memoises the result.
-pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
+pub async fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
     let (key, rx, started, lead) = match p {
         Pending::Done(r) => return r,
         Pending::Waiting { key, rx, started, lead } => (key, rx, started, lead),
         Pending::Shared { key, flight, started, input, kind } => {
-            return match flight.wait(ctx.deadline) {
+            return match flight.wait(ctx.deadline).await {
                 // the other request's deadline passed before ours: run it for ourselves
                 Some(Err(Error::DeadlineExceeded)) if !ctx.remaining().is_zero() => {
-                    finish(ctx, submit(ctx, key, kind, input, None))
+                    Box::pin(finish(ctx, submit(ctx, key, kind, input, None))).await
                 }
                 shared => {
                     let r = shared.unwrap_or(Err(Error::DeadlineExceeded));
@@ -171,9 +171,9 @@ pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
             };
         }
     };
-    let (r, compute) = match rx.recv_deadline(ctx.deadline) {
-        Ok(reply) => (reply.output.map_err(to_wit), reply.compute),
-        Err(_) => (Err(Error::DeadlineExceeded), Duration::ZERO),
+    let (r, compute) = match tokio::time::timeout_at(ctx.deadline.into(), rx).await {
+        Ok(Ok(reply)) => (reply.output.map_err(to_wit), reply.compute),
+        _ => (Err(Error::DeadlineExceeded), Duration::ZERO),
     };
     if let Some(l) = lead {
         l.resolve(&r);
@@ -185,16 +185,16 @@ pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
 }
 
 /// Runs one call to completion; the engine's output, as memoised.
-pub fn run(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Result<Output, Error> {
+pub async fn run(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Result<Output, Error> {
     let p = start(ctx, img, call);
-    finish(ctx, p)
+    finish(ctx, p).await
 }
 
 /// Calls one `run-all` may make; later ones answer `invalid-argument`.
 pub(crate) const MAX_RUN_ALL: usize = 32;
 
 /// Starts every call before waiting for any, so the models work concurrently.
-pub fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Result<Outcome, Error>> {
+pub async fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Result<Outcome, Error>> {
     // the same call twice in one batch runs once (the memo helps only once the first finished),
     // and a batch runs at most MAX_RUN_ALL distinct calls
     let keys: Vec<_> = calls.iter().map(describe).collect();
@@ -207,7 +207,7 @@ pub fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Result<O
     }
     let mut results: Vec<Option<Result<Outcome, Error>>> = vec![None; calls.len()];
     for (i, p) in pending {
-        results[i] = Some(finish(ctx, p).map(to_outcome));
+        results[i] = Some(finish(ctx, p).await.map(to_outcome));
     }
     (0..calls.len())
         .map(|i| {
