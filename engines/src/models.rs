@@ -110,6 +110,17 @@ impl Models {
         self.handles.iter().map(|(k, h)| (k.as_str(), &h.stats))
     }
 
+    /// What a run of `model` has taken recently, with nothing queued before a new job: the
+    /// time a job submitted now should take (`None` before the first run, or while the queue
+    /// holds jobs).
+    pub fn expected_run(&self, model: &str) -> Option<std::time::Duration> {
+        let st = &self.handles.get(model)?.stats;
+        if st.queued.load(Ordering::Relaxed) > 1 {
+            return None;
+        }
+        st.recent_run()
+    }
+
     /// Queues one job for `model` if it is of kind `wanted`; the reply arrives on the receiver.
     pub fn submit(
         &self,

@@ -22,6 +22,8 @@ pub enum RecvError {
 
 struct State {
     reply: Option<Reply>,
+    /// A reply was sent (and perhaps taken already).
+    sent: bool,
     senders: usize,
     waker: Option<Waker>,
 }
@@ -55,7 +57,7 @@ pub struct ReplyReceiver(Arc<Slot>);
 
 /// A new one-reply channel.
 pub(crate) fn channel() -> (ReplySender, ReplyReceiver) {
-    let slot = Arc::new(Slot { state: Mutex::new(State { reply: None, senders: 1, waker: None }), ready: Condvar::new() });
+    let slot = Arc::new(Slot { state: Mutex::new(State { reply: None, sent: false, senders: 1, waker: None }), ready: Condvar::new() });
     (ReplySender(slot.clone()), ReplyReceiver(slot))
 }
 
@@ -63,10 +65,11 @@ impl ReplySender {
     /// Delivers the reply; a second one is handed back (the job was already answered).
     pub(crate) fn send(&self, reply: Reply) -> Result<(), Reply> {
         let mut s = self.0.lock();
-        if s.reply.is_some() {
+        if s.sent {
             return Err(reply);
         }
         s.reply = Some(reply);
+        s.sent = true;
         self.0.wake(s);
         Ok(())
     }
@@ -83,7 +86,7 @@ impl Drop for ReplySender {
     fn drop(&mut self) {
         let mut s = self.0.lock();
         s.senders -= 1;
-        if s.senders == 0 && s.reply.is_none() {
+        if s.senders == 0 && !s.sent {
             self.0.wake(s);
         }
     }

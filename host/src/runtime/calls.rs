@@ -5,12 +5,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_engines::{EngineError, JobInput, ModelKind, Output, ReplyReceiver, ScoreSource};
+use cascade_engines::{EngineError, JobInput, ModelKind, Output, RecvError, ReplyReceiver, ScoreSource};
 
 use super::cache::{Flight, Lead, Lookup, StageKey};
 use super::request::{CallKey, RequestCtx, TraceEntry};
 use crate::wit::image::ImageRef;
 use crate::wit::{self, Bbox, Call, Classification, Detection, Error, LabelScore, Outcome, TextLine};
+
+/// A model run up to this long (recently, with its queue empty) is waited for on the calling
+/// thread, for at most four times as long as it took and this much more; a longer one is awaited.
+const SHORT_RUN: Duration = Duration::from_micros(250);
 
 /// A call in flight, or already answered (from the memo, the stage cache or by an immediate
 /// error).
@@ -171,8 +175,17 @@ pub async fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
             };
         }
     };
-    let (r, compute) = match tokio::time::timeout_at(ctx.deadline.into(), rx).await {
-        Ok(Ok(reply)) => (reply.output.map_err(to_wit), reply.compute),
+    let got = match ctx.models.expected_run(&key.model).filter(|t| *t <= SHORT_RUN) {
+        // a short run is waited for on this thread: the model's thread wakes it directly, which
+        // is cheaper than parking the task and having tokio wake a worker for it
+        Some(t) => match rx.recv_deadline(ctx.deadline.min(Instant::now() + 4 * t + SHORT_RUN)) {
+            Err(RecvError::Timeout) => tokio::time::timeout_at(ctx.deadline.into(), rx).await.ok(),
+            r => Some(r),
+        },
+        None => tokio::time::timeout_at(ctx.deadline.into(), rx).await.ok(),
+    };
+    let (r, compute) = match got {
+        Some(Ok(reply)) => (reply.output.map_err(to_wit), reply.compute),
         _ => (Err(Error::DeadlineExceeded), Duration::ZERO),
     };
     if let Some(l) = lead {
