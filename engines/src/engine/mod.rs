@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-pub use reply::{RecvError, ReplyReceiver};
 pub(crate) use reply::ReplySender;
+pub use reply::{RecvError, ReplyReceiver};
 
 use crate::EngineError;
 

@@ -57,7 +57,10 @@ pub struct ReplyReceiver(Arc<Slot>);
 
 /// A new one-reply channel.
 pub(crate) fn channel() -> (ReplySender, ReplyReceiver) {
-    let slot = Arc::new(Slot { state: Mutex::new(State { reply: None, sent: false, senders: 1, waker: None }), ready: Condvar::new() });
+    let slot = Arc::new(Slot {
+        state: Mutex::new(State { reply: None, sent: false, senders: 1, waker: None }),
+        ready: Condvar::new(),
+    });
     (ReplySender(slot.clone()), ReplyReceiver(slot))
 }
 

@@ -136,7 +136,12 @@ impl primitives::Host for StoreState {
         expect!(self.call(&img, Call::Ask((model, prompt))).await?, Ask)
     }
 
-    async fn ask_score(&mut self, model: String, img: Resource<ImageRef>, prompt: String) -> Host<Result<Answer, Error>> {
+    async fn ask_score(
+        &mut self,
+        model: String,
+        img: Resource<ImageRef>,
+        prompt: String,
+    ) -> Host<Result<Answer, Error>> {
         match self.call(&img, Call::Ask((model, prompt))).await? {
             Ok(Output::Answer(a)) => Ok(Ok(calls::to_answer(a))),
             Ok(_) => Err(format_err!("engine answered an ask call with another outcome")),
