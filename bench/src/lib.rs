@@ -19,7 +19,9 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut child = Command::new(repo().join("target/release/cascade"))
+    // CASCADE_BIN: another build to measure (an A/B against the previous commit's binary)
+    let bin = std::env::var_os("CASCADE_BIN").map_or_else(|| repo().join("target/release/cascade"), PathBuf::from);
+    let mut child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "warn")

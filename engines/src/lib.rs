@@ -30,7 +30,9 @@ mod session;
 mod spec;
 mod vlm;
 
-pub use engine::{Answer, Detection, Image, JobInput, ModelStats, Output, Reply, ScoreSource, TextLine};
+pub use engine::{
+    Answer, Detection, Image, JobInput, ModelStats, Output, RecvError, Reply, ReplyReceiver, ScoreSource, TextLine,
+};
 pub use error::{EngineError, LoadError};
 pub use gpu::prepare_on_gpu;
 pub use models::Models;

@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 
-use crate::engine::{Job, JobInput, ModelStats, Reply};
+use crate::engine::{Job, JobInput, ModelStats, Reply, ReplyReceiver};
 use crate::kinds;
 use crate::lifecycle::Launch;
 use crate::runtime::init_runtime;
@@ -110,6 +110,17 @@ impl Models {
         self.handles.iter().map(|(k, h)| (k.as_str(), &h.stats))
     }
 
+    /// What a run of `model` has taken recently, with nothing queued before a new job: the
+    /// time a job submitted now should take (`None` before the first run, or while the queue
+    /// holds jobs).
+    pub fn expected_run(&self, model: &str) -> Option<std::time::Duration> {
+        let st = &self.handles.get(model)?.stats;
+        if st.queued.load(Ordering::Relaxed) > 1 {
+            return None;
+        }
+        st.recent_run()
+    }
+
     /// Queues one job for `model` if it is of kind `wanted`; the reply arrives on the receiver.
     pub fn submit(
         &self,
@@ -117,7 +128,7 @@ impl Models {
         wanted: ModelKind,
         input: JobInput,
         deadline: Instant,
-    ) -> Result<Receiver<Reply>, EngineError> {
+    ) -> Result<ReplyReceiver, EngineError> {
         let h = self.handles.get(model).ok_or_else(|| EngineError::UnknownModel(model.to_string()))?;
         if h.spec.kind != wanted {
             return Err(EngineError::WrongKind {
@@ -128,7 +139,7 @@ impl Models {
         }
         // a stopped model is refused before the job counts as queued (it would never leave)
         let tx = h.tx.as_ref().ok_or_else(|| EngineError::Stopped { model: model.to_string() })?;
-        let (reply, rx) = crossbeam_channel::bounded(1);
+        let (reply, rx) = crate::engine::reply::channel();
         let job = Job { input, deadline, reply, enqueued: Instant::now() };
         h.stats.queued.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(job) {

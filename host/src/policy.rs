@@ -1,7 +1,7 @@
 //! A hotkey's live policy: its bound components (a stable arm and, during a rollout, a
 //! candidate) and the rules around them (budget, fallback, the answer's range). `serve` is the
-//! request path; `answer` is the same decision without rollout routing, for smoke requests
-//! and offline tools.
+//! request path (async: the request's task awaits the policy); `answer` is the same decision
+//! without rollout routing, for smoke requests and offline tools (which wait for it).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use crate::answer::{never_half, Answer, Source};
 use crate::config::{ComponentRef, Side};
 use crate::rollout::Rollout;
 use crate::runtime::request::RequestCtx;
-use crate::runtime::{Bound, Plugin, Role, RoleSet};
+use crate::runtime::{block_on, Bound, Plugin, Role, RoleSet};
 use crate::wit::Error;
 use cascade_engines::{Image, Models};
 
@@ -79,7 +79,7 @@ impl Hotkey {
     /// The decision without rollout routing (offline tools): the winner or the stable arm.
     pub fn answer(&self, models: &Arc<Models>, image: Image) -> Answer {
         let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);
-        self.decide(self.default_side(), &ctx, image, true)
+        block_on(self.decide(self.default_side(), &ctx, image, true))
     }
 
     /// An arm's answer in a request context made by the caller (`cascade replay`: one
@@ -87,13 +87,13 @@ impl Hotkey {
     /// when `candidate` and the hotkey has one, else the stable arm's.
     pub fn answer_in(&self, ctx: &Arc<RequestCtx>, image: Image, candidate: bool) -> Answer {
         let side = if candidate && self.candidate.is_some() { Side::Candidate } else { Side::Stable };
-        self.decide(side, ctx, image, false)
+        block_on(self.decide(side, ctx, image, false))
     }
 
     /// An answer that leaves no trace in the metrics (smoke requests of a reload).
     pub(crate) fn answer_quietly(&self, models: &Arc<Models>, image: Image) -> Answer {
         let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);
-        self.decide(Side::Stable, &ctx, image, false)
+        block_on(self.decide(Side::Stable, &ctx, image, false))
     }
 
     /// A dry run of one arm (see `RequestCtx::dry`): every stage is reached, so a stage's
@@ -110,7 +110,7 @@ impl Hotkey {
         let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget).dry_run();
         let img = Arc::new(image::RgbImage::from_pixel(224, 224, image::Rgb([128, 128, 128])));
         let arm = self.arm(side);
-        Some(match arm.router.decide(&ctx, arm.roles.clone(), img, self.budget) {
+        Some(match arm.router.decide_blocking(&ctx, arm.roles.clone(), img, self.budget) {
             Ok(Err(e @ (Error::InvalidArgument(_) | Error::UnknownModel(_) | Error::WrongKind(_)))) => Err(e.message()),
             Ok(_) => Ok(()),
             Err(e) => Err(format!("router {} {e}", arm.router.plugin.name)),
@@ -121,7 +121,7 @@ impl Hotkey {
     pub(crate) fn candidate_quietly(&self, models: &Arc<Models>, image: Image) -> Option<Answer> {
         self.candidate.as_ref()?;
         let ctx = RequestCtx::new(models.clone(), &self.name, Instant::now() + self.budget);
-        Some(self.decide(Side::Candidate, &ctx, image, false))
+        Some(block_on(self.decide(Side::Candidate, &ctx, image, false)))
     }
 
     /// The request path: the rollout picks the arm (sticky by `sticky`); a shadow copy of the
@@ -129,7 +129,7 @@ impl Hotkey {
     /// The budget counts from `arrived`, so reading and decoding the image spend it too.
     /// `origin` keys the image for the stage cache (a hash of the request's encoded bytes).
     /// `prov` says where the request came from, for the prediction log.
-    pub fn serve(
+    pub async fn serve(
         self: &Arc<Self>,
         models: &Arc<Models>,
         image: Image,
@@ -146,13 +146,13 @@ impl Hotkey {
             }
         };
         let Some(ro) = self.rollout.clone() else {
-            let a = self.decide(Side::Stable, &ctx, image, true);
+            let a = self.decide(Side::Stable, &ctx, image, true).await;
             log(&ctx, &a, false, arrived.elapsed().as_secs_f64() * 1e3);
             return a;
         };
         let route = ro.route(sticky);
         let started = Instant::now();
-        let a = self.decide(route.serve, &ctx, image.clone(), true);
+        let a = self.decide(route.serve, &ctx, image.clone(), true).await;
         ro.record(route.serve, a.fallback, a.trace.len() > 1, started.elapsed().as_secs_f64() * 1e3);
         log(&ctx, &a, false, arrived.elapsed().as_secs_f64() * 1e3);
         if route.shadow {
@@ -181,9 +181,9 @@ impl Hotkey {
             return;
         }
         let (me, ro) = (self.clone(), ro.clone());
-        rt.spawn_blocking(move || {
+        rt.spawn(async move {
             let started = Instant::now();
-            let a = me.decide(other, &ctx, image, false);
+            let a = me.decide(other, &ctx, image, false).await;
             ro.record(other, a.fallback, a.trace.len() > 1, started.elapsed().as_secs_f64() * 1e3);
             if let (Some(l), Some((id, prov))) = (&me.log, &logged) {
                 let who = crate::predlog::Whose { hotkey: &me.name, id, shadow: true };
@@ -198,9 +198,9 @@ impl Hotkey {
         });
     }
 
-    fn decide(&self, side: Side, ctx: &Arc<RequestCtx>, image: Image, counted: bool) -> Answer {
+    async fn decide(&self, side: Side, ctx: &Arc<RequestCtx>, image: Image, counted: bool) -> Answer {
         let arm = self.arm(side);
-        let r = arm.router.decide(ctx, arm.roles.clone(), image, self.budget);
+        let r = arm.router.decide(ctx, arm.roles.clone(), image, self.budget).await;
         let decided = match r {
             Ok(Ok(d)) if d.prediction.is_finite() && (0.0..=1.0).contains(&d.prediction) => {
                 let raw = self.calibration.as_ref().map(|_| d.prediction);

@@ -406,7 +406,7 @@ fn probe(
     let mut cost_ms = Vec::with_capacity(cut.len());
     for r in cut {
         let ctx = RequestCtx::new(models.clone(), &hk.name, Instant::now() + hk.budget);
-        let d = r.decide(&ctx, hk.stable.roles.clone(), img.clone(), hk.budget);
+        let d = r.decide_blocking(&ctx, hk.stable.roles.clone(), img.clone(), hk.budget);
         evidence.push(match d {
             Ok(Ok(d)) => evidence_of(&d.reason),
             _ => None,
@@ -456,7 +456,7 @@ fn check_chosen(
         let Some(pr) = it.next() else { break };
         progress.tick();
         let ctx = RequestCtx::new(models.clone(), &hk.name, Instant::now() + hk.budget);
-        let real = match router.decide(&ctx, roles.clone(), Arc::new(img), hk.budget) {
+        let real = match router.decide_blocking(&ctx, roles.clone(), Arc::new(img), hk.budget) {
             Ok(Ok(d)) => Some(d.prediction),
             _ => None,
         };

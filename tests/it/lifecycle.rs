@@ -54,6 +54,37 @@ fn sigterm_lets_requests_in_flight_finish_then_exits() {
     assert!(lines.iter().any(|l| l["message"] == "drained"), "{log}");
 }
 
+/// Policies run on the server's worker threads (awaited, not handed to threads of their own):
+/// ones that compute for long must yield them, or a few would starve every other request.
+#[test]
+fn policies_computing_for_long_do_not_hold_the_server() {
+    let dir = policies("yield", &[("slow", SLOW), ("good", &tint_hotkey("good"))]);
+    let server = Server::start(&dir.0, true, &[]);
+    let orange = jpeg(&solid(32, 32, [255, 120, 0]));
+    let blue = jpeg(&solid(32, 32, [0, 0, 255]));
+    // more spinning calls than the server has worker threads (it has one per core)
+    let spinning: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, img) = (server.url("/v1/predict/slow"), orange.clone());
+            std::thread::spawn(move || post(&url, "image/jpeg", &img))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (s, v) = predict(&server, "good", &blue);
+        let took = started.elapsed();
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["fallback"], false, "{v}");
+        assert!(took < Duration::from_millis(1000), "answered in {took:?} beside 8 spinning policies");
+    }
+    for t in spinning {
+        let (s, v) = t.join().expect("thread");
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["stage"], "fallback", "the spin ends at the call limit: {v}");
+    }
+}
+
 #[test]
 fn sighup_rereads_everything_and_refuses_a_broken_file() {
     let dir = policies("sighup", &[("good", &tint_hotkey("good"))]);

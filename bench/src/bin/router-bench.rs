@@ -14,7 +14,7 @@ use cascade_engines::Models;
 use cascade_host::reload::cache::CompileCache;
 use cascade_host::runtime::calls;
 use cascade_host::runtime::request::{CallKey, RequestCtx};
-use cascade_host::runtime::{Bound, Limits, Plugin, RoleSet, Runtime, RuntimeConfig};
+use cascade_host::runtime::{block_on, Bound, Limits, Plugin, RoleSet, Runtime, RuntimeConfig};
 use cascade_host::wit::{Call, Outcome};
 use serde_json::json;
 
@@ -71,14 +71,14 @@ fn native_plan(p: &serde_json::Value) -> Vec<NativeStage> {
 
 /// The router's logic, natively: stages in order, each call through the same memo, the mean
 /// of the evidence as the fused score (no fuser bound), exits on thresholds.
-fn native_decide(ctx: &Arc<RequestCtx>, image: cascade_engines::Image, stages: &[NativeStage]) -> (f32, String) {
+async fn native_decide(ctx: &Arc<RequestCtx>, image: cascade_engines::Image, stages: &[NativeStage]) -> (f32, String) {
     let img = ctx.image(image);
     let mut evidence: Vec<(&str, f32)> = Vec::new();
     for (i, st) in stages.iter().enumerate() {
         // as the router does: a lone call directly, several through run-all
         let results = match st.calls.as_slice() {
-            [one] => vec![calls::run(ctx, &img, one).map(calls::to_outcome)],
-            all => calls::run_all(ctx, &img, all),
+            [one] => vec![calls::run(ctx, &img, one).await.map(calls::to_outcome)],
+            all => calls::run_all(ctx, &img, all).await,
         };
         for (c, r) in st.calls.iter().zip(results) {
             if let (Call::Classify(m), Ok(Outcome::Classify(cl))) = (c, r) {
@@ -207,13 +207,13 @@ fn main() -> anyhow::Result<()> {
 
     // the same answer from every one
     let ctx = cached_ctx(&models);
-    let native = native_decide(&ctx, image.clone(), &plan);
+    let native = block_on(native_decide(&ctx, image.clone(), &plan));
     anyhow::ensure!(ctx.trace().len() == 3 && ctx.trace().iter().all(|t| t.cached), "three cached calls");
     for a in &arms {
         let ctx = cached_ctx(&models);
         let d = a
             .bound
-            .decide(&ctx, roles.clone(), image.clone(), Duration::from_secs(5))
+            .decide_blocking(&ctx, roles.clone(), image.clone(), Duration::from_secs(5))
             .map_err(|e| anyhow::anyhow!("{}: {e}", a.label))?
             .map_err(|e| anyhow::anyhow!("{}: {e:?}", a.label))?;
         anyhow::ensure!((d.prediction - native.0).abs() < 1e-6, "{}: {} vs native {}", a.label, d.prediction, native.0);
@@ -230,13 +230,13 @@ fn main() -> anyhow::Result<()> {
         for i in 0..iters * 2 {
             let ctx = cached_ctx(&models);
             let t = Instant::now();
-            let r = a.bound.decide(&ctx, roles.clone(), image.clone(), Duration::from_secs(5));
+            let r = a.bound.decide_blocking(&ctx, roles.clone(), image.clone(), Duration::from_secs(5));
             let dw = t.elapsed();
             anyhow::ensure!(matches!(r, Ok(Ok(_))), "{}: a decision failed in the timing loop", a.label);
             let ctx = cached_ctx(&models);
             let t = Instant::now();
             if !wasm_only {
-                std::hint::black_box(native_decide(&ctx, image.clone(), &plan));
+                std::hint::black_box(block_on(native_decide(&ctx, image.clone(), &plan)));
             }
             let dn = t.elapsed();
             if i >= iters {

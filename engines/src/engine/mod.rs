@@ -5,11 +5,15 @@
 //! `kinds`.
 
 pub(crate) mod queue;
+pub(crate) mod reply;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
+
+pub(crate) use reply::ReplySender;
+pub use reply::{RecvError, ReplyReceiver};
 
 use crate::EngineError;
 
@@ -37,7 +41,7 @@ impl JobInput {
 pub(crate) struct Job {
     pub input: JobInput,
     pub deadline: Instant,
-    pub reply: Sender<Reply>,
+    pub reply: ReplySender,
     pub enqueued: Instant,
 }
 
@@ -116,6 +120,8 @@ pub struct ModelStats {
     pub runs: AtomicU64,
     pub items: AtomicU64,
     pub busy_ns: AtomicU64,
+    /// A run's recent time, a moving average (1/8 weight to the newest), in ns.
+    pub recent_ns: AtomicU64,
     pub failures: AtomicU64,
     pub expired: AtomicU64,
     pub queued: AtomicI64,
@@ -138,7 +144,16 @@ impl ModelStats {
     pub(crate) fn record(&self, items: usize, busy: Duration) {
         self.runs.fetch_add(1, Ordering::Relaxed);
         self.items.fetch_add(items as u64, Ordering::Relaxed);
-        self.busy_ns.fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+        let ns = busy.as_nanos().min(u64::MAX as u128) as u64;
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        let _ = self.recent_ns.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+            Some(if avg == 0 { ns } else { avg - avg / 8 + ns / 8 })
+        });
+    }
+
+    /// A run's recent time (`None` before the first run).
+    pub fn recent_run(&self) -> Option<Duration> {
+        Some(self.recent_ns.load(Ordering::Relaxed)).filter(|ns| *ns > 0).map(Duration::from_nanos)
     }
 }
 

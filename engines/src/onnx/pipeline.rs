@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::worker::{Finisher, Forward, FoundLabels, ShapeRule, Worker};
 use crate::engine::queue::{expire, reply_all, settle};
-use crate::engine::{Engine, Job, ModelStats, Reply};
+use crate::engine::{Engine, Job, ModelStats, Reply, ReplySender};
 use crate::gpu::GpuPrep;
 use crate::head::Head;
 use crate::preprocess::Prepared;
@@ -262,7 +262,7 @@ fn runner(
 ) {
     for s in staged {
         let (slot, n) = (s.slot, s.jobs.len());
-        let replies: Vec<Sender<Reply>> = s.jobs.iter().map(|j| j.reply.clone()).collect();
+        let replies: Vec<ReplySender> = s.jobs.iter().map(|j| j.reply.clone()).collect();
         let mut returned = false;
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run(&mut w, s, &slot_back, &mut returned, &to_finisher)
@@ -291,7 +291,7 @@ struct Finishing {
 /// panic there fails that batch's requests, and the loop goes on.
 fn finish_loop(f: &Finisher, finishing: Receiver<Finishing>) {
     for b in finishing {
-        let replies: Vec<Sender<Reply>> = b.jobs.iter().map(|j| j.reply.clone()).collect();
+        let replies: Vec<ReplySender> = b.jobs.iter().map(|j| j.reply.clone()).collect();
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.finish(b.jobs, b.forward, b.started)));
         if done.is_err() {
             tracing::error!(model = %f.model(), "a pipelined batch's outputs panicked; its requests get an error");
@@ -303,9 +303,9 @@ fn finish_loop(f: &Finisher, finishing: Receiver<Finishing>) {
 
 /// Answers every request of a failed batch with an error; a reply already sent stays (the
 /// channel holds one, and `try_send` never blocks on a full one).
-fn fail_all(replies: &[Sender<Reply>], model: &str, reason: &str) {
+fn fail_all(replies: &[ReplySender], model: &str, reason: &str) {
     for r in replies {
-        let _ = r.try_send(Reply {
+        let _ = r.send(Reply {
             output: Err(EngineError::Inference { model: model.to_string(), reason: reason.into() }),
             compute: Duration::ZERO,
             queued: Duration::ZERO,
@@ -357,7 +357,7 @@ mod tests {
     use crate::preprocess::Prepared;
 
     fn job() -> Job {
-        let (reply, _) = crossbeam_channel::bounded(1);
+        let (reply, _) = crate::engine::reply::channel();
         let image = Arc::new(image::RgbImage::new(4, 4));
         Job {
             input: JobInput::Image(image),
@@ -387,10 +387,10 @@ mod tests {
         let f = Finisher::new(Arc::new(spec), None, "out".into(), stats.clone());
         let (tx, rx) = crossbeam_channel::bounded::<Finishing>(SLOTS);
         let thread = std::thread::spawn(move || finish_loop(&f, rx));
-        let batch = |n: usize| -> (Vec<Job>, Vec<Receiver<Reply>>) {
+        let batch = |n: usize| -> (Vec<Job>, Vec<crate::ReplyReceiver>) {
             (0..n)
                 .map(|_| {
-                    let (reply, got) = crossbeam_channel::bounded(1);
+                    let (reply, got) = crate::engine::reply::channel();
                     let j = Job {
                         input: JobInput::Image(Arc::new(image::RgbImage::new(4, 4))),
                         deadline: Instant::now() + Duration::from_secs(5),
@@ -413,14 +413,14 @@ mod tests {
         thread.join().expect("the finishing thread ends with its channel");
         let scores: Vec<f32> = got
             .iter()
-            .map(|r| match r.try_recv().expect("answered").output {
+            .map(|r| match r.recv_deadline(Instant::now()).expect("answered").output {
                 Ok(crate::Output::Classification { score, .. }) => score,
                 other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(scores, vec![0.9, 0.2]);
         for r in lost {
-            let e = r.try_recv().expect("answered").output.expect_err("the run's error");
+            let e = r.recv_deadline(Instant::now()).expect("answered").output.expect_err("the run's error");
             assert!(e.to_string().contains("the run failed"), "{e}");
         }
         assert_eq!(stats.failures.load(Ordering::Relaxed), 3);

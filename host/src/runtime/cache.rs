@@ -11,7 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use cascade_engines::Output;
 
@@ -38,28 +39,37 @@ pub struct StageKey {
     pub image: [u8; 16],
 }
 
-/// A call being computed; waiters block on it until the leader resolves it.
+/// A call being computed; waiters await it until the leader resolves it.
 #[derive(Default)]
 pub struct Flight {
     slot: Mutex<Option<Result<Output, Error>>>,
-    done: Condvar,
+    done: Notify,
 }
 
 impl Flight {
     /// The leader's result, or `None` if `deadline` passes first.
-    pub fn wait(&self, deadline: Instant) -> Option<Result<Output, Error>> {
-        let mut slot = self.slot.lock();
-        while slot.is_none() {
-            if self.done.wait_until(&mut slot, deadline).timed_out() {
-                break;
+    pub async fn wait(&self, deadline: Instant) -> Option<Result<Output, Error>> {
+        let resolved = async {
+            loop {
+                // registered before the look, so a resolve in between is not missed
+                let notified = self.done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(r) = self.slot.lock().clone() {
+                    return r;
+                }
+                notified.await;
             }
+        };
+        match tokio::time::timeout_at(deadline.into(), resolved).await {
+            Ok(r) => Some(r),
+            Err(_) => self.slot.lock().clone(),
         }
-        slot.clone()
     }
 
     fn resolve(&self, r: Result<Output, Error>) {
         *self.slot.lock() = Some(r);
-        self.done.notify_all();
+        self.done.notify_waiters();
     }
 }
 
@@ -230,6 +240,7 @@ impl StageCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::block_on;
 
     fn key(i: u8) -> StageKey {
         StageKey { models: 1, model: "m".into(), primitive: "classify", args: String::new(), image: [i; 16] }
@@ -257,7 +268,7 @@ mod tests {
         let c = leaked(1 << 20, Duration::from_secs(60));
         let Lookup::Lead(lead) = c.lookup(key(1)) else { panic!("first is the lead") };
         let Lookup::Wait(f) = c.lookup(key(1)) else { panic!("second waits") };
-        let waiter = std::thread::spawn(move || f.wait(Instant::now() + Duration::from_secs(5)));
+        let waiter = std::thread::spawn(move || block_on(f.wait(Instant::now() + Duration::from_secs(5))));
         lead.resolve(&Ok(score(0.7)));
         assert_eq!(got(waiter.join().unwrap()), Some(Ok(0.7)));
         assert!(matches!(c.lookup(key(1)), Lookup::Hit(Output::Classification { score, .. }) if score == 0.7));
@@ -265,7 +276,7 @@ mod tests {
         let Lookup::Lead(lead) = c.lookup(key(2)) else { panic!() };
         let Lookup::Wait(f) = c.lookup(key(2)) else { panic!() };
         lead.resolve(&Err(Error::Engine("boom".into())));
-        assert_eq!(got(f.wait(Instant::now())), Some(Err("engine: boom".into())));
+        assert_eq!(got(block_on(f.wait(Instant::now()))), Some(Err("engine: boom".into())));
         assert!(matches!(c.lookup(key(2)), Lookup::Lead(_)));
     }
 
@@ -275,11 +286,11 @@ mod tests {
         let Lookup::Lead(lead) = c.lookup(key(3)) else { panic!() };
         let Lookup::Wait(f) = c.lookup(key(3)) else { panic!() };
         drop(lead);
-        assert!(matches!(f.wait(Instant::now() + Duration::from_secs(1)), Some(Err(Error::Engine(_)))));
+        assert!(matches!(block_on(f.wait(Instant::now() + Duration::from_secs(1))), Some(Err(Error::Engine(_)))));
         // a waiter with nothing resolved times out at its deadline
         let Lookup::Lead(_lead) = c.lookup(key(4)) else { panic!() };
         let Lookup::Wait(f) = c.lookup(key(4)) else { panic!() };
-        assert!(f.wait(Instant::now() + Duration::from_millis(20)).is_none());
+        assert!(block_on(f.wait(Instant::now() + Duration::from_millis(20))).is_none());
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! Primitive calls from components to engines: memoised per request, traced, and run
-//! concurrently when a component issues several at once.
+//! concurrently when a component issues several at once. Starting a call is immediate (a
+//! queue's `try_send`); waiting for it is async, so the component's caller yields its thread.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_engines::{EngineError, JobInput, ModelKind, Output, Reply, ScoreSource};
-use crossbeam_channel::Receiver;
+use cascade_engines::{EngineError, JobInput, ModelKind, Output, RecvError, ReplyReceiver, ScoreSource};
 
 use super::cache::{Flight, Lead, Lookup, StageKey};
 use super::request::{CallKey, RequestCtx, TraceEntry};
 use crate::wit::image::ImageRef;
 use crate::wit::{self, Bbox, Call, Classification, Detection, Error, LabelScore, Outcome, TextLine};
+
+/// A model run up to this long (recently, with its queue empty) is waited for on the calling
+/// thread, for at most four times as long as it took and this much more; a longer one is awaited.
+const SHORT_RUN: Duration = Duration::from_micros(250);
 
 /// A call in flight, or already answered (from the memo, the stage cache or by an immediate
 /// error).
@@ -19,7 +23,7 @@ pub enum Pending {
     /// Queued on the model; `lead` is set when other requests may wait for this result.
     Waiting {
         key: CallKey,
-        rx: Receiver<Reply>,
+        rx: ReplyReceiver,
         started: Instant,
         lead: Option<Lead>,
     },
@@ -152,15 +156,15 @@ fn finish_now(ctx: &RequestCtx, key: CallKey, r: Result<Output, Error>) -> Pendi
 }
 
 /// Waits for a started call (never past the request's deadline) and memoises the result.
-pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
+pub async fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
     let (key, rx, started, lead) = match p {
         Pending::Done(r) => return r,
         Pending::Waiting { key, rx, started, lead } => (key, rx, started, lead),
         Pending::Shared { key, flight, started, input, kind } => {
-            return match flight.wait(ctx.deadline) {
+            return match flight.wait(ctx.deadline).await {
                 // the other request's deadline passed before ours: run it for ourselves
                 Some(Err(Error::DeadlineExceeded)) if !ctx.remaining().is_zero() => {
-                    finish(ctx, submit(ctx, key, kind, input, None))
+                    Box::pin(finish(ctx, submit(ctx, key, kind, input, None))).await
                 }
                 shared => {
                     let r = shared.unwrap_or(Err(Error::DeadlineExceeded));
@@ -171,9 +175,18 @@ pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
             };
         }
     };
-    let (r, compute) = match rx.recv_deadline(ctx.deadline) {
-        Ok(reply) => (reply.output.map_err(to_wit), reply.compute),
-        Err(_) => (Err(Error::DeadlineExceeded), Duration::ZERO),
+    let got = match ctx.models.expected_run(&key.model).filter(|t| *t <= SHORT_RUN) {
+        // a short run is waited for on this thread: the model's thread wakes it directly, which
+        // is cheaper than parking the task and having tokio wake a worker for it
+        Some(t) => match rx.recv_deadline(ctx.deadline.min(Instant::now() + 4 * t + SHORT_RUN)) {
+            Err(RecvError::Timeout) => tokio::time::timeout_at(ctx.deadline.into(), rx).await.ok(),
+            r => Some(r),
+        },
+        None => tokio::time::timeout_at(ctx.deadline.into(), rx).await.ok(),
+    };
+    let (r, compute) = match got {
+        Some(Ok(reply)) => (reply.output.map_err(to_wit), reply.compute),
+        _ => (Err(Error::DeadlineExceeded), Duration::ZERO),
     };
     if let Some(l) = lead {
         l.resolve(&r);
@@ -185,16 +198,16 @@ pub fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
 }
 
 /// Runs one call to completion; the engine's output, as memoised.
-pub fn run(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Result<Output, Error> {
+pub async fn run(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Result<Output, Error> {
     let p = start(ctx, img, call);
-    finish(ctx, p)
+    finish(ctx, p).await
 }
 
 /// Calls one `run-all` may make; later ones answer `invalid-argument`.
 pub(crate) const MAX_RUN_ALL: usize = 32;
 
 /// Starts every call before waiting for any, so the models work concurrently.
-pub fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Result<Outcome, Error>> {
+pub async fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Result<Outcome, Error>> {
     // the same call twice in one batch runs once (the memo helps only once the first finished),
     // and a batch runs at most MAX_RUN_ALL distinct calls
     let keys: Vec<_> = calls.iter().map(describe).collect();
@@ -207,7 +220,7 @@ pub fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Result<O
     }
     let mut results: Vec<Option<Result<Outcome, Error>>> = vec![None; calls.len()];
     for (i, p) in pending {
-        results[i] = Some(finish(ctx, p).map(to_outcome));
+        results[i] = Some(finish(ctx, p).await.map(to_outcome));
     }
     (0..calls.len())
         .map(|i| {

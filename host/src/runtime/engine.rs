@@ -2,10 +2,10 @@
 //! the ticker that advances it) and the one linker with the host's imports; every component
 //! is compiled and instantiated against these.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Linker, ResourceTable, ResourceType};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use super::store::StoreState;
 use crate::wit::image::ImageRef;
@@ -13,9 +13,9 @@ use crate::wit::image::ImageRef;
 /// How often the epoch advances; per-call wall-clock deadlines are counted in these ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Fuel and wall-clock ticks for a component's set-up calls (its info, a smoke request).
+/// Fuel and wall-clock time for a component's set-up calls (its info, its configuration).
 pub(crate) const SETUP_FUEL: u64 = 500_000_000;
-pub(crate) const SETUP_TICKS: u64 = 2_000 / EPOCH_TICK.as_millis() as u64;
+pub(crate) const SETUP_TIME: Duration = Duration::from_secs(2);
 
 /// Core instances budgeted per component instance (a Python component has 14).
 const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
@@ -50,7 +50,9 @@ impl Runtime {
             .total_core_instances(config.max_instances * CORE_INSTANCES_PER_COMPONENT)
             .total_memories(config.max_instances)
             .total_tables(config.max_instances * 2)
-            .max_memory_size(config.max_memory);
+            .max_memory_size(config.max_memory)
+            // calls run async, each on a fiber stack of its own (runtime/pool.rs)
+            .total_stacks(config.max_instances);
         let mut c = Config::new();
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .consume_fuel(true)
@@ -81,7 +83,16 @@ impl Runtime {
         Ok(Runtime { engine, linker, config })
     }
 
-    pub fn new_store_state(&self) -> StoreState {
-        StoreState::new(ResourceTable::new(), self.config.max_memory)
+    /// A store for one instance: its memory limiter, no fuel yet, and the epoch deadline's
+    /// callback. A call in it is given `ends` (`StoreState::start_call`); each epoch tick until
+    /// then the guest yields to the executor, so a policy that computes for long never holds
+    /// its thread; past it the call traps (`Trap::Interrupt`).
+    pub fn new_store(&self) -> Store<StoreState> {
+        let mut store = Store::new(&self.engine, StoreState::new(ResourceTable::new(), self.config.max_memory));
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if Instant::now() >= ctx.data().ends { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+        store
     }
 }

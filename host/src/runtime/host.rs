@@ -34,8 +34,11 @@ impl StoreState {
         Ok(r)
     }
 
-    fn call(&mut self, img: &Resource<ImageRef>, call: Call) -> Host<Result<Output, Error>> {
-        Ok(calls::run(self.ctx()?, self.image(img)?, &call))
+    /// Runs a model call: the request and the image are cloned out first (cheap: `Arc`s), so
+    /// the wait borrows nothing of the store.
+    async fn call(&mut self, img: &Resource<ImageRef>, call: Call) -> Host<Result<Output, Error>> {
+        let (ctx, image) = (self.ctx()?.clone(), self.image(img)?.clone());
+        Ok(calls::run(&ctx, &image, &call).await)
     }
 }
 
@@ -108,44 +111,50 @@ impl types::HostImage for StoreState {
 impl types::Host for StoreState {}
 
 impl primitives::Host for StoreState {
-    fn classify(&mut self, model: String, img: Resource<ImageRef>) -> Host<Result<Classification, Error>> {
-        expect!(self.call(&img, Call::Classify(model))?, Classify)
+    async fn classify(&mut self, model: String, img: Resource<ImageRef>) -> Host<Result<Classification, Error>> {
+        expect!(self.call(&img, Call::Classify(model)).await?, Classify)
     }
 
-    fn detect(
+    async fn detect(
         &mut self,
         model: String,
         img: Resource<ImageRef>,
         min_confidence: f32,
     ) -> Host<Result<Vec<Detection>, Error>> {
-        expect!(self.call(&img, Call::Detect((model, min_confidence)))?, Detect)
+        expect!(self.call(&img, Call::Detect((model, min_confidence))).await?, Detect)
     }
 
-    fn read_text(&mut self, model: String, img: Resource<ImageRef>) -> Host<Result<Vec<TextLine>, Error>> {
-        expect!(self.call(&img, Call::ReadText(model))?, ReadText)
+    async fn read_text(&mut self, model: String, img: Resource<ImageRef>) -> Host<Result<Vec<TextLine>, Error>> {
+        expect!(self.call(&img, Call::ReadText(model)).await?, ReadText)
     }
 
-    fn embed(&mut self, model: String, img: Resource<ImageRef>) -> Host<Result<Vec<f32>, Error>> {
-        expect!(self.call(&img, Call::Embed(model))?, Embed)
+    async fn embed(&mut self, model: String, img: Resource<ImageRef>) -> Host<Result<Vec<f32>, Error>> {
+        expect!(self.call(&img, Call::Embed(model)).await?, Embed)
     }
 
-    fn ask(&mut self, model: String, img: Resource<ImageRef>, prompt: String) -> Host<Result<String, Error>> {
-        expect!(self.call(&img, Call::Ask((model, prompt)))?, Ask)
+    async fn ask(&mut self, model: String, img: Resource<ImageRef>, prompt: String) -> Host<Result<String, Error>> {
+        expect!(self.call(&img, Call::Ask((model, prompt))).await?, Ask)
     }
 
-    fn ask_score(&mut self, model: String, img: Resource<ImageRef>, prompt: String) -> Host<Result<Answer, Error>> {
-        match self.call(&img, Call::Ask((model, prompt)))? {
+    async fn ask_score(
+        &mut self,
+        model: String,
+        img: Resource<ImageRef>,
+        prompt: String,
+    ) -> Host<Result<Answer, Error>> {
+        match self.call(&img, Call::Ask((model, prompt))).await? {
             Ok(Output::Answer(a)) => Ok(Ok(calls::to_answer(a))),
             Ok(_) => Err(format_err!("engine answered an ask call with another outcome")),
             Err(e) => Ok(Err(e)),
         }
     }
 
-    fn run_all(&mut self, img: Resource<ImageRef>, calls: Vec<Call>) -> Host<Vec<Result<Outcome, Error>>> {
-        Ok(calls::run_all(self.ctx()?, self.image(&img)?, &calls))
+    async fn run_all(&mut self, img: Resource<ImageRef>, calls: Vec<Call>) -> Host<Vec<Result<Outcome, Error>>> {
+        let (ctx, image) = (self.ctx()?.clone(), self.image(&img)?.clone());
+        Ok(calls::run_all(&ctx, &image, &calls).await)
     }
 
-    fn detect_classes(
+    async fn detect_classes(
         &mut self,
         model: String,
         img: Resource<ImageRef>,
@@ -164,25 +173,31 @@ impl primitives::Host for StoreState {
             }
         }
         // the full detection list is memoised once; each filter is a view of it
-        let all = expect!(self.call(&img, Call::Detect((model, min_confidence)))?, Detect)?;
+        let all = expect!(self.call(&img, Call::Detect((model, min_confidence))).await?, Detect)?;
         Ok(all.map(|d| d.into_iter().filter(|d| classes.is_empty() || classes.contains(&d.label)).collect()))
     }
 
-    fn remaining_ms(&mut self) -> Host<u32> {
+    async fn remaining_ms(&mut self) -> Host<u32> {
         Ok(self.ctx()?.remaining().as_millis().min(u32::MAX as u128) as u32)
     }
 }
 
 impl roles::Host for StoreState {
-    fn score_text(&mut self, lines: Vec<TextLine>) -> Host<Result<Option<f32>, Error>> {
-        let ctx = self.ctx()?;
-        let scored = self.roles.as_ref().and_then(|r| r.score_text(ctx, lines));
+    async fn score_text(&mut self, lines: Vec<TextLine>) -> Host<Result<Option<f32>, Error>> {
+        let (ctx, roles) = (self.ctx()?.clone(), self.roles.clone());
+        let scored = match &roles {
+            Some(r) => r.score_text(&ctx, lines).await,
+            None => None,
+        };
         Ok(scored.unwrap_or_else(|| Err(Error::UnboundRole("text-scorer".into()))))
     }
 
-    fn fuse(&mut self, scores: Vec<NamedScore>) -> Host<Result<f32, Error>> {
-        let ctx = self.ctx()?;
-        let fused = self.roles.as_ref().and_then(|r| r.fuse(ctx, &scores));
+    async fn fuse(&mut self, scores: Vec<NamedScore>) -> Host<Result<f32, Error>> {
+        let (ctx, roles) = (self.ctx()?.clone(), self.roles.clone());
+        let fused = match &roles {
+            Some(r) => r.fuse(&ctx, &scores).await,
+            None => None,
+        };
         Ok(fused.unwrap_or_else(|| Err(Error::UnboundRole("fuser".into()))))
     }
 }

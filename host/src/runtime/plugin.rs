@@ -2,12 +2,12 @@
 //! schema, and an `InstancePre` to instantiate it cheaply.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use semver::Version;
 use wasmtime::component::{Component, InstancePre};
-use wasmtime::Store;
 
-use super::engine::{Runtime, SETUP_FUEL, SETUP_TICKS};
+use super::engine::{Runtime, SETUP_FUEL, SETUP_TIME};
 use super::store::StoreState;
 use crate::wit::exports::cascade::policy::{fuser, meta, router, text_scorer};
 use crate::wit::CONTRACT;
@@ -142,15 +142,15 @@ impl Plugin {
             Role::Fuser => RoleIndices::Fuser(fuser::GuestIndices::new(&pre).map_err(link)?),
         };
         let info_err = |reason: String| PluginError::Info { file: file.into(), reason };
-        let mut store = Store::new(&rt.engine, rt.new_store_state());
-        store.limiter(|s| &mut s.limits);
+        let mut store = rt.new_store();
         store.set_fuel(SETUP_FUEL).map_err(|e| info_err(e.to_string()))?;
-        store.set_epoch_deadline(SETUP_TICKS);
-        let instance = pre.instantiate(&mut store).map_err(|e| info_err(format!("{e:#}")))?;
-        let info = meta
-            .load(&mut store, &instance)
-            .and_then(|m| m.call_info(&mut store))
-            .map_err(|e| info_err(format!("{e:#}")))?;
+        store.data_mut().ends = Instant::now() + SETUP_TIME;
+        store.set_epoch_deadline(1);
+        let info = super::block::block_on(async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            meta.load(&mut store, &instance)?.call_info(&mut store).await
+        })
+        .map_err(|e| info_err(format!("{e:#}")))?;
         let version = Version::parse(&info.version)
             .map_err(|e| info_err(format!("version {:?} is not semver: {e}", info.version)))?;
         let schema = serde_json::from_str(&info.params_schema)

@@ -1,18 +1,22 @@
 //! A component bound to a role of a hotkey with its parameters: warm, configured instances
-//! are pooled and reused; each call gets fresh fuel and an epoch deadline. A trapped instance
-//! is never entered again: it is dropped and the pool makes a new one when needed.
+//! are pooled and reused; each call gets fresh fuel and a wall-clock end. A trapped instance
+//! is never entered again: it is dropped and the pool makes a new one when needed. Calls are
+//! async: the server awaits a policy on the request's own task, and a policy yields that thread
+//! while it waits for a model and at every epoch tick while it computes (engine.rs), so no
+//! policy holds a worker thread; `block.rs` waits for them where the caller is not async.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cascade_engines::Image;
 use parking_lot::Mutex;
 use wasmtime::{Store, Trap};
 
-use super::engine::{Runtime, EPOCH_TICK, SETUP_FUEL, SETUP_TICKS};
+use super::block::block_on;
+use super::engine::{Runtime, SETUP_FUEL, SETUP_TIME};
 use super::plugin::{Plugin, RoleIndices};
 use super::request::RequestCtx;
-use super::store::{Roles, StoreState};
+use super::store::{RoleCall, Roles, StoreState};
 use crate::wit::exports::cascade::policy::{fuser, router, text_scorer};
 use crate::wit::{Decision, Error, NamedScore, RequestMeta, TextLine};
 
@@ -43,12 +47,22 @@ pub struct RoleSet {
 }
 
 impl Roles for RoleSet {
-    fn score_text(&self, ctx: &Arc<RequestCtx>, lines: Vec<TextLine>) -> Option<Result<Option<f32>, Error>> {
-        self.text_scorer.as_ref().map(|b| b.score_text(ctx, lines))
+    fn score_text<'a>(&'a self, ctx: &'a Arc<RequestCtx>, lines: Vec<TextLine>) -> RoleCall<'a, Option<f32>> {
+        Box::pin(async move {
+            match &self.text_scorer {
+                Some(b) => Some(b.score_text(ctx, lines).await),
+                None => None,
+            }
+        })
     }
 
-    fn fuse(&self, ctx: &Arc<RequestCtx>, scores: &[NamedScore]) -> Option<Result<f32, Error>> {
-        self.fuser.as_ref().map(|b| b.fuse(ctx, scores))
+    fn fuse<'a>(&'a self, ctx: &'a Arc<RequestCtx>, scores: &'a [NamedScore]) -> RoleCall<'a, f32> {
+        Box::pin(async move {
+            match &self.fuser {
+                Some(b) => Some(b.fuse(ctx, scores).await),
+                None => None,
+            }
+        })
     }
 }
 
@@ -131,6 +145,7 @@ pub struct Bound {
 impl Bound {
     /// Binds `plugin` with `params` (JSON, already checked against its schema): one instance
     /// is made and configured now, so a component that refuses its parameters is refused here.
+    /// Blocks this thread for it (block.rs).
     pub fn new(
         runtime: Arc<Runtime>,
         plugin: Arc<Plugin>,
@@ -148,25 +163,25 @@ impl Bound {
             instance_bytes: 0,
             max_warm: MAX_WARM,
         };
-        let w = b.instantiate()?;
+        let w = block_on(b.instantiate())?;
         b.instance_bytes = w.store.data().limits.bytes();
         b.max_warm = warm_limit(b.instance_bytes);
         b.warm.lock().push(w);
         Ok(b)
     }
 
-    fn instantiate(&self) -> Result<Warm, CallError> {
+    async fn instantiate(&self) -> Result<Warm, CallError> {
         let inst = |e: wasmtime::Error| CallError::Instantiate(format!("{e:#}"));
-        let mut store = Store::new(&self.runtime.engine, self.runtime.new_store_state());
-        store.limiter(|s| &mut s.limits);
+        let mut store = self.runtime.new_store();
         store.set_fuel(SETUP_FUEL).map_err(inst)?;
-        store.set_epoch_deadline(SETUP_TICKS);
-        let instance = match self.plugin.pre.instantiate(&mut store) {
+        store.data_mut().ends = Instant::now() + SETUP_TIME;
+        store.set_epoch_deadline(1);
+        let instance = match self.plugin.pre.instantiate_async(&mut store).await {
             Ok(i) => i,
             Err(e) => return Err(CallError::failed(e, store.data())),
         };
         let meta = self.plugin.meta.load(&mut store, &instance).map_err(inst)?;
-        match meta.call_configure(&mut store, &self.params) {
+        match meta.call_configure(&mut store, &self.params).await {
             Ok(r) => r.map_err(CallError::Configure)?,
             Err(e) => return Err(CallError::failed(e, store.data())),
         }
@@ -179,28 +194,26 @@ impl Bound {
         Ok(Warm { store, exports, uses: 0 })
     }
 
-    /// Runs `f` on a warm instance with fresh fuel and a deadline; returns the instance to the
-    /// pool unless the call trapped.
-    fn with<R>(
-        &self,
-        ctx: &Arc<RequestCtx>,
-        roles: Option<Arc<RoleSet>>,
-        f: impl FnOnce(&mut Store<StoreState>, &Exports) -> wasmtime::Result<R>,
-    ) -> Result<R, CallError> {
+    /// A warm instance (or a new one) set up for a call of `ctx`: fresh fuel, the call's end
+    /// (its time limit, capped by the request's deadline), the request and the roles it reaches.
+    async fn take(&self, ctx: &Arc<RequestCtx>, roles: Option<Arc<RoleSet>>) -> Result<Warm, CallError> {
         let popped = self.warm.lock().pop();
         let mut w = match popped {
             Some(w) => w,
-            None => self.instantiate()?,
+            None => self.instantiate().await?,
         };
-        let time = self.limits.time.min(ctx.remaining());
-        let ticks = (time.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
         w.store.set_fuel(self.limits.fuel).map_err(|e| CallError::Instantiate(e.to_string()))?;
-        w.store.set_epoch_deadline(ticks);
+        w.store.set_epoch_deadline(1);
         let state = w.store.data_mut();
+        state.ends = Instant::now() + self.limits.time.min(ctx.remaining());
         state.limits.reset();
         state.ctx = Some(ctx.clone());
         state.roles = roles.map(|r| r as Arc<dyn Roles>);
-        let r = f(&mut w.store, &w.exports);
+        Ok(w)
+    }
+
+    /// Ends a call made on `w`: the instance goes back to the pool unless the call trapped.
+    fn give_back<R>(&self, mut w: Warm, r: wasmtime::Result<R>) -> Result<R, CallError> {
         w.store.data_mut().end_call();
         if r.is_ok() {
             // what the guest printed (a Python or JavaScript policy's print): logged, never kept
@@ -223,7 +236,7 @@ impl Bound {
     }
 
     /// A router's decision on `image`; the outer error is the component's failure.
-    pub fn decide(
+    pub async fn decide(
         &self,
         ctx: &Arc<RequestCtx>,
         roles: Arc<RoleSet>,
@@ -232,31 +245,58 @@ impl Bound {
     ) -> Result<Result<Decision, Error>, CallError> {
         let meta =
             RequestMeta { hotkey: ctx.hotkey.clone(), budget_ms: budget.as_millis().min(u32::MAX as u128) as u32 };
-        self.with(ctx, Some(roles), |store, exports| {
-            let Exports::Router(g) = exports else { wasmtime::bail!("{} is not a router", self.plugin.name) };
-            let img = ctx.image(image);
-            let res = store.data_mut().table.push(img)?;
-            store.data_mut().created.push(res.rep());
-            g.call_decide(&mut *store, res, &meta)
-        })
+        let mut w = self.take(ctx, Some(roles)).await?;
+        let r = match &w.exports {
+            Exports::Router(g) => {
+                let img = ctx.image(image);
+                match w.store.data_mut().table.push(img) {
+                    Ok(res) => {
+                        w.store.data_mut().created.push(res.rep());
+                        g.call_decide(&mut w.store, res, &meta).await
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            _ => Err(wasmtime::format_err!("{} is not a router", self.plugin.name)),
+        };
+        self.give_back(w, r)
+    }
+
+    /// `decide`, for a caller that is not async (block.rs).
+    pub fn decide_blocking(
+        &self,
+        ctx: &Arc<RequestCtx>,
+        roles: Arc<RoleSet>,
+        image: Image,
+        budget: Duration,
+    ) -> Result<Result<Decision, Error>, CallError> {
+        block_on(self.decide(ctx, roles, image, budget))
     }
 
     /// The text scorer, as a router sees it: a failure becomes the `component` error.
-    pub(crate) fn score_text(&self, ctx: &Arc<RequestCtx>, lines: Vec<TextLine>) -> Result<Option<f32>, Error> {
-        let r = self.with(ctx, None, |store, exports| {
-            let Exports::TextScorer(g) = exports else { wasmtime::bail!("{} is not a text scorer", self.plugin.name) };
-            g.call_score_text(&mut *store, &lines)
-        });
-        self.role_result(r)
+    pub(crate) async fn score_text(&self, ctx: &Arc<RequestCtx>, lines: Vec<TextLine>) -> Result<Option<f32>, Error> {
+        let r = async {
+            let mut w = self.take(ctx, None).await?;
+            let r = match &w.exports {
+                Exports::TextScorer(g) => g.call_score_text(&mut w.store, &lines).await,
+                _ => Err(wasmtime::format_err!("{} is not a text scorer", self.plugin.name)),
+            };
+            self.give_back(w, r)
+        };
+        self.role_result(r.await)
     }
 
     /// The fuser, as a router sees it: a failure becomes the `component` error.
-    pub fn fuse(&self, ctx: &Arc<RequestCtx>, scores: &[NamedScore]) -> Result<f32, Error> {
-        let r = self.with(ctx, None, |store, exports| {
-            let Exports::Fuser(g) = exports else { wasmtime::bail!("{} is not a fuser", self.plugin.name) };
-            g.call_fuse(&mut *store, scores)
-        });
-        self.role_result(r)
+    pub async fn fuse(&self, ctx: &Arc<RequestCtx>, scores: &[NamedScore]) -> Result<f32, Error> {
+        let r = async {
+            let mut w = self.take(ctx, None).await?;
+            let r = match &w.exports {
+                Exports::Fuser(g) => g.call_fuse(&mut w.store, scores).await,
+                _ => Err(wasmtime::format_err!("{} is not a fuser", self.plugin.name)),
+            };
+            self.give_back(w, r)
+        };
+        self.role_result(r.await)
     }
 
     fn role_result<T>(&self, r: Result<Result<T, Error>, CallError>) -> Result<T, Error> {

@@ -1,7 +1,10 @@
 //! What each `Store` carries: the resource table, memory limits, and while a call runs, the
 //! request it serves and the roles it may reach.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
@@ -11,12 +14,15 @@ use super::wasi::Captured;
 use crate::wit::image::ImageRef;
 use crate::wit::{Error, NamedScore, TextLine};
 
+/// A role's answer, awaited by the router's call (the role is another component's call).
+pub type RoleCall<'a, T> = Pin<Box<dyn Future<Output = Option<Result<T, Error>>> + Send + 'a>>;
+
 /// The other roles a router reaches through the host while its call runs. The pool's
 /// `RoleSet` implements it; a store only carries one, so that it does not depend on the pool
 /// that keeps it. `None`: no such role is bound for the hotkey.
 pub trait Roles: Send + Sync {
-    fn score_text(&self, ctx: &Arc<RequestCtx>, lines: Vec<TextLine>) -> Option<Result<Option<f32>, Error>>;
-    fn fuse(&self, ctx: &Arc<RequestCtx>, scores: &[NamedScore]) -> Option<Result<f32, Error>>;
+    fn score_text<'a>(&'a self, ctx: &'a Arc<RequestCtx>, lines: Vec<TextLine>) -> RoleCall<'a, Option<f32>>;
+    fn fuse<'a>(&'a self, ctx: &'a Arc<RequestCtx>, scores: &'a [NamedScore]) -> RoleCall<'a, f32>;
 }
 
 pub struct StoreState {
@@ -24,6 +30,8 @@ pub struct StoreState {
     pub limits: MemoryCap,
     pub ctx: Option<Arc<RequestCtx>>,
     pub roles: Option<Arc<dyn Roles>>,
+    /// When the running call's time is up: the epoch callback traps past it (engine.rs).
+    pub ends: Instant,
     /// Handles made during the current call; whatever the guest leaks is freed after it.
     pub created: Vec<u32>,
     /// WASI without capabilities, for guests that import it (runtime/wasi.rs).
@@ -47,7 +55,7 @@ impl StoreState {
         };
         let output = Captured::default();
         let wasi = super::wasi::context(&output);
-        StoreState { table, limits, ctx: None, roles: None, created: Vec::new(), wasi, output }
+        StoreState { table, limits, ctx: None, roles: None, ends: Instant::now(), created: Vec::new(), wasi, output }
     }
 
     /// Whether a memory or table grow was refused since the last call began: a trap that

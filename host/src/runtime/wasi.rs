@@ -41,7 +41,7 @@ const REFUSED: &[(&str, &str)] = &[
 /// Adds WASI 0.2 to the linker, then replaces the refused calls with ones that trap naming
 /// themselves.
 pub(crate) fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
     linker.allow_shadowing(true);
     for (iface, func) in REFUSED {
         let full = format!("{iface}#{func}");

@@ -15,6 +15,10 @@ use super::state::{Server, Serving};
 use crate::answer::Answer;
 use crate::policy::Hotkey;
 
+/// Images up to this many pixels (a 320×320 JPEG decodes in well under a millisecond here)
+/// are decoded on the request's worker thread; larger ones after handing its other tasks over.
+const INLINE_DECODE_PIXELS: u64 = 320 * 320;
+
 /// One image request, as a door hands it over.
 pub(crate) struct Job {
     pub serving: Arc<Serving>,
@@ -53,35 +57,38 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Took), 
     let min_side = server.min_side(&serving.models);
     let scale = head.as_ref().map_or(1, |h| cascade_common::image::planned_scale(*h, min_side));
     let turn = server.decode_turn(arrived, hk.budget, dims, scale).await?;
-    // Decoding and the policy block (component calls wait on model queues): run them here,
-    // telling tokio to move this worker's other tasks away, which saves the two thread
-    // hand-offs of `spawn_blocking` on every request.
-    let mut decode = Duration::ZERO;
-    let answer = tokio::task::block_in_place(|| -> Result<Answer, Refusal> {
-        let origin = crate::wit::image::key_of(b"bytes", &[&bytes]);
-        let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
-        let t = Instant::now();
-        // a refused scaled decode done in full takes the rest of its memory first, or is refused
-        let mut full_memory = None;
+    // A validator-sized image is decoded on this task's thread (a fraction of a millisecond);
+    // a larger one hands the thread's other tasks over first. The policy is awaited here: it
+    // yields this thread while it waits for models (runtime/pool.rs), so an answer costs no
+    // thread hand-off of its own.
+    let origin = crate::wit::image::key_of(b"bytes", &[&bytes]);
+    let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
+    let t = Instant::now();
+    // a refused scaled decode done in full takes the rest of its memory first, or is refused
+    let mut full_memory = None;
+    let decoded = {
         let mut before_full = |_: &str| {
             full_memory = turn.for_full_decode()?;
             Ok(())
         };
-        let img =
-            super::decoded::decode(origin, &bytes, &head, &limits, min_side, &mut before_full).map_err(refuse_image)?;
-        decode = t.elapsed();
-        // a large image's memory stays reserved until its answer (the policy holds the image)
-        let (slot, memory) = turn.split();
-        drop(slot);
-        let prov = crate::predlog::Provenance {
-            via,
-            caller,
-            bytes: if hk.log.is_some() { Bytes::from(bytes) } else { Bytes::new() },
-        };
-        let answer = hk.serve(&serving.models, img, sticky, arrived, origin, prov);
-        drop((memory, full_memory));
-        Ok(answer)
-    })?;
+        let mut run = || super::decoded::decode(origin, &bytes, &head, &limits, min_side, &mut before_full);
+        match dims {
+            Some((w, h)) if u64::from(w) * u64::from(h) > INLINE_DECODE_PIXELS => tokio::task::block_in_place(run),
+            _ => run(),
+        }
+    };
+    let img = decoded.map_err(refuse_image)?;
+    let decode = t.elapsed();
+    // a large image's memory stays reserved until its answer (the policy holds the image)
+    let (slot, memory) = turn.split();
+    drop(slot);
+    let prov = crate::predlog::Provenance {
+        via,
+        caller,
+        bytes: if hk.log.is_some() { Bytes::from(bytes) } else { Bytes::new() },
+    };
+    let answer = hk.serve(&serving.models, img, sticky, arrived, origin, prov).await;
+    drop((memory, full_memory));
     let took = arrived.elapsed();
     crate::metrics::global().request(&hk.name, &answer.stage, answer.source.outcome(), took);
     server.note_answer(&hk.name, &answer, took);

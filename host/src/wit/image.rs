@@ -2,6 +2,8 @@
 //! its content key, the stage cache's key across requests and hotkeys. Knows nothing of the
 //! contract's other types, so that the one `bindgen!` can map the resource onto it.
 
+use std::sync::Arc;
+
 use cascade_engines::Image;
 
 /// A 128-bit content key: sha-256 of a domain and parts, truncated (collisions cannot be
@@ -20,23 +22,25 @@ pub(crate) fn key_of(domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
     out
 }
 
-/// The host side of an `image` resource handle.
+/// The host side of an `image` resource handle. A clone (a model call holds one while it
+/// waits) shares the pixels and the hash.
+#[derive(Clone)]
 pub struct ImageRef {
     /// Unique within the request: the memo key for "this image".
     pub id: u32,
     pub pixels: Image,
     /// The pixels' hash (the stage cache's key across requests), computed on first use.
-    hash: std::sync::OnceLock<[u8; 16]>,
+    hash: Arc<std::sync::OnceLock<[u8; 16]>>,
 }
 
 impl ImageRef {
     pub fn new(id: u32, pixels: Image) -> ImageRef {
-        ImageRef { id, pixels, hash: std::sync::OnceLock::new() }
+        ImageRef { id, pixels, hash: Arc::new(std::sync::OnceLock::new()) }
     }
 
     /// An image whose content key is already known (the request's bytes, or a derivation).
     pub(crate) fn with_key(id: u32, pixels: Image, key: [u8; 16]) -> ImageRef {
-        ImageRef { id, pixels, hash: std::sync::OnceLock::from(key) }
+        ImageRef { id, pixels, hash: Arc::new(std::sync::OnceLock::from(key)) }
     }
 
     /// The key of an image derived from this one by `op` (a crop's box, a flip): the same

@@ -1,7 +1,8 @@
 //! The one place that runs `bindgen!`: Rust types and traits for `cascade:policy` (the latest
 //! released version; `wit/v1.0.0` stays frozen beside it). Every other
 //! module imports from here. Host imports are trappable: the outer `wasmtime::Result` is a host
-//! bug (it traps the guest), the inner `Result<_, Error>` is the guest's answer.
+//! bug (it traps the guest), the inner `Result<_, Error>` is the guest's answer. Components
+//! are called async (runtime/pool.rs): a policy runs on the request's own task.
 
 pub mod image;
 
@@ -11,7 +12,14 @@ wasmtime::component::bindgen!({
     with: {
         "cascade:policy/types.image": crate::wit::image::ImageRef,
     },
-    imports: { default: trappable },
+    // a model call or another role's call waits: those imports are async, so the waiting
+    // policy yields its worker thread instead of blocking it; every export is called async
+    imports: {
+        "cascade:policy/primitives": async | trappable,
+        "cascade:policy/roles": async | trappable,
+        default: trappable,
+    },
+    exports: { default: async },
 });
 
 pub use cascade::policy::primitives::{Call, Outcome};
