@@ -87,7 +87,11 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Took), 
         caller,
         bytes: if hk.log.is_some() { Bytes::from(bytes) } else { Bytes::new() },
     };
-    let answer = hk.serve(&serving.models, img, sticky, arrived, origin, prov).await;
+    // finished even if the client hangs up mid-answer (unabandoned.rs)
+    let (policy, models) = (hk.clone(), serving.models.clone());
+    let answer =
+        super::unabandoned::unabandoned(async move { policy.serve(&models, img, sticky, arrived, origin, prov).await })
+            .await;
     drop((memory, full_memory));
     let took = arrived.elapsed();
     crate::metrics::global().request(&hk.name, &answer.stage, answer.source.outcome(), took);

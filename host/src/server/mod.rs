@@ -16,6 +16,7 @@ mod http;
 pub mod ingress;
 mod listen;
 pub mod state;
+mod unabandoned;
 
 pub use ingress::{IngressLimits, Refusal};
 pub use state::{Recent, Server, Serving, DEFAULT_MAX_CONNECTIONS};
