@@ -87,6 +87,24 @@ fn policies_computing_for_long_do_not_hold_the_server() {
     }
 }
 
+/// A client that hangs up mid-answer (a validator's timeout) does not cut the policy short: the
+/// answer is still counted, as the prediction log and the status page would see it.
+#[test]
+fn a_policy_runs_to_its_end_when_the_client_hangs_up() {
+    let dir = policies("hangup", &[("slow", SLOW)]);
+    let server = Server::start(&dir.0, true, &[]);
+    let orange = jpeg(&solid(32, 32, [255, 120, 0]));
+    let impatient: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(300))).build().into();
+    let r = impatient.post(&server.url("/v1/predict/slow")).header("Content-Type", "image/jpeg").send(&orange[..]);
+    assert!(r.is_err(), "the client gave up before the 2 s spin ended");
+    let counted = "cascade_requests_total{hotkey=\"slow\",stage=\"fallback\",outcome=\"fallback\"} 1";
+    eventually(10, "the abandoned request is answered and counted", || {
+        let (_, m) = get(&server.url("/metrics"));
+        m.contains(counted).then_some(())
+    });
+}
+
 #[test]
 fn sighup_rereads_everything_and_refuses_a_broken_file() {
     let dir = policies("sighup", &[("good", &tint_hotkey("good"))]);

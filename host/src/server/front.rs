@@ -87,14 +87,17 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Took), 
         caller,
         bytes: if hk.log.is_some() { Bytes::from(bytes) } else { Bytes::new() },
     };
-    // finished even if the client hangs up mid-answer (unabandoned.rs)
+    // finished, logged and counted even if the client hangs up mid-answer (unabandoned.rs);
+    // only the status page's list of recent answers misses such a request
     let (policy, models) = (hk.clone(), serving.models.clone());
-    let answer =
-        super::unabandoned::unabandoned(async move { policy.serve(&models, img, sticky, arrived, origin, prov).await })
-            .await;
+    let answer = super::unabandoned::unabandoned(async move {
+        let answer = policy.serve(&models, img, sticky, arrived, origin, prov).await;
+        crate::metrics::global().request(&policy.name, &answer.stage, answer.source.outcome(), arrived.elapsed());
+        answer
+    })
+    .await;
     drop((memory, full_memory));
     let took = arrived.elapsed();
-    crate::metrics::global().request(&hk.name, &answer.stage, answer.source.outcome(), took);
     server.note_answer(&hk.name, &answer, took);
     Ok((answer, Took { total: took, decode }))
 }
