@@ -13,33 +13,8 @@ echo "cpu cores: $(nproc)" | tee -a "$OUT/gpu.txt"
 python3 scripts/fp16.py "$P/models/efficientnet_lite0.onnx" "$P/roadwork16.onnx" 2>&1 | tail -1
 d=$P/pol
 mkdir -p "$d"
-cat > "$d/models.toml" <<TOML
-[[model]]
-name = "roadwork16"
-kind = "classifier"
-file = "$P/roadwork16.onnx"
-output = "embedding"
-head = "$PWD/policies/heads/roadwork-effnet.json"
-activation = "sigmoid"
-labels = ["other", "roadwork"]
-positive = ["roadwork"]
-input = { width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }
-device = "cuda:0"
-max_batch = 64
-max_delay_us = 3000
-threads = 4
-TOML
-cat > "$d/rw16.toml" <<'TOML'
-name = "rw16"
-fallback = 0.45
-budget_ms = 8000
-[router]
-component = "cascade-router@^1"
-[[router.params.stages]]
-name = "classifier"
-classify = ["roadwork16"]
-on_error = "fail"
-TOML
+roadwork_model roadwork16 "$P/roadwork16.onnx" cuda:0 > "$d/models.toml"
+rw_policy rw16 roadwork16 > "$d/rw16.toml"
 for round in 1 2; do
   for bin in cascade-before cascade; do
     "$P/bin/$bin" serve --listen 127.0.0.1:0 --policies "$d" --components "$P/components" --no-watch > "$OUT/serve.out" 2> "$OUT/serve-$bin.log" &

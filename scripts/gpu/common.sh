@@ -1,6 +1,7 @@
 # Shared by the GPU machine's scripts (sourced, not run): run.sh here and the GPU studies under
-# experiments/ (cuda-collapse/, ocr-trace/): the ONNX Runtime CUDA build's paths, the output
-# folder, the unpacked pack in $P, and the OCR and detector registry entries.
+# experiments/ (cuda-collapse/, ocr-trace/, async-policies/): the ONNX Runtime CUDA build's
+# paths, the output folder, the unpacked pack in $P, the roadwork classifier's, OCR and detector
+# registry entries, and the one-stage policy of the end-to-end loads.
 export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 OUT=${OUT:-/tmp/gpu-out}
@@ -39,5 +40,39 @@ input = { width = 416, height = 416, color = "bgr", scale = 1.0, resize = "lette
 device = "$1"
 threads = 4
 workers = ${2:-1}
+TOML
+}
+
+roadwork_model() {  # NAME FILE DEVICE [EXTRA] -> the roadwork classifier's [[model]] entry
+  cat <<TOML
+[[model]]
+name = "$1"
+kind = "classifier"
+file = "$2"
+output = "embedding"
+head = "$PWD/policies/heads/roadwork-effnet.json"
+activation = "sigmoid"
+labels = ["other", "roadwork"]
+positive = ["roadwork"]
+input = { width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }
+device = "$3"
+max_batch = 64
+max_delay_us = 3000
+threads = 4
+TOML
+  if [ -n "${4:-}" ]; then printf '%s\n' "$4"; fi
+}
+
+rw_policy() {  # NAME MODEL -> a one-stage policy: the end-to-end load's
+  cat <<TOML
+name = "$1"
+fallback = 0.45
+budget_ms = 8000
+[router]
+component = "cascade-router@^1"
+[[router.params.stages]]
+name = "classifier"
+classify = ["$2"]
+on_error = "fail"
 TOML
 }

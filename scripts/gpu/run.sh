@@ -31,25 +31,6 @@ python3 scripts/fp16.py "$P/models/efficientnet_lite0.onnx" "$P/roadwork16.onnx"
 python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" --transformer vit --heads 12 --hidden 768 2>&1 | tee -a "$OUT/fp16.txt" \
   || { echo "transformer optimiser failed; plain fp16 conversion" | tee -a "$OUT/fp16.txt"; python3 scripts/fp16.py "$P/vit_b16.onnx" "$P/vit16.onnx" 2>&1 | tee -a "$OUT/fp16.txt"; }
 
-roadwork_model() {  # NAME FILE DEVICE [EXTRA] -> the roadwork classifier's [[model]] entry
-  cat <<TOML
-[[model]]
-name = "$1"
-kind = "classifier"
-file = "$2"
-output = "embedding"
-head = "$PWD/policies/heads/roadwork-effnet.json"
-activation = "sigmoid"
-labels = ["other", "roadwork"]
-positive = ["roadwork"]
-input = { width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }
-device = "$3"
-max_batch = 64
-max_delay_us = 3000
-threads = 4
-TOML
-  if [ -n "${4:-}" ]; then printf '%s\n' "$4"; fi
-}
 vit_model() {  # NAME FILE DEVICE -> a ViT-B/16 [[model]] entry
   cat <<TOML
 [[model]]
@@ -87,19 +68,6 @@ registry16() {  # -> models.toml of the fp16 conversions, and roadwork on two se
     echo
     vit_model vit16 "$P/vit16.onnx" cuda:0
   fi
-}
-rw_policy() {  # NAME MODEL -> a one-stage policy: the end-to-end load's
-  cat <<TOML
-name = "$1"
-fallback = 0.45
-budget_ms = 8000
-[router]
-component = "cascade-router@^1"
-[[router.params.stages]]
-name = "classifier"
-classify = ["$2"]
-on_error = "fail"
-TOML
 }
 for dev in cpu cuda:0; do
   d="$P/pol-${dev%%:*}"

@@ -10,7 +10,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::store::StoreState;
 use crate::wit::image::ImageRef;
 
-/// How often the epoch advances; per-call wall-clock deadlines are counted in these ticks.
+/// How often the epoch advances: a computing guest yields its thread this often (`new_store`).
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Fuel and wall-clock time for a component's set-up calls (its info, its configuration).
@@ -84,9 +84,9 @@ impl Runtime {
     }
 
     /// A store for one instance: its memory limiter, no fuel yet, and the epoch deadline's
-    /// callback. A call in it is given `ends` (`StoreState::start_call`); each epoch tick until
-    /// then the guest yields to the executor, so a policy that computes for long never holds
-    /// its thread; past it the call traps (`Trap::Interrupt`).
+    /// callback. A call in it is given its time by [`start_call`]; each epoch tick until then
+    /// the guest yields to the executor, so a policy that computes for long never holds its
+    /// thread; past it the call traps (`Trap::Interrupt`).
     pub fn new_store(&self) -> Store<StoreState> {
         let mut store = Store::new(&self.engine, StoreState::new(ResourceTable::new(), self.config.max_memory));
         store.limiter(|s| &mut s.limits);
@@ -95,4 +95,10 @@ impl Runtime {
         });
         store
     }
+}
+
+/// Gives the next call in `store` `time` of wall clock from now (see `Runtime::new_store`).
+pub(crate) fn start_call(store: &mut Store<StoreState>, time: Duration) {
+    store.data_mut().ends = Instant::now() + time;
+    store.set_epoch_deadline(1);
 }

@@ -2,12 +2,11 @@
 //! schema, and an `InstancePre` to instantiate it cheaply.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use semver::Version;
 use wasmtime::component::{Component, InstancePre};
 
-use super::engine::{Runtime, SETUP_FUEL, SETUP_TIME};
+use super::engine::{start_call, Runtime, SETUP_FUEL, SETUP_TIME};
 use super::store::StoreState;
 use crate::wit::exports::cascade::policy::{fuser, meta, router, text_scorer};
 use crate::wit::CONTRACT;
@@ -144,8 +143,7 @@ impl Plugin {
         let info_err = |reason: String| PluginError::Info { file: file.into(), reason };
         let mut store = rt.new_store();
         store.set_fuel(SETUP_FUEL).map_err(|e| info_err(e.to_string()))?;
-        store.data_mut().ends = Instant::now() + SETUP_TIME;
-        store.set_epoch_deadline(1);
+        start_call(&mut store, SETUP_TIME);
         let info = super::block::block_on(async {
             let instance = pre.instantiate_async(&mut store).await?;
             meta.load(&mut store, &instance)?.call_info(&mut store).await

@@ -6,14 +6,14 @@
 //! policy holds a worker thread; `block.rs` waits for them where the caller is not async.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cascade_engines::Image;
 use parking_lot::Mutex;
 use wasmtime::{Store, Trap};
 
 use super::block::block_on;
-use super::engine::{Runtime, SETUP_FUEL, SETUP_TIME};
+use super::engine::{start_call, Runtime, SETUP_FUEL, SETUP_TIME};
 use super::plugin::{Plugin, RoleIndices};
 use super::request::RequestCtx;
 use super::store::{RoleCall, Roles, StoreState};
@@ -174,8 +174,7 @@ impl Bound {
         let inst = |e: wasmtime::Error| CallError::Instantiate(format!("{e:#}"));
         let mut store = self.runtime.new_store();
         store.set_fuel(SETUP_FUEL).map_err(inst)?;
-        store.data_mut().ends = Instant::now() + SETUP_TIME;
-        store.set_epoch_deadline(1);
+        start_call(&mut store, SETUP_TIME);
         let instance = match self.plugin.pre.instantiate_async(&mut store).await {
             Ok(i) => i,
             Err(e) => return Err(CallError::failed(e, store.data())),
@@ -203,9 +202,8 @@ impl Bound {
             None => self.instantiate().await?,
         };
         w.store.set_fuel(self.limits.fuel).map_err(|e| CallError::Instantiate(e.to_string()))?;
-        w.store.set_epoch_deadline(1);
+        start_call(&mut w.store, self.limits.time.min(ctx.remaining()));
         let state = w.store.data_mut();
-        state.ends = Instant::now() + self.limits.time.min(ctx.remaining());
         state.limits.reset();
         state.ctx = Some(ctx.clone());
         state.roles = roles.map(|r| r as Arc<dyn Roles>);
