@@ -10,7 +10,7 @@ use crossbeam_channel::{Sender, TrySendError};
 
 use crate::engine::{Job, JobInput, ModelStats, Reply, ReplyReceiver};
 use crate::kinds;
-use crate::lifecycle::Launch;
+use crate::lifecycle::{Launch, RunHere};
 use crate::runtime::init_runtime;
 use crate::spec::{ModelKind, ModelSpec, Registry};
 use crate::{EngineError, LoadError};
@@ -20,7 +20,26 @@ struct Handle {
     /// The queue's only sender; `None` once closed.
     tx: Option<Sender<Job>>,
     stats: Arc<ModelStats>,
+    /// A CPU model's workers' seats: a short job may run in one on the caller's thread.
+    seats: Vec<Arc<dyn RunHere>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Puts `job` on the queue (counted as queued until a worker takes it).
+    fn enqueue(&self, job: Job) -> Result<(), EngineError> {
+        let model = || self.spec.name.clone();
+        // a stopped model is refused before the job counts as queued (it would never leave)
+        let tx = self.tx.as_ref().ok_or_else(|| EngineError::Stopped { model: model() })?;
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        tx.try_send(job).map_err(|e| {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => EngineError::Overloaded { model: model() },
+                TrySendError::Disconnected(_) => EngineError::Stopped { model: model() },
+            }
+        })
+    }
 }
 
 impl Drop for Handle {
@@ -129,6 +148,45 @@ impl Models {
         input: JobInput,
         deadline: Instant,
     ) -> Result<ReplyReceiver, EngineError> {
+        let h = self.handle(model, wanted)?;
+        let (reply, rx) = crate::engine::reply::channel();
+        h.enqueue(Job { input, deadline, reply, enqueued: Instant::now() })?;
+        Ok(rx)
+    }
+
+    /// As [`Models::submit`], but a job that would find a CPU worker of the model idle, nothing
+    /// queued before it and whose runs recently took at most `short` is run at once on the
+    /// calling thread instead (its reply is on the receiver when this returns): no thread is
+    /// woken for it, and none to take its reply. A worker busy or not loaded, the job is queued.
+    pub fn run_or_submit(
+        &self,
+        model: &str,
+        wanted: ModelKind,
+        input: JobInput,
+        deadline: Instant,
+        short: std::time::Duration,
+    ) -> Result<ReplyReceiver, EngineError> {
+        let h = self.handle(model, wanted)?;
+        if h.tx.is_none() {
+            return Err(EngineError::Stopped { model: model.to_string() });
+        }
+        let (reply, rx) = crate::engine::reply::channel();
+        let mut job = Job { input, deadline, reply, enqueued: Instant::now() };
+        let quick = h.stats.queued.load(Ordering::Relaxed) == 0 && h.stats.recent_run().is_some_and(|t| t <= short);
+        if quick {
+            for seat in &h.seats {
+                match seat.try_run(job) {
+                    Ok(()) => return Ok(rx),
+                    Err(j) => job = j,
+                }
+            }
+        }
+        h.enqueue(job)?;
+        Ok(rx)
+    }
+
+    /// The model, if it is of kind `wanted`.
+    fn handle(&self, model: &str, wanted: ModelKind) -> Result<&Handle, EngineError> {
         let h = self.handles.get(model).ok_or_else(|| EngineError::UnknownModel(model.to_string()))?;
         if h.spec.kind != wanted {
             return Err(EngineError::WrongKind {
@@ -137,21 +195,7 @@ impl Models {
                 wanted: wanted.as_str(),
             });
         }
-        // a stopped model is refused before the job counts as queued (it would never leave)
-        let tx = h.tx.as_ref().ok_or_else(|| EngineError::Stopped { model: model.to_string() })?;
-        let (reply, rx) = crate::engine::reply::channel();
-        let job = Job { input, deadline, reply, enqueued: Instant::now() };
-        h.stats.queued.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(job) {
-            Ok(()) => Ok(rx),
-            Err(e) => {
-                h.stats.queued.fetch_sub(1, Ordering::Relaxed);
-                Err(match e {
-                    TrySendError::Full(_) => EngineError::Overloaded { model: model.to_string() },
-                    TrySendError::Disconnected(_) => EngineError::Stopped { model: model.to_string() },
-                })
-            }
-        }
+        Ok(h)
     }
 
     /// Submits and waits: the blocking convenience used by offline tools and tests.
@@ -176,11 +220,17 @@ fn start(env: &ort::environment::Environment, spec: &ModelSpec) -> Result<Handle
     let (tx, rx) = crossbeam_channel::bounded(spec.queue);
     // built first, so a worker that fails to start drops it: the queue closes and the workers
     // already started are joined
-    let mut handle =
-        Handle { spec: spec.clone(), tx: Some(tx), stats: stats.clone(), threads: Vec::with_capacity(spec.workers) };
+    let mut handle = Handle {
+        spec: spec.clone(),
+        tx: Some(tx),
+        stats: stats.clone(),
+        seats: Vec::new(),
+        threads: Vec::with_capacity(spec.workers),
+    };
     let kind = kinds::of(&spec);
     tracing::debug!(model = %spec.name, engine = kind.name, "starting");
-    let mut launch = Launch { env, spec, stats: &stats, rx: &rx, threads: &mut handle.threads };
+    let mut launch =
+        Launch { env, spec, stats: &stats, rx: &rx, threads: &mut handle.threads, seats: &mut handle.seats };
     (kind.start)(&mut launch)?;
     handle.spec = launch.spec;
     Ok(handle)

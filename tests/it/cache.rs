@@ -129,3 +129,47 @@ fn a_big_photos_decode_memory_is_reserved_at_its_scaled_size() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(metric(&roomy, fell_back) - before, 1.0);
 }
+
+/// A short CPU model whose worker is idle runs on the request's own thread, not through its
+/// queue (`cascade_model_runs_here_total`); with requests arriving together, run here or
+/// queued (how many of each depends on timing), every image is run once and each answer is the
+/// one it got alone.
+#[test]
+fn a_short_model_runs_on_the_requests_thread_when_its_worker_is_idle() {
+    let image = |i: u32| jpeg(&solid(20 + i % 7, 20, [(i * 37 % 256) as u8, 90, (255 - i * 11 % 256) as u8]));
+    let score = |v: &serde_json::Value| num(&v["prediction"]);
+    let here = "cascade_model_runs_here_total{model=\"tint\"}";
+    let items = "cascade_model_items_total{model=\"tint\"}";
+
+    // one at a time: the first run times the model, the rest run here
+    let dir = policies("here", &[("a", &tint_hotkey("a"))]);
+    let server = Server::start(&dir.0, false, &[]);
+    let (items0, here0) = (metric(&server, items), metric(&server, here));
+    let alone: Vec<f64> = (0..24)
+        .map(|i| {
+            let (s, v) = predict(&server, "a", &image(i));
+            assert_eq!(s, 200, "{v}");
+            score(&v)
+        })
+        .collect();
+    assert_eq!(metric(&server, items) - items0, 24.0);
+    assert!(metric(&server, here) - here0 >= 20.0, "{} of 24 run here", metric(&server, here) - here0);
+
+    // all at once on a fresh server: some queue (and batch), none is lost, the scores agree
+    let server = Server::start(&dir.0, false, &[]);
+    let (items0, here0) = (metric(&server, items), metric(&server, here));
+    let threads: Vec<_> = (0..24)
+        .map(|i| {
+            let (url, img) = (server.url("/v1/predict/a"), image(i));
+            std::thread::spawn(move || post(&url, "image/jpeg", &img))
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        let (s, v) = t.join().expect("thread");
+        assert_eq!(s, 200, "{v}");
+        assert!((score(&v) - alone[i]).abs() < 1e-4, "image {i}: {} together, {} alone", score(&v), alone[i]);
+    }
+    assert_eq!(metric(&server, items) - items0, 24.0, "every image run once");
+    let queued = 24.0 - (metric(&server, here) - here0);
+    eprintln!("all at once: {queued} of 24 queued");
+}

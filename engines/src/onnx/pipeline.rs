@@ -42,6 +42,13 @@ impl Engine for Opened {
             Opened::Pipelined(s) => s.serve(first, rx),
         }
     }
+
+    fn run_now(&mut self, job: Job) -> Result<(), Job> {
+        match self {
+            Opened::Plain(w) => w.run_now(job),
+            Opened::Pipelined(_) => Err(job),
+        }
+    }
 }
 
 /// Opens a worker; a CUDA one with GPU pre-processing and `pipeline` set is split into its

@@ -30,13 +30,16 @@ enum Value {
 /// Name (without prefix or `_total`), help, and how to read it.
 type Series = (&'static str, &'static str, fn(&ModelStats) -> Value);
 
-const SERIES: [Series; 13] = [
+const SERIES: [Series; 14] = [
     ("model_runs", "Session runs (batches) per model", |s| Value::Count(s.runs.load(Relaxed))),
     ("model_items", "Images inferred per model", |s| Value::Count(s.items.load(Relaxed))),
     ("model_busy_seconds", "Time spent in session runs per model", |s| {
         Value::Seconds(s.busy_ns.load(Relaxed) as f64 / 1e9)
     }),
     ("model_failures", "Items whose run failed, per model", |s| Value::Count(s.failures.load(Relaxed))),
+    ("model_runs_here", "Items run at once on the requesting thread (a short CPU model, idle), not queued", |s| {
+        Value::Count(s.here.load(Relaxed))
+    }),
     ("model_expired", "Items dropped from the queue past their deadline", |s| Value::Count(s.expired.load(Relaxed))),
     ("model_queue_depth", "Items waiting in the model's queue", |s| Value::Level(s.queued.load(Relaxed).max(0))),
     (

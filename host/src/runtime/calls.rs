@@ -47,8 +47,11 @@ fn describe(call: &Call) -> (&'static str, String, String) {
     }
 }
 
-/// Starts `call` on `img`: answers from the memo, or queues the job on the model.
-pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Pending {
+/// Starts `call` on `img`: answers from the memo, or queues the job on the model. `last`: no
+/// other call of the request starts before this one is waited for, so a short run of an idle
+/// CPU model may be made at once on this thread (`Models::run_or_submit`) without holding up
+/// another.
+pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call, last: bool) -> Pending {
     let (primitive, model, args) = describe(call);
     let key = CallKey { image: img.id, primitive, model, args };
     if let Some(r) = ctx.remembered(&key) {
@@ -85,7 +88,7 @@ pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Pending {
             return finish_now(ctx, key, Err(e));
         }
         // a replay runs what the log lacks on the logged image, never through the stage cache
-        return submit(ctx, key, kind, input, None);
+        return submit(ctx, key, kind, input, None, last);
     }
     // across requests: the stage cache, for configured models that allow it
     let cache = super::cache::global().filter(|_| ctx.models.spec(&key.model).is_some_and(|s| s.cache));
@@ -113,13 +116,20 @@ pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Pending {
         }
         None => None,
     };
-    submit(ctx, key, kind, input, lead)
+    submit(ctx, key, kind, input, lead, last)
 }
 
-/// Queues the job on the model (resolving `lead` at once if it cannot be queued).
-fn submit(ctx: &RequestCtx, key: CallKey, kind: ModelKind, input: JobInput, lead: Option<Lead>) -> Pending {
-    match ctx.models.submit(&key.model, kind, input, ctx.deadline) {
-        Ok(rx) => Pending::Waiting { key, rx, started: Instant::now(), lead },
+/// Queues the job on the model, or with `here` runs a short one at once (resolving `lead` at
+/// once if it cannot be queued).
+fn submit(ctx: &RequestCtx, key: CallKey, kind: ModelKind, input: JobInput, lead: Option<Lead>, here: bool) -> Pending {
+    let started = Instant::now();
+    let queued = if here {
+        ctx.models.run_or_submit(&key.model, kind, input, ctx.deadline, SHORT_RUN)
+    } else {
+        ctx.models.submit(&key.model, kind, input, ctx.deadline)
+    };
+    match queued {
+        Ok(rx) => Pending::Waiting { key, rx, started, lead },
         Err(e) => {
             let r = Err(to_wit(e));
             if let Some(l) = lead {
@@ -164,7 +174,7 @@ pub async fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
             return match flight.wait(ctx.deadline).await {
                 // the other request's deadline passed before ours: run it for ourselves
                 Some(Err(Error::DeadlineExceeded)) if !ctx.remaining().is_zero() => {
-                    Box::pin(finish(ctx, submit(ctx, key, kind, input, None))).await
+                    Box::pin(finish(ctx, submit(ctx, key, kind, input, None, true))).await
                 }
                 shared => {
                     let r = shared.unwrap_or(Err(Error::DeadlineExceeded));
@@ -199,7 +209,7 @@ pub async fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
 
 /// Runs one call to completion; the engine's output, as memoised.
 pub async fn run(ctx: &RequestCtx, img: &ImageRef, call: &Call) -> Result<Output, Error> {
-    let p = start(ctx, img, call);
+    let p = start(ctx, img, call, true);
     finish(ctx, p).await
 }
 
@@ -212,11 +222,11 @@ pub async fn run_all(ctx: &RequestCtx, img: &ImageRef, calls: &[Call]) -> Vec<Re
     // and a batch runs at most MAX_RUN_ALL distinct calls
     let keys: Vec<_> = calls.iter().map(describe).collect();
     let first = |i: usize| keys[..i].iter().position(|k| *k == keys[i]).unwrap_or(i);
+    let starts: Vec<usize> = (0..calls.len()).filter(|i| first(*i) == *i).take(MAX_RUN_ALL).collect();
     let mut pending = Vec::new();
-    for (i, c) in calls.iter().enumerate() {
-        if first(i) == i && pending.len() < MAX_RUN_ALL {
-            pending.push((i, start(ctx, img, c)));
-        }
+    for (n, &i) in starts.iter().enumerate() {
+        // the last one started may run on this thread: the others are queued on their models
+        pending.push((i, start(ctx, img, &calls[i], n + 1 == starts.len())));
     }
     let mut results: Vec<Option<Result<Outcome, Error>>> = vec![None; calls.len()];
     for (i, p) in pending {

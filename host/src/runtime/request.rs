@@ -142,7 +142,7 @@ impl RequestCtx {
         self
     }
 
-    /// Keys the request's image by its encoded bytes (`key_of(b"bytes", ..)`).
+    /// Keys the request's image by its encoded bytes (`wit::image::bytes_key`).
     pub fn with_origin(mut self: Arc<Self>, key: [u8; 16]) -> Arc<Self> {
         if let Some(me) = Arc::get_mut(&mut self) {
             me.origin = Some(key);

@@ -241,7 +241,7 @@ mod tests {
     }
 
     fn key(b: &[u8]) -> [u8; 16] {
-        crate::wit::image::key_of(b"bytes", &[b])
+        crate::wit::image::bytes_key(b)
     }
 
     #[test]

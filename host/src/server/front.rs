@@ -61,7 +61,7 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Took), 
     // a larger one hands the thread's other tasks over first. The policy is awaited here: it
     // yields this thread while it waits for models (runtime/pool.rs), so an answer costs no
     // thread hand-off of its own.
-    let origin = crate::wit::image::key_of(b"bytes", &[&bytes]);
+    let origin = crate::wit::image::bytes_key(&bytes);
     let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
     let t = Instant::now();
     // a refused scaled decode done in full takes the rest of its memory first, or is refused

@@ -37,7 +37,12 @@ pub(crate) async fn drain(server: &Server, headers: &hyper::HeaderMap, body: Inc
 }
 
 pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    json_bytes(status, v.to_string().into_bytes())
+}
+
+/// A JSON body already written.
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r.headers_mut().insert(hyper::header::X_CONTENT_TYPE_OPTIONS, hyper::header::HeaderValue::from_static("nosniff"));
@@ -104,6 +109,36 @@ fn render_metrics(s: &Serving) -> String {
     crate::metrics::global().render(scraped.into_iter().flatten())
 }
 
+/// Microseconds written as milliseconds to three places (integer formatting: a float's
+/// `{:.3}` costs more than the rest of the header).
+struct Ms(u64);
+
+impl std::fmt::Display for Ms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+    }
+}
+
+/// A prediction as the HTTP API answers it (fields in name order, as a `json!` map wrote them).
+#[derive(serde::Serialize)]
+struct Predicted<'a> {
+    arm: &'a str,
+    fallback: bool,
+    generation: u64,
+    hotkey: &'a str,
+    model_ms: f64,
+    ms: f64,
+    /// Widened as `json!` widened it (0.95f32 reads 0.949999988079071, as it always did).
+    prediction: f64,
+    /// The fused score before the hotkey's calibration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<f64>,
+    reason: &'a str,
+    source: Source,
+    stage: &'a str,
+    trace: &'a [crate::runtime::request::TraceEntry],
+}
+
 async fn predict(server: &Server, hotkey: &str, req: Request<Incoming>) -> Result<Resp, Refusal> {
     let started = Instant::now();
     let serving = server.serving.load_full();
@@ -145,34 +180,45 @@ async fn predict(server: &Server, hotkey: &str, req: Request<Incoming>) -> Resul
             &json!({"error": {"code": "policy-failed", "message": answer.reason}, "hotkey": hotkey, "trace": answer.trace}),
         ));
     }
-    let mut body = json!({
-            "prediction": answer.prediction,
-            "stage": answer.stage,
-            "reason": answer.reason,
-            "fallback": answer.fallback,
-            "source": answer.source,
-            "arm": answer.arm,
-            "hotkey": hotkey,
-            "generation": generation,
-            "model_ms": crate::answer::tenth_ms(answer.model_ms),
-            "ms": crate::answer::tenth_ms(took.total.as_secs_f64() * 1e3),
-            "trace": answer.trace,
-    });
-    if let Some(raw) = answer.raw {
-        // the fused score before the hotkey's calibration
-        body["raw"] = json!(raw);
-    }
-    let mut resp = json_response(StatusCode::OK, &body);
+    let body = Predicted {
+        arm: answer.arm,
+        fallback: answer.fallback,
+        generation,
+        hotkey,
+        model_ms: crate::answer::tenth_ms(answer.model_ms),
+        ms: crate::answer::tenth_ms(took.total.as_secs_f64() * 1e3),
+        prediction: f64::from(answer.prediction),
+        raw: answer.raw.map(f64::from),
+        reason: &answer.reason,
+        source: answer.source,
+        stage: &answer.stage,
+        trace: &answer.trace,
+    };
+    let mut resp = json_bytes(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default());
     // the same figures to the microsecond, as the W3C Server-Timing header (browsers' network
     // panels show it; `http-bench` reads it): decoding, the models' compute, the whole request
     let timing = format!(
-        "decode;dur={:.3}, model;dur={:.3}, total;dur={:.3}",
-        took.decode.as_secs_f64() * 1e3,
-        answer.model_ms,
-        took.total.as_secs_f64() * 1e3
+        "decode;dur={}, model;dur={}, total;dur={}",
+        Ms(took.decode.as_micros() as u64),
+        Ms((answer.model_ms * 1e3).round() as u64),
+        Ms(took.total.as_micros() as u64)
     );
     if let Ok(v) = hyper::header::HeaderValue::from_str(&timing) {
         resp.headers_mut().insert("server-timing", v);
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ms;
+
+    #[test]
+    fn microseconds_read_as_milliseconds() {
+        let ms = |us| Ms(us).to_string();
+        assert_eq!(
+            (ms(0), ms(5), ms(263), ms(1234), ms(12_000_001)),
+            ("0.000".into(), "0.005".into(), "0.263".into(), "1.234".into(), "12000.001".into())
+        );
+    }
 }

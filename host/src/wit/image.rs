@@ -22,6 +22,18 @@ pub(crate) fn key_of(domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
     out
 }
 
+/// The content key of a request's encoded image (what shares its decode and its models' results
+/// across requests, and what the prediction log records as `key`): BLAKE3 of the bytes in its
+/// key-derivation mode (no other key here can equal one), cut to 16 bytes. Not `key_of`'s
+/// SHA-256: every request pays this one, 2.3 µs for a validator's 9 KB JPEG against 5.1 µs.
+pub(crate) fn bytes_key(bytes: &[u8]) -> [u8; 16] {
+    let mut h = blake3::Hasher::new_derive_key("cascade 2026-12 request image bytes");
+    h.update(bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out
+}
+
 /// The host side of an `image` resource handle. A clone (a model call holds one while it
 /// waits) shares the pixels and the hash.
 #[derive(Clone)]
