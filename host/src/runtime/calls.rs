@@ -12,8 +12,10 @@ use super::request::{CallKey, RequestCtx, TraceEntry};
 use crate::wit::image::ImageRef;
 use crate::wit::{self, Bbox, Call, Classification, Detection, Error, LabelScore, Outcome, TextLine};
 
-/// A model run up to this long (recently, with its queue empty) is waited for on the calling
-/// thread, for at most four times as long as it took and this much more; a longer one is awaited.
+/// A model run up to this long (recently) is made on the calling thread when a CPU worker of it
+/// is idle with nothing queued (`Models::run_or_submit`); queued anyway, it is waited for on
+/// the calling thread for at most four times as long as it took and this much more; a longer
+/// one is awaited.
 const SHORT_RUN: Duration = Duration::from_micros(250);
 
 /// A call in flight, or already answered (from the memo, the stage cache or by an immediate

@@ -60,7 +60,7 @@ pub(crate) async fn answer(server: &Server, job: Job) -> Result<(Answer, Took), 
     // A validator-sized image is decoded on this task's thread (a fraction of a millisecond);
     // a larger one hands the thread's other tasks over first. The policy is awaited here: it
     // yields this thread while it waits for models (runtime/pool.rs), so an answer costs no
-    // thread hand-off of its own.
+    // thread hand-off of its own, and a short model with an idle worker runs right here.
     let origin = crate::wit::image::bytes_key(&bytes);
     let sticky = sticky.unwrap_or_else(|| crate::rollout::image_sticky_key(&origin));
     let t = Instant::now();
