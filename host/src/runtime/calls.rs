@@ -12,11 +12,18 @@ use super::request::{CallKey, RequestCtx, TraceEntry};
 use crate::wit::image::ImageRef;
 use crate::wit::{self, Bbox, Call, Classification, Detection, Error, LabelScore, Outcome, TextLine};
 
-/// A model run up to this long (recently) is made on the calling thread when a CPU worker of it
-/// is idle with nothing queued (`Models::run_or_submit`); queued anyway, it is waited for on
-/// the calling thread for at most four times as long as it took and this much more; a longer
-/// one is awaited.
+/// A model run up to this long (recently) that was queued is waited for on the calling thread
+/// for at most four times as long as it took and this much more; a longer one is awaited.
 const SHORT_RUN: Duration = Duration::from_micros(250);
+
+/// A model run up to this long (recently) is made on the calling thread when a CPU worker of it
+/// is idle with nothing queued (`Models::run_or_submit`): `CASCADE_RUN_HERE_US`, read once;
+/// by default `SHORT_RUN`, 0 turns it off.
+fn run_here_limit() -> Duration {
+    static US: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let us = US.get_or_init(|| std::env::var("CASCADE_RUN_HERE_US").ok().and_then(|v| v.trim().parse().ok()));
+    us.map_or(SHORT_RUN, Duration::from_micros)
+}
 
 /// A call in flight, or already answered (from the memo, the stage cache or by an immediate
 /// error).
@@ -125,8 +132,9 @@ pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call, last: bool) -> Pendi
 /// once if it cannot be queued).
 fn submit(ctx: &RequestCtx, key: CallKey, kind: ModelKind, input: JobInput, lead: Option<Lead>, here: bool) -> Pending {
     let started = Instant::now();
-    let queued = if here {
-        ctx.models.run_or_submit(&key.model, kind, input, ctx.deadline, SHORT_RUN)
+    let limit = run_here_limit();
+    let queued = if here && !limit.is_zero() {
+        ctx.models.run_or_submit(&key.model, kind, input, ctx.deadline, limit)
     } else {
         ctx.models.submit(&key.model, kind, input, ctx.deadline)
     };
