@@ -65,7 +65,8 @@ pub(crate) struct Seat<E> {
 
 impl<E> Seat<E> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Loaded<E>>> {
-        // a panic while a request's thread held it dropped the engine already (`try_run`)
+        // only a panic on the worker's own thread poisons it (`try_run` catches a request
+        // thread's), and that ends the thread
         self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -206,6 +206,8 @@ pub async fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
     };
     let (r, compute) = match got {
         Some(Ok(reply)) => (reply.output.map_err(to_wit), reply.compute),
+        // the job was dropped unanswered (its run panicked, its worker ended)
+        Some(Err(e @ RecvError::Disconnected)) => (Err(Error::Engine(format!("{}: {e}", key.model))), Duration::ZERO),
         _ => (Err(Error::DeadlineExceeded), Duration::ZERO),
     };
     if let Some(l) = lead {
