@@ -8,7 +8,8 @@
 //! A worker's engine sits in a [`Seat`] its thread locks to serve. A CPU model's seat is also
 //! handed to the model set: a request's thread that finds the worker idle and its queue empty
 //! may take the seat and run a short job itself ([`RunHere`]), with no thread to wake on either
-//! side. Sessions are still opened and dropped on the worker's thread only.
+//! side. Sessions are opened on the worker's thread only; they are dropped there too, except
+//! when a run on a request's thread panicked (that thread drops the engine it broke).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,7 +46,7 @@ impl Launch<'_> {
         F: Fn() -> Result<E, LoadError> + Send + 'static,
     {
         for i in 0..self.spec.workers {
-            let seat = Arc::new(Seat { loaded: Mutex::new(None), stats: self.stats.clone() });
+            let seat = Arc::new(Seat::new(self.stats, &self.spec.name));
             let thread = spawn(&self.spec, self.stats, self.rx.clone(), i, open(), seat.clone())?;
             self.threads.push(thread);
             // a CUDA session is bound to its thread's context: only CPU workers lend their seat
@@ -61,6 +62,14 @@ impl Launch<'_> {
 pub(crate) struct Seat<E> {
     loaded: Mutex<Option<Loaded<E>>>,
     stats: Arc<ModelStats>,
+    /// The model's name, for the log.
+    model: String,
+}
+
+impl<E> Seat<E> {
+    fn new(stats: &Arc<ModelStats>, model: &str) -> Seat<E> {
+        Seat { loaded: Mutex::new(None), stats: stats.clone(), model: model.to_string() }
+    }
 }
 
 impl<E> Seat<E> {
@@ -79,13 +88,22 @@ pub(crate) trait RunHere: Send + Sync {
 }
 
 impl<E: Engine + Send> RunHere for Seat<E> {
+    /// A job already past its deadline is answered `DeadlineExceeded` here, as the worker would;
+    /// one that starts in time answers when it ends, even if that is past its deadline (at most
+    /// one short run late: the queue's caller would have stopped waiting instead).
     fn try_run(&self, job: Job) -> Result<(), Job> {
         let Ok(mut seat) = self.loaded.try_lock() else { return Err(job) };
         let Some(l) = seat.as_mut() else { return Err(job) };
+        let now = Instant::now();
+        if job.deadline <= now {
+            expire(job, &self.stats, now);
+            return Ok(());
+        }
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.engine.run_now(job))) {
             Ok(r) => {
                 if r.is_ok() {
                     self.stats.here.fetch_add(1, Ordering::Relaxed);
+                    l.lent = Some(Instant::now());
                 }
                 r
             }
@@ -93,7 +111,7 @@ impl<E: Engine + Send> RunHere for Seat<E> {
                 // the job's reply was dropped with it (its caller learns the model failed); the
                 // engine may be half-way through a run: dropped, and opened again on the next job
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("a model run on a request's thread panicked; the model is opened again");
+                tracing::error!(model = %self.model, "a model run on a request's thread panicked; the model is opened again");
                 if let Some(l) = seat.take() {
                     unload(&self.stats, l);
                 }
@@ -124,27 +142,19 @@ where
     let thread = std::thread::Builder::new()
         .name(format!("model-{}-{i}", spec.name))
         .spawn(move || {
-            let first = if spec2.lazy {
-                let checked = if i == 0 { open().map(drop) } else { Ok(()) };
-                let ok = checked.is_ok();
-                let _ = ready_tx.send(checked);
-                if !ok {
-                    return;
-                }
-                None
-            } else {
-                match open_measured(&spec2, &stats2, &open) {
-                    Ok(l) => {
-                        let _ = ready_tx.send(Ok(()));
-                        Some(l)
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                }
+            // a lazy model is opened once to check it (worker 0), then left closed until work
+            // arrives; another is seated before the loader hears of it, so a request may
+            // borrow it at once
+            let checked = match (spec2.lazy, i) {
+                (true, 0) => open().map(drop),
+                (true, _) => Ok(()),
+                (false, _) => open_measured(&spec2, &stats2, &open).map(|l| *seat.lock() = Some(l)),
             };
-            *seat.lock() = first;
+            let ok = checked.is_ok();
+            let _ = ready_tx.send(checked);
+            if !ok {
+                return;
+            }
             run(rx, &spec2, &stats2, &seat, &open);
         })
         .map_err(|e| LoadError::Spec { model: spec.name.clone(), reason: format!("worker thread: {e}") })?;
@@ -157,6 +167,9 @@ where
 struct Loaded<E> {
     engine: E,
     gpu_bytes: u64,
+    /// When a request's thread last ran a job in this seat: the worker idles on its own
+    /// thread meanwhile, which does not make the model idle.
+    lent: Option<Instant>,
 }
 
 /// Opens the engine and records it as loaded, with the device memory the open took (for CUDA
@@ -182,7 +195,7 @@ fn open_measured<E>(
     stats.loaded.fetch_add(1, Ordering::Relaxed);
     stats.loads.fetch_add(1, Ordering::Relaxed);
     tracing::info!(model = %spec.name, device = %spec.device, gpu_mib = gpu_bytes >> 20, ms = started.elapsed().as_millis() as u64, "model loaded");
-    Ok(Loaded { engine, gpu_bytes })
+    Ok(Loaded { engine, gpu_bytes, lent: None })
 }
 
 fn run<E: Engine>(
@@ -200,8 +213,8 @@ fn run<E: Engine>(
                 Ok(j) => j,
                 Err(RecvTimeoutError::Timeout) => {
                     // idle on this thread; a request's thread may have run jobs meanwhile
-                    let idled = stats.recent_since().is_none_or(|t| t >= idle);
-                    if let Some(l) = seat.lock().take_if(|_| idled) {
+                    let idled = |l: &mut Loaded<E>| l.lent.is_none_or(|t| t.elapsed() >= idle);
+                    if let Some(l) = seat.lock().take_if(idled) {
                         unload(stats, l);
                         tracing::info!(model = %spec.name, idle_s = spec.idle_unload_s, "lazy model unloaded after idling");
                     }
@@ -300,6 +313,21 @@ mod tests {
         (Job { input, deadline: now + Duration::from_secs(5), reply, enqueued: now }, rx)
     }
 
+    /// `try_run` until the worker lets go of its seat (it does after replying, at the end of
+    /// its loop), for at most 5 s.
+    fn lend(seat: &Seat<Fake>, mut j: Job) -> Result<(), Job> {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            match seat.try_run(j) {
+                Err(back) if Instant::now() < until => {
+                    j = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                r => return r,
+            }
+        }
+    }
+
     fn answered_on_worker(rx: &crate::ReplyReceiver) -> bool {
         match rx.recv_deadline(Instant::now() + Duration::from_secs(5)).expect("a reply").output {
             Ok(Output::Embedding(v)) => v == [1.0],
@@ -315,7 +343,7 @@ mod tests {
             toml::from_str("[[model]]\nname = \"m\"\nkind = \"embedder\"\nfile = \"m.onnx\"\n").expect("registry");
         let spec = Arc::new(reg.models.into_iter().next().expect("a model"));
         let stats = Arc::new(ModelStats::default());
-        let seat = Arc::new(Seat { loaded: Mutex::new(None), stats: stats.clone() });
+        let seat = Arc::new(Seat::new(&stats, "m"));
         let (tx, rx) = crossbeam_channel::unbounded();
         let opens = Arc::new(AtomicUsize::new(0));
         let (o, st) = (opens.clone(), stats.clone());
@@ -330,11 +358,20 @@ mod tests {
             r
         };
 
-        // idle: run here, answered before try_run returns
+        // idle: run here, answered before try_run returns (the seat is filled before `spawn`
+        // returns)
         let (j, r) = job(1);
         assert!(seat.try_run(j).is_ok());
         assert!(!answered_on_worker(&r), "ran on this thread");
         assert_eq!(stats.here.load(Ordering::Relaxed), 1);
+
+        // a job past its deadline is expired, not run, and not counted as run here
+        let (mut j, r) = job(1);
+        j.deadline = Instant::now();
+        assert!(seat.try_run(j).is_ok());
+        let expired = r.recv_deadline(Instant::now() + Duration::from_secs(1)).expect("a reply").output;
+        assert!(matches!(expired, Err(EngineError::DeadlineExceeded)), "{expired:?}");
+        assert_eq!((stats.here.load(Ordering::Relaxed), stats.expired.load(Ordering::Relaxed)), (1, 1));
 
         // the worker holding its seat for a slow job: the job comes back, to be queued
         let slow = queue(job(2));
@@ -346,7 +383,7 @@ mod tests {
 
         // a panic on this thread: the job's reply is dropped, the engine with it
         let (j, r) = job(3);
-        assert!(seat.try_run(j).is_ok());
+        assert!(lend(&seat, j).is_ok());
         assert_eq!(r.recv_deadline(Instant::now()).unwrap_err(), RecvError::Disconnected);
         assert_eq!((stats.failures.load(Ordering::Relaxed), stats.loaded.load(Ordering::Relaxed)), (1, 0));
         let (j, _r) = job(1);
@@ -354,7 +391,7 @@ mod tests {
         assert!(answered_on_worker(&queue(job(1))), "the worker opened it again");
         assert_eq!((opens.load(Ordering::SeqCst), stats.loaded.load(Ordering::Relaxed)), (2, 1));
         let (j, r) = job(1);
-        assert!(seat.try_run(j).is_ok() && !answered_on_worker(&r));
+        assert!(lend(&seat, j).is_ok() && !answered_on_worker(&r));
 
         drop(tx);
         thread.join().expect("the worker ends when its queue closes");

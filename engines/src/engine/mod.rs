@@ -124,8 +124,6 @@ pub struct ModelStats {
     pub recent_ns: AtomicU64,
     /// Jobs run at once on the requesting thread (`Models::run_or_submit`), not queued.
     pub here: AtomicU64,
-    /// When the last run ended, in µs since the process's first run (`recent_since`).
-    last_run_us: AtomicU64,
     pub failures: AtomicU64,
     pub expired: AtomicU64,
     pub queued: AtomicI64,
@@ -153,15 +151,6 @@ impl ModelStats {
         let _ = self.recent_ns.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
             Some(if avg == 0 { ns } else { avg - avg / 8 + ns / 8 })
         });
-        // +1: 0 means no run yet
-        self.last_run_us.store(epoch().elapsed().as_micros() as u64 + 1, Ordering::Relaxed);
-    }
-
-    /// How long ago the last run ended (`None` before the first): a worker idle on its own
-    /// thread may have lent its seat to requests' threads meanwhile.
-    pub(crate) fn recent_since(&self) -> Option<Duration> {
-        let us = self.last_run_us.load(Ordering::Relaxed).checked_sub(1)?;
-        Some(epoch().elapsed().saturating_sub(Duration::from_micros(us)))
     }
 
     /// A run's recent time (`None` before the first run).
@@ -170,19 +159,13 @@ impl ModelStats {
     }
 }
 
-/// What `ModelStats::last_run_us` counts from.
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
 /// A model's sessions on one worker thread.
 pub(crate) trait Engine {
     /// Serves `first` and whatever the engine batches with it from `rx`.
     fn serve(&mut self, first: Job, rx: &Receiver<Job>);
 
     /// Serves `job` alone, at once, on the calling thread (a request's, holding this engine's
-    /// seat: `lifecycle::RunHere`), or gives it back: the default, for an engine whose sessions
+    /// seat: `lifecycle::RunHere`, which has checked its deadline), or gives it back: the default, for an engine whose sessions
     /// must stay on their own thread or that only runs batches.
     fn run_now(&mut self, job: Job) -> Result<(), Job> {
         Err(job)

@@ -11,7 +11,7 @@ use ort::session::Session;
 
 use crate::decode::Decode;
 use crate::detect::{check_layout, ultralytics_names};
-use crate::engine::queue::{expire, gather, reply_all};
+use crate::engine::queue::{gather, reply_all};
 use crate::engine::{Engine, Job, ModelStats};
 use crate::gpu::{GpuInput, GpuRunError};
 use crate::head::Head;
@@ -420,12 +420,7 @@ impl Engine for Worker {
         if self.gpu.is_some() || self.spec.device != Device::Cpu {
             return Err(job);
         }
-        let now = Instant::now();
-        if job.deadline <= now {
-            expire(job, &self.stats, now);
-        } else {
-            self.run_batch(vec![job]);
-        }
+        self.run_batch(vec![job]);
         Ok(())
     }
 }

@@ -18,11 +18,20 @@ const SHORT_RUN: Duration = Duration::from_micros(250);
 
 /// A model run up to this long (recently) is made on the calling thread when a CPU worker of it
 /// is idle with nothing queued (`Models::run_or_submit`): `CASCADE_RUN_HERE_US`, read once;
-/// by default `SHORT_RUN`, 0 turns it off.
+/// by default `SHORT_RUN`, 0 turns it off; a value that is not a number is warned of once and
+/// the default kept.
 fn run_here_limit() -> Duration {
-    static US: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    let us = US.get_or_init(|| std::env::var("CASCADE_RUN_HERE_US").ok().and_then(|v| v.trim().parse().ok()));
-    us.map_or(SHORT_RUN, Duration::from_micros)
+    static LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let Ok(v) = std::env::var("CASCADE_RUN_HERE_US") else { return SHORT_RUN };
+        match v.trim().parse() {
+            Ok(us) => Duration::from_micros(us),
+            Err(_) => {
+                tracing::warn!(value = %v, default_us = SHORT_RUN.as_micros() as u64, "CASCADE_RUN_HERE_US is not a whole number of µs; the default is kept");
+                SHORT_RUN
+            }
+        }
+    })
 }
 
 /// A call in flight, or already answered (from the memo, the stage cache or by an immediate

@@ -17,6 +17,11 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub(crate) const SETUP_FUEL: u64 = 500_000_000;
 pub(crate) const SETUP_TIME: Duration = Duration::from_secs(2);
 
+/// A call's fiber stack. The guest's own frames take at most wasmtime's `max_wasm_stack`
+/// (512 KiB); the rest is the host's: a model primitive may run a short CPU model on it
+/// (`calls.rs`, run here), which on a worker thread had 2 MiB, so this leaves it more than that.
+const CALL_STACK: usize = 4 << 20;
+
 /// Core instances budgeted per component instance (a Python component has 14).
 const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 
@@ -55,6 +60,7 @@ impl Runtime {
             .total_stacks(config.max_instances);
         let mut c = Config::new();
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .async_stack_size(CALL_STACK)
             .consume_fuel(true)
             .epoch_interruption(true)
             .wasm_component_model(true)

@@ -194,7 +194,16 @@ async fn predict(server: &Server, hotkey: &str, req: Request<Incoming>) -> Resul
         stage: &answer.stage,
         trace: &answer.trace,
     };
-    let mut resp = json_bytes(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default());
+    let written = match serde_json::to_vec(&body) {
+        Ok(w) => w,
+        // not reachable with these field types (non-finite floats are written as null), but an
+        // answer that cannot be written is an error, never an empty 200
+        Err(e) => {
+            let error = json!({"code": "answer-unwritable", "message": e.to_string()});
+            return Ok(json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": error, "hotkey": hotkey})));
+        }
+    };
+    let mut resp = json_bytes(StatusCode::OK, written);
     // the same figures to the microsecond, as the W3C Server-Timing header (browsers' network
     // panels show it; `http-bench` reads it): decoding, the models' compute, the whole request
     let timing = format!(

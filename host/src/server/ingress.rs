@@ -61,11 +61,17 @@ pub(crate) fn decode_base64(s: &str) -> Result<Vec<u8>, Refusal> {
         Some(rest) => rest.split_once(',').map(|(_, d)| d).unwrap_or(""),
         None => s,
     };
-    // padded or not: a padded text's length is a multiple of 4
-    let b64 = if s.len() % 4 == 0 { base64_simd::STANDARD } else { base64_simd::STANDARD_NO_PAD };
-    let bytes = b64.decode_to_vec(s).map_err(|_| {
-        Refusal::new(StatusCode::BAD_REQUEST, "invalid-base64", format!("image is not base64: {}", base64_fault(s)))
-    })?;
+    // padded or not; as the `base64` crate's indifferent padding had it, a last group of two or
+    // three symbols may carry any padding that leaves it at most four long ("aA=" included)
+    let body = s.trim_end_matches('=');
+    let pads = s.len() - body.len();
+    let padding_fits = pads == 0 || (matches!(body.len() % 4, 2 | 3) && body.len() % 4 + pads <= 4);
+    let refuse =
+        || Refusal::new(StatusCode::BAD_REQUEST, "invalid-base64", format!("image is not base64: {}", base64_fault(s)));
+    if !padding_fits {
+        return Err(refuse());
+    }
+    let bytes = base64_simd::STANDARD_NO_PAD.decode_to_vec(body).map_err(|_| refuse())?;
     if bytes.is_empty() {
         return Err(Refusal::new(StatusCode::BAD_REQUEST, "empty-image", "image is empty"));
     }
@@ -80,6 +86,9 @@ fn base64_fault(s: &str) -> String {
         Some(i) => format!("byte {:#04x} at offset {i}", body.as_bytes()[i]),
         None if s.len() - body.len() > 2 || body.len() % 4 == 1 => {
             format!("a length of {} does not end a 4-symbol group", s.len())
+        }
+        None if s.len() != body.len() && s.len() % 4 != 0 => {
+            format!("padded to a length of {}, not a multiple of 4", s.len())
         }
         None => "its last symbol leaves bits over (not canonical)".to_string(),
     }
@@ -161,6 +170,8 @@ mod tests {
         assert_eq!(why("aGk gaGk="), "image is not base64: byte 0x20 at offset 3");
         assert_eq!(why("aGk==="), "image is not base64: a length of 6 does not end a 4-symbol group");
         assert_eq!(why("aGkxa"), "image is not base64: a length of 5 does not end a 4-symbol group");
+        assert_eq!(why("aGk=="), "image is not base64: padded to a length of 5, not a multiple of 4");
+        assert_eq!(decode_base64("aA=").unwrap(), b"h", "a short group's padding may fall short");
         assert_eq!(why("aGl="), "image is not base64: its last symbol leaves bits over (not canonical)");
         assert_eq!(decode_base64("").unwrap_err().code, "empty-image");
     }
@@ -183,5 +194,33 @@ mod tests {
             assert_eq!(decode_base64(&padded).unwrap(), bytes, "padded, {len} bytes");
             assert_eq!(decode_base64(padded.trim_end_matches('=')).unwrap(), bytes, "unpadded, {len} bytes");
         }
+        // and accepts what it accepts, byte for byte, over every text of up to six symbols drawn
+        // from symbols whose trailing bits differ, padding, and a symbol outside the alphabet
+        let reference = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let symbols = [b'A', b'Q', b'g', b'a', b'=', b'-'];
+        let mut checked = 0;
+        for len in 1..=6u32 {
+            for mut n in 0..symbols.len().pow(len) {
+                let text: String = (0..len)
+                    .map(|_| {
+                        let c = symbols[n % symbols.len()];
+                        n /= symbols.len();
+                        char::from(c)
+                    })
+                    .collect();
+                let want = reference.decode(&text).ok().filter(|b| !b.is_empty());
+                let got = decode_base64(&text);
+                assert_eq!(got.as_ref().ok(), want.as_ref(), "{text:?}: {:?}", got.as_ref().err().map(|r| &r.message));
+                if let Err(r) = got {
+                    assert!(["invalid-base64", "empty-image"].contains(&r.code), "{text:?}: {}", r.code);
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 6 + 36 + 216 + 1296 + 7776 + 46656);
     }
 }
