@@ -87,7 +87,7 @@ fn base64_fault(s: &str) -> String {
         None if s.len() - body.len() > 2 || body.len() % 4 == 1 => {
             format!("a length of {} does not end a 4-symbol group", s.len())
         }
-        None if s.len() != body.len() && s.len() % 4 != 0 => {
+        None if s.len() != body.len() && !s.len().is_multiple_of(4) => {
             format!("padded to a length of {}, not a multiple of 4", s.len())
         }
         None => "its last symbol leaves bits over (not canonical)".to_string(),
