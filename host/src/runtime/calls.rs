@@ -185,7 +185,18 @@ fn finish_now(ctx: &RequestCtx, key: CallKey, r: Result<Output, Error>) -> Pendi
 }
 
 /// Waits for a started call (never past the request's deadline) and memoises the result.
+/// A call already answered (the memo, the stage cache) returns at once; the wait's own future
+/// (about 1 KB: a timer, the shared flight's) is boxed, so that a caller's future stays small:
+/// wasmtime boxes each host import's future and a component's cached calls would otherwise
+/// copy it in and out for nothing.
 pub async fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
+    match p {
+        Pending::Done(r) => r,
+        p => Box::pin(wait(ctx, p)).await,
+    }
+}
+
+async fn wait(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
     let (key, rx, started, lead) = match p {
         Pending::Done(r) => return r,
         Pending::Waiting { key, rx, started, lead } => (key, rx, started, lead),
@@ -193,7 +204,7 @@ pub async fn finish(ctx: &RequestCtx, p: Pending) -> Result<Output, Error> {
             return match flight.wait(ctx.deadline).await {
                 // the other request's deadline passed before ours: run it for ourselves
                 Some(Err(Error::DeadlineExceeded)) if !ctx.remaining().is_zero() => {
-                    Box::pin(finish(ctx, submit(ctx, key, kind, input, None, true))).await
+                    finish(ctx, submit(ctx, key, kind, input, None, true)).await
                 }
                 shared => {
                     let r = shared.unwrap_or(Err(Error::DeadlineExceeded));
@@ -327,10 +338,29 @@ fn entry(key: &CallKey, took: Duration, r: &Result<Output, Error>, cached: bool)
     }
 }
 
+/// `format!("score={v:.4}")`, without the float formatter's exact mode for the usual scores
+/// (it falls back to bignum arithmetic for many values; a trace entry is written for every
+/// call, cached ones included). A non-negative finite value below 10⁴ whose ten-thousandths
+/// are not within 10⁻⁶ of a tie is rounded in f64, whose error there (under 10⁻⁸ of a unit)
+/// cannot cross the tie; anything else goes through `format!`.
+fn score4(v: f32) -> String {
+    let m = f64::from(v) * 1e4;
+    if !(v.is_sign_positive() && m < 1e8 && (m - m.floor() - 0.5).abs() > 1e-6) {
+        return format!("score={v:.4}");
+    }
+    let n = m.round() as u64;
+    let mut s = String::with_capacity(20);
+    s.push_str("score=");
+    // integers only: two writes of whole numbers
+    use std::fmt::Write as _;
+    let _ = write!(s, "{}.{:04}", n / 10_000, n % 10_000);
+    s
+}
+
 fn summary(r: &Result<Output, Error>) -> String {
     match r {
         Err(e) => format!("error: {}", e.message()),
-        Ok(Output::Classification { score, .. }) => format!("score={score:.4}"),
+        Ok(Output::Classification { score, .. }) => score4(*score),
         Ok(Output::Embedding(v)) => format!("dim={}", v.len()),
         Ok(Output::Answer(a)) => match a.p_yes {
             Some(p) => format!("answer={:?} p_yes={p:.4} ({})", a.text, a.source.as_str()),
@@ -343,6 +373,52 @@ fn summary(r: &Result<Output, Error>) -> String {
         Ok(Output::Detections(d)) => {
             let t: Vec<String> = d.iter().take(8).map(|d| format!("{} {:.2}", d.label, d.confidence)).collect();
             format!("{} boxes: {}", d.len(), t.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::score4;
+
+    /// The short path writes what `format!` writes, ties, signs and the far ends included.
+    #[test]
+    fn a_score_is_written_as_format_writes_it() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut values: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1.0,
+            0.5,
+            0.03125,
+            0.96875,
+            0.00005,
+            0.99995,
+            0.12345,
+            1e-7,
+            9999.99995,
+            1e4,
+            1e9,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -0.5,
+        ];
+        // ties of the fourth decimal that are exact in binary: k/32
+        values.extend((0..=64).map(|k| k as f32 / 32.0));
+        // scores as models give them, and any bit pattern at all
+        values.extend((0..200_000).map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32));
+        values.extend((0..200_000).map(|_| f32::from_bits(next() as u32)));
+        for v in values {
+            assert_eq!(score4(v), format!("score={v:.4}"), "{v:e} ({:#x})", v.to_bits());
         }
     }
 }
