@@ -70,9 +70,7 @@ impl<E> Seat<E> {
     fn new(stats: &Arc<ModelStats>, model: &str) -> Seat<E> {
         Seat { loaded: Mutex::new(None), stats: stats.clone(), model: model.to_string() }
     }
-}
 
-impl<E> Seat<E> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Loaded<E>>> {
         // only a panic on the worker's own thread poisons it (`try_run` catches a request
         // thread's), and that ends the thread

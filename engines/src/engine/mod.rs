@@ -165,8 +165,9 @@ pub(crate) trait Engine {
     fn serve(&mut self, first: Job, rx: &Receiver<Job>);
 
     /// Serves `job` alone, at once, on the calling thread (a request's, holding this engine's
-    /// seat: `lifecycle::RunHere`, which has checked its deadline), or gives it back: the default, for an engine whose sessions
-    /// must stay on their own thread or that only runs batches.
+    /// seat: `lifecycle::RunHere`, which has checked its deadline), or gives it back: the
+    /// default, for an engine whose sessions must stay on their own thread or that only runs
+    /// batches.
     fn run_now(&mut self, job: Job) -> Result<(), Job> {
         Err(job)
     }
