@@ -23,25 +23,7 @@ cp policies/heads/roadwork.json "$m/"
 echo "== fp16 EfficientNet (scripts/fp16.py)"
 python3 scripts/fp16.py "$m/efficientnet_lite0.onnx" "$m/roadwork16.onnx" 2>&1 | tail -2
 
-classifier() {  # NAME FILE HEAD INPUT DEVICE EXTRA
-  cat <<TOML
-[[model]]
-name = "$1"
-kind = "classifier"
-file = "$2"
-output = "embedding"
-head = "$3"
-activation = "sigmoid"
-labels = ["other", "roadwork"]
-positive = ["roadwork"]
-input = $4
-device = "$5"
-$6
-
-TOML
-}
 DINO_IN='{ width = 224, height = 224, resize = "center_crop", resize_short = 224, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }'
-EFF_IN='{ width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }'
 # the accuracy policy's registry: DEVICE PIPELINE(true|false|absent) [OCR_DEVICE]
 registry() {
   local extra

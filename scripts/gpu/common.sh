@@ -43,23 +43,31 @@ workers = ${2:-1}
 TOML
 }
 
-roadwork_model() {  # NAME FILE DEVICE [EXTRA] -> the roadwork classifier's [[model]] entry
+# A roadwork classifier's [[model]] entry (a backbone's embedding and a logistic head):
+# NAME FILE HEAD INPUT DEVICE EXTRA
+classifier() {
   cat <<TOML
 [[model]]
 name = "$1"
 kind = "classifier"
 file = "$2"
 output = "embedding"
-head = "$PWD/policies/heads/roadwork-effnet.json"
+head = "$3"
 activation = "sigmoid"
 labels = ["other", "roadwork"]
 positive = ["roadwork"]
-input = { width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }
-device = "$3"
-max_batch = 64
-max_delay_us = 3000
-threads = 4
+input = $4
+device = "$5"
+$6
+
 TOML
+}
+# EfficientNet-Lite0's input, as the shipped roadwork-effnet head was trained on
+EFF_IN='{ width = 224, height = 224, resize = "center_crop", resize_short = 256, mean = [0.5, 0.5, 0.5], std = [0.5, 0.5, 0.5] }'
+
+roadwork_model() {  # NAME FILE DEVICE [EXTRA] -> the fp16/fp32 EfficientNet roadwork classifier
+  classifier "$1" "$2" "$PWD/policies/heads/roadwork-effnet.json" "$EFF_IN" "$3" \
+    $'max_batch = 64\nmax_delay_us = 3000\nthreads = 4'
   if [ -n "${4:-}" ]; then printf '%s\n' "$4"; fi
 }
 
