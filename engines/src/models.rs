@@ -167,12 +167,12 @@ impl Models {
         short: std::time::Duration,
     ) -> Result<ReplyReceiver, EngineError> {
         let h = self.handle(model, wanted)?;
-        if h.tx.is_none() {
-            return Err(EngineError::Stopped { model: model.to_string() });
-        }
         let (reply, rx) = crate::engine::reply::channel();
         let mut job = Job { input, deadline, reply, enqueued: Instant::now() };
-        let quick = h.stats.queued.load(Ordering::Relaxed) == 0 && h.stats.recent_run().is_some_and(|t| t <= short);
+        // a stopped model runs nothing here either: `enqueue` refuses the job
+        let quick = h.tx.is_some()
+            && h.stats.queued.load(Ordering::Relaxed) == 0
+            && h.stats.recent_run().is_some_and(|t| t <= short);
         if quick {
             for seat in &h.seats {
                 match seat.try_run(job) {

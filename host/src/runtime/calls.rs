@@ -141,11 +141,11 @@ pub fn start(ctx: &RequestCtx, img: &ImageRef, call: &Call, last: bool) -> Pendi
 /// once if it cannot be queued).
 fn submit(ctx: &RequestCtx, key: CallKey, kind: ModelKind, input: JobInput, lead: Option<Lead>, here: bool) -> Pending {
     let started = Instant::now();
-    let limit = run_here_limit();
-    let queued = if here && !limit.is_zero() {
-        ctx.models.run_or_submit(&key.model, kind, input, ctx.deadline, limit)
-    } else {
+    let limit = if here { run_here_limit() } else { Duration::ZERO };
+    let queued = if limit.is_zero() {
         ctx.models.submit(&key.model, kind, input, ctx.deadline)
+    } else {
+        ctx.models.run_or_submit(&key.model, kind, input, ctx.deadline, limit)
     };
     match queued {
         Ok(rx) => Pending::Waiting { key, rx, started, lead },
