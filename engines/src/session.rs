@@ -2,6 +2,9 @@
 //! provider, and the load-time checks of a model's inputs and outputs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -27,27 +30,38 @@ pub(crate) fn session_on(
     spec: &ModelSpec,
     file: &std::path::Path,
 ) -> Result<(Session, Device), LoadError> {
-    build(env, spec, file, false)
+    build(env, spec, file, None)
 }
 
 /// `session_on` with CUDA graphs on, for an entry that asks for them (`cuda = { graph = true }`):
-/// whether they are on comes back too (not on the CPU, nor after a CPU fallback). A session
-/// ONNX Runtime refuses them for is an error here; the worker then opens the model without them
-/// and logs why (`Worker::open`).
+/// the stream the session computes on comes back too (none on the CPU, nor after a CPU
+/// fallback: graphs are on exactly when there is one). It is this crate's, handed to ONNX
+/// Runtime, so that a graph's run can be followed on it without waiting for it (`gpu::binding`);
+/// it must outlive the session. A session ONNX Runtime refuses graphs for is an error here; the
+/// worker then opens the model without them and logs why (`Worker::open`).
 pub(crate) fn session_with_graphs(
     env: &ort::environment::Environment,
     spec: &ModelSpec,
     file: &std::path::Path,
-) -> Result<(Session, Device, bool), LoadError> {
-    let cuda = matches!(spec.device, Device::Cuda(_));
-    build(env, spec, file, cuda).map(|(s, d)| (s, d, cuda && matches!(d, Device::Cuda(_))))
+) -> Result<(Session, Device, Option<Arc<CudaStream>>), LoadError> {
+    let stream = match spec.device {
+        Device::Cuda(id) => Some(crate::gpu::compute_stream(id).map_err(|reason| LoadError::Session {
+            model: spec.name.clone(),
+            file: file.to_path_buf(),
+            reason: format!("CUDA graphs: {reason}"),
+        })?),
+        Device::Cpu => None,
+    };
+    let (session, on) = build(env, spec, file, stream.as_ref())?;
+    let stream = stream.filter(|_| matches!(on, Device::Cuda(_)));
+    Ok((session, on, stream))
 }
 
 fn build(
     env: &ort::environment::Environment,
     spec: &ModelSpec,
     file: &std::path::Path,
-    graph: bool,
+    graph: Option<&Arc<CudaStream>>,
 ) -> Result<(Session, Device), LoadError> {
     let err = |reason: String| LoadError::Session { model: spec.name.clone(), file: file.to_path_buf(), reason };
     if !file.exists() {
@@ -77,8 +91,8 @@ fn build(
             if let Some(kernels) = &o.attention {
                 ep = ep.with_attention_backend(attention_backend(kernels));
             }
-            if graph {
-                ep = ep.with_cuda_graph(true);
+            if let Some(stream) = graph {
+                ep = crate::gpu::computing_on(ep.with_cuda_graph(true), stream);
             }
             if let Some(mb) = o.memory_limit_mb {
                 ep = ep.with_memory_limit((mb as usize) << 20);

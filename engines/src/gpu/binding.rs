@@ -10,12 +10,17 @@
 //! With CUDA graphs (`cuda = { graph = true }`) each (batch size, slot) is one graph, named by
 //! the run option `gpu_graph_id`: ONNX Runtime captures it on an early run and replays it after,
 //! so the input and the output must stay where they were at capture. The output is then bound
-//! to a device tensor of its own too, and read back here with one copy.
+//! to a device tensor of its own too, and copied back into page-locked memory by a copy queued
+//! on the session's stream behind the run (the stream is this crate's: `session_with_graphs`).
+//! A pipelined worker does not wait for the run: it launches it ([`GpuInput::launch_prepared`])
+//! and hands the wait to its finishing thread, so the next batch's graph is queued on the
+//! device before this one ends and the device never waits for the host between batches.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use cudarc::driver::CudaContext;
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream, PinnedHostSlice};
 use half::f16;
 use image::RgbImage;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
@@ -27,20 +32,113 @@ use crate::precision::{output_f32, Precision};
 use crate::preprocess::Prepared;
 use crate::spec::ModelSpec;
 
-/// One CUDA graph: the device tensor its output is written to, and the run options naming it.
+/// One CUDA graph: the device tensor its output is written to, the run options naming it (a
+/// run waited for, and one only launched), and where its output lands on the host.
 struct Graphed {
     out: DynTensor,
     opts: RunOptions,
-    shape: Vec<i64>,
+    launch: RunOptions,
+    landing: Arc<Mutex<Landing>>,
 }
 
-/// What the CUDA graphs of a session share: the output's type and shape (batch first) and the
-/// context to read outputs back in; the next graph's id.
+/// What the CUDA graphs of a session share: the output's type and shape (batch first), the
+/// stream the session computes on; the next graph's id.
 struct Graphs {
     ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
     elem: TensorElementType,
     dims: Vec<i64>,
     next_id: u32,
+}
+
+/// Where a graph's output comes back: page-locked host memory (not write-combined: the CPU
+/// reads it), written by a copy queued on the session's stream behind the run, and the event
+/// recorded behind that copy.
+struct Landing {
+    host: PinnedHostSlice<u8>,
+    done: CudaEvent,
+    elem: TensorElementType,
+    shape: Vec<i64>,
+}
+
+impl Landing {
+    fn new(ctx: &Arc<CudaContext>, elem: TensorElementType, shape: Vec<i64>) -> Result<Landing, String> {
+        let n: usize = shape.iter().map(|d| *d as usize).product();
+        let bytes = n * if elem == TensorElementType::Float16 { 2 } else { 4 };
+        // SAFETY: uninitialised page-locked memory: only read after a copy has filled it.
+        let host = unsafe { ctx.alloc_pinned_with_flags::<u8>(bytes.max(1), 0) }
+            .map_err(|e| format!("page-locked memory for the output ({bytes} B): {e}"))?;
+        let done = ctx.new_event(None).map_err(|e| format!("event: {e}"))?;
+        Ok(Landing { host, done, elem, shape })
+    }
+
+    /// Queues the copy of `out` (the graph's output, of this landing's shape) behind the work
+    /// already on `stream`, and the event behind it.
+    fn queue(&mut self, stream: &CudaStream, out: &DynTensor) -> Result<(), String> {
+        stream.context().bind_to_thread().map_err(|e| format!("read back: {e}"))?;
+        let dst = self.host.as_mut_slice().map_err(|e| format!("read back: {e}"))?;
+        let len = dst.len();
+        // SAFETY: `out` is a live device tensor of `len` bytes (this landing was sized from its
+        // shape and type) owned by the same `GpuInput`, and `dst` is page-locked memory that
+        // nothing reads until `done` has been reached (`read`).
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, out.data_ptr() as u64, stream.cu_stream()) }
+            .map_err(|e| format!("read back ({len} B): {e}"))?;
+        self.done.record(stream).map_err(|e| format!("read back: {e}"))
+    }
+
+    /// Waits until the copy queued last is done, then widens the output to f32.
+    fn read(&self) -> Result<(Vec<i64>, Vec<f32>), String> {
+        self.done.synchronize().map_err(|e| format!("run: {e}"))?;
+        let bytes = self.host.as_slice().map_err(|e| format!("read back: {e}"))?;
+        let data = if self.elem == TensorElementType::Float16 {
+            bytes.chunks_exact(2).map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect()
+        } else {
+            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        };
+        Ok((self.shape.clone(), data))
+    }
+}
+
+/// A graph's run launched and not waited for: [`Launched::land`] waits for it (on any thread)
+/// and reads its output.
+pub(crate) struct Launched {
+    landing: Arc<Mutex<Landing>>,
+    n: usize,
+    rows: usize,
+    slot: usize,
+    prep_us: u64,
+    launch_us: u64,
+}
+
+impl Launched {
+    /// Waits until the run and its output's copy are done: the output's shape and values. Until
+    /// this returns, the run may still read its input slot.
+    pub(crate) fn land(self) -> Result<(Vec<i64>, Vec<f32>), String> {
+        let t0 = Instant::now();
+        let landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
+        landing.done.synchronize().map_err(|e| format!("run: {e}"))?;
+        let t1 = Instant::now();
+        let out = landing.read()?;
+        if trace() {
+            tracing::info!(
+                n = self.n,
+                rows = self.rows,
+                slot = self.slot,
+                prep_us = self.prep_us,
+                launch_us = self.launch_us,
+                wait_us = (t1 - t0).as_micros() as u64,
+                read_us = t1.elapsed().as_micros() as u64,
+                "gpu batch"
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// What a run of a prepared slot gives: its output, or a graph's run launched (`Launched`).
+pub(crate) enum SlotRun {
+    Ready(Vec<i64>, Vec<f32>),
+    Launched(Launched),
 }
 
 pub(crate) struct GpuInput {
@@ -92,10 +190,13 @@ impl GpuInput {
         precision: Precision,
         input: &str,
         output: &str,
-        graph: bool,
+        graph: Option<Arc<CudaStream>>,
     ) -> Result<GpuInput, String> {
         let ctx = super::context(device)?;
-        let graphs = if graph { Some(graphs_for(session, output, ctx.clone())?) } else { None };
+        let graphs = match graph {
+            Some(stream) => Some(graphs_for(session, output, ctx.clone(), stream)?),
+            None => None,
+        };
         let prep = GpuPrep::new(ctx, &spec.input, spec.max_batch, precision)?;
         let e = |e: ort::Error| e.to_string();
         let mem = MemoryInfo::new(AllocationDevice::CUDA, device as i32, AllocatorType::Device, MemoryType::Default)
@@ -138,10 +239,17 @@ impl GpuInput {
                         shape[0] = rows as i64;
                         let mut out = DynTensor::new(&self.alloc, g.elem, shape.clone()).map_err(run)?;
                         b.bind_output(self.output.as_str(), &mut out).map_err(run)?;
-                        let mut opts = RunOptions::new().map_err(run)?;
-                        opts.set("gpu_graph_id", g.next_id.to_string()).map_err(run)?;
+                        let named = || -> Result<RunOptions, ort::Error> {
+                            let mut opts = RunOptions::new()?;
+                            opts.set("gpu_graph_id", g.next_id.to_string())?;
+                            Ok(opts)
+                        };
+                        let opts = named().map_err(run)?;
+                        let mut launch = named().map_err(run)?;
+                        launch.disable_device_sync().map_err(run)?;
                         g.next_id += 1;
-                        Some(Graphed { out, opts, shape })
+                        let landing = Landing::new(&g.ctx, g.elem, shape).map_err(GpuRunError::Run)?;
+                        Some(Graphed { out, opts, launch, landing: Arc::new(Mutex::new(landing)) })
                     }
                     None => {
                         b.bind_output_to_device(self.output.as_str(), &self.host).map_err(run)?;
@@ -158,6 +266,11 @@ impl GpuInput {
     pub(crate) fn prepare(&mut self, images: &[&RgbImage], ptr: u64) -> Result<Vec<Prepared>, GpuRunError> {
         let prep = self.prep.as_mut().ok_or_else(|| GpuRunError::Prep("handed to the pipeline".into()))?;
         prep.run(images, ptr).map_err(GpuRunError::Prep)
+    }
+
+    /// Whether runs replay CUDA graphs.
+    pub(crate) fn graphed(&self) -> bool {
+        self.graphs.is_some()
     }
 
     /// Hands the pre-processing over (to a pipelined worker's staging side), once.
@@ -182,7 +295,7 @@ impl GpuInput {
     }
 
     /// Runs the session on the input of `rows` rows in `slot`, already prepared (`n` images,
-    /// `prep_us` to prepare them, for the trace): the output's shape and values.
+    /// `prep_us` to prepare them, for the trace), and waits for it: the output's shape and values.
     pub(crate) fn run_prepared(
         &mut self,
         session: &mut Session,
@@ -196,16 +309,19 @@ impl GpuInput {
             .shapes
             .get(&(rows, slot))
             .ok_or_else(|| GpuRunError::Run(format!("no input of {rows} rows in slot {slot}")))?;
-        let t1 = std::time::Instant::now();
+        let t1 = Instant::now();
         let (shape, data, t2) = match (graphed, &self.graphs) {
             (Some(g), Some(gs)) => {
                 session.run_binding_with_options(binding, &g.opts).map_err(run)?;
-                let t2 = std::time::Instant::now();
-                (g.shape.clone(), read_back(gs, &g.out).map_err(GpuRunError::Run)?, t2)
+                let t2 = Instant::now();
+                let mut landing = g.landing.lock().unwrap_or_else(|p| p.into_inner());
+                landing.queue(&gs.stream, &g.out).map_err(GpuRunError::Run)?;
+                let (shape, data) = landing.read().map_err(GpuRunError::Run)?;
+                (shape, data, t2)
             }
             _ => {
                 let outputs = session.run_binding(binding).map_err(run)?;
-                let t2 = std::time::Instant::now();
+                let t2 = Instant::now();
                 let (shape, data) = output_f32(&outputs[self.output.as_str()]).map_err(run)?;
                 (shape, data, t2)
             }
@@ -224,10 +340,62 @@ impl GpuInput {
         }
         Ok((shape, data))
     }
+
+    /// As [`GpuInput::run_prepared`], but a CUDA graph's run is only launched, its output's copy
+    /// queued behind it, and what waits for both handed back ([`SlotRun::Launched`]); without
+    /// graphs the run is waited for as there ([`SlotRun::Ready`]).
+    pub(crate) fn launch_prepared(
+        &mut self,
+        session: &mut Session,
+        rows: usize,
+        slot: usize,
+        n: usize,
+        prep_us: u64,
+    ) -> Result<SlotRun, GpuRunError> {
+        let graphed = match (self.shapes.get(&(rows, slot)), &self.graphs) {
+            (Some((_, binding, Some(g))), Some(gs)) => Some((binding, g, gs)),
+            _ => None,
+        };
+        let Some((binding, g, gs)) = graphed else {
+            let (shape, data) = self.run_prepared(session, rows, slot, n, prep_us)?;
+            return Ok(SlotRun::Ready(shape, data));
+        };
+        let t0 = Instant::now();
+        // the lock first: the finishing thread may still be reading this landing's last output
+        let mut landing = g.landing.lock().unwrap_or_else(|p| p.into_inner());
+        session.run_binding_with_options(binding, &g.launch).map_err(|e| GpuRunError::Run(e.to_string()))?;
+        landing.queue(&gs.stream, &g.out).map_err(GpuRunError::Run)?;
+        drop(landing);
+        Ok(SlotRun::Launched(Launched {
+            landing: g.landing.clone(),
+            n,
+            rows,
+            slot,
+            prep_us,
+            launch_us: t0.elapsed().as_micros() as u64,
+        }))
+    }
+}
+
+impl Drop for GpuInput {
+    /// Waits for what was launched on the session's stream (a run, its output's copy) before
+    /// the tensors it uses go, and the session after them.
+    fn drop(&mut self) {
+        if let Some(g) = &self.graphs {
+            if let Err(e) = g.stream.synchronize() {
+                tracing::warn!(error = %e, "the session's stream failed while its inputs were released");
+            }
+        }
+    }
 }
 
 /// The output's type and shape for CUDA graphs: f32 or f16, every dimension but the batch fixed.
-fn graphs_for(session: &Session, output: &str, ctx: Arc<CudaContext>) -> Result<Graphs, String> {
+fn graphs_for(
+    session: &Session,
+    output: &str,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+) -> Result<Graphs, String> {
     let o = session
         .outputs()
         .iter()
@@ -241,24 +409,5 @@ fn graphs_for(session: &Session, output: &str, ctx: Arc<CudaContext>) -> Result<
     if dims.is_empty() || dims[1..].iter().any(|d| *d <= 0) {
         return Err(format!("CUDA graphs need an output of fixed shape but the batch; {output} is {dims:?}"));
     }
-    Ok(Graphs { ctx, elem, dims, next_id: 1 })
-}
-
-/// A graph's output, copied from the device (the run has finished: ONNX Runtime waits for its
-/// stream before `run` returns) and widened to f32.
-fn read_back(g: &Graphs, out: &DynTensor) -> Result<Vec<f32>, String> {
-    let n: usize = out.shape().iter().map(|d| *d as usize).product();
-    let ptr = out.data_ptr() as u64;
-    g.ctx.bind_to_thread().map_err(|e| e.to_string())?;
-    if g.elem == TensorElementType::Float16 {
-        let mut h = vec![0u16; n];
-        // SAFETY: `out` is a live device tensor of `n` f16 values, owned by this input.
-        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut h, ptr) }.map_err(|e| format!("read back: {e}"))?;
-        Ok(h.into_iter().map(|b| f16::from_bits(b).to_f32()).collect())
-    } else {
-        let mut v = vec![0f32; n];
-        // SAFETY: `out` is a live device tensor of `n` f32 values, owned by this input.
-        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut v, ptr) }.map_err(|e| format!("read back: {e}"))?;
-        Ok(v)
-    }
+    Ok(Graphs { ctx, stream, elem, dims, next_id: 1 })
 }

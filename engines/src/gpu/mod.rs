@@ -13,9 +13,9 @@ mod prep;
 
 use std::sync::Arc;
 
-use cudarc::driver::CudaContext;
+use cudarc::driver::{CudaContext, CudaStream};
 
-pub(crate) use binding::{trace, GpuInput, GpuRunError};
+pub(crate) use binding::{trace, GpuInput, GpuRunError, SlotRun};
 pub(crate) use prep::GpuPrep;
 
 /// The primary context of device `ordinal` (the one ONNX Runtime's CUDA provider also uses),
@@ -31,6 +31,20 @@ pub(crate) fn context(ordinal: u32) -> Result<Arc<CudaContext>, String> {
         return Err(format!("device cuda:{ordinal} does not exist ({count} device(s))"));
     }
     CudaContext::new(ordinal as usize).map_err(|e| format!("cuda:{ordinal}: {e}"))
+}
+
+/// A stream of device `ordinal`'s primary context for a session to compute on
+/// ([`computing_on`]); non-blocking, as ONNX Runtime's own.
+pub(crate) fn compute_stream(ordinal: u32) -> Result<Arc<CudaStream>, String> {
+    context(ordinal)?.new_stream().map_err(|e| format!("stream: {e}"))
+}
+
+/// The CUDA provider `ep`, set to compute on `stream` (from [`compute_stream`]). The caller keeps
+/// the stream until every session made with the provider is dropped.
+pub(crate) fn computing_on(ep: ort::ep::CUDA, stream: &Arc<CudaStream>) -> ort::ep::CUDA {
+    // SAFETY: `stream` is a live stream of the device's primary context, the one ONNX Runtime's
+    // provider uses; the caller's contract keeps it alive as long as the sessions.
+    unsafe { ep.with_compute_stream(stream.cu_stream() as *mut ()) }
 }
 
 /// Device memory in use on the context's device (total − free), in bytes.

@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::worker::{Finisher, Forward, FoundLabels, ShapeRule, Worker};
 use crate::engine::queue::{expire, reply_all, settle};
 use crate::engine::{Engine, Job, ModelStats, Reply, ReplySender};
-use crate::gpu::GpuPrep;
+use crate::gpu::{GpuPrep, SlotRun};
 use crate::head::Head;
 use crate::preprocess::Prepared;
 use crate::spec::{Device, ModelSpec};
@@ -85,9 +85,10 @@ pub(crate) fn open(
     // the session's thread only runs: a batch's outputs become replies on a thread of their own
     let (to_finisher, finishing) = crossbeam_channel::bounded::<Finishing>(SLOTS);
     let finisher = w.finisher();
+    let freed = slot_back.clone();
     std::thread::Builder::new()
         .name(format!("finish-{}", spec.name))
-        .spawn(move || finish_loop(&finisher, finishing))
+        .spawn(move || finish_loop(&finisher, finishing, &freed))
         .map_err(|e| refused(format!("finishing thread: {e}")))?;
     let runner = std::thread::Builder::new()
         .name(format!("run-{}", spec.name))
@@ -285,21 +286,71 @@ fn runner(
     }
 }
 
-/// A batch the session has run, for the finishing thread: its jobs, the outputs (or the run's
-/// error), and when its preparation began.
+/// A batch the session has run or launched, for the finishing thread: its jobs, what the run
+/// gave, and when its preparation began.
 struct Finishing {
     jobs: Vec<Job>,
-    forward: Result<Forward, EngineError>,
+    outcome: Outcome,
     started: Instant,
 }
 
-/// The finishing thread's loop: each run batch's outputs become its replies (a classifier's
-/// top labels, a head, a detector's boxes), while the session already runs the next batch. A
-/// panic there fails that batch's requests, and the loop goes on.
-fn finish_loop(f: &Finisher, finishing: Receiver<Finishing>) {
+/// Waits for a launched run and reads its output (`Launched::land`, or a stand-in in tests).
+type Land = Box<dyn FnOnce() -> Result<(Vec<i64>, Vec<f32>), String> + Send>;
+
+/// What a batch's run gave: its outputs or its error, or a CUDA graph's run launched on the
+/// device and not waited for, whose input `slot` is in use until it has landed.
+enum Outcome {
+    Done(Result<Forward, EngineError>),
+    Launched { land: Land, prepared: Vec<Prepared>, slot: usize },
+}
+
+/// Gives a slot back to the staging side when dropped, unless it already was: a launched
+/// batch's slot is free again once its run has landed, even when landing panics.
+struct SlotBack<'a> {
+    slot: Option<usize>,
+    to: &'a Sender<usize>,
+}
+
+impl SlotBack<'_> {
+    fn release(&mut self) {
+        if let Some(s) = self.slot.take() {
+            let _ = self.to.send(s);
+        }
+    }
+}
+
+impl Drop for SlotBack<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A batch's outputs: a launched run is waited for and read, and its slot given back.
+fn settle_outcome(outcome: Outcome, slot_back: &Sender<usize>, model: &str) -> Result<Forward, EngineError> {
+    match outcome {
+        Outcome::Done(forward) => forward,
+        Outcome::Launched { land, prepared, slot } => {
+            let mut back = SlotBack { slot: Some(slot), to: slot_back };
+            let landed = land();
+            back.release();
+            landed
+                .map(|(shape, data)| (shape, data, prepared, None))
+                .map_err(|reason| EngineError::Inference { model: model.to_string(), reason })
+        }
+    }
+}
+
+/// The finishing thread's loop: each batch's run is waited for when it was only launched (its
+/// slot then goes back to the staging side), and its outputs become its replies (a
+/// classifier's top labels, a head, a detector's boxes), while the session already runs the
+/// next batch. A panic there fails that batch's requests, and the loop goes on.
+fn finish_loop(f: &Finisher, finishing: Receiver<Finishing>, slot_back: &Sender<usize>) {
     for b in finishing {
         let replies: Vec<ReplySender> = b.jobs.iter().map(|j| j.reply.clone()).collect();
-        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.finish(b.jobs, b.forward, b.started)));
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let forward = settle_outcome(b.outcome, slot_back, f.model());
+            f.finish(b.jobs, forward, b.started)
+        }));
         if done.is_err() {
             tracing::error!(model = %f.model(), "a pipelined batch's outputs panicked; its requests get an error");
             f.count_failures(replies.len());
@@ -322,9 +373,11 @@ fn fail_all(replies: &[ReplySender], model: &str, reason: &str) {
 }
 
 /// Runs one staged batch on the runner thread; its slot is free again as soon as the session
-/// has read the input (`returned` says so), and its outputs go to the finishing thread. A batch
-/// whose every job has expired while it waited is answered without running. Model time counts
-/// the batch's preparation, its run and its finishing, not its wait for the previous batch.
+/// has read the input (`returned` says so: here once a run that was waited for returns, or by
+/// the finishing thread once a launched one has landed), and its outputs go to the finishing
+/// thread. A batch whose every job has expired while it waited is answered without running.
+/// Model time counts the batch's preparation, its run and its finishing, not its wait for the
+/// previous batch.
 fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>, returned: &mut bool, to_finisher: &Sender<Finishing>) {
     let Staged { jobs, rows, slot, prepared, prep_us } = s;
     let now = Instant::now();
@@ -336,23 +389,34 @@ fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>, returned: &mut bool
         return;
     }
     let started = now.checked_sub(Duration::from_micros(prep_us)).unwrap_or(now);
-    let forward = match prepared {
-        Some(prepared) => {
-            let out = w.run_slot(rows, slot, jobs.len(), prep_us);
-            *returned = slot_back.send(slot).is_ok();
-            out.map(|(shape, data)| (shape, data, prepared, None))
-        }
+    let outcome = match prepared {
+        Some(prepared) => match w.launch_slot(rows, slot, jobs.len(), prep_us) {
+            Ok(SlotRun::Launched(l)) => {
+                // whoever settles the outcome gives the slot back
+                *returned = true;
+                Outcome::Launched { land: Box::new(move || l.land()), prepared, slot }
+            }
+            Ok(SlotRun::Ready(shape, data)) => {
+                *returned = slot_back.send(slot).is_ok();
+                Outcome::Done(Ok((shape, data, prepared, None)))
+            }
+            Err(e) => {
+                *returned = slot_back.send(slot).is_ok();
+                Outcome::Done(Err(e))
+            }
+        },
         None => {
             *returned = slot_back.send(slot).is_ok();
             let images: Vec<&image::RgbImage> = jobs.iter().map(|j| &**j.input.image()).collect();
             let out = w.forward_cpu(&images, rows);
             drop(images);
-            out
+            Outcome::Done(out)
         }
     };
     // the finishing thread gone (it never ends while the runner lives): finish here
-    if let Err(e) = to_finisher.send(Finishing { jobs, forward, started }) {
-        let Finishing { jobs, forward, started } = e.0;
+    if let Err(e) = to_finisher.send(Finishing { jobs, outcome, started }) {
+        let Finishing { jobs, outcome, started } = e.0;
+        let forward = settle_outcome(outcome, slot_back, w.spec_name());
         w.finish(jobs, forward, started);
     }
 }
@@ -383,7 +447,9 @@ mod tests {
     }
 
     /// The finishing thread answers each run batch, in order, with the classifier's results,
-    /// and a failed run's requests with its error; it ends when the runner's side closes.
+    /// and a failed run's requests with its error; a launched batch is landed first and its slot
+    /// given back, also when landing fails or panics; the thread ends when the runner's side
+    /// closes.
     #[test]
     fn run_batches_are_answered_by_the_finishing_thread() {
         let mut spec = spec(8, 1_000);
@@ -392,8 +458,9 @@ mod tests {
         spec.activation = crate::spec::Activation::None;
         let stats = Arc::new(ModelStats::default());
         let f = Finisher::new(Arc::new(spec), None, "out".into(), stats.clone());
-        let (tx, rx) = crossbeam_channel::bounded::<Finishing>(SLOTS);
-        let thread = std::thread::spawn(move || finish_loop(&f, rx));
+        let (tx, rx) = crossbeam_channel::bounded::<Finishing>(4);
+        let (slot_back, free) = crossbeam_channel::bounded::<usize>(SLOTS);
+        let thread = std::thread::spawn(move || finish_loop(&f, rx, &slot_back));
         let batch = |n: usize| -> (Vec<Job>, Vec<crate::ReplyReceiver>) {
             (0..n)
                 .map(|_| {
@@ -409,28 +476,57 @@ mod tests {
                 .unzip()
         };
         let identity = Prepared { scale_x: 1.0, scale_y: 1.0, offset_x: 0.0, offset_y: 0.0 };
+        let send = |jobs: Vec<Job>, outcome: Outcome| {
+            tx.send(Finishing { jobs, outcome, started: Instant::now() }).expect("send");
+        };
         // two images' probabilities (the spec's activation: none), roadwork at 0.9 and 0.2
         let (jobs, got) = batch(2);
-        let forward = Ok((vec![2, 2], vec![0.1, 0.9, 0.8, 0.2], vec![identity; 2], None));
-        tx.send(Finishing { jobs, forward, started: Instant::now() }).expect("send");
+        send(jobs, Outcome::Done(Ok((vec![2, 2], vec![0.1, 0.9, 0.8, 0.2], vec![identity; 2], None))));
         let (failed, lost) = batch(3);
         let err = EngineError::Inference { model: "m".into(), reason: "the run failed".into() };
-        tx.send(Finishing { jobs: failed, forward: Err(err), started: Instant::now() }).expect("send");
+        send(failed, Outcome::Done(Err(err)));
+        // a launched run in slot 1: landed on the finishing thread, which frees the slot
+        let (jobs, launched) = batch(1);
+        let land: Land = Box::new(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok((vec![1, 2], vec![0.4, 0.6]))
+        });
+        send(jobs, Outcome::Launched { land, prepared: vec![identity], slot: 1 });
+        assert_eq!(free.recv_timeout(Duration::from_secs(5)).expect("slot 1 back"), 1);
+        // a landing that fails, and one that panics: errors, and each slot back all the same
+        let (jobs, refused) = batch(2);
+        send(
+            jobs,
+            Outcome::Launched {
+                land: Box::new(|| Err("run: an illegal address".into())),
+                prepared: vec![identity; 2],
+                slot: 0,
+            },
+        );
+        assert_eq!(free.recv_timeout(Duration::from_secs(5)).expect("slot 0 back"), 0);
+        let (jobs, panicked) = batch(1);
+        send(jobs, Outcome::Launched { land: Box::new(|| panic!("landing")), prepared: vec![identity], slot: 1 });
+        assert_eq!(free.recv_timeout(Duration::from_secs(5)).expect("slot 1 back after a panic"), 1);
         drop(tx);
         thread.join().expect("the finishing thread ends with its channel");
-        let scores: Vec<f32> = got
-            .iter()
-            .map(|r| match r.recv_deadline(Instant::now()).expect("answered").output {
-                Ok(crate::Output::Classification { score, .. }) => score,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(scores, vec![0.9, 0.2]);
-        for r in lost {
-            let e = r.recv_deadline(Instant::now()).expect("answered").output.expect_err("the run's error");
-            assert!(e.to_string().contains("the run failed"), "{e}");
+        let score = |r: &crate::ReplyReceiver| match r.recv_deadline(Instant::now()).expect("answered").output {
+            Ok(crate::Output::Classification { score, .. }) => score,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got.iter().map(score).collect::<Vec<_>>(), vec![0.9, 0.2]);
+        assert_eq!(launched.iter().map(score).collect::<Vec<_>>(), vec![0.6]);
+        let error = |r: &crate::ReplyReceiver| {
+            r.recv_deadline(Instant::now()).expect("answered").output.expect_err("an error").to_string()
+        };
+        for r in &lost {
+            assert!(error(r).contains("the run failed"));
         }
-        assert_eq!(stats.failures.load(Ordering::Relaxed), 3);
+        for r in &refused {
+            assert!(error(r).contains("an illegal address"));
+        }
+        assert!(error(&panicked[0]).contains("panicked"));
+        assert!(free.is_empty(), "each slot given back once");
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 6);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use cudarc::driver::CudaStream;
 use ort::environment::Environment;
 use ort::session::Session;
 
@@ -13,7 +14,7 @@ use crate::decode::Decode;
 use crate::detect::{check_layout, ultralytics_names};
 use crate::engine::queue::{gather, reply_all};
 use crate::engine::{Engine, Job, ModelStats};
-use crate::gpu::{GpuInput, GpuRunError};
+use crate::gpu::{GpuInput, GpuRunError, SlotRun};
 use crate::head::Head;
 use crate::precision::{input_value, output_f32, Precision};
 use crate::preprocess::{prepare, Prepared};
@@ -34,6 +35,9 @@ pub(crate) struct Worker {
     /// before `session` so its bindings and tensors (the session's allocator's) drop first.
     gpu: Option<GpuInput>,
     session: Session,
+    /// With CUDA graphs, the stream the session computes on (`session_with_graphs`): declared
+    /// after `session`, which uses it until dropped.
+    _stream: Option<Arc<CudaStream>>,
     head: Option<Arc<Head>>,
     spec: Arc<ModelSpec>,
     input_name: String,
@@ -179,12 +183,13 @@ impl Worker {
         found_labels: &FoundLabels,
         graphs: bool,
     ) -> Result<Worker, LoadError> {
-        let (session, on, graph) = if graphs {
+        let (session, on, stream) = if graphs {
             session_with_graphs(env, spec, &spec.file)?
         } else {
             let (s, on) = session_on(env, spec, &spec.file)?;
-            (s, on, false)
+            (s, on, None)
         };
+        let graph = stream.is_some();
         let (input_name, output_name) = check_io(&session, spec)?;
         let spec = &detector_labels(&session, spec, found_labels)?;
         if spec.kind == ModelKind::Detector {
@@ -221,7 +226,7 @@ impl Worker {
                 None
             }
             (Device::Cuda(id), Preprocess::Auto | Preprocess::Gpu) => {
-                match GpuInput::new(&session, id, spec, precision, &input_name, &output_name, graph) {
+                match GpuInput::new(&session, id, spec, precision, &input_name, &output_name, stream.clone()) {
                     Ok(g) => Some(g),
                     Err(reason) if spec.preprocess == Preprocess::Gpu => {
                         return Err(LoadError::Spec {
@@ -249,6 +254,7 @@ impl Worker {
         }
         let mut w = Worker {
             session,
+            _stream: stream,
             head,
             spec: spec.clone(),
             input_name,
@@ -267,17 +273,30 @@ impl Worker {
         Ok(w)
     }
 
+    /// Runs every batch shape once, or with CUDA graphs twice: ONNX Runtime captures a graph on
+    /// its second run, and a capture is best made here, before other threads use the device.
     fn warm_up(&mut self) -> Result<(), LoadError> {
         let img =
             image::RgbImage::from_pixel(self.spec.input.width, self.spec.input.height, image::Rgb([128, 128, 128]));
         for rows in ShapeRule::all(&self.spec) {
             let imgs = vec![&img; rows];
-            self.forward(&imgs, rows).map_err(|e| LoadError::Spec {
-                model: self.spec.name.clone(),
-                reason: format!("warm-up run of batch {rows}: {e}"),
-            })?;
+            for _ in 0..self.warm_runs() {
+                self.forward(&imgs, rows).map_err(|e| LoadError::Spec {
+                    model: self.spec.name.clone(),
+                    reason: format!("warm-up run of batch {rows}: {e}"),
+                })?;
+            }
         }
         Ok(())
+    }
+
+    /// Runs per shape at warm-up: two with CUDA graphs (the second captures the graph).
+    fn warm_runs(&self) -> usize {
+        if self.gpu.as_ref().is_some_and(GpuInput::graphed) {
+            2
+        } else {
+            1
+        }
     }
 
     /// Makes and warms every shape's input in `slot` of the device inputs, as `warm_up` did for
@@ -285,13 +304,16 @@ impl Worker {
     pub(crate) fn warm_slot(&mut self, slot: usize) -> Result<(), String> {
         let img =
             image::RgbImage::from_pixel(self.spec.input.width, self.spec.input.height, image::Rgb([128, 128, 128]));
+        let runs = self.warm_runs();
         let gpu = self.gpu.as_mut().ok_or("no GPU pre-processing")?;
         let err = GpuRunError::reason;
         for rows in ShapeRule::all(&self.spec) {
             let ptr = gpu.input_ptr(&mut self.session, rows, slot).map_err(err)?;
             let imgs = vec![&img; rows];
             gpu.prepare(&imgs, ptr).map_err(err)?;
-            gpu.run_prepared(&mut self.session, rows, slot, rows, 0).map_err(err)?;
+            for _ in 0..runs {
+                gpu.run_prepared(&mut self.session, rows, slot, rows, 0).map_err(err)?;
+            }
         }
         Ok(())
     }
@@ -336,19 +358,19 @@ impl Worker {
     }
 
     /// Runs the session on the input already prepared in `slot` (a pipelined worker's staging
-    /// side wrote it): the output's shape and values.
-    pub(crate) fn run_slot(
+    /// side wrote it): its output, or with CUDA graphs the run launched and not waited for.
+    pub(crate) fn launch_slot(
         &mut self,
         rows: usize,
         slot: usize,
         n: usize,
         prep_us: u64,
-    ) -> Result<(Vec<i64>, Vec<f32>), EngineError> {
+    ) -> Result<SlotRun, EngineError> {
         let gpu = self.gpu.as_mut().ok_or_else(|| EngineError::Inference {
             model: self.spec.name.clone(),
             reason: "no GPU input to run".into(),
         })?;
-        gpu.run_prepared(&mut self.session, rows, slot, n, prep_us)
+        gpu.launch_prepared(&mut self.session, rows, slot, n, prep_us)
             .map_err(|e| EngineError::Inference { model: self.spec.name.clone(), reason: e.reason() })
     }
 

@@ -4,11 +4,35 @@
 //! pre-processing, run and read-back, one batch at a time). Then, at the largest batch, the
 //! sustained rate: three batches' worth of images kept in flight, so that the pipelined worker
 //! stages one batch while the session runs another, as under load; images/s from the wall clock.
+//! Every answer is checked: the images submitted are four different pictures in turn, each
+//! answered alone first, and an answer further than 0.01 from its picture's lone answer (its
+//! score or a top label's probability, or any value of an embedding) is counted as off — an
+//! answer read from another batch's or another slot's output would be (the labels themselves
+//! are not compared: near-equal probabilities may swap places between batch sizes).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_engines::JobInput;
+use cascade_engines::{JobInput, Output};
+
+/// Different pictures in turn, so that an answer read from the wrong output shows.
+const PICTURES: usize = 4;
+
+/// An answer as numbers to compare: a classification's score and top labels' probabilities,
+/// an embedding's values (nothing for other kinds: they are not checked).
+fn numbers(out: &Output) -> Vec<f32> {
+    match out {
+        Output::Classification { score, top } => std::iter::once(*score).chain(top.iter().map(|(_, p)| *p)).collect(),
+        Output::Embedding(e) => e.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether `out` is off from its picture's lone answer.
+fn off(out: &Output, reference: &[f32]) -> bool {
+    let v = numbers(out);
+    v.len() != reference.len() || v.iter().zip(reference).any(|(a, b)| (a - b).abs() > 0.01)
+}
 
 /// args: POLICIES_DIR MODEL [BATCHES=1,8,64] [SECONDS=5]
 pub fn main(args: &[String]) -> anyhow::Result<()> {
@@ -18,9 +42,20 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         args.get(2).map(|s| s.split(',').filter_map(|b| b.parse().ok()).collect()).unwrap_or(vec![1, 8, 64]);
     let seconds: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let (models, spec) = super::load_one(&args[0], model)?;
-    let img = Arc::new(image::RgbImage::from_fn(spec.input.width, spec.input.height, |x, y| {
-        image::Rgb([(x * 3) as u8, (y * 5) as u8, ((x + y) * 7) as u8])
-    }));
+    let pictures: Vec<Arc<image::RgbImage>> = (0..PICTURES as u32)
+        .map(|k| {
+            Arc::new(image::RgbImage::from_fn(spec.input.width, spec.input.height, |x, y| {
+                image::Rgb([(x * (3 + k)) as u8, (y * (5 + 2 * k)) as u8, ((x + y * k) * 7) as u8])
+            }))
+        })
+        .collect();
+    let mut reference = Vec::new();
+    for p in &pictures {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let r = models.submit(model, spec.kind, JobInput::Image(p.clone()), deadline)?.recv_deadline(deadline)?;
+        reference.push(numbers(&r.output?));
+    }
+    let check = Check { pictures, reference, answers: std::cell::Cell::new(0), off: std::cell::Cell::new(0) };
     println!("| model | device | batch | batches | images/s | batch p50 ms |");
     println!("|-------|--------|-------|---------|----------|--------------|");
     for &b in &batches {
@@ -31,13 +66,13 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         while Instant::now() < until || warm > 0 {
             let deadline = Instant::now() + Duration::from_secs(30);
             let rxs: Vec<_> = (0..b)
-                .map(|_| models.submit(model, spec.kind, JobInput::Image(img.clone()), deadline))
+                .map(|i| models.submit(model, spec.kind, JobInput::Image(check.picture(i)), deadline))
                 .collect::<Result<_, _>>()?;
             let mut compute = Duration::ZERO;
             let mut sizes = Vec::new();
-            for rx in rxs {
+            for (i, rx) in rxs.into_iter().enumerate() {
                 let r = rx.recv_deadline(deadline)?;
-                r.output?;
+                check.answer(i, &r.output?);
                 compute = compute.max(r.compute);
                 sizes.push(r.batch);
             }
@@ -66,9 +101,37 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         );
     }
     if let Some(&b) = batches.iter().max() {
-        sustained(&models, model, &spec, &img, b, seconds)?;
+        sustained(&models, model, &spec, &check, b, seconds)?;
     }
+    println!();
+    println!(
+        "answers checked against each picture's lone answer: {}, off by more than 0.01: {}",
+        check.answers.get(),
+        check.off.get()
+    );
+    anyhow::ensure!(check.off.get() == 0, "{} answers were off: the engine mixed outputs up", check.off.get());
     Ok(())
+}
+
+/// The pictures submitted in turn and their lone answers; how many answers were checked, and off.
+struct Check {
+    pictures: Vec<Arc<image::RgbImage>>,
+    reference: Vec<Vec<f32>>,
+    answers: std::cell::Cell<usize>,
+    off: std::cell::Cell<usize>,
+}
+
+impl Check {
+    fn picture(&self, i: usize) -> Arc<image::RgbImage> {
+        self.pictures[i % self.pictures.len()].clone()
+    }
+
+    fn answer(&self, i: usize, out: &Output) {
+        self.answers.set(self.answers.get() + 1);
+        if off(out, &self.reference[i % self.reference.len()]) {
+            self.off.set(self.off.get() + 1);
+        }
+    }
 }
 
 /// Keeps `3 × b` images in flight for `seconds` (each finished group of `b` replaced at once)
@@ -77,14 +140,14 @@ fn sustained(
     models: &cascade_engines::Models,
     model: &str,
     spec: &cascade_engines::ModelSpec,
-    img: &Arc<image::RgbImage>,
+    check: &Check,
     b: usize,
     seconds: f64,
 ) -> anyhow::Result<()> {
     const DEPTH: usize = 3;
     let submit = || -> anyhow::Result<Vec<_>> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        (0..b).map(|_| Ok(models.submit(model, spec.kind, JobInput::Image(img.clone()), deadline)?)).collect()
+        (0..b).map(|i| Ok(models.submit(model, spec.kind, JobInput::Image(check.picture(i)), deadline)?)).collect()
     };
     let mut flight: std::collections::VecDeque<_> = (0..DEPTH).map(|_| submit()).collect::<Result<_, _>>()?;
     // the first DEPTH groups warm the pipeline up; the clock starts when they are back
@@ -92,9 +155,9 @@ fn sustained(
     let mut started = Instant::now();
     let mut until = started + Duration::from_secs(3600);
     while let Some(group) = flight.pop_front() {
-        for rx in group {
+        for (i, rx) in group.into_iter().enumerate() {
             let r = rx.recv_deadline(Instant::now() + Duration::from_secs(30))?;
-            r.output?;
+            check.answer(i, &r.output?);
             if warm == 0 {
                 batches.push(r.batch);
             }
