@@ -12,9 +12,15 @@
 //! so the input and the output must stay where they were at capture. The output is then bound
 //! to a device tensor of its own too, and copied back into page-locked memory by a copy queued
 //! on the session's stream behind the run (the stream is this crate's: `session_with_graphs`).
-//! A pipelined worker does not wait for the run: it launches it ([`GpuInput::launch_prepared`])
-//! and hands the wait to its finishing thread, so the next batch's graph is queued on the
-//! device before this one ends and the device never waits for the host between batches.
+//! A pipelined worker's runner leaves the read-back to its finishing thread
+//! ([`GpuInput::launch_prepared`]): it asks ONNX Runtime not to wait for the device
+//! (`disable_synchronize_execution_providers`), queues the output's copy and an event behind the
+//! run, and goes on to the next batch; the finishing thread waits for the event and reads the
+//! output. (ONNX Runtime's CUDA provider may still wait for a graph's replay before `run`
+//! returns: then what this saves is the read-back on the session's thread, not the wait.)
+//!
+//! ONNX Runtime keeps captured graphs per thread: a graph is captured on the thread that will
+//! replay it, a pipelined worker's runner ([`crate::onnx::pipeline`]), at load.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -86,9 +92,13 @@ impl Landing {
         self.done.record(stream).map_err(|e| format!("read back: {e}"))
     }
 
-    /// Waits until the copy queued last is done, then widens the output to f32.
+    /// Waits until the copy queued last is done (the run before it too).
+    fn wait(&self) -> Result<(), String> {
+        self.done.synchronize().map_err(|e| format!("run: {e}"))
+    }
+
+    /// The output, once `wait` has returned, widened to f32.
     fn read(&self) -> Result<(Vec<i64>, Vec<f32>), String> {
-        self.done.synchronize().map_err(|e| format!("run: {e}"))?;
         let bytes = self.host.as_slice().map_err(|e| format!("read back: {e}"))?;
         let data = if self.elem == TensorElementType::Float16 {
             bytes.chunks_exact(2).map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect()
@@ -116,7 +126,7 @@ impl Launched {
     pub(crate) fn land(self) -> Result<(Vec<i64>, Vec<f32>), String> {
         let t0 = Instant::now();
         let landing = self.landing.lock().unwrap_or_else(|p| p.into_inner());
-        landing.done.synchronize().map_err(|e| format!("run: {e}"))?;
+        landing.wait()?;
         let t1 = Instant::now();
         let out = landing.read()?;
         if trace() {
@@ -193,6 +203,7 @@ impl GpuInput {
         graph: Option<Arc<CudaStream>>,
     ) -> Result<GpuInput, String> {
         let ctx = super::context(device)?;
+        super::relax_capture_mode();
         let graphs = match graph {
             Some(stream) => Some(graphs_for(session, output, ctx.clone(), stream)?),
             None => None,
@@ -273,6 +284,20 @@ impl GpuInput {
         self.graphs.is_some()
     }
 
+    /// Runs every shape made (by `input_ptr`) in each of `slots` on the inputs they hold, three
+    /// times each and waited for: ONNX Runtime's CUDA provider captures a thread's graphs after
+    /// two ordinary runs on that thread (other providers count per graph), so afterwards every
+    /// graph this thread replays has been captured, before any other work shares the device.
+    pub(crate) fn capture(&mut self, session: &mut Session, slots: usize) -> Result<(), String> {
+        let shapes: Vec<(usize, usize)> = self.shapes.keys().copied().filter(|(_, s)| *s < slots).collect();
+        for (rows, slot) in shapes {
+            for _ in 0..3 {
+                self.run_prepared(session, rows, slot, rows, 0).map_err(GpuRunError::reason)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Hands the pre-processing over (to a pipelined worker's staging side), once.
     pub(crate) fn take_prep(&mut self) -> Option<GpuPrep> {
         self.prep.take()
@@ -316,6 +341,7 @@ impl GpuInput {
                 let t2 = Instant::now();
                 let mut landing = g.landing.lock().unwrap_or_else(|p| p.into_inner());
                 landing.queue(&gs.stream, &g.out).map_err(GpuRunError::Run)?;
+                landing.wait().map_err(GpuRunError::Run)?;
                 let (shape, data) = landing.read().map_err(GpuRunError::Run)?;
                 (shape, data, t2)
             }
@@ -363,8 +389,16 @@ impl GpuInput {
         let t0 = Instant::now();
         // the lock first: the finishing thread may still be reading this landing's last output
         let mut landing = g.landing.lock().unwrap_or_else(|p| p.into_inner());
-        session.run_binding_with_options(binding, &g.launch).map_err(|e| GpuRunError::Run(e.to_string()))?;
-        landing.queue(&gs.stream, &g.out).map_err(GpuRunError::Run)?;
+        let launched = session
+            .run_binding_with_options(binding, &g.launch)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .and_then(|()| landing.queue(&gs.stream, &g.out));
+        if let Err(reason) = launched {
+            // the caller gives the slot back at once: nothing may still read it
+            let _ = gs.stream.synchronize();
+            return Err(GpuRunError::Run(reason));
+        }
         drop(landing);
         Ok(SlotRun::Launched(Launched {
             landing: g.landing.clone(),

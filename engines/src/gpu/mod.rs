@@ -47,6 +47,20 @@ pub(crate) fn computing_on(ep: ort::ep::CUDA, stream: &Arc<CudaStream>) -> ort::
     unsafe { ep.with_compute_stream(stream.cu_stream() as *mut ()) }
 }
 
+/// Lets the calling thread make CUDA calls while another thread captures a CUDA graph: ONNX
+/// Runtime captures in the global mode, in which a call that may synchronise (an event's wait, a
+/// stream's) from any thread of the process in the default mode breaks the capture. Every thread
+/// of a CUDA worker (the model's, a pipelined worker's runner and finishing threads) calls this
+/// once; the mode is the thread's own. Only once the driver is known to be there (`context`).
+pub(crate) fn relax_capture_mode() {
+    let mut mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+    // SAFETY: exchanges the calling thread's capture mode with a valid mode value.
+    let r = unsafe { cudarc::driver::sys::cuThreadExchangeStreamCaptureMode(&mut mode) };
+    if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        tracing::warn!(error = ?r, "this thread's CUDA graph capture mode could not be relaxed");
+    }
+}
+
 /// Device memory in use on the context's device (total − free), in bytes.
 pub(crate) fn used_bytes(ctx: &CudaContext) -> Option<u64> {
     let (free, total) = ctx.mem_get_info().ok()?;

@@ -61,7 +61,7 @@ pub(crate) fn open(
     stats: &Arc<ModelStats>,
     found: &FoundLabels,
 ) -> Result<Opened, LoadError> {
-    let mut w = Worker::open(env, spec, head, stats, found)?;
+    let mut w = Worker::open(env, spec, head.clone(), stats, found)?;
     if !spec.cuda.pipeline || w.gpu_mut().is_none() {
         if spec.cuda.pipeline && matches!(spec.device, Device::Cuda(_)) {
             tracing::info!(model = %spec.name, "inputs prepared on the CPU: the worker runs unpipelined");
@@ -88,12 +88,39 @@ pub(crate) fn open(
     let freed = slot_back.clone();
     std::thread::Builder::new()
         .name(format!("finish-{}", spec.name))
-        .spawn(move || finish_loop(&finisher, finishing, &freed))
+        .spawn(move || {
+            crate::gpu::relax_capture_mode();
+            finish_loop(&finisher, finishing, &freed)
+        })
         .map_err(|e| refused(format!("finishing thread: {e}")))?;
+    // the runner captures the CUDA graphs it will replay (they are kept per thread) before any
+    // batch is staged, and says whether it could
+    let graphed = w.graphed();
+    let (captured, capture) = crossbeam_channel::bounded::<Result<(), String>>(1);
     let runner = std::thread::Builder::new()
         .name(format!("run-{}", spec.name))
-        .spawn(move || runner(w, staged, slot_back, stats2, to_finisher))
+        .spawn(move || {
+            crate::gpu::relax_capture_mode();
+            let ready = w.capture(SLOTS);
+            let ok = ready.is_ok();
+            let _ = captured.send(ready);
+            if ok {
+                runner(w, staged, slot_back, stats2, to_finisher)
+            }
+        })
         .map_err(|e| refused(format!("runner thread: {e}")))?;
+    match capture.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) if graphed => {
+            let _ = runner.join();
+            tracing::warn!(model = %spec.name, %reason, "CUDA graphs could not be captured on the session's thread; the model runs without them");
+            let mut plain = (**spec).clone();
+            plain.cuda.graph = false;
+            return open(env, &Arc::new(plain), head, stats, found);
+        }
+        Ok(Err(reason)) => return Err(refused(reason)),
+        Err(_) => return Err(refused("the runner thread ended at start".into())),
+    }
     tracing::info!(model = %spec.name, slots = SLOTS, "pipelined: the next batch is prepared while one runs");
     Ok(Opened::Pipelined(Box::new(Stager {
         prep,

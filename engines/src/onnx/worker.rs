@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use cudarc::driver::CudaStream;
 use ort::environment::Environment;
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 
 use crate::decode::Decode;
 use crate::detect::{check_layout, ultralytics_names};
@@ -183,11 +183,13 @@ impl Worker {
         found_labels: &FoundLabels,
         graphs: bool,
     ) -> Result<Worker, LoadError> {
-        let (session, on, stream) = if graphs {
-            session_with_graphs(env, spec, &spec.file)?
+        // the stream first: locals drop in reverse, and the session uses its stream until dropped
+        let (stream, session, on) = if graphs {
+            let (s, on, stream) = session_with_graphs(env, spec, &spec.file)?;
+            (stream, s, on)
         } else {
             let (s, on) = session_on(env, spec, &spec.file)?;
-            (s, on, None)
+            (None, s, on)
         };
         let graph = stream.is_some();
         let (input_name, output_name) = check_io(&session, spec)?;
@@ -273,8 +275,11 @@ impl Worker {
         Ok(w)
     }
 
-    /// Runs every batch shape once, or with CUDA graphs twice: ONNX Runtime captures a graph on
-    /// its second run, and a capture is best made here, before other threads use the device.
+    /// Runs every batch shape once, or with CUDA graphs on a worker that runs its own batches
+    /// three times: ONNX Runtime's CUDA provider captures a thread's graphs after two ordinary
+    /// runs on that thread (other providers count per graph), and a capture is best made here,
+    /// at load. A pipelined worker's graphs are captured by its runner thread instead
+    /// (`GpuInput::capture`), the one that replays them.
     fn warm_up(&mut self) -> Result<(), LoadError> {
         let img =
             image::RgbImage::from_pixel(self.spec.input.width, self.spec.input.height, image::Rgb([128, 128, 128]));
@@ -290,13 +295,27 @@ impl Worker {
         Ok(())
     }
 
-    /// Runs per shape at warm-up: two with CUDA graphs (the second captures the graph).
+    /// Runs per shape at warm-up (see `warm_up`).
     fn warm_runs(&self) -> usize {
-        if self.gpu.as_ref().is_some_and(GpuInput::graphed) {
-            2
+        if self.gpu.as_ref().is_some_and(GpuInput::graphed) && !self.spec.cuda.pipeline {
+            3
         } else {
             1
         }
+    }
+
+    /// Captures, on the calling thread, the CUDA graphs of every shape of each of `slots` (a
+    /// pipelined worker's runner, once it owns the session); nothing without graphs.
+    pub(crate) fn capture(&mut self, slots: usize) -> Result<(), String> {
+        match &mut self.gpu {
+            Some(g) if g.graphed() => g.capture(&mut self.session, slots),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the session replays CUDA graphs.
+    pub(crate) fn graphed(&self) -> bool {
+        self.gpu.as_ref().is_some_and(GpuInput::graphed)
     }
 
     /// Makes and warms every shape's input in `slot` of the device inputs, as `warm_up` did for
@@ -417,8 +436,22 @@ impl Worker {
             .zip(self.buf.chunks_exact_mut(elems))
             .map(|(img, slot)| prepare(img, &self.spec.input, slot))
             .collect();
+        // with CUDA graphs an ordinary run: without a graph id ONNX Runtime would capture or
+        // replay graph 0, bound to this run's addresses
+        let plain = if self.graphed() {
+            let mut opts = RunOptions::new().map_err(fail)?;
+            opts.set("gpu_graph_id", "-1").map_err(fail)?;
+            Some(opts)
+        } else {
+            None
+        };
         let input = input_value(self.precision, [rows, 3, h, w], &self.buf, &mut self.half).map_err(fail)?;
-        let outputs = self.session.run(ort::inputs![self.input_name.as_str() => input]).map_err(fail)?;
+        let inputs = ort::inputs![self.input_name.as_str() => input];
+        let outputs = match &plain {
+            Some(opts) => self.session.run_with_options(inputs, opts),
+            None => self.session.run(inputs),
+        }
+        .map_err(fail)?;
         let (shape, data) = output_f32(&outputs[self.output_name.as_str()]).map_err(fail)?;
         let logits = match &self.logits_name {
             Some(l) => Some(output_f32(&outputs[l.as_str()]).map_err(fail)?),
