@@ -8,18 +8,24 @@
 # machine. Carried beforehand (see README.md here): /tmp/ortgpu (the CUDA build), /tmp/gb/{before,after}
 # (gpu-bench, the two builds), /tmp/whl (transformers' wheels), /tmp/ct/dino16f2p.onnx
 # (export_backbone.py --fuse --fp16 --patch-matmul of the shipped cut); this call carries
-# .gpucheck/hf16 (the cut as a Hugging Face checkpoint, fp16, for the PyTorch side).
+# .gpucheck/hf16 (the cut as a Hugging Face checkpoint, fp16, for the PyTorch side) and
+# .gpucheck/bin/{before,after}.xz (gpu-bench of the two builds). The after build is also run
+# with two workers (two sessions, each pipelined: one's replay runs while the other waits).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/ct-out}
 W=/tmp/ct
 mkdir -p "$W" "$OUT"
-STEPS=${STEPS:-vit,engine,trace,ort,torch}
+STEPS=${STEPS:-vit,torch,engine,trace,ort}
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
 if [ ! -d /tmp/pylib/transformers ] && [ -d /tmp/whl ]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/pylib /tmp/whl/*.whl
 fi
 if [ -d .gpucheck/hf16 ]; then rm -rf /tmp/hf16 && cp -r .gpucheck/hf16 /tmp/hf16; fi
+if [ -d .gpucheck/bin ]; then
+  mkdir -p /tmp/gb
+  for b in before after; do xz -dc ".gpucheck/bin/$b.xz" > "/tmp/gb/$b" && chmod +x "/tmp/gb/$b"; done
+fi
 export PYTHONPATH=/tmp/ortgpu:/tmp/pylib LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1 HF_HUB_OFFLINE=1 DINO_HF=/tmp/hf16
 py() { python3 experiments/cuda-transformers/explore.py "$1" "$W" 2>> "$OUT/$1.err" | tee -a "$OUT/$1.jsonl"; }
@@ -28,6 +34,7 @@ if step vit && [ ! -f "$W/vit16fp.onnx" ]; then
   py vit
   MODELS=vit16f py patch
 fi
+step torch && py torch
 entry() {  # NAME FILE INPUT EXTRA -> a [[model]] entry, patch MatMul + CUDA graphs
   printf '[[model]]\nname = "%s"\nkind = "classifier"\nfile = "%s"\n%s\ninput = %s\ndevice = "cuda:0"\nmax_batch = 64\nmax_delay_us = 3000\ncuda = { graph = true }\n\n' "$1" "$2" "$4" "$3"
 }
@@ -40,12 +47,16 @@ labels = [\"other\", \"roadwork\"]
 positive = [\"roadwork\"]"
 mkdir -p "$W/reg"
 { entry vit "$W/vit16fp.onnx" "$VIT_IN" ""; entry dino "$W/dino16f2p.onnx" "$DINO_IN" "$DINO_HEAD"; } > "$W/reg/models.toml"
+mkdir -p "$W/reg2"
+sed 's/^max_batch = 64$/max_batch = 64\nworkers = 2/' "$W/reg/models.toml" > "$W/reg2/models.toml"
 if step engine; then
-  for round in 1 2; do
-    for build in before after; do
+  for round in ${ROUNDS:-1 2}; do
+    for build in before after after-2w; do
+      reg=$W/reg
+      [ "$build" = after-2w ] && reg=$W/reg2
       for m in vit dino; do
         echo "## engine: $m, $build, round $round" | tee -a "$OUT/engine.md"
-        timeout 150 "/tmp/gb/$build" model "$W/reg" "$m" 1,8,64 2 2>> "$OUT/engine.err" | tee -a "$OUT/engine.md" \
+        timeout 150 "/tmp/gb/${build%-2w}" model "$reg" "$m" 1,8,64 2 2>> "$OUT/engine.err" | tee -a "$OUT/engine.md" \
           || echo "(failed: see engine.err)" | tee -a "$OUT/engine.md"
       done
     done
@@ -78,5 +89,4 @@ PY
   BATCHES=64 MODELS=vit16fp SWEEP_OPTIONS="sdpa flash,sdpa efficient,sdpa trt fused,sdpa cudnn flash" \
     SWEEP_GRAPH_OPTIONS="sdpa flash,sdpa efficient,sdpa trt fused,sdpa cudnn flash" py sweep
 fi
-step torch && py torch
 echo "done"
