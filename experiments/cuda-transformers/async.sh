@@ -51,10 +51,10 @@ mkdir -p "$W/reg2"
 sed 's/^max_batch = 64$/max_batch = 64\nworkers = 2/' "$W/reg/models.toml" > "$W/reg2/models.toml"
 if step engine; then
   for round in ${ROUNDS:-1 2}; do
-    for build in before after after-2w; do
+    for build in ${BUILDS:-before after after-2w}; do
       reg=$W/reg
       [ "$build" = after-2w ] && reg=$W/reg2
-      for m in vit dino; do
+      for m in ${ENGINE_MODELS:-vit dino}; do
         echo "## engine: $m, $build, round $round" | tee -a "$OUT/engine.md"
         timeout 150 "/tmp/gb/${build%-2w}" model "$reg" "$m" 1,8,64 2 2>> "$OUT/engine.err" | tee -a "$OUT/engine.md" \
           || echo "(failed: see engine.err)" | tee -a "$OUT/engine.md"
