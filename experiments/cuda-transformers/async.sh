@@ -69,9 +69,11 @@ if step trace; then
       CASCADE_GPU_TRACE=1 timeout 120 "/tmp/gb/$build" model "$W/reg" "$m" 64 2 > /dev/null 2> "$OUT/trace-$build-$m.log" || true
       python3 - "$OUT/trace-$build-$m.log" "$build $m" <<'PY' | tee -a "$OUT/trace.md"
 import re, statistics, sys
-rows = [dict(re.findall(r"(\w+)=(\d+)", l)) for l in open(sys.argv[1]) if "gpu batch" in l and "rows=64" in l]
-keys = [k for k in ("prep_us", "run_us", "launch_us", "wait_us", "read_us") if rows and k in rows[0]]
-print(f"{sys.argv[2]}: {len(rows)} batches of 64, medians " + ", ".join(f"{k} {statistics.median(int(r[k]) for r in rows)}" for k in keys))
+plain = (re.sub(r"\x1b\[[0-9;]*m", "", l) for l in open(sys.argv[1]))
+rows = [dict(re.findall(r"(\w+)=(\d+)", l)) for l in plain if "gpu batch" in l and "rows=64" in l]
+# the last line is a served batch's (warm-up lines come first and may carry other fields)
+keys = [k for k in ("prep_us", "run_us", "launch_us", "wait_us", "read_us") if rows and k in rows[-1]]
+print(f"{sys.argv[2]}: {len(rows)} batches of 64, medians " + ", ".join(f"{k} {statistics.median(int(r[k]) for r in rows if k in r)}" for k in keys))
 PY
     done
   done
