@@ -35,18 +35,11 @@ if step vit && [ ! -f "$W/vit16fp.onnx" ]; then
   MODELS=vit16f py patch
 fi
 step torch && py torch
-entry() {  # NAME FILE INPUT EXTRA -> a [[model]] entry, patch MatMul + CUDA graphs
-  printf '[[model]]\nname = "%s"\nkind = "classifier"\nfile = "%s"\n%s\ninput = %s\ndevice = "cuda:0"\nmax_batch = 64\nmax_delay_us = 3000\ncuda = { graph = true }\n\n' "$1" "$2" "$4" "$3"
-}
-VIT_IN='{ width = 224, height = 224, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }'
-DINO_IN='{ width = 224, height = 224, resize = "center_crop", resize_short = 224, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }'
-DINO_HEAD="output = \"embedding\"
-head = \"$PWD/policies/heads/roadwork.json\"
-activation = \"sigmoid\"
-labels = [\"other\", \"roadwork\"]
-positive = [\"roadwork\"]"
+# shellcheck source=experiments/cuda-transformers/registry.sh
+. experiments/cuda-transformers/registry.sh
 mkdir -p "$W/reg"
-{ entry vit "$W/vit16fp.onnx" "$VIT_IN" ""; entry dino "$W/dino16f2p.onnx" "$DINO_IN" "$DINO_HEAD"; } > "$W/reg/models.toml"
+# patch MatMul + CUDA graphs
+{ entry vit "$W/vit16fp.onnx" "$VIT_IN" "graph = true" ""; entry dino "$W/dino16f2p.onnx" "$DINO_IN" "graph = true" "$DINO_HEAD"; } > "$W/reg/models.toml"
 mkdir -p "$W/reg2"
 sed 's/^max_batch = 64$/max_batch = 64\nworkers = 2/' "$W/reg/models.toml" > "$W/reg2/models.toml"
 if step engine; then

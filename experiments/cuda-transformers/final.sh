@@ -53,16 +53,8 @@ OPTS
 )
 if step engine; then
   # the engine: one registry per option set, each model alone (gpu-bench model loads only it)
-  entry() {  # NAME FILE INPUT EXTRA -> a [[model]] entry
-    printf '[[model]]\nname = "%s"\nkind = "classifier"\nfile = "%s"\n%s\ninput = %s\ndevice = "cuda:0"\nmax_batch = 64\nmax_delay_us = 3000\ncuda = { %s }\n\n' "$1" "$2" "$5" "$3" "$4"
-  }
-  VIT_IN='{ width = 224, height = 224, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }'
-  DINO_IN='{ width = 224, height = 224, resize = "center_crop", resize_short = 224, mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }'
-  DINO_HEAD="output = \"embedding\"
-head = \"$PWD/policies/heads/roadwork.json\"
-activation = \"sigmoid\"
-labels = [\"other\", \"roadwork\"]
-positive = [\"roadwork\"]"
+  # shellcheck source=experiments/cuda-transformers/registry.sh
+  . experiments/cuda-transformers/registry.sh
   i=0
   while IFS='|' read -r label sfx opts; do
     i=$((i + 1))

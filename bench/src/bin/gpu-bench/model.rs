@@ -201,7 +201,8 @@ impl Check {
         // another picture's answer closer counts only where the pictures' answers are apart
         let closer =
             self.apart > 2.0 && self.reference.iter().enumerate().any(|(k, r)| k != own && distance(&v, r) < d);
-        if !(d <= 1.0) || closer {
+        let within = d <= 1.0; // false for NaN
+        if !within || closer {
             self.off.set(self.off.get() + 1);
         }
     }
