@@ -17,7 +17,9 @@ done
 export PYTHONPATH=/tmp/ortgpu LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1
 py() { python3 experiments/cuda-transformers/explore.py "$1" "$W" 2>> "$OUT/$1.err" > /dev/null; }
-if [ ! -f "$W/vit16fp.onnx" ]; then py vit; MODELS=vit16f py patch; fi
+MODELS_V=${MODELS_V:-vit dino}
+BUILDS_V=${BUILDS_V:-prev new}
+if [[ " $MODELS_V " == *" vit "* ]] && [ ! -f "$W/vit16fp.onnx" ]; then py vit; MODELS=vit16f py patch; fi
 # shellcheck source=experiments/cuda-transformers/registry.sh
 . experiments/cuda-transformers/registry.sh
 mkdir -p "$W/pipelined" "$W/plain"
@@ -27,8 +29,8 @@ for shape in pipelined plain; do
   { entry vit "$W/vit16fp.onnx" "$VIT_IN" "$opts" ""; entry dino "$W/dino16f2p.onnx" "$DINO_IN" "$opts" "$DINO_HEAD"; } > "$W/$shape/models.toml"
 done
 for shape in pipelined plain; do
-  for build in prev new; do
-    for m in vit dino; do
+  for build in $BUILDS_V; do
+    for m in $MODELS_V; do
       echo "## $m, $shape, $build" | tee -a "$OUT/verify.md"
       CASCADE_GPU_TRACE=1 timeout 120 "/tmp/gb/$build" model "$W/$shape" "$m" 1,8,64 1 2> "$OUT/log-$shape-$build-$m.txt" \
         | grep -E "^\| $m |answers" | tee -a "$OUT/verify.md" || echo "(failed)" | tee -a "$OUT/verify.md"
