@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The two CUDA-graph worker shapes after the pipelined worker's warm-up stopped capturing on the
-# model's thread (`GpuInput::replay_here`): pipelined (`pipeline` default) and unpipelined
-# (`pipeline = false`, its own thread captures at warm-up), ViT-B/16 and the DINOv2 classifier,
-# `prev` (the build before that change) against `new`, each answer checked by gpu-bench; the
-# load line (time, device memory) from the engine's log. Carried beforehand: /tmp/ortgpu, and
-# with this call .gpucheck/bin/{prev,new}.xz and .gpucheck/dino16f2p.onnx.
+# The two CUDA-graph worker shapes on a GPU: pipelined (`pipeline` default; its runner thread
+# captures the graphs at load) and unpipelined (`pipeline = false`: its own thread captures at
+# warm-up, three runs a shape; not run on a GPU yet), ViT-B/16 and the DINOv2 classifier, two
+# builds (`prev`, `new`: e.g. before and after a change to the warm-up), each answer checked by
+# gpu-bench; the load line (time, device memory) from the engine's log. Carried beforehand:
+# /tmp/ortgpu, and with this call .gpucheck/bin/{prev,new}.xz and .gpucheck/dino16f2p.onnx.
+# MODELS_V / BUILDS_V pick a subset.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/ct-out}

@@ -49,17 +49,13 @@ struct Graphed {
 }
 
 /// What the CUDA graphs of a session share: the output's type and shape (batch first), the
-/// stream the session computes on; the next graph's id; whether this thread's runs replay the
-/// graphs (`replay`), or are ordinary runs (`ordinary`: `gpu_graph_id` -1) because another
-/// thread will capture and replay them (a pipelined worker's warm-up on the model's thread).
+/// stream the session computes on; the next graph's id.
 struct Graphs {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     elem: TensorElementType,
     dims: Vec<i64>,
     next_id: u32,
-    replay: bool,
-    ordinary: RunOptions,
 }
 
 /// Where a graph's output comes back: page-locked host memory (not write-combined: the CPU
@@ -289,21 +285,11 @@ impl GpuInput {
         self.graphs.is_some()
     }
 
-    /// Makes this thread's runs ordinary ones (`false`: the graphs are left to the thread that
-    /// will replay them, which calls `capture`) or graph replays (`true`, the default).
-    pub(crate) fn replay_here(&mut self, replay: bool) {
-        if let Some(g) = &mut self.graphs {
-            g.replay = replay;
-        }
-    }
-
     /// Runs every shape made (by `input_ptr`) in each of `slots` on the inputs they hold, three
     /// times each and waited for: ONNX Runtime's CUDA provider captures a thread's graphs after
     /// two ordinary runs on that thread (other providers count per graph), so afterwards every
     /// graph this thread replays has been captured, before any other work shares the device.
-    /// This thread's runs replay graphs from here on.
     pub(crate) fn capture(&mut self, session: &mut Session, slots: usize) -> Result<(), String> {
-        self.replay_here(true);
         let shapes: Vec<(usize, usize)> = self.shapes.keys().copied().filter(|(_, s)| *s < slots).collect();
         for (rows, slot) in shapes {
             for _ in 0..3 {
@@ -352,8 +338,7 @@ impl GpuInput {
         let t1 = Instant::now();
         let (shape, data, t2) = match (graphed, &self.graphs) {
             (Some(g), Some(gs)) => {
-                let opts = if gs.replay { &g.opts } else { &gs.ordinary };
-                session.run_binding_with_options(binding, opts).map_err(run)?;
+                session.run_binding_with_options(binding, &g.opts).map_err(run)?;
                 let t2 = Instant::now();
                 let mut landing = g.landing.lock().unwrap_or_else(|p| p.into_inner());
                 landing.queue(&gs.stream, &g.out).map_err(GpuRunError::Run)?;
@@ -459,7 +444,5 @@ fn graphs_for(
     if dims.is_empty() || dims[1..].iter().any(|d| *d <= 0) {
         return Err(format!("CUDA graphs need an output of fixed shape but the batch; {output} is {dims:?}"));
     }
-    let mut ordinary = RunOptions::new().map_err(|e| e.to_string())?;
-    ordinary.set("gpu_graph_id", "-1").map_err(|e| e.to_string())?;
-    Ok(Graphs { ctx, stream, elem, dims, next_id: 1, replay: true, ordinary })
+    Ok(Graphs { ctx, stream, elem, dims, next_id: 1 })
 }

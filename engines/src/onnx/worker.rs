@@ -216,7 +216,7 @@ impl Worker {
                 });
             }
         }
-        let mut gpu = match (on, spec.preprocess) {
+        let gpu = match (on, spec.preprocess) {
             // the device path binds one output; a two-output DETR reads both from a plain run
             (Device::Cuda(_), _) if logits_name.is_some() => {
                 tracing::info!(model = %spec.name, "two-output detector: inputs are prepared on the CPU");
@@ -253,12 +253,6 @@ impl Worker {
         }
         if graph {
             tracing::info!(model = %spec.name, "CUDA graphs: one per batch shape and input slot, captured at warm-up");
-            if spec.cuda.pipeline {
-                // the runner thread captures and replays them (`pipeline::open`)
-                if let Some(g) = &mut gpu {
-                    g.replay_here(false);
-                }
-            }
         }
         let mut w = Worker {
             session,
@@ -285,9 +279,7 @@ impl Worker {
     /// three times: ONNX Runtime's CUDA provider captures a thread's graphs after two ordinary
     /// runs on that thread (other providers count per graph), and a capture is best made here,
     /// at load. A pipelined worker's graphs are captured by its runner thread instead
-    /// (`GpuInput::capture`), the one that replays them: its warm-up here runs without graphs
-    /// (`replay_here(false)`, set at open), so that none is captured on a thread that never
-    /// replays it.
+    /// (`GpuInput::capture`), the one that replays them.
     fn warm_up(&mut self) -> Result<(), LoadError> {
         let img =
             image::RgbImage::from_pixel(self.spec.input.width, self.spec.input.height, image::Rgb([128, 128, 128]));
