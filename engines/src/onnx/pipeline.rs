@@ -3,8 +3,10 @@
 //! single session gets the overlap that two sessions (`workers = 2`) get without splitting the
 //! batches between them. Three threads per worker: the model's own thread stages (queue, batch
 //! shape, GPU pre-processing into a free slot); a runner thread owns the session and runs each
-//! staged batch and frees its slot as soon as the run has read it; a third thread turns the
-//! outputs into replies (top labels, heads, boxes) while the session runs the next batch.
+//! staged batch, freeing its slot once the run has read it; a third thread turns the outputs
+//! into replies (top labels, heads, boxes) while the session runs the next batch. With CUDA
+//! graphs the runner captures them at load (they are kept per thread) and only launches each
+//! run: the third thread waits for it, reads its output back and frees the slot.
 //! On by default for CUDA models with GPU pre-processing; `cuda = { pipeline = false }` in the
 //! registry turns it off.
 
