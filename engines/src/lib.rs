@@ -22,6 +22,7 @@ mod lifecycle;
 mod models;
 mod ocr;
 mod onnx;
+mod ops;
 mod precision;
 mod preprocess;
 mod remote;

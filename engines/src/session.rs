@@ -74,7 +74,7 @@ fn build(
         .with_intra_threads(spec.threads)
         .map_err(|e| err(e.to_string()))?;
     let mut on = spec.device;
-    let mut builder = match spec.device {
+    let builder = match spec.device {
         Device::Cpu => builder,
         Device::Cuda(id) => {
             // fail loudly: without `error_on_failure` ONNX Runtime quietly runs on the CPU
@@ -124,6 +124,9 @@ fn build(
             }
         }
     };
+    // the engine's own operators (`ops`), for a model rewritten to use them
+    let domain = crate::ops::domain(on).map_err(|e| err(format!("the cascade operators: {e}")))?;
+    let mut builder = builder.with_operators(domain).map_err(|e| err(e.to_string()))?;
     let session = builder.commit_from_file(file).map_err(|e| err(e.to_string()))?;
     Ok((session, on))
 }

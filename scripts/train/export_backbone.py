@@ -1,7 +1,7 @@
 """Export a Hugging Face vision backbone to a folder the engines load as an embedder.
 
     .cache/train-venv/bin/python scripts/train/export_backbone.py SRC OUT [--features cls,mean,mid:8]
-        [--revision REV] [--fp16] [--fuse] [--patch-matmul] [--images PATH ...] [--bound 1e-3]
+        [--revision REV] [--fp16] [--fuse] [--patch-matmul] [--gemm-gelu] [--images PATH ...] [--bound 1e-3]
         [--name NAME] [--force]
 
 SRC is a Hub id (facebook/dinov2-base, openai/clip-vit-base-patch16, google/siglip-base-patch16-224,
@@ -18,7 +18,10 @@ or a local folder with config.json, the weights and preprocessor_config.json. OU
 `--fuse` runs ONNX Runtime's transformer optimiser (fused attention, LayerNorm, GELU) where the
 family has one; `--patch-matmul` turns the patch embedding's Conv into one MatMul (GEMM kernels
 instead of cuDNN's convolutions on CUDA: patch_matmul.py); `--fp16` converts weights and
-activations to float16 (for CUDA). The exported
+activations to float16 (for CUDA); `--gemm-gelu` (after `--fuse`) writes each MLP's MatMul and
+GELU as the engine's `cascade.MatMulBiasGelu` (one cuBLASLt product with the bias and GELU in its
+epilogue on CUDA: gemm_gelu.py), a model only the engine opens: the check below then runs its
+twin in stock ONNX Runtime nodes with the same arithmetic. The exported
 model is then run by ONNX Runtime on real images prepared by the checkpoint's own image
 processor and compared with PyTorch: the largest difference (relative to the largest output,
 at least 1) is printed, and an export beyond `--bound` (default 1e-3 fp32, 5e-2 fp16) is refused.
@@ -99,6 +102,20 @@ def patch_matmul(path, size):
     print(f"[export] patch Conv {list(shape)} as a MatMul")
 
 
+def gemm_gelu(path):
+    """Rewrites `path` in place; returns the path of its stock-node twin for the check."""
+    import onnx
+    from gemm_gelu import expand, rewrite
+    model, n = rewrite(onnx.load(path))
+    if not n:
+        raise BackboneError("--gemm-gelu: no MatMul -> BiasGelu/FastGelu pair (it needs --fuse on a family ONNX Runtime fuses)")
+    onnx.save(model, path)
+    twin = path + ".twin.onnx"
+    onnx.save(expand(model)[0], twin)
+    print(f"[export] {n} MatMul -> GELU pairs as cascade.MatMulBiasGelu")
+    return twin
+
+
 def to_fp16(path):
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -169,9 +186,12 @@ def run(a):
             patch_matmul(onnx_path, size)
         if a.fp16:
             to_fp16(onnx_path)
+        checked = gemm_gelu(onnx_path) if a.gemm_gelu else onnx_path
         bound = a.bound if a.bound is not None else (5e-2 if a.fp16 else 1e-3)
         images = image_files(a.images) if a.images else default_images()
-        diff, scale, n = compare(embedder, processor, onnx_path, images, a.fp16)
+        diff, scale, n = compare(embedder, processor, checked, images, a.fp16)
+        if checked != onnx_path:
+            os.remove(checked)
         print(f"[export] ONNX Runtime vs PyTorch on {n} images: max difference {diff:.2e} of the output scale "
               f"{scale:.3g} (bound {bound:g})")
         if not diff <= bound:
@@ -181,7 +201,7 @@ def run(a):
         record = {
             "format": "cascade-export/1", "source": a.src, "revision": a.revision, "model_type": arch.name,
             "features": features, "dim": dim, "input": list(size), "fp16": a.fp16, "fused": fused,
-            "patch_matmul": a.patch_matmul,
+            "patch_matmul": a.patch_matmul, "gemm_gelu": a.gemm_gelu,
             "check": {"images": n, "max_difference": diff, "scale": scale, "bound": bound},
             "torch": torch.__version__, "transformers": transformers.__version__,
         }
@@ -205,6 +225,8 @@ def main(argv=None):
     p.add_argument("--fuse", action="store_true", help="ONNX Runtime's transformer fusion")
     p.add_argument("--patch-matmul", action="store_true",
                    help="the patch embedding's Conv as one MatMul (GEMM kernels on CUDA; patch_matmul.py)")
+    p.add_argument("--gemm-gelu", action="store_true",
+                   help="MLP MatMul + GELU as the engine's cascade.MatMulBiasGelu (cuBLASLt epilogue on CUDA; gemm_gelu.py)")
     p.add_argument("--images", nargs="+", help="images (files or folders) for the PyTorch check")
     p.add_argument("--bound", type=float, help="largest relative difference accepted")
     p.add_argument("--opset", type=int, default=17)

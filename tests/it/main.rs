@@ -19,6 +19,7 @@ mod javascript;
 mod kserve;
 mod lifecycle;
 mod metrics;
+mod operators;
 mod predlog;
 mod python;
 mod reload;

@@ -9,6 +9,7 @@
 #![allow(unsafe_code)]
 
 mod binding;
+mod gemm_gelu;
 mod prep;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaStream};
 
 pub(crate) use binding::{trace, GpuInput, GpuRunError, SlotRun};
+pub(crate) use gemm_gelu::{GemmGelu, Lt};
 pub(crate) use prep::GpuPrep;
 
 /// The primary context of device `ordinal` (the one ONNX Runtime's CUDA provider also uses),
