@@ -76,6 +76,7 @@ impl State {
             return Err("cuBLASLt (libcublasLt.so) is not installed; add the CUDA libraries to LD_LIBRARY_PATH".into());
         }
         let (major, _) = ctx.compute_capability().map_err(|e| format!("compute capability: {e}"))?;
+        ctx.bind_to_thread().map_err(|e| format!("context: {e}"))?;
         let handle = cudarc::cublaslt::result::create_handle().map_err(|e| format!("cuBLASLt: {e}"))?;
         // NVIDIA's advice for cuBLASLt's workspace: 32 MiB on Hopper and later, 4 MiB before
         let workspace_bytes = if major >= 9 { 32 << 20 } else { 4 << 20 };

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use image::RgbImage;
 
@@ -84,6 +84,7 @@ impl GpuPrep {
         if total > self.staging.len() {
             (self.staging, self.device) = alloc(&self.ctx, &self.stream, total.next_power_of_two().min(MAX_STAGING))?;
         }
+        let started = std::time::Instant::now();
         let host = self.staging.as_mut_slice().map_err(|e| format!("staging: {e}"))?;
         let mut prepared = Vec::with_capacity(n);
         let mut at = self.header;
@@ -107,10 +108,28 @@ impl GpuPrep {
             offsets.push(at);
             at += img.as_raw().len().next_multiple_of(16);
         }
-        copy_pixels(&mut host[self.header..total], self.header, images, &offsets);
-        let mut dst = self.device.slice_mut(..total);
-        self.stream.memcpy_htod(&host[..total], &mut dst).map_err(|e| format!("upload: {e}"))?;
-        let (base, _sync) = self.device.device_ptr(&self.stream);
+        let (base, _sync) = self.device.device_ptr_mut(&self.stream);
+        let (ctx, stream) = (&self.ctx, &self.stream);
+        // uploads `part` of staging (which starts `from` bytes into it) to the same offset on
+        // the device, behind whatever the stream already has; from the staging threads too,
+        // which need the context and, as every thread of a CUDA worker, the relaxed capture mode
+        let upload = |from: usize, part: &[u8]| -> Result<(), String> {
+            ctx.bind_to_thread().map_err(|e| format!("context: {e}"))?;
+            super::relax_capture_mode();
+            // SAFETY: `part` lies in pinned staging at offset `from`, and `base + from ..
+            // + part.len()` in `device` (both are `total` bytes or more); the copy is queued on
+            // the kernel's stream, which `run` waits for before staging is written again.
+            unsafe { cudarc::driver::result::memcpy_htod_async(base + from as u64, part, stream.cu_stream()) }
+                .map_err(|e| format!("upload: {e}"))
+        };
+        let (head, pixels) = host[..total].split_at_mut(self.header);
+        let staged = upload(0, head).and_then(|()| copy_pixels(pixels, self.header, images, &offsets, &upload));
+        if let Err(e) = staged {
+            // the pieces already queued still read staging: let them finish before it is reused
+            let _ = self.stream.synchronize();
+            return Err(e);
+        }
+        let copied = started.elapsed();
         let (items, src) = (base, base + self.header as u64);
         let f = affine(&self.spec);
         let pad = pad_values(&self.spec);
@@ -140,8 +159,19 @@ impl GpuPrep {
         // device tensor of at least n × 3 × H × W elements of the precision chosen at `new` (the
         // caller's contract), and every thread writes only inside its own image's rows because
         // the grid is bounded by W, H and n.
-        unsafe { launch.launch(cfg) }.map_err(|e| format!("kernel launch: {e}"))?;
+        let launched = unsafe { launch.launch(cfg) }.map_err(|e| format!("kernel launch: {e}"));
+        // waited for even when the launch failed: the uploads read staging until they are done
         self.stream.synchronize().map_err(|e| format!("kernel: {e}"))?;
+        launched?;
+        if super::trace() {
+            tracing::info!(
+                n,
+                bytes = total,
+                copy_us = copied.as_micros() as u64,
+                prep_us = started.elapsed().as_micros() as u64,
+                "gpu prep"
+            );
+        }
         Ok(prepared)
     }
 }
@@ -164,25 +194,50 @@ impl GpuPrep {
 /// a millisecond and more of the batch's staging.
 const PARALLEL_COPY: usize = 4 << 20;
 const COPY_THREADS: usize = 4;
+/// Each thread hands its pixels to the upload in pieces of about this size, so that the copy of
+/// one piece to the device overlaps the writing of the next, instead of the whole batch's
+/// upload waiting for the last byte to be staged.
+const PIECE: usize = 1 << 20;
 
-/// Copies each image's pixels to its offset in `dst` (`offsets` count from `base`, in order).
-fn copy_pixels(dst: &mut [u8], base: usize, images: &[&RgbImage], offsets: &[usize]) {
-    let copy = |part: &mut [u8], start: usize, imgs: &[&RgbImage], offs: &[usize]| {
-        for (img, &o) in imgs.iter().zip(offs) {
+/// Queues the upload of a piece of staging: its offset in staging, its bytes.
+type Upload<'a> = dyn Fn(usize, &[u8]) -> Result<(), String> + Sync + 'a;
+
+/// Copies each image's pixels to its offset in `dst` (`offsets` count from `base`, in order),
+/// handing each piece written to `upload` (its staging offset, which counts from `base` as
+/// `offsets` do, and its bytes) as soon as it is written: pieces of about [`PIECE`] bytes that
+/// together cover `dst` once, padding included.
+fn copy_pixels(
+    dst: &mut [u8],
+    base: usize,
+    images: &[&RgbImage],
+    offsets: &[usize],
+    upload: &Upload<'_>,
+) -> Result<(), String> {
+    // one run of images into `part` (which starts at staging offset `start`), uploading every
+    // PIECE bytes and at the end
+    let copy = |part: &mut [u8], start: usize, imgs: &[&RgbImage], offs: &[usize]| -> Result<(), String> {
+        let mut sent = 0; // bytes of `part` uploaded
+        for (i, (img, &o)) in imgs.iter().zip(offs).enumerate() {
             let raw = img.as_raw();
             part[o - start..o - start + raw.len()].copy_from_slice(raw);
+            let end = offs.get(i + 1).map_or(part.len(), |next| next - start);
+            if end - sent >= PIECE || i + 1 == imgs.len() {
+                upload(start + sent, &part[sent..end])?;
+                sent = end;
+            }
         }
+        Ok(())
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(COPY_THREADS);
     if dst.len() < PARALLEL_COPY || threads < 2 || images.len() < 2 {
-        copy(dst, base, images, offsets);
-        return;
+        return copy(dst, base, images, offsets);
     }
     // contiguous runs of images, one per thread, each given its own part of `dst`
     let per = images.len().div_ceil(threads);
     std::thread::scope(|s| {
         let mut rest = dst;
         let mut first = 0;
+        let mut handles = Vec::new();
         while first < images.len() {
             let last = (first + per).min(images.len());
             let start = offsets[first];
@@ -190,10 +245,11 @@ fn copy_pixels(dst: &mut [u8], base: usize, images: &[&RgbImage], offsets: &[usi
             let (mine, tail) = std::mem::take(&mut rest).split_at_mut(len);
             rest = tail;
             let (imgs, offs) = (&images[first..last], &offsets[first..last]);
-            s.spawn(move || copy(mine, start, imgs, offs));
+            handles.push(s.spawn(move || copy(mine, start, imgs, offs)));
             first = last;
         }
-    });
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err("a staging thread panicked".into())))
+    })
 }
 
 fn alloc(
@@ -231,12 +287,30 @@ mod tests {
                 at += img.as_raw().len().next_multiple_of(16);
             }
             let mut staged = vec![0xAAu8; at - base];
-            copy_pixels(&mut staged, base, &refs, &offsets);
+            let pieces = std::sync::Mutex::new(Vec::new());
+            let upload = |from: usize, part: &[u8]| -> Result<(), String> {
+                pieces.lock().expect("lock").push((from, part.to_vec()));
+                Ok(())
+            };
+            copy_pixels(&mut staged, base, &refs, &offsets, &upload).expect("copy");
             let mut expected = vec![0xAAu8; at - base];
             for (img, o) in refs.iter().zip(&offsets) {
                 expected[o - base..o - base + img.as_raw().len()].copy_from_slice(img.as_raw());
             }
             assert!(staged == expected, "{count} images of side {side}");
+            // the pieces uploaded cover the pixels exactly once, each as it was when uploaded
+            let mut pieces = pieces.into_inner().expect("lock");
+            pieces.sort_by_key(|p| p.0);
+            let mut next = base;
+            for (from, bytes) in &pieces {
+                assert_eq!(*from, next, "{count} images of side {side}: gap or overlap");
+                assert!(bytes[..] == staged[from - base..from - base + bytes.len()], "piece at {from}");
+                next += bytes.len();
+            }
+            assert_eq!(next, at, "{count} images of side {side}: the pieces end at the last image");
+            if at - base >= PARALLEL_COPY {
+                assert!(pieces.len() > COPY_THREADS, "{count} images of side {side}: {} pieces", pieces.len());
+            }
             assert_eq!(at - base >= PARALLEL_COPY, side >= 224, "both paths are exercised");
         }
     }
