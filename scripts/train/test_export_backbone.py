@@ -190,6 +190,35 @@ class ExportTest(unittest.TestCase):
         ops = [n.op_type for n in onnx.load(os.path.join(outmm, "model.onnx")).graph.node]
         self.assertNotIn("Conv", ops)
 
+    def test_the_fused_gelu_rewrite_passes_its_check_and_the_engine_runs_it(self):
+        import onnx
+
+        out = os.path.join(self.dir, "gemmgelu")
+        rc, text, err = self.export("dinov2", out, "--fuse", "--patch-matmul", "--gemm-gelu")
+        self.assertEqual(rc, 0, text + err)
+        self.assertIn("3 MatMul -> GELU pairs as cascade.MatMulBiasGelu", text)
+        record = read_json(os.path.join(out, "cascade-export.json"))
+        self.assertTrue(record["gemm_gelu"])
+        self.assertLessEqual(record["check"]["max_difference"], 1e-3)
+        nodes = onnx.load(os.path.join(out, "model.onnx")).graph.node
+        self.assertEqual(sum(n.domain == "cascade" for n in nodes), 3)
+        self.assertFalse(any(n.op_type in ("BiasGelu", "FastGelu") for n in nodes))
+        self.assertFalse(os.path.exists(os.path.join(out, "model.onnx.twin.onnx")), "the check's twin is not shipped")
+        # the engine opens it (its CPU kernel) and embeds as PyTorch does
+        registry = os.path.join(self.dir, "registry-gemmgelu")
+        os.makedirs(registry, exist_ok=True)
+        with open(os.path.join(registry, "models.toml"), "w") as f:
+            f.write(read_text(os.path.join(out, "registry.toml")))
+        got = self.engine(registry, "gemmgelu")
+        want = self.torch_embedding("dinov2", ",".join(record["features"]))
+        rel = np.abs(got - want).max() / max(1.0, np.abs(want).max())
+        self.assertLess(rel, 0.02, f"engine vs PyTorch {rel:.3g}")
+        # without --fuse there is no pair to rewrite: refused with the reason
+        rc, text, err = self.export("dinov2", os.path.join(self.dir, "gemmgelu-unfused"), "--gemm-gelu")
+        self.assertEqual(rc, 2, text + err)
+        self.assertIn("--gemm-gelu: no MatMul -> BiasGelu/FastGelu pair", err)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "gemmgelu-unfused")))
+
     def test_refusals_leave_nothing_behind(self):
         from transformers import BertConfig
 
