@@ -16,9 +16,8 @@ use std::sync::Arc;
 
 use ort::operator::{
     BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
-    ShapeInferenceContext,
 };
-use ort::value::{DynTensorValueType, Shape, SymbolicDimensions, TensorElementType, ValueType};
+use ort::value::{DynTensorValueType, TensorElementType};
 
 use crate::spec::Device;
 
@@ -68,27 +67,6 @@ impl Operator for MatMulBiasGelu {
         [OperatorOutput::required(self.ty)]
     }
 
-    /// Gives the output's shape (A's, the last dimension N) to the nodes after it when ONNX
-    /// Runtime resolves the graph, and checks the operands' static shapes. ONNX Runtime only
-    /// notes a failed check there (its shape inference is not strict by default): a malformed
-    /// node fails each run instead, with the same reason from the kernel (`dims`).
-    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
-        let inputs = ctx.inputs();
-        let [ValueType::Tensor { ty, shape: a, dimension_symbols }, ValueType::Tensor { shape: w, .. }, ValueType::Tensor { shape: b, .. }] =
-            &inputs[..]
-        else {
-            return Err(ort::Error::new(format!("{GEMM_GELU}: expects three tensors")));
-        };
-        let out = static_dims(a, w, b).map_err(ort::Error::new)?;
-        let mut symbols = dimension_symbols.to_vec();
-        if let Some(last) = symbols.last_mut() {
-            last.clear();
-        }
-        let ty =
-            ValueType::Tensor { ty: *ty, shape: Shape::new(out), dimension_symbols: SymbolicDimensions::new(symbols) };
-        ctx.set_output(0, &ty)
-    }
-
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         let f16 = self.ty == TensorElementType::Float16;
         Ok(match &self.cuda {
@@ -119,24 +97,6 @@ pub(crate) fn dims(a: &[i64], w: &[i64], bias: &[i64]) -> Result<Dims, String> {
     out.push(n);
     let size = |v: i64| usize::try_from(v).map_err(|_| format!("{GEMM_GELU}: negative dimension in {a:?} / {w:?}"));
     Ok(Dims { m: size(m)?, k: size(k)?, n: size(n)?, out })
-}
-
-/// The load-time form of [`dims`]: ranks and the dimensions that are known (`-1`: dynamic)
-/// agree; the output's shape, with what is unknown left `-1`.
-pub(crate) fn static_dims(a: &[i64], w: &[i64], bias: &[i64]) -> Result<Vec<i64>, String> {
-    let agree = |x: i64, y: i64| x < 0 || y < 0 || x == y;
-    match (a.last(), w, bias) {
-        (Some(&k), &[wk, n], &[bn]) if agree(k, wk) && agree(n, bn) => {
-            let mut out = a.to_vec();
-            if let Some(last) = out.last_mut() {
-                *last = if n >= 0 { n } else { bn };
-            }
-            Ok(out)
-        }
-        _ => Err(format!(
-            "{GEMM_GELU}: shapes do not agree: A {a:?}, W {w:?}, bias {bias:?} (A [..., K], W [K, N], bias [N])"
-        )),
-    }
 }
 
 /// GELU, tanh form (cuBLASLt's epilogue).
@@ -215,16 +175,6 @@ mod tests {
         assert!(dims(&[2, 197, 768], &[768, 3072], &[3071]).is_err());
         assert!(dims(&[], &[768, 3072], &[3072]).is_err());
         assert!(dims(&[4, 768], &[768, 3072, 1], &[3072]).is_err());
-    }
-
-    #[test]
-    fn static_shapes_allow_what_is_unknown_and_refuse_what_disagrees() {
-        assert_eq!(static_dims(&[-1, 197, 768], &[768, 3072], &[3072]), Ok(vec![-1, 197, 3072]));
-        assert_eq!(static_dims(&[-1, -1, -1], &[768, -1], &[3072]), Ok(vec![-1, -1, 3072]));
-        assert!(static_dims(&[-1, 197, 768], &[768, 3072], &[20]).is_err());
-        assert!(static_dims(&[-1, 197, 767], &[768, 3072], &[3072]).is_err());
-        assert!(static_dims(&[], &[768, 3072], &[3072]).is_err());
-        assert!(static_dims(&[4, 768], &[768], &[3072]).is_err());
     }
 
     #[test]
