@@ -182,14 +182,14 @@ def torch_peers(work):
     torch.backends.cuda.matmul.allow_tf32 = True
     modes = os.environ.get("MODES", "default").split(",")
 
-    vit = reference().cuda().half()
-    model, config, arch = backbones.load(os.environ.get("DINO_HF", f"{work}/dinohf"))  # SDPA attention: PyTorch's best
-    emb = backbones.Embedder(model, config, arch, FEATURES)
-    head = torch.nn.Linear(emb_dim(), 1)
-    dino = torch.nn.Sequential(emb, head).eval().cuda().half()
-    for name, net in (("vit", vit), ("dino", dino)):
-        if name not in os.environ.get("PEERS", "vit,dino").split(","):
-            continue
+    peers = os.environ.get("PEERS", "vit,dino").split(",")
+    nets = [("vit", reference().cuda().half())] if "vit" in peers else []
+    if "dino" in peers:
+        model, config, arch = backbones.load(os.environ.get("DINO_HF", f"{work}/dinohf"))  # SDPA attention: PyTorch's best
+        emb = backbones.Embedder(model, config, arch, FEATURES)
+        head = torch.nn.Linear(emb_dim(), 1)
+        nets.append(("dino", torch.nn.Sequential(emb, head).eval().cuda().half()))
+    for name, net in nets:
         for bsz in BATCHES:
             x = torch.randn(bsz, 3, 224, 224, device="cuda").half()
             t = median_s(net, x)

@@ -17,10 +17,10 @@ mod prep;
 use cascade_engines::{ModelSpec, Models, Registry};
 
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os("CASCADE_GPU_TRACE").is_some() {
-        // the engines' per-batch and per-call timing lines, on stderr
-        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").init();
-    }
+    // on stderr: the engines' warnings always (a model that falls back to runs without CUDA
+    // graphs says so, and why), their per-batch and per-call timing lines with CASCADE_GPU_TRACE
+    let level = if std::env::var_os("CASCADE_GPU_TRACE").is_some() { "info" } else { "warn" };
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(level).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest = args.get(1..).unwrap_or_default();
     match args.first().map(String::as_str) {
