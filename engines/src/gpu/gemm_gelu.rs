@@ -11,6 +11,7 @@
 //! heuristic on the first run of a shape. A run never allocates once its stream has run once,
 //! which CUDA graph capture needs (ONNX Runtime captures from a thread's third run on).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::mem::size_of;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -96,19 +97,16 @@ impl State {
     }
 
     fn plan(&mut self, key: Key) -> Result<&Plan, String> {
-        if !self.plans.contains_key(&key) {
-            let plan = Plan::new(self.handle, key, self.workspace_bytes)?;
-            self.plans.insert(key, plan);
-        }
-        self.plans.get(&key).ok_or_else(|| "plan".to_string())
+        Ok(match self.plans.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Plan::new(self.handle, key, self.workspace_bytes)?),
+        })
     }
 }
 
 impl Drop for State {
     fn drop(&mut self) {
-        for p in self.plans.values() {
-            p.destroy();
-        }
+        self.plans.clear();
         let _ = self.ctx.bind_to_thread();
         for &w in self.workspaces.values() {
             // SAFETY: allocated by `workspace` in this context; the sessions whose streams used it
@@ -128,6 +126,8 @@ fn check(what: &str, status: lt::cublasStatus_t) -> Result<(), String> {
 }
 
 impl Plan {
+    /// Describes the product for `key` and asks cuBLASLt's heuristic for its fastest algorithm;
+    /// what a failure half way made is freed by `Drop`.
     fn new(handle: lt::cublasLtHandle_t, key: Key, workspace_bytes: usize) -> Result<Plan, String> {
         let ty = if key.f16 { lt::cudaDataType::CUDA_R_16F } else { lt::cudaDataType::CUDA_R_32F };
         let (m, k, n) = (key.m as u64, key.k as u64, key.n as u64);
@@ -137,76 +137,60 @@ impl Plan {
             // SAFETY: a plain C struct of integers, filled by the heuristic below.
             algo: unsafe { std::mem::zeroed() },
         };
-        // a plan that fails half way frees what it made
-        let made = (|| -> Result<(), String> {
-            plan.desc = cudarc::cublaslt::result::create_matmul_desc(
-                lt::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                lt::cudaDataType::CUDA_R_32F,
+        plan.desc = cudarc::cublaslt::result::create_matmul_desc(
+            lt::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            lt::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(|e| format!("cuBLASLt descriptor: {e}"))?;
+        let epilogue = lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS;
+        // SAFETY: `desc` is live; the value is the attribute's documented type.
+        check("epilogue", unsafe {
+            lt::cublasLtMatmulDescSetAttribute(
+                plan.desc,
+                lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                (&epilogue as *const lt::cublasLtEpilogue_t).cast(),
+                size_of::<lt::cublasLtEpilogue_t>(),
             )
-            .map_err(|e| format!("cuBLASLt descriptor: {e}"))?;
-            let epilogue = lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS;
-            // SAFETY: `desc` is live; the value is the attribute's documented type.
-            check("epilogue", unsafe {
-                lt::cublasLtMatmulDescSetAttribute(
-                    plan.desc,
-                    lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                    (&epilogue as *const lt::cublasLtEpilogue_t).cast(),
-                    size_of::<lt::cublasLtEpilogue_t>(),
-                )
-            })?;
-            for (i, (rows, cols)) in [(n, k), (k, m), (n, m)].into_iter().enumerate() {
-                plan.layouts[i] = cudarc::cublaslt::result::create_matrix_layout(ty, rows, cols, rows as i64)
-                    .map_err(|e| format!("cuBLASLt layout: {e}"))?;
-            }
-            let pref =
-                cudarc::cublaslt::result::create_matmul_pref().map_err(|e| format!("cuBLASLt preference: {e}"))?;
-            let found = (|| {
-                use lt::cublasLtMatmulPreferenceAttributes_t as P;
-                let set = |attr: P, v: u64| {
-                    // SAFETY: `pref` is live; these attributes are uint64/uint32 per cuBLASLt's
-                    // documentation: the workspace size is size_t (u64), the alignments uint32.
-                    unsafe {
-                        if attr == P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES {
-                            lt::cublasLtMatmulPreferenceSetAttribute(pref, attr, (&v as *const u64).cast(), 8)
-                        } else {
-                            let v32 = v as u32;
-                            lt::cublasLtMatmulPreferenceSetAttribute(pref, attr, (&v32 as *const u32).cast(), 4)
-                        }
-                    }
-                };
-                check("workspace", set(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, workspace_bytes as u64))?;
-                // cuBLASLt's A is W, its B is A (see the module doc)
-                let [a, w, y, _] = key.align;
-                check("alignment", set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, w.into()))?;
-                check("alignment", set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, a.into()))?;
-                check("alignment", set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, y.into()))?;
-                check("alignment", set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, y.into()))?;
-                let [wl, al, yl] = plan.layouts;
-                // SAFETY: every descriptor is live and matches the product's operands.
-                unsafe { cudarc::cublaslt::result::get_matmul_algo_heuristic(handle, plan.desc, wl, al, yl, yl, pref) }
-                    .map(|h| h.algo)
-                    .map_err(|e| {
-                        format!("cuBLASLt found no algorithm for [{m}×{k}]·[{k}×{n}] with a GELU epilogue: {e}")
-                    })
-            })();
-            // SAFETY: created above, used by nothing else.
-            let _ = unsafe { cudarc::cublaslt::result::destroy_matmul_pref(pref) };
-            plan.algo = found?;
-            Ok(())
-        })();
-        match made {
-            Ok(()) => Ok(plan),
-            Err(e) => {
-                plan.destroy();
-                Err(e)
-            }
+        })?;
+        for (i, (rows, cols)) in [(n, k), (k, m), (n, m)].into_iter().enumerate() {
+            plan.layouts[i] = cudarc::cublaslt::result::create_matrix_layout(ty, rows, cols, rows as i64)
+                .map_err(|e| format!("cuBLASLt layout: {e}"))?;
         }
+        let pref =
+            Pref(cudarc::cublaslt::result::create_matmul_pref().map_err(|e| format!("cuBLASLt preference: {e}"))?);
+        use lt::cublasLtMatmulPreferenceAttributes_t as P;
+        let set64 = |attr: P, v: u64| {
+            // SAFETY: `pref` is live; the workspace size is a size_t (cuBLASLt's documentation).
+            unsafe { lt::cublasLtMatmulPreferenceSetAttribute(pref.0, attr, (&v as *const u64).cast(), 8) }
+        };
+        let set32 = |attr: P, v: u32| {
+            // SAFETY: `pref` is live; the alignments are uint32 (cuBLASLt's documentation).
+            unsafe { lt::cublasLtMatmulPreferenceSetAttribute(pref.0, attr, (&v as *const u32).cast(), 4) }
+        };
+        check("workspace", set64(P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, workspace_bytes as u64))?;
+        // cuBLASLt's A is W, its B is A (see the module doc)
+        let [a, w, y, _] = key.align;
+        check("alignment", set32(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, w))?;
+        check("alignment", set32(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, a))?;
+        check("alignment", set32(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, y))?;
+        check("alignment", set32(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, y))?;
+        let [wl, al, yl] = plan.layouts;
+        // SAFETY: every descriptor is live and matches the product's operands.
+        plan.algo =
+            unsafe { cudarc::cublaslt::result::get_matmul_algo_heuristic(handle, plan.desc, wl, al, yl, yl, pref.0) }
+                .map(|h| h.algo)
+                .map_err(|e| {
+                    format!("cuBLASLt found no algorithm for [{m}×{k}]·[{k}×{n}] with a GELU epilogue: {e}")
+                })?;
+        Ok(plan)
     }
+}
 
-    fn destroy(&self) {
+impl Drop for Plan {
+    fn drop(&mut self) {
         for &l in &self.layouts {
             if !l.is_null() {
-                // SAFETY: created by `new`, destroyed once (plans are dropped once).
+                // SAFETY: created by `new`, destroyed once, here.
                 let _ = unsafe { cudarc::cublaslt::result::destroy_matrix_layout(l) };
             }
         }
@@ -214,6 +198,16 @@ impl Plan {
             // SAFETY: as above.
             let _ = unsafe { cudarc::cublaslt::result::destroy_matmul_desc(self.desc) };
         }
+    }
+}
+
+/// A heuristic's preferences, freed when the plan's search is done.
+struct Pref(lt::cublasLtMatmulPreference_t);
+
+impl Drop for Pref {
+    fn drop(&mut self) {
+        // SAFETY: created by `Plan::new`, used by nothing else once it is dropped.
+        let _ = unsafe { cudarc::cublaslt::result::destroy_matmul_pref(self.0) };
     }
 }
 
