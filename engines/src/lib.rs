@@ -23,6 +23,7 @@ mod models;
 mod ocr;
 mod onnx;
 mod ops;
+mod parallel;
 mod precision;
 mod preprocess;
 mod remote;

@@ -11,6 +11,13 @@
 # with ONNX Runtime's own run of the file (sustained.py).
 # Carried beforehand: /tmp/ortgpu (the CUDA build, ../../shared/tools/ort-gpu-pack),
 # /tmp/gb/{prev,new} (from .gpucheck/bin/*.xz); for STEPS=dino, .gpucheck/dino16f2p.onnx.
+# Sixth run (the host side of a batch: staging on a pool of threads, the output widened with
+# F16C, a big batch's rows finished on the pool): a run is BUILD:MODEL or BUILD:MODEL@THREADS,
+# THREADS being CASCADE_HOST_THREADS (the pool's size, and the parts a batch's staging is split
+# into; `prev` ignores it: four threads spawned per batch), e.g.
+#   RUNS="prev:vitg new:vitg@4 new:vitg@8" TRACE_RUNS="prev:vitg new:vitg@8" STEPS=vit,engine,trace
+# The trace step's medians are over the batches of 64 run one at a time (before gpu-bench's
+# "sustained load from here", or the first ones of the log where a build does not print it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/ct-out}
@@ -52,9 +59,10 @@ if step dino; then RUNS="prev:dino new:dino new:dinog new:dinog32"; fi
 if step engine || step dino; then
   for round in 1 2; do
     for r in $RUNS; do
-      b=${r%%:*} m=${r#*:}
-      echo "## engine: $m, $b, round $round" | tee -a "$OUT/engine.md"
-      timeout 150 "/tmp/gb/$b" model "$W/reg" "$m" 1,8,64 2 2>> "$OUT/engine.err" | tee -a "$OUT/engine.md" \
+      b=${r%%:*} m=${r#*:} t=
+      [[ $m == *@* ]] && t=${m#*@} m=${m%@*}
+      echo "## engine: $m, $b${t:+@$t}, round $round" | tee -a "$OUT/engine.md"
+      CASCADE_HOST_THREADS=$t timeout 150 "/tmp/gb/$b" model "$W/reg" "$m" 1,8,64 2 2>> "$OUT/engine.err" | tee -a "$OUT/engine.md" \
         || echo "(failed: see engine.err)" | tee -a "$OUT/engine.md"
     done
   done
@@ -79,15 +87,27 @@ fi
 # where a batch of 64 goes: staging (its copy, then upload and kernel), launch, wait, read
 if step trace; then
   for r in ${TRACE_RUNS:-prev:vit new:vit new:vitg}; do
-    b=${r%%:*} m=${r#*:}
-    CASCADE_GPU_TRACE=1 timeout 120 "/tmp/gb/$b" model "$W/reg" "$m" 64 2 > /dev/null 2> "$OUT/trace-$b-$m.log" || true
-    python3 - "$OUT/trace-$b-$m.log" "$b $m" <<'PY' | tee -a "$OUT/trace.md"
+    b=${r%%:*} m=${r#*:} t=
+    [[ $m == *@* ]] && t=${m#*@} m=${m%@*}
+    CASCADE_HOST_THREADS=$t CASCADE_GPU_TRACE=1 timeout 120 "/tmp/gb/$b" model "$W/reg" "$m" 64 2 \
+      > "$OUT/trace-$b${t:+@$t}-$m.out" 2> "$OUT/trace-$b${t:+@$t}-$m.log" || true
+    python3 - "$OUT/trace-$b${t:+@$t}-$m.log" "$OUT/trace-$b${t:+@$t}-$m.out" "$b${t:+@$t} $m" <<'PY' | tee -a "$OUT/trace.md"
 import re, statistics, sys
 plain = [re.sub(r"\x1b\[[0-9;]*m", "", l) for l in open(sys.argv[1])]
+# the batches of 64 run one at a time: up to gpu-bench's marker, or else the first 3 (warm-up)
+# + as many as its table counts
+cut = next((i for i, l in enumerate(plain) if "sustained load from here" in l), None)
+table = [l for l in open(sys.argv[2]) if l.startswith("| ") and "| 64 |" in l]
+count = int(table[0].split("|")[4]) + 3 if table else 0
+def rows(kind):
+    r = [dict(re.findall(r"(\w+)=(\d+)", l)) for l in (plain[:cut] if cut is not None else plain) if kind in l and ("rows=64" in l or "n=64" in l)]
+    return r if cut is not None else r[:count]
 def med(kind, keys):
-    rows = [dict(re.findall(r"(\w+)=(\d+)", l)) for l in plain if kind in l and ("rows=64" in l or "n=64" in l)]
-    return f"{len(rows)} × " + ", ".join(f"{k} {statistics.median(int(r[k]) for r in rows if k in r)}" for k in keys if any(k in r for r in rows))
-print(f"{sys.argv[2]}: batches {med('gpu batch', ('prep_us', 'launch_us', 'wait_us', 'read_us'))}; staging {med('gpu prep', ('copy_us', 'prep_us'))}")
+    r = rows(kind)
+    return f"{len(r)} × " + ", ".join(f"{k} {statistics.median(int(x[k]) for x in r if k in x)}" for k in keys if any(k in x for x in r))
+p50 = table[0].split("|")[6].strip() if table else "?"
+print(f"{sys.argv[3]}: model time p50 {p50} ms; batches {med('gpu batch', ('prep_us', 'launch_us', 'wait_us', 'read_us'))}; "
+      f"staging {med('gpu prep', ('copy_us', 'prep_us'))}; answered {med('gpu answered', ('finish_us', 'total_us'))}")
 PY
   done
 fi

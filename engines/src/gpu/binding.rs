@@ -35,7 +35,7 @@ use ort::session::{IoBinding, RunOptions, Session};
 use ort::value::{DynTensor, TensorElementType};
 
 use super::GpuPrep;
-use crate::precision::{output_f32, Precision};
+use crate::precision::{output_f32, widen, Precision};
 use crate::preprocess::Prepared;
 use crate::spec::ModelSpec;
 
@@ -102,7 +102,13 @@ impl Landing {
     fn read(&self) -> Result<(Vec<i64>, Vec<f32>), String> {
         let bytes = self.host.as_slice().map_err(|e| format!("read back: {e}"))?;
         let data = if self.elem == TensorElementType::Float16 {
-            bytes.chunks_exact(2).map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect()
+            // SAFETY: every bit pattern is an f16 (a transparent u16), in the device's (and
+            // every supported host's) little-endian order; the pinned buffer is page-aligned,
+            // and were it not, the match's other arm reads it two bytes at a time instead.
+            match unsafe { bytes.align_to::<f16>() } {
+                ([], values, []) => widen(values),
+                _ => bytes.chunks_exact(2).map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()).collect(),
+            }
         } else {
             bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
         };

@@ -123,7 +123,10 @@ impl GpuPrep {
                 .map_err(|e| format!("upload: {e}"))
         };
         let (head, pixels) = host[..total].split_at_mut(self.header);
-        let staged = upload(0, head).and_then(|()| copy_pixels(pixels, self.header, images, &offsets, &upload));
+        let staged = upload(0, head).and_then(|()| {
+            let pool = crate::parallel::pool().map(|p| (p, crate::parallel::threads()));
+            copy_pixels(pixels, self.header, images, &offsets, &upload, pool)
+        });
         if let Err(e) = staged {
             // the pieces already queued still read staging: let them finish before it is reused
             let _ = self.stream.synchronize();
@@ -189,12 +192,11 @@ impl GpuPrep {
     }
 }
 
-/// Pixels copied into staging above this size are split between threads: one core writes
-/// pinned (write-combined) memory at a few GB/s, which at batch 64 of 224² images (9.6 MB) is
-/// a millisecond and more of the batch's staging.
+/// Pixels copied into staging above this size are split between the host pool's threads
+/// ([`crate::parallel`]): one core writes pinned (write-combined) memory at a few GB/s, which at
+/// batch 64 of 224² images (9.6 MB) is a millisecond and more of the batch's staging.
 const PARALLEL_COPY: usize = 4 << 20;
-const COPY_THREADS: usize = 4;
-/// Each thread hands its pixels to the upload in pieces of about this size, so that the copy of
+/// Each part hands its pixels to the upload in pieces of about this size, so that the copy of
 /// one piece to the device overlaps the writing of the next, instead of the whole batch's
 /// upload waiting for the last byte to be staged.
 const PIECE: usize = 1 << 20;
@@ -205,51 +207,75 @@ type Upload<'a> = dyn Fn(usize, &[u8]) -> Result<(), String> + Sync + 'a;
 /// Copies each image's pixels to its offset in `dst` (`offsets` count from `base`, in order),
 /// handing each piece written to `upload` (its staging offset, which counts from `base` as
 /// `offsets` do, and its bytes) as soon as it is written: pieces of about [`PIECE`] bytes that
-/// together cover `dst` once, padding included.
+/// together cover `dst` once, padding included. With `pool` (a pool and its number of threads),
+/// a big batch is split into contiguous runs of images, one per thread; the calling thread
+/// copies the last run itself.
 fn copy_pixels(
     dst: &mut [u8],
     base: usize,
     images: &[&RgbImage],
     offsets: &[usize],
     upload: &Upload<'_>,
+    pool: Option<(&rayon::ThreadPool, usize)>,
 ) -> Result<(), String> {
-    // one run of images into `part` (which starts at staging offset `start`), uploading every
-    // PIECE bytes and at the end
-    let copy = |part: &mut [u8], start: usize, imgs: &[&RgbImage], offs: &[usize]| -> Result<(), String> {
-        let mut sent = 0; // bytes of `part` uploaded
-        for (i, (img, &o)) in imgs.iter().zip(offs).enumerate() {
-            let raw = img.as_raw();
-            part[o - start..o - start + raw.len()].copy_from_slice(raw);
-            let end = offs.get(i + 1).map_or(part.len(), |next| next - start);
-            if end - sent >= PIECE || i + 1 == imgs.len() {
-                upload(start + sent, &part[sent..end])?;
-                sent = end;
-            }
-        }
-        Ok(())
+    let pool = pool.filter(|_| dst.len() >= PARALLEL_COPY && images.len() >= 2);
+    let Some((pool, threads)) = pool else {
+        return copy_run(dst, base, images, offsets, upload);
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(COPY_THREADS);
-    if dst.len() < PARALLEL_COPY || threads < 2 || images.len() < 2 {
-        return copy(dst, base, images, offsets);
-    }
-    // contiguous runs of images, one per thread, each given its own part of `dst`
     let per = images.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let mut rest = dst;
-        let mut first = 0;
-        let mut handles = Vec::new();
-        while first < images.len() {
-            let last = (first + per).min(images.len());
-            let start = offsets[first];
-            let len = offsets.get(last).map_or(rest.len(), |next| next - start);
-            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(len);
-            rest = tail;
-            let (imgs, offs) = (&images[first..last], &offsets[first..last]);
-            handles.push(s.spawn(move || copy(mine, start, imgs, offs)));
-            first = last;
+    let failed = std::sync::Mutex::new(None::<String>);
+    let fail = |e: String| {
+        let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+        f.get_or_insert(e);
+    };
+    let copied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.in_place_scope(|s| {
+            let mut rest = dst;
+            let mut first = 0;
+            while first < images.len() {
+                let last = (first + per).min(images.len());
+                let start = offsets[first];
+                let len = offsets.get(last).map_or(rest.len(), |next| next - start);
+                let (mine, tail) = std::mem::take(&mut rest).split_at_mut(len);
+                rest = tail;
+                let (imgs, offs) = (&images[first..last], &offsets[first..last]);
+                let fail = &fail;
+                if last == images.len() {
+                    // the last run on this thread, which waits for the others anyway
+                    if let Err(e) = copy_run(mine, start, imgs, offs, upload) {
+                        fail(e);
+                    }
+                } else {
+                    s.spawn(move |_| {
+                        if let Err(e) = copy_run(mine, start, imgs, offs, upload) {
+                            fail(e);
+                        }
+                    });
+                }
+                first = last;
+            }
+        })
+    }));
+    if copied.is_err() {
+        return Err("a staging thread panicked".into());
+    }
+    failed.into_inner().unwrap_or_else(|p| p.into_inner()).map_or(Ok(()), Err)
+}
+
+/// One run of images into `part` (which starts at staging offset `start`), uploading every
+/// [`PIECE`] bytes and at the end.
+fn copy_run(part: &mut [u8], start: usize, imgs: &[&RgbImage], offs: &[usize], upload: &Upload<'_>) -> Result<(), String> {
+    let mut sent = 0; // bytes of `part` uploaded
+    for (i, (img, &o)) in imgs.iter().zip(offs).enumerate() {
+        let raw = img.as_raw();
+        part[o - start..o - start + raw.len()].copy_from_slice(raw);
+        let end = offs.get(i + 1).map_or(part.len(), |next| next - start);
+        if end - sent >= PIECE || i + 1 == imgs.len() {
+            upload(start + sent, &part[sent..end])?;
+            sent = end;
         }
-        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err("a staging thread panicked".into())))
-    })
+    }
+    Ok(())
 }
 
 fn alloc(
@@ -274,7 +300,11 @@ mod tests {
     /// the threaded copy writes exactly what one thread would, and nothing between images.
     #[test]
     fn pixels_are_staged_in_place_by_one_thread_or_several() {
-        for (count, side) in [(3, 5), (64, 224), (7, 611)] {
+        let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("pool");
+        for ((count, side), pool) in [(3, 5), (64, 224), (7, 611)]
+            .into_iter()
+            .flat_map(|cs| [(cs, None), (cs, Some((&three, 3)))])
+        {
             let images: Vec<RgbImage> = (0..count)
                 .map(|k| RgbImage::from_fn(side + k % 3, side, |x, y| image::Rgb([k as u8, x as u8, y as u8])))
                 .collect();
@@ -292,7 +322,7 @@ mod tests {
                 pieces.lock().expect("lock").push((from, part.to_vec()));
                 Ok(())
             };
-            copy_pixels(&mut staged, base, &refs, &offsets, &upload).expect("copy");
+            copy_pixels(&mut staged, base, &refs, &offsets, &upload, pool).expect("copy");
             let mut expected = vec![0xAAu8; at - base];
             for (img, o) in refs.iter().zip(&offsets) {
                 expected[o - base..o - base + img.as_raw().len()].copy_from_slice(img.as_raw());
@@ -308,10 +338,32 @@ mod tests {
                 next += bytes.len();
             }
             assert_eq!(next, at, "{count} images of side {side}: the pieces end at the last image");
-            if at - base >= PARALLEL_COPY {
-                assert!(pieces.len() > COPY_THREADS, "{count} images of side {side}: {} pieces", pieces.len());
+            if at - base >= PARALLEL_COPY && pool.is_some() {
+                assert!(pieces.len() > 3, "{count} images of side {side}: {} pieces", pieces.len());
             }
             assert_eq!(at - base >= PARALLEL_COPY, side >= 224, "both paths are exercised");
+        }
+    }
+
+    /// An upload that fails on any thread fails the staging with its reason, on the pool too.
+    #[test]
+    fn a_failed_upload_fails_the_staging() {
+        let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("pool");
+        let images: Vec<RgbImage> = (0..64).map(|_| RgbImage::new(224, 224)).collect();
+        let refs: Vec<&RgbImage> = images.iter().collect();
+        let len = images[0].as_raw().len();
+        let offsets: Vec<usize> = (0..64).map(|k| k * len).collect();
+        let mut staged = vec![0u8; 64 * len];
+        let upload = |from: usize, _: &[u8]| -> Result<(), String> {
+            if from >= 30 * len {
+                Err(format!("upload at {from} refused"))
+            } else {
+                Ok(())
+            }
+        };
+        for pool in [None, Some((&three, 3))] {
+            let e = copy_pixels(&mut staged, 0, &refs, &offsets, &upload, pool).expect_err("refused");
+            assert!(e.starts_with("upload at ") && e.ends_with(" refused"), "{e}");
         }
     }
 }

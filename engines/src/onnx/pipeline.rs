@@ -145,6 +145,8 @@ struct Staged {
     slot: usize,
     prepared: Option<Vec<Prepared>>,
     prep_us: u64,
+    /// When its staging began (for `CASCADE_GPU_TRACE`'s count of the hand-offs).
+    began: Instant,
 }
 
 /// The staging side of a pipelined worker.
@@ -196,7 +198,7 @@ impl Engine for Stager {
         };
         drop(images);
         let prep_us = started.elapsed().as_micros() as u64;
-        let staged = Staged { jobs: live, rows, slot, prepared, prep_us };
+        let staged = Staged { jobs: live, rows, slot, prepared, prep_us, began: started };
         if let Some(tx) = &self.to_runner {
             if let Err(e) = tx.send(staged) {
                 reply_all(e.0.jobs, Err(gone()), started, &self.stats);
@@ -321,6 +323,8 @@ struct Finishing {
     jobs: Vec<Job>,
     outcome: Outcome,
     started: Instant,
+    /// When its staging began.
+    began: Instant,
 }
 
 /// Waits for a launched run and reads its output (`Launched::land`, or a stand-in in tests).
@@ -376,10 +380,23 @@ fn settle_outcome(outcome: Outcome, slot_back: &Sender<usize>, model: &str) -> R
 fn finish_loop(f: &Finisher, finishing: Receiver<Finishing>, slot_back: &Sender<usize>) {
     for b in finishing {
         let replies: Vec<ReplySender> = b.jobs.iter().map(|j| j.reply.clone()).collect();
+        let (n, began) = (b.jobs.len(), b.began);
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let forward = settle_outcome(b.outcome, slot_back, f.model());
-            f.finish(b.jobs, forward, b.started)
+            let landed = Instant::now();
+            f.finish(b.jobs, forward, b.started);
+            landed
         }));
+        if let (Ok(landed), true) = (&done, crate::gpu::trace()) {
+            // from the start of its staging to its answers sent: every step the batch took,
+            // the threads' hand-offs included, which the `gpu batch` line does not count
+            tracing::info!(
+                n,
+                finish_us = landed.elapsed().as_micros() as u64,
+                total_us = began.elapsed().as_micros() as u64,
+                "gpu answered"
+            );
+        }
         if done.is_err() {
             tracing::error!(model = %f.model(), "a pipelined batch's outputs panicked; its requests get an error");
             f.count_failures(replies.len());
@@ -408,7 +425,7 @@ fn fail_all(replies: &[ReplySender], model: &str, reason: &str) {
 /// Model time counts the batch's preparation, its run and its finishing, not its wait for the
 /// previous batch.
 fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>, returned: &mut bool, to_finisher: &Sender<Finishing>) {
-    let Staged { jobs, rows, slot, prepared, prep_us } = s;
+    let Staged { jobs, rows, slot, prepared, prep_us, began } = s;
     let now = Instant::now();
     if jobs.iter().all(|j| j.deadline <= now) {
         *returned = slot_back.send(slot).is_ok();
@@ -443,8 +460,8 @@ fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>, returned: &mut bool
         }
     };
     // the finishing thread gone (it never ends while the runner lives): finish here
-    if let Err(e) = to_finisher.send(Finishing { jobs, outcome, started }) {
-        let Finishing { jobs, outcome, started } = e.0;
+    if let Err(e) = to_finisher.send(Finishing { jobs, outcome, started, began }) {
+        let Finishing { jobs, outcome, started, .. } = e.0;
         let forward = settle_outcome(outcome, slot_back, w.spec_name());
         w.finish(jobs, forward, started);
     }
@@ -506,7 +523,7 @@ mod tests {
         };
         let identity = Prepared { scale_x: 1.0, scale_y: 1.0, offset_x: 0.0, offset_y: 0.0 };
         let send = |jobs: Vec<Job>, outcome: Outcome| {
-            tx.send(Finishing { jobs, outcome, started: Instant::now() }).expect("send");
+            tx.send(Finishing { jobs, outcome, started: Instant::now(), began: Instant::now() }).expect("send");
         };
         // two images' probabilities (the spec's activation: none), roadwork at 0.9 and 0.2
         let (jobs, got) = batch(2);

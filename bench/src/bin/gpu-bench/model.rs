@@ -164,6 +164,9 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         );
     }
     if let Some(&b) = batches.iter().max() {
+        // on the engines' log stream: what follows (CASCADE_GPU_TRACE's lines) is load, not one
+        // batch at a time
+        eprintln!("gpu-bench: sustained load from here");
         sustained(&models, model, &spec, &check, b, seconds)?;
     }
     println!();
