@@ -9,9 +9,10 @@ pub(crate) fn probabilities(logits: &[f32], act: Activation) -> Vec<f32> {
         Activation::Sigmoid => logits.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect(),
         Activation::Softmax => {
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = logits.iter().map(|x| (x - max).exp()).collect();
-            let sum: f32 = e.iter().sum();
-            e.into_iter().map(|x| x / sum).collect()
+            let mut p: Vec<f32> = logits.iter().map(|x| (x - max).exp()).collect();
+            let sum: f32 = p.iter().sum();
+            p.iter_mut().for_each(|x| *x /= sum);
+            p
         }
     }
 }

@@ -6,6 +6,12 @@ writes the [M, 4·D] activation and a kernel that reads it back. The operator's 
 form (cuBLASLt's); BiasGelu's erf form differs from it by less than 5e-4 per activation.
 `export_backbone.py --gemm-gelu` applies it after `--fuse`.
 
+ONNX Runtime cannot see through the operator when it infers shapes, so an output dimension the
+exporter left symbolic (DINOv2's embedding width, a Concat's) would stay unknown in the rewrite,
+and the engine runs a model with an unknown output width without CUDA graphs. `rewrite`
+therefore first infers the original's shapes (ONNX Runtime's symbolic shape inference, which
+knows its fused nodes) and writes the dimensions it finds into the rewrite's declared outputs.
+
 The rewritten model opens only where the operator is registered (the engine). For checking it
 elsewhere, `expand` turns each node back into standard ONNX Runtime nodes with the same
 arithmetic (`MatMul` and `com.microsoft.FastGelu`, also the tanh form).
@@ -38,10 +44,41 @@ def _shape(graph, name):
     return None
 
 
+def output_dims(model):
+    """{output: [dim value or None]} of the model's declared outputs, symbolic dimensions
+    resolved where ONNX Runtime's symbolic shape inference finds a number; None when the
+    inference fails (the outputs then stay as declared)."""
+    import copy
+
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(copy.deepcopy(model), auto_merge=True)
+    except Exception as e:  # noqa: BLE001 (any failure of the inference: the declared shapes stay)
+        print(f"[gemm_gelu] shape inference failed ({type(e).__name__}: {e}); output shapes stay as declared",
+              file=sys.stderr)
+        return None
+    return {o.name: [d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim]
+            for o in inferred.graph.output}
+
+
+def _pin_outputs(model, dims):
+    """Writes the numbers of `dims` (from `output_dims`) into the model's symbolic output
+    dimensions; returns how many were written."""
+    pinned = 0
+    for o in model.graph.output:
+        for d, v in zip(o.type.tensor_type.shape.dim, dims.get(o.name, [])):
+            if v is not None and v > 0 and not d.HasField("dim_value"):
+                d.dim_value = v  # replaces the symbol (a oneof)
+                pinned += 1
+    return pinned
+
+
 def rewrite(model):
     """Returns (model, count): every MatMul → BiasGelu/FastGelu(bias) pair whose weight is a
     [K, N] initializer, whose bias is an [N] initializer, and whose product feeds nothing else,
-    as one cascade.MatMulBiasGelu node (in place of the pair)."""
+    as one cascade.MatMulBiasGelu node (in place of the pair); the declared outputs' symbolic
+    dimensions that the original's shape inference resolves are written as numbers."""
     g = model.graph
     uses = _consumers(g)
     producer = {o: n for n in g.node for o in n.output}
@@ -59,6 +96,9 @@ def rewrite(model):
         if len(uses.get(mm.output[0], [])) != 1 or mm.output[0] in outputs:
             continue
         pairs.append((mm, gelu))
+    # only where an output has a symbol past its first (batch) axis: the inference takes seconds
+    open_width = any(not d.HasField("dim_value") for o in g.output for d in o.type.tensor_type.shape.dim[1:])
+    dims = output_dims(model) if pairs and open_width else None
     for k, (mm, gelu) in enumerate(pairs):
         node = helper.make_node(OP, [mm.input[0], mm.input[1], gelu.input[1]], [gelu.output[0]],
                                 name=f"{OP}_{k}", domain=DOMAIN)
@@ -68,6 +108,8 @@ def rewrite(model):
         g.node.insert(at, node)
     if pairs and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    if dims:
+        _pin_outputs(model, dims)
     return model, len(pairs)
 
 

@@ -26,6 +26,9 @@ struct State {
     sent: bool,
     senders: usize,
     waker: Option<Waker>,
+    /// Threads blocked in `recv_deadline`: a reply wakes the condition variable only when there
+    /// are some (each wake is a system call, and a batch of 64 sends 64 replies).
+    waiting: usize,
 }
 
 struct Slot {
@@ -41,8 +44,11 @@ impl Slot {
 
     fn wake(&self, mut s: MutexGuard<'_, State>) {
         let waker = s.waker.take();
+        let waiting = s.waiting > 0;
         drop(s);
-        self.ready.notify_all();
+        if waiting {
+            self.ready.notify_all();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -58,7 +64,7 @@ pub struct ReplyReceiver(Arc<Slot>);
 /// A new one-reply channel.
 pub(crate) fn channel() -> (ReplySender, ReplyReceiver) {
     let slot = Arc::new(Slot {
-        state: Mutex::new(State { reply: None, sent: false, senders: 1, waker: None }),
+        state: Mutex::new(State { reply: None, sent: false, senders: 1, waker: None, waiting: 0 }),
         ready: Condvar::new(),
     });
     (ReplySender(slot.clone()), ReplyReceiver(slot))
@@ -110,7 +116,10 @@ impl ReplyReceiver {
             if left.is_zero() {
                 return Err(RecvError::Timeout);
             }
+            // counted under the lock that a sender takes to reply: it sees this thread waiting
+            s.waiting += 1;
             s = self.0.ready.wait_timeout(s, left).unwrap_or_else(|e| e.into_inner()).0;
+            s.waiting -= 1;
         }
     }
 }
@@ -194,5 +203,31 @@ mod tests {
         });
         assert_eq!(rt.block_on(rx).err(), Some(RecvError::Disconnected));
         t.join().expect("thread");
+    }
+
+    /// A reply sent while, just before or just after its receiver blocks always arrives, and a
+    /// blocked receiver wakes when its last sender leaves unsent: the wake is skipped only when
+    /// no thread waits.
+    #[test]
+    fn replies_racing_a_blocking_receiver_are_never_missed() {
+        for k in 0..2000u32 {
+            let (tx, rx) = channel();
+            let t = std::thread::spawn(move || {
+                for _ in 0..(k % 7) * 50 {
+                    std::hint::spin_loop();
+                }
+                if k % 5 == 0 {
+                    drop(tx);
+                } else {
+                    tx.send(reply(k as f32)).expect("send");
+                }
+            });
+            let got = rx.recv_deadline(Instant::now() + Duration::from_secs(10));
+            t.join().expect("thread");
+            match got {
+                Ok(r) => assert_eq!(r.output, Ok(Output::Classification { score: k as f32, top: Vec::new() })),
+                Err(e) => assert!(k % 5 == 0 && e == RecvError::Disconnected, "{k}: {e}"),
+            }
+        }
     }
 }

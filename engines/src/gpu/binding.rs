@@ -374,9 +374,11 @@ impl GpuInput {
         Ok((shape, data))
     }
 
-    /// As [`GpuInput::run_prepared`], but a CUDA graph's run is only launched, its output's copy
-    /// queued behind it, and what waits for both handed back ([`SlotRun::Launched`]); without
-    /// graphs the run is waited for as there ([`SlotRun::Ready`]).
+    /// As [`GpuInput::run_prepared`], for an input whose writing was only queued (`written` is
+    /// reached once it is there), but a CUDA graph's run is only launched, behind `written` on
+    /// the session's stream, its output's copy queued behind it, and what waits for both handed
+    /// back ([`SlotRun::Launched`]); without graphs the host waits for `written`, and then for
+    /// the run, as there ([`SlotRun::Ready`]).
     pub(crate) fn launch_prepared(
         &mut self,
         session: &mut Session,
@@ -384,22 +386,27 @@ impl GpuInput {
         slot: usize,
         n: usize,
         prep_us: u64,
+        written: &CudaEvent,
     ) -> Result<SlotRun, GpuRunError> {
         let graphed = match (self.shapes.get(&(rows, slot)), &self.graphs) {
             (Some((_, binding, Some(g))), Some(gs)) => Some((binding, g, gs)),
             _ => None,
         };
         let Some((binding, g, gs)) = graphed else {
+            written.synchronize().map_err(|e| GpuRunError::Prep(format!("pre-processing: {e}")))?;
             let (shape, data) = self.run_prepared(session, rows, slot, n, prep_us)?;
             return Ok(SlotRun::Ready(shape, data));
         };
         let t0 = Instant::now();
         // the lock first: the finishing thread may still be reading this landing's last output
         let mut landing = g.landing.lock().unwrap_or_else(|p| p.into_inner());
-        let launched = session
-            .run_binding_with_options(binding, &g.launch)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        // the graph replays on the session's stream: there, behind the input's upload and kernel
+        // (the host does not wait for them), then the output's copy behind the run
+        let launched = gs
+            .stream
+            .wait(written)
+            .map_err(|e| format!("waiting for the pre-processing: {e}"))
+            .and_then(|()| session.run_binding_with_options(binding, &g.launch).map(|_| ()).map_err(|e| e.to_string()))
             .and_then(|()| landing.queue(&gs.stream, &g.out));
         if let Err(reason) = launched {
             // the caller gives the slot back at once: nothing may still read it

@@ -1,12 +1,15 @@
 //! Batched pre-processing on the GPU: decoded 8-bit RGB images are packed into pinned host
-//! memory behind a small table of their geometry, uploaded with one copy, and one kernel
-//! launch writes the whole batch (resize, crop or letterbox, colour order, normalisation, NCHW)
-//! into the model's input tensor, which lives on the device and is bound to the session.
+//! memory behind a small table of their geometry, uploaded piece by piece as they are packed,
+//! and one kernel launch writes the whole batch (resize, crop or letterbox, colour order,
+//! normalisation, NCHW) into the model's input tensor, which lives on the device and is bound
+//! to the session. A pipelined worker does not wait for the upload's tail on the host: the
+//! session's stream waits for the batch's event (`GpuPrep::queue`).
 
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, LaunchConfig, PinnedHostSlice, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
 };
 use image::RgbImage;
 
@@ -30,6 +33,9 @@ pub(crate) struct GpuPrep {
     /// Byte offset of the pixels in `staging` / `device`.
     header: usize,
     spec: InputSpec,
+    /// Reached once the last batch queued (`queue`) has been uploaded and written: staging is
+    /// not written again before.
+    pending: Option<Arc<CudaEvent>>,
 }
 
 impl GpuPrep {
@@ -65,13 +71,26 @@ impl GpuPrep {
         let header = (max_batch.next_power_of_two() * ITEM).next_multiple_of(256);
         let bytes = header + max_batch * 3 * (spec.width * spec.height) as usize * 2;
         let (staging, device) = alloc(&ctx, &stream, bytes)?;
-        Ok(GpuPrep { ctx, stream, func, staging, device, header, spec: spec.clone() })
+        Ok(GpuPrep { ctx, stream, func, staging, device, header, spec: spec.clone(), pending: None })
     }
 
     /// Writes the model input for `images` into the first `images.len()` rows of the device
     /// tensor at `out` ([rows, 3, H, W] in the precision given at `new`, at least `images.len()`
     /// rows), and waits until it is there. Returns how each image maps back, as the CPU path does.
     pub(crate) fn run(&mut self, images: &[&RgbImage], out: u64) -> Result<Vec<Prepared>, String> {
+        let (prepared, written) = self.queue(images, out)?;
+        written.synchronize().map_err(|e| format!("kernel: {e}"))?;
+        Ok(prepared)
+    }
+
+    /// As [`GpuPrep::run`], but returns once the pixels are staged and their upload and the
+    /// kernel are queued on this side's stream, with the event reached when the input is
+    /// written: a run on another stream waits for it there (`CudaStream::wait`) rather than the
+    /// host waiting for the upload's tail. Staging is written again only once it is reached.
+    pub(crate) fn queue(&mut self, images: &[&RgbImage], out: u64) -> Result<(Vec<Prepared>, Arc<CudaEvent>), String> {
+        if let Some(last) = self.pending.take() {
+            last.synchronize().map_err(|e| format!("the batch before: {e}"))?;
+        }
         let n = images.len();
         if n * ITEM > self.header {
             return Err(format!("batch of {n} exceeds the staging table"));
@@ -163,9 +182,20 @@ impl GpuPrep {
         // caller's contract), and every thread writes only inside its own image's rows because
         // the grid is bounded by W, H and n.
         let launched = unsafe { launch.launch(cfg) }.map_err(|e| format!("kernel launch: {e}"));
-        // waited for even when the launch failed: the uploads read staging until they are done
-        self.stream.synchronize().map_err(|e| format!("kernel: {e}"))?;
-        launched?;
+        let written = launched.and_then(|_| {
+            let e = self.ctx.new_event(None).map_err(|e| format!("event: {e}"))?;
+            e.record(&self.stream).map_err(|e| format!("event: {e}"))?;
+            Ok(Arc::new(e))
+        });
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                // the uploads read staging until they are done
+                let _ = self.stream.synchronize();
+                return Err(e);
+            }
+        };
+        self.pending = Some(written.clone());
         if super::trace() {
             tracing::info!(
                 n,
@@ -175,7 +205,16 @@ impl GpuPrep {
                 "gpu prep"
             );
         }
-        Ok(prepared)
+        Ok((prepared, written))
+    }
+}
+
+impl Drop for GpuPrep {
+    /// Waits for the last batch's upload: its pinned staging is freed with this.
+    fn drop(&mut self) {
+        if let Some(last) = self.pending.take() {
+            let _ = last.synchronize();
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use cudarc::driver::CudaEvent;
 
 use super::worker::{Finisher, Forward, FoundLabels, ShapeRule, Worker};
 use crate::engine::queue::{expire, reply_all, settle};
@@ -138,12 +139,12 @@ pub(crate) fn open(
 }
 
 /// A batch ready to run: its jobs, the input it was written to (or `None`: prepare it on the
-/// CPU), and what its preparation took.
+/// CPU) with the event reached once it is written there, and what its preparation took.
 struct Staged {
     jobs: Vec<Job>,
     rows: usize,
     slot: usize,
-    prepared: Option<Vec<Prepared>>,
+    prepared: Option<(Vec<Prepared>, Arc<CudaEvent>)>,
     prep_us: u64,
     /// When its staging began (for `CASCADE_GPU_TRACE`'s count of the hand-offs).
     began: Instant,
@@ -185,7 +186,7 @@ impl Engine for Stager {
         let started = Instant::now();
         let images: Vec<&image::RgbImage> = live.iter().map(|j| &**j.input.image()).collect();
         let prepared = match self.ptrs.get(&(rows, slot)) {
-            Some(&ptr) => match self.prep.run(&images, ptr) {
+            Some(&ptr) => match self.prep.queue(&images, ptr) {
                 Ok(p) => Some(p),
                 Err(reason) => {
                     // e.g. a batch of huge images beyond the staging limit: this batch only
@@ -436,7 +437,7 @@ fn run(w: &mut Worker, s: Staged, slot_back: &Sender<usize>, returned: &mut bool
     }
     let started = now.checked_sub(Duration::from_micros(prep_us)).unwrap_or(now);
     let outcome = match prepared {
-        Some(prepared) => match w.launch_slot(rows, slot, jobs.len(), prep_us) {
+        Some((prepared, written)) => match w.launch_slot(rows, slot, jobs.len(), prep_us, &written) {
             Ok(SlotRun::Launched(l)) => {
                 // whoever settles the outcome gives the slot back
                 *returned = true;

@@ -230,6 +230,11 @@ impl Worker {
             (Device::Cuda(id), Preprocess::Auto | Preprocess::Gpu) => {
                 match GpuInput::new(&session, id, spec, precision, &input_name, &output_name, stream.clone()) {
                     Ok(g) => Some(g),
+                    // e.g. an output whose width is unknown: the caller opens the model again
+                    // without graphs (and says why), where the pre-processing may still work
+                    Err(reason) if graph => {
+                        return Err(LoadError::Spec { model: spec.name.clone(), reason })
+                    }
                     Err(reason) if spec.preprocess == Preprocess::Gpu => {
                         return Err(LoadError::Spec {
                             model: spec.name.clone(),
@@ -376,20 +381,22 @@ impl Worker {
         Finisher::new(self.spec.clone(), self.head.clone(), self.output_name.clone(), self.stats.clone())
     }
 
-    /// Runs the session on the input already prepared in `slot` (a pipelined worker's staging
-    /// side wrote it): its output, or with CUDA graphs the run launched and not waited for.
+    /// Runs the session on the input a pipelined worker's staging side is writing into `slot`
+    /// (written once `written` is reached): its output, or with CUDA graphs the run launched and
+    /// not waited for.
     pub(crate) fn launch_slot(
         &mut self,
         rows: usize,
         slot: usize,
         n: usize,
         prep_us: u64,
+        written: &cudarc::driver::CudaEvent,
     ) -> Result<SlotRun, EngineError> {
         let gpu = self.gpu.as_mut().ok_or_else(|| EngineError::Inference {
             model: self.spec.name.clone(),
             reason: "no GPU input to run".into(),
         })?;
-        gpu.launch_prepared(&mut self.session, rows, slot, n, prep_us)
+        gpu.launch_prepared(&mut self.session, rows, slot, n, prep_us, written)
             .map_err(|e| EngineError::Inference { model: self.spec.name.clone(), reason: e.reason() })
     }
 
