@@ -303,7 +303,13 @@ fn copy_pixels(
 
 /// One run of images into `part` (which starts at staging offset `start`), uploading every
 /// [`PIECE`] bytes and at the end.
-fn copy_run(part: &mut [u8], start: usize, imgs: &[&RgbImage], offs: &[usize], upload: &Upload<'_>) -> Result<(), String> {
+fn copy_run(
+    part: &mut [u8],
+    start: usize,
+    imgs: &[&RgbImage],
+    offs: &[usize],
+    upload: &Upload<'_>,
+) -> Result<(), String> {
     let mut sent = 0; // bytes of `part` uploaded
     for (i, (img, &o)) in imgs.iter().zip(offs).enumerate() {
         let raw = img.as_raw();
@@ -340,9 +346,8 @@ mod tests {
     #[test]
     fn pixels_are_staged_in_place_by_one_thread_or_several() {
         let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("pool");
-        for ((count, side), pool) in [(3, 5), (64, 224), (7, 611)]
-            .into_iter()
-            .flat_map(|cs| [(cs, None), (cs, Some((&three, 3)))])
+        for ((count, side), pool) in
+            [(3, 5), (64, 224), (7, 611)].into_iter().flat_map(|cs| [(cs, None), (cs, Some((&three, 3)))])
         {
             let images: Vec<RgbImage> = (0..count)
                 .map(|k| RgbImage::from_fn(side + k % 3, side, |x, y| image::Rgb([k as u8, x as u8, y as u8])))

@@ -232,9 +232,7 @@ impl Worker {
                     Ok(g) => Some(g),
                     // e.g. an output whose width is unknown: the caller opens the model again
                     // without graphs (and says why), where the pre-processing may still work
-                    Err(reason) if graph => {
-                        return Err(LoadError::Spec { model: spec.name.clone(), reason })
-                    }
+                    Err(reason) if graph => return Err(LoadError::Spec { model: spec.name.clone(), reason }),
                     Err(reason) if spec.preprocess == Preprocess::Gpu => {
                         return Err(LoadError::Spec {
                             model: spec.name.clone(),
