@@ -64,10 +64,11 @@ def output_dims(model):
 
 def _pin_outputs(model, dims):
     """Writes the numbers of `dims` (from `output_dims`) into the model's symbolic output
-    dimensions; returns how many were written."""
+    dimensions past the first: the batch axis stays a symbol whatever the inference merged it
+    with. Returns how many were written."""
     pinned = 0
     for o in model.graph.output:
-        for d, v in zip(o.type.tensor_type.shape.dim, dims.get(o.name, [])):
+        for d, v in list(zip(o.type.tensor_type.shape.dim, dims.get(o.name, [])))[1:]:
             if v is not None and v > 0 and not d.HasField("dim_value"):
                 d.dim_value = v  # replaces the symbol (a oneof)
                 pinned += 1

@@ -47,6 +47,12 @@ class RewriteTest(unittest.TestCase):
         # the batch and token counts stay symbols; the width is 8 + 3
         self.assertEqual(declared(m), ["N", "T", 11])
 
+    def test_the_batch_axis_stays_a_symbol(self):
+        dims = {"y": [4, 5, 11]}  # as if the inference had merged the batch with a constant
+        m = model(["N", "T", "width"])
+        self.assertEqual(gemm_gelu._pin_outputs(m, dims), 2)
+        self.assertEqual(declared(m), ["N", 5, 11])
+
     def test_numbers_already_declared_and_models_without_a_pair_stay(self):
         m, n = gemm_gelu.rewrite(model(["N", 5, 11]))
         self.assertEqual((n, declared(m)), (1, ["N", 5, 11]))

@@ -87,10 +87,10 @@ impl GpuPrep {
     /// kernel are queued on this side's stream, with the event reached when the input is
     /// written: a run on another stream waits for it there (`CudaStream::wait`) rather than the
     /// host waiting for the upload's tail. Staging is written again only once it is reached.
+    /// The caller orders every reader of `out` after the event and keeps `out` alive until it
+    /// is reached (a pipelined worker's slot: given back only after its run has landed).
     pub(crate) fn queue(&mut self, images: &[&RgbImage], out: u64) -> Result<(Vec<Prepared>, Arc<CudaEvent>), String> {
-        if let Some(last) = self.pending.take() {
-            last.synchronize().map_err(|e| format!("the batch before: {e}"))?;
-        }
+        self.wait().map_err(|e| format!("the batch before: {e}"))?;
         let n = images.len();
         if n * ITEM > self.header {
             return Err(format!("batch of {n} exceeds the staging table"));
@@ -137,7 +137,8 @@ impl GpuPrep {
             super::relax_capture_mode();
             // SAFETY: `part` lies in pinned staging at offset `from`, and `base + from ..
             // + part.len()` in `device` (both are `total` bytes or more); the copy is queued on
-            // the kernel's stream, which `run` waits for before staging is written again.
+            // the kernel's stream, behind which `queue` records the batch's event: staging is
+            // written again, reallocated or freed only once that is reached (`wait`).
             unsafe { cudarc::driver::result::memcpy_htod_async(base + from as u64, part, stream.cu_stream()) }
                 .map_err(|e| format!("upload: {e}"))
         };
@@ -177,8 +178,9 @@ impl GpuPrep {
             launch.arg(v);
         }
         // SAFETY: the argument list matches the parameters of both entries (prep_nchw_f32/f16)
-        // one for one; `src` and `items` lie inside `device`, which was just filled; `out` is a
-        // device tensor of at least n × 3 × H × W elements of the precision chosen at `new` (the
+        // one for one; `src` and `items` lie inside `device`, whose uploads are queued before
+        // this launch on the same stream; `out` is a device tensor of at least n × 3 × H × W
+        // elements of the precision chosen at `new` that outlives the batch's event (the
         // caller's contract), and every thread writes only inside its own image's rows because
         // the grid is bounded by W, H and n.
         let launched = unsafe { launch.launch(cfg) }.map_err(|e| format!("kernel launch: {e}"));
@@ -212,13 +214,24 @@ impl GpuPrep {
 impl Drop for GpuPrep {
     /// Waits for the last batch's upload: its pinned staging is freed with this.
     fn drop(&mut self) {
-        if let Some(last) = self.pending.take() {
-            let _ = last.synchronize();
+        if self.wait().is_err() {
+            // the event failed: the stream's own wait is the last resort before the free
+            let _ = self.stream.synchronize();
         }
     }
 }
 
 impl GpuPrep {
+    /// Waits until the last batch queued has been uploaded and written (its event reached);
+    /// until then it is kept, so that a failed wait leaves staging guarded.
+    pub(crate) fn wait(&mut self) -> Result<(), String> {
+        if let Some(last) = &self.pending {
+            last.synchronize().map_err(|e| e.to_string())?;
+        }
+        self.pending = None;
+        Ok(())
+    }
+
     /// Sets `bytes` of device memory at `ptr` to zero, on the kernel's stream, and waits: the
     /// zeros are there before any kernel writes the tensor (a synchronous memset may return
     /// before it finishes, and the kernel's stream does not wait for the legacy stream).

@@ -244,6 +244,11 @@ impl Drop for Stager {
     /// Closes the runner's queue and waits for it: the session and its device buffers are
     /// released when this returns.
     fn drop(&mut self) {
+        // the last batch's kernel may still be writing a slot's input, which goes with the
+        // runner's session: wait for it first
+        if let Err(reason) = self.prep.wait() {
+            tracing::warn!(model = %self.spec.name, %reason, "the last batch's pre-processing failed while the model was released");
+        }
         self.to_runner.take();
         self.slot_back.take();
         if let Some(t) = self.runner.take() {
