@@ -140,13 +140,18 @@ fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
     // `a` goes before `b`: larger, or equal and earlier (the order a stable sort gives)
     let before = |a: usize, b: usize| probs[a].total_cmp(&probs[b]).then(b.cmp(&a)).is_gt();
     let mut best: Vec<usize> = Vec::with_capacity(k + 1);
-    for i in 0..probs.len() {
-        if best.len() == k && best.last().is_none_or(|&w| !before(i, w)) {
+    // once `k` are kept, the value a later index must exceed (an equal one comes after them)
+    let mut worst: Option<f32> = None;
+    for (i, p) in probs.iter().enumerate() {
+        if worst.is_some_and(|w| !p.total_cmp(&w).is_gt()) {
             continue;
         }
         let at = best.partition_point(|&b| before(b, i));
         best.insert(at, i);
         best.truncate(k);
+        if best.len() == k {
+            worst = best.last().map(|&w| probs[w]);
+        }
     }
     best
 }
