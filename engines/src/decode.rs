@@ -143,7 +143,8 @@ fn top_k(probs: &[f32], k: usize) -> Vec<usize> {
     // once `k` are kept, the value a later index must exceed (an equal one comes after them)
     let mut worst: Option<f32> = None;
     for (i, p) in probs.iter().enumerate() {
-        if worst.is_some_and(|w| !p.total_cmp(&w).is_gt()) {
+        // a plain comparison first: below the fifth in value is below it in the total order
+        if worst.is_some_and(|w| *p < w || !p.total_cmp(&w).is_gt()) {
             continue;
         }
         let at = best.partition_point(|&b| before(b, i));

@@ -25,7 +25,8 @@ W=/tmp/ct
 mkdir -p "$W" "$OUT" /tmp/gb
 STEPS=${STEPS:-vit,engine,trace,torch}
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
-for b in prev mid new; do  # mid: an intermediate build, when carried
+for f in .gpucheck/bin/*.xz; do  # prev, new and any other build carried
+  b=$(basename "$f" .xz)
   if [ -f ".gpucheck/bin/$b.xz" ] && [ ! -x "/tmp/gb/$b" ]; then
     xz -dc ".gpucheck/bin/$b.xz" > "/tmp/gb/$b" && chmod +x "/tmp/gb/$b"
   fi
