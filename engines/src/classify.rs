@@ -44,7 +44,7 @@ fn exp_shifted(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // n in [-126, 0]: 2^n is a normal float, its biased exponent n + 127
     let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
