@@ -117,7 +117,7 @@ impl Kernel for CpuGemmGelu {
         let floats = |v: &ort::value::ValueRef<'_>| -> ort::Result<(Vec<i64>, Vec<f32>)> {
             if self.f16 {
                 let (s, d) = v.try_extract_tensor::<half::f16>()?;
-                Ok((s.to_vec(), d.iter().map(|x| x.to_f32()).collect()))
+                Ok((s.to_vec(), crate::precision::widen(d)))
             } else {
                 let (s, d) = v.try_extract_tensor::<f32>()?;
                 Ok((s.to_vec(), d.to_vec()))

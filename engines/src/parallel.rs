@@ -8,13 +8,13 @@
 use std::sync::OnceLock;
 
 /// The variable that sets the pool's size.
-pub(crate) const THREADS_VAR: &str = "CASCADE_HOST_THREADS";
+const THREADS_VAR: &str = "CASCADE_HOST_THREADS";
 /// Most threads the pool is given, by default or asked.
 const MAX_THREADS: usize = 64;
 
-/// Threads of the pool, which is also how many parts a batch's staging is split into:
+/// Threads of the pool (and so how many parts a batch's staging is split into):
 /// `CASCADE_HOST_THREADS` when it is a number from 1 to 64, else half the cores, 1 to 8.
-pub(crate) fn threads() -> usize {
+fn threads() -> usize {
     static N: OnceLock<usize> = OnceLock::new();
     *N.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

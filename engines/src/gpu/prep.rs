@@ -143,10 +143,8 @@ impl GpuPrep {
                 .map_err(|e| format!("upload: {e}"))
         };
         let (head, pixels) = host[..total].split_at_mut(self.header);
-        let staged = upload(0, head).and_then(|()| {
-            let pool = crate::parallel::pool().map(|p| (p, crate::parallel::threads()));
-            copy_pixels(pixels, self.header, images, &offsets, &upload, pool)
-        });
+        let staged = upload(0, head)
+            .and_then(|()| copy_pixels(pixels, self.header, images, &offsets, &upload, crate::parallel::pool()));
         if let Err(e) = staged {
             // the pieces already queued still read staging: let them finish before it is reused
             let _ = self.stream.synchronize();
@@ -259,22 +257,22 @@ type Upload<'a> = dyn Fn(usize, &[u8]) -> Result<(), String> + Sync + 'a;
 /// Copies each image's pixels to its offset in `dst` (`offsets` count from `base`, in order),
 /// handing each piece written to `upload` (its staging offset, which counts from `base` as
 /// `offsets` do, and its bytes) as soon as it is written: pieces of about [`PIECE`] bytes that
-/// together cover `dst` once, padding included. With `pool` (a pool and its number of threads),
-/// a big batch is split into contiguous runs of images, one per thread; the calling thread
-/// copies the last run itself.
+/// together cover `dst` once, padding included. With `pool`, a big batch is split into
+/// contiguous runs of images, one per thread of the pool; the calling thread copies the last
+/// run itself.
 fn copy_pixels(
     dst: &mut [u8],
     base: usize,
     images: &[&RgbImage],
     offsets: &[usize],
     upload: &Upload<'_>,
-    pool: Option<(&rayon::ThreadPool, usize)>,
+    pool: Option<&rayon::ThreadPool>,
 ) -> Result<(), String> {
     let pool = pool.filter(|_| dst.len() >= PARALLEL_COPY && images.len() >= 2);
-    let Some((pool, threads)) = pool else {
+    let Some(pool) = pool else {
         return copy_run(dst, base, images, offsets, upload);
     };
-    let per = images.len().div_ceil(threads);
+    let per = images.len().div_ceil(pool.current_num_threads());
     let failed = std::sync::Mutex::new(None::<String>);
     let fail = |e: String| {
         let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
@@ -360,7 +358,7 @@ mod tests {
     fn pixels_are_staged_in_place_by_one_thread_or_several() {
         let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("pool");
         for ((count, side), pool) in
-            [(3, 5), (64, 224), (7, 611)].into_iter().flat_map(|cs| [(cs, None), (cs, Some((&three, 3)))])
+            [(3, 5), (64, 224), (7, 611)].into_iter().flat_map(|cs| [(cs, None), (cs, Some(&three))])
         {
             let images: Vec<RgbImage> = (0..count)
                 .map(|k| RgbImage::from_fn(side + k % 3, side, |x, y| image::Rgb([k as u8, x as u8, y as u8])))
@@ -418,7 +416,7 @@ mod tests {
                 Ok(())
             }
         };
-        for pool in [None, Some((&three, 3))] {
+        for pool in [None, Some(&three)] {
             let e = copy_pixels(&mut staged, 0, &refs, &offsets, &upload, pool).expect_err("refused");
             assert!(e.starts_with("upload at ") && e.ends_with(" refused"), "{e}");
         }
