@@ -4,6 +4,7 @@
     PYTHONPATH=/tmp/ortgpu:/tmp/pylib python3 explore.py models WORK     (exports, CPU)
     PYTHONPATH=/tmp/ortgpu:/tmp/pylib python3 explore.py ort WORK        (ONNX Runtime timings)
     PYTHONPATH=/tmp/ortgpu:/tmp/pylib python3 explore.py torch WORK      (PyTorch peers)
+    PYTHONPATH=/tmp/ortgpu:/tmp/pylib python3 explore.py torchhost WORK  (the same, from host images to host answers)
     PYTHONPATH=/tmp/ortgpu:/tmp/pylib python3 explore.py sweep WORK      (provider options, fused graphs)
     PYTHONPATH=/tmp/ortgpu:/tmp/pylib python3 explore.py profile WORK    (where the time goes)
 
@@ -206,6 +207,63 @@ def torch_peers(work):
                     compile_s=time.perf_counter() - t0)
 
 
+def torch_from_host(work):
+    """The PyTorch peers on the engine's own task: `batch` separate decoded 224² RGB images in host
+    memory (uint8, HWC) to answers in host memory. Each call stacks the images into pinned memory
+    (np.stack into a pinned tensor: the engine's staging copy), uploads them, and runs one
+    compiled function of normalisation, the network and the answer (ViT: softmax and top five;
+    DINOv2 classifier: sigmoid), then copies the answer back; the median of 50 calls after 10,
+    each ended by its copy back. `torch.compile` sees the whole function, so its normalisation
+    and answer are fused too. The images are random (timing only), distinct per slot."""
+    import torch
+    from export_vit import reference
+    import backbones
+
+    peers = os.environ.get("PEERS", "vit,dino").split(",")
+    nets = [("vit", reference().cuda().half(), "top5")] if "vit" in peers else []
+    if "dino" in peers:
+        model, config, arch = backbones.load(os.environ.get("DINO_HF", f"{work}/dinohf"))
+        emb = backbones.Embedder(model, config, arch, FEATURES)
+        head = torch.nn.Linear(emb_dim(), 1)
+        nets.append(("dino", torch.nn.Sequential(emb, head).eval().cuda().half(), "sigmoid"))
+    mean = torch.tensor([0.485, 0.456, 0.406], device="cuda").view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225], device="cuda").view(1, 3, 1, 1) * 255
+    rng = np.random.default_rng(0)
+    for name, net, answer in nets:
+
+        def task(x, net=net, answer=answer):
+            x = ((x.permute(0, 3, 1, 2).float() - mean) / std).half()
+            y = net(x).float()
+            if answer == "sigmoid":
+                return torch.sigmoid(y)
+            p = torch.softmax(y, -1)
+            return torch.topk(p, 5, -1)
+
+        for bsz in BATCHES:
+            images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(bsz)]
+            pinned = torch.empty((bsz, 224, 224, 3), dtype=torch.uint8).pin_memory()
+            staged = pinned.numpy()
+            torch._dynamo.reset()
+            for mode, fn in (("eager fp16", task), ("torch.compile default", torch.compile(task, dynamic=False))):
+
+                def call(fn=fn):
+                    np.stack(images, out=staged)
+                    y = fn(pinned.cuda(non_blocking=True))
+                    return [t.cpu() for t in y] if isinstance(y, tuple) else y.cpu()
+
+                with torch.inference_mode():
+                    for _ in range(10):
+                        call()
+                    ts = []
+                    for _ in range(50):
+                        t = time.perf_counter()
+                        call()
+                        ts.append(time.perf_counter() - t)
+                ts.sort()
+                t = ts[len(ts) // 2]
+                say(side="torch from host", model=name, mode=mode, batch=bsz, ms=t * 1e3, images_per_s=bsz / t)
+
+
 def emb_dim():
     return 384 * len(FEATURES)
 
@@ -253,4 +311,4 @@ def profile(work):
 
 if __name__ == "__main__":
     step, work = sys.argv[1], sys.argv[2]
-    {"models": models, "vit": vit, "patch": patch, "ort": ort_all, "sweep": sweep, "torch": torch_peers, "profile": profile}[step](work)
+    {"models": models, "vit": vit, "patch": patch, "ort": ort_all, "sweep": sweep, "torch": torch_peers, "torchhost": torch_from_host, "profile": profile}[step](work)

@@ -10,7 +10,7 @@
 # peers on the same machine: PyTorch eager and torch.compile per batch, and back to back at 64
 # with ONNX Runtime's own run of the file (sustained.py).
 # Carried beforehand: /tmp/ortgpu (the CUDA build, ../../shared/tools/ort-gpu-pack),
-# /tmp/gb/{prev,new} (from .gpucheck/bin/*.xz); for STEPS=dino, .gpucheck/dino16f2p.onnx.
+# /tmp/gb/{prev,new} (from .gpucheck/bin/*.xz); for STEPS=dino, .gpucheck/c5/dino16f2p.onnx.
 # Sixth run (the host side of a batch: staging on a pool of threads, the output widened with
 # F16C, a big batch's rows finished on the pool): a run is BUILD:MODEL or BUILD:MODEL@THREADS,
 # THREADS being CASCADE_HOST_THREADS (the pool's size, and the parts a batch's staging is split
@@ -18,6 +18,12 @@
 #   RUNS="prev:vitg new:vitg@4 new:vitg@8" TRACE_RUNS="prev:vitg new:vitg@8" STEPS=vit,engine,trace
 # The trace step's medians are over the batches of 64 run one at a time (before gpu-bench's
 # "sustained load from here", or the first ones of the log where a build does not print it).
+# Seventh run: a run may end in +cached (CASCADE_GPU_STAGING=cached: staging in cached pinned
+# memory instead of write-combined), e.g. new:vitg@8+cached; the `torchhost` step times the
+# PyTorch peers from the same kind of host images to host answers (explore.py torchhost); the
+# `dinopeers` step both peer kinds for the DINOv2 classifier, with transformers' wheels and the
+# cut as an fp16 Hugging Face checkpoint carried in .gpucheck/c5/whl, .gpucheck/c6/{whl,hf16}
+# (installed / copied under /tmp when present).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/ct-out}
@@ -31,6 +37,11 @@ for f in .gpucheck/bin/*.xz; do  # prev, new and any other build carried
     xz -dc ".gpucheck/bin/$b.xz" > "/tmp/gb/$b" && chmod +x "/tmp/gb/$b"
   fi
 done
+for d in .gpucheck/c5/whl .gpucheck/c6/whl; do
+  if [ -d "$d" ]; then python3 -m pip install -q --no-index --no-deps --target /tmp/pylib "$d"/*.whl; fi
+done
+if [ -d .gpucheck/c6/hf16 ]; then rm -rf /tmp/hf16 && cp -r .gpucheck/c6/hf16 /tmp/hf16; fi
+if [ -f .gpucheck/c5/dino16f2p.onnx ]; then cp .gpucheck/c5/dino16f2p.onnx /tmp/dino16f2p.onnx; fi
 export PYTHONPATH=/tmp/ortgpu:/tmp/pylib LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export ORT_DYLIB_PATH=/tmp/ortgpu/onnxruntime/capi/libonnxruntime.so.1.31.1 HF_HUB_OFFLINE=1
 py() { python3 experiments/cuda-transformers/explore.py "$1" "$W" 2>> "$OUT/$1.err" | tee -a "$OUT/$1.jsonl"; }
@@ -40,7 +51,7 @@ if step vit && [ ! -f "$W/vit16fpg.onnx" ]; then
   python3 scripts/train/gemm_gelu.py "$W/vit16fp.onnx" "$W/vit16fpg.onnx" | tee -a "$OUT/rewrite.txt"
 fi
 if step dino && [ ! -f "$W/dino16f2pg.onnx" ]; then
-  cp .gpucheck/dino16f2p.onnx "$W/dino16f2p.onnx"
+  cp /tmp/dino16f2p.onnx "$W/dino16f2p.onnx"
   python3 scripts/train/gemm_gelu.py "$W/dino16f2p.onnx" "$W/dino16f2pg.onnx" | tee -a "$OUT/rewrite.txt"
 fi
 # shellcheck source=experiments/cuda-transformers/registry.sh
@@ -56,14 +67,15 @@ mkdir -p "$W/reg"
 } > "$W/reg/models.toml"
 # build:model pairs in the order run, twice over
 RUNS=${RUNS:-prev:vit new:vit new:vitg new:vitg32}
-if step dino; then RUNS="prev:dino new:dino new:dinog new:dinog32"; fi
+if step dino; then RUNS=${DINO_RUNS:-prev:dino new:dino new:dinog new:dinog32}; fi
 if step engine || step dino; then
   for round in 1 2; do
     for r in $RUNS; do
-      b=${r%%:*} m=${r#*:} t=
+      b=${r%%:*} m=${r#*:} t='' k=''
+      [[ $m == *+* ]] && k=${m#*+} m=${m%+*}
       [[ $m == *@* ]] && t=${m#*@} m=${m%@*}
-      echo "## engine: $m, $b${t:+@$t}, round $round" | tee -a "$OUT/engine.md"
-      CASCADE_HOST_THREADS=$t timeout 150 "/tmp/gb/$b" model "$W/reg" "$m" 1,8,64 2 2>> "$OUT/engine.err" | tee -a "$OUT/engine.md" \
+      echo "## engine: $m, $b${t:+@$t}${k:++$k}, round $round" | tee -a "$OUT/engine.md"
+      CASCADE_GPU_STAGING=$k CASCADE_HOST_THREADS=$t timeout 150 "/tmp/gb/$b" model "$W/reg" "$m" 1,8,64 2 2>> "$OUT/engine.err" | tee -a "$OUT/engine.md" \
         || echo "(failed: see engine.err)" | tee -a "$OUT/engine.md"
     done
   done
@@ -88,11 +100,13 @@ fi
 # where a batch of 64 goes: staging (its copy, then upload and kernel), launch, wait, read
 if step trace; then
   for r in ${TRACE_RUNS:-prev:vit new:vit new:vitg}; do
-    b=${r%%:*} m=${r#*:} t=
+    b=${r%%:*} m=${r#*:} t='' k=''
+    [[ $m == *+* ]] && k=${m#*+} m=${m%+*}
     [[ $m == *@* ]] && t=${m#*@} m=${m%@*}
-    CASCADE_HOST_THREADS=$t CASCADE_GPU_TRACE=1 timeout 120 "/tmp/gb/$b" model "$W/reg" "$m" 64 2 \
-      > "$OUT/trace-$b${t:+@$t}-$m.out" 2> "$OUT/trace-$b${t:+@$t}-$m.log" || true
-    python3 - "$OUT/trace-$b${t:+@$t}-$m.log" "$OUT/trace-$b${t:+@$t}-$m.out" "$b${t:+@$t} $m" <<'PY' | tee -a "$OUT/trace.md"
+    tag=$b${t:+@$t}${k:++$k}
+    CASCADE_GPU_STAGING=$k CASCADE_HOST_THREADS=$t CASCADE_GPU_TRACE=1 timeout 120 "/tmp/gb/$b" model "$W/reg" "$m" 64 2 \
+      > "$OUT/trace-$tag-$m.out" 2> "$OUT/trace-$tag-$m.log" || true
+    python3 - "$OUT/trace-$tag-$m.log" "$OUT/trace-$tag-$m.out" "$tag $m" <<'PY' | tee -a "$OUT/trace.md"
 import re, statistics, sys
 plain = [re.sub(r"\x1b\[[0-9;]*m", "", l) for l in open(sys.argv[1])]
 # the batches of 64 run one at a time: up to gpu-bench's marker, or else the first 3 (warm-up)
@@ -115,4 +129,10 @@ fi
 if step torch; then
   PEERS=vit py torch
   python3 experiments/cuda-transformers/sustained.py "$W/vit16fp.onnx" 2>> "$OUT/sustained.err" | tee -a "$OUT/sustained.jsonl"
+fi
+if step torchhost; then PEERS=vit py torchhost; fi
+if step dinopeers; then
+  export DINO_HF=/tmp/hf16
+  PEERS=dino py torch
+  PEERS=dino py torchhost
 fi
