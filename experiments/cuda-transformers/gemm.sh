@@ -19,7 +19,8 @@
 # The trace step's medians are over the batches of 64 run one at a time (before gpu-bench's
 # "sustained load from here", or the first ones of the log where a build does not print it).
 # Seventh run: a run may end in +cached (CASCADE_GPU_STAGING=cached: staging in cached pinned
-# memory instead of write-combined), e.g. new:vitg@8+cached; the `torchhost` step times the
+# memory instead of write-combined; only the build of dd01cc5 reads it: it did not help and was
+# taken out), e.g. new:vitg@8+cached; the `torchhost` step times the
 # PyTorch peers from the same kind of host images to host answers (explore.py torchhost); the
 # `dinopeers` step both peer kinds for the DINOv2 classifier, with transformers' wheels and the
 # cut as an fp16 Hugging Face checkpoint carried in .gpucheck/c5/whl, .gpucheck/c6/{whl,hf16}

@@ -334,27 +334,6 @@ fn copy_run(
     Ok(())
 }
 
-/// The variable that picks staging's kind of pinned memory.
-const STAGING_VAR: &str = "CASCADE_GPU_STAGING";
-
-/// Flags of staging's pinned memory: write-combined (the host writes past its caches; the
-/// default), or cached (`CASCADE_GPU_STAGING=cached`: the host writes through its caches and
-/// the device's reads are snooped).
-fn staging_flags() -> u32 {
-    static FLAGS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *FLAGS.get_or_init(|| {
-        let wc = cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED;
-        match std::env::var(STAGING_VAR).as_deref().map(str::trim) {
-            Err(_) | Ok("") | Ok("write-combined") => wc,
-            Ok("cached") => 0,
-            Ok(v) => {
-                tracing::warn!(var = STAGING_VAR, value = %v, "not write-combined or cached; using write-combined");
-                wc
-            }
-        }
-    })
-}
-
 fn alloc(
     ctx: &Arc<CudaContext>,
     stream: &Arc<CudaStream>,
@@ -362,8 +341,8 @@ fn alloc(
 ) -> Result<(PinnedHostSlice<u8>, CudaSlice<u8>), String> {
     // SAFETY: uninitialised pinned memory: `run` writes the staging buffer before it is copied
     // to the device, and nothing else reads it.
-    let staging = unsafe { ctx.alloc_pinned_with_flags::<u8>(bytes, staging_flags()) }
-        .map_err(|e| format!("pinned host memory ({bytes} B): {e}"))?;
+    let staging =
+        unsafe { ctx.alloc_pinned::<u8>(bytes) }.map_err(|e| format!("pinned host memory ({bytes} B): {e}"))?;
     // SAFETY: uninitialised device memory: the upload writes it before the kernel reads it.
     let device = unsafe { stream.alloc::<u8>(bytes) }.map_err(|e| format!("device memory ({bytes} B): {e}"))?;
     Ok((staging, device))
