@@ -8,8 +8,9 @@
     PYTHONPATH=/tmp/ortgpu:/tmp/pylib python3 explore.py sweep WORK      (provider options, fused graphs)
     PYTHONPATH=/tmp/ortgpu:/tmp/pylib python3 explore.py profile WORK    (where the time goes)
 
-Every timing but torchhost's: device-resident inputs and outputs (ONNX Runtime through IoBinding), 10 warm-up
-calls, then the median of 50 calls each waited for, at batch 1, 8 and 64. Prints JSON lines.
+Every timing but torchhost's: device-resident inputs and outputs (ONNX Runtime through
+IoBinding), 10 warm-up calls, then the median of 50 calls each waited for, at batch 1, 8 and 64.
+Prints JSON lines.
 The models carry random ViT weights (timing only) and the shipped DINOv2 weights (WORK/dinov2.onnx,
 converted to a Hugging Face checkpoint for the PyTorch side by scripts/train/dinov2_from_onnx.py).
 """
