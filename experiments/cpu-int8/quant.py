@@ -32,11 +32,38 @@ SHARED = os.environ.get("CASCADE_SHARED") or os.path.join(os.path.dirname(ROOT),
 SRC = os.path.join(ROOT, "target", "models", "dinov2_vits14.onnx")
 
 
-def variants(work):
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+class Calibration:
+    """ONNX Runtime's calibration reader over `images` (prepared inputs), one at a time."""
+
+    def __init__(self, name, images):
+        self.items = iter([{name: x[None]} for x in images])
+
+    def get_next(self):
+        return next(self.items, None)
+
+    def rewind(self):
+        pass
+
+
+def variants(work, calibration=None, only=None):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.transformers import optimizer
 
     out = {"fp32": SRC}
+    if calibration is not None:
+        # static QDQ: activation ranges from calibration images instead of per call; MatMul only
+        # (LayerNorm, softmax and GELU stay float), weights int8 per channel, activations uint8
+        name = onnx.load(SRC).graph.input[0].name
+        for label, extra in (("int8 static QDQ", {}), ("int8 static QDQ, reduced range", {"reduce_range": True})):
+            dst = os.path.join(work, label.replace(" ", "_").replace(",", "") + ".onnx")
+            quantize_static(SRC, dst, Calibration(name, calibration), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["MatMul"], **extra,
+                            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            out[label] = dst
+    if only == "static":
+        out["int8 dynamic"] = os.path.join(ROOT, "target", "models", "dinov2_vits14_int8.onnx")
+        return out
     fused = os.path.join(work, "fused.onnx")
     optimizer.optimize_model(SRC, model_type="vit", num_heads=6, hidden_size=384, opt_level=0).save_model_to_file(fused)
     out["fp32 fused"] = fused
@@ -67,6 +94,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--static", type=int, default=0, metavar="N",
+                    help="also static QDQ int8, calibrated on every N-th image of both sets (0: not); "
+                         "then the dynamic file is set-up's (target/models) and the fused variants are left out")
     a = ap.parse_args()
     rows = []
     for data in ("roadwork-dev", "roadwork-more"):
@@ -80,7 +110,8 @@ def main():
     head = json.load(open(os.path.join(ROOT, "policies", "heads", "roadwork.json")))
     work = tempfile.mkdtemp()
     res, ref = {}, None
-    for name, path in variants(work).items():
+    calibration = X[:: a.static] if a.static else None
+    for name, path in variants(work, calibration, "static" if a.static else None).items():
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = a.threads, 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -103,7 +134,8 @@ def main():
                      "max_score_change": float(np.abs(p - ref).max()), "crossings": int(((p > 0.5) != (ref > 0.5)).sum()),
                      "auc_street": auc(p[street], y[street])}
         print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res[name].items()}), flush=True)
-    print(f"{len(rows)} images ({street.sum()} street-level), {a.threads} threads, batch 1, median of {a.runs}")
+    print(f"{len(rows)} images ({street.sum()} street-level), {a.threads} threads, batch 1, median of {a.runs}"
+          + (f"; static variants calibrated on {len(calibration)} of them (in-sample)" if a.static else ""))
 
 
 if __name__ == "__main__":
