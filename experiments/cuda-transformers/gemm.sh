@@ -66,15 +66,19 @@ mkdir -p "$W/reg"
   entry dinog "$W/dino16f2pg.onnx" "$DINO_IN" "graph = true" "$DINO_HEAD"
   entry dinog32 "$W/dino16f2pg.onnx" "$DINO_IN" "graph = true" "$DINO_HEAD" | sed 's/^max_batch = 64$/max_batch = 32/'
 } > "$W/reg/models.toml"
+# a run BUILD:MODEL[@THREADS][+STAGING] as b, m, t and k
+run_parts() {
+  b=${1%%:*} m=${1#*:} t='' k=''
+  if [[ $m == *+* ]]; then k=${m#*+} m=${m%+*}; fi
+  if [[ $m == *@* ]]; then t=${m#*@} m=${m%@*}; fi
+}
 # build:model pairs in the order run, twice over
 RUNS=${RUNS:-prev:vit new:vit new:vitg new:vitg32}
 if step dino; then RUNS=${DINO_RUNS:-prev:dino new:dino new:dinog new:dinog32}; fi
 if step engine || step dino; then
   for round in 1 2; do
     for r in $RUNS; do
-      b=${r%%:*} m=${r#*:} t='' k=''
-      [[ $m == *+* ]] && k=${m#*+} m=${m%+*}
-      [[ $m == *@* ]] && t=${m#*@} m=${m%@*}
+      run_parts "$r"
       echo "## engine: $m, $b${t:+@$t}${k:++$k}, round $round" | tee -a "$OUT/engine.md"
       CASCADE_GPU_STAGING=$k CASCADE_HOST_THREADS=$t timeout 150 "/tmp/gb/$b" model "$W/reg" "$m" 1,8,64 2 2>> "$OUT/engine.err" | tee -a "$OUT/engine.md" \
         || echo "(failed: see engine.err)" | tee -a "$OUT/engine.md"
@@ -101,9 +105,7 @@ fi
 # where a batch of 64 goes: staging (its copy, then upload and kernel), launch, wait, read
 if step trace; then
   for r in ${TRACE_RUNS:-prev:vit new:vit new:vitg}; do
-    b=${r%%:*} m=${r#*:} t='' k=''
-    [[ $m == *+* ]] && k=${m#*+} m=${m%+*}
-    [[ $m == *@* ]] && t=${m#*@} m=${m%@*}
+    run_parts "$r"
     tag=$b${t:+@$t}${k:++$k}
     CASCADE_GPU_STAGING=$k CASCADE_HOST_THREADS=$t CASCADE_GPU_TRACE=1 timeout 120 "/tmp/gb/$b" model "$W/reg" "$m" 64 2 \
       > "$OUT/trace-$tag-$m.out" 2> "$OUT/trace-$tag-$m.log" || true

@@ -290,17 +290,16 @@ fn copy_pixels(
                 rest = tail;
                 let (imgs, offs) = (&images[first..last], &offsets[first..last]);
                 let fail = &fail;
-                if last == images.len() {
-                    // the last run on this thread, which waits for the others anyway
+                let mut job = move || {
                     if let Err(e) = copy_run(mine, start, imgs, offs, upload) {
                         fail(e);
                     }
+                };
+                if last == images.len() {
+                    // the last run on this thread, which waits for the others anyway
+                    job();
                 } else {
-                    s.spawn(move |_| {
-                        if let Err(e) = copy_run(mine, start, imgs, offs, upload) {
-                            fail(e);
-                        }
-                    });
+                    s.spawn(move |_| job());
                 }
                 first = last;
             }
